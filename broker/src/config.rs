@@ -1,0 +1,503 @@
+//! Node configuration: lenient outside, strict inside.
+//!
+//! Three layers are merged, each overriding the one before: the TOML file (`--config`), the
+//! environment (`STRATA_<SECTION>_<KEY>`, e.g. `STRATA_KAFKA_AUTO_CREATE_TOPICS=false`, or
+//! `STRATA_<KEY>` for top-level keys such as `STRATA_DATA_DIR`), and command-line flags. The
+//! merged table is deserialized into [`FileConfig`] with `deny_unknown_fields`, so a misspelt key
+//! is rejected with its name, and then validated into [`NodeConfig`], whose derived paths (WAL,
+//! cache, metadata directories) are resolved once here and nowhere else.
+//!
+//! [`FileConfig`] is the one declaration of every key; `docs/config.md` is checked against it
+//! by a test.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration was rejected. Always names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {message}")]
+    Invalid { message: String },
+    #[error("config key `{key}`: {message}")]
+    BadValue { key: String, message: String },
+}
+
+/// Every configuration key, with its default. Field names are the TOML keys.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Root of all local state.
+    pub data_dir: PathBuf,
+    /// Object-store URL; default `fs://<data_dir>/objects`.
+    pub object_store: Option<String>,
+    /// This node's id (the Kafka broker id and the raft node id).
+    pub node_id: u64,
+    pub kafka: KafkaSection,
+    pub admin: AdminSection,
+    pub wal: WalSection,
+    pub tiering: TieringSection,
+    pub meta: MetaSection,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    pub listen: String,
+    /// `host:port` given to clients in Metadata; default: the listen address.
+    pub advertised: Option<String>,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    /// Largest request frame accepted; a larger one closes that connection.
+    pub request_bytes_max: u32,
+    /// Largest record batch accepted in a Produce (Kafka's `message.max.bytes`).
+    pub message_bytes_max: u32,
+    /// Requests read ahead of their responses on one connection (pipelining).
+    pub inflight_requests_max: u32,
+    pub connections_max: u32,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub listen: String,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalSection {
+    /// Default `<data_dir>/wal`.
+    pub dir: Option<PathBuf>,
+    pub segment_bytes_max: u64,
+    /// When the WAL holds this much not-yet-uploaded data, produces fail with a retriable error.
+    pub bytes_max: u64,
+    /// Bytes gathered into one group commit (one write + fdatasync).
+    pub group_commit_bytes_max: u64,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct TieringSection {
+    pub flush_interval_ms: u64,
+    pub flush_bytes_max: u64,
+    /// Default `<data_dir>/cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Memory for recently read object blocks (cold reads).
+    pub read_cache_bytes_max: u64,
+    /// Already-uploaded bytes kept in memory per partition for tail readers.
+    pub tail_bytes_max: u64,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetaSection {
+    /// Default `<data_dir>/meta`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./strata-data"),
+            object_store: None,
+            node_id: 1,
+            kafka: KafkaSection::default(),
+            admin: AdminSection::default(),
+            wal: WalSection::default(),
+            tiering: TieringSection::default(),
+            meta: MetaSection::default(),
+        }
+    }
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9092".into(),
+            advertised: None,
+            auto_create_topics: true,
+            default_partitions: 1,
+            request_bytes_max: 100 * 1024 * 1024,
+            message_bytes_max: 1024 * 1024 + 12,
+            inflight_requests_max: 32,
+            connections_max: 10_000,
+        }
+    }
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Default for WalSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            segment_bytes_max: 64 * 1024 * 1024,
+            bytes_max: 1024 * 1024 * 1024,
+            group_commit_bytes_max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for TieringSection {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 1000,
+            flush_bytes_max: 8 * 1024 * 1024,
+            cache_dir: None,
+            read_cache_bytes_max: 128 * 1024 * 1024,
+            tail_bytes_max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for MetaSection {
+    fn default() -> Self {
+        Self { dir: None }
+    }
+}
+
+/// The validated configuration a node runs with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub object_store: String,
+    pub wal_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub meta_dir: PathBuf,
+    pub kafka_listen: SocketAddr,
+    pub kafka_advertised: (String, u16),
+    pub admin_listen: SocketAddr,
+    pub file: FileConfig,
+}
+
+/// Command-line flags that override config keys; `None` leaves the key alone.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub object_store: Option<String>,
+    pub kafka_listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub node_id: Option<u64>,
+}
+
+const SECTIONS: &[&str] = &["kafka", "admin", "wal", "tiering", "meta"];
+const ENV_PREFIX: &str = "STRATA_";
+
+/// Loads file + environment + flags into a validated [`NodeConfig`].
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<NodeConfig, ConfigError> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string().trim().replace('\n', " "),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    for (name, value) in env {
+        if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+            apply_env(&mut table, rest, &value)?;
+        }
+    }
+    apply_overrides(&mut table, overrides);
+    let file_config: FileConfig =
+        FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid {
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+    validate(file_config)
+}
+
+/// Maps `STRATA_KAFKA_AUTO_CREATE_TOPICS` to `kafka.auto_create_topics`. Values are parsed as
+/// TOML scalars when they can be (`false`, `200`), else kept as strings. Variables that name no
+/// key (`STRATA_LOG`, a test harness's `STRATA_BIN`) are not config and are left alone; a
+/// misspelt key in a *file* is still an error.
+fn apply_env(table: &mut toml::Table, rest: &str, value: &str) -> Result<(), ConfigError> {
+    let lower = rest.to_ascii_lowercase();
+    let parsed = parse_scalar(value);
+    let known = known_keys();
+    for section in SECTIONS {
+        if let Some(key) = lower.strip_prefix(&format!("{section}_")) {
+            if !known.contains(&format!("{section}.{key}")) {
+                return Ok(());
+            }
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(inner) = entry else {
+                return Err(ConfigError::BadValue {
+                    key: section.to_string(),
+                    message: "must be a table".into(),
+                });
+            };
+            inner.insert(key.to_string(), parsed);
+            return Ok(());
+        }
+    }
+    if known.contains(&lower) {
+        table.insert(lower, parsed);
+    }
+    Ok(())
+}
+
+/// Every key `FileConfig` declares, dotted (`kafka.listen`), read off the one declaration.
+fn known_keys() -> std::collections::BTreeSet<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    if let Ok(serde_json::Value::Object(top)) = serde_json::to_value(FileConfig::default()) {
+        for (k, v) in top {
+            match v {
+                serde_json::Value::Object(inner) => {
+                    for ik in inner.keys() {
+                        keys.insert(format!("{k}.{ik}"));
+                    }
+                }
+                _ => {
+                    keys.insert(k);
+                }
+            }
+        }
+    }
+    keys
+}
+
+fn parse_scalar(value: &str) -> toml::Value {
+    if let Ok(b) = value.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = value.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    toml::Value::String(value.to_string())
+}
+
+fn apply_overrides(table: &mut toml::Table, o: &Overrides) {
+    let mut set = |section: Option<&str>, key: &str, value: toml::Value| match section {
+        None => {
+            table.insert(key.to_string(), value);
+        }
+        Some(section) => {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(inner) = entry {
+                inner.insert(key.to_string(), value);
+            }
+        }
+    };
+    if let Some(v) = &o.data_dir {
+        set(None, "data_dir", toml::Value::String(v.display().to_string()));
+    }
+    if let Some(v) = &o.object_store {
+        set(None, "object_store", toml::Value::String(v.clone()));
+    }
+    if let Some(v) = o.node_id {
+        set(None, "node_id", toml::Value::Integer(v as i64));
+    }
+    if let Some(v) = &o.kafka_listen {
+        set(Some("kafka"), "listen", toml::Value::String(v.clone()));
+    }
+    if let Some(v) = &o.admin_listen {
+        set(Some("admin"), "listen", toml::Value::String(v.clone()));
+    }
+}
+
+fn bad(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    value
+        .to_socket_addrs()
+        .map_err(|e| bad(key, format!("`{value}` is not a host:port address ({e})")))?
+        .next()
+        .ok_or_else(|| bad(key, format!("`{value}` resolves to no address")))
+}
+
+fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
+    let data_dir = f.data_dir.clone();
+    let object_store = match &f.object_store {
+        Some(url) => url.clone(),
+        None => {
+            let objects = absolute(&data_dir.join("objects"));
+            format!("fs://{}", objects.display())
+        }
+    };
+    let kafka_listen = parse_addr("kafka.listen", &f.kafka.listen)?;
+    let admin_listen = parse_addr("admin.listen", &f.admin.listen)?;
+    let kafka_advertised = match &f.kafka.advertised {
+        Some(adv) => {
+            let (host, port) = adv
+                .rsplit_once(':')
+                .ok_or_else(|| bad("kafka.advertised", "expected host:port"))?;
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| bad("kafka.advertised", format!("bad port `{port}`")))?;
+            (host.to_string(), port)
+        }
+        None => {
+            let host = if kafka_listen.ip().is_unspecified() {
+                "localhost".to_string()
+            } else {
+                kafka_listen.ip().to_string()
+            };
+            (host, kafka_listen.port())
+        }
+    };
+    if f.kafka.default_partitions == 0 || f.kafka.default_partitions > 10_000 {
+        return Err(bad("kafka.default_partitions", "must be in 1..=10000"));
+    }
+    if f.kafka.request_bytes_max < 1024 {
+        return Err(bad("kafka.request_bytes_max", "must be at least 1024"));
+    }
+    if f.kafka.message_bytes_max == 0 || f.kafka.message_bytes_max > f.kafka.request_bytes_max {
+        return Err(bad(
+            "kafka.message_bytes_max",
+            "must be positive and at most kafka.request_bytes_max",
+        ));
+    }
+    if f.kafka.inflight_requests_max == 0 {
+        return Err(bad("kafka.inflight_requests_max", "must be positive"));
+    }
+    if f.wal.segment_bytes_max < 4096 {
+        return Err(bad("wal.segment_bytes_max", "must be at least 4096"));
+    }
+    if f.wal.bytes_max < f.wal.segment_bytes_max {
+        return Err(bad("wal.bytes_max", "must be at least wal.segment_bytes_max"));
+    }
+    if f.tiering.flush_interval_ms == 0 {
+        return Err(bad("tiering.flush_interval_ms", "must be positive"));
+    }
+    if f.tiering.flush_bytes_max < 1024 {
+        return Err(bad("tiering.flush_bytes_max", "must be at least 1024"));
+    }
+    Ok(NodeConfig {
+        node_id: f.node_id,
+        wal_dir: f.wal.dir.clone().unwrap_or_else(|| data_dir.join("wal")),
+        cache_dir: f
+            .tiering
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("cache")),
+        meta_dir: f.meta.dir.clone().unwrap_or_else(|| data_dir.join("meta")),
+        data_dir,
+        object_store,
+        kafka_listen,
+        kafka_advertised,
+        admin_listen,
+        file: f,
+    })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    std::env::current_dir()
+        .map(|cwd| cwd.join(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_str(
+        toml_text: &str,
+        env_pairs: &[(&str, &str)],
+        o: &Overrides,
+    ) -> Result<NodeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        load(Some(&path), env(env_pairs), o)
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        let c = load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.kafka_listen.port(), 9092);
+        assert_eq!(c.admin_listen.port(), 8080);
+        assert!(c.object_store.starts_with("fs://"));
+        assert!(c.object_store.ends_with("strata-data/objects"));
+        assert_eq!(c.wal_dir, PathBuf::from("./strata-data/wal"));
+        assert!(c.file.kafka.auto_create_topics);
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let o = Overrides {
+            kafka_listen: Some("127.0.0.1:19092".into()),
+            ..Default::default()
+        };
+        let c = load_str(
+            "[kafka]\nlisten = \"127.0.0.1:1\"\nauto_create_topics = true\n[tiering]\nflush_interval_ms = 5\n",
+            &[
+                ("STRATA_KAFKA_AUTO_CREATE_TOPICS", "false"),
+                ("STRATA_TIERING_FLUSH_INTERVAL_MS", "200"),
+                ("STRATA_DATA_DIR", "/tmp/x"),
+                ("OTHER_VAR", "ignored"),
+                ("STRATA_LOG", "debug"),
+                ("STRATA_BIN", "/not/a/key"),
+            ],
+            &o,
+        )
+        .unwrap();
+        assert_eq!(c.kafka_listen.port(), 19092);
+        assert!(!c.file.kafka.auto_create_topics);
+        assert_eq!(c.file.tiering.flush_interval_ms, 200);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.object_store, "fs:///tmp/x/objects");
+    }
+
+    #[test]
+    fn rejections_name_the_key() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("[kafka]\nlisen = \"x\"\n", &[], "lisen"),
+            ("bogus = 1\n", &[], "bogus"),
+            ("", &[("STRATA_KAFKA_LISTEN", "nonsense")], "kafka.listen"),
+            ("[kafka]\nlisten = \"nonsense\"\n", &[], "kafka.listen"),
+            ("[kafka]\ndefault_partitions = 0\n", &[], "kafka.default_partitions"),
+            ("[tiering]\nflush_interval_ms = \"soon\"\n", &[], "flush_interval_ms"),
+            ("[kafka\n", &[], "c.toml"),
+        ];
+        for (text, env_pairs, key) in cases {
+            let err = load_str(text, env_pairs, &Overrides::default())
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(key), "{text:?}: `{err}` should name `{key}`");
+        }
+    }
+}

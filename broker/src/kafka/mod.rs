@@ -1,0 +1,6 @@
+//! The Kafka front-end: the real Kafka wire protocol, through the `kafka-protocol` codec.
+
+pub mod errors;
+pub mod handlers;
+pub mod server;
+pub mod versions;

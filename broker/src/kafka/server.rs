@@ -1,0 +1,158 @@
+//! The Kafka listener: framing, pipelining and per-connection ordering.
+//!
+//! Each connection has a reader loop and a writer task. The reader takes one size-prefixed
+//! frame at a time (refusing frames over `kafka.request_bytes_max` by closing the connection),
+//! decodes the header, and *dispatches*: the order-sensitive part of a request (for Produce:
+//! validating and enqueueing to the sequencer) runs right there, in arrival order, and what is
+//! left is a future that yields the response. Those futures go, in order, through a bounded
+//! channel (`kafka.inflight_requests_max`) to the writer, which awaits them one after another —
+//! so responses leave in request order, as the protocol requires, while later requests are
+//! already being worked on.
+//!
+//! *Boundary:* bytes from the network are never `unwrap`ped; a frame that does not decode
+//! closes only its own connection.
+
+use super::handlers;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use bytes::{Bytes, BytesMut};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// A response still being computed; `None` when the request gets no response (acks=0).
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>;
+
+/// Once a frame has started, the rest of it must arrive within this time.
+const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(node.config.file.kafka.connections_max as usize));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(err) => {
+                tracing::warn!(%err, "kafka accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "kafka.connections_max reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            Metrics::inc(&node.metrics.kafka_connections_total);
+            node.metrics
+                .kafka_connections_open
+                .fetch_add(1, Ordering::Relaxed);
+            if let Err(reason) = connection(node.clone(), stream).await {
+                tracing::info!(%peer, %reason, "kafka connection closed");
+            }
+            node.metrics
+                .kafka_connections_open
+                .fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+/// Why a connection was closed by us.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseReason {
+    #[error("request of {size} bytes exceeds kafka.request_bytes_max ({max})")]
+    FrameTooLarge { size: i64, max: u32 },
+    #[error("request frame with negative size {size}")]
+    NegativeSize { size: i32 },
+    #[error("request frame incomplete after {secs} s", secs = FRAME_READ_TIMEOUT.as_secs())]
+    FrameTimeout,
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), CloseReason> {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let inflight = node.config.file.kafka.inflight_requests_max as usize;
+    let (tx, mut rx) = mpsc::channel::<ResponseFuture>(inflight);
+    let writer = tokio::spawn(async move {
+        let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+        while let Some(response) = rx.recv().await {
+            if let Some(frame) = response.await {
+                wr.write_all(&frame).await?;
+            }
+            if rx.is_empty() {
+                wr.flush().await?;
+            }
+        }
+        wr.flush().await?;
+        wr.shutdown().await
+    });
+    let max = node.config.file.kafka.request_bytes_max;
+    let result = loop {
+        let frame = match read_frame(&mut rd, max).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(reason) => break Err(reason),
+        };
+        Metrics::inc(&node.metrics.kafka_requests_total);
+        match handlers::dispatch(&node, frame).await {
+            Ok(response) => {
+                if tx.send(response).await.is_err() {
+                    break Ok(()); // the writer failed: the peer is gone
+                }
+            }
+            Err(reason) => {
+                Metrics::inc(&node.metrics.kafka_request_errors_total);
+                break Err(reason);
+            }
+        }
+    };
+    drop(tx);
+    // Answer what was already accepted, then close.
+    let _ = writer.await;
+    result
+}
+
+/// Reads one size-prefixed frame. `Ok(None)` on a clean EOF between frames.
+async fn read_frame(
+    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    max: u32,
+) -> Result<Option<Bytes>, CloseReason> {
+    let mut size_buf = [0u8; 4];
+    match rd.read_exact(&mut size_buf).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let size = i32::from_be_bytes(size_buf);
+    if size < 0 {
+        return Err(CloseReason::NegativeSize { size });
+    }
+    if size as u32 > max {
+        return Err(CloseReason::FrameTooLarge {
+            size: i64::from(size),
+            max,
+        });
+    }
+    let mut body = BytesMut::zeroed(size as usize);
+    match tokio::time::timeout(FRAME_READ_TIMEOUT, rd.read_exact(&mut body)).await {
+        Ok(Ok(_)) => Ok(Some(body.freeze())),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(CloseReason::FrameTimeout),
+    }
+}

@@ -1,0 +1,41 @@
+//! The API versions this broker answers, and nothing more (advertised in ApiVersions).
+//!
+//! The lower bounds are the oldest versions `kafka-protocol` decodes (Kafka 4's floor: Produce
+//! v3 and Fetch v4 are the first with record-batch v2). The upper bounds stop where the next
+//! version would change semantics we do not implement yet (Fetch v13 addresses topics by id
+//! only; Produce v10+ carries leader-discovery fields; ListOffsets v8 adds tiered offsets).
+
+use kafka_protocol::messages::ApiKey;
+
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+];
+
+pub fn range(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn within_codec_support() {
+        for (key, min, max) in SUPPORTED {
+            let codec = key.valid_versions();
+            assert!(
+                codec.min <= *min && *max <= codec.max && min <= max,
+                "{key:?} {min}..={max} outside the codec's {codec}"
+            );
+        }
+    }
+}

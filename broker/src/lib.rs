@@ -1,0 +1,11 @@
+//! The StrataMQ broker: protocol front-ends, partition logs, and node assembly.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map.
+
+pub mod admin;
+pub mod config;
+pub mod kafka;
+pub mod log;
+pub mod metrics;
+pub mod node;
+pub mod records;

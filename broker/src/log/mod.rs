@@ -1,0 +1,8 @@
+//! Partition logs: the in-memory tail, the WAL sequencer, the uploader and the read path.
+
+pub mod entry;
+pub mod partition;
+pub mod reader;
+pub mod registry;
+pub mod sequencer;
+pub mod uploader;

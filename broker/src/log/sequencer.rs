@@ -1,0 +1,254 @@
+//! The sequencer: the one thread that assigns offsets and writes the WAL (group commit).
+//!
+//! Produce handlers send [`SeqMsg::Append`] over a bounded channel. The thread takes every
+//! message waiting (up to `group_commit_bytes_max`), assigns offsets, rewrites the batches' base
+//! offsets, appends one WAL entry per partition append, and then makes the whole group durable
+//! with one `fdatasync`. Only after that does it publish the batches to their partitions' tails
+//! (making them visible to consumers) and answer the producers. Offset order and WAL order are
+//! therefore the same by construction, and a consumer can never read what a crash could undo.
+//!
+//! It is a plain OS thread because `fdatasync` blocks; it owns the [`Wal`] outright.
+//!
+//! *Invariant:* a failed fdatasync poisons the WAL; every later append is answered with a
+//! storage error and `/health` reports the node unhealthy (fail-stop for the data path).
+
+use super::entry::WalEntry;
+use super::partition::{PartitionLog, TailBatch};
+use crate::metrics::Metrics;
+use bytes::BytesMut;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use strata_types::batch;
+use strata_wal::{Wal, WalError};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// One partition's share of a produce: validated batches, base offsets still unassigned.
+#[derive(Debug)]
+pub struct AppendRequest {
+    pub log: Arc<PartitionLog>,
+    /// The batches, copied out of the request frame so their base offsets can be rewritten.
+    pub data: BytesMut,
+    /// Start of each batch in `data` and the number of offsets it takes.
+    pub batches: Vec<(usize, i64)>,
+    pub max_timestamp: i64,
+}
+
+impl AppendRequest {
+    pub fn offset_count(&self) -> i64 {
+        self.batches.iter().map(|(_, n)| n).sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The WAL is at `wal.bytes_max` (object storage is behind): retry later.
+    #[error("the WAL is full; object storage is behind")]
+    WalFull,
+    /// The WAL failed to write or sync; this node no longer accepts writes.
+    #[error("the WAL failed; this node no longer accepts writes")]
+    Storage,
+    /// The entry is larger than the WAL accepts.
+    #[error("the append is larger than one WAL entry may be")]
+    TooLarge,
+    /// The node is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+pub type AppendResult = Result<i64, AppendError>;
+
+#[derive(Debug)]
+pub enum SeqMsg {
+    /// Appends, answered together once durable: the base offset given to each.
+    Append {
+        items: Vec<AppendRequest>,
+        reply: oneshot::Sender<Vec<AppendResult>>,
+    },
+    /// Everything in the WAL with an LSN `<= upto` is in object storage.
+    Trim { upto: u64 },
+}
+
+/// State the sequencer shares with the rest of the node.
+#[derive(Debug, Default)]
+pub struct SeqShared {
+    /// Every WAL entry with an LSN at or below this is published in some tail.
+    pub published_lsn: AtomicU64,
+    /// Bytes published but not yet uploaded (the uploader subtracts).
+    pub pending_bytes: AtomicU64,
+    /// Set when the WAL failed; the node is unhealthy from then on.
+    pub failed: AtomicBool,
+    /// Pinged when `pending_bytes` crosses the flush threshold.
+    pub flush_wanted: Notify,
+}
+
+pub struct SequencerConfig {
+    pub group_commit_bytes_max: u64,
+    pub flush_bytes_max: u64,
+}
+
+/// Starts the sequencer thread. It stops when every sender is dropped.
+pub fn spawn(
+    wal: Wal,
+    rx: mpsc::Receiver<SeqMsg>,
+    shared: Arc<SeqShared>,
+    metrics: Arc<Metrics>,
+    cfg: SequencerConfig,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    shared.published_lsn.store(wal.last_lsn(), Ordering::Release);
+    std::thread::Builder::new()
+        .name("strata-sequencer".into())
+        .spawn(move || run(wal, rx, shared, metrics, cfg))
+}
+
+struct Pending {
+    reply: oneshot::Sender<Vec<AppendResult>>,
+    results: Vec<AppendResult>,
+    publish: Vec<(Arc<PartitionLog>, TailBatch)>,
+}
+
+fn run(
+    mut wal: Wal,
+    mut rx: mpsc::Receiver<SeqMsg>,
+    shared: Arc<SeqShared>,
+    metrics: Arc<Metrics>,
+    cfg: SequencerConfig,
+) {
+    let mut entry_buf = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut group: Vec<Pending> = Vec::new();
+        let mut group_bytes = 0u64;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                SeqMsg::Trim { upto } => {
+                    if let Err(err) = wal.trim(upto) {
+                        tracing::error!(%err, "WAL trim failed");
+                    }
+                }
+                SeqMsg::Append { items, reply } => {
+                    let mut pending = Pending {
+                        reply,
+                        results: Vec::with_capacity(items.len()),
+                        publish: Vec::new(),
+                    };
+                    for item in items {
+                        group_bytes += item.data.len() as u64;
+                        let result = if shared.failed.load(Ordering::Acquire) {
+                            Err(AppendError::Storage)
+                        } else {
+                            append_one(
+                                &mut wal,
+                                item,
+                                &mut entry_buf,
+                                &mut pending.publish,
+                                &shared,
+                                &metrics,
+                            )
+                        };
+                        pending.results.push(result);
+                    }
+                    group.push(pending);
+                }
+            }
+            if group_bytes < cfg.group_commit_bytes_max {
+                next = rx.try_recv().ok();
+            }
+        }
+        if group.iter().all(|p| p.publish.is_empty()) {
+            for p in group {
+                let _ = p.reply.send(p.results);
+            }
+            metrics.wal_bytes.store(wal.bytes_on_disk(), Ordering::Relaxed);
+            continue;
+        }
+        let synced = wal.sync();
+        Metrics::inc(&metrics.wal_group_commits_total);
+        if let Err(err) = synced {
+            tracing::error!(%err, "WAL sync failed; this node stops accepting writes");
+            shared.failed.store(true, Ordering::Release);
+            for mut p in group {
+                for r in p.results.iter_mut() {
+                    if r.is_ok() {
+                        *r = Err(AppendError::Storage);
+                    }
+                }
+                let _ = p.reply.send(p.results);
+            }
+            continue;
+        }
+        let mut published = 0u64;
+        for p in group {
+            for (log, batch) in p.publish {
+                published += batch.data.len() as u64;
+                log.publish(batch);
+            }
+            let _ = p.reply.send(p.results);
+        }
+        shared.published_lsn.store(wal.last_lsn(), Ordering::Release);
+        metrics.wal_bytes.store(wal.bytes_on_disk(), Ordering::Relaxed);
+        let before = shared.pending_bytes.fetch_add(published, Ordering::AcqRel);
+        if before + published >= cfg.flush_bytes_max {
+            shared.flush_wanted.notify_one();
+        }
+    }
+    if let Err(err) = wal.sync() {
+        tracing::error!(%err, "final WAL sync failed");
+    }
+    tracing::debug!("sequencer stopped");
+}
+
+fn append_one(
+    wal: &mut Wal,
+    item: AppendRequest,
+    entry_buf: &mut Vec<u8>,
+    publish: &mut Vec<(Arc<PartitionLog>, TailBatch)>,
+    shared: &SeqShared,
+    metrics: &Metrics,
+) -> AppendResult {
+    let count = item.offset_count();
+    let base = item.log.reserve(count);
+    let mut data = item.data;
+    let mut offset = base;
+    for (start, n) in &item.batches {
+        batch::set_base_offset(&mut data[*start..], offset);
+        offset += n;
+    }
+    let data = data.freeze();
+    let entry = WalEntry {
+        partition: item.log.key,
+        base_offset: base,
+        end_offset: base + count,
+        max_timestamp: item.max_timestamp,
+        batches: data.clone(),
+    };
+    entry_buf.clear();
+    entry.encode_into(entry_buf);
+    match wal.append(entry_buf) {
+        Ok(lsn) => {
+            Metrics::inc(&metrics.wal_appends_total);
+            publish.push((
+                item.log.clone(),
+                TailBatch {
+                    base_offset: base,
+                    end_offset: base + count,
+                    max_timestamp: item.max_timestamp,
+                    wal_lsn: lsn,
+                    data,
+                },
+            ));
+            Ok(base)
+        }
+        Err(err) => {
+            item.log.unreserve(base, count);
+            match err {
+                WalError::Full { .. } => Err(AppendError::WalFull),
+                WalError::EntryTooLarge { .. } => Err(AppendError::TooLarge),
+                err => {
+                    tracing::error!(%err, "WAL append failed; this node stops accepting writes");
+                    shared.failed.store(true, Ordering::Release);
+                    Err(AppendError::Storage)
+                }
+            }
+        }
+    }
+}

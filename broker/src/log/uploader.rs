@@ -1,0 +1,209 @@
+//! The uploader: moves durable WAL data into object storage, then lets the WAL forget it.
+//!
+//! Every `flush_interval_ms`, or sooner when `flush_bytes_max` of new data is waiting, it packs
+//! the not-yet-uploaded batches of *many* partitions into one object (one block per partition),
+//! PUTs it, commits the object's blocks to the metadata index in one raft write, marks the
+//! partitions uploaded, and only then tells the sequencer to trim the WAL.
+//!
+//! *Invariant:* the WAL is trimmed only up to the oldest entry that some live partition still
+//! has un-uploaded, so an acknowledged batch is always in the WAL, in the index, or both.
+//! A PUT that fails is retried with backoff; until it succeeds the WAL absorbs new writes (and
+//! refuses them once it reaches `wal.bytes_max`).
+
+use super::partition::PartitionLog;
+use super::registry::Registry;
+use super::sequencer::{SeqMsg, SeqShared};
+use crate::metrics::Metrics;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_meta::{Command, CommandResult, MetaNode};
+use strata_tiering::{ObjectBuilder, ObjectStore};
+use tokio::sync::{mpsc, watch};
+
+pub struct Uploader {
+    pub node_id: u64,
+    pub registry: Arc<Registry>,
+    pub store: ObjectStore,
+    pub meta: MetaNode,
+    pub shared: Arc<SeqShared>,
+    pub seq_tx: mpsc::Sender<SeqMsg>,
+    pub metrics: Arc<Metrics>,
+    pub flush_interval: Duration,
+    pub flush_bytes_max: u64,
+    pub tail_bytes_max: u64,
+}
+
+/// Largest object built in one round, as a multiple of `flush_bytes_max`.
+const OBJECT_FLUSH_MULTIPLE_MAX: u64 = 4;
+
+impl Uploader {
+    /// Runs until `shutdown` turns true, then uploads what is left (bounded attempts) and
+    /// returns.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shared.flush_wanted.notified() => {}
+                _ = shutdown.changed() => break,
+            }
+            // Keep going while full objects are waiting.
+            while self.round(false).await == Round::Full {}
+        }
+        while self.round(true).await == Round::Full {}
+    }
+
+    async fn round(&self, final_round: bool) -> Round {
+        let published_lsn = self.shared.published_lsn.load(Ordering::Acquire);
+        let budget = self.flush_bytes_max * OBJECT_FLUSH_MULTIPLE_MAX;
+        let key = format!(
+            "data/{}/{:013}-{}.sob",
+            self.node_id,
+            now_ms(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut builder = ObjectBuilder::new(key.clone());
+        let mut included: Vec<(Arc<PartitionLog>, i64, u64)> = Vec::new();
+        let mut size = 0u64;
+        let mut partitions = self.registry.partitions();
+        partitions.sort_by_key(|p| p.key);
+        let mut full = false;
+        for p in partitions {
+            if size >= budget {
+                full = true;
+                break;
+            }
+            let pending = p.pending_upload(budget - size);
+            let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+                continue;
+            };
+            let bytes: u64 = pending.iter().map(|b| b.data.len() as u64).sum();
+            let max_ts = pending.iter().map(|b| b.max_timestamp).max().unwrap_or(-1);
+            let data: Vec<_> = pending.iter().map(|b| b.data.clone()).collect();
+            builder.add_block(
+                p.key.topic,
+                p.key.partition,
+                first.base_offset,
+                last.end_offset,
+                max_ts,
+                &data,
+            );
+            size += bytes;
+            included.push((p.clone(), last.end_offset, bytes));
+        }
+        if builder.is_empty() {
+            self.trim(published_lsn).await;
+            return Round::Idle;
+        }
+        let (object, blocks) = builder.finish();
+        let object_len = object.len() as u64;
+        if !self.put_with_retry(&key, object, final_round).await {
+            return Round::Failed;
+        }
+        match self
+            .meta
+            .write(Command::CommitObject {
+                key: key.clone(),
+                size: object_len,
+                blocks,
+            })
+            .await
+        {
+            Ok(CommandResult::ObjectCommitted) => {}
+            Ok(other) => {
+                // The index refused it (a gap or overlap): the object is garbage, the data stays
+                // in the WAL and the tail, and the next round tries again from the index's view.
+                tracing::error!(key, result = ?other, "object commit rejected");
+                Metrics::inc(&self.metrics.upload_failures_total);
+                return Round::Failed;
+            }
+            Err(err) => {
+                tracing::warn!(key, %err, "object commit failed; will retry");
+                Metrics::inc(&self.metrics.upload_failures_total);
+                return Round::Failed;
+            }
+        }
+        let mut uploaded = 0u64;
+        for (p, end, bytes) in &included {
+            p.mark_uploaded(*end, self.tail_bytes_max);
+            uploaded += bytes;
+        }
+        self.shared
+            .pending_bytes
+            .fetch_sub(uploaded.min(self.shared.pending_bytes.load(Ordering::Acquire)), Ordering::AcqRel);
+        Metrics::inc(&self.metrics.objects_uploaded_total);
+        Metrics::add(&self.metrics.object_bytes_uploaded_total, object_len);
+        tracing::debug!(key, bytes = object_len, partitions = included.len(), "object uploaded");
+        self.trim(published_lsn).await;
+        if full {
+            Round::Full
+        } else {
+            Round::Done
+        }
+    }
+
+    /// Trims the WAL below the oldest entry still waiting for upload.
+    async fn trim(&self, published_lsn: u64) {
+        let oldest_pending = self
+            .registry
+            .partitions()
+            .iter()
+            .filter_map(|p| p.oldest_pending_lsn())
+            .min();
+        let upto = match oldest_pending {
+            Some(lsn) => lsn.saturating_sub(1).min(published_lsn),
+            None => published_lsn,
+        };
+        if upto > 0 {
+            let _ = self.seq_tx.send(SeqMsg::Trim { upto }).await;
+        }
+    }
+
+    async fn put_with_retry(&self, key: &str, object: bytes::Bytes, final_round: bool) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        let attempts_max = if final_round { 5 } else { 20 };
+        for attempt in 1..=attempts_max {
+            match self.store.put(key, object.clone()).await {
+                Ok(()) => return true,
+                Err(err) => {
+                    Metrics::inc(&self.metrics.upload_failures_total);
+                    tracing::warn!(key, attempt, %err, "object upload failed");
+                    if !err.is_retryable() && attempt >= 3 {
+                        return false;
+                    }
+                }
+            }
+            let jitter = rand_jitter(backoff);
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        false
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Round {
+    Idle,
+    Done,
+    Full,
+    Failed,
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Up to a quarter of `base`, from the clock's nanoseconds (good enough to spread retries).
+fn rand_jitter(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0) as u64;
+    let quarter = (base.as_nanos() / 4).max(1) as u64;
+    Duration::from_nanos(nanos % quarter)
+}

@@ -1,0 +1,94 @@
+//! The `strata` binary.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use strata_broker::config::{self, Overrides};
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "StrataMQ: a storage-disaggregated Kafka and MQTT broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run a node with every role (metadata, WAL, broker) on embedded defaults.
+    Start(StartArgs),
+}
+
+#[derive(clap::Args)]
+struct StartArgs {
+    /// Root of local state (WAL, metadata, cache; and objects when the store is the default).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Object store: fs:///path, memory://, s3://bucket?endpoint=http://host:port&region=…,
+    /// gcs://bucket, azblob://container?account_name=…, webhdfs://host:port/path.
+    #[arg(long)]
+    object_store: Option<String>,
+    /// Kafka listener, host:port.
+    #[arg(long)]
+    kafka_listen: Option<String>,
+    /// Admin HTTP listener (health, metrics, REST), host:port.
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// This node's id.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// TOML config file; `STRATA_<SECTION>_<KEY>` variables and these flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Exit codes: 0 clean stop, 1 bad environment, 2 bad configuration, 3 corrupt local data.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Start(args) => start(args),
+    }
+}
+
+fn start(args: StartArgs) -> ExitCode {
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        object_store: args.object_store,
+        kafka_listen: args.kafka_listen,
+        admin_listen: args.admin_listen,
+        node_id: args.node_id,
+    };
+    let config = match config::load(args.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("strata: error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("strata: error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(strata_broker::node::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("strata: error: {err}");
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

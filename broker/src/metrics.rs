@@ -1,0 +1,62 @@
+//! Broker counters, rendered as Prometheus text by the admin listener.
+//!
+//! Plain atomics: every counter is written by one hot path and read rarely, so there is no
+//! registry and no locking. Object-store request counters live in `strata_tiering`'s
+//! `StoreMetrics` and are rendered next to these.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub kafka_connections_total: AtomicU64,
+    pub kafka_connections_open: AtomicU64,
+    pub kafka_requests_total: AtomicU64,
+    pub kafka_request_errors_total: AtomicU64,
+    pub produce_records_total: AtomicU64,
+    pub produce_bytes_total: AtomicU64,
+    pub fetch_bytes_total: AtomicU64,
+    pub wal_group_commits_total: AtomicU64,
+    pub wal_appends_total: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub objects_uploaded_total: AtomicU64,
+    pub object_bytes_uploaded_total: AtomicU64,
+    pub upload_failures_total: AtomicU64,
+    pub cold_reads_total: AtomicU64,
+    pub cold_read_cache_hits_total: AtomicU64,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Renders every counter in the Prometheus text exposition format.
+    pub fn render(&self, out: &mut String) {
+        let rows: [(&str, &str, &AtomicU64); 15] = [
+            ("strata_kafka_connections_total", "counter", &self.kafka_connections_total),
+            ("strata_kafka_connections_open", "gauge", &self.kafka_connections_open),
+            ("strata_kafka_requests_total", "counter", &self.kafka_requests_total),
+            ("strata_kafka_request_errors_total", "counter", &self.kafka_request_errors_total),
+            ("strata_produce_records_total", "counter", &self.produce_records_total),
+            ("strata_produce_bytes_total", "counter", &self.produce_bytes_total),
+            ("strata_fetch_bytes_total", "counter", &self.fetch_bytes_total),
+            ("strata_wal_group_commits_total", "counter", &self.wal_group_commits_total),
+            ("strata_wal_appends_total", "counter", &self.wal_appends_total),
+            ("strata_wal_bytes", "gauge", &self.wal_bytes),
+            ("strata_tiering_objects_uploaded_total", "counter", &self.objects_uploaded_total),
+            ("strata_tiering_bytes_uploaded_total", "counter", &self.object_bytes_uploaded_total),
+            ("strata_tiering_upload_failures_total", "counter", &self.upload_failures_total),
+            ("strata_cold_reads_total", "counter", &self.cold_reads_total),
+            ("strata_cold_read_cache_hits_total", "counter", &self.cold_read_cache_hits_total),
+        ];
+        for (name, kind, value) in rows {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+    }
+}

@@ -1,0 +1,968 @@
+//! [`ObjectStore`]: object storage behind one URL.
+//!
+//! A thin wrapper around an OpenDAL `Operator` that:
+//!
+//! - builds the operator from a URL (the `--object-store` flag), rejecting unknown schemes and
+//!   query keys with a message that names the URL and the problem;
+//! - applies OpenDAL's `TimeoutLayer` (per request) under its `RetryLayer` (exponential backoff
+//!   with jitter), in that order, as OpenDAL requires for the two to compose;
+//! - turns OpenDAL errors into one-line [`TieringError`]s that name the URL (secrets redacted)
+//!   and the key, and say whether to retry;
+//! - counts requests, bytes, errors and retries in [`StoreMetrics`], shared by every clone.
+//!
+//! # URLs
+//!
+//! | URL | backend |
+//! | --- | --- |
+//! | `fs:///abs/path`, `fs://rel/path` | local directory (relative to the process's working directory, resolved once at start) |
+//! | `memory://` | process memory; every `from_url` makes a new, empty store (clones share it) |
+//! | `s3://bucket[/prefix]?endpoint=http://host:port&region=us-east-1` | S3 or an S3-compatible server, path-style addressing |
+//! | `gcs://bucket[/prefix]?credential_path=/path/key.json` | Google Cloud Storage |
+//! | `azblob://container[/prefix]?account_name=…&endpoint=…` | Azure Blob Storage |
+//! | `webhdfs://host:port/path?user_name=…` | HDFS through its WebHDFS REST API |
+//!
+//! Query keys per scheme:
+//!
+//! - `s3`: `endpoint`, `region` (else `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1` when
+//!   an endpoint is given), `access_key_id`, `secret_access_key`, `session_token`,
+//!   `allow_anonymous=true` (unsigned requests), `virtual_host_style=true`. Credentials come
+//!   from the query, else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`,
+//!   else OpenDAL's default AWS chain (profile, web identity, instance metadata).
+//! - `gcs`: `credential_path`, `credential` (base64 service-account JSON), `endpoint`, `scope`,
+//!   `service_account`, `token`, `allow_anonymous=true`.
+//! - `azblob`: `endpoint` (default `https://<account_name>.blob.core.windows.net`),
+//!   `account_name`, `account_key`, `sas_token`.
+//! - `webhdfs`: `user_name`, `delegation`, `tls=true` (use `https://` for the endpoint).
+//! - `fs`, `memory`: none.
+//!
+//! Secrets (`secret_access_key`, `session_token`, `credential`, `token`, `account_key`,
+//! `sas_token`, `delegation`, and any user-info in the URL) never appear in [`ObjectStore::url`]
+//! or in error messages. `hdfs://` (the native client) is not built in; use `webhdfs://`.
+//!
+//! # Keys
+//!
+//! Keys are relative paths (`objects/0001/…`): not empty, at most [`KEY_BYTES_MAX`] bytes, no
+//! leading or trailing `/`, no empty, `.` or `..` segments, no control characters.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use opendal::layers::{RetryEvent, RetryLayer, TimeoutLayer};
+use opendal::{services, ErrorKind, Operator};
+use tracing::{debug, warn};
+
+use crate::TieringError;
+
+/// Longest key accepted (S3's limit).
+pub const KEY_BYTES_MAX: usize = 1024;
+/// Key prefix of the start-up probe objects written (and deleted) by [`ObjectStore::check`].
+pub const PROBE_PREFIX: &str = "_strata/probe/";
+
+/// Query keys whose values are secrets: redacted in [`ObjectStore::url`] and error messages.
+const SECRET_QUERY_KEYS: &[&str] = &[
+    "secret_access_key",
+    "session_token",
+    "credential",
+    "token",
+    "account_key",
+    "sas_token",
+    "delegation",
+];
+/// Secrets shorter than this are not scrubbed out of error details (a two-letter test key
+/// would mangle ordinary words); real credentials are far longer.
+const SECRET_SCRUB_BYTES_MIN: usize = 8;
+const REDACTED: &str = "REDACTED";
+
+/// Timeouts and retry policy. The defaults suit a broker; tests shorten them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Bound on each attempt of a request (OpenDAL `TimeoutLayer`, both control and IO).
+    pub request_timeout_ms: u64,
+    /// Retries after the first attempt of a request that failed temporarily.
+    pub retry_attempts_max: usize,
+    /// First backoff delay; each retry doubles it, with jitter.
+    pub retry_delay_ms_min: u64,
+    /// Largest backoff delay.
+    pub retry_delay_ms_max: u64,
+    /// Bound on the whole start-up probe ([`ObjectStore::check`]).
+    pub check_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 30_000,
+            retry_attempts_max: 4,
+            retry_delay_ms_min: 100,
+            retry_delay_ms_max: 5_000,
+            check_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// The kind of request an error or counter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StoreOp {
+    Put,
+    Get,
+    Delete,
+}
+
+impl fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Put => "PUT",
+            Self::Get => "GET",
+            Self::Delete => "DELETE",
+        })
+    }
+}
+
+/// Request counters, shared by every clone of an [`ObjectStore`]. Counts are of calls to
+/// `ObjectStore` (one call may be several HTTP attempts; `retries` counts the extra ones).
+#[derive(Debug, Default)]
+pub struct StoreMetrics {
+    put_requests: AtomicU64,
+    put_bytes: AtomicU64,
+    put_errors: AtomicU64,
+    put_duration_us: AtomicU64,
+    get_requests: AtomicU64,
+    get_bytes: AtomicU64,
+    get_errors: AtomicU64,
+    get_duration_us: AtomicU64,
+    delete_requests: AtomicU64,
+    delete_errors: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// A plain copy of [`StoreMetrics`] at one moment, for rendering (e.g. as Prometheus
+/// counters). All values only grow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreMetricsSnapshot {
+    pub put_requests: u64,
+    /// Body bytes of successful PUTs.
+    pub put_bytes: u64,
+    pub put_errors: u64,
+    /// Total time spent in PUT calls, successful or not, in microseconds.
+    pub put_duration_us: u64,
+    /// GETs, whole-object and ranged.
+    pub get_requests: u64,
+    /// Bytes returned by successful GETs.
+    pub get_bytes: u64,
+    pub get_errors: u64,
+    /// Total time spent in GET calls, successful or not, in microseconds.
+    pub get_duration_us: u64,
+    pub delete_requests: u64,
+    pub delete_errors: u64,
+    /// Attempts repeated by the retry layer after a temporary failure.
+    pub retries: u64,
+}
+
+impl StoreMetrics {
+    pub fn snapshot(&self) -> StoreMetricsSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StoreMetricsSnapshot {
+            put_requests: load(&self.put_requests),
+            put_bytes: load(&self.put_bytes),
+            put_errors: load(&self.put_errors),
+            put_duration_us: load(&self.put_duration_us),
+            get_requests: load(&self.get_requests),
+            get_bytes: load(&self.get_bytes),
+            get_errors: load(&self.get_errors),
+            get_duration_us: load(&self.get_duration_us),
+            delete_requests: load(&self.delete_requests),
+            delete_errors: load(&self.delete_errors),
+            retries: load(&self.retries),
+        }
+    }
+
+    fn record(&self, op: StoreOp, ok: bool, bytes: u64, started: Instant) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let (requests, errors, bytes_counter, duration) = match op {
+            StoreOp::Put => (
+                &self.put_requests,
+                &self.put_errors,
+                Some(&self.put_bytes),
+                Some(&self.put_duration_us),
+            ),
+            StoreOp::Get => (
+                &self.get_requests,
+                &self.get_errors,
+                Some(&self.get_bytes),
+                Some(&self.get_duration_us),
+            ),
+            StoreOp::Delete => (&self.delete_requests, &self.delete_errors, None, None),
+        };
+        requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            errors.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(counter) = bytes_counter {
+            counter.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if let Some(counter) = duration {
+            counter.fetch_add(us, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts (and logs) every retry the `RetryLayer` makes.
+struct RetryCounter {
+    metrics: Arc<StoreMetrics>,
+    url: String,
+    secrets: Arc<[String]>,
+}
+
+impl opendal::layers::RetryInterceptor for RetryCounter {
+    fn intercept(&self, event: RetryEvent<'_>) {
+        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            store = %self.url,
+            op = ?event.op,
+            attempt = event.attempt,
+            retry_after_ms = event.retry_after.as_millis() as u64,
+            error = %describe(event.err, &self.secrets),
+            "object store request failed; retrying"
+        );
+    }
+}
+
+/// Object storage behind one URL. Cheap to clone; clones share the connection pool and the
+/// counters.
+#[derive(Clone)]
+pub struct ObjectStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Timeout + retry: every steady-state request.
+    op: Operator,
+    /// Timeout only: the start-up probe, which should fail fast and say why.
+    probe_op: Operator,
+    /// The URL with secrets redacted.
+    url: String,
+    /// Secret values to scrub out of error details.
+    secrets: Arc<[String]>,
+    metrics: Arc<StoreMetrics>,
+    config: StoreConfig,
+}
+
+impl fmt::Debug for ObjectStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectStore")
+            .field("url", &self.inner.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// OpenDAL's facade only installs its HTTP transport and service registry by itself with its
+/// `auto-register-services` feature, which the workspace turns off; without this the HTTP
+/// services (S3, GCS, Azure, WebHDFS) fail every request with "default HTTP transport is not
+/// installed". First call wins; later calls are no-ops.
+fn install_opendal_defaults() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(opendal::install_default);
+}
+
+impl ObjectStore {
+    /// fs:///abs/path or fs://relative/path (relative to the process cwd); memory://;
+    /// s3://bucket[/prefix]?endpoint=http://host:port&region=us-east-1; gcs://bucket[/prefix];
+    /// azblob://container[/prefix]; webhdfs://host:port/path. See the module docs for the
+    /// query keys. Does no IO except creating an `fs://` root directory; call
+    /// [`ObjectStore::check`] to probe the store.
+    pub fn from_url(url: &str) -> Result<ObjectStore, TieringError> {
+        Self::from_url_with_config(url, StoreConfig::default())
+    }
+
+    /// [`ObjectStore::from_url`] with explicit timeouts and retry policy.
+    pub fn from_url_with_config(
+        url: &str,
+        config: StoreConfig,
+    ) -> Result<ObjectStore, TieringError> {
+        install_opendal_defaults();
+        let (redacted, mut secrets) = redact(url);
+        let bad = |reason: String| TieringError::BadUrl {
+            url: redacted.clone(),
+            reason,
+        };
+        let target = parse_url(url).map_err(bad)?;
+        secrets.extend(target.env_secrets.iter().cloned());
+        secrets.retain(|s| s.len() >= SECRET_SCRUB_BYTES_MIN);
+        let secrets: Arc<[String]> = secrets.into();
+
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let base = target
+            .operator()
+            .map_err(|e| bad(describe(&e, &secrets)))?
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(timeout)
+                    .with_io_timeout(timeout),
+            );
+        let metrics = Arc::new(StoreMetrics::default());
+        let probe_op = base.clone();
+        let op = base.layer(
+            RetryLayer::new()
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(config.retry_delay_ms_min))
+                .with_max_delay(Duration::from_millis(config.retry_delay_ms_max))
+                .with_max_times(config.retry_attempts_max)
+                .with_notify(RetryCounter {
+                    metrics: metrics.clone(),
+                    url: redacted.clone(),
+                    secrets: secrets.clone(),
+                }),
+        );
+        debug!(store = %redacted, "object store configured");
+        Ok(ObjectStore {
+            inner: Arc::new(Inner {
+                op,
+                probe_op,
+                url: redacted,
+                secrets,
+                metrics,
+                config,
+            }),
+        })
+    }
+
+    /// The URL this store was built from, with secrets replaced by `REDACTED`.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.inner.metrics
+    }
+
+    /// Probes the store once, at start: writes a small object under [`PROBE_PREFIX`], reads it
+    /// back, compares, and deletes it — so a wrong endpoint, a missing bucket and missing
+    /// write, read or delete permissions all surface before the broker serves. The whole probe
+    /// is bounded by `check_timeout_ms` and is not retried, so an unreachable endpoint fails
+    /// fast with a one-line error.
+    pub async fn check(&self) -> Result<(), TieringError> {
+        let id = uuid::Uuid::new_v4();
+        let key = format!("{PROBE_PREFIX}{id}");
+        let body = Bytes::from(format!("strata start-up probe {id}\n"));
+        let probe = async {
+            let op = &self.inner.probe_op;
+            self.put_on(op, &key, body.clone()).await?;
+            let got = self.read_on(op, &key, None).await?;
+            if got != body {
+                return Err(TieringError::ProbeMismatch {
+                    url: self.inner.url.clone(),
+                    key: key.clone(),
+                    put: body.len(),
+                    got: got.len(),
+                });
+            }
+            self.delete_on(op, &key).await
+        };
+        let timeout_ms = self.inner.config.check_timeout_ms;
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), probe).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(TieringError::Unreachable {
+                url: self.inner.url.clone(),
+                timeout_ms,
+            }),
+        }
+    }
+
+    /// Writes `body` as the object `key`, replacing any object there. On an `fs://` store the
+    /// object appears atomically (written to a temporary file, fsynced, renamed).
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<(), TieringError> {
+        self.put_on(&self.inner.op, key, body).await
+    }
+
+    /// Reads the whole object `key`.
+    pub async fn get(&self, key: &str) -> Result<Bytes, TieringError> {
+        self.read_on(&self.inner.op, key, None).await
+    }
+
+    /// Reads bytes `range` of the object `key`. Returns exactly `range.end - range.start`
+    /// bytes or an error ([`TieringError::RangeNotSatisfied`] when the object is shorter). An
+    /// empty range returns no bytes without a request.
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, TieringError> {
+        check_key(key)?;
+        if range.start > range.end {
+            return Err(TieringError::RangeNotSatisfied {
+                url: self.inner.url.clone(),
+                key: key.to_owned(),
+                start: range.start,
+                end: range.end,
+                detail: "the range is reversed".into(),
+            });
+        }
+        if range.start == range.end {
+            return Ok(Bytes::new());
+        }
+        self.read_on(&self.inner.op, key, Some(range)).await
+    }
+
+    /// Deletes the object `key`. Deleting an object that does not exist succeeds.
+    pub async fn delete(&self, key: &str) -> Result<(), TieringError> {
+        self.delete_on(&self.inner.op, key).await
+    }
+
+    async fn put_on(&self, op: &Operator, key: &str, body: Bytes) -> Result<(), TieringError> {
+        check_key(key)?;
+        let started = Instant::now();
+        let len = body.len() as u64;
+        let result = op.write(key, body).await;
+        self.inner
+            .metrics
+            .record(StoreOp::Put, result.is_ok(), len, started);
+        result
+            .map(|_| ())
+            .map_err(|e| self.classify(StoreOp::Put, key, e))
+    }
+
+    async fn read_on(
+        &self,
+        op: &Operator,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Bytes, TieringError> {
+        check_key(key)?;
+        let started = Instant::now();
+        let result = match &range {
+            None => op.read(key).await,
+            Some(r) => op.read_with(key).range(r.clone()).await,
+        };
+        let result = result.map(|buffer| buffer.to_bytes());
+        let short = match (&result, &range) {
+            (Ok(bytes), Some(r)) if bytes.len() as u64 != r.end - r.start => Some(bytes.len()),
+            _ => None,
+        };
+        let ok = result.is_ok() && short.is_none();
+        let got = result.as_ref().map_or(0, |b| b.len() as u64);
+        self.inner.metrics.record(StoreOp::Get, ok, got, started);
+        if let (Some(got), Some(r)) = (short, &range) {
+            return Err(TieringError::RangeNotSatisfied {
+                url: self.inner.url.clone(),
+                key: key.to_owned(),
+                start: r.start,
+                end: r.end,
+                detail: format!("the store returned {got} bytes"),
+            });
+        }
+        match (result, range) {
+            (Ok(bytes), _) => Ok(bytes),
+            (Err(e), Some(r)) if e.kind() == ErrorKind::RangeNotSatisfied => {
+                Err(TieringError::RangeNotSatisfied {
+                    url: self.inner.url.clone(),
+                    key: key.to_owned(),
+                    start: r.start,
+                    end: r.end,
+                    detail: describe(&e, &self.inner.secrets),
+                })
+            }
+            (Err(e), _) => Err(self.classify(StoreOp::Get, key, e)),
+        }
+    }
+
+    async fn delete_on(&self, op: &Operator, key: &str) -> Result<(), TieringError> {
+        check_key(key)?;
+        let started = Instant::now();
+        let result = op.delete(key).await;
+        self.inner
+            .metrics
+            .record(StoreOp::Delete, result.is_ok(), 0, started);
+        result.map_err(|e| self.classify(StoreOp::Delete, key, e))
+    }
+
+    /// Maps an OpenDAL error to a condition. OpenDAL's `RetryLayer` marks *every* error that
+    /// leaves it as "persistent", whatever it was before, so the status alone cannot tell a
+    /// 503 that outlived its retries from a 400. Kinds that are permanent by nature are
+    /// classified by kind; the catch-all `Unexpected` (5xx, timeouts, connection failures,
+    /// and the odd 4xx) counts as retryable unless OpenDAL marked it permanent — on the
+    /// steady-state path that errs toward retrying, which the WAL absorbs as back-pressure,
+    /// while the start-up probe (no retry layer) still sees the precise status.
+    fn classify(&self, op: StoreOp, key: &str, err: opendal::Error) -> TieringError {
+        let url = self.inner.url.clone();
+        let key = key.to_owned();
+        let detail = describe(&err, &self.inner.secrets);
+        match err.kind() {
+            ErrorKind::NotFound if op != StoreOp::Put => TieringError::NotFound { url, key },
+            ErrorKind::PermissionDenied => TieringError::PermissionDenied {
+                url,
+                op,
+                key,
+                detail,
+            },
+            ErrorKind::ConfigInvalid => TieringError::ConfigInvalid {
+                url,
+                op,
+                key,
+                detail,
+            },
+            ErrorKind::RateLimited => TieringError::Unavailable {
+                url,
+                op,
+                key,
+                detail,
+            },
+            ErrorKind::Unexpected | ErrorKind::Conflict if !err.is_permanent() => {
+                TieringError::Unavailable {
+                    url,
+                    op,
+                    key,
+                    detail,
+                }
+            }
+            // A PUT that finds nothing means the bucket or container itself is missing.
+            _ => TieringError::Rejected {
+                url,
+                op,
+                key,
+                detail,
+            },
+        }
+    }
+}
+
+/// One line describing an OpenDAL error and its causes, with secrets scrubbed.
+fn describe(err: &opendal::Error, secrets: &[String]) -> String {
+    // OpenDAL's Display prints its own fields and the first source; the deeper causes (such
+    // as "Connection refused") are only in the source chain.
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err).and_then(|s| s.source());
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for secret in secrets {
+        line = line.replace(secret.as_str(), REDACTED);
+    }
+    line
+}
+
+fn check_key(key: &str) -> Result<(), TieringError> {
+    let reason = if key.is_empty() {
+        "it is empty"
+    } else if key.len() > KEY_BYTES_MAX {
+        "it is longer than 1024 bytes"
+    } else if key.starts_with('/') || key.ends_with('/') {
+        "it starts or ends with '/'"
+    } else if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        "it has an empty, '.' or '..' segment"
+    } else if key.chars().any(char::is_control) {
+        "it has a control character"
+    } else {
+        return Ok(());
+    };
+    Err(TieringError::BadKey {
+        key: key.escape_debug().to_string(),
+        reason: reason.into(),
+    })
+}
+
+/// Returns the URL with secret query values and user-info replaced by `REDACTED`, and the
+/// secret values (percent-decoded) so they can be scrubbed from error messages too.
+fn redact(raw: &str) -> (String, Vec<String>) {
+    let mut secrets = Vec::new();
+    let (head, query) = match raw.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (raw, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    if let Some((_, password)) = userinfo.split_once(':') {
+                        secrets.push(password.to_owned());
+                    }
+                    format!("{scheme}://{REDACTED}@{host}{path}")
+                }
+                None => head.to_owned(),
+            }
+        }
+        None => head.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+                if SECRET_QUERY_KEYS.contains(&k) {
+                    for (_, value) in url::form_urlencoded::parse(pair.as_bytes()) {
+                        secrets.push(value.into_owned());
+                    }
+                    format!("{k}={REDACTED}")
+                } else {
+                    pair.to_owned()
+                }
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    (out, secrets)
+}
+
+/// A parsed URL, ready to become an operator.
+struct Target {
+    backend: Backend,
+    /// Secret values taken from the environment, to scrub from error messages.
+    env_secrets: Vec<String>,
+}
+
+enum Backend {
+    Fs(services::Fs),
+    Memory(services::Memory),
+    S3(services::S3),
+    Gcs(services::Gcs),
+    Azblob(services::Azblob),
+    Webhdfs(services::Webhdfs),
+}
+
+impl Target {
+    fn operator(self) -> opendal::Result<Operator> {
+        match self.backend {
+            Backend::Fs(b) => Operator::new(b),
+            Backend::Memory(b) => Operator::new(b),
+            Backend::S3(b) => Operator::new(b),
+            Backend::Gcs(b) => Operator::new(b),
+            Backend::Azblob(b) => Operator::new(b),
+            Backend::Webhdfs(b) => Operator::new(b),
+        }
+    }
+}
+
+const S3_KEYS: &[&str] = &[
+    "endpoint",
+    "region",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "allow_anonymous",
+    "virtual_host_style",
+];
+const GCS_KEYS: &[&str] = &[
+    "credential_path",
+    "credential",
+    "endpoint",
+    "scope",
+    "service_account",
+    "token",
+    "allow_anonymous",
+];
+const AZBLOB_KEYS: &[&str] = &["endpoint", "account_name", "account_key", "sas_token"];
+const WEBHDFS_KEYS: &[&str] = &["user_name", "delegation", "tls"];
+
+fn parse_url(raw: &str) -> Result<Target, String> {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return Err(
+            "it has no scheme; use fs:///path, memory://, s3://bucket, gcs://bucket, \
+             azblob://container or webhdfs://host:port/path"
+                .into(),
+        );
+    };
+    let env_secrets = Vec::new();
+    let backend = match scheme {
+        // fs URLs are paths, not network locations: parse by hand so `fs://rel/path` keeps
+        // `rel` as a directory rather than a host name.
+        "fs" => Backend::Fs(fs_builder(rest)?),
+        "memory" => {
+            if !rest.is_empty() {
+                return Err("memory:// takes no path or query".into());
+            }
+            Backend::Memory(services::Memory::default())
+        }
+        "s3" | "gcs" | "azblob" | "webhdfs" => {
+            let url = url::Url::parse(raw).map_err(|e| format!("it does not parse: {e}"))?;
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(
+                    "credentials in the URL's user-info are not accepted; use the query or the environment"
+                        .into(),
+                );
+            }
+            if url.fragment().is_some() {
+                return Err("it has a #fragment".into());
+            }
+            let known = match scheme {
+                "s3" => S3_KEYS,
+                "gcs" => GCS_KEYS,
+                "azblob" => AZBLOB_KEYS,
+                _ => WEBHDFS_KEYS,
+            };
+            let query = query_map(scheme, &url, known)?;
+            return match scheme {
+                "s3" => s3_builder(&url, query),
+                "gcs" => Ok(Target {
+                    backend: Backend::Gcs(gcs_builder(&url, query)?),
+                    env_secrets,
+                }),
+                "azblob" => Ok(Target {
+                    backend: Backend::Azblob(azblob_builder(&url, query)?),
+                    env_secrets,
+                }),
+                _ => Ok(Target {
+                    backend: Backend::Webhdfs(webhdfs_builder(&url, query)?),
+                    env_secrets,
+                }),
+            };
+        }
+        "hdfs" => {
+            return Err(
+                "hdfs:// needs the native HDFS client, which this build does not include; \
+                 use webhdfs://namenode:9870/path"
+                    .into(),
+            )
+        }
+        other => {
+            return Err(format!(
+                "unknown scheme `{other}`; use fs, memory, s3, gcs, azblob or webhdfs"
+            ))
+        }
+    };
+    Ok(Target {
+        backend,
+        env_secrets,
+    })
+}
+
+fn fs_builder(rest: &str) -> Result<services::Fs, String> {
+    if rest.contains('?') || rest.contains('#') {
+        return Err("fs:// takes no query keys or fragment".into());
+    }
+    if rest.is_empty() {
+        return Err("fs:// needs a directory, e.g. fs:///var/lib/strata/objects".into());
+    }
+    let path = std::path::Path::new(rest);
+    let root = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        let cwd = std::env::current_dir()
+            .map_err(|e| format!("the working directory is unknown ({e})"))?;
+        cwd.join(path)
+    };
+    let root_str = root
+        .to_str()
+        .ok_or_else(|| "the path is not valid UTF-8".to_string())?;
+    // Objects are written to a temporary file in the same filesystem and renamed into
+    // place, so a crash never leaves a half-written object under its real key.
+    let tmp = root.join(".strata-tmp");
+    let tmp_str = tmp
+        .to_str()
+        .ok_or_else(|| "the path is not valid UTF-8".to_string())?;
+    Ok(services::Fs::default()
+        .root(root_str)
+        .atomic_write_dir(tmp_str))
+}
+
+fn query_map(
+    scheme: &str,
+    url: &url::Url,
+    known: &[&str],
+) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for (key, value) in url.query_pairs() {
+        if !known.contains(&key.as_ref()) {
+            return Err(format!(
+                "unknown query key `{key}` for {scheme}:// (known: {})",
+                known.join(", ")
+            ));
+        }
+        if value.is_empty() {
+            return Err(format!("query key `{key}` has no value"));
+        }
+        if map.insert(key.to_string(), value.into_owned()).is_some() {
+            return Err(format!("query key `{key}` is given twice"));
+        }
+    }
+    Ok(map)
+}
+
+fn flag(query: &BTreeMap<String, String>, key: &str) -> Result<bool, String> {
+    match query.get(key).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(format!(
+            "query key `{key}` must be true or false, not `{other}`"
+        )),
+    }
+}
+
+/// `/prefix/` from the URL path, or `/` when there is none.
+fn root_of(url: &url::Url) -> String {
+    let prefix = url.path().trim_matches('/');
+    if prefix.is_empty() {
+        "/".into()
+    } else {
+        format!("/{prefix}/")
+    }
+}
+
+fn host_of<'a>(url: &'a url::Url, what: &str) -> Result<&'a str, String> {
+    match url.host_str() {
+        Some(host) if !host.is_empty() => Ok(host),
+        _ => Err(format!("it names no {what}")),
+    }
+}
+
+fn http_endpoint(key: &str, value: &str) -> Result<(), String> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
+        _ => Err(format!(
+            "query key `{key}` must be an http:// or https:// URL, not `{value}`"
+        )),
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn s3_builder(url: &url::Url, query: BTreeMap<String, String>) -> Result<Target, String> {
+    let bucket = host_of(url, "bucket")?;
+    if url.port().is_some() {
+        return Err("an s3:// URL names a bucket, not a host:port; put the server in ?endpoint=".into());
+    }
+    let mut builder = services::S3::default()
+        .bucket(bucket)
+        .root(&root_of(url));
+    let endpoint = query.get("endpoint");
+    if let Some(endpoint) = endpoint {
+        http_endpoint("endpoint", endpoint)?;
+        builder = builder.endpoint(endpoint.trim_end_matches('/'));
+    }
+    let region = query
+        .get("region")
+        .cloned()
+        .or_else(|| env_nonempty("AWS_REGION"))
+        .or_else(|| env_nonempty("AWS_DEFAULT_REGION"))
+        .or_else(|| endpoint.map(|_| "us-east-1".to_owned()))
+        .ok_or_else(|| {
+            "no region: add ?region=… or set AWS_REGION (an S3-compatible server with \
+             ?endpoint= defaults to us-east-1)"
+                .to_string()
+        })?;
+    builder = builder.region(&region);
+    if flag(&query, "virtual_host_style")? {
+        builder = builder.enable_virtual_host_style();
+    }
+
+    let mut env_secrets = Vec::new();
+    let from_query = (query.get("access_key_id"), query.get("secret_access_key"));
+    let (access_key, secret_key, session_token) = match from_query {
+        (Some(ak), Some(sk)) => (Some(ak.clone()), Some(sk.clone()), query.get("session_token").cloned()),
+        (None, None) => {
+            let ak = env_nonempty("AWS_ACCESS_KEY_ID");
+            let sk = env_nonempty("AWS_SECRET_ACCESS_KEY");
+            let token = env_nonempty("AWS_SESSION_TOKEN");
+            env_secrets.extend(sk.iter().chain(token.iter()).cloned());
+            (ak, sk, token)
+        }
+        _ => {
+            return Err(
+                "give both access_key_id and secret_access_key, or neither".into(),
+            )
+        }
+    };
+    if flag(&query, "allow_anonymous")? {
+        // Unsigned requests: for public buckets and servers without auth.
+        builder = builder.skip_signature();
+    } else if let (Some(ak), Some(sk)) = (&access_key, &secret_key) {
+        builder = builder.access_key_id(ak).secret_access_key(sk);
+        if let Some(token) = &session_token {
+            builder = builder.session_token(token);
+        }
+    }
+    // Otherwise OpenDAL's default chain looks for a profile, web identity or instance role.
+    Ok(Target {
+        backend: Backend::S3(builder),
+        env_secrets,
+    })
+}
+
+fn gcs_builder(url: &url::Url, query: BTreeMap<String, String>) -> Result<services::Gcs, String> {
+    let bucket = host_of(url, "bucket")?;
+    let mut builder = services::Gcs::default()
+        .bucket(bucket)
+        .root(&root_of(url));
+    if let Some(v) = query.get("endpoint") {
+        http_endpoint("endpoint", v)?;
+        builder = builder.endpoint(v);
+    }
+    if let Some(v) = query.get("credential_path") {
+        builder = builder.credential_path(v);
+    }
+    if let Some(v) = query.get("credential") {
+        builder = builder.credential(v);
+    }
+    if let Some(v) = query.get("scope") {
+        builder = builder.scope(v);
+    }
+    if let Some(v) = query.get("service_account") {
+        builder = builder.service_account(v);
+    }
+    if let Some(v) = query.get("token") {
+        builder = builder.token(v.clone());
+    }
+    if flag(&query, "allow_anonymous")? {
+        builder = builder.skip_signature();
+    }
+    Ok(builder)
+}
+
+fn azblob_builder(
+    url: &url::Url,
+    query: BTreeMap<String, String>,
+) -> Result<services::Azblob, String> {
+    let container = host_of(url, "container")?;
+    let mut builder = services::Azblob::default()
+        .container(container)
+        .root(&root_of(url));
+    let endpoint = match (query.get("endpoint"), query.get("account_name")) {
+        (Some(endpoint), _) => {
+            http_endpoint("endpoint", endpoint)?;
+            endpoint.clone()
+        }
+        (None, Some(account)) => format!("https://{account}.blob.core.windows.net"),
+        (None, None) => return Err("azblob:// needs ?endpoint= or ?account_name=".into()),
+    };
+    builder = builder.endpoint(&endpoint);
+    if let Some(v) = query.get("account_name") {
+        builder = builder.account_name(v);
+    }
+    if let Some(v) = query.get("account_key") {
+        builder = builder.account_key(v);
+    }
+    if let Some(v) = query.get("sas_token") {
+        builder = builder.sas_token(v);
+    }
+    Ok(builder)
+}
+
+fn webhdfs_builder(
+    url: &url::Url,
+    query: BTreeMap<String, String>,
+) -> Result<services::Webhdfs, String> {
+    let host = host_of(url, "namenode host")?;
+    let scheme = if flag(&query, "tls")? { "https" } else { "http" };
+    let endpoint = match url.port() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    };
+    let mut builder = services::Webhdfs::default()
+        .endpoint(&endpoint)
+        .root(&root_of(url));
+    if let Some(v) = query.get("user_name") {
+        builder = builder.user_name(v);
+    }
+    if let Some(v) = query.get("delegation") {
+        builder = builder.delegation(v);
+    }
+    Ok(builder)
+}

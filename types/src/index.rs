@@ -1,0 +1,34 @@
+//! The object-index entry.
+//!
+//! Object storage holds objects made of per-partition *blocks*: the verbatim Kafka record
+//! batches of one partition for a contiguous offset range. A [`BlockLocation`] says where one
+//! block lives. The metadata index (in `meta`) is a map partition → offset → `BlockLocation`,
+//! and it is the only truth about what exists in object storage; the object footer repeats the
+//! same entries so an object can be checked or re-indexed on its own.
+
+use crate::names::TopicId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockLocation {
+    /// Object key, relative to the store root.
+    pub key: String,
+    pub topic: TopicId,
+    pub partition: u32,
+    /// First offset in the block.
+    pub base_offset: i64,
+    /// One past the last offset in the block (exclusive end).
+    pub end_offset: i64,
+    /// Byte position of the block inside the object.
+    pub position: u64,
+    /// Length of the block in bytes.
+    pub len: u64,
+    /// Largest record timestamp (ms since the epoch) in the block, `-1` when unknown.
+    pub max_timestamp: i64,
+}
+
+impl BlockLocation {
+    pub fn contains(&self, offset: i64) -> bool {
+        self.base_offset <= offset && offset < self.end_offset
+    }
+}

@@ -1,0 +1,707 @@
+//! The IO driver: owns the segment files and carries out open/recovery, append, sync, roll and
+//! trim. Recovery decisions come from the pure [`crate::recovery`] scanner; byte layouts from
+//! [`crate::format`].
+//!
+//! Durability protocol (what makes the crash rules of [`crate::recovery`] hold):
+//! - `append` only encodes into an in-memory buffer (written with write(2) when it reaches
+//!   [`WRITE_BUFFER_BYTES_MAX`]); `sync` writes the buffer, fdatasyncs the newest segment, and
+//!   fsyncs the directory if a segment file was created since the last sync.
+//! - Rolling to a new segment first writes and fdatasyncs the old one and, if the old one's own
+//!   directory entry is not durable yet, fsyncs the directory. So whenever a segment file exists,
+//!   every older segment is complete on disk: only the newest segment can have a torn tail, and
+//!   the set of segment files stays contiguous.
+//! - `trim` makes the newest segment (whose name carries the next LSN) durable before deleting
+//!   anything, deletes oldest first, and fsyncs the directory after each deletion, so a crash
+//!   mid-trim leaves a contiguous suffix of segments and LSNs never restart.
+//! - A failed write or fsync poisons the instance (see [`WalError::Poisoned`]).
+//! - `open` fsyncs the newest segment and the directory, so everything it returns is durable.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::{WalConfig, WRITE_BUFFER_BYTES_MAX};
+use crate::error::io_op;
+use crate::format::{
+    self, encode_segment_header, parse_segment_file_name, segment_file_name, SegmentName,
+    SEGMENT_HEADER_BYTES,
+};
+use crate::recovery::{self, ScanError, TornTail};
+use crate::{RecoveredEntry, WalError};
+
+/// One segment file as the WAL tracks it in memory, so that trimming and size accounting never
+/// list the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    first_lsn: u64,
+    /// `first_lsn - 1` while the segment holds no record.
+    last_lsn: u64,
+    /// Header plus records, including records still in the write buffer.
+    bytes: u64,
+}
+
+impl Segment {
+    fn is_empty(&self) -> bool {
+        self.last_lsn < self.first_lsn
+    }
+}
+
+/// The first fatal IO failure, kept to explain every later refusal.
+#[derive(Debug, Clone)]
+struct Poison {
+    path: PathBuf,
+    op: &'static str,
+    cause: String,
+}
+
+/// A write-ahead log in one directory, owned by one thread.
+///
+/// Entries get dense LSNs starting at 1. [`Wal::append`] buffers, [`Wal::sync`] makes every
+/// appended entry durable: the group-commit pattern is many appends, then one sync.
+pub struct Wal {
+    cfg: WalConfig,
+    /// The directory, held open to fsync it after creating or deleting segment files.
+    dir: File,
+    /// Oldest first; never empty; the back is the active segment, the only one appended to.
+    segments: VecDeque<Segment>,
+    /// The active segment's file, opened for append.
+    active: File,
+    /// Encoded records of the active segment not yet written to `active`.
+    buf: Vec<u8>,
+    next_lsn: u64,
+    /// Sum of `segments[..].bytes`.
+    bytes_total: u64,
+    /// The active segment has bytes (written or buffered) that are not fdatasync'ed.
+    active_unsynced: bool,
+    /// A segment file was created or deleted since the directory was last fsync'ed.
+    dir_unsynced: bool,
+    poison: Option<Poison>,
+    /// Test-only fault injection: the next operation with this `io_op` fails.
+    #[cfg(test)]
+    fault: Option<&'static str>,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.cfg.dir)
+            .field("segments", &self.segments.len())
+            .field("next_lsn", &self.next_lsn)
+            .field("bytes_total", &self.bytes_total)
+            .field("buffered_bytes", &self.buf.len())
+            .field("poisoned", &self.poison.is_some())
+            .finish()
+    }
+}
+
+impl Wal {
+    /// Opens (creating the dir if needed) and recovers: returns every intact entry in LSN order.
+    ///
+    /// A torn tail (a partial record, or a checksum mismatch in the last record(s) of the newest
+    /// segment with nothing intact after it, including zero-filled space) is truncated away and
+    /// logged with `tracing::warn`. A damaged record with intact data after it, damage in an
+    /// older segment, or an LSN gap is [`WalError::Corrupt`], naming the file and byte offset.
+    /// Everything returned is durable when this returns.
+    pub fn open(cfg: WalConfig) -> Result<(Wal, Vec<RecoveredEntry>), WalError> {
+        cfg.validate()?;
+        ensure_dir(&cfg.dir)?;
+        let dir = File::open(&cfg.dir).map_err(|e| io_error(&cfg.dir, io_op::OPEN_DIR, e))?;
+        let names = list_segments(&cfg.dir)?;
+
+        let mut segments: VecDeque<Segment> = VecDeque::with_capacity(names.len().max(1));
+        let mut entries = Vec::new();
+        let mut torn: Option<TornTail> = None;
+        for (i, &first_lsn) in names.iter().enumerate() {
+            let path = segment_path(&cfg.dir, first_lsn);
+            if let Some(prev) = segments.back() {
+                if prev.last_lsn.checked_add(1) != Some(first_lsn) {
+                    return Err(WalError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: format!(
+                            "segment starts at lsn {first_lsn} but the previous segment ends at \
+                             lsn {} (missing or stray segment file)",
+                            prev.last_lsn
+                        ),
+                    });
+                }
+            }
+            let bytes = fs::read(&path).map_err(|e| io_error(&path, io_op::READ_SEGMENT, e))?;
+            let newest = i + 1 == names.len();
+            let scan = recovery::scan_segment(&bytes, first_lsn, newest, cfg.entry_bytes_max)
+                .map_err(|e| scan_error(path, e))?;
+            segments.push_back(Segment {
+                first_lsn,
+                last_lsn: scan.last_lsn,
+                bytes: scan.valid_bytes,
+            });
+            entries.extend(scan.entries);
+            debug_assert!(scan.torn.is_none() || newest, "only the newest segment is torn");
+            torn = scan.torn;
+        }
+
+        let active = match segments.back() {
+            None => {
+                let first = Segment {
+                    first_lsn: 1,
+                    last_lsn: 0,
+                    bytes: SEGMENT_HEADER_BYTES,
+                };
+                segments.push_back(first);
+                create_first_segment(&cfg.dir, &dir)?
+            }
+            Some(newest) => open_newest_segment(&cfg.dir, &dir, newest, torn.as_ref())?,
+        };
+
+        let newest = segments.back().copied().expect("segments is never empty here");
+        let wal = Wal {
+            bytes_total: segments.iter().map(|s| s.bytes).sum(),
+            next_lsn: newest.last_lsn + 1,
+            cfg,
+            dir,
+            segments,
+            active,
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES_MAX),
+            active_unsynced: false,
+            dir_unsynced: false,
+            poison: None,
+            #[cfg(test)]
+            fault: None,
+        };
+        wal.check_invariants();
+        tracing::info!(
+            dir = %wal.cfg.dir.display(),
+            segments = wal.segments.len(),
+            entries = entries.len(),
+            last_lsn = wal.last_lsn(),
+            bytes = wal.bytes_total,
+            "WAL opened"
+        );
+        Ok((wal, entries))
+    }
+
+    /// Buffers one entry for the active segment and returns its LSN. The entry is not durable
+    /// until the next successful [`Wal::sync`].
+    ///
+    /// LSNs are dense, start at 1 on a fresh WAL, and continue after recovery (last recovered
+    /// + 1), also after trim. Rolling to a new segment happens here, before the entry, when the
+    /// entry would take a non-empty active segment past `segment_bytes_max`; the roll
+    /// fdatasyncs the old segment.
+    ///
+    /// Errors: [`WalError::EntryTooLarge`]; [`WalError::Full`] (retryable, nothing changed);
+    /// [`WalError::Io`] (a write error poisons the WAL); [`WalError::Poisoned`].
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64, WalError> {
+        self.check_usable()?;
+        if payload.len() > self.cfg.entry_bytes_max as usize {
+            return Err(WalError::EntryTooLarge {
+                len: payload.len(),
+                max: self.cfg.entry_bytes_max,
+            });
+        }
+        let record_bytes = format::record_bytes(payload.len());
+        let active = self.active_segment();
+        let roll = !active.is_empty() && active.bytes + record_bytes > self.cfg.segment_bytes_max;
+        let growth = record_bytes + if roll { SEGMENT_HEADER_BYTES } else { 0 };
+        if self.bytes_total + growth > self.cfg.wal_bytes_max {
+            return Err(WalError::Full {
+                bytes: self.bytes_total,
+                max: self.cfg.wal_bytes_max,
+            });
+        }
+        if roll {
+            self.roll()?;
+        }
+
+        let lsn = self.next_lsn;
+        format::encode_record(&mut self.buf, lsn, payload);
+        self.next_lsn += 1;
+        let active = self.active_segment_mut();
+        active.last_lsn = lsn;
+        active.bytes += record_bytes;
+        self.bytes_total += record_bytes;
+        self.active_unsynced = true;
+        if self.buf.len() >= WRITE_BUFFER_BYTES_MAX {
+            self.flush_buf()?;
+        }
+        self.check_invariants();
+        Ok(lsn)
+    }
+
+    /// Makes every appended entry durable: writes buffered bytes, fdatasyncs the active segment
+    /// and fsyncs the directory when a segment was created since the last sync. After `Ok`, all
+    /// LSNs up to [`Wal::last_lsn`] are durable. An error poisons the WAL.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.check_usable()?;
+        self.flush_buf()?;
+        self.sync_active()?;
+        self.sync_dir()
+    }
+
+    /// The caller has made every entry with `lsn <= upto` durable elsewhere (object storage):
+    /// deletes whole segment files whose entries are all `<= upto`.
+    ///
+    /// The active segment is never deleted; when it is non-empty and entirely `<= upto` it is
+    /// rolled first (which syncs it), so that it can go. Before deleting, the active segment is
+    /// made durable, since its name carries the next LSN. A segment that also holds entries
+    /// `> upto` stays whole.
+    ///
+    /// Errors: [`WalError::TrimAheadOfLog`] when `upto > last_lsn()`; a failed deletion is a
+    /// retryable [`WalError::Io`] that leaves the segment listed; sync failures poison.
+    pub fn trim(&mut self, upto: u64) -> Result<(), WalError> {
+        self.check_usable()?;
+        let last_lsn = self.last_lsn();
+        if upto > last_lsn {
+            return Err(WalError::TrimAheadOfLog { upto, last_lsn });
+        }
+        let active = self.active_segment();
+        if !active.is_empty() && active.last_lsn <= upto {
+            self.roll()?;
+        }
+        let deletable = |segments: &VecDeque<Segment>| {
+            segments.len() > 1 && segments.front().is_some_and(|s| s.last_lsn <= upto)
+        };
+        if !deletable(&self.segments) {
+            return Ok(());
+        }
+        self.sync()?;
+        while deletable(&self.segments) {
+            let Some(&oldest) = self.segments.front() else {
+                break;
+            };
+            let path = self.segment_path(oldest.first_lsn);
+            match self
+                .fault(io_op::REMOVE_SEGMENT)
+                .and_then(|()| fs::remove_file(&path))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "trimmed WAL segment was already deleted by someone else"
+                    );
+                }
+                Err(source) => {
+                    return Err(WalError::Io {
+                        path,
+                        op: io_op::REMOVE_SEGMENT,
+                        source,
+                    })
+                }
+            }
+            self.segments.pop_front();
+            self.bytes_total -= oldest.bytes;
+            // Each deletion is made durable before the next, oldest first, so a crash leaves a
+            // contiguous run of segments behind.
+            self.dir_unsynced = true;
+            self.sync_dir()?;
+        }
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// LSN of the last appended entry (durable or not); 0 when nothing was ever appended.
+    pub fn last_lsn(&self) -> u64 {
+        self.next_lsn - 1
+    }
+
+    /// Live bytes across segment files: headers and records, including appended records still
+    /// in the write buffer (they reach the file by the next sync at the latest).
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.bytes_total
+    }
+
+    /// Number of segment files, including the active one (always at least 1).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The configuration the WAL was opened with.
+    pub fn config(&self) -> &WalConfig {
+        &self.cfg
+    }
+
+    /// Whether an earlier write or fsync failure made this instance refuse all work.
+    pub fn is_poisoned(&self) -> bool {
+        self.poison.is_some()
+    }
+
+    /// Seals the active segment (written and fdatasync'ed) and starts a new, empty one named
+    /// with the next LSN.
+    fn roll(&mut self) -> Result<(), WalError> {
+        self.flush_buf()?;
+        self.sync_active()?;
+        // The old segment's own directory entry must be durable before a newer file exists.
+        self.sync_dir()?;
+        let first_lsn = self.next_lsn;
+        let path = self.segment_path(first_lsn);
+        // Nothing has changed yet if this fails, so the error is retryable.
+        let mut file = self
+            .fault(io_op::CREATE_SEGMENT)
+            .and_then(|()| {
+                OpenOptions::new()
+                    .append(true)
+                    .create_new(true)
+                    .open(&path)
+            })
+            .map_err(|source| WalError::Io {
+                path: path.clone(),
+                op: io_op::CREATE_SEGMENT,
+                source,
+            })?;
+        let header = encode_segment_header(first_lsn);
+        let written = self
+            .fault(io_op::WRITE_SEGMENT)
+            .and_then(|()| file.write_all(&header));
+        if let Err(e) = written {
+            return Err(self.poison(path, io_op::WRITE_SEGMENT, e));
+        }
+        self.active = file;
+        self.segments.push_back(Segment {
+            first_lsn,
+            last_lsn: first_lsn - 1,
+            bytes: SEGMENT_HEADER_BYTES,
+        });
+        self.bytes_total += SEGMENT_HEADER_BYTES;
+        self.active_unsynced = true;
+        self.dir_unsynced = true;
+        tracing::debug!(path = %path.display(), "WAL rolled to a new segment");
+        Ok(())
+    }
+
+    fn flush_buf(&mut self) -> Result<(), WalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let written = self
+            .fault(io_op::WRITE_SEGMENT)
+            .and_then(|()| self.active.write_all(&self.buf));
+        if let Err(e) = written {
+            let path = self.active_path();
+            return Err(self.poison(path, io_op::WRITE_SEGMENT, e));
+        }
+        self.buf.clear();
+        // One oversized entry must not pin its buffer forever.
+        self.buf.shrink_to(WRITE_BUFFER_BYTES_MAX);
+        Ok(())
+    }
+
+    fn sync_active(&mut self) -> Result<(), WalError> {
+        if !self.active_unsynced {
+            return Ok(());
+        }
+        debug_assert!(self.buf.is_empty(), "sync_active after flush_buf");
+        let synced = self
+            .fault(io_op::SYNC_SEGMENT)
+            .and_then(|()| self.active.sync_data());
+        if let Err(e) = synced {
+            let path = self.active_path();
+            return Err(self.poison(path, io_op::SYNC_SEGMENT, e));
+        }
+        self.active_unsynced = false;
+        Ok(())
+    }
+
+    fn sync_dir(&mut self) -> Result<(), WalError> {
+        if !self.dir_unsynced {
+            return Ok(());
+        }
+        let synced = self.fault(io_op::SYNC_DIR).and_then(|()| self.dir.sync_all());
+        if let Err(e) = synced {
+            let path = self.cfg.dir.clone();
+            return Err(self.poison(path, io_op::SYNC_DIR, e));
+        }
+        self.dir_unsynced = false;
+        Ok(())
+    }
+
+    /// Records the first fatal failure; every later call returns [`WalError::Poisoned`].
+    fn poison(&mut self, path: PathBuf, op: &'static str, source: io::Error) -> WalError {
+        if self.poison.is_none() {
+            self.poison = Some(Poison {
+                path: path.clone(),
+                op,
+                cause: source.to_string(),
+            });
+        }
+        WalError::Io { path, op, source }
+    }
+
+    fn check_usable(&self) -> Result<(), WalError> {
+        match &self.poison {
+            None => Ok(()),
+            Some(p) => Err(WalError::Poisoned {
+                path: p.path.clone(),
+                op: p.op,
+                cause: p.cause.clone(),
+            }),
+        }
+    }
+
+    fn active_segment(&self) -> Segment {
+        *self.segments.back().expect("the WAL always has an active segment")
+    }
+
+    fn active_segment_mut(&mut self) -> &mut Segment {
+        self.segments
+            .back_mut()
+            .expect("the WAL always has an active segment")
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.segment_path(self.active_segment().first_lsn)
+    }
+
+    fn segment_path(&self, first_lsn: u64) -> PathBuf {
+        segment_path(&self.cfg.dir, first_lsn)
+    }
+
+    fn check_invariants(&self) {
+        debug_assert!(!self.segments.is_empty());
+        debug_assert_eq!(
+            self.bytes_total,
+            self.segments.iter().map(|s| s.bytes).sum::<u64>()
+        );
+        debug_assert_eq!(Some(self.next_lsn), self.segments.back().map(|s| s.last_lsn + 1));
+        debug_assert!(self
+            .segments
+            .iter()
+            .zip(self.segments.iter().skip(1))
+            .all(|(a, b)| a.last_lsn + 1 == b.first_lsn && !a.is_empty()));
+        debug_assert!(self
+            .segments
+            .iter()
+            .all(|s| s.bytes >= SEGMENT_HEADER_BYTES && s.last_lsn + 1 >= s.first_lsn));
+    }
+
+    #[cfg(test)]
+    fn fault(&mut self, op: &'static str) -> io::Result<()> {
+        if self.fault == Some(op) {
+            self.fault = None;
+            return Err(io::Error::other(format!("injected fault in {op}")));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn fault(&mut self, _op: &'static str) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+    dir.join(segment_file_name(first_lsn))
+}
+
+fn io_error(path: &Path, op: &'static str, source: io::Error) -> WalError {
+    WalError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+fn scan_error(path: PathBuf, e: ScanError) -> WalError {
+    match e {
+        ScanError::Corrupt { offset, reason } => WalError::Corrupt {
+            path,
+            offset,
+            reason,
+        },
+        ScanError::UnsupportedVersion { version } => WalError::UnsupportedVersion { path, version },
+    }
+}
+
+/// Creates the WAL directory if it is missing and makes its entry in the parent durable.
+fn ensure_dir(dir: &Path) -> Result<(), WalError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|e| io_error(dir, io_op::CREATE_DIR, e))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error(parent, io_op::SYNC_DIR, e))
+}
+
+/// The first LSNs of the segment files in `dir`, ascending. Other files are ignored.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
+    let mut lsns = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| io_error(dir, io_op::LIST_DIR, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(dir, io_op::LIST_DIR, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        match parse_segment_file_name(name) {
+            SegmentName::Other => {}
+            SegmentName::Segment(lsn) => lsns.push(lsn),
+            SegmentName::Malformed => {
+                return Err(WalError::Corrupt {
+                    path: entry.path(),
+                    offset: 0,
+                    reason: "segment file name is not an lsn in 1..=18446744073709551615"
+                        .to_string(),
+                })
+            }
+        }
+    }
+    lsns.sort_unstable();
+    Ok(lsns)
+}
+
+fn create_first_segment(dir_path: &Path, dir: &File) -> Result<File, WalError> {
+    let path = segment_path(dir_path, 1);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io_error(&path, io_op::CREATE_SEGMENT, e))?;
+    file.write_all(&encode_segment_header(1))
+        .map_err(|e| io_error(&path, io_op::WRITE_SEGMENT, e))?;
+    file.sync_data()
+        .map_err(|e| io_error(&path, io_op::SYNC_SEGMENT, e))?;
+    dir.sync_all()
+        .map_err(|e| io_error(dir_path, io_op::SYNC_DIR, e))?;
+    Ok(file)
+}
+
+/// Opens the newest segment for appending, cuts away its torn tail, and makes it and the
+/// directory durable (a crashed predecessor may have left both only in the page cache).
+fn open_newest_segment(
+    dir_path: &Path,
+    dir: &File,
+    newest: &Segment,
+    torn: Option<&TornTail>,
+) -> Result<File, WalError> {
+    let path = segment_path(dir_path, newest.first_lsn);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_error(&path, io_op::OPEN_SEGMENT, e))?;
+    if let Some(torn) = torn {
+        tracing::warn!(
+            path = %path.display(),
+            offset = torn.offset,
+            dropped_bytes = torn.dropped_bytes,
+            reason = %torn.reason,
+            "WAL recovery: truncating torn tail"
+        );
+        file.set_len(torn.offset)
+            .map_err(|e| io_error(&path, io_op::TRUNCATE_SEGMENT, e))?;
+        if torn.header {
+            debug_assert_eq!(torn.offset, 0);
+            file.write_all(&encode_segment_header(newest.first_lsn))
+                .map_err(|e| io_error(&path, io_op::WRITE_SEGMENT, e))?;
+        }
+    }
+    file.sync_all()
+        .map_err(|e| io_error(&path, io_op::SYNC_SEGMENT, e))?;
+    dir.sync_all()
+        .map_err(|e| io_error(dir_path, io_op::SYNC_DIR, e))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> (Wal, Vec<RecoveredEntry>) {
+        Wal::open(WalConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes_max: 200,
+            wal_bytes_max: 1 << 20,
+            entry_bytes_max: 100,
+        })
+        .expect("open")
+    }
+
+    /// Each fatal fault: the failing call returns `Io` naming the op, every later call returns
+    /// `Poisoned`, and what was synced before the fault is recovered on reopen.
+    #[test]
+    fn write_and_sync_failures_poison_the_wal() {
+        // (op to fail, what to do after appending 3 more entries)
+        let cases: &[(&str, fn(&mut Wal) -> Result<(), WalError>)] = &[
+            (io_op::WRITE_SEGMENT, |w| w.sync()),
+            (io_op::SYNC_SEGMENT, |w| w.sync()),
+            (io_op::SYNC_DIR, |w| w.trim(w.last_lsn())),
+            (io_op::WRITE_SEGMENT, |w| w.trim(w.last_lsn())),
+        ];
+        for &(op, action) in cases {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let (mut wal, _) = open(tmp.path());
+            for _ in 0..3 {
+                wal.append(b"synced").expect("append");
+            }
+            wal.sync().expect("sync");
+            for _ in 0..3 {
+                wal.append(b"unsynced").expect("append");
+            }
+            wal.fault = Some(op);
+            match action(&mut wal) {
+                Err(WalError::Io { op: failed, .. }) => assert_eq!(failed, op),
+                other => panic!("op {op}: expected an Io error, got {other:?}"),
+            }
+            assert!(wal.is_poisoned(), "op {op}");
+            let after = [
+                wal.append(b"x").map(drop),
+                wal.sync(),
+                wal.trim(1),
+            ];
+            for result in after {
+                let err = result.expect_err("poisoned");
+                assert!(matches!(err, WalError::Poisoned { op: p, .. } if p == op), "op {op}: {err}");
+                assert!(!err.is_retryable());
+            }
+            drop(wal);
+            let (_, recovered) = open(tmp.path());
+            assert!(recovered.len() >= 3, "op {op}: synced entries survive");
+            assert!(recovered.iter().take(3).all(|e| e.payload == b"synced"));
+        }
+    }
+
+    #[test]
+    fn failed_segment_creation_is_retryable_and_harmless() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = open(tmp.path());
+        let payload = [7u8; 60];
+        // 24 + 2 * 76 = 176 bytes: the third entry needs a new segment.
+        wal.append(&payload).expect("append");
+        wal.append(&payload).expect("append");
+        wal.fault = Some(io_op::CREATE_SEGMENT);
+        let err = wal.append(&payload).expect_err("injected");
+        assert!(err.is_retryable(), "{err}");
+        assert!(!wal.is_poisoned());
+        assert_eq!(wal.last_lsn(), 2);
+        assert_eq!(wal.append(&payload).expect("retry"), 3);
+        assert_eq!(wal.segment_count(), 2);
+        wal.sync().expect("sync");
+        drop(wal);
+        let (_, recovered) = open(tmp.path());
+        assert_eq!(recovered.len(), 3);
+    }
+
+    #[test]
+    fn failed_segment_removal_is_retryable() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = open(tmp.path());
+        for _ in 0..6 {
+            wal.append(&[1u8; 60]).expect("append");
+        }
+        wal.sync().expect("sync");
+        assert_eq!(wal.segment_count(), 3);
+        wal.fault = Some(io_op::REMOVE_SEGMENT);
+        let err = wal.trim(4).expect_err("injected");
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(wal.segment_count(), 3);
+        wal.trim(4).expect("retry");
+        assert_eq!(wal.segment_count(), 1);
+        assert_eq!(wal.append(b"next").expect("append"), 7);
+    }
+}
