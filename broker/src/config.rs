@@ -501,3 +501,20 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod reference {
+    /// `docs/config.md` documents exactly the keys `FileConfig` declares.
+    #[test]
+    fn docs_match_declaration() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md"))
+            .expect("docs/config.md");
+        let documented: std::collections::BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(documented, super::known_keys());
+    }
+}

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod kafka;
 pub mod log;

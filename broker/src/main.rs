@@ -16,6 +16,22 @@ struct Cli {
 enum Commands {
     /// Run a node with every role (metadata, WAL, broker) on embedded defaults.
     Start(StartArgs),
+    /// Benchmarks and probes (results as JSON on stdout).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// fdatasync latency (4 KiB) and fsynced sequential write bandwidth (1 MiB) of a directory.
+    Disk {
+        /// Directory on the device to measure (the WAL's device).
+        #[arg(long, default_value = "./strata-data")]
+        dir: PathBuf,
+        /// Seconds per probe.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -46,6 +62,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Commands::Start(args) => start(args),
+        Commands::Bench(BenchCommand::Disk { dir, seconds }) => {
+            match strata_broker::bench::disk(&dir, seconds) {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("strata: error: disk probe in {}: {err}", dir.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 

@@ -584,7 +584,7 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
             }
         }
         let waited_enough = tokio::time::Instant::now() >= deadline;
-        if total >= min_bytes.max(1) || any_error || waited_enough || watches.is_empty() {
+        if total >= min_bytes || any_error || waited_enough || watches.is_empty() {
             Metrics::add(&node.metrics.fetch_bytes_total, total as u64);
             let mut topics: Vec<FetchableTopicResponse> = names
                 .iter()

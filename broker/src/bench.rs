@@ -1,0 +1,61 @@
+//! `strata bench disk`: this machine's fdatasync latency and fsynced sequential bandwidth.
+//!
+//! The performance targets are ratios against the hardware: produce p99 against the disk's own
+//! fdatasync p99, produce throughput against the disk's fsynced sequential bandwidth. This probe
+//! measures both, in the directory the WAL would use, so a benchmark run can report ratios
+//! measured in the same run.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, serde::Serialize)]
+pub struct DiskReport {
+    pub fsync_4k_p50_us: f64,
+    pub fsync_4k_p99_us: f64,
+    pub fsync_4k_samples: usize,
+    pub seq_fsync_1mib_mb_per_s: f64,
+    pub seq_bytes: u64,
+}
+
+/// Runs both probes for about `seconds` each in `dir` and removes its scratch file.
+pub fn disk(dir: &Path, seconds: u64) -> std::io::Result<DiskReport> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(".strata-bench-disk");
+    let budget = Duration::from_secs(seconds.max(1));
+
+    let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let block = vec![0x5au8; 4096];
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget && samples.len() < 1_000_000 {
+        let t = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
+    let (p50, p99) = (pct(0.50), pct(0.99));
+
+    let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let chunk = vec![0xa5u8; 1024 * 1024];
+    let mut written = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        file.write_all(&chunk)?;
+        file.sync_data()?;
+        written += chunk.len() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(DiskReport {
+        fsync_4k_p50_us: p50,
+        fsync_4k_p99_us: p99,
+        fsync_4k_samples: samples.len(),
+        seq_fsync_1mib_mb_per_s: written as f64 / secs / 1e6,
+        seq_bytes: written,
+    })
+}

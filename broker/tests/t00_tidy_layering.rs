@@ -1,0 +1,60 @@
+//! Dependencies point down (STYLE.md §2): each crate may depend only on the crates listed
+//! here. A new edge is an architecture change — update ARCHITECTURE.md and this table together.
+
+use std::collections::BTreeSet;
+
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("types", &[]),
+    ("wal", &[]),
+    ("tiering", &["strata-types"]),
+    ("meta", &["strata-types"]),
+    ("lambda", &["strata-types", "strata-tiering", "strata-meta"]),
+    (
+        "broker",
+        &["strata-types", "strata-wal", "strata-tiering", "strata-meta"],
+    ),
+];
+
+/// Names of `strata-*` crates in the `[dependencies]` table of a manifest.
+fn strata_deps(manifest: &str) -> BTreeSet<String> {
+    let table: toml::Table = manifest.parse().expect("manifest parses");
+    table
+        .get("dependencies")
+        .and_then(|d| d.as_table())
+        .map(|d| {
+            d.keys()
+                .filter(|k| k.starts_with("strata-"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn crates_depend_only_downwards() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for (dir, allowed) in ALLOWED {
+        let manifest = std::fs::read_to_string(format!("{root}/{dir}/Cargo.toml"))
+            .unwrap_or_else(|e| panic!("{dir}/Cargo.toml: {e}"));
+        let allowed: BTreeSet<String> = allowed.iter().map(|s| s.to_string()).collect();
+        let extra: Vec<_> = strata_deps(&manifest).difference(&allowed).cloned().collect();
+        assert!(
+            extra.is_empty(),
+            "{dir} depends on {extra:?}, which the layering does not allow"
+        );
+    }
+}
+
+#[test]
+fn only_tiering_knows_opendal_and_only_meta_knows_openraft() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for (dir, _) in ALLOWED {
+        let manifest = std::fs::read_to_string(format!("{root}/{dir}/Cargo.toml")).unwrap();
+        let table: toml::Table = manifest.parse().unwrap();
+        let deps = table.get("dependencies").and_then(|d| d.as_table());
+        let has = |name: &str| deps.is_some_and(|d| d.contains_key(name));
+        assert_eq!(has("opendal"), *dir == "tiering", "{dir}: opendal");
+        assert_eq!(has("openraft"), *dir == "meta", "{dir}: openraft");
+        assert_eq!(has("redb"), *dir == "meta", "{dir}: redb");
+    }
+}
