@@ -97,7 +97,9 @@ pub enum TieringError {
 
     /// The start-up probe read back different bytes than it wrote. Permanent: the store is
     /// not a store.
-    #[error("start-up probe `{key}` in {url} read back {got} bytes that differ from the {put} written")]
+    #[error(
+        "start-up probe `{key}` in {url} read back {got} bytes that differ from the {put} written"
+    )]
     ProbeMismatch {
         url: String,
         key: String,

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use opendal::layers::{RetryEvent, RetryLayer, TimeoutLayer};
 use opendal::{services, ErrorKind, Operator};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::TieringError;
 
@@ -210,7 +210,8 @@ impl StoreMetrics {
     }
 }
 
-/// Counts (and logs) every retry the `RetryLayer` makes.
+/// Counts every retry the `RetryLayer` makes, and logs it at debug level: the final error is
+/// logged once by whoever handles it, and the `retries` counter shows a struggling store.
 struct RetryCounter {
     metrics: Arc<StoreMetrics>,
     url: String,
@@ -220,7 +221,7 @@ struct RetryCounter {
 impl opendal::layers::RetryInterceptor for RetryCounter {
     fn intercept(&self, event: RetryEvent<'_>) {
         self.metrics.retries.fetch_add(1, Ordering::Relaxed);
-        warn!(
+        debug!(
             store = %self.url,
             op = ?event.op,
             attempt = event.attempt,
@@ -461,7 +462,36 @@ impl ObjectStore {
                     detail: describe(&e, &self.inner.secrets),
                 })
             }
+            (Err(e), Some(r)) if e.kind() == ErrorKind::Unexpected => {
+                Err(self.explain_range_failure(key, r, e).await)
+            }
             (Err(e), _) => Err(self.classify(StoreOp::Get, key, e)),
+        }
+    }
+
+    /// A ranged GET that runs past the end of an object does not fail the same way on every
+    /// backend: S3 answers `206` with the bytes it has, which OpenDAL reports as a generic
+    /// "got too little data" error. Rather than match on that message, ask the store (once,
+    /// without retries, only on this failure path) how long the object is.
+    async fn explain_range_failure(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        err: opendal::Error,
+    ) -> TieringError {
+        match self.inner.probe_op.stat(key).await {
+            Ok(meta) if meta.content_length() < range.end => TieringError::RangeNotSatisfied {
+                url: self.inner.url.clone(),
+                key: key.to_owned(),
+                start: range.start,
+                end: range.end,
+                detail: format!("the object has {} bytes", meta.content_length()),
+            },
+            Err(stat_err) if stat_err.kind() == ErrorKind::NotFound => TieringError::NotFound {
+                url: self.inner.url.clone(),
+                key: key.to_owned(),
+            },
+            _ => self.classify(StoreOp::Get, key, err),
         }
     }
 
@@ -553,7 +583,10 @@ fn check_key(key: &str) -> Result<(), TieringError> {
         "it is longer than 1024 bytes"
     } else if key.starts_with('/') || key.ends_with('/') {
         "it starts or ends with '/'"
-    } else if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    } else if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         "it has an empty, '.' or '..' segment"
     } else if key.chars().any(char::is_control) {
         "it has a control character"
@@ -620,7 +653,8 @@ struct Target {
 enum Backend {
     Fs(services::Fs),
     Memory(services::Memory),
-    S3(services::S3),
+    // Boxed: the S3 builder is several times larger than the others.
+    S3(Box<services::S3>),
     Gcs(services::Gcs),
     Azblob(services::Azblob),
     Webhdfs(services::Webhdfs),
@@ -631,7 +665,7 @@ impl Target {
         match self.backend {
             Backend::Fs(b) => Operator::new(b),
             Backend::Memory(b) => Operator::new(b),
-            Backend::S3(b) => Operator::new(b),
+            Backend::S3(b) => Operator::new(*b),
             Backend::Gcs(b) => Operator::new(b),
             Backend::Azblob(b) => Operator::new(b),
             Backend::Webhdfs(b) => Operator::new(b),
@@ -827,11 +861,11 @@ fn env_nonempty(name: &str) -> Option<String> {
 fn s3_builder(url: &url::Url, query: BTreeMap<String, String>) -> Result<Target, String> {
     let bucket = host_of(url, "bucket")?;
     if url.port().is_some() {
-        return Err("an s3:// URL names a bucket, not a host:port; put the server in ?endpoint=".into());
+        return Err(
+            "an s3:// URL names a bucket, not a host:port; put the server in ?endpoint=".into(),
+        );
     }
-    let mut builder = services::S3::default()
-        .bucket(bucket)
-        .root(&root_of(url));
+    let mut builder = services::S3::default().bucket(bucket).root(&root_of(url));
     let endpoint = query.get("endpoint");
     if let Some(endpoint) = endpoint {
         http_endpoint("endpoint", endpoint)?;
@@ -856,7 +890,11 @@ fn s3_builder(url: &url::Url, query: BTreeMap<String, String>) -> Result<Target,
     let mut env_secrets = Vec::new();
     let from_query = (query.get("access_key_id"), query.get("secret_access_key"));
     let (access_key, secret_key, session_token) = match from_query {
-        (Some(ak), Some(sk)) => (Some(ak.clone()), Some(sk.clone()), query.get("session_token").cloned()),
+        (Some(ak), Some(sk)) => (
+            Some(ak.clone()),
+            Some(sk.clone()),
+            query.get("session_token").cloned(),
+        ),
         (None, None) => {
             let ak = env_nonempty("AWS_ACCESS_KEY_ID");
             let sk = env_nonempty("AWS_SECRET_ACCESS_KEY");
@@ -864,11 +902,7 @@ fn s3_builder(url: &url::Url, query: BTreeMap<String, String>) -> Result<Target,
             env_secrets.extend(sk.iter().chain(token.iter()).cloned());
             (ak, sk, token)
         }
-        _ => {
-            return Err(
-                "give both access_key_id and secret_access_key, or neither".into(),
-            )
-        }
+        _ => return Err("give both access_key_id and secret_access_key, or neither".into()),
     };
     if flag(&query, "allow_anonymous")? {
         // Unsigned requests: for public buckets and servers without auth.
@@ -881,16 +915,14 @@ fn s3_builder(url: &url::Url, query: BTreeMap<String, String>) -> Result<Target,
     }
     // Otherwise OpenDAL's default chain looks for a profile, web identity or instance role.
     Ok(Target {
-        backend: Backend::S3(builder),
+        backend: Backend::S3(Box::new(builder)),
         env_secrets,
     })
 }
 
 fn gcs_builder(url: &url::Url, query: BTreeMap<String, String>) -> Result<services::Gcs, String> {
     let bucket = host_of(url, "bucket")?;
-    let mut builder = services::Gcs::default()
-        .bucket(bucket)
-        .root(&root_of(url));
+    let mut builder = services::Gcs::default().bucket(bucket).root(&root_of(url));
     if let Some(v) = query.get("endpoint") {
         http_endpoint("endpoint", v)?;
         builder = builder.endpoint(v);
@@ -950,7 +982,11 @@ fn webhdfs_builder(
     query: BTreeMap<String, String>,
 ) -> Result<services::Webhdfs, String> {
     let host = host_of(url, "namenode host")?;
-    let scheme = if flag(&query, "tls")? { "https" } else { "http" };
+    let scheme = if flag(&query, "tls")? {
+        "https"
+    } else {
+        "http"
+    };
     let endpoint = match url.port() {
         Some(port) => format!("{scheme}://{host}:{port}"),
         None => format!("{scheme}://{host}"),
@@ -965,4 +1001,136 @@ fn webhdfs_builder(
         builder = builder.delegation(v);
     }
     Ok(builder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Ok(url)`: builds, and `url()` is this redacted form. `Err(part)`: `BadUrl` whose
+    /// message contains `part`.
+    fn check(input: &str, expected: Result<&str, &str>) {
+        let got = ObjectStore::from_url(input);
+        match (got, expected) {
+            (Ok(store), Ok(url)) => assert_eq!(store.url(), url, "{input}"),
+            (Err(err @ TieringError::BadUrl { .. }), Err(part)) => {
+                let text = err.to_string();
+                assert!(text.contains(part), "{input}: {text:?} lacks {part:?}");
+                assert!(!text.contains('\n'), "{input}: {text}");
+                assert!(!err.is_retryable());
+                for secret in ["supersecretvalue", "verysecretkey123", "c2VjcmV0c2VjcmV0"] {
+                    assert!(!text.contains(secret), "{input}: secret in {text}");
+                }
+            }
+            (got, expected) => panic!("{input}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let ep = "endpoint=http://127.0.0.1:9000";
+        let table: Vec<(String, Result<String, &str>)> = vec![
+            ("memory://".into(), Ok("memory://".into())),
+            ("memory://x".into(), Err("takes no path")),
+            ("fs://".into(), Err("needs a directory")),
+            ("fs:///tmp/strata-url-test?x=1".into(), Err("no query")),
+            ("/var/lib/strata".into(), Err("no scheme")),
+            ("ftp://host/x".into(), Err("unknown scheme `ftp`")),
+            ("hdfs://nn:8020/x".into(), Err("webhdfs://")),
+            (format!("s3://bucket?{ep}&region=us-east-1"), Ok(format!("s3://bucket?{ep}&region=us-east-1"))),
+            (format!("s3://bucket/pre/fix?{ep}"), Ok(format!("s3://bucket/pre/fix?{ep}"))),
+            (format!("s3://bucket?{ep}&allow_anonymous=true"), Ok(format!("s3://bucket?{ep}&allow_anonymous=true"))),
+            (
+                format!("s3://bucket?{ep}&access_key_id=AK&secret_access_key=verysecretkey123"),
+                Ok(format!("s3://bucket?{ep}&access_key_id=AK&secret_access_key=REDACTED")),
+            ),
+            (format!("s3://bucket?{ep}&bogus=1"), Err("unknown query key `bogus` for s3://")),
+            (format!("s3://bucket?{ep}&region=a&region=b"), Err("`region` is given twice")),
+            (format!("s3://bucket?{ep}&region="), Err("`region` has no value")),
+            (format!("s3://bucket?{ep}&allow_anonymous=yes"), Err("true or false")),
+            (format!("s3://bucket?{ep}&access_key_id=AK"), Err("both access_key_id")),
+            ("s3://bucket?endpoint=127.0.0.1:9000".into(), Err("http:// or https://")),
+            (format!("s3://bucket:9000?{ep}"), Err("not a host:port")),
+            (format!("s3://?{ep}"), Err("names no bucket")),
+            (
+                format!("s3://AKIA:supersecretvalue@bucket?{ep}"),
+                Err("user-info"),
+            ),
+            (
+                format!("s3://bucket?{ep}&secret_access_key=supersecretvalue&junk=1"),
+                Err("unknown query key `junk`"),
+            ),
+            ("gcs://bucket/prefix?allow_anonymous=true".into(), Ok("gcs://bucket/prefix?allow_anonymous=true".into())),
+            ("gcs://bucket?region=x".into(), Err("unknown query key `region` for gcs://")),
+            (
+                "azblob://container?endpoint=http://127.0.0.1:10000/devstoreaccount1&account_name=devstoreaccount1&account_key=c2VjcmV0c2VjcmV0".into(),
+                Ok("azblob://container?endpoint=http://127.0.0.1:10000/devstoreaccount1&account_name=devstoreaccount1&account_key=REDACTED".into()),
+            ),
+            ("azblob://container".into(), Err("needs ?endpoint= or ?account_name=")),
+            ("webhdfs://127.0.0.1:9870/strata?user_name=hdfs".into(), Ok("webhdfs://127.0.0.1:9870/strata?user_name=hdfs".into())),
+            ("webhdfs://127.0.0.1:9870/x?bogus=1".into(), Err("unknown query key `bogus` for webhdfs://")),
+        ];
+        for (input, expected) in &table {
+            check(input, expected.as_deref().map_err(|e| *e));
+        }
+    }
+
+    #[test]
+    fn s3_region_falls_back_to_env_or_fails() {
+        // Without an endpoint the region cannot default; it must come from the environment.
+        let env_region = env_nonempty("AWS_REGION").or_else(|| env_nonempty("AWS_DEFAULT_REGION"));
+        let result = ObjectStore::from_url("s3://bucket");
+        match env_region {
+            Some(_) => assert!(result.is_ok(), "{result:?}"),
+            None => check("s3://bucket", Err("no region")),
+        }
+    }
+
+    #[test]
+    fn redaction() {
+        let cases = [
+            ("memory://", "memory://", vec![]),
+            (
+                "s3://b?token=abc&x=1",
+                "s3://b?token=REDACTED&x=1",
+                vec!["abc"],
+            ),
+            (
+                "s3://u:p%40ss@b/p?q=1",
+                "s3://REDACTED@b/p?q=1",
+                vec!["p%40ss"],
+            ),
+            (
+                "azblob://c?sas_token=sv%3D1%26sig%3Dxyz",
+                "azblob://c?sas_token=REDACTED",
+                vec!["sv=1&sig=xyz"],
+            ),
+        ];
+        for (input, url, secrets) in cases {
+            let (got_url, got_secrets) = redact(input);
+            assert_eq!(got_url, url, "{input}");
+            assert_eq!(got_secrets, secrets, "{input}");
+        }
+    }
+
+    #[test]
+    fn keys() {
+        let cases = [
+            ("objects/0001/abc", true),
+            ("a", true),
+            ("_strata/probe/x", true),
+            ("", false),
+            ("/a", false),
+            ("a/", false),
+            ("a//b", false),
+            ("a/./b", false),
+            ("..", false),
+            ("a\tb", false),
+        ];
+        for (key, ok) in cases {
+            assert_eq!(check_key(key).is_ok(), ok, "{key:?}");
+        }
+        assert!(check_key(&"k".repeat(KEY_BYTES_MAX)).is_ok());
+        assert!(check_key(&"k".repeat(KEY_BYTES_MAX + 1)).is_err());
+    }
 }

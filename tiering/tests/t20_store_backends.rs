@@ -4,7 +4,9 @@
 //! `tests/s3-seaweedfs.sh`).
 
 use bytes::Bytes;
-use strata_tiering::{decode_footer_suffix, footer_suffix_len, ObjectBuilder, ObjectStore, TieringError};
+use strata_tiering::{
+    decode_footer_suffix, footer_suffix_len, ObjectBuilder, ObjectStore, TieringError,
+};
 use strata_types::TopicId;
 
 fn pattern(len: usize, seed: u8) -> Bytes {
@@ -34,7 +36,11 @@ async fn conformance(store: &ObjectStore, prefix: &str) {
     assert_eq!(store.get(&key).await.unwrap(), body);
     let body2 = pattern(777, 2);
     store.put(&key, body2.clone()).await.unwrap();
-    assert_eq!(store.get(&key).await.unwrap(), body2, "a PUT replaces the object");
+    assert_eq!(
+        store.get(&key).await.unwrap(),
+        body2,
+        "a PUT replaces the object"
+    );
 
     // ranged reads, by table: (range, expected Ok slice or Err)
     let cases: &[(std::ops::Range<u64>, bool)] = &[
@@ -123,7 +129,10 @@ async fn conformance(store: &ObjectStore, prefix: &str) {
     assert!(after.get_requests > before.get_requests);
     assert!(after.get_errors - before.get_errors >= 5, "{after:?}");
     assert!(after.delete_requests - before.delete_requests >= 3);
-    assert_eq!(after.put_errors, before.put_errors, "BadKey is not a store request");
+    assert_eq!(
+        after.put_errors, before.put_errors,
+        "BadKey is not a store request"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +173,10 @@ async fn fs_backend_relative_to_cwd() {
     let cwd = std::env::current_dir().unwrap();
     // Spell the tempdir relative to the working directory: ../../…/tmp/xyz
     let up = "../".repeat(cwd.components().count() - 1);
-    let rel = format!("{up}{}", dir.path().display().to_string().trim_start_matches('/'));
+    let rel = format!(
+        "{up}{}",
+        dir.path().display().to_string().trim_start_matches('/')
+    );
     let store = ObjectStore::from_url(&format!("fs://{rel}")).unwrap();
     store.put("k", Bytes::from_static(b"rel")).await.unwrap();
     assert_eq!(std::fs::read(dir.path().join("k")).unwrap(), b"rel");
@@ -196,6 +208,9 @@ async fn s3_read_only_identity_is_denied() {
     );
     assert!(!err.is_retryable());
     assert_one_line(&err, &["_strata/probe/", store.url()]);
-    assert!(!err.to_string().contains("ROSECRET"), "secret leaked: {err}");
+    assert!(
+        !err.to_string().contains("ROSECRET"),
+        "secret leaked: {err}"
+    );
     println!("read-only check() error: {err}");
 }

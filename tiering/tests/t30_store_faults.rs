@@ -124,7 +124,10 @@ async fn statuses_are_classified() {
             assert!(!text.contains('\n'), "{status} {what}: {text}");
             assert!(text.contains("objects/x") || matches!(err, TieringError::NotFound { .. }));
             assert!(text.contains(store.url()), "{status} {what}: {text}");
-            assert!(!text.contains("fake-secret-key-123"), "secret leaked: {text}");
+            assert!(
+                !text.contains("fake-secret-key-123"),
+                "secret leaked: {text}"
+            );
         }
         let m = store.metrics().snapshot();
         assert_eq!((m.put_requests, m.put_errors), (1, 1), "{status}");
@@ -139,7 +142,11 @@ async fn statuses_are_classified() {
 async fn refused_connection_fails_check_with_one_line() {
     // Port 1 on loopback: nothing listens, the kernel refuses at once.
     let store = ObjectStore::from_url(&s3_url(1)).unwrap();
-    assert!(store.url().contains("secret_access_key=REDACTED"), "{}", store.url());
+    assert!(
+        store.url().contains("secret_access_key=REDACTED"),
+        "{}",
+        store.url()
+    );
     let started = std::time::Instant::now();
     let err = store.check().await.unwrap_err();
     println!("check() after {:?}: {err}", started.elapsed());
@@ -151,7 +158,10 @@ async fn refused_connection_fails_check_with_one_line() {
     assert!(text.contains("_strata/probe/"), "{text}");
     assert!(text.contains("127.0.0.1:1"), "{text}");
     assert!(text.to_lowercase().contains("connection refused"), "{text}");
-    assert!(!text.contains("fake-secret-key-123"), "secret leaked: {text}");
+    assert!(
+        !text.contains("fake-secret-key-123"),
+        "secret leaked: {text}"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +177,13 @@ async fn silent_server_fails_check_with_timeout() {
     let err = store.check().await.unwrap_err();
     println!("{err}");
     assert!(
-        matches!(err, TieringError::Unreachable { timeout_ms: 300, .. }),
+        matches!(
+            err,
+            TieringError::Unreachable {
+                timeout_ms: 300,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.is_retryable());
