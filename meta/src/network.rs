@@ -27,7 +27,10 @@ pub struct NoConnection {
 
 impl NoConnection {
     fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        tracing::warn!(target_node = self.target, "meta raft RPC without a transport");
+        tracing::warn!(
+            target_node = self.target,
+            "meta raft RPC without a transport"
+        );
         RPCError::Unreachable(Unreachable::new(&MetaError::PeerUnreachable {
             node_id: self.target,
         }))

@@ -4,7 +4,7 @@
 //! starts raft, forms a single-voter group on a fresh store, and returns once this node leads
 //! and its state has caught up with everything committed. A cluster will be the same code
 //! with more voters in the membership and the tonic transport in place of
-//! [`NoNetwork`](crate::network::NoNetwork).
+//! [`NoNetwork`].
 
 use crate::error::MetaError;
 use crate::network::NoNetwork;
@@ -252,14 +252,14 @@ impl MetaNode {
             })?;
         // Wait until everything committed, in earlier lives included, is applied: from here on
         // `read` reflects every acknowledged write.
-        raft.ensure_linearizable().await.map_err(|e| {
-            match e.forward_to_leader::<BasicNode>() {
+        raft.ensure_linearizable()
+            .await
+            .map_err(|e| match e.forward_to_leader::<BasicNode>() {
                 Some(f) => MetaError::NotLeader {
                     leader: f.leader_id,
                 },
                 None => raft_error(e),
-            }
-        })?;
+            })?;
         Ok(())
     }
 

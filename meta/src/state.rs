@@ -102,7 +102,9 @@ pub enum Rejection {
         partition: u32,
         partitions: u32,
     },
-    #[error("topic {topic} partition {partition}: block starts at offset {got}, expected {expected}")]
+    #[error(
+        "topic {topic} partition {partition}: block starts at offset {got}, expected {expected}"
+    )]
     OffsetGap {
         topic: TopicId,
         partition: u32,
@@ -119,7 +121,9 @@ pub enum Rejection {
     },
     #[error("a block committed with object `{key}` names object `{block_key}`")]
     BlockKeyMismatch { key: String, block_key: String },
-    #[error("object `{key}`: block at byte {position} with length {len} lies outside its {size} bytes")]
+    #[error(
+        "object `{key}`: block at byte {position} with length {len} lies outside its {size} bytes"
+    )]
     BlockOutOfBounds {
         key: String,
         position: u64,
@@ -239,7 +243,6 @@ impl MetaState {
             Command::DeleteTopic { name } => self.delete_topic(name),
             Command::CommitObject { key, size, blocks } => self.commit_object(key, *size, blocks),
         };
-        debug_assert_eq!(self.check_invariants(), Ok(()));
         match result {
             Ok(ok) => ok,
             Err(rejection) => CommandResult::Rejected(rejection),
@@ -398,11 +401,11 @@ impl MetaState {
         }
 
         for block in blocks {
-            let topic = self
-                .topics
-                .get_mut(&block.topic)
-                .expect("validated above");
+            let topic = self.topics.get_mut(&block.topic).expect("validated above");
             topic.partitions[block.partition as usize].push(block.clone());
+        }
+        for (&(topic, partition), &end) in &next_expected {
+            debug_assert_eq!(self.indexed_end(topic, partition), end);
         }
         self.objects.insert(
             key.to_owned(),
@@ -443,7 +446,12 @@ impl MetaState {
 
     /// The block containing `offset`, or else the first block starting after it (so a fetch at a
     /// trimmed/compacted gap moves forward); None past the end.
-    pub fn find_block(&self, topic: TopicId, partition: u32, offset: i64) -> Option<&BlockLocation> {
+    pub fn find_block(
+        &self,
+        topic: TopicId,
+        partition: u32,
+        offset: i64,
+    ) -> Option<&BlockLocation> {
         let index = self.partition(topic, partition)?;
         // Blocks are ordered and disjoint, so end offsets increase: the first block ending after
         // `offset` either holds it or is the first one after it.
@@ -495,7 +503,8 @@ impl MetaState {
         self.last_applied = index;
     }
 
-    /// Checks the structural invariants; the error names the first one broken.
+    /// Checks the structural invariants; the error names the first one broken. It walks the
+    /// whole state, so `apply` does not call it: tests and tools do.
     pub fn check_invariants(&self) -> Result<(), String> {
         if self.names.len() != self.topics.len() {
             return Err(format!(
@@ -531,7 +540,10 @@ impl MetaState {
                     *live.entry(block.key.as_str()).or_default() += 1;
                 }
                 if expected != index.end_offset {
-                    return Err(format!("topic `{name}` partition {p}: end {expected} != {}", index.end_offset));
+                    return Err(format!(
+                        "topic `{name}` partition {p}: end {expected} != {}",
+                        index.end_offset
+                    ));
                 }
             }
         }
@@ -545,7 +557,11 @@ impl MetaState {
         for (key, count) in live {
             match self.objects.get(key) {
                 Some(object) if object.live_blocks == count => {}
-                other => return Err(format!("object `{key}`: {count} blocks indexed, recorded {other:?}")),
+                other => {
+                    return Err(format!(
+                        "object `{key}`: {count} blocks indexed, recorded {other:?}"
+                    ))
+                }
             }
             if self.garbage_keys.contains(key) {
                 return Err(format!("object `{key}` is both live and garbage"));
@@ -589,16 +605,18 @@ mod tests {
         let blocks: Vec<BlockLocation> = blocks
             .iter()
             .enumerate()
-            .map(|(i, &(t, partition, base_offset, end_offset, max_timestamp))| BlockLocation {
-                key: key.to_owned(),
-                topic: tid(t),
-                partition,
-                base_offset,
-                end_offset,
-                position: i as u64 * 100,
-                len: 100,
-                max_timestamp,
-            })
+            .map(
+                |(i, &(t, partition, base_offset, end_offset, max_timestamp))| BlockLocation {
+                    key: key.to_owned(),
+                    topic: tid(t),
+                    partition,
+                    base_offset,
+                    end_offset,
+                    position: i as u64 * 100,
+                    len: 100,
+                    max_timestamp,
+                },
+            )
             .collect();
         Command::CommitObject {
             key: key.to_owned(),
@@ -663,7 +681,9 @@ mod tests {
                         }
                         _ => panic!("{at}: wanted {want:?}, got {got:?}"),
                     }
-                    state.check_invariants().unwrap_or_else(|e| panic!("{at}: {e}"));
+                    state
+                        .check_invariants()
+                        .unwrap_or_else(|e| panic!("{at}: {e}"));
                 }
                 Index(t, p, ranges, start, end) => {
                     let got: Vec<(i64, i64)> = state
@@ -679,11 +699,17 @@ mod tests {
                     assert_eq!(got, want, "{at}: find_block({offset})");
                 }
                 FindTime(t, p, ts, want) => {
-                    let got = state.find_block_by_time(tid(t), p, ts).map(|b| b.base_offset);
+                    let got = state
+                        .find_block_by_time(tid(t), p, ts)
+                        .map(|b| b.base_offset);
                     assert_eq!(got, want, "{at}: find_block_by_time({ts})");
                 }
                 Topic(n, want) => {
-                    assert_eq!(state.topic(n).map(|m| m.id), want.map(tid), "{at}: topic {n}");
+                    assert_eq!(
+                        state.topic(n).map(|m| m.id),
+                        want.map(tid),
+                        "{at}: topic {n}"
+                    );
                 }
                 Garbage(want) => {
                     let got: Vec<&str> = state.garbage_keys().collect();
@@ -695,7 +721,11 @@ mod tests {
         let json = serde_json::to_string(&state).unwrap();
         let back: MetaState = serde_json::from_str(&json).unwrap();
         back.check_invariants().unwrap();
-        assert_eq!(json, serde_json::to_string(&back).unwrap(), "case `{case}`: round trip");
+        assert_eq!(
+            json,
+            serde_json::to_string(&back).unwrap(),
+            "case `{case}`: round trip"
+        );
     }
 
     #[test]
@@ -705,10 +735,16 @@ mod tests {
                 "create topics",
                 vec![
                     Apply(create("a", 1, 3), Want::Created),
-                    Apply(create("a", 2, 3), Want::Rejected(Rejection::TopicExists { name: name("a") })),
+                    Apply(
+                        create("a", 2, 3),
+                        Want::Rejected(Rejection::TopicExists { name: name("a") }),
+                    ),
                     Apply(
                         create("b", 1, 3),
-                        Want::Rejected(Rejection::TopicIdExists { id: tid(1), name: name("a") }),
+                        Want::Rejected(Rejection::TopicIdExists {
+                            id: tid(1),
+                            name: name("a"),
+                        }),
                     ),
                     Apply(
                         create("b", 2, 0),
@@ -738,7 +774,10 @@ mod tests {
                 "contiguous commits",
                 vec![
                     Apply(create("a", 1, 2), Want::Created),
-                    Apply(object("o1", &[(1, 0, 0, 10, 5), (1, 1, 0, 3, 5)]), Want::Committed),
+                    Apply(
+                        object("o1", &[(1, 0, 0, 10, 5), (1, 1, 0, 3, 5)]),
+                        Want::Committed,
+                    ),
                     Apply(object("o2", &[(1, 0, 10, 25, 9)]), Want::Committed),
                     Index(1, 0, &[(0, 10), (10, 25)], 0, 25),
                     Index(1, 1, &[(0, 3)], 0, 3),
@@ -793,7 +832,10 @@ mod tests {
                             partitions: 2,
                         }),
                     ),
-                    Apply(delete("zz"), Want::Rejected(Rejection::UnknownTopic { name: name("zz") })),
+                    Apply(
+                        delete("zz"),
+                        Want::Rejected(Rejection::UnknownTopic { name: name("zz") }),
+                    ),
                     Index(9, 0, &[], 0, 0),
                 ],
             ),
@@ -801,13 +843,19 @@ mod tests {
                 "all or nothing",
                 vec![
                     Apply(create("a", 1, 2), Want::Created),
-                    Apply(object("o1", &[(1, 0, 0, 10, 0), (1, 1, 7, 9, 0)]), gap(1, 1, 0, 7)),
+                    Apply(
+                        object("o1", &[(1, 0, 0, 10, 0), (1, 1, 7, 9, 0)]),
+                        gap(1, 1, 0, 7),
+                    ),
                     Apply(
                         object("o1", &[(1, 0, 0, 10, 0), (2, 0, 0, 9, 0)]),
                         Want::Rejected(Rejection::UnknownTopicId { topic: tid(2) }),
                     ),
                     Index(1, 0, &[], 0, 0),
-                    Apply(object("o1", &[(1, 0, 0, 10, 0), (1, 1, 0, 9, 0)]), Want::Committed),
+                    Apply(
+                        object("o1", &[(1, 0, 0, 10, 0), (1, 1, 0, 9, 0)]),
+                        Want::Committed,
+                    ),
                     Index(1, 0, &[(0, 10)], 0, 10),
                     Index(1, 1, &[(0, 9)], 0, 9),
                 ],
@@ -816,10 +864,22 @@ mod tests {
                 "one partition twice in one object",
                 vec![
                     Apply(create("a", 1, 1), Want::Created),
-                    Apply(object("o1", &[(1, 0, 5, 10, 0), (1, 0, 0, 5, 0)]), gap(1, 0, 0, 5)),
-                    Apply(object("o1", &[(1, 0, 0, 5, 0), (1, 0, 6, 10, 0)]), gap(1, 0, 5, 6)),
-                    Apply(object("o1", &[(1, 0, 0, 5, 0), (1, 0, 4, 10, 0)]), gap(1, 0, 5, 4)),
-                    Apply(object("o1", &[(1, 0, 0, 5, 0), (1, 0, 5, 10, 0)]), Want::Committed),
+                    Apply(
+                        object("o1", &[(1, 0, 5, 10, 0), (1, 0, 0, 5, 0)]),
+                        gap(1, 0, 0, 5),
+                    ),
+                    Apply(
+                        object("o1", &[(1, 0, 0, 5, 0), (1, 0, 6, 10, 0)]),
+                        gap(1, 0, 5, 6),
+                    ),
+                    Apply(
+                        object("o1", &[(1, 0, 0, 5, 0), (1, 0, 4, 10, 0)]),
+                        gap(1, 0, 5, 4),
+                    ),
+                    Apply(
+                        object("o1", &[(1, 0, 0, 5, 0), (1, 0, 5, 10, 0)]),
+                        Want::Committed,
+                    ),
                     Index(1, 0, &[(0, 5), (5, 10)], 0, 10),
                 ],
             ),
@@ -827,7 +887,10 @@ mod tests {
                 "malformed objects",
                 vec![
                     Apply(create("a", 1, 1), Want::Created),
-                    Apply(object("o1", &[]), Want::Rejected(Rejection::EmptyObject { key: "o1".into() })),
+                    Apply(
+                        object("o1", &[]),
+                        Want::Rejected(Rejection::EmptyObject { key: "o1".into() }),
+                    ),
                     Apply(
                         object("o1", &[(1, 0, 0, 0, 0)]),
                         Want::Rejected(Rejection::EmptyBlock {
@@ -876,13 +939,19 @@ mod tests {
                     Apply(create("a", 1, 2), Want::Created),
                     Apply(create("b", 2, 1), Want::Created),
                     Apply(object("o1", &[(1, 0, 0, 10, 0)]), Want::Committed),
-                    Apply(object("o2", &[(1, 1, 0, 10, 0), (2, 0, 0, 4, 0)]), Want::Committed),
+                    Apply(
+                        object("o2", &[(1, 1, 0, 10, 0), (2, 0, 0, 4, 0)]),
+                        Want::Committed,
+                    ),
                     Apply(delete("a"), Want::Deleted),
                     Topic("a", None),
                     Index(1, 0, &[], 0, 0),
                     // o2 still holds topic b's block.
                     Garbage(&["o1"]),
-                    Apply(object("o3", &[(1, 0, 10, 20, 0)]), Want::Rejected(Rejection::UnknownTopicId { topic: tid(1) })),
+                    Apply(
+                        object("o3", &[(1, 0, 10, 20, 0)]),
+                        Want::Rejected(Rejection::UnknownTopicId { topic: tid(1) }),
+                    ),
                     // A late retry of an object whose topic is gone changes nothing.
                     Apply(object("o1", &[(1, 0, 0, 10, 0)]), Want::Committed),
                     Garbage(&["o1"]),
@@ -900,7 +969,10 @@ mod tests {
                 vec![
                     Apply(create("a", 1, 1), Want::Created),
                     Find(1, 0, 0, None),
-                    Apply(object("o1", &[(1, 0, 0, 10, 0), (1, 0, 10, 20, 0)]), Want::Committed),
+                    Apply(
+                        object("o1", &[(1, 0, 0, 10, 0), (1, 0, 10, 20, 0)]),
+                        Want::Committed,
+                    ),
                     Apply(object("o2", &[(1, 0, 20, 30, 0)]), Want::Committed),
                     Find(1, 0, -5, Some(0)),
                     Find(1, 0, 0, Some(0)),
@@ -921,7 +993,12 @@ mod tests {
                     Apply(
                         object(
                             "o1",
-                            &[(1, 0, 0, 10, 100), (1, 0, 10, 20, 50), (1, 0, 20, 30, -1), (1, 0, 30, 40, 300)],
+                            &[
+                                (1, 0, 0, 10, 100),
+                                (1, 0, 10, 20, 50),
+                                (1, 0, 20, 30, -1),
+                                (1, 0, 30, 40, 300),
+                            ],
                         ),
                         Want::Committed,
                     ),
@@ -960,7 +1037,11 @@ mod tests {
 
     #[test]
     fn commands_round_trip_through_json() {
-        for cmd in [create("a", 1, 4), delete("a"), object("o1", &[(1, 0, 0, 10, 1)])] {
+        for cmd in [
+            create("a", 1, 4),
+            delete("a"),
+            object("o1", &[(1, 0, 0, 10, 1)]),
+        ] {
             let json = serde_json::to_string(&cmd).unwrap();
             assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
         }

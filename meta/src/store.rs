@@ -42,9 +42,7 @@ use openraft::{
     SnapshotMeta, StorageIOError, StoredMembership, Vote,
 };
 use parking_lot::RwLock;
-use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
-};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
@@ -58,6 +56,9 @@ use tokio::sync::watch;
 pub const DB_FILE_NAME: &str = "meta.redb";
 /// Version of the layout described in the module docs.
 pub const STORE_FORMAT_VERSION: u32 = 1;
+/// redb page cache. The applied state lives in memory anyway; the cache only speeds up log
+/// reads for followers and re-apply, so it is kept small (redb's default is 1 GiB).
+pub const STORE_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -79,7 +80,10 @@ type Meta = SnapshotMeta<NodeId, BasicNode>;
 /// Fails with [`MetaError::StoreLocked`] while another `Database` holds the file — another
 /// process, or a node of this process that has not finished shutting down.
 pub fn open_store(path: &Path) -> Result<(LogStore, StateMachineStore), MetaError> {
-    let db = match Database::create(path) {
+    let db = match Database::builder()
+        .set_cache_size(STORE_CACHE_BYTES_MAX)
+        .create(path)
+    {
         Ok(db) => Arc::new(db),
         Err(DatabaseError::DatabaseAlreadyOpen) => {
             return Err(MetaError::StoreLocked {
@@ -93,7 +97,9 @@ pub fn open_store(path: &Path) -> Result<(LogStore, StateMachineStore), MetaErro
         txn.open_table(LOG)?;
         txn.open_table(SNAPSHOT)?;
         let mut meta = txn.open_table(RAFT_META)?;
-        let format = meta.get(KEY_FORMAT)?.map(|v| decode::<u32>(v.value(), "format"));
+        let format = meta
+            .get(KEY_FORMAT)?
+            .map(|v| decode::<u32>(v.value(), "format"));
         match format {
             None => {
                 meta.insert(KEY_FORMAT, encode(&STORE_FORMAT_VERSION).as_slice())?;
@@ -126,10 +132,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, Me
     })
 }
 
-fn get_meta<T: DeserializeOwned>(
-    db: &Database,
-    key: &'static str,
-) -> Result<Option<T>, MetaError> {
+fn get_meta<T: DeserializeOwned>(db: &Database, key: &'static str) -> Result<Option<T>, MetaError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(RAFT_META)?;
     let value = table.get(key)?;
@@ -277,7 +280,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_error(StorageIOError::read, e))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -524,7 +531,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Ok(state)
         })
         .await
-        .map_err(|e| io_error(|src| StorageIOError::read_snapshot(Some(meta.signature()), src), e))?;
+        .map_err(|e| {
+            io_error(
+                |src| StorageIOError::read_snapshot(Some(meta.signature()), src),
+                e,
+            )
+        })?;
         state.set_last_applied(meta.last_log_id.map_or(0, |id| id.index));
         let last_applied = state.last_applied();
         *self.state.write() = state;
@@ -573,7 +585,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok(data)
         })
         .await
-        .map_err(|e| io_error(|src| StorageIOError::write_snapshot(Some(meta.signature()), src), e))?;
+        .map_err(|e| {
+            io_error(
+                |src| StorageIOError::write_snapshot(Some(meta.signature()), src),
+                e,
+            )
+        })?;
         tracing::info!(snapshot = %meta, bytes = data.len(), "meta snapshot built");
         Ok(Snapshot {
             meta,
@@ -595,9 +612,15 @@ mod tests {
         let future = br#"{"format":2,"state":{"names":{},"topics":{},"objects":{},"garbage_keys":[],"last_applied":0}}"#;
         assert!(matches!(
             decode_snapshot(future),
-            Err(MetaError::UnsupportedFormat { found: 2, supported: 1 })
+            Err(MetaError::UnsupportedFormat {
+                found: 2,
+                supported: 1
+            })
         ));
-        assert!(matches!(decode_snapshot(b"{"), Err(MetaError::Corrupt { .. })));
+        assert!(matches!(
+            decode_snapshot(b"{"),
+            Err(MetaError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -610,14 +633,23 @@ mod tests {
             log.bind_node_id(1).unwrap();
             assert!(matches!(
                 log.bind_node_id(2),
-                Err(MetaError::NodeIdMismatch { stored: 1, given: 2 })
+                Err(MetaError::NodeIdMismatch {
+                    stored: 1,
+                    given: 2
+                })
             ));
-            assert!(matches!(open_store(&path), Err(MetaError::StoreLocked { .. })));
+            assert!(matches!(
+                open_store(&path),
+                Err(MetaError::StoreLocked { .. })
+            ));
             put_meta(&log.db, KEY_FORMAT, &7u32, Durability::Immediate).unwrap();
         }
         assert!(matches!(
             open_store(&path),
-            Err(MetaError::UnsupportedFormat { found: 7, supported: 1 })
+            Err(MetaError::UnsupportedFormat {
+                found: 7,
+                supported: 1
+            })
         ));
     }
 }
