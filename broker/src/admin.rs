@@ -20,7 +20,10 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::
     let stop = async move {
         let _ = shutdown.changed().await;
     };
-    if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(%err, "admin listener failed");
     }
 }
@@ -31,7 +34,9 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "failed", "reason": "the WAL failed; writes are refused"})),
+            Json(
+                serde_json::json!({"status": "failed", "reason": "the WAL failed; writes are refused"}),
+            ),
         )
     }
 }
@@ -42,7 +47,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let s = node.store.metrics().snapshot();
     use std::fmt::Write as _;
     let _ = writeln!(out, "# TYPE strata_object_store_requests_total counter");
-    for (op, n) in [("put", s.put_requests), ("get", s.get_requests), ("delete", s.delete_requests)] {
+    for (op, n) in [
+        ("put", s.put_requests),
+        ("get", s.get_requests),
+        ("delete", s.delete_requests),
+    ] {
         let _ = writeln!(out, "strata_object_store_requests_total{{op=\"{op}\"}} {n}");
     }
     let _ = writeln!(out, "# TYPE strata_object_store_bytes_total counter");
@@ -50,7 +59,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         let _ = writeln!(out, "strata_object_store_bytes_total{{op=\"{op}\"}} {n}");
     }
     let _ = writeln!(out, "# TYPE strata_object_store_errors_total counter");
-    for (op, n) in [("put", s.put_errors), ("get", s.get_errors), ("delete", s.delete_errors)] {
+    for (op, n) in [
+        ("put", s.put_errors),
+        ("get", s.get_errors),
+        ("delete", s.delete_errors),
+    ] {
         let _ = writeln!(out, "strata_object_store_errors_total{{op=\"{op}\"}} {n}");
     }
     let _ = writeln!(out, "# TYPE strata_object_store_retries_total counter");

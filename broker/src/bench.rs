@@ -25,7 +25,11 @@ pub fn disk(dir: &Path, seconds: u64) -> std::io::Result<DiskReport> {
     let path = dir.join(".strata-bench-disk");
     let budget = Duration::from_secs(seconds.max(1));
 
-    let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
     let block = vec![0x5au8; 4096];
     let mut samples = Vec::new();
     let start = Instant::now();
@@ -39,7 +43,11 @@ pub fn disk(dir: &Path, seconds: u64) -> std::io::Result<DiskReport> {
     let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
     let (p50, p99) = (pct(0.50), pct(0.99));
 
-    let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
     let chunk = vec![0xa5u8; 1024 * 1024];
     let mut written = 0u64;
     let start = Instant::now();

@@ -95,7 +95,7 @@ pub struct TieringSection {
     pub tail_bytes_max: u64,
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetaSection {
     /// Default `<data_dir>/meta`.
@@ -160,12 +160,6 @@ impl Default for TieringSection {
             read_cache_bytes_max: 128 * 1024 * 1024,
             tail_bytes_max: 4 * 1024 * 1024,
         }
-    }
-}
-
-impl Default for MetaSection {
-    fn default() -> Self {
-        Self { dir: None }
     }
 }
 
@@ -307,7 +301,11 @@ fn apply_overrides(table: &mut toml::Table, o: &Overrides) {
         }
     };
     if let Some(v) = &o.data_dir {
-        set(None, "data_dir", toml::Value::String(v.display().to_string()));
+        set(
+            None,
+            "data_dir",
+            toml::Value::String(v.display().to_string()),
+        );
     }
     if let Some(v) = &o.object_store {
         set(None, "object_store", toml::Value::String(v.clone()));
@@ -388,7 +386,10 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         return Err(bad("wal.segment_bytes_max", "must be at least 4096"));
     }
     if f.wal.bytes_max < f.wal.segment_bytes_max {
-        return Err(bad("wal.bytes_max", "must be at least wal.segment_bytes_max"));
+        return Err(bad(
+            "wal.bytes_max",
+            "must be at least wal.segment_bytes_max",
+        ));
     }
     if f.tiering.flush_interval_ms == 0 {
         return Err(bad("tiering.flush_interval_ms", "must be positive"));
@@ -484,13 +485,22 @@ mod tests {
 
     #[test]
     fn rejections_name_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("[kafka]\nlisen = \"x\"\n", &[], "lisen"),
             ("bogus = 1\n", &[], "bogus"),
             ("", &[("STRATA_KAFKA_LISTEN", "nonsense")], "kafka.listen"),
             ("[kafka]\nlisten = \"nonsense\"\n", &[], "kafka.listen"),
-            ("[kafka]\ndefault_partitions = 0\n", &[], "kafka.default_partitions"),
-            ("[tiering]\nflush_interval_ms = \"soon\"\n", &[], "flush_interval_ms"),
+            (
+                "[kafka]\ndefault_partitions = 0\n",
+                &[],
+                "kafka.default_partitions",
+            ),
+            (
+                "[tiering]\nflush_interval_ms = \"soon\"\n",
+                &[],
+                "flush_interval_ms",
+            ),
             ("[kafka\n", &[], "c.toml"),
         ];
         for (text, env_pairs, key) in cases {
@@ -507,8 +517,9 @@ mod reference {
     /// `docs/config.md` documents exactly the keys `FileConfig` declares.
     #[test]
     fn docs_match_declaration() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md"))
-            .expect("docs/config.md");
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md"))
+                .expect("docs/config.md");
         let documented: std::collections::BTreeSet<String> = doc
             .lines()
             .filter_map(|l| l.strip_prefix("| `"))

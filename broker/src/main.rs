@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use strata_broker::config::{self, Overrides};
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "StrataMQ: a storage-disaggregated Kafka and MQTT broker")]
+#[command(
+    name = "strata",
+    version,
+    about = "StrataMQ: a storage-disaggregated Kafka and MQTT broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -65,7 +69,10 @@ fn main() -> ExitCode {
         Commands::Bench(BenchCommand::Disk { dir, seconds }) => {
             match strata_broker::bench::disk(&dir, seconds) {
                 Ok(report) => {
-                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(err) => {
@@ -93,7 +100,10 @@ fn start(args: StartArgs) -> ExitCode {
         }
     };
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("strata: error: cannot start the async runtime: {err}");

@@ -38,21 +38,73 @@ impl Metrics {
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
         let rows: [(&str, &str, &AtomicU64); 15] = [
-            ("strata_kafka_connections_total", "counter", &self.kafka_connections_total),
-            ("strata_kafka_connections_open", "gauge", &self.kafka_connections_open),
-            ("strata_kafka_requests_total", "counter", &self.kafka_requests_total),
-            ("strata_kafka_request_errors_total", "counter", &self.kafka_request_errors_total),
-            ("strata_produce_records_total", "counter", &self.produce_records_total),
-            ("strata_produce_bytes_total", "counter", &self.produce_bytes_total),
-            ("strata_fetch_bytes_total", "counter", &self.fetch_bytes_total),
-            ("strata_wal_group_commits_total", "counter", &self.wal_group_commits_total),
-            ("strata_wal_appends_total", "counter", &self.wal_appends_total),
+            (
+                "strata_kafka_connections_total",
+                "counter",
+                &self.kafka_connections_total,
+            ),
+            (
+                "strata_kafka_connections_open",
+                "gauge",
+                &self.kafka_connections_open,
+            ),
+            (
+                "strata_kafka_requests_total",
+                "counter",
+                &self.kafka_requests_total,
+            ),
+            (
+                "strata_kafka_request_errors_total",
+                "counter",
+                &self.kafka_request_errors_total,
+            ),
+            (
+                "strata_produce_records_total",
+                "counter",
+                &self.produce_records_total,
+            ),
+            (
+                "strata_produce_bytes_total",
+                "counter",
+                &self.produce_bytes_total,
+            ),
+            (
+                "strata_fetch_bytes_total",
+                "counter",
+                &self.fetch_bytes_total,
+            ),
+            (
+                "strata_wal_group_commits_total",
+                "counter",
+                &self.wal_group_commits_total,
+            ),
+            (
+                "strata_wal_appends_total",
+                "counter",
+                &self.wal_appends_total,
+            ),
             ("strata_wal_bytes", "gauge", &self.wal_bytes),
-            ("strata_tiering_objects_uploaded_total", "counter", &self.objects_uploaded_total),
-            ("strata_tiering_bytes_uploaded_total", "counter", &self.object_bytes_uploaded_total),
-            ("strata_tiering_upload_failures_total", "counter", &self.upload_failures_total),
+            (
+                "strata_tiering_objects_uploaded_total",
+                "counter",
+                &self.objects_uploaded_total,
+            ),
+            (
+                "strata_tiering_bytes_uploaded_total",
+                "counter",
+                &self.object_bytes_uploaded_total,
+            ),
+            (
+                "strata_tiering_upload_failures_total",
+                "counter",
+                &self.upload_failures_total,
+            ),
             ("strata_cold_reads_total", "counter", &self.cold_reads_total),
-            ("strata_cold_read_cache_hits_total", "counter", &self.cold_read_cache_hits_total),
+            (
+                "strata_cold_read_cache_hits_total",
+                "counter",
+                &self.cold_read_cache_hits_total,
+            ),
         ];
         for (name, kind, value) in rows {
             let _ = writeln!(out, "# TYPE {name} {kind}");

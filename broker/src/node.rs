@@ -95,13 +95,17 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         let what = what.to_string();
         move |source| StartError::Io { what, source }
     };
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(io(&format!("create data dir {}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(io(&format!(
+        "create data dir {}",
+        config.data_dir.display()
+    )))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
 
-    let store = ObjectStore::from_url(&config.object_store).map_err(|e| StartError::ObjectStore {
-        url: config.object_store.clone(),
-        reason: e.to_string(),
-    })?;
+    let store =
+        ObjectStore::from_url(&config.object_store).map_err(|e| StartError::ObjectStore {
+            url: config.object_store.clone(),
+            reason: e.to_string(),
+        })?;
     store.check().await.map_err(|e| StartError::ObjectStore {
         url: store.url().to_string(),
         reason: e.to_string(),
@@ -221,7 +225,11 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         kafka_listener,
         shutdown_rx.clone(),
     ));
-    tokio::spawn(admin::serve(node.clone(), admin_listener, shutdown_rx.clone()));
+    tokio::spawn(admin::serve(
+        node.clone(),
+        admin_listener,
+        shutdown_rx.clone(),
+    ));
 
     println!("strata: kafka listening on {kafka_addr}");
     println!("strata: admin listening on {admin_addr}");
@@ -251,11 +259,10 @@ fn replay(
 ) -> Result<usize, StartError> {
     let mut replayed = 0;
     for recovered in entries {
-        let entry = WalEntry::decode(Bytes::from(recovered.payload)).map_err(|e| {
-            StartError::Recovery {
+        let entry =
+            WalEntry::decode(Bytes::from(recovered.payload)).map_err(|e| StartError::Recovery {
                 reason: format!("WAL entry {} is undecodable: {e}", recovered.lsn),
-            }
-        })?;
+            })?;
         let Some(log) = registry.partition(&entry.partition) else {
             continue; // the topic was deleted
         };
@@ -267,7 +274,11 @@ fn replay(
             return Err(StartError::Recovery {
                 reason: format!(
                     "WAL entry {} for {}/{} starts at offset {}, but the partition continues at {}",
-                    recovered.lsn, log.topic_name, entry.partition.partition, entry.base_offset, next
+                    recovered.lsn,
+                    log.topic_name,
+                    entry.partition.partition,
+                    entry.base_offset,
+                    next
                 ),
             });
         }
@@ -286,6 +297,35 @@ fn replay(
         replayed += 1;
     }
     Ok(replayed)
+}
+
+/// Takes an exclusive lock on the data dir for the life of the process, so two nodes can never
+/// write the same WAL or metadata files.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::Io {
+            what: format!("open {}", path.display()),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Io {
+            what: format!(
+                "data dir {} is in use by another strata process",
+                dir.display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::Io {
+            what: format!("lock {}", path.display()),
+            source,
+        }),
+    }
 }
 
 /// The cluster id Kafka clients see, created once and kept in the data dir.

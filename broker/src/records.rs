@@ -119,7 +119,12 @@ mod tests {
 
     #[test]
     fn time_lookup_across_codecs() {
-        for codec in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Zstd] {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Zstd,
+        ] {
             let mut data = batch(0, &[10, 20, 30], codec);
             data.extend(batch(3, &[40, 25, 50], codec));
             for (ts, want) in [

@@ -11,7 +11,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("lambda", &["strata-types", "strata-tiering", "strata-meta"]),
     (
         "broker",
-        &["strata-types", "strata-wal", "strata-tiering", "strata-meta"],
+        &[
+            "strata-types",
+            "strata-wal",
+            "strata-tiering",
+            "strata-meta",
+        ],
     ),
 ];
 
@@ -37,7 +42,10 @@ fn crates_depend_only_downwards() {
         let manifest = std::fs::read_to_string(format!("{root}/{dir}/Cargo.toml"))
             .unwrap_or_else(|e| panic!("{dir}/Cargo.toml: {e}"));
         let allowed: BTreeSet<String> = allowed.iter().map(|s| s.to_string()).collect();
-        let extra: Vec<_> = strata_deps(&manifest).difference(&allowed).cloned().collect();
+        let extra: Vec<_> = strata_deps(&manifest)
+            .difference(&allowed)
+            .cloned()
+            .collect();
         assert!(
             extra.is_empty(),
             "{dir} depends on {extra:?}, which the layering does not allow"

@@ -615,6 +615,7 @@ mod tests {
                     position: i as u64 * 100,
                     len: 100,
                     max_timestamp,
+                    crc32c: 0,
                 },
             )
             .collect();

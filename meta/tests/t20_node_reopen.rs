@@ -31,6 +31,7 @@ fn object(key: &str, blocks: &[(TopicId, u32, i64, i64)]) -> Command {
                 position: i as u64 * 64,
                 len: 64,
                 max_timestamp: end_offset * 10,
+                crc32c: 0,
             },
         )
         .collect();

@@ -43,6 +43,7 @@ fn object(i: i64) -> Command {
             position: 0,
             len: 100,
             max_timestamp: i,
+            crc32c: 0,
         }],
     }
 }

@@ -242,6 +242,7 @@ impl ObjectBuilder {
                     position,
                     len: block.len,
                     max_timestamp: block.max_timestamp,
+                    crc32c: block.crc32c,
                 },
                 block_crc32c: block.crc32c,
             });
@@ -411,6 +412,7 @@ pub fn decode_footer_suffix(
             position: le_u64(raw, 36),
             len: le_u64(raw, 44),
             max_timestamp: le_i64(raw, 52),
+            crc32c: le_u32(raw, 60),
         };
         let block_crc32c = le_u32(raw, 60);
         if !(0 <= location.base_offset && location.base_offset < location.end_offset) {

@@ -39,7 +39,10 @@ pub enum BatchError {
     #[error("record batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
     #[error("record batch claims {records} records with last offset delta {last_offset_delta}")]
-    BadCount { records: i32, last_offset_delta: i32 },
+    BadCount {
+        records: i32,
+        last_offset_delta: i32,
+    },
 }
 
 /// Compression codec in a batch's attributes.
@@ -300,7 +303,9 @@ pub(crate) mod tests {
     fn iterates_concatenated_batches() {
         let mut buf = make_batch(0, 2, 0, 0);
         buf.extend(make_batch(2, 3, 0, 0));
-        let got: Vec<_> = Batches::new(&buf).map(|r| r.unwrap().0.base_offset).collect();
+        let got: Vec<_> = Batches::new(&buf)
+            .map(|r| r.unwrap().0.base_offset)
+            .collect();
         assert_eq!(got, vec![0, 2]);
         buf.push(0);
         assert!(Batches::new(&buf).any(|r| r.is_err()));

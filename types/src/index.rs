@@ -25,6 +25,10 @@ pub struct BlockLocation {
     pub len: u64,
     /// Largest record timestamp (ms since the epoch) in the block, `-1` when unknown.
     pub max_timestamp: i64,
+    /// CRC32C of the block's bytes, checked by every cold read before the bytes are served
+    /// (`0` in entries written before the field existed, which readers do not check).
+    #[serde(default)]
+    pub crc32c: u32,
 }
 
 impl BlockLocation {

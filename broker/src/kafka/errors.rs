@@ -53,8 +53,20 @@ mod tests {
             (append(AppendError::TooLarge), 10),
             (append(AppendError::ShuttingDown), 6),
             (batch(&BatchError::UnsupportedMagic { magic: 1 }), 43),
-            (batch(&BatchError::CrcMismatch { stored: 0, computed: 1 }), 2),
-            (batch(&BatchError::BadCount { records: 0, last_offset_delta: 0 }), 87),
+            (
+                batch(&BatchError::CrcMismatch {
+                    stored: 0,
+                    computed: 1,
+                }),
+                2,
+            ),
+            (
+                batch(&BatchError::BadCount {
+                    records: 0,
+                    last_offset_delta: 0,
+                }),
+                87,
+            ),
             (read(&ReadError::OutOfRange { offset: 0 }), 1),
             (unknown_topic(), 3),
             (unsupported_version(), 35),

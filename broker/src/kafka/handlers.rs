@@ -65,7 +65,10 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let Ok(api_key) = ApiKey::try_from(key_raw) else {
         tracing::debug!(api_key = key_raw, "unknown API key");
-        return Ok(ready(bare_error(correlation_id, errors::unsupported_version())));
+        return Ok(ready(bare_error(
+            correlation_id,
+            errors::unsupported_version(),
+        )));
     };
     let supported = versions::range(api_key);
     if !supported.is_some_and(|(min, max)| (min..=max).contains(&version)) {
@@ -80,7 +83,10 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
                 &ResponseKind::ApiVersions(body),
             )));
         }
-        return Ok(ready(bare_error(correlation_id, errors::unsupported_version())));
+        return Ok(ready(bare_error(
+            correlation_id,
+            errors::unsupported_version(),
+        )));
     }
     let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
         .map_err(malformed)?;
@@ -92,8 +98,12 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
     let node = node.clone();
     Ok(Box::pin(async move {
         let body = match request {
-            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_body(errors::NONE)),
-            RequestKind::Metadata(req) => ResponseKind::Metadata(metadata(&node, req, version).await),
+            RequestKind::ApiVersions(_) => {
+                ResponseKind::ApiVersions(api_versions_body(errors::NONE))
+            }
+            RequestKind::Metadata(req) => {
+                ResponseKind::Metadata(metadata(&node, req, version).await)
+            }
             RequestKind::Fetch(req) => ResponseKind::Fetch(fetch(&node, req).await),
             RequestKind::ListOffsets(req) => {
                 ResponseKind::ListOffsets(list_offsets(&node, req, version).await)
@@ -197,7 +207,12 @@ async fn metadata(node: &Arc<Node>, req: MetadataRequest, version: i16) -> Metad
     match wanted {
         None => {
             for t in node.registry.topics() {
-                topics.push(topic_metadata(node, &t.name, Some(t.id), t.partitions.len()));
+                topics.push(topic_metadata(
+                    node,
+                    &t.name,
+                    Some(t.id),
+                    t.partitions.len(),
+                ));
             }
         }
         Some(list) => {
@@ -208,7 +223,12 @@ async fn metadata(node: &Arc<Node>, req: MetadataRequest, version: i16) -> Metad
                     _ => None,
                 };
                 if let Some(t) = found {
-                    topics.push(topic_metadata(node, &t.name, Some(t.id), t.partitions.len()));
+                    topics.push(topic_metadata(
+                        node,
+                        &t.name,
+                        Some(t.id),
+                        t.partitions.len(),
+                    ));
                     continue;
                 }
                 let Some(name) = name else {
@@ -222,7 +242,14 @@ async fn metadata(node: &Arc<Node>, req: MetadataRequest, version: i16) -> Metad
                 let error = match TopicName::new(name.clone()) {
                     Err(_) => E::InvalidTopicException.code(),
                     Ok(valid) if auto_create => {
-                        match create_topic(node, valid.clone(), cfg.file.kafka.default_partitions, BTreeMap::new()).await {
+                        match create_topic(
+                            node,
+                            valid.clone(),
+                            cfg.file.kafka.default_partitions,
+                            BTreeMap::new(),
+                        )
+                        .await
+                        {
                             Ok(created) => {
                                 topics.push(topic_metadata(
                                     node,
@@ -235,7 +262,12 @@ async fn metadata(node: &Arc<Node>, req: MetadataRequest, version: i16) -> Metad
                             // Created concurrently by another request: report it.
                             Err((code, _)) if code == E::TopicAlreadyExists.code() => {
                                 if let Some(t) = node.registry.topic(&name) {
-                                    topics.push(topic_metadata(node, &t.name, Some(t.id), t.partitions.len()));
+                                    topics.push(topic_metadata(
+                                        node,
+                                        &t.name,
+                                        Some(t.id),
+                                        t.partitions.len(),
+                                    ));
                                     continue;
                                 }
                                 E::LeaderNotAvailable.code()
@@ -303,7 +335,10 @@ async fn create_topic(
     match result {
         Ok(CommandResult::TopicCreated(meta)) => Ok(meta),
         Ok(CommandResult::Rejected(r)) => Err((rejection_code(&r), r.to_string())),
-        Ok(other) => Err((E::UnknownServerError.code(), format!("unexpected {other:?}"))),
+        Ok(other) => Err((
+            E::UnknownServerError.code(),
+            format!("unexpected {other:?}"),
+        )),
         Err(err) => Err((E::RequestTimedOut.code(), err.to_string())),
     }
 }
@@ -340,7 +375,10 @@ async fn produce(
     let acks_error = if matches!(acks, -1..=1) {
         None
     } else {
-        Some((E::InvalidRequiredAcks.code(), format!("acks={acks} is not -1, 0 or 1")))
+        Some((
+            E::InvalidRequiredAcks.code(),
+            format!("acks={acks} is not -1, 0 or 1"),
+        ))
     };
     let transactional = req.transactional_id.is_some();
     for (ti, topic) in req.topic_data.into_iter().enumerate() {
@@ -360,24 +398,32 @@ async fn produce(
                 ));
             }
             if slot.error.is_none() {
-                let log = logs
-                    .as_ref()
-                    .and_then(|t| usize::try_from(pd.index).ok().and_then(|i| t.partitions.get(i)));
+                let log = logs.as_ref().and_then(|t| {
+                    usize::try_from(pd.index)
+                        .ok()
+                        .and_then(|i| t.partitions.get(i))
+                });
                 match log {
                     None => {
-                        slot.error = Some((errors::unknown_topic(), "unknown topic or partition".into()))
+                        slot.error =
+                            Some((errors::unknown_topic(), "unknown topic or partition".into()))
                     }
-                    Some(log) => match validate(node, log.clone(), pd.records.unwrap_or_default()) {
-                        Ok(item) => {
-                            Metrics::add(&node.metrics.produce_bytes_total, item.data.len() as u64);
-                            Metrics::add(
-                                &node.metrics.produce_records_total,
-                                item.offset_count() as u64,
-                            );
-                            items.push(item);
+                    Some(log) => {
+                        match validate(node, log.clone(), pd.records.unwrap_or_default()) {
+                            Ok(item) => {
+                                Metrics::add(
+                                    &node.metrics.produce_bytes_total,
+                                    item.data.len() as u64,
+                                );
+                                Metrics::add(
+                                    &node.metrics.produce_records_total,
+                                    item.offset_count() as u64,
+                                );
+                                items.push(item);
+                            }
+                            Err(e) => slot.error = Some(e),
                         }
-                        Err(e) => slot.error = Some(e),
-                    },
+                    }
                 }
             }
             slots.push(slot);
@@ -388,11 +434,20 @@ async fn produce(
         None
     } else {
         let (tx, rx) = oneshot::channel();
-        if node.shutting_down.load(std::sync::atomic::Ordering::Acquire)
-            || node.seq_tx.send(SeqMsg::Append { items, reply: tx }).await.is_err()
+        if node
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+            || node
+                .seq_tx
+                .send(SeqMsg::Append { items, reply: tx })
+                .await
+                .is_err()
         {
             for s in slots.iter_mut().filter(|s| s.error.is_none()) {
-                s.error = Some((errors::append(AppendError::ShuttingDown), "shutting down".into()));
+                s.error = Some((
+                    errors::append(AppendError::ShuttingDown),
+                    "shutting down".into(),
+                ));
             }
             None
         } else {
@@ -442,7 +497,12 @@ async fn produce(
             topics[slot.topic].partition_responses.push(resp);
         }
         let body = ProduceResponse::default().with_responses(topics);
-        Some(encode(ApiKey::Produce, version, correlation_id, &ResponseKind::Produce(body)))
+        Some(encode(
+            ApiKey::Produce,
+            version,
+            correlation_id,
+            &ResponseKind::Produce(body),
+        ))
     }))
 }
 
@@ -460,7 +520,8 @@ fn validate(
     let mut max_timestamp = -1i64;
     for item in Batches::new(&records) {
         let (header, pos) = item.map_err(|e| (errors::batch(&e), e.to_string()))?;
-        batch::verify_crc(&records[pos..], &header).map_err(|e| (errors::batch(&e), e.to_string()))?;
+        batch::verify_crc(&records[pos..], &header)
+            .map_err(|e| (errors::batch(&e), e.to_string()))?;
         if header.size > message_max {
             return Err((
                 E::MessageTooLarge.code(),
@@ -471,7 +532,10 @@ fn validate(
             ));
         }
         if header.records_count == 0 {
-            return Err((E::InvalidRecord.code(), "record batch with no records".into()));
+            return Err((
+                E::InvalidRecord.code(),
+                "record batch with no records".into(),
+            ));
         }
         if header.is_transactional() || header.is_control() {
             return Err((
@@ -480,7 +544,10 @@ fn validate(
             ));
         }
         if let batch::Codec::Unknown(c) = header.codec() {
-            return Err((E::UnsupportedCompressionType.code(), format!("codec id {c}")));
+            return Err((
+                E::UnsupportedCompressionType.code(),
+                format!("codec id {c}"),
+            ));
         }
         max_timestamp = max_timestamp.max(header.max_timestamp);
         batches.push((pos, header.offset_count()));
@@ -522,7 +589,11 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
         for p in &t.partitions {
             let log = logs
                 .as_ref()
-                .and_then(|l| usize::try_from(p.partition).ok().and_then(|i| l.partitions.get(i)))
+                .and_then(|l| {
+                    usize::try_from(p.partition)
+                        .ok()
+                        .and_then(|i| l.partitions.get(i))
+                })
                 .cloned();
             wants.push(Want {
                 topic: ti,
@@ -600,7 +671,8 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
             return FetchResponse::default().with_responses(topics);
         }
         // Long poll: wake on any partition's new data, or at the deadline.
-        let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        let changed =
+            futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
         tokio::select! {
             _ = changed => {}
             _ = tokio::time::sleep_until(deadline) => {}
@@ -629,7 +701,11 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-async fn list_offsets(node: &Arc<Node>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+async fn list_offsets(
+    node: &Arc<Node>,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut topics = Vec::new();
     for t in req.topics {
         let logs = node.registry.topic(t.name.0.as_str());
@@ -642,9 +718,11 @@ async fn list_offsets(node: &Arc<Node>, req: ListOffsetsRequest, version: i16) -
             if version >= 4 {
                 resp = resp.with_leader_epoch(0);
             }
-            let log = logs
-                .as_ref()
-                .and_then(|l| usize::try_from(p.partition_index).ok().and_then(|i| l.partitions.get(i)));
+            let log = logs.as_ref().and_then(|l| {
+                usize::try_from(p.partition_index)
+                    .ok()
+                    .and_then(|i| l.partitions.get(i))
+            });
             let Some(log) = log else {
                 partitions.push(resp.with_error_code(errors::unknown_topic()));
                 continue;
@@ -700,7 +778,9 @@ async fn create_topics(node: &Arc<Node>, req: CreateTopicsRequest) -> CreateTopi
                 if !(1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
                     Err((
                         E::InvalidPartitions.code(),
-                        format!("partitions must be in 1..={TOPIC_PARTITIONS_MAX}, got {partitions}"),
+                        format!(
+                            "partitions must be in 1..={TOPIC_PARTITIONS_MAX}, got {partitions}"
+                        ),
                     ))
                 } else if t.replication_factor == 0 || t.replication_factor < -1 {
                     Err((
@@ -714,18 +794,27 @@ async fn create_topics(node: &Arc<Node>, req: CreateTopicsRequest) -> CreateTopi
         let configs: BTreeMap<String, String> = t
             .configs
             .iter()
-            .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
             .collect();
         let outcome = match checked {
             Err(e) => Err(e),
             Ok(n) if req.validate_only => {
                 if node.registry.topic(n.as_str()).is_some() {
-                    Err((E::TopicAlreadyExists.code(), format!("topic `{n}` already exists")))
+                    Err((
+                        E::TopicAlreadyExists.code(),
+                        format!("topic `{n}` already exists"),
+                    ))
                 } else {
                     Ok(None)
                 }
             }
-            Ok(n) => create_topic(node, n, partitions as u32, configs).await.map(Some),
+            Ok(n) => create_topic(node, n, partitions as u32, configs)
+                .await
+                .map(Some),
         };
         result = match outcome {
             Ok(created) => result
@@ -743,7 +832,11 @@ async fn create_topics(node: &Arc<Node>, req: CreateTopicsRequest) -> CreateTopi
     CreateTopicsResponse::default().with_topics(results)
 }
 
-async fn delete_topics(node: &Arc<Node>, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+async fn delete_topics(
+    node: &Arc<Node>,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     let targets: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
         req.topics
             .into_iter()

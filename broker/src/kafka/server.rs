@@ -32,7 +32,9 @@ pub type ResponseFuture = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>
 const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(node.config.file.kafka.connections_max as usize));
+    let permits = Arc::new(Semaphore::new(
+        node.config.file.kafka.connections_max as usize,
+    ));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

@@ -74,7 +74,12 @@ pub struct Offsets {
 
 impl PartitionLog {
     /// A partition whose first `indexed_end` offsets are already in object storage.
-    pub fn new(key: PartitionKey, topic_name: TopicName, indexed_start: i64, indexed_end: i64) -> Self {
+    pub fn new(
+        key: PartitionKey,
+        topic_name: TopicName,
+        indexed_start: i64,
+        indexed_end: i64,
+    ) -> Self {
         let (hw_tx, _) = watch::channel(indexed_end);
         Self {
             key,
@@ -106,10 +111,16 @@ impl PartitionLog {
     /// Sequencer only: give back the offsets of an append that failed before it reached the
     /// WAL. Only the most recent reservation can be given back.
     pub fn unreserve(&self, base: i64, count: i64) {
-        let swapped = self
-            .next_offset
-            .compare_exchange(base + count, base, Ordering::AcqRel, Ordering::Acquire);
-        assert!(swapped.is_ok(), "unreserve must undo the latest reservation");
+        let swapped = self.next_offset.compare_exchange(
+            base + count,
+            base,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        assert!(
+            swapped.is_ok(),
+            "unreserve must undo the latest reservation"
+        );
     }
 
     /// Sequencer only: a durable batch becomes visible.
@@ -162,9 +173,7 @@ impl PartitionLog {
             return TailRead::Older;
         }
         // Batches are contiguous and sorted: binary search the one holding `offset`.
-        let idx = tail
-            .batches
-            .partition_point(|b| b.end_offset <= offset);
+        let idx = tail.batches.partition_point(|b| b.end_offset <= offset);
         let mut out = Vec::new();
         let mut size = 0usize;
         for b in tail.batches.range(idx..) {
@@ -207,7 +216,8 @@ impl PartitionLog {
             }
             debug_assert_eq!(
                 b.base_offset,
-                out.last().map_or(tail.uploaded_offset, |p: &TailBatch| p.end_offset)
+                out.last()
+                    .map_or(tail.uploaded_offset, |p: &TailBatch| p.end_offset)
             );
             size += b.data.len() as u64;
             out.push(b.clone());
@@ -244,7 +254,9 @@ impl PartitionLog {
         tail.uploaded_offset = end;
         tail.uploaded_bytes += newly;
         while tail.uploaded_bytes > keep_bytes_max {
-            let Some(front) = tail.batches.front() else { break };
+            let Some(front) = tail.batches.front() else {
+                break;
+            };
             if front.end_offset > end {
                 break;
             }
@@ -292,9 +304,13 @@ mod tests {
         push(&p, 1, 10, 3); // 5..6
         assert!(matches!(p.read(6, 100), TailRead::AtEnd));
         assert!(matches!(p.read(7, 100), TailRead::OutOfRange));
-        let TailRead::Data(d) = p.read(3, 100) else { panic!() };
+        let TailRead::Data(d) = p.read(3, 100) else {
+            panic!()
+        };
         assert_eq!(d.len(), 2, "batch holding offset 3, then the next");
-        let TailRead::Data(d) = p.read(0, 5) else { panic!() };
+        let TailRead::Data(d) = p.read(0, 5) else {
+            panic!()
+        };
         assert_eq!(d.len(), 1, "at least one batch even over the limit");
         assert_eq!(p.pending_upload(u64::MAX).len(), 3);
         assert_eq!(p.pending_upload(15).len(), 1);
@@ -302,10 +318,18 @@ mod tests {
         p.mark_uploaded(5, 10);
         assert_eq!(p.oldest_pending_lsn(), Some(3));
         assert_eq!(p.pending_bytes(), 10);
-        assert!(matches!(p.read(0, 100), TailRead::Older), "dropped past keep budget");
-        let TailRead::Data(d) = p.read(2, 100) else { panic!() };
+        assert!(
+            matches!(p.read(0, 100), TailRead::Older),
+            "dropped past keep budget"
+        );
+        let TailRead::Data(d) = p.read(2, 100) else {
+            panic!()
+        };
         assert_eq!(d.len(), 2, "kept 10 bytes of uploaded data");
         assert_eq!(p.offsets().uploaded_offset, 5);
-        assert_eq!(p.first_batch_at_or_after_time(4).map(|b| b.base_offset), Some(5));
+        assert_eq!(
+            p.first_batch_at_or_after_time(4).map(|b| b.base_offset),
+            Some(5)
+        );
     }
 }

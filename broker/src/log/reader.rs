@@ -44,7 +44,12 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(meta: MetaNode, store: ObjectStore, cache_bytes_max: u64, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        meta: MetaNode,
+        store: ObjectStore,
+        cache_bytes_max: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             meta,
             store,
@@ -108,6 +113,13 @@ impl Reader {
                 key: block.key.clone(),
                 position: block.position,
                 reason: format!("expected {} bytes, got {}", block.len, data.len()),
+            });
+        }
+        if block.crc32c != 0 && crc32c::crc32c(&data) != block.crc32c {
+            return Err(ReadError::BadBlock {
+                key: block.key.clone(),
+                position: block.position,
+                reason: "CRC32C mismatch".into(),
             });
         }
         self.cache.insert(&block.key, block.position, data.clone());
@@ -218,7 +230,11 @@ impl BlockCache {
     }
 
     fn get(&self, key: &str, position: u64) -> Option<Bytes> {
-        self.inner.lock().map.get(&(key.to_string(), position)).cloned()
+        self.inner
+            .lock()
+            .map
+            .get(&(key.to_string(), position))
+            .cloned()
     }
 
     fn insert(&self, key: &str, position: u64, data: Bytes) {
@@ -234,7 +250,9 @@ impl BlockCache {
         inner.map.insert(k.clone(), data);
         inner.order.push_back(k);
         while inner.bytes > self.bytes_max {
-            let Some(old) = inner.order.pop_front() else { break };
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
             if let Some(v) = inner.map.remove(&old) {
                 inner.bytes -= v.len() as u64;
             }

@@ -94,7 +94,9 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     cfg: SequencerConfig,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    shared.published_lsn.store(wal.last_lsn(), Ordering::Release);
+    shared
+        .published_lsn
+        .store(wal.last_lsn(), Ordering::Release);
     std::thread::Builder::new()
         .name("strata-sequencer".into())
         .spawn(move || run(wal, rx, shared, metrics, cfg))
@@ -158,7 +160,9 @@ fn run(
             for p in group {
                 let _ = p.reply.send(p.results);
             }
-            metrics.wal_bytes.store(wal.bytes_on_disk(), Ordering::Relaxed);
+            metrics
+                .wal_bytes
+                .store(wal.bytes_on_disk(), Ordering::Relaxed);
             continue;
         }
         let synced = wal.sync();
@@ -184,8 +188,12 @@ fn run(
             }
             let _ = p.reply.send(p.results);
         }
-        shared.published_lsn.store(wal.last_lsn(), Ordering::Release);
-        metrics.wal_bytes.store(wal.bytes_on_disk(), Ordering::Relaxed);
+        shared
+            .published_lsn
+            .store(wal.last_lsn(), Ordering::Release);
+        metrics
+            .wal_bytes
+            .store(wal.bytes_on_disk(), Ordering::Relaxed);
         let before = shared.pending_bytes.fetch_add(published, Ordering::AcqRel);
         if before + published >= cfg.flush_bytes_max {
             shared.flush_wanted.notify_one();

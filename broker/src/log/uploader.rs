@@ -130,12 +130,18 @@ impl Uploader {
             p.mark_uploaded(*end, self.tail_bytes_max);
             uploaded += bytes;
         }
-        self.shared
-            .pending_bytes
-            .fetch_sub(uploaded.min(self.shared.pending_bytes.load(Ordering::Acquire)), Ordering::AcqRel);
+        self.shared.pending_bytes.fetch_sub(
+            uploaded.min(self.shared.pending_bytes.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
         Metrics::inc(&self.metrics.objects_uploaded_total);
         Metrics::add(&self.metrics.object_bytes_uploaded_total, object_len);
-        tracing::debug!(key, bytes = object_len, partitions = included.len(), "object uploaded");
+        tracing::debug!(
+            key,
+            bytes = object_len,
+            partitions = included.len(),
+            "object uploaded"
+        );
         self.trim(published_lsn).await;
         if full {
             Round::Full
