@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_meta::MetaNode;
 use strata_tiering::ObjectStore;
-use strata_wal::{Wal, WalConfig};
+use strata_wal::{Wal, WalConfig, WalError};
 use tokio::sync::{mpsc, watch};
 
 /// Why a node could not start. `exit_code` separates bad environments from broken data.
@@ -35,6 +35,8 @@ pub enum StartError {
     Meta { dir: String, reason: String },
     #[error("WAL in {dir}: {reason}")]
     Wal { dir: String, reason: String },
+    #[error("WAL in {dir} failed its checks: {reason}")]
+    WalCorrupt { dir: String, reason: String },
     #[error("WAL recovery: {reason}")]
     Recovery { reason: String },
     #[error("cannot listen on {addr}: {source}")]
@@ -53,8 +55,7 @@ impl StartError {
     /// 1 for a bad environment (retry may help), 3 for local data that fails its checks.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Recovery { .. } => 3,
-            StartError::Wal { reason, .. } if reason.contains("corrupt") => 3,
+            StartError::Recovery { .. } | StartError::WalCorrupt { .. } => 3,
             _ => 1,
         }
     }
@@ -129,9 +130,15 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         wal_bytes_max: config.file.wal.bytes_max,
         entry_bytes_max: config.file.kafka.request_bytes_max,
     };
-    let (wal, entries) = Wal::open(wal_cfg).map_err(|e| StartError::Wal {
-        dir: config.wal_dir.display().to_string(),
-        reason: e.to_string(),
+    let (wal, entries) = Wal::open(wal_cfg).map_err(|e| {
+        let dir = config.wal_dir.display().to_string();
+        let reason = e.to_string();
+        match e {
+            WalError::Corrupt { .. } | WalError::UnsupportedVersion { .. } => {
+                StartError::WalCorrupt { dir, reason }
+            }
+            _ => StartError::Wal { dir, reason },
+        }
     })?;
     let seq_shared = Arc::new(SeqShared::default());
     let replayed = replay(&registry, &seq_shared, entries)?;

@@ -58,7 +58,9 @@ pub enum WalError {
     UnsupportedVersion { path: PathBuf, version: u32 },
     /// The WAL holds `wal_bytes_max` worth of entries that are not yet in object storage.
     /// Retryable: appends succeed again once `trim` frees whole segments.
-    #[error("WAL is full: {bytes} live bytes, wal_bytes_max is {max}; retry after the WAL is trimmed")]
+    #[error(
+        "WAL is full: {bytes} live bytes, wal_bytes_max is {max}; retry after the WAL is trimmed"
+    )]
     Full { bytes: u64, max: u64 },
     /// The payload is larger than `entry_bytes_max`.
     #[error("WAL entry of {len} bytes exceeds entry_bytes_max {max}")]

@@ -52,7 +52,10 @@ const SEGMENT_FILE_DIGITS: usize = 20;
 
 /// The file name of the segment whose first record has `first_lsn`.
 pub fn segment_file_name(first_lsn: u64) -> String {
-    format!("{first_lsn:0width$}{SEGMENT_FILE_SUFFIX}", width = SEGMENT_FILE_DIGITS)
+    format!(
+        "{first_lsn:0width$}{SEGMENT_FILE_SUFFIX}",
+        width = SEGMENT_FILE_DIGITS
+    )
 }
 
 /// What a directory entry's name says about it.
@@ -97,7 +100,10 @@ pub(crate) enum HeaderError {
     Torn,
     BadMagic,
     UnsupportedVersion(u32),
-    CrcMismatch { stored: u32, computed: u32 },
+    CrcMismatch {
+        stored: u32,
+        computed: u32,
+    },
 }
 
 impl fmt::Display for HeaderError {
@@ -157,7 +163,8 @@ pub fn record_bytes(payload_len: usize) -> u64 {
 ///
 /// The caller has checked the payload against `entry_bytes_max`, which is far below `u32::MAX`.
 pub(crate) fn encode_record(out: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("payload length was checked against entry_bytes_max");
+    let len =
+        u32::try_from(payload.len()).expect("payload length was checked against entry_bytes_max");
     out.reserve(RECORD_HEADER_LEN + payload.len());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&record_crc(lsn, payload).to_le_bytes());
@@ -198,10 +205,9 @@ impl fmt::Display for RecordError {
             RecordError::LenTooLarge { len, max } => {
                 write!(f, "record length {len} exceeds entry_bytes_max {max}")
             }
-            RecordError::PayloadTruncated { len, available } => write!(
-                f,
-                "partial record payload ({available} of {len} bytes)"
-            ),
+            RecordError::PayloadTruncated { len, available } => {
+                write!(f, "partial record payload ({available} of {len} bytes)")
+            }
             RecordError::CrcMismatch { stored, computed } => write!(
                 f,
                 "record checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
@@ -302,13 +308,21 @@ mod tests {
     fn check_decode(name: &str, change: impl Fn(&mut Vec<u8>), expected: &RecordError) {
         let mut bytes = encoded(7, b"abcdef");
         change(&mut bytes);
-        assert_eq!(decode_record(&bytes, 16).as_ref(), Err(expected), "case {name}");
+        assert_eq!(
+            decode_record(&bytes, 16).as_ref(),
+            Err(expected),
+            "case {name}"
+        );
     }
 
     #[test]
     fn damaged_records_are_rejected() {
         let crc = record_crc(7, b"abcdef");
-        check_decode("empty", |b| b.clear(), &RecordError::HeaderTruncated { available: 0 });
+        check_decode(
+            "empty",
+            |b| b.clear(),
+            &RecordError::HeaderTruncated { available: 0 },
+        );
         check_decode(
             "partial header",
             |b| b.truncate(15),
@@ -317,7 +331,10 @@ mod tests {
         check_decode(
             "partial payload",
             |b| b.truncate(20),
-            &RecordError::PayloadTruncated { len: 6, available: 4 },
+            &RecordError::PayloadTruncated {
+                len: 6,
+                available: 4,
+            },
         );
         check_decode(
             "len above max",
@@ -404,7 +421,10 @@ mod tests {
         }
         let damaged = with(&header, 13, 0xee);
         assert!(
-            matches!(decode_segment_header(&damaged), Err(HeaderError::CrcMismatch { .. })),
+            matches!(
+                decode_segment_header(&damaged),
+                Err(HeaderError::CrcMismatch { .. })
+            ),
             "a flipped first_lsn byte must fail the header CRC"
         );
     }

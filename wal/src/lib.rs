@@ -17,7 +17,7 @@
 //!
 //! One directory per WAL holding segment files named `{first_lsn:020}.wal`, each a 24-byte
 //! versioned header followed by records `len u32 | crc32c u32 | lsn u64 | payload`
-//! (little-endian; the CRC covers lsn and payload). The full byte layout is in [`format`].
+//! (little-endian; the CRC covers lsn and payload). The full byte layout is in [`mod@format`].
 //!
 //! # Recovery
 //!

@@ -16,8 +16,11 @@
 //!   for an intact record whose LSN is one that a record at that distance could have: `k` records
 //!   after the bad one (`k >= 1`) start at least `16 * k` bytes later. Requiring both the CRC and
 //!   that LSN window keeps payload bytes that happen to look like a record from counting.
-//! - A zero-filled header in the newest segment is a torn header (the file was created but its
-//!   header never reached the disk) under the same rule, and the driver rewrites it.
+//! - A damaged header (short, zero-filled, bad magic or CRC) of the newest segment is a torn
+//!   header under the same rule: the file was created but its header did not fully reach the
+//!   disk, so no record can have been synced in it. The driver rewrites the header from the file
+//!   name. A header that is intact but has an unknown version, or names another first LSN than
+//!   the file name, is never torn.
 //! - An intact record that is larger than `entry_bytes_max` (the limit was lowered) is never
 //!   dropped as a torn tail: that would silently lose durable data.
 //!
@@ -72,7 +75,10 @@ pub(crate) fn scan_segment(
     newest: bool,
     entry_bytes_max: u32,
 ) -> Result<SegmentScan, ScanError> {
-    assert!(first_lsn >= 1, "segment names are validated to start at lsn >= 1");
+    assert!(
+        first_lsn >= 1,
+        "segment names are validated to start at lsn >= 1"
+    );
     let empty_last_lsn = first_lsn - 1;
     match decode_segment_header(bytes) {
         Ok(header_lsn) if header_lsn == first_lsn => {}
@@ -87,15 +93,16 @@ pub(crate) fn scan_segment(
         Err(HeaderError::UnsupportedVersion(version)) => {
             return Err(ScanError::UnsupportedVersion { version })
         }
-        Err(HeaderError::Torn) if newest => {
+        // A damaged header of the newest segment: the file was created but its header did not
+        // (fully) reach the disk. Torn under the same rule as records.
+        Err(header_error) if newest => {
             if let Some((offset, lsn)) =
                 find_intact_record(bytes, SEGMENT_HEADER_LEN, first_lsn, 0, entry_bytes_max)
             {
                 return Err(ScanError::Corrupt {
                     offset: 0,
                     reason: format!(
-                        "{}, but an intact record (lsn {lsn}) follows at offset {offset}",
-                        HeaderError::Torn
+                        "{header_error}, but an intact record (lsn {lsn}) follows at offset {offset}"
                     ),
                 });
             }
@@ -107,14 +114,14 @@ pub(crate) fn scan_segment(
                     offset: 0,
                     dropped_bytes: bytes.len() as u64,
                     header: true,
-                    reason: HeaderError::Torn.to_string(),
+                    reason: header_error.to_string(),
                 }),
             });
         }
-        Err(e) => {
+        Err(header_error) => {
             return Err(ScanError::Corrupt {
                 offset: 0,
-                reason: e.to_string(),
+                reason: header_error.to_string(),
             })
         }
     }
@@ -246,8 +253,13 @@ mod tests {
     #[derive(Debug, PartialEq, Eq)]
     enum Expect {
         /// Intact entries, and where the torn tail starts (if any).
-        Ok { entries: u64, torn_at: Option<u64> },
-        Corrupt { offset: u64 },
+        Ok {
+            entries: u64,
+            torn_at: Option<u64>,
+        },
+        Corrupt {
+            offset: u64,
+        },
         UnsupportedVersion,
     }
 
@@ -261,7 +273,11 @@ mod tests {
                 }
                 assert_eq!(scan.last_lsn, FIRST_LSN + n - 1, "case {name}");
                 if let Some(t) = &scan.torn {
-                    assert_eq!(t.offset + t.dropped_bytes, bytes.len() as u64, "case {name}");
+                    assert_eq!(
+                        t.offset + t.dropped_bytes,
+                        bytes.len() as u64,
+                        "case {name}"
+                    );
                     if !t.header {
                         assert_eq!(t.offset, scan.valid_bytes, "case {name}");
                     }
@@ -343,8 +359,13 @@ mod tests {
             ("zero header then zeros", extended(zero(segment(0), 0..SEGMENT_HEADER_LEN), &[0; 50]), true, ok(0, Some(0))),
             ("zero header, records follow", zero(full.clone(), 0..SEGMENT_HEADER_LEN), true, corrupt(0)),
             ("short header, sealed", full[..10].to_vec(), false, corrupt(0)),
-            ("bad magic", flip(full.clone(), 1), true, corrupt(0)),
-            ("bad header crc", flip(full.clone(), 14), true, corrupt(0)),
+            ("bad magic, records follow", flip(full.clone(), 1), true, corrupt(0)),
+            ("bad header crc, records follow", flip(full.clone(), 14), true, corrupt(0)),
+            ("bad magic, sealed", flip(segment(0), 1), false, corrupt(0)),
+            ("bad magic, header only", flip(segment(0), 1), true, ok(0, Some(0))),
+            ("bad header crc, header only", flip(segment(0), 22), true, ok(0, Some(0))),
+            ("header prefix then zeros", zero(segment(0), 20..24), true, ok(0, Some(0))),
+            ("header prefix then zeros, newest", extended(zero(segment(0), 20..24), &[0; 30]), true, ok(0, Some(0))),
         ];
         for (name, bytes, newest, expected) in cases {
             check(name, &bytes, newest, expected);
@@ -370,7 +391,12 @@ mod tests {
         let crc = crc32c::crc32c(&bytes[0..20]);
         bytes[20..24].copy_from_slice(&crc.to_le_bytes());
         check("version 2", &bytes, true, Expect::UnsupportedVersion);
-        check("version 2 sealed", &bytes, false, Expect::UnsupportedVersion);
+        check(
+            "version 2 sealed",
+            &bytes,
+            false,
+            Expect::UnsupportedVersion,
+        );
     }
 
     #[test]
@@ -378,7 +404,15 @@ mod tests {
         let full = segment(5);
         let last = record_offset(4);
         // A cut exactly at `last` leaves no byte of the record: a clean segment of 4 records.
-        check("cut at record start", &full[..last], true, Expect::Ok { entries: 4, torn_at: None });
+        check(
+            "cut at record start",
+            &full[..last],
+            true,
+            Expect::Ok {
+                entries: 4,
+                torn_at: None,
+            },
+        );
         for cut in last + 1..full.len() {
             check(
                 &format!("cut at {cut}"),

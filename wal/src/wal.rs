@@ -138,7 +138,10 @@ impl Wal {
                 bytes: scan.valid_bytes,
             });
             entries.extend(scan.entries);
-            debug_assert!(scan.torn.is_none() || newest, "only the newest segment is torn");
+            debug_assert!(
+                scan.torn.is_none() || newest,
+                "only the newest segment is torn"
+            );
             torn = scan.torn;
         }
 
@@ -155,7 +158,10 @@ impl Wal {
             Some(newest) => open_newest_segment(&cfg.dir, &dir, newest, torn.as_ref())?,
         };
 
-        let newest = segments.back().copied().expect("segments is never empty here");
+        let newest = segments
+            .back()
+            .copied()
+            .expect("segments is never empty here");
         let wal = Wal {
             bytes_total: segments.iter().map(|s| s.bytes).sum(),
             next_lsn: newest.last_lsn + 1,
@@ -185,8 +191,8 @@ impl Wal {
     /// Buffers one entry for the active segment and returns its LSN. The entry is not durable
     /// until the next successful [`Wal::sync`].
     ///
-    /// LSNs are dense, start at 1 on a fresh WAL, and continue after recovery (last recovered
-    /// + 1), also after trim. Rolling to a new segment happens here, before the entry, when the
+    /// LSNs are dense, start at 1 on a fresh WAL, and continue after recovery (one past the
+    /// last recovered), also after trim. Rolling to a new segment happens here, before the entry, when the
     /// entry would take a non-empty active segment past `segment_bytes_max`; the roll
     /// fdatasyncs the old segment.
     ///
@@ -339,12 +345,7 @@ impl Wal {
         // Nothing has changed yet if this fails, so the error is retryable.
         let mut file = self
             .fault(io_op::CREATE_SEGMENT)
-            .and_then(|()| {
-                OpenOptions::new()
-                    .append(true)
-                    .create_new(true)
-                    .open(&path)
-            })
+            .and_then(|()| OpenOptions::new().append(true).create_new(true).open(&path))
             .map_err(|source| WalError::Io {
                 path: path.clone(),
                 op: io_op::CREATE_SEGMENT,
@@ -407,7 +408,9 @@ impl Wal {
         if !self.dir_unsynced {
             return Ok(());
         }
-        let synced = self.fault(io_op::SYNC_DIR).and_then(|()| self.dir.sync_all());
+        let synced = self
+            .fault(io_op::SYNC_DIR)
+            .and_then(|()| self.dir.sync_all());
         if let Err(e) = synced {
             let path = self.cfg.dir.clone();
             return Err(self.poison(path, io_op::SYNC_DIR, e));
@@ -440,7 +443,10 @@ impl Wal {
     }
 
     fn active_segment(&self) -> Segment {
-        *self.segments.back().expect("the WAL always has an active segment")
+        *self
+            .segments
+            .back()
+            .expect("the WAL always has an active segment")
     }
 
     fn active_segment_mut(&mut self) -> &mut Segment {
@@ -463,7 +469,10 @@ impl Wal {
             self.bytes_total,
             self.segments.iter().map(|s| s.bytes).sum::<u64>()
         );
-        debug_assert_eq!(Some(self.next_lsn), self.segments.back().map(|s| s.last_lsn + 1));
+        debug_assert_eq!(
+            Some(self.next_lsn),
+            self.segments.back().map(|s| s.last_lsn + 1)
+        );
         debug_assert!(self
             .segments
             .iter()
@@ -627,7 +636,8 @@ mod tests {
     #[test]
     fn write_and_sync_failures_poison_the_wal() {
         // (op to fail, what to do after appending 3 more entries)
-        let cases: &[(&str, fn(&mut Wal) -> Result<(), WalError>)] = &[
+        type Action = fn(&mut Wal) -> Result<(), WalError>;
+        let cases: &[(&str, Action)] = &[
             (io_op::WRITE_SEGMENT, |w| w.sync()),
             (io_op::SYNC_SEGMENT, |w| w.sync()),
             (io_op::SYNC_DIR, |w| w.trim(w.last_lsn())),
@@ -649,14 +659,13 @@ mod tests {
                 other => panic!("op {op}: expected an Io error, got {other:?}"),
             }
             assert!(wal.is_poisoned(), "op {op}");
-            let after = [
-                wal.append(b"x").map(drop),
-                wal.sync(),
-                wal.trim(1),
-            ];
+            let after = [wal.append(b"x").map(drop), wal.sync(), wal.trim(1)];
             for result in after {
                 let err = result.expect_err("poisoned");
-                assert!(matches!(err, WalError::Poisoned { op: p, .. } if p == op), "op {op}: {err}");
+                assert!(
+                    matches!(err, WalError::Poisoned { op: p, .. } if p == op),
+                    "op {op}: {err}"
+                );
                 assert!(!err.is_retryable());
             }
             drop(wal);
