@@ -209,6 +209,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         flush_interval: Duration::from_millis(node.config.file.tiering.flush_interval_ms),
         flush_bytes_max: node.config.file.tiering.flush_bytes_max,
         tail_bytes_max: node.config.file.tiering.tail_bytes_max,
+        trimmed_lsn: 0,
     };
     let uploader_task = tokio::spawn(uploader.run(shutdown_rx.clone()));
 

@@ -32,6 +32,8 @@ pub struct Uploader {
     pub flush_interval: Duration,
     pub flush_bytes_max: u64,
     pub tail_bytes_max: u64,
+    /// Highest LSN already handed to the WAL for trimming.
+    pub trimmed_lsn: u64,
 }
 
 /// Largest object built in one round, as a multiple of `flush_bytes_max`.
@@ -40,7 +42,7 @@ const OBJECT_FLUSH_MULTIPLE_MAX: u64 = 4;
 impl Uploader {
     /// Runs until `shutdown` turns true, then uploads what is left (bounded attempts) and
     /// returns.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -55,7 +57,7 @@ impl Uploader {
         while self.round(true).await == Round::Full {}
     }
 
-    async fn round(&self, final_round: bool) -> Round {
+    async fn round(&mut self, final_round: bool) -> Round {
         let published_lsn = self.shared.published_lsn.load(Ordering::Acquire);
         let budget = self.flush_bytes_max * OBJECT_FLUSH_MULTIPLE_MAX;
         let key = format!(
@@ -151,7 +153,7 @@ impl Uploader {
     }
 
     /// Trims the WAL below the oldest entry still waiting for upload.
-    async fn trim(&self, published_lsn: u64) {
+    async fn trim(&mut self, published_lsn: u64) {
         let oldest_pending = self
             .registry
             .partitions()
@@ -162,7 +164,8 @@ impl Uploader {
             Some(lsn) => lsn.saturating_sub(1).min(published_lsn),
             None => published_lsn,
         };
-        if upto > 0 {
+        if upto > self.trimmed_lsn {
+            self.trimmed_lsn = upto;
             let _ = self.seq_tx.send(SeqMsg::Trim { upto }).await;
         }
     }
