@@ -29,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -188,6 +188,7 @@ class Broker:
         self.stdout_path = self.workdir / "strata.stdout.log"
         self.stderr_path = self.workdir / "strata.stderr.log"
         self.starts = 0
+        self._ports_fixed = False
         self.last_returncode: int | None = None
 
     # -- paths (the defaults of the config contract)
@@ -254,7 +255,16 @@ class Broker:
             cwd=self.workdir,
         )
         if wait:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except BrokerDied:
+                # Another process may have taken a port between our probe and the
+                # broker's bind: on a first start only, try again on new ports.
+                if self.starts > 3 or "in use" not in self.stderr_tail(5).lower() or self._ports_fixed:
+                    raise
+                self.kafka_port, self.admin_port = free_port(), free_port()
+                return self.start(wait, timeout)
+        self._ports_fixed = True  # a restart must come back on the same ports
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -608,8 +618,9 @@ def admin_client(bootstrap: str):
 def create_topic(bootstrap: str, name: str, partitions: int, timeout: float = 30):
     from confluent_kafka.admin import NewTopic
 
-    fs = admin_client(bootstrap).create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
-                                               request_timeout=timeout)
+    adm = admin_client(bootstrap)  # keep the handle alive until the future resolves
+    fs = adm.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
+                           request_timeout=timeout)
     fs[name].result(timeout)  # raises KafkaException on error
     # Metadata must show it with all partitions before a producer uses it.
     wait_topic_metadata(bootstrap, name, partitions, timeout)
