@@ -57,8 +57,9 @@ pub struct KafkaSection {
     pub default_partitions: u32,
     /// Largest request frame accepted; a larger one closes that connection.
     pub request_bytes_max: u32,
-    /// Largest record batch accepted in a Produce (Kafka's `message.max.bytes`).
-    pub message_bytes_max: u32,
+    /// Largest record batch accepted in a Produce (Kafka's `message.max.bytes`); default
+    /// 1048588 (Kafka's), or `request_bytes_max` when that is smaller.
+    pub message_bytes_max: Option<u32>,
     /// Requests read ahead of their responses on one connection (pipelining).
     pub inflight_requests_max: u32,
     pub connections_max: u32,
@@ -125,7 +126,7 @@ impl Default for KafkaSection {
             auto_create_topics: true,
             default_partitions: 1,
             request_bytes_max: 100 * 1024 * 1024,
-            message_bytes_max: 1024 * 1024 + 12,
+            message_bytes_max: None,
             inflight_requests_max: 32,
             connections_max: 10_000,
         }
@@ -175,8 +176,13 @@ pub struct NodeConfig {
     pub kafka_listen: SocketAddr,
     pub kafka_advertised: (String, u16),
     pub admin_listen: SocketAddr,
+    /// `kafka.message_bytes_max`, resolved.
+    pub message_bytes_max: u32,
     pub file: FileConfig,
 }
+
+/// Kafka's default `message.max.bytes`.
+const MESSAGE_BYTES_MAX_DEFAULT: u32 = 1024 * 1024 + 12;
 
 /// Command-line flags that override config keys; `None` leaves the key alone.
 #[derive(Debug, Default, Clone)]
@@ -373,12 +379,16 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
     if f.kafka.request_bytes_max < 1024 {
         return Err(bad("kafka.request_bytes_max", "must be at least 1024"));
     }
-    if f.kafka.message_bytes_max == 0 || f.kafka.message_bytes_max > f.kafka.request_bytes_max {
-        return Err(bad(
-            "kafka.message_bytes_max",
-            "must be positive and at most kafka.request_bytes_max",
-        ));
-    }
+    let message_bytes_max = match f.kafka.message_bytes_max {
+        None => MESSAGE_BYTES_MAX_DEFAULT.min(f.kafka.request_bytes_max),
+        Some(m) if m == 0 || m > f.kafka.request_bytes_max => {
+            return Err(bad(
+                "kafka.message_bytes_max",
+                "must be positive and at most kafka.request_bytes_max",
+            ))
+        }
+        Some(m) => m,
+    };
     if f.kafka.inflight_requests_max == 0 {
         return Err(bad("kafka.inflight_requests_max", "must be positive"));
     }
@@ -411,6 +421,7 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         kafka_listen,
         kafka_advertised,
         admin_listen,
+        message_bytes_max,
         file: f,
     })
 }
@@ -455,6 +466,25 @@ mod tests {
         assert!(c.object_store.ends_with("strata-data/objects"));
         assert_eq!(c.wal_dir, PathBuf::from("./strata-data/wal"));
         assert!(c.file.kafka.auto_create_topics);
+        assert_eq!(c.message_bytes_max, 1024 * 1024 + 12);
+    }
+
+    #[test]
+    fn message_limit_follows_a_smaller_request_limit() {
+        let c = load_str(
+            "[kafka]\nrequest_bytes_max = 1048576\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.message_bytes_max, 1048576);
+        let err = load_str(
+            "[kafka]\nrequest_bytes_max = 1048576\nmessage_bytes_max = 2000000\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("kafka.message_bytes_max"));
     }
 
     #[test]

@@ -515,7 +515,7 @@ fn validate(
     if records.is_empty() {
         return Err((E::CorruptMessage.code(), "no record batches".into()));
     }
-    let message_max = node.config.file.kafka.message_bytes_max as usize;
+    let message_max = node.config.message_bytes_max as usize;
     let mut batches = Vec::new();
     let mut max_timestamp = -1i64;
     for item in Batches::new(&records) {
