@@ -6,6 +6,7 @@
 # 3. Rust tests: cargo nextest run --workspace (or cargo test), with a SeaweedFS S3
 #    server for the object-store conformance suite (STRATA_TEST_S3_URL, AK/SK)
 # 4. end-to-end tests: pytest tests/e2e against target/debug/strata (STRATA_BIN)
+# 5. lint: cargo fmt --check and cargo clippy --all-targets -D warnings (LINT=0 skips)
 #
 # Every server listens on 127.0.0.1 and is stopped by its PID. Exits non-zero if any
 # stage failed. E2E_ONLY=1 skips stage 3 (handy while iterating on the e2e suite).
@@ -43,7 +44,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------
-stage "1/4 install: kcat, python test dependencies"
+stage "1/5 install: kcat, python test dependencies"
 s=$SECONDS
 if ! command -v kcat >/dev/null 2>&1; then
   SUDO=""
@@ -60,7 +61,7 @@ if [ -z "$WEED" ] || [ ! -x "$WEED" ]; then echo "SeaweedFS 'weed' not found aft
 record "install" 0 "$s"
 
 # ---------------------------------------------------------------------------------------
-stage "2/4 build: cargo build -p strata-broker (dev profile)"
+stage "2/5 build: cargo build -p strata-broker (dev profile)"
 s=$SECONDS
 if ! cargo build -p strata-broker; then
   record "build" 1 "$s"; summary; exit 1
@@ -102,9 +103,9 @@ JSON
 }
 
 if [ "${E2E_ONLY:-0}" = "1" ]; then
-  stage "3/4 rust tests: skipped (E2E_ONLY=1)"
+  stage "3/5 rust tests: skipped (E2E_ONLY=1)"
 else
-  stage "3/4 rust tests: cargo nextest run --workspace (SeaweedFS for the S3 conformance suite)"
+  stage "3/5 rust tests: cargo nextest run --workspace (SeaweedFS for the S3 conformance suite)"
   s=$SECONDS
   rc=0
   if start_seaweedfs; then
@@ -127,12 +128,22 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------
-stage "4/4 e2e: pytest tests/e2e (STRATA_BIN=$STRATA_BIN)"
+stage "4/5 e2e: pytest tests/e2e (STRATA_BIN=$STRATA_BIN)"
 s=$SECONDS
 rc=0
 STRATA_BIN="$STRATA_BIN" python3 -m pytest tests/e2e -v --basetemp="$WORK/pytest" "$@" || rc=$?
 record "e2e (pytest)" "$rc" "$s"
 if [ "$rc" -eq 0 ]; then rm -rf "$WORK"; else echo "e2e logs and data kept in $WORK/pytest"; fi
+
+# ---------------------------------------------------------------------------------------
+if [ "${LINT:-1}" = "1" ]; then
+  stage "5/5 lint: cargo fmt --check, cargo clippy -D warnings"
+  s=$SECONDS
+  rc=0
+  cargo fmt --all --check || rc=$?
+  cargo clippy --workspace --all-targets -- -D warnings || rc=$?
+  record "lint" "$rc" "$s"
+fi
 
 summary
 exit "$FAILED"
