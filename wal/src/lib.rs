@@ -44,7 +44,13 @@
 //!
 //! The WAL never reads the clock, spawns threads, or looks inside payloads. It does not take a
 //! lock on the directory: one process must own it (the broker's data-dir lock).
-//! Replication, fencing and epochs live above it.
+//!
+//! # Replication
+//!
+//! [`replication`] holds the pure cores of the replicated WAL (issue 3): the stream owner's
+//! [`replication::Recovery`] and [`replication::Writer`], and the [`replication::Replica`]. They
+//! decide epochs, fencing, quorum commits, divergence and recovery; they do no IO and read no
+//! clock. The IO driver that runs them over the network and a segment store comes next.
 
 #![forbid(unsafe_code)]
 
@@ -52,6 +58,7 @@ mod config;
 mod error;
 pub mod format;
 mod recovery;
+pub mod replication;
 mod wal;
 
 pub use config::{
