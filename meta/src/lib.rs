@@ -7,16 +7,24 @@
 //!   answers a [`CommandResult`]; no IO, no clock, no randomness. All rules (topic creation,
 //!   contiguous object commits, garbage bookkeeping) live there and are tested there.
 //! - [`store`]: openraft's log storage and state machine on one redb file, `meta.redb`.
-//! - [`network`]: the raft transport; none yet (single voter), tonic later.
-//! - [`node`]: [`MetaNode`], which opens the store, runs raft and offers `write`, `read`,
-//!   `subscribe` and `shutdown`.
+//! - [`grpc`]: the meta gRPC API (`proto/meta.proto`): openraft's RPCs and the calls that must
+//!   run on the leader, their wire conversions and limits, and the server.
+//! - [`network`]: the gRPC clients: openraft's transport and the forwarding of leader calls.
+//! - `leader`: the leader calls (write, read index, membership changes) run on this node.
+//! - [`node`]: [`MetaNode`], which opens the store, runs raft (alone with `open`, as one of
+//!   several with `open_cluster`) and offers `write`, `read`, `sync`, `subscribe`, membership
+//!   changes and `shutdown`.
 //!
 //! *Invariant*: the index in [`MetaState`] is the only truth about what exists in object
 //! storage; a partition's blocks are ordered, disjoint and contiguous from its start.
 //! *Boundary*: this crate knows nothing of object storage, the WAL or the Kafka protocol; it
-//! depends only on `strata-types` inside the workspace.
+//! depends only on `strata-types` inside the workspace. Only `grpc` knows the wire messages;
+//! nothing outside this crate sees an openraft or tonic type except [`MetaNode::raft`] and the
+//! extra routes a caller may serve beside the meta API.
 
 pub mod error;
+pub mod grpc;
+mod leader;
 pub mod network;
 pub mod node;
 pub mod raft;
@@ -24,9 +32,10 @@ pub mod state;
 pub mod store;
 
 pub use error::MetaError;
-pub use node::{MetaConfig, MetaNode};
+pub use leader::MembershipView;
+pub use node::{ClusterConfig, MetaConfig, MetaNode};
 pub use raft::TypeConfig;
 pub use state::{
     Command, CommandResult, MetaState, Rejection, TopicMeta, OBJECT_BLOCKS_MAX,
-    PARTITIONS_PER_TOPIC_MAX,
+    PARTITIONS_PER_TOPIC_MAX, PRODUCER_ID_BLOCK_MAX,
 };

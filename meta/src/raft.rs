@@ -1,9 +1,9 @@
 //! The openraft type configuration of the metadata group.
 //!
 //! Log entries carry a [`Command`]; applying one answers a [`Response`]. Node ids are `u64`
-//! and nodes are described by [`BasicNode`] (its `addr` will hold the node's gRPC address once
-//! the meta transport exists; it is empty today). Snapshots travel as JSON bytes in a
-//! `Cursor<Vec<u8>>`.
+//! and nodes are described by [`BasicNode`], whose `addr` is the `host:port` of the node's
+//! meta gRPC listener (empty in a group formed by `MetaNode::open`, which has no network).
+//! Snapshots are JSON bytes in a `Cursor<Vec<u8>>`, sent to followers in chunks.
 
 use crate::state::{Command, CommandResult};
 use openraft::BasicNode;

@@ -20,6 +20,11 @@
 //!   object). No gap, no overlap: this equality is the fencing hook that lease epochs will
 //!   extend. Committing a key that is already committed (live or garbage) with the same size is
 //!   a no-op that answers `ObjectCommitted`, so an uploader may retry after a lost reply.
+//! - `AllocateProducerIds`: reserves the next `count` (`1..=PRODUCER_ID_BLOCK_MAX`) Kafka producer
+//!   ids and answers the first. The next free id is part of the state, so an id is handed out at
+//!   most once in the life of the cluster (restarts included). Brokers take ids in blocks so that
+//!   a raft write is needed once per block, not once per producer; ids of a block that a broker
+//!   never used (it crashed) are simply never seen.
 //!
 //! # Serialized form
 //!
@@ -35,6 +40,8 @@ use strata_types::{BlockLocation, TopicId, TopicName};
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Most blocks one object may carry in one `CommitObject`.
 pub const OBJECT_BLOCKS_MAX: usize = 100_000;
+/// Most producer ids one `AllocateProducerIds` may reserve.
+pub const PRODUCER_ID_BLOCK_MAX: u32 = 1_000_000;
 
 /// What the metadata knows about one topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +74,10 @@ pub enum Command {
         size: u64,
         blocks: Vec<BlockLocation>,
     },
+    /// Reserves `count` Kafka producer ids (idempotent producers) for one broker to hand out.
+    AllocateProducerIds {
+        count: u32,
+    },
 }
 
 /// The answer to one applied [`Command`]. Rejections are data, not errors: the command was
@@ -76,6 +87,10 @@ pub enum CommandResult {
     TopicCreated(TopicMeta),
     TopicDeleted(TopicMeta),
     ObjectCommitted,
+    /// Producer ids `first..first + count` are now reserved for the proposer.
+    ProducerIdsAllocated {
+        first: i64,
+    },
     Rejected(Rejection),
 }
 
@@ -143,6 +158,10 @@ pub enum Rejection {
         size: u64,
         committed_size: u64,
     },
+    #[error("{count} producer ids requested, allowed are 1..={max}")]
+    InvalidProducerIdCount { count: u32, max: u32 },
+    #[error("producer ids are exhausted: the next is {next}, {count} requested")]
+    ProducerIdsExhausted { next: i64, count: u32 },
 }
 
 /// The index of one partition: blocks ordered by offset, without overlap.
@@ -224,6 +243,10 @@ pub struct MetaState {
     objects: BTreeMap<String, ObjectEntry>,
     /// Committed objects that the index no longer references: data for the garbage sweeper.
     garbage_keys: BTreeSet<String>,
+    /// The next Kafka producer id to reserve; every id below it has been handed to a broker.
+    /// Absent from snapshots written before producer ids existed, hence the default (0).
+    #[serde(default)]
+    next_producer_id: i64,
     /// Raft log index of the last applied entry; set by the driver, not by `apply`.
     last_applied: u64,
 }
@@ -242,6 +265,7 @@ impl MetaState {
             } => self.create_topic(name, *id, *partitions, configs, *created_ms),
             Command::DeleteTopic { name } => self.delete_topic(name),
             Command::CommitObject { key, size, blocks } => self.commit_object(key, *size, blocks),
+            Command::AllocateProducerIds { count } => self.allocate_producer_ids(*count),
         };
         match result {
             Ok(ok) => ok,
@@ -417,6 +441,26 @@ impl MetaState {
         Ok(CommandResult::ObjectCommitted)
     }
 
+    fn allocate_producer_ids(&mut self, count: u32) -> Result<CommandResult, Rejection> {
+        if !(1..=PRODUCER_ID_BLOCK_MAX).contains(&count) {
+            return Err(Rejection::InvalidProducerIdCount {
+                count,
+                max: PRODUCER_ID_BLOCK_MAX,
+            });
+        }
+        let first = self.next_producer_id;
+        let Some(next) = first.checked_add(i64::from(count)) else {
+            return Err(Rejection::ProducerIdsExhausted { next: first, count });
+        };
+        self.next_producer_id = next;
+        Ok(CommandResult::ProducerIdsAllocated { first })
+    }
+
+    /// The next producer id metadata would reserve: every id below it is allocated.
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
+    }
+
     pub fn topic(&self, name: &str) -> Option<&TopicMeta> {
         let id = self.names.get(name)?;
         self.topic_by_id(*id)
@@ -506,6 +550,9 @@ impl MetaState {
     /// Checks the structural invariants; the error names the first one broken. It walks the
     /// whole state, so `apply` does not call it: tests and tools do.
     pub fn check_invariants(&self) -> Result<(), String> {
+        if self.next_producer_id < 0 {
+            return Err(format!("next producer id {} < 0", self.next_producer_id));
+        }
         if self.names.len() != self.topics.len() {
             return Err(format!(
                 "{} names for {} topics",
@@ -597,6 +644,10 @@ mod tests {
         Command::DeleteTopic { name: name(n) }
     }
 
+    fn pids(count: u32) -> Command {
+        Command::AllocateProducerIds { count }
+    }
+
     /// A block `(topic id, partition, base, end, max_timestamp)`; positions are laid out in the
     /// order given, 100 bytes each.
     type B = (u8, u32, i64, i64, i64);
@@ -631,6 +682,8 @@ mod tests {
         Created,
         Deleted,
         Committed,
+        /// Producer ids allocated, starting at this one.
+        ProducerIds(i64),
         Rejected(Rejection),
     }
 
@@ -646,6 +699,7 @@ mod tests {
         /// `(name, expected id)`
         Topic(&'static str, Option<u8>),
         Garbage(&'static [&'static str]),
+        NextProducerId(i64),
     }
     use Step::*;
 
@@ -675,6 +729,12 @@ mod tests {
                             assert_eq!(state.topic_by_id(meta.id), None, "{at}");
                         }
                         (Want::Committed, CommandResult::ObjectCommitted) => {}
+                        (
+                            Want::ProducerIds(want),
+                            CommandResult::ProducerIdsAllocated { first },
+                        ) => {
+                            assert_eq!(want, first, "{at}");
+                        }
                         (Want::Rejected(want), CommandResult::Rejected(got)) => {
                             assert_eq!(want, got, "{at}");
                             let after = serde_json::to_string(&state).unwrap();
@@ -715,6 +775,9 @@ mod tests {
                 Garbage(want) => {
                     let got: Vec<&str> = state.garbage_keys().collect();
                     assert_eq!(got, want, "{at}: garbage");
+                }
+                NextProducerId(want) => {
+                    assert_eq!(state.next_producer_id(), want, "{at}: next producer id");
                 }
             }
         }
@@ -1012,6 +1075,37 @@ mod tests {
                     FindTime(2, 0, 0, None),
                 ],
             ),
+            (
+                "producer id blocks",
+                vec![
+                    NextProducerId(0),
+                    Apply(pids(1000), Want::ProducerIds(0)),
+                    Apply(pids(1), Want::ProducerIds(1000)),
+                    NextProducerId(1001),
+                    Apply(
+                        pids(0),
+                        Want::Rejected(Rejection::InvalidProducerIdCount {
+                            count: 0,
+                            max: PRODUCER_ID_BLOCK_MAX,
+                        }),
+                    ),
+                    Apply(
+                        pids(PRODUCER_ID_BLOCK_MAX + 1),
+                        Want::Rejected(Rejection::InvalidProducerIdCount {
+                            count: PRODUCER_ID_BLOCK_MAX + 1,
+                            max: PRODUCER_ID_BLOCK_MAX,
+                        }),
+                    ),
+                    Apply(pids(PRODUCER_ID_BLOCK_MAX), Want::ProducerIds(1001)),
+                    NextProducerId(1001 + i64::from(PRODUCER_ID_BLOCK_MAX)),
+                    // Topics and the index do not touch the producer id counter.
+                    Apply(create("a", 1, 1), Want::Created),
+                    Apply(object("o1", &[(1, 0, 0, 10, 0)]), Want::Committed),
+                    Apply(delete("a"), Want::Deleted),
+                    Apply(pids(5), Want::ProducerIds(1_001_001)),
+                    NextProducerId(1_001_006),
+                ],
+            ),
         ];
         for (case, steps) in cases {
             check(case, steps);
@@ -1019,14 +1113,74 @@ mod tests {
     }
 
     #[test]
+    fn producer_ids_run_out_without_wrapping() {
+        let cases: &[(i64, u32, Result<i64, Rejection>)] = &[
+            (i64::MAX - 10, 10, Ok(i64::MAX - 10)),
+            (
+                i64::MAX - 10,
+                11,
+                Err(Rejection::ProducerIdsExhausted {
+                    next: i64::MAX - 10,
+                    count: 11,
+                }),
+            ),
+            (
+                i64::MAX,
+                1,
+                Err(Rejection::ProducerIdsExhausted {
+                    next: i64::MAX,
+                    count: 1,
+                }),
+            ),
+        ];
+        for (i, (next, count, want)) in cases.iter().enumerate() {
+            let mut state = MetaState {
+                next_producer_id: *next,
+                ..MetaState::default()
+            };
+            let got = match state.apply(&pids(*count)) {
+                CommandResult::ProducerIdsAllocated { first } => Ok(first),
+                CommandResult::Rejected(r) => Err(r),
+                other => panic!("case {i}: {other:?}"),
+            };
+            assert_eq!(&got, want, "case {i}");
+            let after = if want.is_ok() {
+                next + i64::from(*count)
+            } else {
+                *next
+            };
+            assert_eq!(state.next_producer_id(), after, "case {i}");
+            state.check_invariants().unwrap();
+        }
+    }
+
+    #[test]
+    fn snapshots_from_before_producer_ids_load() {
+        // A state serialized before `next_producer_id` existed starts handing out ids at 0.
+        let mut state = MetaState::default();
+        state.apply(&create("a", 1, 1));
+        let mut json: serde_json::Value = serde_json::to_value(&state).unwrap();
+        json.as_object_mut().unwrap().remove("next_producer_id");
+        let mut old: MetaState = serde_json::from_value(json).unwrap();
+        old.check_invariants().unwrap();
+        assert_eq!(old.next_producer_id(), 0);
+        assert_eq!(
+            old.apply(&pids(3)),
+            CommandResult::ProducerIdsAllocated { first: 0 }
+        );
+    }
+
+    #[test]
     fn apply_is_deterministic() {
         let commands = [
+            pids(1000),
             create("a", 1, 4),
             create("b", 2, 1),
             object("o1", &[(1, 0, 0, 10, 1), (1, 3, 0, 2, 1), (2, 0, 0, 1, 1)]),
             object("o2", &[(1, 0, 10, 20, 1)]),
             delete("b"),
             object("o3", &[(1, 0, 5, 20, 1)]),
+            pids(7),
         ];
         let run = || {
             let mut state = MetaState::default();
@@ -1042,6 +1196,7 @@ mod tests {
             create("a", 1, 4),
             delete("a"),
             object("o1", &[(1, 0, 0, 10, 1)]),
+            pids(1000),
         ] {
             let json = serde_json::to_string(&cmd).unwrap();
             assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);

@@ -62,6 +62,7 @@ fn summary(state: &MetaState) -> String {
         }
     }
     out += &format!("garbage {:?}\n", state.garbage_keys().collect::<Vec<_>>());
+    out += &format!("next producer id {}\n", state.next_producer_id());
     out
 }
 
@@ -106,6 +107,8 @@ async fn state_survives_shutdown_drop_and_reopen() {
     )
     .await;
     write_ok(&node, object("o3", &[(gone, 0, 3, 9)])).await;
+    let pids = write_ok(&node, Command::AllocateProducerIds { count: 1000 }).await;
+    assert_eq!(pids, CommandResult::ProducerIdsAllocated { first: 0 });
     write_ok(
         &node,
         Command::DeleteTopic {
@@ -156,6 +159,9 @@ async fn state_survives_shutdown_drop_and_reopen() {
     )
     .await;
     write_ok(&node, object("o5", &[(orders, 1, 4, 6)])).await;
+    // Producer ids handed out before the restart are never handed out again.
+    let pids = write_ok(&node, Command::AllocateProducerIds { count: 10 }).await;
+    assert_eq!(pids, CommandResult::ProducerIdsAllocated { first: 1000 });
     let expected = summary(&node.read());
 
     // Reopen after a plain drop: the store is released in the background.
@@ -219,6 +225,8 @@ async fn state_survives_snapshot_purge_and_reopen() {
         .await
         .unwrap();
     write_ok(&node, create("history", topic, 1)).await;
+    // Allocated before the snapshot: the counter must come back from it.
+    write_ok(&node, Command::AllocateProducerIds { count: 1000 }).await;
     commit_many(&node, topic, 0, 180).await;
     let last = node.read().last_applied();
     wait_for(&node, "snapshot and purge", |m| {
@@ -245,6 +253,7 @@ async fn state_survives_snapshot_purge_and_reopen() {
         );
     }
     assert_eq!(summary(&node.read()), expected);
+    assert_eq!(node.read().next_producer_id(), 1000);
     assert!(node.read().last_applied() >= last);
     assert_eq!(node.read().indexed_end(topic, 0), 1_800);
     assert_eq!(

@@ -1,0 +1,585 @@
+//! The meta node's gRPC API (`proto/meta.proto`): wire conversions, limits and the server.
+//!
+//! This module is the one place where gRPC messages meet openraft's and this crate's types
+//! (STYLE.md §5): every request and reply is converted here, for the server ([`MetaGrpc`]) and
+//! for the clients in [`crate::network`]. The proto file documents the envelope: the serde_json
+//! form of openraft's types (and of [`Command`]/[`CommandResult`]) inside messages that carry a
+//! `format` number, [`WIRE_FORMAT`]; a receiver refuses other formats with
+//! `FAILED_PRECONDITION`.
+//!
+//! Two services share one listener (the admin/control gRPC port, 1228 by default), and the
+//! caller may add its own: `Raft` (AppendEntries, Vote, InstallSnapshot: openraft's RPCs,
+//! dispatched into the local [`openraft::Raft`]) and `Meta` (Write, ReadIndex, AddLearner,
+//! ChangeMembership: the calls that must run on the leader, executed by the crate's `leader` module).
+
+use crate::error::MetaError;
+use crate::leader::{self, Attempt, LeaderHint, MembershipView, Written};
+use crate::raft::{MetaRaft, NodeId, TypeConfig};
+use crate::state::{Command, CommandResult};
+use openraft::raft::InstallSnapshotRequest;
+use openraft::{BasicNode, SnapshotMeta, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+/// Code generated from `proto/meta.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("strata.meta.v1");
+}
+
+/// Version of the JSON envelope of every message that carries JSON.
+pub const WIRE_FORMAT: u32 = 1;
+/// Largest gRPC message a meta node sends or accepts, either way.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest command (its JSON form) the meta log takes: one entry must fit in one AppendEntries
+/// message with room for the envelope, or it could never be replicated.
+pub const COMMAND_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 64 * 1024;
+/// Snapshot bytes per InstallSnapshot chunk.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 1024 * 1024;
+/// Requests served at once on one connection; more wait (a peer needs a handful: replication,
+/// votes, forwarded calls).
+pub const RPC_INFLIGHT_PER_CONNECTION_MAX: usize = 64;
+/// Peer connections kept (one per meta node address); the cache starts over when full.
+pub const PEER_CONNECTIONS_MAX: usize = 64;
+/// TCP connect timeout to a peer; a failed connect is reported as unreachable.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Pause before openraft tries an unreachable peer again.
+pub const UNREACHABLE_BACKOFF_MS: u64 = 200;
+/// HTTP/2 keepalive: a peer connection that does not answer a ping within the timeout is
+/// dropped (and re-dialled on the next call), so a vanished machine is noticed.
+pub const KEEPALIVE_INTERVAL_MS: u64 = 5_000;
+pub const KEEPALIVE_TIMEOUT_MS: u64 = 5_000;
+
+/// A message that is not what this build reads. It never leaves the crate: the server answers
+/// it as a gRPC status, a client turns it into a [`MetaError`] or an openraft error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error("{what} has wire format {found}; this build reads format {WIRE_FORMAT}")]
+    Format { what: &'static str, found: u32 },
+    #[error("{what} is not valid: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("{what} cannot be encoded: {reason}")]
+    Encode { what: &'static str, reason: String },
+}
+
+impl From<WireError> for Status {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Format { .. } => Status::failed_precondition(e.to_string()),
+            WireError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            WireError::Encode { .. } => Status::internal(e.to_string()),
+        }
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, WireError> {
+    serde_json::to_vec(value).map_err(|e| WireError::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    format: u32,
+    json: &[u8],
+    what: &'static str,
+) -> Result<T, WireError> {
+    if format != WIRE_FORMAT {
+        return Err(WireError::Format {
+            what,
+            found: format,
+        });
+    }
+    serde_json::from_slice(json).map_err(|e| WireError::Invalid {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn raft_message<T: Serialize>(
+    value: &T,
+    what: &'static str,
+) -> Result<pb::RaftMessage, WireError> {
+    Ok(pb::RaftMessage {
+        format: WIRE_FORMAT,
+        json: encode(value, what)?,
+    })
+}
+
+/// `InstallSnapshotRequest` without its data: the JSON half of a `SnapshotChunk`.
+#[derive(Serialize, Deserialize)]
+struct SnapshotChunkHeader {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    offset: u64,
+    done: bool,
+}
+
+pub(crate) fn snapshot_chunk(
+    req: InstallSnapshotRequest<TypeConfig>,
+) -> Result<pb::SnapshotChunk, WireError> {
+    let header = SnapshotChunkHeader {
+        vote: req.vote,
+        meta: req.meta,
+        offset: req.offset,
+        done: req.done,
+    };
+    Ok(pb::SnapshotChunk {
+        format: WIRE_FORMAT,
+        json: encode(&header, "snapshot chunk header")?,
+        data: req.data,
+    })
+}
+
+fn install_snapshot_request(
+    chunk: pb::SnapshotChunk,
+) -> Result<InstallSnapshotRequest<TypeConfig>, WireError> {
+    let header: SnapshotChunkHeader = decode(chunk.format, &chunk.json, "snapshot chunk header")?;
+    Ok(InstallSnapshotRequest {
+        vote: header.vote,
+        meta: header.meta,
+        offset: header.offset,
+        data: chunk.data,
+        done: header.done,
+    })
+}
+
+/// Encodes a command for the log's wire, refusing one that could never be replicated.
+pub(crate) fn write_request(cmd: &Command) -> Result<pb::WriteRequest, MetaError> {
+    let json = encode(cmd, "command").map_err(|e| MetaError::Raft {
+        reason: e.to_string(),
+    })?;
+    if json.len() > COMMAND_BYTES_MAX {
+        return Err(MetaError::CommandTooLarge {
+            bytes: json.len(),
+            max: COMMAND_BYTES_MAX,
+        });
+    }
+    Ok(pb::WriteRequest {
+        format: WIRE_FORMAT,
+        command_json: json,
+    })
+}
+
+fn not_leader(hint: LeaderHint) -> pb::NotLeader {
+    pb::NotLeader {
+        leader_id: hint.id,
+        leader_addr: hint.addr,
+    }
+}
+
+fn leader_hint(n: pb::NotLeader) -> LeaderHint {
+    LeaderHint {
+        id: n.leader_id,
+        addr: n.leader_addr.filter(|a| !a.is_empty()),
+    }
+}
+
+/// A definite failure on the leader, as the wire carries it. Failures that leave the outcome
+/// open (the leader is stopping) travel as `UNAVAILABLE` instead, which the caller reads as
+/// [`MetaError::ForwardFailed`].
+fn failed(e: MetaError) -> Result<pb::Failed, Status> {
+    let retryable = e.is_retryable();
+    let (kind, waited_ms) = match &e {
+        MetaError::ShutDown | MetaError::Raft { .. } => {
+            return Err(Status::unavailable(e.to_string()))
+        }
+        MetaError::Membership { .. } => (pb::FailureKind::Membership, 0),
+        MetaError::LearnerLagging { waited_ms, .. } => {
+            (pb::FailureKind::LearnerLagging, *waited_ms)
+        }
+        _ => (pb::FailureKind::Other, 0),
+    };
+    Ok(pb::Failed {
+        kind: kind as i32,
+        reason: e.to_string(),
+        retryable,
+        waited_ms,
+    })
+}
+
+/// The error a [`pb::Failed`] from `leader` stands for; `learner` names the node of an
+/// AddLearner call.
+pub(crate) fn failure(f: pb::Failed, leader: NodeId, learner: Option<NodeId>) -> MetaError {
+    match (pb::FailureKind::try_from(f.kind), learner) {
+        (Ok(pb::FailureKind::Membership), _) => MetaError::Membership {
+            reason: f.reason,
+            retryable: f.retryable,
+        },
+        (Ok(pb::FailureKind::LearnerLagging), Some(node_id)) => MetaError::LearnerLagging {
+            node_id,
+            waited_ms: f.waited_ms,
+        },
+        _ => MetaError::Remote {
+            node_id: leader,
+            reason: f.reason,
+            retryable: f.retryable,
+        },
+    }
+}
+
+fn missing_outcome(leader: NodeId) -> MetaError {
+    MetaError::Remote {
+        node_id: leader,
+        reason: "the reply carries no outcome".into(),
+        retryable: false,
+    }
+}
+
+fn membership(view: MembershipView) -> pb::Membership {
+    let members = |m: BTreeMap<NodeId, String>| {
+        m.into_iter()
+            .map(|(node_id, addr)| pb::Member { node_id, addr })
+            .collect()
+    };
+    pb::Membership {
+        log_index: view.log_index,
+        voters: members(view.voters),
+        learners: members(view.learners),
+        joint: view.joint,
+    }
+}
+
+fn membership_view(m: pb::Membership) -> MembershipView {
+    let members = |m: Vec<pb::Member>| m.into_iter().map(|m| (m.node_id, m.addr)).collect();
+    MembershipView {
+        log_index: m.log_index,
+        voters: members(m.voters),
+        learners: members(m.learners),
+        joint: m.joint,
+    }
+}
+
+pub(crate) fn write_outcome(
+    reply: pb::WriteReply,
+    leader: NodeId,
+) -> Result<Attempt<Written>, MetaError> {
+    use pb::write_reply::Outcome;
+    match reply.outcome {
+        Some(Outcome::Applied(a)) => {
+            let result: CommandResult = decode(a.format, &a.result_json, "command result")
+                .map_err(|e| MetaError::Remote {
+                    node_id: leader,
+                    reason: e.to_string(),
+                    retryable: false,
+                })?;
+            Ok(Attempt::Done(Written {
+                log_index: a.log_index,
+                result,
+            }))
+        }
+        Some(Outcome::NotLeader(n)) => Ok(Attempt::NotLeader(leader_hint(n))),
+        Some(Outcome::Failed(f)) => Err(failure(f, leader, None)),
+        None => Err(missing_outcome(leader)),
+    }
+}
+
+pub(crate) fn read_index_outcome(
+    reply: pb::ReadIndexReply,
+    leader: NodeId,
+) -> Result<Attempt<u64>, MetaError> {
+    use pb::read_index_reply::Outcome;
+    match reply.outcome {
+        Some(Outcome::ReadIndex(index)) => Ok(Attempt::Done(index)),
+        Some(Outcome::NotLeader(n)) => Ok(Attempt::NotLeader(leader_hint(n))),
+        Some(Outcome::Failed(f)) => Err(failure(f, leader, None)),
+        None => Err(missing_outcome(leader)),
+    }
+}
+
+pub(crate) fn membership_outcome(
+    reply: pb::MembershipReply,
+    leader: NodeId,
+    learner: Option<NodeId>,
+) -> Result<Attempt<MembershipView>, MetaError> {
+    use pb::membership_reply::Outcome;
+    match reply.outcome {
+        Some(Outcome::Membership(m)) => Ok(Attempt::Done(membership_view(m))),
+        Some(Outcome::NotLeader(n)) => Ok(Attempt::NotLeader(leader_hint(n))),
+        Some(Outcome::Failed(f)) => Err(failure(f, leader, learner)),
+        None => Err(missing_outcome(leader)),
+    }
+}
+
+/// The gRPC server of one meta node: both services, dispatching into the local raft.
+#[derive(Clone)]
+pub struct MetaGrpc {
+    raft: MetaRaft,
+    learner_wait: Duration,
+}
+
+impl std::fmt::Debug for MetaGrpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaGrpc").finish_non_exhaustive()
+    }
+}
+
+impl MetaGrpc {
+    pub(crate) fn new(raft: MetaRaft, learner_wait: Duration) -> Self {
+        Self { raft, learner_wait }
+    }
+
+    /// Both services with the message limits, ready to be added to a tonic server.
+    pub fn routes(self, routes: Routes) -> Routes {
+        routes
+            .add_service(
+                pb::raft_server::RaftServer::new(self.clone())
+                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(MESSAGE_BYTES_MAX),
+            )
+            .add_service(
+                pb::meta_server::MetaServer::new(self)
+                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(MESSAGE_BYTES_MAX),
+            )
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for MetaGrpc {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let rpc = decode(msg.format, &msg.json, "AppendEntriesRequest")?;
+        let result = self.raft.append_entries(rpc).await;
+        Ok(Response::new(raft_message(&result, "AppendEntries reply")?))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let rpc = decode(msg.format, &msg.json, "VoteRequest")?;
+        let result = self.raft.vote(rpc).await;
+        Ok(Response::new(raft_message(&result, "Vote reply")?))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::SnapshotChunk>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc = install_snapshot_request(request.into_inner())?;
+        let result = self.raft.install_snapshot(rpc).await;
+        Ok(Response::new(raft_message(
+            &result,
+            "InstallSnapshot reply",
+        )?))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::meta_server::Meta for MetaGrpc {
+    async fn write(
+        &self,
+        request: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        use pb::write_reply::Outcome;
+        let req = request.into_inner();
+        let cmd: Command = decode(req.format, &req.command_json, "command")?;
+        let outcome = match leader::write(&self.raft, cmd).await {
+            Ok(Attempt::Done(w)) => Outcome::Applied(pb::Applied {
+                format: WIRE_FORMAT,
+                log_index: w.log_index,
+                result_json: encode(&w.result, "command result")?,
+            }),
+            Ok(Attempt::NotLeader(hint)) => Outcome::NotLeader(not_leader(hint)),
+            Err(e) => Outcome::Failed(failed(e)?),
+        };
+        Ok(Response::new(pb::WriteReply {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexReply>, Status> {
+        use pb::read_index_reply::Outcome;
+        let outcome = match leader::read_index(&self.raft).await {
+            Ok(Attempt::Done(index)) => Outcome::ReadIndex(index),
+            Ok(Attempt::NotLeader(hint)) => Outcome::NotLeader(not_leader(hint)),
+            Err(e) => Outcome::Failed(failed(e)?),
+        };
+        Ok(Response::new(pb::ReadIndexReply {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let req = request.into_inner();
+        if req.addr.is_empty() {
+            return Err(Status::invalid_argument("a learner needs an address"));
+        }
+        let result =
+            leader::add_learner(&self.raft, req.node_id, req.addr, self.learner_wait).await;
+        membership_reply(result)
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let req = request.into_inner();
+        let voters: BTreeSet<NodeId> = req.voter_ids.into_iter().collect();
+        let result = leader::change_membership(&self.raft, voters, req.retain).await;
+        membership_reply(result)
+    }
+}
+
+fn membership_reply(
+    result: Result<Attempt<MembershipView>, MetaError>,
+) -> Result<Response<pb::MembershipReply>, Status> {
+    use pb::membership_reply::Outcome;
+    let outcome = match result {
+        Ok(Attempt::Done(view)) => Outcome::Membership(membership(view)),
+        Ok(Attempt::NotLeader(hint)) => Outcome::NotLeader(not_leader(hint)),
+        Err(e) => Outcome::Failed(failed(e)?),
+    };
+    Ok(Response::new(pb::MembershipReply {
+        outcome: Some(outcome),
+    }))
+}
+
+/// A running gRPC server. Dropping it stops the server gracefully in the background.
+pub(crate) struct Server {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Serves `grpc` and `routes` on `listener` until stopped.
+    pub(crate) fn spawn(
+        listener: tokio::net::TcpListener,
+        grpc: MetaGrpc,
+        routes: Routes,
+    ) -> Result<Server, MetaError> {
+        let local_addr = listener.local_addr().map_err(|source| MetaError::Listen {
+            addr: "the given listener".into(),
+            source,
+        })?;
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let routes = grpc.routes(routes);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .concurrency_limit_per_connection(RPC_INFLIGHT_PER_CONNECTION_MAX)
+                .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
+                .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_TIMEOUT_MS)))
+                .add_routes(routes)
+                // A dropped sender stops the server too.
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(%local_addr, error = %e, "meta gRPC server failed");
+            }
+        });
+        tracing::info!(%local_addr, "meta gRPC server listening");
+        Ok(Server {
+            local_addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets calls in flight finish for up to `wait`, then drops the rest.
+    /// The listener is closed when this returns.
+    pub(crate) async fn stop(mut self, wait: Duration) {
+        drop(self.stop.take());
+        if tokio::time::timeout(wait, &mut self.task).await.is_err() {
+            tracing::warn!(
+                local_addr = %self.local_addr,
+                "meta gRPC server did not drain; aborting it"
+            );
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_refuse_other_formats_and_garbage() {
+        let cmd = Command::AllocateProducerIds { count: 3 };
+        let req = write_request(&cmd).unwrap();
+        let back: Command = decode(req.format, &req.command_json, "command").unwrap();
+        assert_eq!(back, cmd);
+        assert!(matches!(
+            decode::<Command>(2, &req.command_json, "command"),
+            Err(WireError::Format { found: 2, .. })
+        ));
+        assert!(matches!(
+            decode::<Command>(WIRE_FORMAT, b"{", "command"),
+            Err(WireError::Invalid { .. })
+        ));
+        let status: Status = WireError::Format {
+            what: "command",
+            found: 2,
+        }
+        .into();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn failures_round_trip_with_their_decision() {
+        let check = |e: MetaError, learner: Option<NodeId>, expected: &str, retryable: bool| {
+            let back = failure(failed(e).unwrap(), 7, learner);
+            assert_eq!(
+                format!("{back:?}").split_whitespace().next().unwrap(),
+                expected
+            );
+            assert_eq!(back.is_retryable(), retryable, "{back}");
+        };
+        check(
+            MetaError::Membership {
+                reason: "in progress".into(),
+                retryable: true,
+            },
+            None,
+            "Membership",
+            true,
+        );
+        check(
+            MetaError::LearnerLagging {
+                node_id: 4,
+                waited_ms: 10,
+            },
+            Some(4),
+            "LearnerLagging",
+            true,
+        );
+        check(
+            MetaError::QuorumLost { reason: "x".into() },
+            None,
+            "Remote",
+            true,
+        );
+        // A stopping leader leaves the outcome open: that is a status, not a `Failed`.
+        assert_eq!(
+            failed(MetaError::ShutDown).unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+    }
+}
