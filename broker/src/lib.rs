@@ -9,4 +9,5 @@ pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod node;
+pub mod producer_ids;
 pub mod records;

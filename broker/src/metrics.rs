@@ -15,6 +15,14 @@ pub struct Metrics {
     pub kafka_request_errors_total: AtomicU64,
     pub produce_records_total: AtomicU64,
     pub produce_bytes_total: AtomicU64,
+    /// Idempotent batches answered with their original offset instead of written again.
+    pub produce_duplicate_batches_total: AtomicU64,
+    /// Idempotent appends refused for their sequence number or epoch.
+    pub produce_sequence_errors_total: AtomicU64,
+    /// Idempotent producers remembered by the sequencer, over all partitions.
+    pub producer_states: AtomicU64,
+    /// Producers forgotten to stay within the per-partition cap (not counting expiry).
+    pub producers_evicted_total: AtomicU64,
     pub fetch_bytes_total: AtomicU64,
     pub wal_group_commits_total: AtomicU64,
     pub wal_appends_total: AtomicU64,
@@ -37,7 +45,7 @@ impl Metrics {
 
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &AtomicU64); 15] = [
+        let rows: [(&str, &str, &AtomicU64); 19] = [
             (
                 "strata_kafka_connections_total",
                 "counter",
@@ -67,6 +75,22 @@ impl Metrics {
                 "strata_produce_bytes_total",
                 "counter",
                 &self.produce_bytes_total,
+            ),
+            (
+                "strata_produce_duplicate_batches_total",
+                "counter",
+                &self.produce_duplicate_batches_total,
+            ),
+            (
+                "strata_produce_sequence_errors_total",
+                "counter",
+                &self.produce_sequence_errors_total,
+            ),
+            ("strata_producer_states", "gauge", &self.producer_states),
+            (
+                "strata_producers_evicted_total",
+                "counter",
+                &self.producers_evicted_total,
             ),
             (
                 "strata_fetch_bytes_total",

@@ -5,17 +5,21 @@
 //! 1. the object store is probed (an unreachable store fails start with one line naming it);
 //! 2. metadata opens (raft log replay) and says which topics exist and what is in objects;
 //! 3. the WAL opens (torn tail truncated) and every entry past the index's end is replayed into
-//!    its partition's tail — those are acknowledged writes not yet uploaded;
+//!    its partition's tail — those are acknowledged writes not yet uploaded. Every entry still
+//!    in the WAL (uploaded or not) also rebuilds the idempotent producers' state, which the
+//!    sequencer thread then owns;
 //! 4. only then do the listeners open.
 
 use crate::config::NodeConfig;
 use crate::log::entry::WalEntry;
 use crate::log::partition::TailBatch;
+use crate::log::producer::ProducerStates;
 use crate::log::reader::Reader;
 use crate::log::registry::Registry;
 use crate::log::sequencer::{self, SeqMsg, SeqShared, SequencerConfig};
 use crate::log::uploader::Uploader;
 use crate::metrics::Metrics;
+use crate::producer_ids::ProducerIds;
 use crate::{admin, kafka};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,6 +75,8 @@ pub struct Node {
     pub reader: Reader,
     pub seq_tx: mpsc::Sender<SeqMsg>,
     pub seq_shared: Arc<SeqShared>,
+    /// Hands out producer ids for InitProducerId.
+    pub producer_ids: ProducerIds,
     pub metrics: Arc<Metrics>,
     pub shutting_down: AtomicBool,
 }
@@ -141,14 +147,28 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         }
     })?;
     let seq_shared = Arc::new(SeqShared::default());
-    let replayed = replay(&registry, &seq_shared, entries)?;
+    let mut producers = ProducerStates::default();
+    let replayed = replay(
+        &registry,
+        &seq_shared,
+        &mut producers,
+        sequencer::now_ms(),
+        entries,
+    )?;
     if replayed > 0 {
         tracing::info!(entries = replayed, "replayed un-uploaded WAL entries");
+    }
+    if !producers.is_empty() {
+        tracing::info!(
+            producers = producers.len(),
+            "rebuilt idempotent producer state from the WAL"
+        );
     }
 
     let (seq_tx, seq_rx) = mpsc::channel(SEQUENCER_QUEUE_MAX);
     let _sequencer = sequencer::spawn(
         wal,
+        producers,
         seq_rx,
         seq_shared.clone(),
         metrics.clone(),
@@ -173,6 +193,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         reader,
         seq_tx: seq_tx.clone(),
         seq_shared: seq_shared.clone(),
+        producer_ids: ProducerIds::spawn(meta.clone()),
         metrics: metrics.clone(),
         shutting_down: AtomicBool::new(false),
         config,
@@ -259,10 +280,17 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Replays WAL entries that are not in object storage yet into their partitions' tails.
+/// Replays WAL entries that are not in object storage yet into their partitions' tails, and
+/// rebuilds idempotent producer state from every entry still in the WAL.
+///
+/// Producer state is only as old as the WAL: batches uploaded *and* trimmed before the restart
+/// are not read back, so producers last seen only in them are unknown afterwards (and accepted
+/// with any sequence, see `log::producer`).
 fn replay(
     registry: &Registry,
     shared: &SeqShared,
+    producers: &mut ProducerStates,
+    now_ms: i64,
     entries: Vec<strata_wal::RecoveredEntry>,
 ) -> Result<usize, StartError> {
     let mut replayed = 0;
@@ -276,7 +304,9 @@ fn replay(
         };
         let next = log.next_offset();
         if entry.end_offset <= next {
-            continue; // already in object storage
+            // Already in object storage, but its producers' last batches are still news.
+            producers.record_batches(entry.partition, &entry.batches, now_ms);
+            continue;
         }
         if entry.base_offset != next {
             return Err(StartError::Recovery {
@@ -290,6 +320,7 @@ fn replay(
                 ),
             });
         }
+        producers.record_batches(entry.partition, &entry.batches, now_ms);
         let count = entry.end_offset - entry.base_offset;
         log.reserve(count);
         shared
@@ -365,5 +396,214 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::producer::test_batches::batch;
+    use crate::log::producer::{ProducerBatch, SequenceError};
+    use crate::log::sequencer::{AppendError, AppendRequest, AppendResult, BatchSpan};
+    use bytes::BytesMut;
+    use std::collections::BTreeMap;
+    use strata_meta::{Command, MetaState};
+    use strata_types::batch::BatchHeader;
+    use strata_types::{BlockLocation, PartitionKey, TopicId, TopicName};
+
+    use crate::log::partition::PartitionLog;
+
+    /// A batch `(producer id, epoch, first sequence, record count)`.
+    type B = (i64, i16, i32, i32);
+
+    fn request(log: &Arc<PartitionLog>, batches: &[B]) -> AppendRequest {
+        let mut data = Vec::new();
+        let mut spans = Vec::new();
+        for &(id, epoch, seq, count) in batches {
+            let b = batch(id, epoch, seq, count);
+            let header = BatchHeader::parse(&b).unwrap();
+            spans.push(BatchSpan {
+                start: data.len(),
+                offset_count: header.offset_count(),
+                producer: ProducerBatch::from_header(&header),
+            });
+            data.extend_from_slice(&b);
+        }
+        AppendRequest {
+            log: log.clone(),
+            data: BytesMut::from(&data[..]),
+            batches: spans,
+            max_timestamp: 1_000,
+        }
+    }
+
+    struct Sequencer {
+        tx: mpsc::Sender<SeqMsg>,
+        thread: std::thread::JoinHandle<()>,
+        metrics: Arc<Metrics>,
+    }
+
+    impl Sequencer {
+        fn start(dir: &std::path::Path, producers: ProducerStates) -> Self {
+            let (wal, _) = Wal::open(WalConfig::new(dir)).unwrap();
+            let (tx, rx) = mpsc::channel(16);
+            let metrics = Arc::new(Metrics::default());
+            let thread = sequencer::spawn(
+                wal,
+                producers,
+                rx,
+                Arc::new(SeqShared::default()),
+                metrics.clone(),
+                SequencerConfig {
+                    group_commit_bytes_max: 1 << 20,
+                    flush_bytes_max: 1 << 30,
+                },
+            )
+            .unwrap();
+            Self {
+                tx,
+                thread,
+                metrics,
+            }
+        }
+
+        fn append(&self, log: &Arc<PartitionLog>, batches: &[B]) -> AppendResult {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.tx
+                .blocking_send(SeqMsg::Append {
+                    items: vec![request(log, batches)],
+                    reply,
+                })
+                .unwrap();
+            rx.blocking_recv().unwrap().remove(0)
+        }
+
+        fn stop(self) -> Arc<Metrics> {
+            drop(self.tx);
+            self.thread.join().unwrap();
+            self.metrics
+        }
+    }
+
+    fn topic_state(uploaded_end: Option<i64>) -> MetaState {
+        let mut state = MetaState::default();
+        state.apply(&Command::CreateTopic {
+            name: TopicName::new("t").unwrap(),
+            id: TopicId::from_bytes([1; 16]),
+            partitions: 1,
+            configs: BTreeMap::new(),
+            created_ms: 0,
+        });
+        if let Some(end) = uploaded_end {
+            state.apply(&Command::CommitObject {
+                key: "o1".into(),
+                size: 100,
+                blocks: vec![BlockLocation {
+                    key: "o1".into(),
+                    topic: TopicId::from_bytes([1; 16]),
+                    partition: 0,
+                    base_offset: 0,
+                    end_offset: end,
+                    position: 0,
+                    len: 100,
+                    max_timestamp: 0,
+                    crc32c: 0,
+                }],
+            });
+        }
+        state
+    }
+
+    fn registry(state: &MetaState) -> (Registry, Arc<PartitionLog>) {
+        let registry = Registry::default();
+        registry.sync(state);
+        let log = registry.topic("t").unwrap().partitions[0].clone();
+        (registry, log)
+    }
+
+    fn out_of_order(expected: i32, got: i32) -> AppendResult {
+        Err(AppendError::Sequence(SequenceError::OutOfOrder {
+            producer_id: 7,
+            expected,
+            got,
+        }))
+    }
+
+    /// Duplicates are answered with their original offset and not written; after a restart the
+    /// WAL rebuilds the producers, including from entries already uploaded (not replayed).
+    #[test]
+    fn idempotent_appends_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_registry, log) = registry(&topic_state(None));
+        let seq = Sequencer::start(dir.path(), ProducerStates::default());
+        let steps: &[(&[B], AppendResult)] = &[
+            (&[(7, 0, 0, 3)], Ok(0)),
+            (&[(7, 0, 0, 3)], Ok(0)),
+            (&[(7, 0, 5, 1)], out_of_order(3, 5)),
+            (&[(7, 0, 3, 2)], Ok(3)),
+            (&[(-1, -1, -1, 2)], Ok(5)),
+            (&[(7, 0, 3, 2)], Ok(3)),
+        ];
+        for (i, (batches, want)) in steps.iter().enumerate() {
+            assert_eq!(&seq.append(&log, batches), want, "step {i}");
+        }
+        assert_eq!(
+            log.high_watermark(),
+            7,
+            "duplicates and refusals wrote nothing"
+        );
+        let metrics = seq.stop();
+        assert_eq!(
+            metrics
+                .produce_duplicate_batches_total
+                .load(Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            metrics
+                .produce_sequence_errors_total
+                .load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(metrics.producer_states.load(Ordering::Relaxed), 1);
+
+        // Restart on a copy of the WAL, as is and as if offsets 0..3 (the first entry) had been
+        // uploaded before the crash.
+        for (uploaded, replayed) in [(None, 3), (Some(3), 2)] {
+            let copy = tempfile::tempdir().unwrap();
+            for file in std::fs::read_dir(dir.path()).unwrap() {
+                let file = file.unwrap();
+                std::fs::copy(file.path(), copy.path().join(file.file_name())).unwrap();
+            }
+            let (registry, log) = registry(&topic_state(uploaded));
+            let (_, entries) = Wal::open(WalConfig::new(copy.path())).unwrap();
+            let mut producers = ProducerStates::default();
+            let shared = SeqShared::default();
+            let n = replay(&registry, &shared, &mut producers, 0, entries).unwrap();
+            assert_eq!(n, replayed, "uploaded {uploaded:?}");
+            let key = PartitionKey {
+                topic: TopicId::from_bytes([1; 16]),
+                partition: 0,
+            };
+            let entry = producers.partition(&key).and_then(|p| p.get(7)).unwrap();
+            assert_eq!((entry.epoch(), entry.last_seq()), (0, 4));
+            assert_eq!(log.high_watermark(), 7);
+
+            let seq = Sequencer::start(copy.path(), producers);
+            // Retries of batches written before the restart, then the next one.
+            assert_eq!(seq.append(&log, &[(7, 0, 0, 3)]), Ok(0));
+            assert_eq!(seq.append(&log, &[(7, 0, 3, 2)]), Ok(3));
+            assert_eq!(seq.append(&log, &[(7, 0, 6, 1)]), out_of_order(5, 6));
+            assert_eq!(seq.append(&log, &[(7, 1, 0, 1)]), Ok(7), "new epoch");
+            assert_eq!(
+                seq.append(&log, &[(7, 0, 5, 1)]),
+                Err(AppendError::Sequence(SequenceError::StaleEpoch {
+                    producer_id: 7,
+                    epoch: 0,
+                    current: 1
+                }))
+            );
+            seq.stop();
+        }
     }
 }

@@ -1,5 +1,6 @@
-"""Hand-encoded Kafka frames for the raw protocol pokes (non-flexible versions only,
-request header v1: api_key, api_version, correlation_id, client_id)."""
+"""Hand-encoded Kafka frames for the raw protocol pokes (non-flexible versions, request
+header v1: api_key, api_version, correlation_id, client_id; plus InitProducerId v3, the
+one flexible request the idempotence tests need)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ API_METADATA = 3
 API_API_VERSIONS = 18
 API_CREATE_TOPICS = 19
 API_DELETE_TOPICS = 20
+API_INIT_PRODUCER_ID = 22
 
 UNKNOWN_TOPIC_OR_PARTITION = 3
 UNSUPPORTED_VERSION = 35
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+INVALID_PRODUCER_EPOCH = 47
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
+INVALID_RECORD = 87
 
 
 def string(s: str | None) -> bytes:
@@ -166,12 +172,15 @@ def parse_metadata_v1(frame: bytes) -> tuple[int, list, dict[str, tuple[int, int
     return corr, brokers, topics
 
 
-def record_batch(records: list[tuple[bytes | None, bytes | None]], timestamp_ms: int) -> bytes:
-    """A magic-2 record batch (uncompressed), built with kafka-python's encoder."""
+def record_batch(records: list[tuple[bytes | None, bytes | None]], timestamp_ms: int, producer_id: int = -1,
+                 producer_epoch: int = -1, base_sequence: int = -1) -> bytes:
+    """A magic-2 record batch (uncompressed), built with kafka-python's encoder; an
+    idempotent one when given a producer id, epoch and base sequence."""
     from kafka.record.default_records import DefaultRecordBatchBuilder
 
-    b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
-                                  producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=producer_id,
+                                  producer_epoch=producer_epoch, base_sequence=base_sequence,
+                                  batch_size=1 << 20)
     for i, (k, v) in enumerate(records):
         b.append(i, timestamp=timestamp_ms, key=k, value=v, headers=[])
     return bytes(b.build())
@@ -197,3 +206,55 @@ def parse_produce_first_error(frame: bytes) -> tuple[int, str, int, int]:
     part = r.i32()
     err = r.i16()
     return corr, topic, part, err
+
+
+def parse_produce_first(frame: bytes) -> tuple[int, int]:
+    """-> (error_code, base_offset) of the first partition of a Produce v3..v8 response."""
+    r = Reader(frame)
+    r.i32()  # correlation id
+    assert r.i32() >= 1, "produce response without topics"
+    r.string()
+    assert r.i32() >= 1, "produce response without partitions"
+    r.i32()  # partition
+    err = r.i16()
+    return err, r.i64()
+
+
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def init_producer_id_request(version: int, transactional_id: str | None = None, producer_id: int = -1,
+                             producer_epoch: int = -1, correlation_id: int = 1) -> bytes:
+    """InitProducerId v0/v1 (classic encoding) or v3 (flexible: request header v2,
+    compact strings, empty tagged fields; carries producer_id/epoch for KIP-360)."""
+    assert version in (0, 1, 3)
+    if version < 2:
+        body = string(transactional_id) + struct.pack(">i", 60000)
+        return request(API_INIT_PRODUCER_ID, version, correlation_id, body)
+    if transactional_id is None:
+        tid = uvarint(0)
+    else:
+        tid = uvarint(len(transactional_id.encode()) + 1) + transactional_id.encode()
+    body = tid + struct.pack(">iqh", 60000, producer_id, producer_epoch) + uvarint(0)
+    header = struct.pack(">hhi", API_INIT_PRODUCER_ID, version, correlation_id) + string("strata-e2e") + uvarint(0)
+    payload = header + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def parse_init_producer_id(frame: bytes, version: int) -> tuple[int, int, int]:
+    """-> (error_code, producer_id, producer_epoch)."""
+    r = Reader(frame)
+    r.i32()  # correlation id
+    if version >= 2:
+        assert r.i8() == 0, "unexpected tagged fields in the response header"
+    r.i32()  # throttle
+    return r.i16(), r.i64(), r.i16()

@@ -238,9 +238,7 @@ def test_unknown_topic_without_auto_create(attacked):
     from kafka import KafkaProducer
     from kafka.errors import KafkaTimeoutError, UnknownTopicOrPartitionError
 
-    # kafka-python 3 defaults to an idempotent producer; InitProducerId is not implemented yet.
-    kp = KafkaProducer(bootstrap_servers=b.bootstrap, max_block_ms=5000, request_timeout_ms=10000,
-                       enable_idempotence=False)
+    kp = KafkaProducer(bootstrap_servers=b.bootstrap, max_block_ms=5000, request_timeout_ms=10000)
     try:
         with pytest.raises((UnknownTopicOrPartitionError, KafkaTimeoutError)):
             kp.send("no-such-topic", b"x", partition=0).get(timeout=15)

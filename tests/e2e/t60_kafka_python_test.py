@@ -38,9 +38,9 @@ def test_kafka_python_admin_produce_consume(broker, compression):
         admin.create_topics([NewTopic(n, num_partitions=PARTITIONS, replication_factor=1) for n in names])
         harness.eventually(lambda: set(names) <= set(admin.list_topics()), 30, what="created topics listed")
 
-        # kafka-python 3 defaults to an idempotent producer; InitProducerId is not implemented yet.
+        # kafka-python 3 defaults to an idempotent producer (InitProducerId, sequence numbers).
         prod = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", compression_type=compression,
-                             linger_ms=10, enable_idempotence=False)
+                             linger_ms=10)
         futures = []
         sent = []
         for i in range(N):

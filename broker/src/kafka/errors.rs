@@ -1,7 +1,9 @@
 //! The one place internal conditions become Kafka error codes (a frozen table).
 
+use crate::log::producer::SequenceError;
 use crate::log::reader::ReadError;
 use crate::log::sequencer::AppendError;
+use crate::producer_ids::ProducerIdError;
 use kafka_protocol::ResponseError as E;
 use strata_types::batch::BatchError;
 
@@ -12,6 +14,46 @@ pub fn append(err: AppendError) -> i16 {
         AppendError::WalFull | AppendError::Storage => E::KafkaStorageError.code(),
         AppendError::TooLarge => E::MessageTooLarge.code(),
         AppendError::ShuttingDown => E::NotLeaderOrFollower.code(),
+        AppendError::Sequence(e) => sequence(&e),
+    }
+}
+
+/// An idempotent batch refused by the sequencer. The codes are Kafka's, so clients run their
+/// own recovery: on a gap they resend in order (or bump the epoch, KIP-360); an old epoch tells
+/// a zombie it was replaced.
+pub fn sequence(err: &SequenceError) -> i16 {
+    match err {
+        SequenceError::StaleEpoch { .. } => E::InvalidProducerEpoch.code(),
+        SequenceError::OutOfOrder { .. } | SequenceError::NewEpochNotAtZero { .. } => {
+            E::OutOfOrderSequenceNumber.code()
+        }
+        // Not retriable: resending the same mixed request can only be refused again.
+        SequenceError::PartialDuplicate => E::InvalidRecord.code(),
+    }
+}
+
+/// A batch with a producer id but a negative epoch or base sequence (Kafka refuses it the
+/// same way).
+pub fn invalid_producer_batch() -> i16 {
+    E::InvalidRecord.code()
+}
+
+/// A transactional id (InitProducerId) or a transactional batch (Produce): transactions are
+/// not implemented. TRANSACTIONAL_ID_AUTHORIZATION_FAILED is fatal, not retriable, in the Java
+/// client, librdkafka and kafka-python alike, so a transactional producer stops with a clear
+/// error at `init_transactions()` instead of retrying forever, as it would on
+/// COORDINATOR_NOT_AVAILABLE.
+pub fn transactions_unsupported() -> i16 {
+    E::TransactionalIdAuthorizationFailed.code()
+}
+
+/// InitProducerId could not get an id from metadata.
+pub fn producer_id(err: &ProducerIdError) -> i16 {
+    match err {
+        // What Kafka answers while its producer-id block is being fetched: retriable in every
+        // client, and not a coordinator error (which would send the client looking for one).
+        ProducerIdError::Unavailable { .. } => E::CoordinatorLoadInProgress.code(),
+        ProducerIdError::Refused { .. } => E::UnknownServerError.code(),
     }
 }
 
@@ -70,6 +112,45 @@ mod tests {
             (read(&ReadError::OutOfRange { offset: 0 }), 1),
             (unknown_topic(), 3),
             (unsupported_version(), 35),
+            (
+                append(AppendError::Sequence(SequenceError::OutOfOrder {
+                    producer_id: 1,
+                    expected: 5,
+                    got: 7,
+                })),
+                45,
+            ),
+            (
+                sequence(&SequenceError::NewEpochNotAtZero {
+                    producer_id: 1,
+                    epoch: 2,
+                    got: 3,
+                }),
+                45,
+            ),
+            (
+                sequence(&SequenceError::StaleEpoch {
+                    producer_id: 1,
+                    epoch: 1,
+                    current: 2,
+                }),
+                47,
+            ),
+            (sequence(&SequenceError::PartialDuplicate), 87),
+            (invalid_producer_batch(), 87),
+            (transactions_unsupported(), 53),
+            (
+                producer_id(&ProducerIdError::Unavailable {
+                    reason: String::new(),
+                }),
+                14,
+            ),
+            (
+                producer_id(&ProducerIdError::Refused {
+                    reason: String::new(),
+                }),
+                -1,
+            ),
         ];
         for (i, (got, want)) in table.iter().enumerate() {
             assert_eq!(got, want, "row {i}");

@@ -7,8 +7,9 @@
 use super::server::{CloseReason, ResponseFuture};
 use super::{errors, versions};
 use crate::log::partition::PartitionLog;
+use crate::log::producer::ProducerBatch;
 use crate::log::reader::Chunks;
-use crate::log::sequencer::{AppendError, AppendRequest, AppendResult, SeqMsg};
+use crate::log::sequencer::{AppendError, AppendRequest, AppendResult, BatchSpan, SeqMsg};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,9 +26,10 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, RequestKind, ResponseHeader, ResponseKind, TopicName as WireTopicName,
+    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, RequestKind,
+    ResponseHeader, ResponseKind, TopicName as WireTopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError as E;
@@ -113,6 +115,9 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
             }
             RequestKind::DeleteTopics(req) => {
                 ResponseKind::DeleteTopics(delete_topics(&node, req, version).await)
+            }
+            RequestKind::InitProducerId(req) => {
+                ResponseKind::InitProducerId(init_producer_id(&node, req).await)
             }
             _ => {
                 // Unreachable while `versions::SUPPORTED` and this match agree; answer rather
@@ -393,7 +398,7 @@ async fn produce(
             };
             if slot.error.is_none() && transactional {
                 slot.error = Some((
-                    E::TransactionalIdAuthorizationFailed.code(),
+                    errors::transactions_unsupported(),
                     "transactions are not supported yet".into(),
                 ));
             }
@@ -539,7 +544,7 @@ fn validate(
         }
         if header.is_transactional() || header.is_control() {
             return Err((
-                E::TransactionalIdAuthorizationFailed.code(),
+                errors::transactions_unsupported(),
                 "transactional batches are not supported yet".into(),
             ));
         }
@@ -549,8 +554,24 @@ fn validate(
                 format!("codec id {c}"),
             ));
         }
+        let producer = ProducerBatch::from_header(&header);
+        if producer.is_some() && (header.producer_epoch < 0 || header.base_sequence < 0) {
+            // Kafka refuses these too: a producer id without an epoch and a sequence cannot be
+            // checked for duplicates or gaps.
+            return Err((
+                errors::invalid_producer_batch(),
+                format!(
+                    "record batch of producer {} has epoch {} and base sequence {}",
+                    header.producer_id, header.producer_epoch, header.base_sequence
+                ),
+            ));
+        }
         max_timestamp = max_timestamp.max(header.max_timestamp);
-        batches.push((pos, header.offset_count()));
+        batches.push(BatchSpan {
+            start: pos,
+            offset_count: header.offset_count(),
+            producer,
+        });
     }
     Ok(AppendRequest {
         log,
@@ -558,6 +579,51 @@ fn validate(
         batches,
         max_timestamp,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// InitProducerId
+
+/// The last epoch a re-initialising producer is given. Kafka treats an epoch of
+/// `i16::MAX - 1` and above as exhausted; such a producer gets a new id at epoch 0 instead.
+const PRODUCER_EPOCH_MAX: i16 = i16::MAX - 1;
+
+/// Gives an idempotent producer its id and epoch (transactions are not implemented).
+///
+/// - No id in the request (`-1`, `-1`; always so before v3): a new id from metadata, epoch 0.
+/// - An id this cluster handed out and an epoch (KIP-360, v3+: the producer lost track of its
+///   sequences and wants to start over without losing its identity): the same id, epoch + 1,
+///   so every partition makes it start again at sequence 0 and refuses its older epoch.
+///   (Kafka's own broker hands a non-transactional producer a new id here instead; the
+///   clients accept either, and bumping fences the old epoch's stragglers.)
+/// - An id this cluster never handed out, or an exhausted epoch: a new id, epoch 0.
+///   Answering INVALID_PRODUCER_EPOCH would be fatal in librdkafka.
+async fn init_producer_id(node: &Arc<Node>, req: InitProducerIdRequest) -> InitProducerIdResponse {
+    let resp = InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    if req.transactional_id.is_some() {
+        return resp.with_error_code(errors::transactions_unsupported());
+    }
+    let (id, epoch) = (req.producer_id.0, req.producer_epoch);
+    if (id == -1) != (epoch == -1) {
+        // Kafka's check: an id without an epoch (or the reverse) is a malformed request.
+        return resp.with_error_code(E::InvalidRequest.code());
+    }
+    let allocated_end = node.meta.read().next_producer_id();
+    if (0..allocated_end).contains(&id) && (0..PRODUCER_EPOCH_MAX).contains(&epoch) {
+        tracing::debug!(producer_id = id, epoch = epoch + 1, "producer epoch bumped");
+        return resp
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch + 1);
+    }
+    match node.producer_ids.next().await {
+        Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Err(err) => {
+            tracing::debug!(%err, "InitProducerId");
+            resp.with_error_code(errors::producer_id(&err))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

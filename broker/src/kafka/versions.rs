@@ -15,6 +15,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    // Idempotent producers only; a transactional id is refused (see `handlers::init_producer_id`).
+    // v0-v5 is all the codec decodes (v6 adds two-phase commit).
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 pub fn range(key: ApiKey) -> Option<(i16, i16)> {

@@ -2,6 +2,7 @@
 
 pub mod entry;
 pub mod partition;
+pub mod producer;
 pub mod reader;
 pub mod registry;
 pub mod sequencer;

@@ -11,9 +11,17 @@
 //!
 //! *Invariant:* a failed fdatasync poisons the WAL; every later append is answered with a
 //! storage error and `/health` reports the node unhealthy (fail-stop for the data path).
+//!
+//! The thread also owns the idempotent producers' state ([`ProducerStates`], built by WAL
+//! replay and handed over at spawn). Because it alone assigns offsets, checking a batch's
+//! sequence numbers and appending it are one step: a duplicate is answered with its original
+//! offset and never written twice, and no lock is needed. Producer state changes only after
+//! the WAL accepted the entry; a failed fdatasync fail-stops the node, so state never runs
+//! ahead of an append that could still be lost without the node noticing.
 
 use super::entry::WalEntry;
 use super::partition::{PartitionLog, TailBatch};
+use super::producer::{ProducerBatch, ProducerStates, SequenceError, Verdict};
 use crate::metrics::Metrics;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,14 +36,25 @@ pub struct AppendRequest {
     pub log: Arc<PartitionLog>,
     /// The batches, copied out of the request frame so their base offsets can be rewritten.
     pub data: BytesMut,
-    /// Start of each batch in `data` and the number of offsets it takes.
-    pub batches: Vec<(usize, i64)>,
+    /// The batches in `data`, in order.
+    pub batches: Vec<BatchSpan>,
     pub max_timestamp: i64,
+}
+
+/// One record batch of an [`AppendRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSpan {
+    /// Start of the batch in `data`.
+    pub start: usize,
+    /// Offsets the batch takes.
+    pub offset_count: i64,
+    /// Its idempotence fields, if it has a producer id.
+    pub producer: Option<ProducerBatch>,
 }
 
 impl AppendRequest {
     pub fn offset_count(&self) -> i64 {
-        self.batches.iter().map(|(_, n)| n).sum()
+        self.batches.iter().map(|b| b.offset_count).sum()
     }
 }
 
@@ -53,6 +72,9 @@ pub enum AppendError {
     /// The node is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// An idempotent producer's batch failed its sequence or epoch check; nothing was written.
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
 }
 
 pub type AppendResult = Result<i64, AppendError>;
@@ -86,9 +108,14 @@ pub struct SequencerConfig {
     pub flush_bytes_max: u64,
 }
 
-/// Starts the sequencer thread. It stops when every sender is dropped.
+/// How often the thread forgets expired producers (checked when work arrives).
+const PRODUCER_EXPIRY_SWEEP_MS: i64 = 60_000;
+
+/// Starts the sequencer thread, which takes ownership of `producers` (built by replay). It
+/// stops when every sender is dropped.
 pub fn spawn(
     wal: Wal,
+    producers: ProducerStates,
     rx: mpsc::Receiver<SeqMsg>,
     shared: Arc<SeqShared>,
     metrics: Arc<Metrics>,
@@ -99,7 +126,15 @@ pub fn spawn(
         .store(wal.last_lsn(), Ordering::Release);
     std::thread::Builder::new()
         .name("strata-sequencer".into())
-        .spawn(move || run(wal, rx, shared, metrics, cfg))
+        .spawn(move || run(wal, producers, rx, shared, metrics, cfg))
+}
+
+/// Wall-clock milliseconds, for producer expiry (a clock step only moves expiry).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 struct Pending {
@@ -110,13 +145,29 @@ struct Pending {
 
 fn run(
     mut wal: Wal,
+    mut producers: ProducerStates,
     mut rx: mpsc::Receiver<SeqMsg>,
     shared: Arc<SeqShared>,
     metrics: Arc<Metrics>,
     cfg: SequencerConfig,
 ) {
     let mut entry_buf = Vec::new();
+    let mut last_sweep_ms = now_ms();
+    metrics
+        .producer_states
+        .store(producers.len() as u64, Ordering::Relaxed);
     while let Some(first) = rx.blocking_recv() {
+        let now = now_ms();
+        if now.saturating_sub(last_sweep_ms) >= PRODUCER_EXPIRY_SWEEP_MS {
+            last_sweep_ms = now;
+            let expired = producers.expire(now);
+            if expired > 0 {
+                tracing::debug!(expired, "forgot idempotent producers not seen for a while");
+            }
+            metrics
+                .producer_states
+                .store(producers.len() as u64, Ordering::Relaxed);
+        }
         let mut group: Vec<Pending> = Vec::new();
         let mut group_bytes = 0u64;
         let mut next = Some(first);
@@ -140,6 +191,8 @@ fn run(
                         } else {
                             append_one(
                                 &mut wal,
+                                &mut producers,
+                                now,
                                 item,
                                 &mut entry_buf,
                                 &mut pending.publish,
@@ -205,8 +258,11 @@ fn run(
     tracing::debug!("sequencer stopped");
 }
 
+#[allow(clippy::too_many_arguments)] // the thread's state, passed apart for borrowing
 fn append_one(
     wal: &mut Wal,
+    producers: &mut ProducerStates,
+    now: i64,
     item: AppendRequest,
     entry_buf: &mut Vec<u8>,
     publish: &mut Vec<(Arc<PartitionLog>, TailBatch)>,
@@ -214,12 +270,38 @@ fn append_one(
     metrics: &Metrics,
 ) -> AppendResult {
     let count = item.offset_count();
+    // Idempotent batches are checked against the offsets they would get; only this thread
+    // assigns offsets, so `next_offset` is what `reserve` returns below.
+    let mut update = None;
+    let expected_base = item.log.next_offset();
+    if item.batches.iter().any(|b| b.producer.is_some()) {
+        let mut offset = expected_base;
+        let spans = item.batches.iter().map(|b| {
+            let at = offset;
+            offset += b.offset_count;
+            (b.producer, at)
+        });
+        match producers.check(&item.log.key, spans, now) {
+            Ok(Verdict::Append(u)) => update = Some(u),
+            Ok(Verdict::Duplicate { base_offset }) => {
+                // Already durable (an earlier group) or in this group (answered after its sync).
+                Metrics::inc(&metrics.produce_duplicate_batches_total);
+                return Ok(base_offset);
+            }
+            Err(err) => {
+                Metrics::inc(&metrics.produce_sequence_errors_total);
+                tracing::debug!(topic = %item.log.topic_name, partition = item.log.key.partition, %err, "idempotent batch refused");
+                return Err(AppendError::Sequence(err));
+            }
+        }
+    }
     let base = item.log.reserve(count);
+    debug_assert_eq!(base, expected_base, "only the sequencer assigns offsets");
     let mut data = item.data;
     let mut offset = base;
-    for (start, n) in &item.batches {
-        batch::set_base_offset(&mut data[*start..], offset);
-        offset += n;
+    for b in &item.batches {
+        batch::set_base_offset(&mut data[b.start..], offset);
+        offset += b.offset_count;
     }
     let data = data.freeze();
     let entry = WalEntry {
@@ -234,6 +316,13 @@ fn append_one(
     match wal.append(entry_buf) {
         Ok(lsn) => {
             Metrics::inc(&metrics.wal_appends_total);
+            if let Some(update) = update {
+                let evicted = producers.apply(item.log.key, update, now);
+                Metrics::add(&metrics.producers_evicted_total, evicted as u64);
+                metrics
+                    .producer_states
+                    .store(producers.len() as u64, Ordering::Relaxed);
+            }
             publish.push((
                 item.log.clone(),
                 TailBatch {
