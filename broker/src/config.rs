@@ -94,6 +94,14 @@ pub struct TieringSection {
     pub read_cache_bytes_max: u64,
     /// Already-uploaded bytes kept in memory per partition for tail readers.
     pub tail_bytes_max: u64,
+    /// `retention.ms` of topics that set none (Kafka's `log.retention.ms`); -1 keeps forever.
+    pub retention_ms: i64,
+    /// `retention.bytes` of topics that set none (Kafka's `log.retention.bytes`); -1 = no limit.
+    pub retention_bytes: i64,
+    /// How often retention (`retention.ms` / `retention.bytes`) and the garbage sweeper run.
+    pub retention_check_interval_ms: u64,
+    /// How long an object stays in the store after the index stopped referencing it.
+    pub garbage_grace_ms: u64,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone, Default)]
@@ -160,6 +168,10 @@ impl Default for TieringSection {
             cache_dir: None,
             read_cache_bytes_max: 128 * 1024 * 1024,
             tail_bytes_max: 4 * 1024 * 1024,
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_bytes: -1,
+            retention_check_interval_ms: 5000,
+            garbage_grace_ms: 60_000,
         }
     }
 }
@@ -406,6 +418,12 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
     }
     if f.tiering.flush_bytes_max < 1024 {
         return Err(bad("tiering.flush_bytes_max", "must be at least 1024"));
+    }
+    if f.tiering.retention_check_interval_ms == 0 {
+        return Err(bad(
+            "tiering.retention_check_interval_ms",
+            "must be positive",
+        ));
     }
     Ok(NodeConfig {
         node_id: f.node_id,

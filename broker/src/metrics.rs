@@ -30,6 +30,8 @@ pub struct Metrics {
     pub objects_uploaded_total: AtomicU64,
     pub object_bytes_uploaded_total: AtomicU64,
     pub upload_failures_total: AtomicU64,
+    pub partitions_trimmed_total: AtomicU64,
+    pub objects_deleted_total: AtomicU64,
     pub cold_reads_total: AtomicU64,
     pub cold_read_cache_hits_total: AtomicU64,
 }
@@ -45,7 +47,7 @@ impl Metrics {
 
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &AtomicU64); 19] = [
+        let rows: [(&str, &str, &AtomicU64); 21] = [
             (
                 "strata_kafka_connections_total",
                 "counter",
@@ -122,6 +124,16 @@ impl Metrics {
                 "strata_tiering_upload_failures_total",
                 "counter",
                 &self.upload_failures_total,
+            ),
+            (
+                "strata_retention_trims_total",
+                "counter",
+                &self.partitions_trimmed_total,
+            ),
+            (
+                "strata_tiering_objects_deleted_total",
+                "counter",
+                &self.objects_deleted_total,
             ),
             ("strata_cold_reads_total", "counter", &self.cold_reads_total),
             (

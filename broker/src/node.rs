@@ -16,6 +16,7 @@ use crate::log::partition::TailBatch;
 use crate::log::producer::ProducerStates;
 use crate::log::reader::Reader;
 use crate::log::registry::Registry;
+use crate::log::retention::Retention;
 use crate::log::sequencer::{self, SeqMsg, SeqShared, SequencerConfig};
 use crate::log::uploader::Uploader;
 use crate::metrics::Metrics;
@@ -233,6 +234,22 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         trimmed_lsn: 0,
     };
     let uploader_task = tokio::spawn(uploader.run(shutdown_rx.clone()));
+
+    let retention = Retention {
+        registry: registry.clone(),
+        store: store.clone(),
+        meta: meta.clone(),
+        metrics: metrics.clone(),
+        interval: Duration::from_millis(node.config.file.tiering.retention_check_interval_ms),
+        garbage_grace_ms: i64::try_from(node.config.file.tiering.garbage_grace_ms)
+            .unwrap_or(i64::MAX),
+        defaults: crate::log::retention::Limits {
+            ms: node.config.file.tiering.retention_ms,
+            bytes: node.config.file.tiering.retention_bytes,
+        },
+        first_seen: Default::default(),
+    };
+    tokio::spawn(retention.run(shutdown_rx.clone()));
 
     let kafka_listener = tokio::net::TcpListener::bind(node.config.kafka_listen)
         .await

@@ -20,6 +20,13 @@
 //!   object). No gap, no overlap: this equality is the fencing hook that lease epochs will
 //!   extend. Committing a key that is already committed (live or garbage) with the same size is
 //!   a no-op that answers `ObjectCommitted`, so an uploader may retry after a lost reply.
+//! - `TrimPartition`: retention. Drops every leading block of one partition whose `end_offset <=
+//!   before_offset` — whole blocks only, never part of one — so the partition's log start
+//!   ([`MetaState::indexed_start`]) becomes the first remaining block's base offset, or the
+//!   index's end when none remain. Objects left without indexed blocks become garbage, stamped
+//!   with the command's `now_ms`. Dropping nothing is a no-op; the answer is the log start.
+//! - `ForgetGarbage`: the sweeper deleted these garbage objects; metadata forgets them. Keys that
+//!   are not garbage (live or unknown) are ignored, so a retry is harmless.
 //! - `AllocateProducerIds`: reserves the next `count` (`1..=PRODUCER_ID_BLOCK_MAX`) Kafka producer
 //!   ids and answers the first. The next free id is part of the state, so an id is handed out at
 //!   most once in the life of the cluster (restarts included). Brokers take ids in blocks so that
@@ -78,6 +85,18 @@ pub enum Command {
     AllocateProducerIds {
         count: u32,
     },
+    /// Retention: drop the partition's leading blocks that end at or before `before_offset`.
+    TrimPartition {
+        topic: TopicId,
+        partition: u32,
+        before_offset: i64,
+        /// When the proposer decided it; stamps the objects that become garbage.
+        now_ms: i64,
+    },
+    /// The sweeper deleted these garbage objects from object storage.
+    ForgetGarbage {
+        keys: Vec<String>,
+    },
 }
 
 /// The answer to one applied [`Command`]. Rejections are data, not errors: the command was
@@ -91,6 +110,11 @@ pub enum CommandResult {
     ProducerIdsAllocated {
         first: i64,
     },
+    /// The partition's log start after the trim.
+    PartitionTrimmed {
+        log_start_offset: i64,
+    },
+    GarbageForgotten,
     Rejected(Rejection),
 }
 
@@ -243,6 +267,10 @@ pub struct MetaState {
     objects: BTreeMap<String, ObjectEntry>,
     /// Committed objects that the index no longer references: data for the garbage sweeper.
     garbage_keys: BTreeSet<String>,
+    /// When each garbage key became garbage (ms since the epoch, from the command that made it
+    /// so). Keys made garbage by `DeleteTopic` (which carries no time) have no entry.
+    #[serde(default)]
+    garbage_since: BTreeMap<String, i64>,
     /// The next Kafka producer id to reserve; every id below it has been handed to a broker.
     /// Absent from snapshots written before producer ids existed, hence the default (0).
     #[serde(default)]
@@ -266,6 +294,20 @@ impl MetaState {
             Command::DeleteTopic { name } => self.delete_topic(name),
             Command::CommitObject { key, size, blocks } => self.commit_object(key, *size, blocks),
             Command::AllocateProducerIds { count } => self.allocate_producer_ids(*count),
+            Command::TrimPartition {
+                topic,
+                partition,
+                before_offset,
+                now_ms,
+            } => self.trim_partition(*topic, *partition, *before_offset, *now_ms),
+            Command::ForgetGarbage { keys } => {
+                for key in keys {
+                    if self.garbage_keys.remove(key) {
+                        self.garbage_since.remove(key);
+                    }
+                }
+                Ok(CommandResult::GarbageForgotten)
+            }
         };
         match result {
             Ok(ok) => ok,
@@ -441,6 +483,54 @@ impl MetaState {
         Ok(CommandResult::ObjectCommitted)
     }
 
+    fn trim_partition(
+        &mut self,
+        topic: TopicId,
+        partition: u32,
+        before_offset: i64,
+        now_ms: i64,
+    ) -> Result<CommandResult, Rejection> {
+        let Some(entry) = self.topics.get_mut(&topic) else {
+            return Err(Rejection::UnknownTopicId { topic });
+        };
+        let partitions = entry.meta.partitions;
+        let Some(index) = entry.partitions.get_mut(partition as usize) else {
+            return Err(Rejection::UnknownPartition {
+                topic,
+                partition,
+                partitions,
+            });
+        };
+        let drop = index
+            .blocks
+            .partition_point(|b| b.end_offset <= before_offset);
+        if drop > 0 {
+            let end_offset = index.end_offset;
+            let dropped: Vec<BlockLocation> = index.blocks.drain(..drop).collect();
+            let kept = std::mem::take(&mut index.blocks);
+            index.max_timestamp_prefix.clear();
+            for block in kept {
+                index.push(block);
+            }
+            index.end_offset = end_offset;
+            for block in dropped {
+                let object = self
+                    .objects
+                    .get_mut(&block.key)
+                    .expect("invariant: every indexed block's object is live");
+                object.live_blocks -= 1;
+                if object.live_blocks == 0 {
+                    self.objects.remove(&block.key);
+                    self.garbage_since.insert(block.key.clone(), now_ms);
+                    self.garbage_keys.insert(block.key);
+                }
+            }
+        }
+        Ok(CommandResult::PartitionTrimmed {
+            log_start_offset: self.indexed_start(topic, partition),
+        })
+    }
+
     fn allocate_producer_ids(&mut self, count: u32) -> Result<CommandResult, Rejection> {
         if !(1..=PRODUCER_ID_BLOCK_MAX).contains(&count) {
             return Err(Rejection::InvalidProducerIdCount {
@@ -537,6 +627,12 @@ impl MetaState {
         self.garbage_keys.iter().map(String::as_str)
     }
 
+    /// When `key` became garbage (ms since the epoch), if it is garbage and the command that made
+    /// it so carried a time.
+    pub fn garbage_since(&self, key: &str) -> Option<i64> {
+        self.garbage_since.get(key).copied()
+    }
+
     /// Raft log index of the last entry applied to this state (0 before the first).
     pub fn last_applied(&self) -> u64 {
         self.last_applied
@@ -614,6 +710,15 @@ impl MetaState {
                 return Err(format!("object `{key}` is both live and garbage"));
             }
         }
+        if let Some(key) = self
+            .garbage_since
+            .keys()
+            .find(|k| !self.garbage_keys.contains(*k))
+        {
+            return Err(format!(
+                "object `{key}` has a garbage time but is not garbage"
+            ));
+        }
         Ok(())
     }
 }
@@ -646,6 +751,21 @@ mod tests {
 
     fn pids(count: u32) -> Command {
         Command::AllocateProducerIds { count }
+    }
+
+    fn trim(t: u8, partition: u32, before_offset: i64, now_ms: i64) -> Command {
+        Command::TrimPartition {
+            topic: tid(t),
+            partition,
+            before_offset,
+            now_ms,
+        }
+    }
+
+    fn forget(keys: &[&str]) -> Command {
+        Command::ForgetGarbage {
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        }
     }
 
     /// A block `(topic id, partition, base, end, max_timestamp)`; positions are laid out in the
@@ -684,6 +804,9 @@ mod tests {
         Committed,
         /// Producer ids allocated, starting at this one.
         ProducerIds(i64),
+        /// Trimmed; the log start afterwards.
+        Trimmed(i64),
+        Forgotten,
         Rejected(Rejection),
     }
 
@@ -699,6 +822,8 @@ mod tests {
         /// `(name, expected id)`
         Topic(&'static str, Option<u8>),
         Garbage(&'static [&'static str]),
+        /// `(key, expected garbage time)`
+        GarbageSince(&'static str, Option<i64>),
         NextProducerId(i64),
     }
     use Step::*;
@@ -735,6 +860,13 @@ mod tests {
                         ) => {
                             assert_eq!(want, first, "{at}");
                         }
+                        (
+                            Want::Trimmed(want),
+                            CommandResult::PartitionTrimmed { log_start_offset },
+                        ) => {
+                            assert_eq!(want, log_start_offset, "{at}");
+                        }
+                        (Want::Forgotten, CommandResult::GarbageForgotten) => {}
                         (Want::Rejected(want), CommandResult::Rejected(got)) => {
                             assert_eq!(want, got, "{at}");
                             let after = serde_json::to_string(&state).unwrap();
@@ -775,6 +907,9 @@ mod tests {
                 Garbage(want) => {
                     let got: Vec<&str> = state.garbage_keys().collect();
                     assert_eq!(got, want, "{at}: garbage");
+                }
+                GarbageSince(key, want) => {
+                    assert_eq!(state.garbage_since(key), want, "{at}: garbage since");
                 }
                 NextProducerId(want) => {
                     assert_eq!(state.next_producer_id(), want, "{at}: next producer id");
@@ -1076,6 +1211,84 @@ mod tests {
                 ],
             ),
             (
+                "trim whole blocks only",
+                vec![
+                    Apply(create("a", 1, 2), Want::Created),
+                    // Nothing indexed: a no-op at 0.
+                    Apply(trim(1, 0, 100, 7), Want::Trimmed(0)),
+                    Apply(
+                        object("o1", &[(1, 0, 0, 10, 5), (1, 1, 0, 4, 5)]),
+                        Want::Committed,
+                    ),
+                    Apply(object("o2", &[(1, 0, 10, 20, 50)]), Want::Committed),
+                    Apply(object("o3", &[(1, 0, 20, 30, 300)]), Want::Committed),
+                    // Inside the first block: nothing drops.
+                    Apply(trim(1, 0, 9, 7), Want::Trimmed(0)),
+                    Index(1, 0, &[(0, 10), (10, 20), (20, 30)], 0, 30),
+                    // Up to block ends; o1 still holds partition 1's block, so it stays live.
+                    Apply(trim(1, 0, 15, 1_000), Want::Trimmed(10)),
+                    Index(1, 0, &[(10, 20), (20, 30)], 10, 30),
+                    Garbage(&[]),
+                    Find(1, 0, 3, Some(10)),
+                    FindTime(1, 0, 0, Some(10)),
+                    FindTime(1, 0, 51, Some(20)),
+                    // Idempotent: trimming again or below the start changes nothing.
+                    Apply(trim(1, 0, 10, 2_000), Want::Trimmed(10)),
+                    Apply(trim(1, 0, 5, 2_000), Want::Trimmed(10)),
+                    Apply(trim(1, 0, 20, 3_000), Want::Trimmed(20)),
+                    Garbage(&["o2"]),
+                    GarbageSince("o2", Some(3_000)),
+                    // Past the end: every block goes, the start is the index's end.
+                    Apply(trim(1, 0, 1_000, 4_000), Want::Trimmed(30)),
+                    Index(1, 0, &[], 30, 30),
+                    Garbage(&["o2", "o3"]),
+                    Apply(trim(1, 1, 4, 5_000), Want::Trimmed(4)),
+                    Garbage(&["o1", "o2", "o3"]),
+                    GarbageSince("o1", Some(5_000)),
+                    // Commits continue at the end.
+                    Apply(object("o4", &[(1, 0, 30, 35, 400)]), Want::Committed),
+                    Index(1, 0, &[(30, 35)], 30, 35),
+                    Apply(object("o5", &[(1, 0, 29, 40, 400)]), gap(1, 0, 35, 29)),
+                    Apply(
+                        trim(9, 0, 10, 0),
+                        Want::Rejected(Rejection::UnknownTopicId { topic: tid(9) }),
+                    ),
+                    Apply(
+                        trim(1, 2, 10, 0),
+                        Want::Rejected(Rejection::UnknownPartition {
+                            topic: tid(1),
+                            partition: 2,
+                            partitions: 2,
+                        }),
+                    ),
+                ],
+            ),
+            (
+                "forget garbage",
+                vec![
+                    Apply(create("a", 1, 1), Want::Created),
+                    Apply(create("b", 2, 1), Want::Created),
+                    Apply(object("o1", &[(1, 0, 0, 10, 5)]), Want::Committed),
+                    Apply(object("o2", &[(1, 0, 10, 20, 5)]), Want::Committed),
+                    Apply(object("o3", &[(2, 0, 0, 20, 5)]), Want::Committed),
+                    Apply(trim(1, 0, 10, 77), Want::Trimmed(10)),
+                    Apply(delete("b"), Want::Deleted),
+                    Garbage(&["o1", "o3"]),
+                    GarbageSince("o1", Some(77)),
+                    GarbageSince("o3", None),
+                    // Live and unknown keys are ignored.
+                    Apply(forget(&["o1", "o2", "zz"]), Want::Forgotten),
+                    Garbage(&["o3"]),
+                    GarbageSince("o1", None),
+                    Index(1, 0, &[(10, 20)], 10, 20),
+                    Apply(forget(&["o1"]), Want::Forgotten),
+                    Apply(forget(&["o3"]), Want::Forgotten),
+                    Garbage(&[]),
+                    // A late retry of a forgotten object cannot bring it back: it no longer fits.
+                    Apply(object("o1", &[(1, 0, 0, 10, 5)]), gap(1, 0, 20, 0)),
+                ],
+            ),
+            (
                 "producer id blocks",
                 vec![
                     NextProducerId(0),
@@ -1180,6 +1393,8 @@ mod tests {
             object("o2", &[(1, 0, 10, 20, 1)]),
             delete("b"),
             object("o3", &[(1, 0, 5, 20, 1)]),
+            trim(1, 0, 10, 99),
+            forget(&["o1"]),
             pids(7),
         ];
         let run = || {
@@ -1197,6 +1412,8 @@ mod tests {
             delete("a"),
             object("o1", &[(1, 0, 0, 10, 1)]),
             pids(1000),
+            trim(1, 0, 10, 5),
+            forget(&["o1"]),
         ] {
             let json = serde_json::to_string(&cmd).unwrap();
             assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);

@@ -181,7 +181,10 @@ class Broker:
         self.admin_port = free_port()
         self.object_store = object_store
         self.config = config
-        self.env = dict(env or {})
+        # Most tests replay records with historical CreateTime timestamps (2020, 2023, "30 days
+        # ago"); Kafka's 7-day default retention would delete them once uploaded. Retention is
+        # tested on its own (t45) with per-topic configs, which override this broker default.
+        self.env = {"STRATA_TIERING_RETENTION_MS": "-1", **dict(env or {})}
         self.extra_args = list(extra_args or [])
         self.node_id = node_id
         self.proc: subprocess.Popen | None = None
@@ -615,11 +618,13 @@ def admin_client(bootstrap: str):
     return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000})
 
 
-def create_topic(bootstrap: str, name: str, partitions: int, timeout: float = 30):
+def create_topic(bootstrap: str, name: str, partitions: int, timeout: float = 30,
+                 config: dict | None = None):
     from confluent_kafka.admin import NewTopic
 
     adm = admin_client(bootstrap)  # keep the handle alive until the future resolves
-    fs = adm.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
+    fs = adm.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1,
+                                     config=config or {})],
                            request_timeout=timeout)
     fs[name].result(timeout)  # raises KafkaException on error
     # Metadata must show it with all partitions before a producer uses it.

@@ -65,7 +65,8 @@ def test_offsets_for_times_memory_and_object_store(broker_factory):
     # SIGTERM must then flush it to the object store.
     b = broker_factory(config={"tiering": {"flush_interval_ms": 600_000}})
     topic = "times"
-    harness.create_topic(b.bootstrap, topic, PARTITIONS)
+    # The records are weeks old; keep them past the default 7-day retention.
+    harness.create_topic(b.bootstrap, topic, PARTITIONS, config={"retention.ms": "-1"})
     base = (int(time.time() * 1000) - 30 * DAY) // 1000 * 1000 + 123
     for group in BATCHES:
         recs = [Rec(p, None, b"r%d" % i, (), times(base, p)[i]) for i in group for p in range(PARTITIONS)]

@@ -5,5 +5,6 @@ pub mod partition;
 pub mod producer;
 pub mod reader;
 pub mod registry;
+pub mod retention;
 pub mod sequencer;
 pub mod uploader;

@@ -240,6 +240,28 @@ impl PartitionLog {
         tail.batches.get(idx).map(|b| b.wal_lsn)
     }
 
+    /// Retention moved the partition's log start (metadata trimmed the index up to `start`).
+    /// Offsets below it become out of range, and tail batches wholly below it are dropped (they
+    /// are uploaded: `start` never passes the indexed end). Never moves the start backwards or
+    /// past the high watermark.
+    pub fn advance_log_start(&self, start: i64) {
+        let mut tail = self.tail.write();
+        let start = start.min(tail.uploaded_offset);
+        if start <= tail.log_start_offset {
+            return;
+        }
+        tail.log_start_offset = start;
+        while let Some(front) = tail.batches.front() {
+            if front.end_offset > start {
+                break;
+            }
+            let len = front.data.len() as u64;
+            tail.batches.pop_front();
+            tail.bytes -= len;
+            tail.uploaded_bytes -= len;
+        }
+    }
+
     /// Uploader: everything below `end` is now in object storage. Keeps at most
     /// `keep_bytes_max` of uploaded batches for tail readers.
     pub fn mark_uploaded(&self, end: i64, keep_bytes_max: u64) {
@@ -331,5 +353,33 @@ mod tests {
             p.first_batch_at_or_after_time(4).map(|b| b.base_offset),
             Some(5)
         );
+    }
+
+    #[test]
+    fn log_start_moves_forward_only() {
+        let p = log();
+        push(&p, 2, 10, 1); // 0..2
+        push(&p, 3, 10, 2); // 2..5
+        push(&p, 1, 10, 3); // 5..6
+        p.mark_uploaded(5, u64::MAX);
+        // Never past what is uploaded.
+        p.advance_log_start(6);
+        assert_eq!(p.offsets().log_start_offset, 5);
+        assert!(matches!(p.read(4, 100), TailRead::OutOfRange));
+        assert_eq!(
+            p.first_batch_at_or_after_time(0).map(|b| b.base_offset),
+            Some(5)
+        );
+        let TailRead::Data(d) = p.read(5, 100) else {
+            panic!()
+        };
+        assert_eq!(d.len(), 1);
+        assert_eq!(p.pending_bytes(), 10);
+        assert_eq!(p.pending_upload(u64::MAX).len(), 1);
+        // Backwards is a no-op.
+        p.advance_log_start(2);
+        assert_eq!(p.offsets().log_start_offset, 5);
+        p.mark_uploaded(6, u64::MAX);
+        assert_eq!(p.pending_bytes(), 0);
     }
 }

@@ -65,7 +65,11 @@ impl Registry {
             keep
         });
         for meta in state.topics() {
-            if topics.contains_key(&meta.name) {
+            if let Some(t) = topics.get(&meta.name) {
+                // Retention may have moved the log start.
+                for p in &t.partitions {
+                    p.advance_log_start(state.indexed_start(meta.id, p.key.partition));
+                }
                 continue;
             }
             let partitions: Vec<_> = (0..meta.partitions)
