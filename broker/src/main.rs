@@ -20,9 +20,58 @@ struct Cli {
 enum Commands {
     /// Run a node with every role (metadata, WAL, broker) on embedded defaults.
     Start(StartArgs),
+    /// Create, list, describe and delete topics on a running broker (over the Kafka protocol).
+    #[command(subcommand)]
+    Topic(TopicCommand),
     /// Benchmarks and probes (results as JSON on stdout).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(clap::Args)]
+struct Bootstrap {
+    /// A broker's Kafka listener, host:port.
+    #[arg(long, default_value = "127.0.0.1:9092", env = "STRATA_BOOTSTRAP")]
+    bootstrap: String,
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of partitions (-1: the broker's default).
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        partitions: i32,
+        /// A topic config, KEY=VALUE (Kafka names: retention.ms, retention.bytes, …); repeatable.
+        #[arg(long = "config", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// List topics, one per line.
+    List {
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Describe topics (all when none named): partitions, leaders, offsets, as JSON.
+    Describe {
+        names: Vec<String>,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Delete a topic.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 #[derive(Subcommand)]
@@ -66,6 +115,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Commands::Start(args) => start(args),
+        Commands::Topic(cmd) => topic(cmd),
         Commands::Bench(BenchCommand::Disk { dir, seconds }) => {
             match strata_broker::bench::disk(&dir, seconds) {
                 Ok(report) => {
@@ -115,6 +165,71 @@ fn start(args: StartArgs) -> ExitCode {
         Err(err) => {
             eprintln!("strata: error: {err}");
             ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+/// Runs a `strata topic …` command. Exit 1 when the broker refuses or cannot be reached.
+fn topic(cmd: TopicCommand) -> ExitCode {
+    use strata_broker::kafka::client::AdminClient;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("strata: error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cmd {
+            TopicCommand::Create {
+                name,
+                partitions,
+                configs,
+                bootstrap,
+            } => {
+                AdminClient::connect(&bootstrap.bootstrap)
+                    .await?
+                    .create_topic(&name, partitions, &configs)
+                    .await?;
+                println!("created topic {name}");
+            }
+            TopicCommand::List { bootstrap } => {
+                for t in AdminClient::connect(&bootstrap.bootstrap)
+                    .await?
+                    .describe(&[])
+                    .await?
+                {
+                    println!("{}", t.name);
+                }
+            }
+            TopicCommand::Describe { names, bootstrap } => {
+                let topics = AdminClient::connect(&bootstrap.bootstrap)
+                    .await?
+                    .describe(&names)
+                    .await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&topics).unwrap_or_default()
+                );
+            }
+            TopicCommand::Delete { name, bootstrap } => {
+                AdminClient::connect(&bootstrap.bootstrap)
+                    .await?
+                    .delete_topic(&name)
+                    .await?;
+                println!("deleted topic {name}");
+            }
+        }
+        Ok::<(), strata_broker::kafka::client::ClientError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("strata: error: {err}");
+            ExitCode::from(1)
         }
     }
 }

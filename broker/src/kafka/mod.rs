@@ -1,5 +1,6 @@
 //! The Kafka front-end: the real Kafka wire protocol, through the `kafka-protocol` codec.
 
+pub mod client;
 pub mod errors;
 pub mod handlers;
 pub mod server;
