@@ -41,6 +41,23 @@ struct Tail {
     uploaded_bytes: u64,
 }
 
+impl Tail {
+    /// Drops the oldest batch if it ends at or below `limit` (which is never above the uploaded
+    /// offset, so only uploaded bytes leave). Returns whether one was dropped.
+    fn pop_front_below(&mut self, limit: i64) -> bool {
+        match self.batches.front() {
+            Some(front) if front.end_offset <= limit => {
+                let len = front.data.len() as u64;
+                self.batches.pop_front();
+                self.bytes -= len;
+                self.uploaded_bytes -= len;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct PartitionLog {
     pub key: PartitionKey,
@@ -251,15 +268,7 @@ impl PartitionLog {
             return;
         }
         tail.log_start_offset = start;
-        while let Some(front) = tail.batches.front() {
-            if front.end_offset > start {
-                break;
-            }
-            let len = front.data.len() as u64;
-            tail.batches.pop_front();
-            tail.bytes -= len;
-            tail.uploaded_bytes -= len;
-        }
+        while tail.pop_front_below(start) {}
     }
 
     /// Uploader: everything below `end` is now in object storage. Keeps at most
@@ -275,18 +284,7 @@ impl PartitionLog {
             .sum();
         tail.uploaded_offset = end;
         tail.uploaded_bytes += newly;
-        while tail.uploaded_bytes > keep_bytes_max {
-            let Some(front) = tail.batches.front() else {
-                break;
-            };
-            if front.end_offset > end {
-                break;
-            }
-            let len = front.data.len() as u64;
-            tail.batches.pop_front();
-            tail.bytes -= len;
-            tail.uploaded_bytes -= len;
-        }
+        while tail.uploaded_bytes > keep_bytes_max && tail.pop_front_below(end) {}
     }
 }
 
