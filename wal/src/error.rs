@@ -27,6 +27,24 @@ pub mod io_op {
     pub const SYNC_SEGMENT: &str = "fdatasync segment";
     /// Deleting a trimmed segment. The WAL still lists it, `trim` can be retried: retryable.
     pub const REMOVE_SEGMENT: &str = "remove trimmed segment";
+    /// Deleting a segment that holds only entries after a truncation point (`truncate_after`).
+    pub const REMOVE_TRUNCATED_SEGMENT: &str = "remove truncated segment";
+    /// Cutting the segment that holds the truncation point (`truncate_after`).
+    pub const CUT_SEGMENT: &str = "cut segment at the truncation point";
+    /// Reading back a segment to find a record's byte position (`truncate_after`).
+    pub const SCAN_SEGMENT: &str = "scan segment for a record";
+    /// Writing the marker file that makes a `reset_to` durable before anything is deleted.
+    pub const WRITE_RESET_MARKER: &str = "write reset marker";
+    /// Deleting a segment during `reset_to` (or while finishing an interrupted reset).
+    pub const REMOVE_RESET_SEGMENT: &str = "remove segment of a reset";
+    /// Renaming the reset marker into the new, empty segment.
+    pub const RENAME_RESET_MARKER: &str = "rename reset marker";
+    /// Deleting a reset marker that never became durable (found by `open`).
+    pub const REMOVE_RESET_MARKER: &str = "remove torn reset marker";
+    /// Reading a replica stream's seal file.
+    pub const READ_SEAL: &str = "read seal file";
+    /// Writing, syncing or renaming a replica stream's seal file.
+    pub const WRITE_SEAL: &str = "write seal file";
 }
 
 /// Everything that can go wrong in the WAL.
@@ -71,6 +89,19 @@ pub enum WalError {
     /// `trim` was asked to drop entries that were never appended: a caller bug.
     #[error("cannot trim the WAL up to lsn {upto}: the last appended lsn is {last_lsn}")]
     TrimAheadOfLog { upto: u64, last_lsn: u64 },
+    /// `truncate_after` was given a point outside `first_lsn - 1 ..= last_lsn` of the entries the
+    /// WAL holds: a caller bug.
+    #[error("cannot truncate the WAL after lsn {after}: it holds lsns {first_lsn}..={last_lsn}")]
+    TruncateOutOfRange {
+        after: u64,
+        first_lsn: u64,
+        last_lsn: u64,
+    },
+    /// `reset_to` was given a next LSN at or below an entry the WAL has: LSNs never repeat.
+    #[error(
+        "cannot reset the WAL to continue at lsn {next_lsn}: the last appended lsn is {last_lsn}"
+    )]
+    ResetBehindLog { next_lsn: u64, last_lsn: u64 },
     /// An earlier write or fsync failed, so what is on disk is unknown (after a failed fsync the
     /// kernel may have dropped the dirty pages and marked them clean). This instance refuses all
     /// further work. Reopening the directory in the same boot can read those never-persisted
@@ -100,6 +131,8 @@ impl WalError {
             | WalError::EntryTooLarge { .. }
             | WalError::InvalidConfig { .. }
             | WalError::TrimAheadOfLog { .. }
+            | WalError::TruncateOutOfRange { .. }
+            | WalError::ResetBehindLog { .. }
             | WalError::Poisoned { .. } => false,
         }
     }

@@ -50,13 +50,32 @@
 //! [`replication`] holds the pure cores of the replicated WAL (issue 3): the stream owner's
 //! [`replication::Recovery`] and [`replication::Writer`], and the [`replication::Replica`]. They
 //! decide epochs, fencing, quorum commits, divergence and recovery; they do no IO and read no
-//! clock. The IO driver that runs them over the network and a segment store comes next.
+//! clock.
+//!
+//! [`net`] is their IO driver over TCP (port [`net::WAL_PORT_DEFAULT`], 1778):
+//!
+//! - [`net::ReplicaServer`], the WAL role: one [`net::store::StreamStore`] (stream entry format
+//!   v1 — `epoch | kind | payload` records in [`Wal`] segments — plus a seal file) and one
+//!   `Replica` core per stream, driven by a dedicated OS thread per stream that group-commits
+//!   (one fdatasync per round of requests).
+//! - [`net::StreamOwner`], the broker side: `recover` (seal, agree on the tail, re-replicate it
+//!   behind a barrier), then non-blocking `append` + `flush`, `wait_committed` (blocking or
+//!   async), `trim` after uploads. The core sits behind one short mutex; per replica a reader
+//!   and a writer task and bounded queues; a tick task drives the timers.
+//! - [`net::frame`], the versioned, CRC-checked wire format, which refuses malformed input
+//!   before it reaches a core (the cores assert their inputs).
+//!
+//! For the replica's store the WAL has two more operations: [`Wal::truncate_after`] (drop a
+//! divergent suffix) and [`Wal::reset_to`] (become empty and continue at a later LSN, when a
+//! trim passes the end; crash-safe through a `{next_lsn:020}.reset` marker that `open`
+//! finishes or discards).
 
 #![forbid(unsafe_code)]
 
 mod config;
 mod error;
 pub mod format;
+pub mod net;
 mod recovery;
 pub mod replication;
 mod wal;

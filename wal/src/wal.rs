@@ -13,6 +13,17 @@
 //! - `trim` makes the newest segment (whose name carries the next LSN) durable before deleting
 //!   anything, deletes oldest first, and fsyncs the directory after each deletion, so a crash
 //!   mid-trim leaves a contiguous suffix of segments and LSNs never restart.
+//! - `truncate_after` (dropping a divergent suffix, for a replica's store) deletes the segments
+//!   wholly after the cut newest first, fsyncing the directory after each deletion, and then cuts
+//!   the segment holding the cut point with `set_len` + fsync. A crash part-way leaves the log cut
+//!   somewhere between the cut point and its old end: a prefix of the old log, still contiguous.
+//! - `reset_to` (emptying the WAL so that it continues at a later LSN, for a replica's store
+//!   when a trim passes its end) first writes and fsyncs a *reset marker* `{next_lsn:020}.reset`
+//!   (a segment header naming the next LSN), then deletes every segment, then renames the marker
+//!   to `{next_lsn:020}.wal`, fsyncing the directory between the steps. `open` finishes a reset
+//!   whose marker is intact (it deletes the segments and renames the marker) and deletes a
+//!   marker that is not (the crash came before the reset became durable: nothing was deleted).
+//!   So the directory never holds a gap between segments and LSNs never restart.
 //! - A failed write or fsync poisons the instance (see [`WalError::Poisoned`]).
 //! - `open` fsyncs the newest segment and the directory, so everything it returns is durable.
 
@@ -25,8 +36,8 @@ use std::path::{Path, PathBuf};
 use crate::config::{WalConfig, WRITE_BUFFER_BYTES_MAX};
 use crate::error::io_op;
 use crate::format::{
-    self, encode_segment_header, parse_segment_file_name, segment_file_name, SegmentName,
-    SEGMENT_HEADER_BYTES,
+    self, decode_record, decode_segment_header, encode_segment_header, parse_segment_file_name,
+    segment_file_name, SegmentName, SEGMENT_HEADER_BYTES, SEGMENT_HEADER_LEN,
 };
 use crate::recovery::{self, ScanError, TornTail};
 use crate::{RecoveredEntry, WalError};
@@ -108,7 +119,10 @@ impl Wal {
         cfg.validate()?;
         ensure_dir(&cfg.dir)?;
         let dir = File::open(&cfg.dir).map_err(|e| io_error(&cfg.dir, io_op::OPEN_DIR, e))?;
-        let names = list_segments(&cfg.dir)?;
+        let (mut names, markers) = list_segments(&cfg.dir)?;
+        if !markers.is_empty() {
+            finish_reset(&cfg.dir, &dir, &mut names, &markers)?;
+        }
 
         let mut segments: VecDeque<Segment> = VecDeque::with_capacity(names.len().max(1));
         let mut entries = Vec::new();
@@ -307,6 +321,204 @@ impl Wal {
         Ok(())
     }
 
+    /// Drops every entry after `after` (a divergent suffix, for a replica's store): the next
+    /// append gets `after + 1`. Durable when it returns.
+    ///
+    /// Segments holding only entries after the cut are deleted newest first (directory fsync
+    /// after each); the segment holding `after + 1` is cut at the end of the record `after`
+    /// (found by reading that one segment back) with `set_len` and fsync'ed. A crash part-way
+    /// leaves a log cut between `after` and the old end. Entries still in the write buffer are
+    /// written first. `after == last_lsn()` changes nothing.
+    ///
+    /// Errors: [`WalError::TruncateOutOfRange`] when `after` is below the oldest held entry's
+    /// predecessor or above `last_lsn()`; any IO failure poisons the WAL (the in-memory view
+    /// would no longer match the files).
+    pub fn truncate_after(&mut self, after: u64) -> Result<(), WalError> {
+        self.check_usable()?;
+        let first_lsn = self.first_lsn();
+        let last_lsn = self.last_lsn();
+        if after > last_lsn || after.saturating_add(1) < first_lsn {
+            return Err(WalError::TruncateOutOfRange {
+                after,
+                first_lsn,
+                last_lsn,
+            });
+        }
+        if after == last_lsn {
+            return Ok(());
+        }
+        self.flush_buf()?;
+        // Newest first, so a crash leaves a contiguous prefix of the old log.
+        while self.active_segment().first_lsn > after + 1 {
+            let newest = self.active_segment();
+            let path = self.segment_path(newest.first_lsn);
+            let removed = self
+                .fault(io_op::REMOVE_TRUNCATED_SEGMENT)
+                .and_then(|()| remove_if_present(&path));
+            if let Err(e) = removed {
+                return Err(self.poison(path, io_op::REMOVE_TRUNCATED_SEGMENT, e));
+            }
+            self.segments.pop_back();
+            self.bytes_total -= newest.bytes;
+            self.dir_unsynced = true;
+            self.sync_dir()?;
+        }
+        let target = self.active_segment();
+        let path = self.segment_path(target.first_lsn);
+        let cut = if target.first_lsn == after + 1 {
+            SEGMENT_HEADER_BYTES
+        } else {
+            match self.record_span(target.first_lsn, after) {
+                Ok((_, end)) => end,
+                Err(e) => return Err(self.poison(path, io_op::SCAN_SEGMENT, e)),
+            }
+        };
+        let cut_file = self.fault(io_op::CUT_SEGMENT).and_then(|()| {
+            let file = OpenOptions::new().append(true).open(&path)?;
+            file.set_len(cut)?;
+            // sync_all: the file size changed, and every record before the cut may still be
+            // only in the page cache (written, not yet synced).
+            file.sync_all()?;
+            Ok(file)
+        });
+        let file = match cut_file {
+            Ok(file) => file,
+            Err(e) => return Err(self.poison(path, io_op::CUT_SEGMENT, e)),
+        };
+        self.active = file;
+        self.active_unsynced = false;
+        self.bytes_total = self.bytes_total - target.bytes + cut;
+        let active = self.active_segment_mut();
+        active.last_lsn = after;
+        active.bytes = cut;
+        self.next_lsn = after + 1;
+        // A segment created by an earlier roll may not have a durable directory entry yet.
+        self.sync_dir()?;
+        self.check_invariants();
+        tracing::debug!(dir = %self.cfg.dir.display(), after, "WAL truncated");
+        Ok(())
+    }
+
+    /// Drops every entry and continues at `next_lsn`: the WAL becomes one empty segment named
+    /// `next_lsn`, and the next append gets `next_lsn`. For a replica's store when the settled
+    /// point passes its last entry. Durable when it returns.
+    ///
+    /// Protocol (see the module docs): write and fsync the reset marker, delete every segment,
+    /// rename the marker into the new segment. `open` finishes an interrupted reset.
+    /// `next_lsn == last_lsn() + 1` is the same as `trim(last_lsn())`.
+    ///
+    /// Errors: [`WalError::ResetBehindLog`] when `next_lsn <= last_lsn()` (LSNs never repeat);
+    /// any IO failure poisons the WAL.
+    pub fn reset_to(&mut self, next_lsn: u64) -> Result<(), WalError> {
+        self.check_usable()?;
+        if next_lsn <= self.last_lsn() {
+            return Err(WalError::ResetBehindLog {
+                next_lsn,
+                last_lsn: self.last_lsn(),
+            });
+        }
+        if next_lsn == self.next_lsn {
+            return self.trim(self.last_lsn());
+        }
+        // The buffered records belong to segments that are about to go.
+        self.buf.clear();
+        let marker = reset_marker_path(&self.cfg.dir, next_lsn);
+        let written = self
+            .fault(io_op::WRITE_RESET_MARKER)
+            .and_then(|()| write_durable_file(&marker, &encode_segment_header(next_lsn)));
+        if let Err(e) = written {
+            return Err(self.poison(marker, io_op::WRITE_RESET_MARKER, e));
+        }
+        self.dir_unsynced = true;
+        self.sync_dir()?;
+        // From here on a crash finishes the reset in `open`.
+        let doomed: Vec<u64> = self.segments.iter().map(|s| s.first_lsn).collect();
+        for first_lsn in doomed {
+            let path = self.segment_path(first_lsn);
+            let removed = self
+                .fault(io_op::REMOVE_RESET_SEGMENT)
+                .and_then(|()| remove_if_present(&path));
+            if let Err(e) = removed {
+                return Err(self.poison(path, io_op::REMOVE_RESET_SEGMENT, e));
+            }
+        }
+        self.dir_unsynced = true;
+        self.sync_dir()?;
+        let path = self.segment_path(next_lsn);
+        let renamed = self
+            .fault(io_op::RENAME_RESET_MARKER)
+            .and_then(|()| fs::rename(&marker, &path))
+            .and_then(|()| OpenOptions::new().append(true).open(&path));
+        let file = match renamed {
+            Ok(file) => file,
+            Err(e) => return Err(self.poison(path, io_op::RENAME_RESET_MARKER, e)),
+        };
+        self.dir_unsynced = true;
+        self.sync_dir()?;
+        self.active = file;
+        self.active_unsynced = false;
+        self.segments.clear();
+        self.segments.push_back(Segment {
+            first_lsn: next_lsn,
+            last_lsn: next_lsn - 1,
+            bytes: SEGMENT_HEADER_BYTES,
+        });
+        self.bytes_total = SEGMENT_HEADER_BYTES;
+        self.next_lsn = next_lsn;
+        self.check_invariants();
+        tracing::debug!(dir = %self.cfg.dir.display(), next_lsn, "WAL reset");
+        Ok(())
+    }
+
+    /// The LSN of the oldest entry the segment files hold, or `last_lsn() + 1` when the WAL is
+    /// empty. (Trim deletes whole segments, so this can be below the last trim point.)
+    pub fn first_lsn(&self) -> u64 {
+        self.segments.front().map_or(self.next_lsn, |s| s.first_lsn)
+    }
+
+    /// The segment file and byte offset of the record `lsn`, read back from the file; `None`
+    /// when the WAL does not hold it, it is still in the write buffer, or the file cannot be
+    /// read. For naming the place of a bad entry in an error message.
+    pub fn record_position(&self, lsn: u64) -> Option<(PathBuf, u64)> {
+        let segment = self
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.first_lsn <= lsn && lsn <= s.last_lsn)?;
+        let (start, _) = self.record_span(segment.first_lsn, lsn).ok()?;
+        Some((self.segment_path(segment.first_lsn), start))
+    }
+
+    /// Byte range of the record `lsn` in the segment file named `first_lsn`, by walking its
+    /// records from the header. Rare (truncation, error messages): reads the whole segment.
+    fn record_span(&self, first_lsn: u64, lsn: u64) -> io::Result<(u64, u64)> {
+        let path = self.segment_path(first_lsn);
+        let bytes = fs::read(&path)?;
+        let mut pos = SEGMENT_HEADER_LEN;
+        let mut expected = first_lsn;
+        while expected <= lsn {
+            let record = bytes
+                .get(pos..)
+                .ok_or_else(|| io::Error::other("segment ends before the record"))
+                .and_then(|rest| {
+                    decode_record(rest, self.cfg.entry_bytes_max)
+                        .map_err(|e| io::Error::other(format!("at byte {pos}: {e}")))
+                })?;
+            if record.lsn != expected {
+                return Err(io::Error::other(format!(
+                    "at byte {pos}: record has lsn {} where {expected} was expected",
+                    record.lsn
+                )));
+            }
+            if record.lsn == lsn {
+                return Ok((pos as u64, (pos + record.encoded_len()) as u64));
+            }
+            pos += record.encoded_len();
+            expected += 1;
+        }
+        Err(io::Error::other(format!("lsn {lsn} is before the segment")))
+    }
+
     /// LSN of the last appended entry (durable or not); 0 when nothing was ever appended.
     pub fn last_lsn(&self) -> u64 {
         self.next_lsn - 1
@@ -484,6 +696,12 @@ impl Wal {
             .all(|s| s.bytes >= SEGMENT_HEADER_BYTES && s.last_lsn + 1 >= s.first_lsn));
     }
 
+    /// Test-only: the next operation with this `io_op` fails.
+    #[cfg(test)]
+    pub(crate) fn inject_fault(&mut self, op: &'static str) {
+        self.fault = Some(op);
+    }
+
     #[cfg(test)]
     fn fault(&mut self, op: &'static str) -> io::Result<()> {
         if self.fault == Some(op) {
@@ -538,9 +756,11 @@ fn ensure_dir(dir: &Path) -> Result<(), WalError> {
         .map_err(|e| io_error(parent, io_op::SYNC_DIR, e))
 }
 
-/// The first LSNs of the segment files in `dir`, ascending. Other files are ignored.
-fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
+/// The first LSNs of the segment files in `dir`, ascending, and the LSNs of reset markers.
+/// Other files are ignored.
+fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), WalError> {
     let mut lsns = Vec::new();
+    let mut markers = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| io_error(dir, io_op::LIST_DIR, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_error(dir, io_op::LIST_DIR, e))?;
@@ -548,6 +768,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
         let Some(name) = name.to_str() else {
             continue;
         };
+        if let Some(lsn) = parse_reset_marker_name(name) {
+            markers.push(lsn);
+            continue;
+        }
         match parse_segment_file_name(name) {
             SegmentName::Other => {}
             SegmentName::Segment(lsn) => lsns.push(lsn),
@@ -562,7 +786,107 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
         }
     }
     lsns.sort_unstable();
-    Ok(lsns)
+    markers.sort_unstable();
+    Ok((lsns, markers))
+}
+
+const RESET_MARKER_SUFFIX: &str = ".reset";
+
+/// `{next_lsn:020}.reset`: the intent record of a `reset_to`, holding a segment header.
+fn reset_marker_path(dir: &Path, next_lsn: u64) -> PathBuf {
+    dir.join(format!("{next_lsn:020}{RESET_MARKER_SUFFIX}"))
+}
+
+fn parse_reset_marker_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(RESET_MARKER_SUFFIX)?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse::<u64>().ok().filter(|&lsn| lsn >= 1)
+}
+
+/// Finishes a `reset_to` that a crash interrupted (its marker is intact: delete every segment,
+/// rename the marker into the new segment), or forgets one whose marker never became durable
+/// (nothing was deleted before the marker was: delete the marker). `names` is updated.
+fn finish_reset(
+    dir_path: &Path,
+    dir: &File,
+    names: &mut Vec<u64>,
+    markers: &[u64],
+) -> Result<(), WalError> {
+    let sync_dir = || {
+        dir.sync_all()
+            .map_err(|e| io_error(dir_path, io_op::SYNC_DIR, e))
+    };
+    let mut intact = None;
+    for &lsn in markers {
+        let path = reset_marker_path(dir_path, lsn);
+        let bytes = fs::read(&path).map_err(|e| io_error(&path, io_op::READ_SEGMENT, e))?;
+        if bytes.len() == SEGMENT_HEADER_LEN && decode_segment_header(&bytes) == Ok(lsn) {
+            if let Some(other) = intact {
+                return Err(WalError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!("a second intact reset marker (the other is for lsn {other})"),
+                });
+            }
+            intact = Some(lsn);
+        } else {
+            tracing::warn!(
+                path = %path.display(),
+                "WAL recovery: removing a reset marker that never became durable"
+            );
+            fs::remove_file(&path).map_err(|e| io_error(&path, io_op::REMOVE_RESET_MARKER, e))?;
+            sync_dir()?;
+        }
+    }
+    let Some(next_lsn) = intact else {
+        return Ok(());
+    };
+    let marker = reset_marker_path(dir_path, next_lsn);
+    if let Some(&newest) = names.last().filter(|&&n| n >= next_lsn) {
+        return Err(WalError::Corrupt {
+            path: marker,
+            offset: 0,
+            reason: format!(
+                "reset marker to lsn {next_lsn}, but segment {newest} is not older than it"
+            ),
+        });
+    }
+    tracing::warn!(
+        dir = %dir_path.display(),
+        next_lsn,
+        segments = names.len(),
+        "WAL recovery: finishing an interrupted reset"
+    );
+    for &first_lsn in names.iter() {
+        let path = segment_path(dir_path, first_lsn);
+        remove_if_present(&path).map_err(|e| io_error(&path, io_op::REMOVE_RESET_SEGMENT, e))?;
+    }
+    sync_dir()?;
+    let path = segment_path(dir_path, next_lsn);
+    fs::rename(&marker, &path).map_err(|e| io_error(&path, io_op::RENAME_RESET_MARKER, e))?;
+    sync_dir()?;
+    *names = vec![next_lsn];
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Creates (or replaces) `path` holding exactly `bytes`, fdatasync'ed.
+fn write_durable_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
 }
 
 fn create_first_segment(dir_path: &Path, dir: &File) -> Result<File, WalError> {
@@ -712,5 +1036,127 @@ mod tests {
         wal.trim(4).expect("retry");
         assert_eq!(wal.segment_count(), 1);
         assert_eq!(wal.append(b"next").expect("append"), 7);
+    }
+
+    /// A WAL of entries 1..=6 (60-byte payloads, segments starting at 1, 3, 5), synced.
+    fn six_entries(dir: &Path) -> Wal {
+        let (mut wal, _) = open(dir);
+        for lsn in 1..=6u64 {
+            wal.append(&[lsn as u8; 60]).expect("append");
+        }
+        wal.sync().expect("sync");
+        assert_eq!(wal.segment_count(), 3);
+        wal
+    }
+
+    /// A fault in the middle of `truncate_after` poisons; what reopens is the old log cut
+    /// somewhere between the truncation point and its old end (a prefix, never a gap).
+    #[test]
+    fn failed_truncation_leaves_a_prefix() {
+        for op in [
+            io_op::REMOVE_TRUNCATED_SEGMENT,
+            io_op::CUT_SEGMENT,
+            io_op::SYNC_DIR,
+        ] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let mut wal = six_entries(tmp.path());
+            wal.fault = Some(op);
+            let err = wal.truncate_after(2).expect_err("injected");
+            assert!(
+                matches!(err, WalError::Io { op: o, .. } if o == op),
+                "{op}: {err}"
+            );
+            assert!(wal.is_poisoned(), "{op}");
+            drop(wal);
+            let (wal, recovered) = open(tmp.path());
+            let lsns: Vec<u64> = recovered.iter().map(|e| e.lsn).collect();
+            assert!(lsns.len() >= 2, "{op}: {lsns:?}");
+            assert_eq!(lsns, (1..=lsns.len() as u64).collect::<Vec<_>>(), "{op}");
+            assert!(recovered.iter().all(|e| e.payload == [e.lsn as u8; 60]));
+            assert_eq!(wal.last_lsn(), lsns.len() as u64);
+        }
+    }
+
+    /// A fault after the reset marker is durable: reopening finishes the reset. A fault before
+    /// it: reopening finds the old log.
+    #[test]
+    fn failed_reset_is_finished_or_forgotten_on_open() {
+        let cases = [
+            (io_op::WRITE_RESET_MARKER, false),
+            (io_op::REMOVE_RESET_SEGMENT, true),
+            (io_op::RENAME_RESET_MARKER, true),
+        ];
+        for (op, finished) in cases {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let mut wal = six_entries(tmp.path());
+            wal.fault = Some(op);
+            let err = wal.reset_to(100).expect_err("injected");
+            assert!(
+                matches!(err, WalError::Io { op: o, .. } if o == op),
+                "{op}: {err}"
+            );
+            assert!(wal.is_poisoned(), "{op}");
+            drop(wal);
+            let (mut wal, recovered) = open(tmp.path());
+            if finished {
+                assert!(recovered.is_empty(), "{op}");
+                assert_eq!(wal.last_lsn(), 99, "{op}");
+                assert_eq!(wal.append(b"next").expect("append"), 100, "{op}");
+            } else {
+                assert_eq!(recovered.len(), 6, "{op}");
+                assert_eq!(wal.last_lsn(), 6, "{op}");
+            }
+            let names: Vec<String> = fs::read_dir(tmp.path())
+                .expect("read_dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                names.iter().all(|n| n.ends_with(".wal")),
+                "{op}: no marker is left behind: {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncate_and_reset_reject_bad_points() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut wal = six_entries(tmp.path());
+        wal.trim(2).expect("trim"); // segments 3..=6 remain
+        assert_eq!(wal.first_lsn(), 3);
+        let err = wal.truncate_after(7).expect_err("past the end");
+        assert!(
+            matches!(
+                err,
+                WalError::TruncateOutOfRange {
+                    after: 7,
+                    first_lsn: 3,
+                    last_lsn: 6
+                }
+            ),
+            "{err}"
+        );
+        let err = wal.truncate_after(1).expect_err("below the held entries");
+        assert!(
+            matches!(err, WalError::TruncateOutOfRange { after: 1, .. }),
+            "{err}"
+        );
+        let err = wal.reset_to(6).expect_err("behind the log");
+        assert!(
+            matches!(
+                err,
+                WalError::ResetBehindLog {
+                    next_lsn: 6,
+                    last_lsn: 6
+                }
+            ),
+            "{err}"
+        );
+        assert!(!wal.is_poisoned());
+        wal.truncate_after(2).expect("truncate everything held");
+        assert_eq!(
+            (wal.first_lsn(), wal.last_lsn(), wal.segment_count()),
+            (3, 2, 1)
+        );
+        assert_eq!(wal.append(b"x").expect("append"), 3);
     }
 }

@@ -2,9 +2,10 @@
 //! messages between a stream owner ([`crate::replication::Writer`] /
 //! [`crate::replication::Recovery`]) and a [`crate::replication::Replica`].
 //!
-//! These are domain types, not a wire format: the IO driver (next step) encodes them into its own
-//! versioned frames and must reject a frame that does not decode into a well-formed message
-//! ([`AppendMsg::check`]) before it reaches a core, because the cores assert their inputs.
+//! These are domain types, not a wire format: the IO driver ([`crate::net`]) encodes them into
+//! its own versioned frames ([`crate::net::frame`]) and rejects a frame that does not decode into
+//! a well-formed message ([`AppendMsg::check`]) before it reaches a core, because the cores
+//! assert their inputs.
 
 use std::fmt;
 use std::sync::Arc;

@@ -113,6 +113,29 @@ impl Recovery {
         }
     }
 
+    /// Still sealing or fetching: `Sealed` answers of this epoch are still read (and their
+    /// shape asserted).
+    pub fn is_choosing(&self) -> bool {
+        matches!(self.phase, Phase::Sealing { .. } | Phase::Fetching { .. })
+    }
+
+    /// While fetching the agreed tail: the replica asked, the next LSN expected, the epoch of
+    /// the last entry fetched so far ([`Epoch::ZERO`] if none), and the tail's last entry. The
+    /// driver checks a `Fetched` answer against this before feeding it (the core asserts it).
+    pub fn fetching(&self) -> Option<(ReplicaId, Lsn, Epoch, EntryId)> {
+        match &self.phase {
+            Phase::Fetching {
+                source, last, tail, ..
+            } => Some((
+                *source,
+                self.from_lsn.plus(tail.len() as u64),
+                tail.last().map_or(Epoch::ZERO, |e| e.epoch),
+                *last,
+            )),
+            _ => None,
+        }
+    }
+
     /// The writer that continues the stream. Precondition: [`Recovery::is_recovered`].
     pub fn into_writer(self) -> Writer {
         match self.phase {

@@ -122,3 +122,5 @@ pub fn assert_appends_continue(cfg: &WalConfig, recovered: Vec<RecoveredEntry>, 
     assert_eq!(again, expected, "entries after append + reopen");
     assert_eq!(wal.last_lsn(), lsn);
 }
+
+pub mod net;
