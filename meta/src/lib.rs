@@ -22,6 +22,7 @@
 //! nothing outside this crate sees an openraft or tonic type except [`MetaNode::raft`] and the
 //! extra routes a caller may serve beside the meta API.
 
+pub mod cluster;
 pub mod error;
 pub mod grpc;
 mod leader;
@@ -31,6 +32,10 @@ pub mod raft;
 pub mod state;
 pub mod store;
 
+pub use cluster::{
+    BrokerInfo, ClusterCommand, ClusterRejection, ClusterResult, ClusterState, PartitionLease,
+    StreamInfo, StreamProgress,
+};
 pub use error::MetaError;
 pub use leader::MembershipView;
 pub use node::{ClusterConfig, MetaConfig, MetaNode};

@@ -576,10 +576,24 @@ impl MetaNode {
     async fn known_leader(&self, started: Instant) -> Result<(NodeId, String), MetaError> {
         let inner = &self.inner;
         let wait = inner.leader_wait.saturating_sub(started.elapsed());
+        // A leader with an address: a fresh member hears of the leader (a vote, a heartbeat)
+        // before the membership entry that records its address reaches it.
         let metrics = inner
             .raft
             .wait(Some(wait))
-            .metrics(|m| m.current_leader.is_some(), "a meta leader is known")
+            .metrics(
+                |m| {
+                    m.current_leader.is_some_and(|l| {
+                        l == inner.node_id
+                            || m.membership_config
+                                .membership()
+                                .get_node(&l)
+                                .is_some_and(|n| !n.addr.is_empty())
+                            || m.membership_config.membership().voter_ids().count() == 1
+                    })
+                },
+                "a meta leader with an address is known",
+            )
             .await
             .map_err(wait_error(inner.node_id, inner.leader_wait))?;
         let Some(leader) = metrics.current_leader else {

@@ -43,6 +43,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use strata_types::{BlockLocation, TopicId, TopicName};
 
+use crate::cluster::{
+    ClusterCommand, ClusterRejection, ClusterResult, ClusterState, StreamProgress,
+};
+
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Most blocks one object may carry in one `CommitObject`.
@@ -75,12 +79,17 @@ pub enum Command {
     DeleteTopic {
         name: TopicName,
     },
-    /// One uploaded object: every block extends its partition's index contiguously.
+    /// One uploaded object: every block extends its partition's index contiguously. With
+    /// `stream`, the commit is fenced by that WAL stream's epoch and moves its settled LSN.
     CommitObject {
         key: String,
         size: u64,
         blocks: Vec<BlockLocation>,
+        #[serde(default)]
+        stream: Option<StreamProgress>,
     },
+    /// Brokers, partition leases and WAL streams (see [`crate::cluster`]).
+    Cluster(ClusterCommand),
     /// Reserves `count` Kafka producer ids (idempotent producers) for one broker to hand out.
     AllocateProducerIds {
         count: u32,
@@ -96,6 +105,19 @@ pub enum Command {
     /// The sweeper deleted these garbage objects from object storage.
     ForgetGarbage {
         keys: Vec<String>,
+    },
+    /// Consumer-group offsets from one OffsetCommit request, all or nothing.
+    CommitOffsets {
+        group: String,
+        offsets: Vec<OffsetCommit>,
+        /// When the coordinator accepted the commit (kept with each offset).
+        now_ms: i64,
+    },
+    /// Forget a group's committed offsets: the listed partitions, or all of them (`None`,
+    /// DeleteGroups).
+    DeleteGroupOffsets {
+        group: String,
+        partitions: Option<Vec<strata_types::PartitionKey>>,
     },
 }
 
@@ -115,12 +137,20 @@ pub enum CommandResult {
         log_start_offset: i64,
     },
     GarbageForgotten,
+    Cluster(ClusterResult),
     Rejected(Rejection),
+    OffsetsCommitted,
+    /// How many committed offsets were removed.
+    GroupOffsetsDeleted {
+        count: usize,
+    },
 }
 
 /// Why a command was refused. Each variant carries what the proposer needs to act on it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
+    #[error(transparent)]
+    Cluster(#[from] ClusterRejection),
     #[error("topic `{name}` already exists")]
     TopicExists { name: TopicName },
     #[error("topic id {id} is already used by topic `{name}`")]
@@ -186,6 +216,12 @@ pub enum Rejection {
     InvalidProducerIdCount { count: u32, max: u32 },
     #[error("producer ids are exhausted: the next is {next}, {count} requested")]
     ProducerIdsExhausted { next: i64, count: u32 },
+    #[error("a group id of {bytes} bytes; the maximum is {max}")]
+    GroupIdTooLong { bytes: usize, max: usize },
+    #[error("{count} offsets in one commit; the maximum is {max}")]
+    TooManyOffsets { count: usize, max: usize },
+    #[error("offset metadata of {bytes} bytes; the maximum is {max}")]
+    OffsetMetadataTooLarge { bytes: usize, max: usize },
 }
 
 /// The index of one partition: blocks ordered by offset, without overlap.
@@ -275,8 +311,15 @@ pub struct MetaState {
     /// Absent from snapshots written before producer ids existed, hence the default (0).
     #[serde(default)]
     next_producer_id: i64,
+    /// Brokers, leases and WAL streams. Absent from snapshots written before clustering.
+    #[serde(default)]
+    cluster: ClusterState,
     /// Raft log index of the last applied entry; set by the driver, not by `apply`.
     last_applied: u64,
+    /// Committed consumer-group offsets: group → topic → partition. Absent from snapshots
+    /// written before consumer groups existed, hence the default.
+    #[serde(default)]
+    group_offsets: BTreeMap<String, BTreeMap<TopicId, BTreeMap<u32, GroupOffset>>>,
 }
 
 impl MetaState {
@@ -292,7 +335,21 @@ impl MetaState {
                 created_ms,
             } => self.create_topic(name, *id, *partitions, configs, *created_ms),
             Command::DeleteTopic { name } => self.delete_topic(name),
-            Command::CommitObject { key, size, blocks } => self.commit_object(key, *size, blocks),
+            Command::CommitObject {
+                key,
+                size,
+                blocks,
+                stream,
+            } => self.commit_object(key, *size, blocks, stream.as_ref()),
+            Command::Cluster(cmd) => {
+                if matches!(cmd, ClusterCommand::RegisterBroker { .. }) {
+                    self.adopt_unleased_topics();
+                }
+                self.cluster
+                    .apply(cmd)
+                    .map(CommandResult::Cluster)
+                    .map_err(Rejection::from)
+            }
             Command::AllocateProducerIds { count } => self.allocate_producer_ids(*count),
             Command::TrimPartition {
                 topic,
@@ -307,6 +364,14 @@ impl MetaState {
                     }
                 }
                 Ok(CommandResult::GarbageForgotten)
+            }
+            Command::CommitOffsets {
+                group,
+                offsets,
+                now_ms,
+            } => self.commit_offsets(group, offsets, *now_ms),
+            Command::DeleteGroupOffsets { group, partitions } => {
+                Ok(self.delete_group_offsets(group, partitions.as_deref()))
             }
         };
         match result {
@@ -352,6 +417,7 @@ impl MetaState {
         };
         self.names.insert(name.as_str().to_owned(), id);
         self.topics.insert(id, entry);
+        self.cluster.topic_created(id, partitions);
         Ok(CommandResult::TopicCreated(meta))
     }
 
@@ -363,6 +429,7 @@ impl MetaState {
             .topics
             .remove(&id)
             .expect("invariant: every named topic has an entry");
+        self.cluster.topic_deleted(id);
         for block in entry.partitions.iter().flat_map(|p| p.blocks.iter()) {
             let object = self
                 .objects
@@ -374,6 +441,7 @@ impl MetaState {
                 self.garbage_keys.insert(block.key.clone());
             }
         }
+        self.drop_topic_offsets(id);
         Ok(CommandResult::TopicDeleted(entry.meta))
     }
 
@@ -382,7 +450,13 @@ impl MetaState {
         key: &str,
         size: u64,
         blocks: &[BlockLocation],
+        stream: Option<&StreamProgress>,
     ) -> Result<CommandResult, Rejection> {
+        // Fencing first: a writer that lost its stream may not commit anything, not even a
+        // retry of an object it committed before.
+        if let Some(progress) = stream {
+            self.cluster.check_progress(progress)?;
+        }
         // A retry of a committed object is answered as before and changes nothing; a different
         // object under a used key is a bug in the uploader (keys must be unique).
         let committed_size = match self.objects.get(key) {
@@ -397,6 +471,9 @@ impl MetaState {
                     size,
                     committed_size,
                 });
+            }
+            if let Some(progress) = stream {
+                self.cluster.progress(progress);
             }
             return Ok(CommandResult::ObjectCommitted);
         }
@@ -480,6 +557,9 @@ impl MetaState {
                 live_blocks: blocks.len() as u64,
             },
         );
+        if let Some(progress) = stream {
+            self.cluster.progress(progress);
+        }
         Ok(CommandResult::ObjectCommitted)
     }
 
@@ -544,6 +624,19 @@ impl MetaState {
         };
         self.next_producer_id = next;
         Ok(CommandResult::ProducerIdsAllocated { first })
+    }
+
+    /// Topics created before leases existed (an older snapshot) get unassigned leases, so the
+    /// next registration assigns them. Deterministic: it depends only on the state.
+    fn adopt_unleased_topics(&mut self) {
+        for (id, topic) in &self.topics {
+            self.cluster.ensure_topic(*id, topic.meta.partitions);
+        }
+    }
+
+    /// Brokers, partition leases and WAL streams.
+    pub fn cluster(&self) -> &ClusterState {
+        &self.cluster
     }
 
     /// The next producer id metadata would reserve: every id below it is allocated.
@@ -719,6 +812,186 @@ impl MetaState {
                 "object `{key}` has a garbage time but is not garbage"
             ));
         }
+        self.check_group_offsets()?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumer-group offsets
+//
+// - `CommitOffsets`: all or nothing. A group id of at most GROUP_ID_BYTES_MAX bytes (the empty
+//   id is a group too, as in Kafka), at most OFFSETS_PER_COMMIT_MAX offsets, each naming a live
+//   topic id and one of its partitions, with at most OFFSET_METADATA_BYTES_MAX bytes of metadata. A later commit of a partition
+//   replaces the earlier one (offsets may move backwards: that is a consumer's seek).
+// - `DeleteGroupOffsets`: forgets the listed partitions' offsets, or all of the group's;
+//   unknown ones are ignored, so a retry is harmless. The answer counts what was removed.
+// - `DeleteTopic` drops every group's offsets of the topic; a group left without offsets is
+//   forgotten.
+
+/// Longest consumer-group id (bytes).
+pub const GROUP_ID_BYTES_MAX: usize = 255;
+/// Most offsets one `CommitOffsets` may carry.
+pub const OFFSETS_PER_COMMIT_MAX: usize = 100_000;
+/// Most bytes of client metadata per committed offset (Kafka's `offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4_096;
+
+/// One partition's offset in a `CommitOffsets`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetCommit {
+    pub topic: TopicId,
+    pub partition: u32,
+    pub offset: i64,
+    /// The leader epoch the consumer saw (-1 when unknown).
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// A committed offset as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    /// When it was committed (ms since the epoch, from the command).
+    pub commit_ms: i64,
+}
+
+impl MetaState {
+    fn commit_offsets(
+        &mut self,
+        group: &str,
+        offsets: &[OffsetCommit],
+        now_ms: i64,
+    ) -> Result<CommandResult, Rejection> {
+        if group.len() > GROUP_ID_BYTES_MAX {
+            return Err(Rejection::GroupIdTooLong {
+                bytes: group.len(),
+                max: GROUP_ID_BYTES_MAX,
+            });
+        }
+        if offsets.len() > OFFSETS_PER_COMMIT_MAX {
+            return Err(Rejection::TooManyOffsets {
+                count: offsets.len(),
+                max: OFFSETS_PER_COMMIT_MAX,
+            });
+        }
+        // Validate everything before changing anything.
+        for o in offsets {
+            let Some(topic) = self.topics.get(&o.topic) else {
+                return Err(Rejection::UnknownTopicId { topic: o.topic });
+            };
+            if o.partition >= topic.meta.partitions {
+                return Err(Rejection::UnknownPartition {
+                    topic: o.topic,
+                    partition: o.partition,
+                    partitions: topic.meta.partitions,
+                });
+            }
+            if o.metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                return Err(Rejection::OffsetMetadataTooLarge {
+                    bytes: o.metadata.len(),
+                    max: OFFSET_METADATA_BYTES_MAX,
+                });
+            }
+        }
+        if offsets.is_empty() {
+            return Ok(CommandResult::OffsetsCommitted);
+        }
+        let topics = self.group_offsets.entry(group.to_owned()).or_default();
+        for o in offsets {
+            topics.entry(o.topic).or_default().insert(
+                o.partition,
+                GroupOffset {
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata: o.metadata.clone(),
+                    commit_ms: now_ms,
+                },
+            );
+        }
+        Ok(CommandResult::OffsetsCommitted)
+    }
+
+    fn delete_group_offsets(
+        &mut self,
+        group: &str,
+        partitions: Option<&[strata_types::PartitionKey]>,
+    ) -> CommandResult {
+        let Some(topics) = self.group_offsets.get_mut(group) else {
+            return CommandResult::GroupOffsetsDeleted { count: 0 };
+        };
+        let count = match partitions {
+            None => topics.values().map(BTreeMap::len).sum(),
+            Some(keys) => {
+                let mut count = 0;
+                for key in keys {
+                    if let Some(parts) = topics.get_mut(&key.topic) {
+                        count += usize::from(parts.remove(&key.partition).is_some());
+                        if parts.is_empty() {
+                            topics.remove(&key.topic);
+                        }
+                    }
+                }
+                count
+            }
+        };
+        if partitions.is_none() || topics.is_empty() {
+            self.group_offsets.remove(group);
+        }
+        CommandResult::GroupOffsetsDeleted { count }
+    }
+
+    fn drop_topic_offsets(&mut self, topic: TopicId) {
+        self.group_offsets.retain(|_, topics| {
+            topics.remove(&topic);
+            !topics.is_empty()
+        });
+    }
+
+    /// The offset `group` committed for one partition.
+    pub fn group_offset(
+        &self,
+        group: &str,
+        topic: TopicId,
+        partition: u32,
+    ) -> Option<&GroupOffset> {
+        self.group_offsets.get(group)?.get(&topic)?.get(&partition)
+    }
+
+    /// Every offset `group` committed, ordered by topic id and partition.
+    pub fn group_offsets(&self, group: &str) -> impl Iterator<Item = (TopicId, u32, &GroupOffset)> {
+        self.group_offsets
+            .get(group)
+            .into_iter()
+            .flat_map(|topics| topics.iter())
+            .flat_map(|(topic, parts)| parts.iter().map(move |(p, o)| (*topic, *p, o)))
+    }
+
+    /// The groups that have committed offsets, in name order.
+    pub fn offset_groups(&self) -> impl Iterator<Item = &str> {
+        self.group_offsets.keys().map(String::as_str)
+    }
+
+    fn check_group_offsets(&self) -> Result<(), String> {
+        for (group, topics) in &self.group_offsets {
+            if topics.is_empty() {
+                return Err(format!("group `{group}` is kept without offsets"));
+            }
+            for (topic, parts) in topics {
+                let Some(entry) = self.topics.get(topic) else {
+                    return Err(format!(
+                        "group `{group}` has offsets of missing topic {topic}"
+                    ));
+                };
+                if parts.is_empty() {
+                    return Err(format!("group `{group}` topic {topic}: no partitions"));
+                }
+                if let Some(p) = parts.keys().find(|p| **p >= entry.meta.partitions) {
+                    return Err(format!("group `{group}` topic {topic}: no partition {p}"));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -794,6 +1067,7 @@ mod tests {
             key: key.to_owned(),
             size: blocks.len() as u64 * 100,
             blocks,
+            stream: None,
         }
     }
 
@@ -1101,6 +1375,7 @@ mod tests {
                     ),
                     Apply(
                         Command::CommitObject {
+                            stream: None,
                             key: "o1".into(),
                             size: 100,
                             blocks: match object("other", &[(1, 0, 0, 1, 0)]) {
@@ -1115,6 +1390,7 @@ mod tests {
                     ),
                     Apply(
                         Command::CommitObject {
+                            stream: None,
                             key: "o1".into(),
                             size: 99,
                             blocks: match object("o1", &[(1, 0, 0, 1, 0)]) {
@@ -1421,5 +1697,302 @@ mod tests {
         // Names are validated on the way in, so a log entry cannot smuggle a bad name.
         let bad = r#"{"DeleteTopic":{"name":"bad name"}}"#;
         assert!(serde_json::from_str::<Command>(bad).is_err());
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Consumer-group offsets
+
+    fn commit(group: &str, offsets: &[(u8, u32, i64)], now_ms: i64) -> Command {
+        Command::CommitOffsets {
+            group: group.to_owned(),
+            offsets: offsets
+                .iter()
+                .map(|&(t, partition, offset)| OffsetCommit {
+                    topic: tid(t),
+                    partition,
+                    offset,
+                    leader_epoch: 0,
+                    metadata: format!("m{offset}"),
+                })
+                .collect(),
+            now_ms,
+        }
+    }
+
+    fn forget_offsets(group: &str, partitions: Option<&[(u8, u32)]>) -> Command {
+        Command::DeleteGroupOffsets {
+            group: group.to_owned(),
+            partitions: partitions.map(|ps| {
+                ps.iter()
+                    .map(|&(t, partition)| strata_types::PartitionKey {
+                        topic: tid(t),
+                        partition,
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    /// One step of an offsets case.
+    enum OffsetStep {
+        Apply(Command, CommandResult),
+        /// `(group, [(topic id, partition, offset)])`: everything the group has committed.
+        Offsets(&'static str, &'static [(u8, u32, i64)]),
+        /// The groups with offsets.
+        Groups(&'static [&'static str]),
+    }
+
+    fn check_offsets(case: &str, steps: Vec<OffsetStep>) {
+        let mut state = MetaState::default();
+        for (i, step) in steps.into_iter().enumerate() {
+            let at = format!("case `{case}` step {i}");
+            match step {
+                OffsetStep::Apply(cmd, want) => {
+                    let before = serde_json::to_string(&state).unwrap();
+                    let got = state.apply(&cmd);
+                    assert_eq!(got, want, "{at}");
+                    if matches!(got, CommandResult::Rejected(_)) {
+                        let after = serde_json::to_string(&state).unwrap();
+                        assert_eq!(before, after, "{at}: a rejection changed the state");
+                    }
+                    state
+                        .check_invariants()
+                        .unwrap_or_else(|e| panic!("{at}: {e}"));
+                }
+                OffsetStep::Offsets(group, want) => {
+                    let got: Vec<(TopicId, u32, i64)> = state
+                        .group_offsets(group)
+                        .map(|(t, p, o)| (t, p, o.offset))
+                        .collect();
+                    let want: Vec<(TopicId, u32, i64)> =
+                        want.iter().map(|&(t, p, o)| (tid(t), p, o)).collect();
+                    assert_eq!(got, want, "{at}: offsets of {group}");
+                    for (t, p, o) in want {
+                        let stored = state.group_offset(group, t, p).unwrap();
+                        assert_eq!(stored.offset, o, "{at}");
+                        assert_eq!(stored.metadata, format!("m{o}"), "{at}");
+                    }
+                }
+                OffsetStep::Groups(want) => {
+                    let got: Vec<&str> = state.offset_groups().collect();
+                    assert_eq!(got, want, "{at}: groups");
+                }
+            }
+        }
+        let json = serde_json::to_string(&state).unwrap();
+        let back: MetaState = serde_json::from_str(&json).unwrap();
+        back.check_invariants().unwrap();
+        assert_eq!(
+            json,
+            serde_json::to_string(&back).unwrap(),
+            "{case}: round trip"
+        );
+    }
+
+    #[test]
+    fn group_offset_cases() {
+        use OffsetStep::{Apply, Groups, Offsets};
+        let ok = || CommandResult::OffsetsCommitted;
+        let deleted = |count| CommandResult::GroupOffsetsDeleted { count };
+        let rejected = CommandResult::Rejected;
+        let long_group = "g".repeat(GROUP_ID_BYTES_MAX + 1);
+        let cases: Vec<(&str, Vec<OffsetStep>)> = vec![
+            (
+                "commit, replace, move back",
+                vec![
+                    Apply(
+                        create("a", 1, 3),
+                        CommandResult::TopicCreated(topic_meta("a", 1, 3)),
+                    ),
+                    Offsets("g", &[]),
+                    Apply(commit("g", &[(1, 0, 10), (1, 2, 7)], 5), ok()),
+                    Apply(commit("h", &[(1, 1, 3)], 5), ok()),
+                    Offsets("g", &[(1, 0, 10), (1, 2, 7)]),
+                    Apply(commit("g", &[(1, 0, 12)], 6), ok()),
+                    Apply(commit("g", &[(1, 2, 2)], 7), ok()),
+                    Offsets("g", &[(1, 0, 12), (1, 2, 2)]),
+                    Offsets("h", &[(1, 1, 3)]),
+                    Groups(&["g", "h"]),
+                    // An empty commit is accepted and creates nothing.
+                    Apply(commit("e", &[], 8), ok()),
+                    Groups(&["g", "h"]),
+                    // The empty group id is a group like any other.
+                    Apply(commit("", &[(1, 1, 4)], 9), ok()),
+                    Offsets("", &[(1, 1, 4)]),
+                    Groups(&["", "g", "h"]),
+                ],
+            ),
+            (
+                "rejections are all or nothing",
+                vec![
+                    Apply(
+                        create("a", 1, 2),
+                        CommandResult::TopicCreated(topic_meta("a", 1, 2)),
+                    ),
+                    Apply(
+                        commit("g", &[(1, 0, 1), (9, 0, 1)], 1),
+                        rejected(Rejection::UnknownTopicId { topic: tid(9) }),
+                    ),
+                    Apply(
+                        commit("g", &[(1, 0, 1), (1, 2, 1)], 1),
+                        rejected(Rejection::UnknownPartition {
+                            topic: tid(1),
+                            partition: 2,
+                            partitions: 2,
+                        }),
+                    ),
+                    Apply(
+                        Command::CommitOffsets {
+                            group: long_group,
+                            offsets: Vec::new(),
+                            now_ms: 0,
+                        },
+                        rejected(Rejection::GroupIdTooLong {
+                            bytes: GROUP_ID_BYTES_MAX + 1,
+                            max: GROUP_ID_BYTES_MAX,
+                        }),
+                    ),
+                    Apply(
+                        Command::CommitOffsets {
+                            group: "g".into(),
+                            offsets: vec![OffsetCommit {
+                                topic: tid(1),
+                                partition: 0,
+                                offset: 1,
+                                leader_epoch: -1,
+                                metadata: "x".repeat(OFFSET_METADATA_BYTES_MAX + 1),
+                            }],
+                            now_ms: 0,
+                        },
+                        rejected(Rejection::OffsetMetadataTooLarge {
+                            bytes: OFFSET_METADATA_BYTES_MAX + 1,
+                            max: OFFSET_METADATA_BYTES_MAX,
+                        }),
+                    ),
+                    Apply(
+                        commit("g", &vec![(1, 0, 1); OFFSETS_PER_COMMIT_MAX + 1], 1),
+                        rejected(Rejection::TooManyOffsets {
+                            count: OFFSETS_PER_COMMIT_MAX + 1,
+                            max: OFFSETS_PER_COMMIT_MAX,
+                        }),
+                    ),
+                    Groups(&[]),
+                ],
+            ),
+            (
+                "delete some, then all",
+                vec![
+                    Apply(
+                        create("a", 1, 2),
+                        CommandResult::TopicCreated(topic_meta("a", 1, 2)),
+                    ),
+                    Apply(
+                        create("b", 2, 1),
+                        CommandResult::TopicCreated(topic_meta("b", 2, 1)),
+                    ),
+                    Apply(commit("g", &[(1, 0, 1), (1, 1, 2), (2, 0, 3)], 1), ok()),
+                    Apply(commit("h", &[(2, 0, 4)], 1), ok()),
+                    // Unknown partitions, topics and groups are ignored.
+                    Apply(
+                        forget_offsets("g", Some(&[(1, 1), (1, 1), (9, 0)])),
+                        deleted(1),
+                    ),
+                    Offsets("g", &[(1, 0, 1), (2, 0, 3)]),
+                    Apply(forget_offsets("zz", None), deleted(0)),
+                    Apply(forget_offsets("g", Some(&[(1, 0), (2, 0)])), deleted(2)),
+                    // A group whose last offset goes is forgotten.
+                    Groups(&["h"]),
+                    Apply(commit("g", &[(1, 0, 5), (2, 0, 6)], 2), ok()),
+                    Apply(forget_offsets("g", None), deleted(2)),
+                    Offsets("g", &[]),
+                    Offsets("h", &[(2, 0, 4)]),
+                    Groups(&["h"]),
+                ],
+            ),
+            (
+                "deleting a topic drops its offsets",
+                vec![
+                    Apply(
+                        create("a", 1, 2),
+                        CommandResult::TopicCreated(topic_meta("a", 1, 2)),
+                    ),
+                    Apply(
+                        create("b", 2, 1),
+                        CommandResult::TopicCreated(topic_meta("b", 2, 1)),
+                    ),
+                    Apply(commit("g", &[(1, 0, 1), (2, 0, 3)], 1), ok()),
+                    Apply(commit("h", &[(1, 1, 2)], 1), ok()),
+                    Apply(
+                        delete("a"),
+                        CommandResult::TopicDeleted(topic_meta("a", 1, 2)),
+                    ),
+                    Offsets("g", &[(2, 0, 3)]),
+                    Groups(&["g"]),
+                    // The same name again is a new topic id without offsets.
+                    Apply(
+                        create("a", 3, 2),
+                        CommandResult::TopicCreated(topic_meta("a", 3, 2)),
+                    ),
+                    Offsets("g", &[(2, 0, 3)]),
+                    Apply(
+                        commit("g", &[(1, 0, 1)], 2),
+                        rejected(Rejection::UnknownTopicId { topic: tid(1) }),
+                    ),
+                ],
+            ),
+        ];
+        for (case, steps) in cases {
+            check_offsets(case, steps);
+        }
+    }
+
+    fn topic_meta(n: &str, id: u8, partitions: u32) -> TopicMeta {
+        match create(n, id, partitions) {
+            Command::CreateTopic {
+                name,
+                id,
+                partitions,
+                configs,
+                created_ms,
+            } => TopicMeta {
+                name,
+                id,
+                partitions,
+                configs,
+                created_ms,
+            },
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn snapshots_from_before_group_offsets_load() {
+        let mut state = MetaState::default();
+        state.apply(&create("a", 1, 1));
+        let mut json: serde_json::Value = serde_json::to_value(&state).unwrap();
+        json.as_object_mut().unwrap().remove("group_offsets");
+        let mut old: MetaState = serde_json::from_value(json).unwrap();
+        old.check_invariants().unwrap();
+        assert_eq!(old.offset_groups().count(), 0);
+        assert_eq!(
+            old.apply(&commit("g", &[(1, 0, 3)], 1)),
+            CommandResult::OffsetsCommitted
+        );
+        assert_eq!(
+            old.group_offset("g", tid(1), 0).map(|o| o.commit_ms),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn group_offset_commands_round_trip_through_json() {
+        for cmd in [
+            commit("g", &[(1, 0, 10), (1, 3, -1)], 5),
+            forget_offsets("g", None),
+            forget_offsets("g", Some(&[(1, 0)])),
+        ] {
+            let json = serde_json::to_string(&cmd).unwrap();
+            assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
+        }
     }
 }

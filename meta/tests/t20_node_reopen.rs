@@ -36,6 +36,7 @@ fn object(key: &str, blocks: &[(TopicId, u32, i64, i64)]) -> Command {
         )
         .collect();
     Command::CommitObject {
+        stream: None,
         key: key.to_owned(),
         size: blocks.len() as u64 * 64,
         blocks,

@@ -32,6 +32,7 @@ fn config() -> MetaConfig {
 fn object(i: i64) -> Command {
     let key = format!("obj-{i:06}");
     Command::CommitObject {
+        stream: None,
         key: key.clone(),
         size: 100,
         blocks: vec![BlockLocation {

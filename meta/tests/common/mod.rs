@@ -43,6 +43,7 @@ pub fn create_topic(partitions: u32) -> Command {
 pub fn object(partition: u32, base: i64) -> Command {
     let key = format!("p{partition}-{base:08}");
     Command::CommitObject {
+        stream: None,
         key: key.clone(),
         size: 100,
         blocks: vec![BlockLocation {
