@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Produce/consume load against any Kafka-protocol broker, through librdkafka (confluent-kafka).
 
-Two phases, each bounded in time and count:
-  throughput: N records of SIZE bytes, acks=all, linger 5 ms, then a full read back;
+Phases, each bounded in time and count:
+  throughput: N records of SIZE bytes, acks=all, linger 5 ms, then a full read back; every
+              100th record's produce→ack time gives the latency percentiles *at saturation*;
+  moderate:   --rate records/s for --rate-seconds (acks=all, linger 0): latency percentiles of
+              a producer that does not saturate the broker;
   latency:    M records produced one at a time (produce + flush), acks=all — the round trip a
               producer waits for, which is what the WAL's group commit must keep near fsync.
 Prints one JSON object. Loopback only.
@@ -27,16 +30,25 @@ def main():
     ap.add_argument("--latency-records", type=int, default=2000)
     ap.add_argument("--seconds-max", type=float, default=120)
     ap.add_argument("--create", action="store_true", help="create the topic with the admin API")
+    ap.add_argument("--rate", type=int, default=0, help="records/s of the moderate-rate phase (0: skip)")
+    ap.add_argument("--rate-seconds", type=float, default=10)
     a = ap.parse_args()
 
     if a.create:
-        fs = AdminClient({"bootstrap.servers": a.bootstrap}).create_topics(
-            [NewTopic(a.topic, num_partitions=a.partitions, replication_factor=1)])
+        admin = AdminClient({"bootstrap.servers": a.bootstrap})  # alive until the futures resolve
+        fs = admin.create_topics([NewTopic(a.topic, num_partitions=a.partitions, replication_factor=1)])
         for f in fs.values():
             try:
-                f.result()
+                f.result(30)
             except Exception as e:  # already exists is fine for re-runs
                 print(f"create: {e}", file=sys.stderr)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # every partition has a leader before producing
+            t = admin.list_topics(topic=a.topic, timeout=10).topics.get(a.topic)
+            if t and t.error is None and len(t.partitions) == a.partitions and \
+                    all(p.leader >= 0 for p in t.partitions.values()):
+                break
+            time.sleep(0.2)
 
     payload = os.urandom(a.size)
     p = Producer({"bootstrap.servers": a.bootstrap, "acks": "all", "linger.ms": 5,
@@ -44,6 +56,7 @@ def main():
                   "enable.idempotence": False})
     errors = []
     done = [0]
+    sat_lat = []
 
     def cb(err, msg):
         if err:
@@ -51,12 +64,20 @@ def main():
         else:
             done[0] += 1
 
+    def timed_cb(started):
+        def f(err, msg):
+            cb(err, msg)
+            if not err:
+                sat_lat.append((time.perf_counter() - started) * 1e3)
+        return f
+
     t0 = time.perf_counter()
     deadline = t0 + a.seconds_max
     sent = 0
     while sent < a.records and time.perf_counter() < deadline:
         try:
-            p.produce(a.topic, value=payload, partition=sent % a.partitions, on_delivery=cb)
+            on = timed_cb(time.perf_counter()) if sent % 100 == 0 else cb
+            p.produce(a.topic, value=payload, partition=sent % a.partitions, on_delivery=on)
             sent += 1
         except BufferError:
             p.poll(0.01)
@@ -74,6 +95,32 @@ def main():
                 got += 1
     consume_s = time.perf_counter() - t1
     c.close()
+
+    mod_lat = []
+    if a.rate > 0:
+        mp = Producer({"bootstrap.servers": a.bootstrap, "acks": "all", "linger.ms": 0,
+                       "enable.idempotence": False})
+
+        def mod_cb(started):
+            def f(err, msg):
+                if not err:
+                    mod_lat.append((time.perf_counter() - started) * 1e3)
+            return f
+
+        start = time.perf_counter()
+        n = 0
+        small_payload = os.urandom(min(a.size, 1024))
+        while time.perf_counter() - start < a.rate_seconds:
+            due = start + n / a.rate
+            now = time.perf_counter()
+            if now < due:
+                mp.poll(min(due - now, 0.01))
+                continue
+            mp.produce(a.topic, value=small_payload, partition=n % a.partitions,
+                       on_delivery=mod_cb(time.perf_counter()))
+            n += 1
+            mp.poll(0)
+        mp.flush(a.seconds_max)
 
     lat = []
     lp = Producer({"bootstrap.servers": a.bootstrap, "acks": "all", "linger.ms": 0, "enable.idempotence": False})
@@ -94,6 +141,14 @@ def main():
         "consume_records": got, "consume_mb_per_s": got * a.size / consume_s / 1e6,
         "latency_ms_p50": pct(lat, 0.50) if lat else None,
         "latency_ms_p99": pct(lat, 0.99) if lat else None,
+        "latency_ms_p999": pct(lat, 0.999) if lat else None,
+        "saturated_latency_ms_p50": pct(sat_lat, 0.50) if sat_lat else None,
+        "saturated_latency_ms_p99": pct(sat_lat, 0.99) if sat_lat else None,
+        "saturated_latency_ms_p999": pct(sat_lat, 0.999) if sat_lat else None,
+        "moderate_rate": a.rate,
+        "moderate_latency_ms_p50": pct(mod_lat, 0.50) if mod_lat else None,
+        "moderate_latency_ms_p99": pct(mod_lat, 0.99) if mod_lat else None,
+        "moderate_latency_ms_p999": pct(mod_lat, 0.999) if mod_lat else None,
         "latency_samples": len(lat), "record_bytes": a.size,
     }))
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command:  ./tests/run.sh [extra pytest args, e.g. -k t10]
 #
-# 1. installs what the tests use (idempotent): kcat (apt), tests/requirements.txt (pip)
+# 1. installs what the tests use (idempotent): kcat (apt), tests/requirements.txt (pip),
+#    tests/e2e/package.json (npm ci: kafkajs)
 # 2. builds the broker once: cargo build -p strata-broker (dev profile)
 # 3. Rust tests: cargo nextest run --workspace (or cargo test), with a SeaweedFS S3
 #    server for the object-store conformance suite (STRATA_TEST_S3_URL, AK/SK)
@@ -44,7 +45,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------
-stage "1/5 install: kcat, python test dependencies"
+stage "1/5 install: kcat, python and node test dependencies"
 s=$SECONDS
 if ! command -v kcat >/dev/null 2>&1; then
   SUDO=""
@@ -55,6 +56,12 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 kcat -V 2>&1 | head -1
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
+# Node clients (kafkajs) for the e2e suite: npm ci from the lock file, only when the installed
+# version is not the pinned one.
+if ! command -v node >/dev/null 2>&1; then echo "node (Node.js 20) not found: the kafkajs tests need it" >&2; exit 1; fi
+if ! (cd tests/e2e && node -e "process.exit(require('kafkajs/package.json').version === require('./package.json').dependencies.kafkajs ? 0 : 1)") 2>/dev/null; then
+  (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+fi
 WEED="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed"
 if [ ! -x "$WEED" ]; then WEED="$(command -v weed || true)"; fi
 if [ -z "$WEED" ] || [ ! -x "$WEED" ]; then echo "SeaweedFS 'weed' not found after pip install" >&2; exit 1; fi

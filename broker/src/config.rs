@@ -38,8 +38,12 @@ pub struct FileConfig {
     pub data_dir: PathBuf,
     /// Object-store URL; default `fs://<data_dir>/objects`.
     pub object_store: Option<String>,
-    /// This node's id (the Kafka broker id and the raft node id).
+    /// This node's id (the Kafka broker id, the raft node id, and the id of its WAL stream).
     pub node_id: u64,
+    /// The roles this process runs: any of `meta`, `wal`, `broker` (a list, or a
+    /// comma-separated string in the environment).
+    #[serde(deserialize_with = "string_or_list")]
+    pub roles: Vec<String>,
     pub kafka: KafkaSection,
     pub admin: AdminSection,
     pub wal: WalSection,
@@ -81,6 +85,15 @@ pub struct WalSection {
     pub bytes_max: u64,
     /// Bytes gathered into one group commit (one write + fdatasync).
     pub group_commit_bytes_max: u64,
+    /// The WAL replication listener of the `wal` role.
+    pub listen: String,
+    /// WAL replicas (`host:port` of `wal` nodes) every broker writes its stream to. Empty: the
+    /// single-node WAL in `wal.dir` (R = 1). The same list on every node.
+    #[serde(deserialize_with = "string_or_list")]
+    pub peers: Vec<String>,
+    /// W: replicas that must have an entry on disk before it is acknowledged; default a
+    /// majority of `wal.peers`.
+    pub write_quorum: Option<u16>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -104,11 +117,61 @@ pub struct TieringSection {
     pub garbage_grace_ms: u64,
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetaSection {
     /// Default `<data_dir>/meta`.
     pub dir: Option<PathBuf>,
+    /// The meta gRPC listener (raft between meta nodes, the control API) of a cluster member.
+    pub listen: String,
+    /// The initial meta voters, `id@host:port` each, this node included. Empty: a single-node
+    /// metadata store, no listener.
+    #[serde(deserialize_with = "string_or_list")]
+    pub peers: Vec<String>,
+    /// A broker that has not heartbeated for this long loses its partitions to live brokers.
+    pub broker_lease_ms: u64,
+    /// How often a broker renews its lease (and looks for expired ones).
+    pub heartbeat_interval_ms: u64,
+    /// How long a starting broker waits for its WAL stream (held by a broker recovering it).
+    pub stream_wait_ms: u64,
+}
+
+impl Default for MetaSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            listen: "127.0.0.1:1228".into(),
+            peers: Vec::new(),
+            broker_lease_ms: 6000,
+            heartbeat_interval_ms: 1000,
+            stream_wait_ms: 60_000,
+        }
+    }
+}
+
+/// Accepts `["a", "b"]` or `"a,b"` (how lists arrive from the environment and flags).
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Either::Many(v) => v,
+    })
+}
+
+impl FileConfig {
+    fn write_quorum_set(&self) -> bool {
+        self.wal.write_quorum.is_some()
+    }
 }
 
 impl Default for FileConfig {
@@ -117,6 +180,7 @@ impl Default for FileConfig {
             data_dir: PathBuf::from("./strata-data"),
             object_store: None,
             node_id: 1,
+            roles: vec!["meta".into(), "wal".into(), "broker".into()],
             kafka: KafkaSection::default(),
             admin: AdminSection::default(),
             wal: WalSection::default(),
@@ -156,6 +220,9 @@ impl Default for WalSection {
             segment_bytes_max: 64 * 1024 * 1024,
             bytes_max: 1024 * 1024 * 1024,
             group_commit_bytes_max: 4 * 1024 * 1024,
+            listen: "127.0.0.1:1778".into(),
+            peers: Vec::new(),
+            write_quorum: None,
         }
     }
 }
@@ -190,7 +257,30 @@ pub struct NodeConfig {
     pub admin_listen: SocketAddr,
     /// `kafka.message_bytes_max`, resolved.
     pub message_bytes_max: u32,
+    pub roles: Roles,
+    /// `meta.peers`, parsed; empty for a single-node metadata store.
+    pub meta_peers: Vec<(u64, String)>,
+    pub meta_listen: SocketAddr,
+    pub wal_listen: SocketAddr,
+    /// `(R, W)` when brokers write replicated streams to `wal.peers`; `None`: the local WAL.
+    pub wal_quorum: Option<(u16, u16)>,
     pub file: FileConfig,
+}
+
+/// Which roles this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub meta: bool,
+    pub wal: bool,
+    pub broker: bool,
+}
+
+impl Roles {
+    /// Whether the WAL replica server runs: the `wal` role of a cluster (with `wal.peers`), or
+    /// a node that runs the `wal` role alone. A single node's broker writes its WAL in-process.
+    pub fn serves_wal(&self, replicated: bool) -> bool {
+        self.wal && (replicated || !self.broker)
+    }
 }
 
 /// Kafka's default `message.max.bytes`.
@@ -204,6 +294,12 @@ pub struct Overrides {
     pub kafka_listen: Option<String>,
     pub admin_listen: Option<String>,
     pub node_id: Option<u64>,
+    pub roles: Option<String>,
+    pub advertise: Option<String>,
+    pub meta_listen: Option<String>,
+    pub meta_peers: Option<String>,
+    pub wal_listen: Option<String>,
+    pub wal_peers: Option<String>,
 }
 
 const SECTIONS: &[&str] = &["kafka", "admin", "wal", "tiering", "meta"];
@@ -337,6 +433,24 @@ fn apply_overrides(table: &mut toml::Table, o: &Overrides) {
     if let Some(v) = &o.admin_listen {
         set(Some("admin"), "listen", toml::Value::String(v.clone()));
     }
+    if let Some(v) = &o.roles {
+        set(None, "roles", toml::Value::String(v.clone()));
+    }
+    if let Some(v) = &o.advertise {
+        set(Some("kafka"), "advertised", toml::Value::String(v.clone()));
+    }
+    if let Some(v) = &o.meta_listen {
+        set(Some("meta"), "listen", toml::Value::String(v.clone()));
+    }
+    if let Some(v) = &o.meta_peers {
+        set(Some("meta"), "peers", toml::Value::String(v.clone()));
+    }
+    if let Some(v) = &o.wal_listen {
+        set(Some("wal"), "listen", toml::Value::String(v.clone()));
+    }
+    if let Some(v) = &o.wal_peers {
+        set(Some("wal"), "peers", toml::Value::String(v.clone()));
+    }
 }
 
 fn bad(key: &str, message: impl Into<String>) -> ConfigError {
@@ -425,7 +539,97 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
             "must be positive",
         ));
     }
+    let mut roles = Roles {
+        meta: false,
+        wal: false,
+        broker: false,
+    };
+    for role in &f.roles {
+        match role.as_str() {
+            "meta" => roles.meta = true,
+            "wal" => roles.wal = true,
+            "broker" => roles.broker = true,
+            other => {
+                return Err(bad(
+                    "roles",
+                    format!("unknown role `{other}`; roles are meta, wal, broker"),
+                ))
+            }
+        }
+    }
+    if !(roles.meta || roles.wal || roles.broker) {
+        return Err(bad("roles", "name at least one of meta, wal, broker"));
+    }
+    if roles.broker && !roles.meta {
+        return Err(bad(
+            "roles",
+            "the broker role runs with the meta role on the same node (brokers read metadata from their local raft member)",
+        ));
+    }
+    if f.node_id == 0 {
+        return Err(bad("node_id", "must be positive"));
+    }
+    let meta_listen = parse_addr("meta.listen", &f.meta.listen)?;
+    let wal_listen = parse_addr("wal.listen", &f.wal.listen)?;
+    let mut meta_peers = Vec::new();
+    for peer in &f.meta.peers {
+        let (id, addr) = peer
+            .split_once('@')
+            .ok_or_else(|| bad("meta.peers", format!("`{peer}` is not id@host:port")))?;
+        let id = id
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| bad("meta.peers", format!("`{peer}`: bad node id `{id}`")))?;
+        parse_addr("meta.peers", addr)?;
+        meta_peers.push((id, addr.to_string()));
+    }
+    if !meta_peers.is_empty() && roles.meta && !meta_peers.iter().any(|(id, _)| *id == f.node_id) {
+        return Err(bad(
+            "meta.peers",
+            format!("node {} is not in the list", f.node_id),
+        ));
+    }
+    for peer in &f.wal.peers {
+        parse_addr("wal.peers", peer)?;
+    }
+    let wal_quorum = if f.wal.peers.is_empty() {
+        if f.write_quorum_set() {
+            return Err(bad("wal.write_quorum", "needs wal.peers"));
+        }
+        if !meta_peers.is_empty() && roles.broker {
+            return Err(bad(
+                "wal.peers",
+                "a cluster's brokers need WAL replicas (wal.peers) so another broker can recover their WAL",
+            ));
+        }
+        None
+    } else {
+        let r = u16::try_from(f.wal.peers.len())
+            .ok()
+            .filter(|r| *r <= 15)
+            .ok_or_else(|| bad("wal.peers", "at most 15 replicas"))?;
+        let w = f.wal.write_quorum.unwrap_or(r / 2 + 1);
+        if w == 0 || w > r {
+            return Err(bad("wal.write_quorum", format!("must be in 1..={r}")));
+        }
+        Some((r, w))
+    };
+    if f.meta.broker_lease_ms < 100 || f.meta.broker_lease_ms > 600_000 {
+        return Err(bad("meta.broker_lease_ms", "must be in 100..=600000"));
+    }
+    if f.meta.heartbeat_interval_ms == 0 || f.meta.heartbeat_interval_ms >= f.meta.broker_lease_ms {
+        return Err(bad(
+            "meta.heartbeat_interval_ms",
+            "must be positive and below meta.broker_lease_ms",
+        ));
+    }
     Ok(NodeConfig {
+        roles,
+        meta_peers,
+        meta_listen,
+        wal_listen,
+        wal_quorum,
         node_id: f.node_id,
         wal_dir: f.wal.dir.clone().unwrap_or_else(|| data_dir.join("wal")),
         cache_dir: f

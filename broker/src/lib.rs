@@ -4,10 +4,13 @@
 
 pub mod admin;
 pub mod bench;
+pub mod cluster;
 pub mod config;
+pub mod groups;
 pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod producer_ids;
 pub mod records;
+pub mod takeover;

@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Run a node with every role (metadata, WAL, broker) on embedded defaults.
+    /// Run a node: every role (metadata, WAL, broker) on embedded defaults, or the roles and
+    /// peers given (a cluster: --node-id, --meta-peers, --wal-peers).
     Start(StartArgs),
     /// Create, list, describe and delete topics on a running broker (over the Kafka protocol).
     #[command(subcommand)]
@@ -102,9 +103,28 @@ struct StartArgs {
     /// Admin HTTP listener (health, metrics, REST), host:port.
     #[arg(long)]
     admin_listen: Option<String>,
-    /// This node's id.
+    /// This node's id: Kafka broker id, raft node id, WAL stream id. Unique in a cluster.
     #[arg(long)]
     node_id: Option<u64>,
+    /// Roles this process runs, comma-separated: meta, wal, broker (default: all three).
+    #[arg(long)]
+    roles: Option<String>,
+    /// The Kafka address clients are told in Metadata, host:port (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Meta gRPC listener of a cluster member, host:port (default 127.0.0.1:1228).
+    #[arg(long)]
+    meta_listen: Option<String>,
+    /// Initial meta voters, id@host:port,… (this node included). Unset: single-node metadata.
+    #[arg(long)]
+    meta_peers: Option<String>,
+    /// WAL replication listener, host:port (default 127.0.0.1:1778).
+    #[arg(long)]
+    wal_listen: Option<String>,
+    /// WAL replicas every broker writes to, host:port,… (the same list on every node). Unset:
+    /// the single-node WAL.
+    #[arg(long)]
+    wal_peers: Option<String>,
     /// TOML config file; `STRATA_<SECTION>_<KEY>` variables and these flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -141,6 +161,12 @@ fn start(args: StartArgs) -> ExitCode {
         kafka_listen: args.kafka_listen,
         admin_listen: args.admin_listen,
         node_id: args.node_id,
+        roles: args.roles,
+        advertise: args.advertise,
+        meta_listen: args.meta_listen,
+        meta_peers: args.meta_peers,
+        wal_listen: args.wal_listen,
+        wal_peers: args.wal_peers,
     };
     let config = match config::load(args.config.as_deref(), std::env::vars(), &overrides) {
         Ok(c) => c,

@@ -34,6 +34,17 @@ pub struct Metrics {
     pub objects_deleted_total: AtomicU64,
     pub cold_reads_total: AtomicU64,
     pub cold_read_cache_hits_total: AtomicU64,
+    /// Brokers this broker expired (their lease ran out).
+    pub brokers_expired_total: AtomicU64,
+    /// Other brokers' WAL streams this broker recovered and uploaded (failover).
+    pub streams_recovered_total: AtomicU64,
+    /// Consumer groups held by the group coordinator, and their members.
+    pub groups: AtomicU64,
+    pub group_members: AtomicU64,
+    /// Join phases that completed with members (each one starts a generation).
+    pub group_rebalances_total: AtomicU64,
+    /// OffsetCommit requests written to metadata.
+    pub offset_commits_total: AtomicU64,
 }
 
 impl Metrics {
@@ -47,7 +58,7 @@ impl Metrics {
 
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &AtomicU64); 21] = [
+        let rows: [(&str, &str, &AtomicU64); 27] = [
             (
                 "strata_kafka_connections_total",
                 "counter",
@@ -140,6 +151,28 @@ impl Metrics {
                 "strata_cold_read_cache_hits_total",
                 "counter",
                 &self.cold_read_cache_hits_total,
+            ),
+            (
+                "strata_brokers_expired_total",
+                "counter",
+                &self.brokers_expired_total,
+            ),
+            (
+                "strata_streams_recovered_total",
+                "counter",
+                &self.streams_recovered_total,
+            ),
+            ("strata_groups", "gauge", &self.groups),
+            ("strata_group_members", "gauge", &self.group_members),
+            (
+                "strata_group_rebalances_total",
+                "counter",
+                &self.group_rebalances_total,
+            ),
+            (
+                "strata_offset_commits_total",
+                "counter",
+                &self.offset_commits_total,
             ),
         ];
         for (name, kind, value) in rows {

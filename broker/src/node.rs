@@ -18,6 +18,7 @@ use crate::log::reader::Reader;
 use crate::log::registry::Registry;
 use crate::log::retention::Retention;
 use crate::log::sequencer::{self, SeqMsg, SeqShared, SequencerConfig};
+use crate::log::sink::WalSink;
 use crate::log::uploader::Uploader;
 use crate::metrics::Metrics;
 use crate::producer_ids::ProducerIds;
@@ -28,6 +29,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_meta::MetaNode;
 use strata_tiering::ObjectStore;
+use strata_wal::net::{
+    OwnerConfig, ReplicaServer, ReplicaServerConfig, ReplicaServerHandle, StreamOwner,
+};
+use strata_wal::replication::ReplicationConfig;
 use strata_wal::{Wal, WalConfig, WalError};
 use tokio::sync::{mpsc, watch};
 
@@ -54,6 +59,8 @@ pub enum StartError {
         what: String,
         source: std::io::Error,
     },
+    #[error("cluster membership: {reason}")]
+    Cluster { reason: String },
 }
 
 impl StartError {
@@ -78,6 +85,8 @@ pub struct Node {
     pub seq_shared: Arc<SeqShared>,
     /// Hands out producer ids for InitProducerId.
     pub producer_ids: ProducerIds,
+    /// The consumer-group coordinator (JoinGroup, SyncGroup, ...).
+    pub groups: crate::groups::Groups,
     pub metrics: Arc<Metrics>,
     pub shutting_down: AtomicBool,
 }
@@ -108,6 +117,14 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         config.data_dir.display()
     )))?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The WAL replica (a cluster's `wal` role) serves first: with every node both broker and
+    // replica, a starting broker's stream recovery needs the other nodes' replicas, and theirs
+    // need ours, whatever order the nodes start in.
+    let replica = start_replica_server(&config, shutdown_rx.clone())?;
+    if !config.roles.broker {
+        return run_without_broker(config, replica, shutdown_tx).await;
+    }
 
     let store =
         ObjectStore::from_url(&config.object_store).map_err(|e| StartError::ObjectStore {
@@ -119,34 +136,41 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         reason: e.to_string(),
     })?;
 
-    let meta = MetaNode::open(&config.meta_dir, config.node_id)
-        .await
-        .map_err(|e| StartError::Meta {
-            dir: config.meta_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let meta = open_meta(&config).await?;
     let cluster_id = cluster_id(&config)?;
 
+    // Register before reading the WAL: registration says which partitions this broker leads
+    // and under which epoch it writes its stream.
+    let registration = crate::cluster::register(
+        &meta,
+        config.node_id,
+        &config.kafka_advertised,
+        config.file.meta.broker_lease_ms,
+        Duration::from_millis(config.file.meta.stream_wait_ms),
+        &cluster_id,
+    )
+    .await
+    .map_err(|e| StartError::Cluster {
+        reason: e.to_string(),
+    })?;
+    // Every broker tells clients the cluster's id: the first one registered.
+    let cluster_id = meta
+        .read()
+        .cluster()
+        .cluster_id()
+        .map(str::to_owned)
+        .unwrap_or(cluster_id);
+    tracing::info!(
+        stream_epoch = registration.stream_epoch,
+        settled_lsn = registration.settled_lsn,
+        "registered with metadata"
+    );
+
     let metrics = Arc::new(Metrics::default());
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(config.node_id));
     registry.sync(&meta.read());
 
-    let wal_cfg = WalConfig {
-        dir: config.wal_dir.clone(),
-        segment_bytes_max: config.file.wal.segment_bytes_max,
-        wal_bytes_max: config.file.wal.bytes_max,
-        entry_bytes_max: config.file.kafka.request_bytes_max,
-    };
-    let (wal, entries) = Wal::open(wal_cfg).map_err(|e| {
-        let dir = config.wal_dir.display().to_string();
-        let reason = e.to_string();
-        match e {
-            WalError::Corrupt { .. } | WalError::UnsupportedVersion { .. } => {
-                StartError::WalCorrupt { dir, reason }
-            }
-            _ => StartError::Wal { dir, reason },
-        }
-    })?;
+    let (wal, entries) = open_wal(&config, registration).await?;
     let seq_shared = Arc::new(SeqShared::default());
     let mut producers = ProducerStates::default();
     let replayed = replay(
@@ -195,12 +219,11 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         seq_tx: seq_tx.clone(),
         seq_shared: seq_shared.clone(),
         producer_ids: ProducerIds::spawn(meta.clone()),
+        groups: crate::groups::Groups::spawn(Default::default(), metrics.clone()),
         metrics: metrics.clone(),
         shutting_down: AtomicBool::new(false),
         config,
     });
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // Keep the registry in step with metadata.
     {
@@ -220,6 +243,9 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         });
     }
 
+    // Flipped when this broker learns it lost its lease or its stream: it stops.
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let lost_tx = Arc::new(lost_tx);
     let uploader = Uploader {
         node_id: node.config.node_id,
         registry: registry.clone(),
@@ -232,6 +258,11 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         flush_bytes_max: node.config.file.tiering.flush_bytes_max,
         tail_bytes_max: node.config.file.tiering.tail_bytes_max,
         trimmed_lsn: 0,
+        stream: node
+            .config
+            .wal_quorum
+            .map(|_| (node.config.node_id, registration.stream_epoch)),
+        lost: lost_tx.clone(),
     };
     let uploader_task = tokio::spawn(uploader.run(shutdown_rx.clone()));
 
@@ -283,7 +314,19 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     println!("strata: data dir {}", node.config.data_dir.display());
     println!("strata: ready (node {})", node.config.node_id);
 
-    wait_for_signal().await;
+    if !node.config.meta_peers.is_empty() {
+        tokio::spawn(crate::cluster::run_heartbeats(
+            node.clone(),
+            shutdown_rx.clone(),
+            lost_tx.clone(),
+        ));
+        tokio::spawn(crate::takeover::run(node.clone(), shutdown_rx.clone()));
+    }
+
+    let lost = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = lost_rx.wait_for(|lost| *lost) => true,
+    };
     println!("strata: shutting down");
     node.shutting_down.store(true, Ordering::Release);
     let _ = shutdown_tx.send(true);
@@ -292,6 +335,174 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     }
     if let Err(err) = meta.shutdown().await {
         tracing::warn!(%err, "metadata shutdown");
+    }
+    println!("strata: stopped");
+    if lost {
+        return Err(StartError::Cluster {
+            reason:
+                "this broker was expired by the cluster (its lease ran out); restart it to rejoin"
+                    .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Starts the WAL replica server when this node serves the `wal` role (see
+/// [`crate::config::Roles::serves_wal`]).
+fn start_replica_server(
+    config: &NodeConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<ReplicaServerHandle>, StartError> {
+    if !config.roles.serves_wal(config.wal_quorum.is_some()) {
+        return Ok(None);
+    }
+    let cfg = ReplicaServerConfig {
+        dir: config.wal_dir.clone(),
+        segment_bytes_max: config.file.wal.segment_bytes_max,
+        entry_bytes_max: wal_entry_bytes_max(config),
+    };
+    let server = ReplicaServer::bind(cfg, config.wal_listen).map_err(|e| {
+        let dir = config.wal_dir.display().to_string();
+        if e.is_corrupt() {
+            StartError::WalCorrupt {
+                dir,
+                reason: e.to_string(),
+            }
+        } else {
+            StartError::Wal {
+                dir,
+                reason: e.to_string(),
+            }
+        }
+    })?;
+    println!("strata: wal listening on {}", server.local_addr());
+    let handle = server.handle();
+    tokio::spawn(server.run(shutdown));
+    Ok(Some(handle))
+}
+
+/// Largest WAL entry: one partition's batches of the largest request, plus the entry header.
+fn wal_entry_bytes_max(config: &NodeConfig) -> u32 {
+    config
+        .file
+        .kafka
+        .request_bytes_max
+        .saturating_add(crate::log::entry::ENTRY_HEADER_BYTES as u32)
+}
+
+/// Opens this broker's WAL: the local one (single node), or its replicated stream, recovered
+/// from `settled_lsn + 1` under the epoch registration granted. Returns the entries to replay.
+async fn open_wal(
+    config: &NodeConfig,
+    registration: crate::cluster::Registration,
+) -> Result<(WalSink, Vec<strata_wal::RecoveredEntry>), StartError> {
+    let Some((replicas, write_quorum)) = config.wal_quorum else {
+        let wal_cfg = WalConfig {
+            dir: config.wal_dir.clone(),
+            segment_bytes_max: config.file.wal.segment_bytes_max,
+            wal_bytes_max: config.file.wal.bytes_max,
+            entry_bytes_max: config.file.kafka.request_bytes_max,
+        };
+        let (wal, entries) = Wal::open(wal_cfg).map_err(|e| {
+            let dir = config.wal_dir.display().to_string();
+            let reason = e.to_string();
+            match e {
+                WalError::Corrupt { .. } | WalError::UnsupportedVersion { .. } => {
+                    StartError::WalCorrupt { dir, reason }
+                }
+                _ => StartError::Wal { dir, reason },
+            }
+        })?;
+        return Ok((WalSink::Local(wal), entries));
+    };
+    let owner_cfg = stream_owner_config(
+        config,
+        config.node_id,
+        config.file.wal.peers.clone(),
+        replicas,
+        write_quorum,
+    );
+    let (owner, entries) = StreamOwner::recover(
+        owner_cfg,
+        registration.stream_epoch,
+        registration.settled_lsn + 1,
+    )
+    .await
+    .map_err(|e| StartError::Recovery {
+        reason: format!("WAL stream {}: {e}", config.node_id),
+    })?;
+    tracing::info!(
+        epoch = registration.stream_epoch,
+        entries = entries.len(),
+        "recovered this broker's WAL stream"
+    );
+    let appended = owner.last_lsn();
+    Ok((WalSink::Replicated { owner, appended }, entries))
+}
+
+/// How this node drives a WAL stream (its own, or one it recovers for a dead broker).
+pub fn stream_owner_config(
+    config: &NodeConfig,
+    stream: u64,
+    replicas: Vec<String>,
+    r: u16,
+    w: u16,
+) -> OwnerConfig {
+    let mut cfg = OwnerConfig::new(stream, replicas);
+    cfg.replication = ReplicationConfig {
+        replicas: r,
+        write_quorum: w,
+        retained_bytes_max: config.file.wal.bytes_max,
+        entry_bytes_max: wal_entry_bytes_max(config),
+        ..ReplicationConfig::default()
+    };
+    cfg.recover_timeout_ms = config.file.meta.stream_wait_ms;
+    cfg
+}
+
+/// Opens metadata: a member of the meta cluster in `meta.peers`, or a single-node store.
+async fn open_meta(config: &NodeConfig) -> Result<MetaNode, StartError> {
+    let opened = if config.meta_peers.is_empty() {
+        MetaNode::open(&config.meta_dir, config.node_id).await
+    } else {
+        MetaNode::open_cluster(
+            &config.meta_dir,
+            config.node_id,
+            config.meta_listen,
+            &config.meta_peers,
+        )
+        .await
+    };
+    let meta = opened.map_err(|e| StartError::Meta {
+        dir: config.meta_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if let Some(addr) = meta.grpc_addr() {
+        println!("strata: meta listening on {addr}");
+    }
+    Ok(meta)
+}
+
+/// A node without the broker role: metadata and/or a WAL replica, until a signal.
+async fn run_without_broker(
+    config: NodeConfig,
+    replica: Option<ReplicaServerHandle>,
+    shutdown_tx: watch::Sender<bool>,
+) -> Result<(), StartError> {
+    let meta = if config.roles.meta {
+        Some(open_meta(&config).await?)
+    } else {
+        None
+    };
+    println!("strata: ready (node {})", config.node_id);
+    wait_for_signal().await;
+    println!("strata: shutting down");
+    let _ = shutdown_tx.send(true);
+    drop(replica);
+    if let Some(meta) = meta {
+        if let Err(err) = meta.shutdown().await {
+            tracing::warn!(%err, "metadata shutdown");
+        }
     }
     println!("strata: stopped");
     Ok(())
@@ -466,7 +677,7 @@ mod tests {
             let (tx, rx) = mpsc::channel(16);
             let metrics = Arc::new(Metrics::default());
             let thread = sequencer::spawn(
-                wal,
+                crate::log::sink::WalSink::Local(wal),
                 producers,
                 rx,
                 Arc::new(SeqShared::default()),
@@ -513,6 +724,7 @@ mod tests {
         });
         if let Some(end) = uploaded_end {
             state.apply(&Command::CommitObject {
+                stream: None,
                 key: "o1".into(),
                 size: 100,
                 blocks: vec![BlockLocation {
@@ -532,7 +744,7 @@ mod tests {
     }
 
     fn registry(state: &MetaState) -> (Registry, Arc<PartitionLog>) {
-        let registry = Registry::default();
+        let registry = Registry::new(1);
         registry.sync(state);
         let log = registry.topic("t").unwrap().partitions[0].clone();
         (registry, log)

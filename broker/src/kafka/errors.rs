@@ -1,5 +1,6 @@
 //! The one place internal conditions become Kafka error codes (a frozen table).
 
+use crate::groups::GroupError;
 use crate::log::producer::SequenceError;
 use crate::log::reader::ReadError;
 use crate::log::sequencer::AppendError;
@@ -9,11 +10,17 @@ use strata_types::batch::BatchError;
 
 pub const NONE: i16 = 0;
 
+/// The partition is led by another broker (or is failing over): clients refresh metadata and
+/// retry there.
+pub fn not_leader() -> i16 {
+    E::NotLeaderOrFollower.code()
+}
+
 pub fn append(err: AppendError) -> i16 {
     match err {
         AppendError::WalFull | AppendError::Storage => E::KafkaStorageError.code(),
         AppendError::TooLarge => E::MessageTooLarge.code(),
-        AppendError::ShuttingDown => E::NotLeaderOrFollower.code(),
+        AppendError::ShuttingDown | AppendError::Fenced => E::NotLeaderOrFollower.code(),
         AppendError::Sequence(e) => sequence(&e),
     }
 }
@@ -81,6 +88,33 @@ pub fn unknown_topic() -> i16 {
 
 pub fn unsupported_version() -> i16 {
     E::UnsupportedVersion.code()
+}
+
+/// A consumer-group condition (`groups::core`). Retriable ones (COORDINATOR_NOT_AVAILABLE,
+/// NOT_COORDINATOR, REBALANCE_IN_PROGRESS) make clients find the coordinator or join again;
+/// UNKNOWN_MEMBER_ID and ILLEGAL_GENERATION make them rejoin from scratch.
+pub fn group(err: GroupError) -> i16 {
+    match err {
+        GroupError::UnknownMemberId => E::UnknownMemberId.code(),
+        GroupError::IllegalGeneration => E::IllegalGeneration.code(),
+        GroupError::RebalanceInProgress => E::RebalanceInProgress.code(),
+        GroupError::MemberIdRequired => E::MemberIdRequired.code(),
+        GroupError::InconsistentGroupProtocol => E::InconsistentGroupProtocol.code(),
+        GroupError::FencedInstanceId => E::FencedInstanceId.code(),
+        GroupError::CoordinatorNotAvailable => E::CoordinatorNotAvailable.code(),
+        GroupError::NotCoordinator => E::NotCoordinator.code(),
+        GroupError::InvalidSessionTimeout => E::InvalidSessionTimeout.code(),
+        GroupError::InvalidGroupId => E::InvalidGroupId.code(),
+        GroupError::GroupMaxSizeReached => E::GroupMaxSizeReached.code(),
+        GroupError::NonEmptyGroup => E::NonEmptyGroup.code(),
+        GroupError::GroupIdNotFound => E::GroupIdNotFound.code(),
+        GroupError::GroupSubscribedToTopic => E::GroupSubscribedToTopic.code(),
+    }
+}
+
+/// OffsetCommit metadata over `offset.metadata.max.bytes`.
+pub fn offset_metadata_too_large() -> i16 {
+    E::OffsetMetadataTooLarge.code()
 }
 
 #[cfg(test)]
@@ -155,5 +189,30 @@ mod tests {
         for (i, (got, want)) in table.iter().enumerate() {
             assert_eq!(got, want, "row {i}");
         }
+    }
+
+    #[test]
+    fn group_codes_are_frozen() {
+        use GroupError as G;
+        let table: &[(G, i16)] = &[
+            (G::UnknownMemberId, 25),
+            (G::IllegalGeneration, 22),
+            (G::RebalanceInProgress, 27),
+            (G::MemberIdRequired, 79),
+            (G::InconsistentGroupProtocol, 23),
+            (G::FencedInstanceId, 82),
+            (G::CoordinatorNotAvailable, 15),
+            (G::NotCoordinator, 16),
+            (G::InvalidSessionTimeout, 26),
+            (G::InvalidGroupId, 24),
+            (G::GroupMaxSizeReached, 81),
+            (G::NonEmptyGroup, 68),
+            (G::GroupIdNotFound, 69),
+            (G::GroupSubscribedToTopic, 86),
+        ];
+        for (err, want) in table {
+            assert_eq!(group(*err), *want, "{err:?}");
+        }
+        assert_eq!(offset_metadata_too_large(), 12);
     }
 }

@@ -119,6 +119,24 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
             RequestKind::InitProducerId(req) => {
                 ResponseKind::InitProducerId(init_producer_id(&node, req).await)
             }
+            // The consumer-group APIs (`group_handlers`).
+            RequestKind::FindCoordinator(_)
+            | RequestKind::JoinGroup(_)
+            | RequestKind::SyncGroup(_)
+            | RequestKind::Heartbeat(_)
+            | RequestKind::LeaveGroup(_)
+            | RequestKind::OffsetCommit(_)
+            | RequestKind::OffsetFetch(_)
+            | RequestKind::ListGroups(_)
+            | RequestKind::DescribeGroups(_)
+            | RequestKind::DeleteGroups(_)
+            | RequestKind::OffsetDelete(_) => {
+                let client_id = header.client_id.as_deref().unwrap_or("");
+                match super::group_handlers::handle(&node, request, version, client_id).await {
+                    Some(body) => body,
+                    None => return Some(bare_error(correlation_id, errors::unsupported_version())),
+                }
+            }
             _ => {
                 // Unreachable while `versions::SUPPORTED` and this match agree; answer rather
                 // than panic if they ever drift.
@@ -192,10 +210,21 @@ fn now_ms() -> i64 {
 
 async fn metadata(node: &Arc<Node>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let cfg = &node.config;
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(cfg.node_id as i32))
-        .with_host(StrBytes::from_string(cfg.kafka_advertised.0.clone()))
-        .with_port(i32::from(cfg.kafka_advertised.1));
+    let brokers: Vec<MetadataResponseBroker> = crate::cluster::live_brokers(node)
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(StrBytes::from_string(b.host))
+                .with_port(b.port)
+        })
+        .collect();
+    let controller = node
+        .meta
+        .leader()
+        .and_then(|l| brokers.iter().find(|b| b.node_id.0 as u64 == l))
+        .or(brokers.first())
+        .map_or(BrokerId(cfg.node_id as i32), |b| b.node_id);
     // v0: an empty list means every topic; v1+: null means every topic.
     let wanted: Option<Vec<(Option<String>, uuid::Uuid)>> = match req.topics {
         None => None,
@@ -291,9 +320,9 @@ async fn metadata(node: &Arc<Node>, req: MetadataRequest, version: i16) -> Metad
         }
     }
     MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(node.cluster_id.clone())))
-        .with_controller_id(BrokerId(cfg.node_id as i32))
+        .with_controller_id(controller)
         .with_topics(topics)
 }
 
@@ -303,19 +332,27 @@ fn topic_metadata(
     id: Option<TopicId>,
     partitions: usize,
 ) -> MetadataResponseTopic {
-    let me = BrokerId(node.config.node_id as i32);
     MetadataResponseTopic::default()
         .with_name(Some(wire_name(name.as_str())))
         .with_topic_id(id.map(|i| i.0).unwrap_or_default())
         .with_partitions(
-            (0..partitions as i32)
+            (0..partitions as u32)
                 .map(|p| {
-                    MetadataResponsePartition::default()
-                        .with_partition_index(p)
-                        .with_leader_id(me)
-                        .with_leader_epoch(0)
-                        .with_replica_nodes(vec![me])
-                        .with_isr_nodes(vec![me])
+                    let (leader, epoch) = match id {
+                        Some(id) => crate::cluster::leader(node, id, p),
+                        None => (-1, 0),
+                    };
+                    let part = MetadataResponsePartition::default()
+                        .with_partition_index(p as i32)
+                        .with_leader_id(BrokerId(leader))
+                        .with_leader_epoch(epoch);
+                    if leader < 0 {
+                        // Failing over: clients retry after a metadata refresh.
+                        part.with_error_code(E::LeaderNotAvailable.code())
+                    } else {
+                        part.with_replica_nodes(vec![BrokerId(leader)])
+                            .with_isr_nodes(vec![BrokerId(leader)])
+                    }
                 })
                 .collect(),
         )
@@ -412,6 +449,12 @@ async fn produce(
                     None => {
                         slot.error =
                             Some((errors::unknown_topic(), "unknown topic or partition".into()))
+                    }
+                    Some(log) if !node.registry.leads(&log.key) => {
+                        slot.error = Some((
+                            errors::not_leader(),
+                            "this broker does not lead the partition".into(),
+                        ))
                     }
                     Some(log) => {
                         match validate(node, log.clone(), pd.records.unwrap_or_default()) {
@@ -644,6 +687,8 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
         topic: usize,
         partition: i32,
         log: Option<Arc<PartitionLog>>,
+        /// Why `log` is `None`.
+        error: i16,
         offset: i64,
         bytes_max: usize,
     }
@@ -661,7 +706,13 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
                         .and_then(|i| l.partitions.get(i))
                 })
                 .cloned();
+            let (log, error) = match log {
+                None => (None, errors::unknown_topic()),
+                Some(log) if !node.registry.leads(&log.key) => (None, errors::not_leader()),
+                Some(log) => (Some(log), errors::NONE),
+            };
             wants.push(Want {
+                error,
                 topic: ti,
                 partition: p.partition,
                 log,
@@ -688,7 +739,7 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
                 .with_aborted_transactions(Some(Vec::new()));
             let Some(log) = &w.log else {
                 any_error = true;
-                parts.push((w.topic, pd.with_error_code(errors::unknown_topic())));
+                parts.push((w.topic, pd.with_error_code(w.error)));
                 continue;
             };
             let offsets = log.offsets();
@@ -793,6 +844,10 @@ async fn list_offsets(
                 partitions.push(resp.with_error_code(errors::unknown_topic()));
                 continue;
             };
+            if !node.registry.leads(&log.key) {
+                partitions.push(resp.with_error_code(errors::not_leader()));
+                continue;
+            }
             let offsets = log.offsets();
             let found = match p.timestamp {
                 LATEST => Ok(Some((offsets.high_watermark, -1))),

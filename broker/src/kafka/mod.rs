@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod errors;
+pub mod group_handlers;
 pub mod handlers;
 pub mod server;
 pub mod versions;

@@ -18,6 +18,20 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // Idempotent producers only; a transactional id is refused (see `handlers::init_producer_id`).
     // v0-v5 is all the codec decodes (v6 adds two-phase commit).
     (ApiKey::InitProducerId, 0, 5),
+    // Classic consumer groups (`kafka::group_handlers`). FindCoordinator stops before v5/v6
+    // (transaction-abort errors, share groups); OffsetCommit v10 and OffsetFetch v10 address
+    // topics by id only; v9 of both is the last the codec decodes as requests.
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 pub fn range(key: ApiKey) -> Option<(i16, i16)> {

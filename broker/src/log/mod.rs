@@ -7,4 +7,5 @@ pub mod reader;
 pub mod registry;
 pub mod retention;
 pub mod sequencer;
+pub mod sink;
 pub mod uploader;

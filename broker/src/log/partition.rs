@@ -257,6 +257,16 @@ impl PartitionLog {
         tail.batches.get(idx).map(|b| b.wal_lsn)
     }
 
+    /// WAL position of the oldest batch that ends after `offset` (not covered by an upload up
+    /// to `offset`).
+    pub fn pending_lsn_after(&self, offset: i64) -> Option<u64> {
+        let tail = self.tail.read();
+        let idx = tail
+            .batches
+            .partition_point(|b| b.end_offset <= offset.max(tail.uploaded_offset));
+        tail.batches.get(idx).map(|b| b.wal_lsn)
+    }
+
     /// Retention moved the partition's log start (metadata trimmed the index up to `start`).
     /// Offsets below it become out of range, and tail batches wholly below it are dropped (they
     /// are uploaded: `start` never passes the indexed end). Never moves the start backwards or

@@ -1,8 +1,14 @@
 //! The partitions this broker serves, by name and by key, kept in step with metadata.
 //!
 //! The registry is a read-mostly map refreshed from the metadata state machine whenever it
-//! changes (topic created or deleted). Request handlers look partitions up here and never wait
-//! on raft.
+//! changes (topic created or deleted, a lease moved). Request handlers look partitions up here
+//! and never wait on raft.
+//!
+//! It holds a log for every partition of every topic, but this broker *leads* only those whose
+//! lease names it (alive, not pending on a WAL stream's recovery): produce, fetch and
+//! list-offsets on the others are answered `NOT_LEADER_OR_FOLLOWER`. A partition that becomes
+//! led at a new lease epoch gets a fresh log, starting where the object index ends: whatever
+//! the previous leader acknowledged was uploaded before the lease stopped being pending.
 
 use super::partition::PartitionLog;
 use parking_lot::RwLock;
@@ -18,13 +24,35 @@ pub struct TopicLogs {
     pub partitions: Vec<Arc<PartitionLog>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
+    node_id: u64,
     topics: RwLock<HashMap<TopicName, Arc<TopicLogs>>>,
     by_key: RwLock<HashMap<PartitionKey, Arc<PartitionLog>>>,
+    /// The partitions this broker leads, with the lease epoch their log was built at.
+    led: RwLock<HashMap<PartitionKey, i32>>,
 }
 
 impl Registry {
+    pub fn new(node_id: u64) -> Registry {
+        Registry {
+            node_id,
+            topics: Default::default(),
+            by_key: Default::default(),
+            led: Default::default(),
+        }
+    }
+
+    /// Whether this broker leads the partition (may append to it and serve it).
+    pub fn leads(&self, key: &PartitionKey) -> bool {
+        self.led.read().contains_key(key)
+    }
+
+    /// The lease epoch (Kafka's leader epoch) of a partition this broker leads.
+    pub fn leader_epoch(&self, key: &PartitionKey) -> Option<i32> {
+        self.led.read().get(key).copied()
+    }
+
     pub fn topic(&self, name: &str) -> Option<Arc<TopicLogs>> {
         let name = TopicName::new(name).ok()?;
         self.topics.read().get(&name).cloned()
@@ -64,11 +92,58 @@ impl Registry {
             }
             keep
         });
+        let mut led = self.led.write();
+        led.retain(|key, _| by_key.contains_key(key));
+        let alive = state
+            .cluster()
+            .broker(self.node_id)
+            .is_some_and(|b| b.alive);
         for meta in state.topics() {
             if let Some(t) = topics.get(&meta.name) {
                 // Retention may have moved the log start.
                 for p in &t.partitions {
                     p.advance_log_start(state.indexed_start(meta.id, p.key.partition));
+                }
+                // Leases may have moved.
+                let mut fresh = Vec::new();
+                for p in &t.partitions {
+                    let lease = state.cluster().lease(meta.id, p.key.partition).filter(|l| {
+                        alive && l.leader == Some(self.node_id) && l.pending_stream.is_none()
+                    });
+                    match (lease, led.get(&p.key).copied()) {
+                        (Some(l), Some(epoch)) if l.epoch == epoch => {}
+                        (Some(l), _) => {
+                            led.insert(p.key, l.epoch);
+                            fresh.push(p.key.partition);
+                        }
+                        (None, _) => {
+                            led.remove(&p.key);
+                        }
+                    }
+                }
+                if !fresh.is_empty() {
+                    let partitions: Vec<_> = t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            if fresh.contains(&p.key.partition) {
+                                let log = new_log(state, &meta.name, p.key);
+                                by_key.insert(p.key, log.clone());
+                                log
+                            } else {
+                                p.clone()
+                            }
+                        })
+                        .collect();
+                    topics.insert(
+                        meta.name.clone(),
+                        Arc::new(TopicLogs {
+                            id: meta.id,
+                            name: meta.name.clone(),
+                            partitions,
+                        }),
+                    );
+                    changed = true;
                 }
                 continue;
             }
@@ -78,16 +153,17 @@ impl Registry {
                         topic: meta.id,
                         partition,
                     };
-                    Arc::new(PartitionLog::new(
-                        key,
-                        meta.name.clone(),
-                        state.indexed_start(meta.id, partition),
-                        state.indexed_end(meta.id, partition),
-                    ))
+                    new_log(state, &meta.name, key)
                 })
                 .collect();
             for p in &partitions {
                 by_key.insert(p.key, p.clone());
+                let lease = state.cluster().lease(meta.id, p.key.partition).filter(|l| {
+                    alive && l.leader == Some(self.node_id) && l.pending_stream.is_none()
+                });
+                if let Some(l) = lease {
+                    led.insert(p.key, l.epoch);
+                }
             }
             topics.insert(
                 meta.name.clone(),
@@ -101,4 +177,14 @@ impl Registry {
         }
         changed
     }
+}
+
+/// A partition log that continues where the object index ends.
+fn new_log(state: &MetaState, name: &TopicName, key: PartitionKey) -> Arc<PartitionLog> {
+    Arc::new(PartitionLog::new(
+        key,
+        name.clone(),
+        state.indexed_start(key.topic, key.partition),
+        state.indexed_end(key.topic, key.partition),
+    ))
 }

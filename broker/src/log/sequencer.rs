@@ -22,12 +22,12 @@
 use super::entry::WalEntry;
 use super::partition::{PartitionLog, TailBatch};
 use super::producer::{ProducerBatch, ProducerStates, SequenceError, Verdict};
+use super::sink::{SinkError, WalSink};
 use crate::metrics::Metrics;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_types::batch;
-use strata_wal::{Wal, WalError};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// One partition's share of a produce: validated batches, base offsets still unassigned.
@@ -72,6 +72,9 @@ pub enum AppendError {
     /// The node is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// Another broker took this broker's WAL stream (its lease expired): the partition moved.
+    #[error("this broker's WAL stream was taken over; the partition moved")]
+    Fenced,
     /// An idempotent producer's batch failed its sequence or epoch check; nothing was written.
     #[error(transparent)]
     Sequence(#[from] SequenceError),
@@ -88,6 +91,12 @@ pub enum SeqMsg {
     },
     /// Everything in the WAL with an LSN `<= upto` is in object storage.
     Trim { upto: u64 },
+    /// Batches another broker acknowledged for partitions this broker is taking over (its
+    /// recovered WAL tail): their idempotent producers' state, so a retry of a batch that
+    /// was durable but unanswered when that broker died is recognised as a duplicate.
+    AdoptProducers {
+        batches: Vec<(strata_types::PartitionKey, bytes::Bytes)>,
+    },
 }
 
 /// State the sequencer shares with the rest of the node.
@@ -114,7 +123,7 @@ const PRODUCER_EXPIRY_SWEEP_MS: i64 = 60_000;
 /// Starts the sequencer thread, which takes ownership of `producers` (built by replay). It
 /// stops when every sender is dropped.
 pub fn spawn(
-    wal: Wal,
+    wal: WalSink,
     producers: ProducerStates,
     rx: mpsc::Receiver<SeqMsg>,
     shared: Arc<SeqShared>,
@@ -144,7 +153,7 @@ struct Pending {
 }
 
 fn run(
-    mut wal: Wal,
+    mut wal: WalSink,
     mut producers: ProducerStates,
     mut rx: mpsc::Receiver<SeqMsg>,
     shared: Arc<SeqShared>,
@@ -177,6 +186,14 @@ fn run(
                     if let Err(err) = wal.trim(upto) {
                         tracing::error!(%err, "WAL trim failed");
                     }
+                }
+                SeqMsg::AdoptProducers { batches } => {
+                    for (key, data) in &batches {
+                        producers.record_batches(*key, data, now);
+                    }
+                    metrics
+                        .producer_states
+                        .store(producers.len() as u64, Ordering::Relaxed);
                 }
                 SeqMsg::Append { items, reply } => {
                     let mut pending = Pending {
@@ -213,9 +230,7 @@ fn run(
             for p in group {
                 let _ = p.reply.send(p.results);
             }
-            metrics
-                .wal_bytes
-                .store(wal.bytes_on_disk(), Ordering::Relaxed);
+            metrics.wal_bytes.store(wal.bytes(), Ordering::Relaxed);
             continue;
         }
         let synced = wal.sync();
@@ -223,10 +238,14 @@ fn run(
         if let Err(err) = synced {
             tracing::error!(%err, "WAL sync failed; this node stops accepting writes");
             shared.failed.store(true, Ordering::Release);
+            let answer = match err {
+                SinkError::Fenced => AppendError::Fenced,
+                _ => AppendError::Storage,
+            };
             for mut p in group {
                 for r in p.results.iter_mut() {
                     if r.is_ok() {
-                        *r = Err(AppendError::Storage);
+                        *r = Err(answer);
                     }
                 }
                 let _ = p.reply.send(p.results);
@@ -244,9 +263,7 @@ fn run(
         shared
             .published_lsn
             .store(wal.last_lsn(), Ordering::Release);
-        metrics
-            .wal_bytes
-            .store(wal.bytes_on_disk(), Ordering::Relaxed);
+        metrics.wal_bytes.store(wal.bytes(), Ordering::Relaxed);
         let before = shared.pending_bytes.fetch_add(published, Ordering::AcqRel);
         if before + published >= cfg.flush_bytes_max {
             shared.flush_wanted.notify_one();
@@ -260,7 +277,7 @@ fn run(
 
 #[allow(clippy::too_many_arguments)] // the thread's state, passed apart for borrowing
 fn append_one(
-    wal: &mut Wal,
+    wal: &mut WalSink,
     producers: &mut ProducerStates,
     now: i64,
     item: AppendRequest,
@@ -338,9 +355,16 @@ fn append_one(
         Err(err) => {
             item.log.unreserve(base, count);
             match err {
-                WalError::Full { .. } => Err(AppendError::WalFull),
-                WalError::EntryTooLarge { .. } => Err(AppendError::TooLarge),
-                err => {
+                SinkError::Full => Err(AppendError::WalFull),
+                SinkError::TooLarge => Err(AppendError::TooLarge),
+                SinkError::Fenced => {
+                    tracing::error!(
+                        "this broker's WAL stream was taken over; it stops accepting writes"
+                    );
+                    shared.failed.store(true, Ordering::Release);
+                    Err(AppendError::Fenced)
+                }
+                SinkError::Failed(err) => {
                     tracing::error!(%err, "WAL append failed; this node stops accepting writes");
                     shared.failed.store(true, Ordering::Release);
                     Err(AppendError::Storage)

@@ -34,6 +34,12 @@ pub struct Uploader {
     pub tail_bytes_max: u64,
     /// Highest LSN already handed to the WAL for trimming.
     pub trimmed_lsn: u64,
+    /// `(stream, epoch)` when this broker writes a replicated WAL stream: every commit carries
+    /// the stream's progress (fenced by the epoch), and the stream is trimmed only as far as
+    /// metadata has recorded.
+    pub stream: Option<(u64, u64)>,
+    /// Flipped when metadata refuses a commit because the stream moved to another broker.
+    pub lost: Arc<watch::Sender<bool>>,
 }
 
 /// Largest object built in one round, as a multiple of `flush_bytes_max`.
@@ -96,17 +102,49 @@ impl Uploader {
             included.push((p.clone(), last.end_offset, bytes));
         }
         if builder.is_empty() {
-            self.trim(published_lsn).await;
+            // A replicated stream is trimmed only with a commit that records how far (I8 of
+            // `strata_wal::replication`): an idle round leaves it as it is.
+            if self.stream.is_none() {
+                self.trim(published_lsn).await;
+            }
             return Round::Idle;
         }
         let (object, blocks) = builder.finish();
         let object_len = object.len() as u64;
+        // What is settled once this object is committed: everything below the oldest entry some
+        // partition will still have pending, computed before the commit so the commit itself
+        // records it (one metadata write per upload).
+        let settled = {
+            let mut oldest = u64::MAX;
+            for p in self.registry.partitions() {
+                let end = included
+                    .iter()
+                    .find(|(q, _, _)| q.key == p.key)
+                    .map(|(_, end, _)| *end);
+                let pending = match end {
+                    Some(end) => p.pending_lsn_after(end),
+                    None => p.oldest_pending_lsn(),
+                };
+                if let Some(lsn) = pending {
+                    oldest = oldest.min(lsn);
+                }
+            }
+            oldest.saturating_sub(1).min(published_lsn)
+        };
         if !self.put_with_retry(&key, object, final_round).await {
             return Round::Failed;
         }
+        let progress = self
+            .stream
+            .map(|(stream, epoch)| strata_meta::StreamProgress {
+                stream,
+                epoch,
+                settled_lsn: settled,
+            });
         match self
             .meta
             .write(Command::CommitObject {
+                stream: progress,
                 key: key.clone(),
                 size: object_len,
                 blocks,
@@ -114,6 +152,12 @@ impl Uploader {
             .await
         {
             Ok(CommandResult::ObjectCommitted) => {}
+            Ok(CommandResult::Rejected(strata_meta::Rejection::Cluster(err))) => {
+                tracing::error!(key, %err, "object commit fenced: this broker's WAL stream moved");
+                Metrics::inc(&self.metrics.upload_failures_total);
+                let _ = self.lost.send(true);
+                return Round::Failed;
+            }
             Ok(other) => {
                 // The index refused it (a gap or overlap): the object is garbage, the data stays
                 // in the WAL and the tail, and the next round tries again from the index's view.
@@ -144,7 +188,11 @@ impl Uploader {
             partitions = included.len(),
             "object uploaded"
         );
-        self.trim(published_lsn).await;
+        match self.stream {
+            // Metadata recorded `settled`; the stream may drop what is below it.
+            Some(_) => self.trim_to(settled).await,
+            None => self.trim(published_lsn).await,
+        }
         if full {
             Round::Full
         } else {
@@ -164,6 +212,10 @@ impl Uploader {
             Some(lsn) => lsn.saturating_sub(1).min(published_lsn),
             None => published_lsn,
         };
+        self.trim_to(upto).await;
+    }
+
+    async fn trim_to(&mut self, upto: u64) {
         if upto > self.trimmed_lsn {
             self.trimmed_lsn = upto;
             let _ = self.seq_tx.send(SeqMsg::Trim { upto }).await;

@@ -1,7 +1,7 @@
 """Produce numbered records (acks=all, no idempotence) and append every
 *acknowledged* record to a file as "partition offset value\\n".
 
-Usage: ack_producer.py BOOTSTRAP TOPIC PARTITIONS OUT_FILE FIRST_NUMBER MAX_SECONDS MAX_RECORDS
+Usage: ack_producer.py BOOTSTRAP TOPIC PARTITIONS OUT_FILE FIRST_NUMBER MAX_SECONDS MAX_RECORDS [idempotent]
 
 Stops on SIGTERM, after MAX_SECONDS or after MAX_RECORDS, writes what was
 acknowledged so far and exits at once (without waiting for in-flight records:
@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 def main():
     bootstrap, topic, partitions, out_path, first, max_seconds, max_records = sys.argv[1:8]
     partitions, first, max_seconds, max_records = int(partitions), int(first), float(max_seconds), int(max_records)
+    idempotent = sys.argv[8:9] == ["idempotent"]
     stop = False
 
     def on_term(*_):
@@ -40,7 +41,7 @@ def main():
     p = Producer({
         "bootstrap.servers": bootstrap,
         "acks": "all",
-        "enable.idempotence": False,
+        "enable.idempotence": idempotent,
         "linger.ms": 2,
         "message.timeout.ms": 60000,
         "queue.buffering.max.messages": 20000,
