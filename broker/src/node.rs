@@ -328,6 +328,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         _ = lost_rx.wait_for(|lost| *lost) => true,
     };
     println!("strata: shutting down");
+    shutdown_watchdog();
     node.shutting_down.store(true, Ordering::Release);
     let _ = shutdown_tx.send(true);
     if let Err(err) = uploader_task.await {
@@ -460,6 +461,33 @@ pub fn stream_owner_config(
     cfg
 }
 
+/// Longest a clean shutdown may take (final uploads, metadata) before the process gives up.
+const SHUTDOWN_WAIT_MS_MAX: u64 = 30_000;
+
+/// Bounds the clean shutdown: a node whose peers are gone can wait on a WAL quorum or a meta
+/// leader that will not come back. After [`SHUTDOWN_WAIT_MS_MAX`], or on a second signal, it
+/// exits with code 1; everything acknowledged is still in the WAL (or on its replicas).
+fn shutdown_watchdog() {
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("strata: second signal; exiting without finishing the shutdown");
+        std::process::exit(1);
+    });
+    let spawned = std::thread::Builder::new()
+        .name("strata-shutdown-watchdog".into())
+        .spawn(|| {
+            std::thread::sleep(Duration::from_millis(SHUTDOWN_WAIT_MS_MAX));
+            eprintln!(
+                "strata: shutdown did not finish within {SHUTDOWN_WAIT_MS_MAX} ms; exiting \
+                 (acknowledged writes are in the WAL and are recovered at the next start)"
+            );
+            std::process::exit(1);
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(%err, "cannot start the shutdown watchdog");
+    }
+}
+
 /// Opens metadata: a member of the meta cluster in `meta.peers`, or a single-node store.
 async fn open_meta(config: &NodeConfig) -> Result<MetaNode, StartError> {
     let opened = if config.meta_peers.is_empty() {
@@ -497,6 +525,7 @@ async fn run_without_broker(
     println!("strata: ready (node {})", config.node_id);
     wait_for_signal().await;
     println!("strata: shutting down");
+    shutdown_watchdog();
     let _ = shutdown_tx.send(true);
     drop(replica);
     if let Some(meta) = meta {
