@@ -168,12 +168,6 @@ fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
     })
 }
 
-impl FileConfig {
-    fn write_quorum_set(&self) -> bool {
-        self.wal.write_quorum.is_some()
-    }
-}
-
 impl Default for FileConfig {
     fn default() -> Self {
         Self {
@@ -594,7 +588,7 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         parse_addr("wal.peers", peer)?;
     }
     let wal_quorum = if f.wal.peers.is_empty() {
-        if f.write_quorum_set() {
+        if f.wal.write_quorum.is_some() {
             return Err(bad("wal.write_quorum", "needs wal.peers"));
         }
         if !meta_peers.is_empty() && roles.broker {

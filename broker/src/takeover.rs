@@ -26,6 +26,9 @@ use strata_types::PartitionKey;
 use strata_wal::net::StreamOwner;
 use tokio::sync::watch;
 
+/// PUT attempts for a recovered tail before the takeover is retried from the start.
+const PUT_ATTEMPTS_MAX: u32 = 20;
+
 /// Runs until `shutdown`: recovers every stream metadata assigns to this broker.
 pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let Some((r, w)) = node.config.wal_quorum else {
@@ -149,12 +152,7 @@ async fn upload_tail(
     }
     let mut records = 0i64;
     if !by_partition.is_empty() {
-        let key = format!(
-            "data/{}/{:013}-{}.sob",
-            node.config.node_id,
-            crate::cluster::now_ms(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let key = crate::log::uploader::object_key(node.config.node_id);
         let mut builder = ObjectBuilder::new(key.clone());
         for (p, entries) in &by_partition {
             let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
@@ -174,19 +172,15 @@ async fn upload_tail(
         }
         let (object, blocks) = builder.finish();
         let size = object.len() as u64;
-        let mut backoff = Duration::from_millis(100);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match node.store.put(&key, object.clone()).await {
-                Ok(()) => break,
-                Err(err) if attempt < 20 => {
-                    tracing::warn!(key, attempt, %err, "recovered tail upload failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(err) => return Err(format!("upload of {key}: {err}")),
-            }
+        let put = crate::log::uploader::put_with_retry(
+            &node.store,
+            &node.metrics,
+            &key,
+            object,
+            PUT_ATTEMPTS_MAX,
+        );
+        if !put.await {
+            return Err(format!("upload of {key} failed"));
         }
         let committed = node
             .meta

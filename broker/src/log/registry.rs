@@ -107,9 +107,7 @@ impl Registry {
                 // Leases may have moved.
                 let mut fresh = Vec::new();
                 for p in &t.partitions {
-                    let lease = state.cluster().lease(meta.id, p.key.partition).filter(|l| {
-                        alive && l.leader == Some(self.node_id) && l.pending_stream.is_none()
-                    });
+                    let lease = self.writable_lease(state, alive, p.key);
                     match (lease, led.get(&p.key).copied()) {
                         (Some(l), Some(epoch)) if l.epoch == epoch => {}
                         (Some(l), _) => {
@@ -158,9 +156,7 @@ impl Registry {
                 .collect();
             for p in &partitions {
                 by_key.insert(p.key, p.clone());
-                let lease = state.cluster().lease(meta.id, p.key.partition).filter(|l| {
-                    alive && l.leader == Some(self.node_id) && l.pending_stream.is_none()
-                });
+                let lease = self.writable_lease(state, alive, p.key);
                 if let Some(l) = lease {
                     led.insert(p.key, l.epoch);
                 }
@@ -176,6 +172,22 @@ impl Registry {
             changed = true;
         }
         changed
+    }
+}
+
+impl Registry {
+    /// The partition's lease if it lets this broker write: it names this (alive) broker and
+    /// waits on no stream's recovery.
+    fn writable_lease<'a>(
+        &self,
+        state: &'a MetaState,
+        alive: bool,
+        key: PartitionKey,
+    ) -> Option<&'a strata_meta::PartitionLease> {
+        state
+            .cluster()
+            .lease(key.topic, key.partition)
+            .filter(|l| alive && l.leader == Some(self.node_id) && l.pending_stream.is_none())
     }
 }
 

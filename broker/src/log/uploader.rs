@@ -66,12 +66,7 @@ impl Uploader {
     async fn round(&mut self, final_round: bool) -> Round {
         let published_lsn = self.shared.published_lsn.load(Ordering::Acquire);
         let budget = self.flush_bytes_max * OBJECT_FLUSH_MULTIPLE_MAX;
-        let key = format!(
-            "data/{}/{:013}-{}.sob",
-            self.node_id,
-            now_ms(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let key = object_key(self.node_id);
         let mut builder = ObjectBuilder::new(key.clone());
         let mut included: Vec<(Arc<PartitionLog>, i64, u64)> = Vec::new();
         let mut size = 0u64;
@@ -115,13 +110,11 @@ impl Uploader {
         // partition will still have pending, computed before the commit so the commit itself
         // records it (one metadata write per upload).
         let settled = {
+            let ends: std::collections::HashMap<_, i64> =
+                included.iter().map(|(q, end, _)| (q.key, *end)).collect();
             let mut oldest = u64::MAX;
             for p in self.registry.partitions() {
-                let end = included
-                    .iter()
-                    .find(|(q, _, _)| q.key == p.key)
-                    .map(|(_, end, _)| *end);
-                let pending = match end {
+                let pending = match ends.get(&p.key).copied() {
                     Some(end) => p.pending_lsn_after(end),
                     None => p.oldest_pending_lsn(),
                 };
@@ -223,25 +216,47 @@ impl Uploader {
     }
 
     async fn put_with_retry(&self, key: &str, object: bytes::Bytes, final_round: bool) -> bool {
-        let mut backoff = Duration::from_millis(100);
         let attempts_max = if final_round { 5 } else { 20 };
-        for attempt in 1..=attempts_max {
-            match self.store.put(key, object.clone()).await {
-                Ok(()) => return true,
-                Err(err) => {
-                    Metrics::inc(&self.metrics.upload_failures_total);
-                    tracing::warn!(key, attempt, %err, "object upload failed");
-                    if !err.is_retryable() && attempt >= 3 {
-                        return false;
-                    }
+        put_with_retry(&self.store, &self.metrics, key, object, attempts_max).await
+    }
+}
+
+/// A fresh key for an object this broker uploads: `data/<node>/<ms>-<uuid>.sob`.
+pub fn object_key(node_id: u64) -> String {
+    format!(
+        "data/{}/{:013}-{}.sob",
+        node_id,
+        now_ms(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// PUTs `object`, retrying with exponential backoff and jitter up to `attempts_max` times
+/// (a permanent error gives up after 3). Counts failures in `upload_failures_total`.
+pub async fn put_with_retry(
+    store: &ObjectStore,
+    metrics: &Metrics,
+    key: &str,
+    object: bytes::Bytes,
+    attempts_max: u32,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1..=attempts_max {
+        match store.put(key, object.clone()).await {
+            Ok(()) => return true,
+            Err(err) => {
+                Metrics::inc(&metrics.upload_failures_total);
+                tracing::warn!(key, attempt, %err, "object upload failed");
+                if !err.is_retryable() && attempt >= 3 {
+                    return false;
                 }
             }
-            let jitter = rand_jitter(backoff);
-            tokio::time::sleep(backoff + jitter).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        false
+        let jitter = rand_jitter(backoff);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    false
 }
 
 #[derive(Debug, PartialEq, Eq)]
