@@ -2,6 +2,8 @@
 //!
 //! - [`object`]: the object format — blocks of many partitions packed into one object with an
 //!   index footer. Pure: no IO, no clock.
+//! - [`segment`]: the compacted segment format — one partition's batches in chunks, with an
+//!   offset and time index in the footer. Pure.
 //! - [`store`]: [`ObjectStore`], a thin, cheaply cloned handle on an OpenDAL operator built from
 //!   a URL (`fs://`, `memory://`, `s3://`, `gcs://`, `azblob://`, `webhdfs://`), with retries,
 //!   timeouts, one-line errors that say whether to retry, and request counters.
@@ -11,16 +13,22 @@
 //!
 //! *Invariant:* the object store is never listed in steady state. What exists is what the
 //! metadata index says exists (DESIGN.md §2.4); the only unindexed keys this crate writes are
-//! the short-lived start-up probes under [`store::PROBE_PREFIX`].
+//! the short-lived start-up probes under [`store::PROBE_PREFIX`]. [`ObjectStore::list`] exists
+//! for the orphan sweeper (keys the index does not reference) and for operators, never for a
+//! request path.
 
 pub mod object;
+pub mod segment;
 pub mod store;
 
 pub use object::{
     decode_footer, decode_footer_entries, decode_footer_suffix, footer_suffix_len, verify_block,
     FooterEntry, ObjectBuilder,
 };
-pub use store::{ObjectStore, StoreConfig, StoreMetrics, StoreMetricsSnapshot, StoreOp};
+pub use segment::{decode_segment_index, ChunkEntry, SegmentBuilder, SegmentIndex};
+pub use store::{
+    ListedObject, ObjectStore, StoreConfig, StoreMetrics, StoreMetricsSnapshot, StoreOp,
+};
 
 /// Everything that can go wrong in the object tier. Every message is one line and names the
 /// store URL (with secrets redacted) and/or the object key; [`TieringError::is_retryable`]

@@ -243,6 +243,7 @@ impl ObjectBuilder {
                     len: block.len,
                     max_timestamp: block.max_timestamp,
                     crc32c: block.crc32c,
+                    index_len: 0,
                 },
                 block_crc32c: block.crc32c,
             });
@@ -413,6 +414,7 @@ pub fn decode_footer_suffix(
             len: le_u64(raw, 44),
             max_timestamp: le_i64(raw, 52),
             crc32c: le_u32(raw, 60),
+            index_len: 0,
         };
         let block_crc32c = le_u32(raw, 60);
         if !(0 <= location.base_offset && location.base_offset < location.end_offset) {

@@ -8,7 +8,11 @@
 //!   with jitter), in that order, as OpenDAL requires for the two to compose;
 //! - turns OpenDAL errors into one-line [`TieringError`]s that name the URL (secrets redacted)
 //!   and the key, and say whether to retry;
-//! - counts requests, bytes, errors and retries in [`StoreMetrics`], shared by every clone.
+//! - counts requests, bytes, errors and retries in [`StoreMetrics`], shared by every clone;
+//! - uploads a body above [`StoreConfig::multipart_threshold_bytes`] as a multipart upload
+//!   (parts of [`StoreConfig::multipart_part_bytes`], [`StoreConfig::multipart_concurrency_max`]
+//!   at once) on S3, GCS and Azure, and counts its initiate, part, complete and abort requests;
+//! - lists a prefix ([`ObjectStore::list`]) for the orphan sweeper — never on a request path.
 //!
 //! # URLs
 //!
@@ -32,7 +36,10 @@
 //!   `service_account`, `token`, `allow_anonymous=true`.
 //! - `azblob`: `endpoint` (default `https://<account_name>.blob.core.windows.net`),
 //!   `account_name`, `account_key`, `sas_token`.
-//! - `webhdfs`: `user_name`, `delegation`, `tls=true` (use `https://` for the endpoint).
+//! - `webhdfs`: `user_name`, `delegation`, `tls=true` (use `https://` for the endpoint),
+//!   `disable_list_batch=true` (plain LISTSTATUS, for namenodes or gateways without
+//!   LISTSTATUS_BATCH), `atomic_write_dir=/abs/hdfs/dir` (write each object there, then rename
+//!   it into place, so a crashed upload never leaves a partial object under its key).
 //! - `fs`, `memory`: none.
 //!
 //! Secrets (`secret_access_key`, `session_token`, `credential`, `token`, `account_key`,
@@ -44,8 +51,10 @@
 //! Keys are relative paths (`objects/0001/…`): not empty, at most [`KEY_BYTES_MAX`] bytes, no
 //! leading or trailing `/`, no empty, `.` or `..` segments, no control characters.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
@@ -53,13 +62,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use opendal::layers::{RetryEvent, RetryLayer, TimeoutLayer};
-use opendal::{services, ErrorKind, Operator};
+use opendal::{services, EntryMode, ErrorKind, Operator};
 use tracing::debug;
 
 use crate::TieringError;
 
 /// Longest key accepted (S3's limit).
 pub const KEY_BYTES_MAX: usize = 1024;
+/// The `fs://` backend's folder for in-flight writes (renamed into place when complete).
+const FS_TMP_DIR: &str = ".strata-tmp/";
 /// Key prefix of the start-up probe objects written (and deleted) by [`ObjectStore::check`].
 pub const PROBE_PREFIX: &str = "_strata/probe/";
 
@@ -78,10 +89,11 @@ const SECRET_QUERY_KEYS: &[&str] = &[
 const SECRET_SCRUB_BYTES_MIN: usize = 8;
 const REDACTED: &str = "REDACTED";
 
-/// Timeouts and retry policy. The defaults suit a broker; tests shorten them.
+/// Timeouts, retry policy and multipart upload. The defaults suit a broker; tests shorten them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// Bound on each attempt of a request (OpenDAL `TimeoutLayer`, both control and IO).
+    /// Bound on each attempt of a request (OpenDAL `TimeoutLayer`, both control and IO; a
+    /// multipart upload bounds each part).
     pub request_timeout_ms: u64,
     /// Retries after the first attempt of a request that failed temporarily.
     pub retry_attempts_max: usize,
@@ -91,6 +103,14 @@ pub struct StoreConfig {
     pub retry_delay_ms_max: u64,
     /// Bound on the whole start-up probe ([`ObjectStore::check`]).
     pub check_timeout_ms: u64,
+    /// A PUT of a body larger than this is a multipart upload on backends that have one
+    /// (S3, GCS: initiate + parts + complete; Azure: blocks + block list); at or below it,
+    /// one request. `u64::MAX` turns multipart off.
+    pub multipart_threshold_bytes: u64,
+    /// Size of each part but the last (raised to the backend's minimum, 5 MiB on S3 and GCS).
+    pub multipart_part_bytes: usize,
+    /// Parts of one upload in flight at once.
+    pub multipart_concurrency_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -101,6 +121,11 @@ impl Default for StoreConfig {
             retry_delay_ms_min: 100,
             retry_delay_ms_max: 5_000,
             check_timeout_ms: 5_000,
+            // Every part is a billed PUT-class request: a compacted segment (256 MiB) goes up
+            // in one PUT (S3 takes up to 5 GiB), larger bodies in 64 MiB parts.
+            multipart_threshold_bytes: 1 << 30,
+            multipart_part_bytes: 64 << 20,
+            multipart_concurrency_max: 4,
         }
     }
 }
@@ -111,6 +136,7 @@ pub enum StoreOp {
     Put,
     Get,
     Delete,
+    List,
 }
 
 impl fmt::Display for StoreOp {
@@ -119,6 +145,7 @@ impl fmt::Display for StoreOp {
             Self::Put => "PUT",
             Self::Get => "GET",
             Self::Delete => "DELETE",
+            Self::List => "LIST",
         })
     }
 }
@@ -137,11 +164,26 @@ pub struct StoreMetrics {
     get_duration_us: AtomicU64,
     delete_requests: AtomicU64,
     delete_errors: AtomicU64,
+    list_requests: AtomicU64,
+    list_errors: AtomicU64,
+    list_duration_us: AtomicU64,
+    list_objects: AtomicU64,
+    multipart_uploads: AtomicU64,
+    multipart_initiate_requests: AtomicU64,
+    multipart_part_requests: AtomicU64,
+    multipart_complete_requests: AtomicU64,
+    multipart_abort_requests: AtomicU64,
     retries: AtomicU64,
 }
 
 /// A plain copy of [`StoreMetrics`] at one moment, for rendering (e.g. as Prometheus
 /// counters). All values only grow.
+///
+/// What goes over the wire: a PUT call is one request, or — when `multipart_uploads` counts
+/// it — an initiate, its parts, a complete (and an abort when it failed); see
+/// [`StoreMetricsSnapshot::write_requests`]. Attempts the retry layer repeated are in
+/// `retries` (for a multipart upload, a repeated part or complete; OpenDAL does not say
+/// which), not in the per-op counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreMetricsSnapshot {
     pub put_requests: u64,
@@ -159,8 +201,43 @@ pub struct StoreMetricsSnapshot {
     pub get_duration_us: u64,
     pub delete_requests: u64,
     pub delete_errors: u64,
+    /// Calls to [`ObjectStore::list`] (one call may be several paged LIST requests).
+    pub list_requests: u64,
+    pub list_errors: u64,
+    /// Total time spent in LIST calls, successful or not, in microseconds.
+    pub list_duration_us: u64,
+    /// Objects returned by successful LISTs.
+    pub list_objects: u64,
+    /// PUT calls (counted in `put_requests` too) sent as a multipart upload rather than one
+    /// request. Each is, on the wire, the requests counted below.
+    pub multipart_uploads: u64,
+    /// "Create multipart upload" requests (S3, GCS; Azure block blobs have none).
+    pub multipart_initiate_requests: u64,
+    /// Part uploads (S3 UploadPart, Azure Put Block): exact for uploads that succeeded; a
+    /// failed upload counts the parts it was split into, an upper bound of what was sent.
+    pub multipart_part_requests: u64,
+    /// "Complete multipart upload" (Azure: Put Block List) requests of successful uploads.
+    pub multipart_complete_requests: u64,
+    /// Abort requests sent after a multipart upload failed, so its parts are not billed.
+    pub multipart_abort_requests: u64,
     /// Attempts repeated by the retry layer after a temporary failure.
     pub retries: u64,
+}
+
+impl StoreMetricsSnapshot {
+    /// PUTs that were one request each (not multipart).
+    pub fn single_put_requests(&self) -> u64 {
+        self.put_requests.saturating_sub(self.multipart_uploads)
+    }
+
+    /// Write requests sent, first attempts only: single PUTs plus every multipart request.
+    pub fn write_requests(&self) -> u64 {
+        self.single_put_requests()
+            + self.multipart_initiate_requests
+            + self.multipart_part_requests
+            + self.multipart_complete_requests
+            + self.multipart_abort_requests
+    }
 }
 
 impl StoreMetrics {
@@ -177,8 +254,26 @@ impl StoreMetrics {
             get_duration_us: load(&self.get_duration_us),
             delete_requests: load(&self.delete_requests),
             delete_errors: load(&self.delete_errors),
+            list_requests: load(&self.list_requests),
+            list_errors: load(&self.list_errors),
+            list_duration_us: load(&self.list_duration_us),
+            list_objects: load(&self.list_objects),
+            multipart_uploads: load(&self.multipart_uploads),
+            multipart_initiate_requests: load(&self.multipart_initiate_requests),
+            multipart_part_requests: load(&self.multipart_part_requests),
+            multipart_complete_requests: load(&self.multipart_complete_requests),
+            multipart_abort_requests: load(&self.multipart_abort_requests),
             retries: load(&self.retries),
         }
+    }
+
+    fn record_multipart(&self, plan: &MultipartPlan, ok: bool, aborted: bool) {
+        let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
+        add(&self.multipart_uploads, 1);
+        add(&self.multipart_initiate_requests, u64::from(plan.initiate));
+        add(&self.multipart_part_requests, plan.parts);
+        add(&self.multipart_complete_requests, u64::from(ok));
+        add(&self.multipart_abort_requests, u64::from(aborted));
     }
 
     fn record(&self, op: StoreOp, ok: bool, bytes: u64, started: Instant) {
@@ -197,6 +292,13 @@ impl StoreMetrics {
                 Some(&self.get_duration_us),
             ),
             StoreOp::Delete => (&self.delete_requests, &self.delete_errors, None, None),
+            // For a LIST the "bytes" are the number of objects returned.
+            StoreOp::List => (
+                &self.list_requests,
+                &self.list_errors,
+                Some(&self.list_objects),
+                Some(&self.list_duration_us),
+            ),
         };
         requests.fetch_add(1, Ordering::Relaxed);
         if !ok {
@@ -210,6 +312,22 @@ impl StoreMetrics {
     }
 }
 
+tokio::task_local! {
+    /// Retries the `RetryLayer` made for the store call running in this task (see
+    /// [`counting_retries`]); the layer's notifications run in the caller's task.
+    static CALL_RETRIES: Cell<u32>;
+}
+
+/// Runs one store call and returns how many times the retry layer repeated (part of) it.
+async fn counting_retries<T>(call: impl Future<Output = T>) -> (T, u32) {
+    CALL_RETRIES
+        .scope(Cell::new(0), async move {
+            let out = call.await;
+            (out, CALL_RETRIES.with(Cell::get))
+        })
+        .await
+}
+
 /// Counts every retry the `RetryLayer` makes, and logs it at debug level: the final error is
 /// logged once by whoever handles it, and the `retries` counter shows a struggling store.
 struct RetryCounter {
@@ -221,6 +339,7 @@ struct RetryCounter {
 impl opendal::layers::RetryInterceptor for RetryCounter {
     fn intercept(&self, event: RetryEvent<'_>) {
         self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        let _ = CALL_RETRIES.try_with(|n| n.set(n.get() + 1));
         debug!(
             store = %self.url,
             op = ?event.op,
@@ -230,6 +349,15 @@ impl opendal::layers::RetryInterceptor for RetryCounter {
             "object store request failed; retrying"
         );
     }
+}
+
+/// One object found by [`ObjectStore::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedObject {
+    /// The key, relative to the store root (what [`ObjectStore::put`] was given).
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// Object storage behind one URL. Cheap to clone; clones share the connection pool and the
@@ -250,6 +378,26 @@ struct Inner {
     secrets: Arc<[String]>,
     metrics: Arc<StoreMetrics>,
     config: StoreConfig,
+    /// How this backend uploads a large body, or `None` when it has no multipart upload
+    /// (fs, memory, webhdfs: one write).
+    multipart: Option<MultipartShape>,
+}
+
+/// How a backend's multipart upload looks on the wire.
+#[derive(Clone, Copy, Debug)]
+struct MultipartShape {
+    /// One "create upload" request before the parts (S3, GCS; not Azure block blobs).
+    initiate: bool,
+    /// The smallest part the backend accepts; OpenDAL raises smaller chunks to it.
+    part_bytes_min: usize,
+}
+
+/// One multipart upload, as planned before it starts.
+#[derive(Debug)]
+struct MultipartPlan {
+    initiate: bool,
+    part_bytes: usize,
+    parts: u64,
 }
 
 impl fmt::Debug for ObjectStore {
@@ -305,6 +453,7 @@ impl ObjectStore {
                     .with_io_timeout(timeout),
             );
         let metrics = Arc::new(StoreMetrics::default());
+        let multipart = multipart_shape(&base);
         let probe_op = base.clone();
         let op = base.layer(
             RetryLayer::new()
@@ -327,6 +476,7 @@ impl ObjectStore {
                 secrets,
                 metrics,
                 config,
+                multipart,
             }),
         })
     }
@@ -409,17 +559,155 @@ impl ObjectStore {
         self.delete_on(&self.inner.op, key).await
     }
 
+    /// Lists every object whose key starts with `prefix`, recursively, sorted by key. Only for
+    /// the orphan sweeper and operators: the request paths never LIST (the metadata index is
+    /// the truth about what exists).
+    ///
+    /// - `prefix` is a plain key prefix: `""` lists the whole store, `"objects/"` one folder,
+    ///   `"objects/00"` every key beginning so (matched by string, not by folder).
+    /// - Keys are relative to the store root (the URL's path), the same keys [`Self::put`]
+    ///   takes; folders are not returned, only objects, with their size in bytes.
+    /// - Start-up probes under [`PROBE_PREFIX`] *are* returned when the prefix covers them (a
+    ///   probe left by a crash during `check` is garbage too). The `fs://` backend's
+    ///   temporary-write folder (`.strata-tmp/`, in-flight writes) is never returned.
+    /// - The whole listing is held in memory; for a bucket of millions of objects call it per
+    ///   prefix.
+    /// - Counted as one [`StoreOp::List`] request per call, however many pages the backend
+    ///   needed (S3 returns 1,000 keys a page; OpenDAL pages internally), plus a stat per
+    ///   object on backends whose listing carries no sizes (`memory://`), which is not counted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, TieringError> {
+        check_prefix(prefix)?;
+        let started = Instant::now();
+        let (result, retried) = counting_retries(self.list_inner(prefix)).await;
+        let n = result.as_ref().map_or(0, |v| v.len() as u64);
+        self.inner
+            .metrics
+            .record(StoreOp::List, result.is_ok(), n, started);
+        result.map_err(|e| self.classify(StoreOp::List, prefix, e, retried))
+    }
+
+    async fn list_inner(&self, prefix: &str) -> opendal::Result<Vec<ListedObject>> {
+        let op = &self.inner.op;
+        // List the folder that holds the prefix and filter by string: backends disagree on
+        // what listing a path that is not a folder means, a string match does not.
+        let dir = match prefix.rfind('/') {
+            Some(i) => &prefix[..=i],
+            None => "",
+        };
+        let entries = match op.list_with(dir).recursive(true).await {
+            Ok(entries) => entries,
+            // A folder that does not exist holds no objects (fs:// says NotFound).
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let key = entry.path().trim_start_matches('/');
+            if key.is_empty()
+                || key.ends_with('/')
+                || !key.starts_with(prefix)
+                || key.starts_with(FS_TMP_DIR)
+            {
+                continue;
+            }
+            let meta = entry.metadata();
+            let size = match meta.mode() {
+                EntryMode::DIR => continue,
+                EntryMode::FILE if meta.content_length() > 0 => meta.content_length(),
+                // The listing did not say (memory://), or said 0, which OpenDAL cannot tell
+                // from "unknown": ask. An object deleted meanwhile is simply not listed.
+                _ => match op.stat(key).await {
+                    Ok(m) if m.mode() == EntryMode::DIR => continue,
+                    Ok(m) => m.content_length(),
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            out.push(ListedObject {
+                key: key.to_owned(),
+                size,
+            });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.dedup_by(|a, b| a.key == b.key);
+        Ok(out)
+    }
+
     async fn put_on(&self, op: &Operator, key: &str, body: Bytes) -> Result<(), TieringError> {
         check_key(key)?;
         let started = Instant::now();
         let len = body.len() as u64;
-        let result = op.write(key, body).await;
-        self.inner
-            .metrics
-            .record(StoreOp::Put, result.is_ok(), len, started);
-        result
-            .map(|_| ())
-            .map_err(|e| self.classify(StoreOp::Put, key, e))
+        let ((result, multipart), retried) = counting_retries(async {
+            match self.multipart_plan(len) {
+                None => (op.write(key, body).await.map(|_| ()), None),
+                Some(plan) => {
+                    let (result, aborted) = self.put_multipart(op, key, body, &plan).await;
+                    (result, Some((plan, aborted)))
+                }
+            }
+        })
+        .await;
+        let metrics = &self.inner.metrics;
+        metrics.record(StoreOp::Put, result.is_ok(), len, started);
+        if let Some((plan, aborted)) = multipart {
+            metrics.record_multipart(&plan, result.is_ok(), aborted);
+        }
+        result.map_err(|e| self.classify(StoreOp::Put, key, e, retried))
+    }
+
+    /// `Some` when a body of `len` bytes goes as a multipart upload: the backend has one,
+    /// the body is above the threshold, and it spans more than one part (OpenDAL sends a
+    /// body of one part as a single PUT whatever the writer's settings).
+    fn multipart_plan(&self, len: u64) -> Option<MultipartPlan> {
+        let shape = self.inner.multipart?;
+        let config = &self.inner.config;
+        let part_bytes = config.multipart_part_bytes.max(shape.part_bytes_min).max(1);
+        let parts = len.div_ceil(part_bytes as u64);
+        (len > config.multipart_threshold_bytes && parts > 1).then_some(MultipartPlan {
+            initiate: shape.initiate,
+            part_bytes,
+            parts,
+        })
+    }
+
+    /// Uploads `body` in parts, `multipart_concurrency_max` at once. A failed upload is
+    /// aborted (best effort, once) so the store does not keep — and bill — its parts; S3
+    /// buckets should still have a lifecycle rule for incomplete uploads, since a crash
+    /// skips the abort. Returns the result and whether an abort was sent.
+    async fn put_multipart(
+        &self,
+        op: &Operator,
+        key: &str,
+        body: Bytes,
+        plan: &MultipartPlan,
+    ) -> (opendal::Result<()>, bool) {
+        let mut writer = match op
+            .writer_with(key)
+            .chunk(plan.part_bytes)
+            .concurrent(self.inner.config.multipart_concurrency_max.max(1))
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => return (Err(e), false),
+        };
+        let result = match writer.write(body).await {
+            Ok(()) => writer.close().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => (Ok(()), false),
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    debug!(
+                        store = %self.inner.url,
+                        key,
+                        error = %describe(&abort, &self.inner.secrets),
+                        "aborting a failed multipart upload failed too"
+                    );
+                }
+                (Err(e), true)
+            }
+        }
     }
 
     async fn read_on(
@@ -430,10 +718,13 @@ impl ObjectStore {
     ) -> Result<Bytes, TieringError> {
         check_key(key)?;
         let started = Instant::now();
-        let result = match &range {
-            None => op.read(key).await,
-            Some(r) => op.read_with(key).range(r.clone()).await,
-        };
+        let (result, retried) = counting_retries(async {
+            match &range {
+                None => op.read(key).await,
+                Some(r) => op.read_with(key).range(r.clone()).await,
+            }
+        })
+        .await;
         let result = result.map(|buffer| buffer.to_bytes());
         let short = match (&result, &range) {
             (Ok(bytes), Some(r)) if bytes.len() as u64 != r.end - r.start => Some(bytes.len()),
@@ -463,9 +754,9 @@ impl ObjectStore {
                 })
             }
             (Err(e), Some(r)) if e.kind() == ErrorKind::Unexpected => {
-                Err(self.explain_range_failure(key, r, e).await)
+                Err(self.explain_range_failure(key, r, e, retried).await)
             }
-            (Err(e), _) => Err(self.classify(StoreOp::Get, key, e)),
+            (Err(e), _) => Err(self.classify(StoreOp::Get, key, e, retried)),
         }
     }
 
@@ -478,6 +769,7 @@ impl ObjectStore {
         key: &str,
         range: Range<u64>,
         err: opendal::Error,
+        retried: u32,
     ) -> TieringError {
         match self.inner.probe_op.stat(key).await {
             Ok(meta) if meta.content_length() < range.end => TieringError::RangeNotSatisfied {
@@ -491,28 +783,38 @@ impl ObjectStore {
                 url: self.inner.url.clone(),
                 key: key.to_owned(),
             },
-            _ => self.classify(StoreOp::Get, key, err),
+            _ => self.classify(StoreOp::Get, key, err, retried),
         }
     }
 
     async fn delete_on(&self, op: &Operator, key: &str) -> Result<(), TieringError> {
         check_key(key)?;
         let started = Instant::now();
-        let result = op.delete(key).await;
+        let (result, retried) = counting_retries(op.delete(key)).await;
         self.inner
             .metrics
             .record(StoreOp::Delete, result.is_ok(), 0, started);
-        result.map_err(|e| self.classify(StoreOp::Delete, key, e))
+        result.map_err(|e| self.classify(StoreOp::Delete, key, e, retried))
     }
 
-    /// Maps an OpenDAL error to a condition. OpenDAL's `RetryLayer` marks *every* error that
-    /// leaves it as "persistent", whatever it was before, so the status alone cannot tell a
-    /// 503 that outlived its retries from a 400. Kinds that are permanent by nature are
-    /// classified by kind; the catch-all `Unexpected` (5xx, timeouts, connection failures,
-    /// and the odd 4xx) counts as retryable unless OpenDAL marked it permanent — on the
-    /// steady-state path that errs toward retrying, which the WAL absorbs as back-pressure,
-    /// while the start-up probe (no retry layer) still sees the precise status.
-    fn classify(&self, op: StoreOp, key: &str, err: opendal::Error) -> TieringError {
+    /// Maps an OpenDAL error to a condition, given how often the retry layer repeated the
+    /// call (`retried`).
+    ///
+    /// OpenDAL's `RetryLayer` marks *every* error that leaves it as "persistent", whatever it
+    /// was before, so after it the status alone cannot tell a 503 that outlived its retries
+    /// from a 400. But the layer retries exactly the temporary errors (OpenDAL's S3 service
+    /// marks 500/502/503/504, 499, 429, `SlowDown`, `RequestTimeout`, `InternalError`,
+    /// timeouts and dropped connections temporary; 400, 403, 404 and other 4xx not), so a
+    /// call it did not retry failed permanently, and one it retried failed temporarily —
+    /// unless the last attempt met a permanent kind (denied, not found, bad configuration),
+    /// which is classified by kind. Without a retry layer (the start-up probe) the error
+    /// keeps its own status. A store configured with no retries cannot tell, and errs toward
+    /// retrying the catch-all `Unexpected` kind: the WAL absorbs that as back-pressure.
+    fn classify(&self, op: StoreOp, key: &str, err: opendal::Error, retried: u32) -> TieringError {
+        let temporary = err.is_temporary()
+            || err.kind() == ErrorKind::RateLimited
+            || retried > 0
+            || (self.inner.config.retry_attempts_max == 0 && !err.is_permanent());
         let url = self.inner.url.clone();
         let key = key.to_owned();
         let detail = describe(&err, &self.inner.secrets);
@@ -536,14 +838,12 @@ impl ObjectStore {
                 key,
                 detail,
             },
-            ErrorKind::Unexpected | ErrorKind::Conflict if !err.is_permanent() => {
-                TieringError::Unavailable {
-                    url,
-                    op,
-                    key,
-                    detail,
-                }
-            }
+            ErrorKind::Unexpected | ErrorKind::Conflict if temporary => TieringError::Unavailable {
+                url,
+                op,
+                key,
+                detail,
+            },
             // A PUT that finds nothing means the bucket or container itself is missing.
             _ => TieringError::Rejected {
                 url,
@@ -553,6 +853,25 @@ impl ObjectStore {
             },
         }
     }
+}
+
+/// The multipart shape of the operator's backend, from its scheme and capabilities.
+fn multipart_shape(op: &Operator) -> Option<MultipartShape> {
+    let info = op.info();
+    let cap = info.capability();
+    if !cap.write_can_multi {
+        return None;
+    }
+    let initiate = match info.scheme() {
+        "s3" | "gcs" => true,
+        "azblob" => false,
+        // fs writes chunks to one local file; webhdfs is not used with multi-writes here.
+        _ => return None,
+    };
+    Some(MultipartShape {
+        initiate,
+        part_bytes_min: cap.write_multi_min_size.unwrap_or(1),
+    })
 }
 
 /// One line describing an OpenDAL error and its causes, with secrets scrubbed.
@@ -574,6 +893,15 @@ fn describe(err: &opendal::Error, secrets: &[String]) -> String {
         line = line.replace(secret.as_str(), REDACTED);
     }
     line
+}
+
+/// A listing prefix: empty, or a key prefix (it may end with `/`) with no empty, `.` or `..`
+/// segment except an empty last one.
+fn check_prefix(prefix: &str) -> Result<(), TieringError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    check_key(prefix.strip_suffix('/').unwrap_or(prefix))
 }
 
 fn check_key(key: &str) -> Result<(), TieringError> {
@@ -692,7 +1020,13 @@ const GCS_KEYS: &[&str] = &[
     "allow_anonymous",
 ];
 const AZBLOB_KEYS: &[&str] = &["endpoint", "account_name", "account_key", "sas_token"];
-const WEBHDFS_KEYS: &[&str] = &["user_name", "delegation", "tls"];
+const WEBHDFS_KEYS: &[&str] = &[
+    "user_name",
+    "delegation",
+    "tls",
+    "disable_list_batch",
+    "atomic_write_dir",
+];
 
 fn parse_url(raw: &str) -> Result<Target, String> {
     let Some((scheme, rest)) = raw.split_once("://") else {
@@ -1000,6 +1334,19 @@ fn webhdfs_builder(
     if let Some(v) = query.get("delegation") {
         builder = builder.delegation(v);
     }
+    // LISTSTATUS_BATCH (used by `ObjectStore::list`) is missing from old Hadoop releases and
+    // from some gateways; plain LISTSTATUS works everywhere.
+    if flag(&query, "disable_list_batch")? {
+        builder = builder.disable_list_batch();
+    }
+    if let Some(v) = query.get("atomic_write_dir") {
+        if !v.starts_with('/') {
+            return Err(format!(
+                "query key `atomic_write_dir` must be an absolute HDFS path, not `{v}`"
+            ));
+        }
+        builder = builder.atomic_write_dir(v);
+    }
     Ok(builder)
 }
 
@@ -1069,6 +1416,12 @@ mod tests {
             ("azblob://container".into(), Err("needs ?endpoint= or ?account_name=")),
             ("webhdfs://127.0.0.1:9870/strata?user_name=hdfs".into(), Ok("webhdfs://127.0.0.1:9870/strata?user_name=hdfs".into())),
             ("webhdfs://127.0.0.1:9870/x?bogus=1".into(), Err("unknown query key `bogus` for webhdfs://")),
+            (
+                "webhdfs://nn:9870/strata?user_name=hdfs&disable_list_batch=true&atomic_write_dir=/tmp/strata-tmp".into(),
+                Ok("webhdfs://nn:9870/strata?user_name=hdfs&disable_list_batch=true&atomic_write_dir=/tmp/strata-tmp".into()),
+            ),
+            ("webhdfs://nn:9870/x?disable_list_batch=1".into(), Err("true or false")),
+            ("webhdfs://nn:9870/x?atomic_write_dir=tmp".into(), Err("absolute HDFS path")),
         ];
         for (input, expected) in &table {
             check(input, expected.as_deref().map_err(|e| *e));
@@ -1110,6 +1463,72 @@ mod tests {
             let (got_url, got_secrets) = redact(input);
             assert_eq!(got_url, url, "{input}");
             assert_eq!(got_secrets, secrets, "{input}");
+        }
+    }
+
+    /// (body bytes, expected (parts, initiate) or None for a single PUT), by backend.
+    #[test]
+    fn multipart_plans() {
+        let s3 = "s3://b?endpoint=http://127.0.0.1:9000&region=us-east-1&allow_anonymous=true";
+        let azure = "azblob://c?endpoint=http://127.0.0.1:10000/acct&account_name=acct";
+        let dir = tempfile::tempdir().unwrap();
+        // fs can write in chunks (OpenDAL says `write_can_multi`), but it is not a multipart
+        // upload: one local write.
+        let fs = format!("fs://{}", dir.path().display());
+        let mib = 1u64 << 20;
+        let small = StoreConfig {
+            multipart_threshold_bytes: 16 * mib,
+            multipart_part_bytes: 8 << 20,
+            ..StoreConfig::default()
+        };
+        // (URL, config, body bytes, expected (parts, initiate))
+        type Case<'a> = (&'a str, StoreConfig, u64, Option<(u64, bool)>);
+        let cases: &[Case] = &[
+            (s3, StoreConfig::default(), 0, None),
+            (s3, StoreConfig::default(), 1024 * mib, None),
+            (s3, StoreConfig::default(), 1024 * mib + 1, Some((17, true))),
+            (s3, small.clone(), 16 * mib, None),
+            (s3, small.clone(), 16 * mib + 1, Some((3, true))),
+            (s3, small.clone(), 40 * mib, Some((5, true))),
+            (s3, small.clone(), 40 * mib + 1, Some((6, true))),
+            // Parts below S3's 5 MiB minimum are raised to it.
+            (
+                s3,
+                StoreConfig {
+                    multipart_threshold_bytes: 0,
+                    multipart_part_bytes: 1,
+                    ..StoreConfig::default()
+                },
+                11 * mib,
+                Some((3, true)),
+            ),
+            // A body of one part is one PUT whatever the threshold.
+            (
+                s3,
+                StoreConfig {
+                    multipart_threshold_bytes: 0,
+                    ..StoreConfig::default()
+                },
+                8 * mib,
+                None,
+            ),
+            (
+                s3,
+                StoreConfig {
+                    multipart_threshold_bytes: u64::MAX,
+                    ..StoreConfig::default()
+                },
+                1 << 40,
+                None,
+            ),
+            (azure, small.clone(), 40 * mib, Some((5, false))),
+            ("memory://", StoreConfig::default(), 40 * mib, None),
+            (&fs, StoreConfig::default(), 40 * mib, None),
+        ];
+        for (url, config, len, expected) in cases {
+            let store = ObjectStore::from_url_with_config(url, config.clone()).unwrap();
+            let got = store.multipart_plan(*len).map(|p| (p.parts, p.initiate));
+            assert_eq!(got, *expected, "{url} {len}");
         }
     }
 

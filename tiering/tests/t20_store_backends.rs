@@ -5,7 +5,8 @@
 
 use bytes::Bytes;
 use strata_tiering::{
-    decode_footer_suffix, footer_suffix_len, ObjectBuilder, ObjectStore, TieringError,
+    decode_footer_suffix, footer_suffix_len, ListedObject, ObjectBuilder, ObjectStore, StoreConfig,
+    TieringError,
 };
 use strata_types::TopicId;
 
@@ -22,6 +23,19 @@ fn assert_one_line(err: &TieringError, must_name: &[&str]) {
     for part in must_name {
         assert!(text.contains(part), "error {text:?} does not name {part:?}");
     }
+}
+
+/// A store with a 16 MiB multipart threshold and 8 MiB parts (the defaults are far larger, so
+/// that compacted segments are one PUT), so the large-object case below exercises multipart.
+fn small_parts(url: &str) -> Result<ObjectStore, TieringError> {
+    ObjectStore::from_url_with_config(
+        url,
+        StoreConfig {
+            multipart_threshold_bytes: 16 << 20,
+            multipart_part_bytes: 8 << 20,
+            ..StoreConfig::default()
+        },
+    )
 }
 
 /// The behaviour every backend must share. `prefix` keeps concurrent runs apart.
@@ -122,6 +136,9 @@ async fn conformance(store: &ObjectStore, prefix: &str) {
     }
     store.delete(&okey).await.unwrap();
 
+    list_conformance(store, prefix).await;
+    large_object_conformance(store, prefix).await;
+
     // counters moved (other tests may share nothing with this store, so exact deltas hold)
     let after = store.metrics().snapshot();
     assert!(after.put_requests - before.put_requests >= 4);
@@ -135,9 +152,145 @@ async fn conformance(store: &ObjectStore, prefix: &str) {
     );
 }
 
+/// A body above the multipart threshold (16 MiB in these tests) round-trips; on S3 the counters
+/// show one multipart upload (initiate + 6 parts of 8 MiB or less + complete), elsewhere none.
+async fn large_object_conformance(store: &ObjectStore, prefix: &str) {
+    let before = store.metrics().snapshot();
+    let key = format!("{prefix}/objects/large");
+    let len = (40 << 20) + 123;
+    let body = pattern(len, 9);
+    store.put(&key, body.clone()).await.unwrap();
+    let got = store.get(&key).await.unwrap();
+    assert!(got == body, "the {len}-byte object came back different");
+    // A range across the first part boundary.
+    let boundary = (8u64 << 20) - 10..(8u64 << 20) + 10;
+    let got = store.get_range(&key, boundary.clone()).await.unwrap();
+    assert_eq!(
+        got,
+        body.slice(boundary.start as usize..boundary.end as usize)
+    );
+    let listed = store.list(&key).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].size, len as u64);
+    store.delete(&key).await.unwrap();
+
+    let after = store.metrics().snapshot();
+    let multipart = (
+        after.multipart_uploads - before.multipart_uploads,
+        after.multipart_initiate_requests - before.multipart_initiate_requests,
+        after.multipart_part_requests - before.multipart_part_requests,
+        after.multipart_complete_requests - before.multipart_complete_requests,
+        after.multipart_abort_requests - before.multipart_abort_requests,
+    );
+    let single_puts = after.single_put_requests() - before.single_put_requests();
+    if store.url().starts_with("s3://") {
+        assert_eq!(multipart, (1, 1, 6, 1, 0), "{after:?}");
+        assert_eq!(single_puts, 0);
+        assert_eq!(after.write_requests() - before.write_requests(), 8);
+    } else {
+        assert_eq!(multipart, (0, 0, 0, 0, 0), "{after:?}");
+        assert_eq!(single_puts, 1);
+    }
+    assert_eq!(after.put_requests - before.put_requests, 1);
+    assert_eq!(after.put_bytes - before.put_bytes, len as u64);
+}
+
+/// `ObjectStore::list`: recursive, files only, keys relative to the root, sizes, string-prefix
+/// matching, sorted, and counted as LIST requests.
+async fn list_conformance(store: &ObjectStore, prefix: &str) {
+    let before = store.metrics().snapshot();
+    let objects: &[(&str, usize)] = &[
+        ("list/a", 10),
+        ("list/b/c", 3_000),
+        ("list/b/d/e", 1),
+        ("list/bb", 7),
+        ("list/empty", 0),
+        ("lis", 5),
+        ("listing/x", 2),
+    ];
+    for (i, (key, len)) in objects.iter().enumerate() {
+        let key = format!("{prefix}/{key}");
+        store.put(&key, pattern(*len, i as u8)).await.unwrap();
+    }
+    let listed = |want: &[(&str, u64)]| -> Vec<ListedObject> {
+        want.iter()
+            .map(|(k, size)| ListedObject {
+                key: format!("{prefix}/{k}"),
+                size: *size,
+            })
+            .collect()
+    };
+    // (prefix relative to the test prefix, expected objects)
+    let cases: &[(&str, &[(&str, u64)])] = &[
+        (
+            "list/",
+            &[
+                ("list/a", 10),
+                ("list/b/c", 3_000),
+                ("list/b/d/e", 1),
+                ("list/bb", 7),
+                ("list/empty", 0),
+            ],
+        ),
+        // A prefix is matched by string, not by folder.
+        (
+            "list/b",
+            &[("list/b/c", 3_000), ("list/b/d/e", 1), ("list/bb", 7)],
+        ),
+        ("list/b/", &[("list/b/c", 3_000), ("list/b/d/e", 1)]),
+        ("list/b/d/e", &[("list/b/d/e", 1)]),
+        (
+            "lis",
+            &[
+                ("lis", 5),
+                ("list/a", 10),
+                ("list/b/c", 3_000),
+                ("list/b/d/e", 1),
+                ("list/bb", 7),
+                ("list/empty", 0),
+                ("listing/x", 2),
+            ],
+        ),
+        ("list/zzz", &[]),
+        ("nothing/here/", &[]),
+    ];
+    for (sub, want) in cases {
+        let got = store.list(&format!("{prefix}/{sub}")).await.unwrap();
+        assert_eq!(got, listed(want), "list({prefix}/{sub})");
+    }
+    // The whole store holds at least these, with keys relative to the root.
+    let all = store.list("").await.unwrap();
+    for want in listed(&[("list/a", 10), ("listing/x", 2)]) {
+        assert!(all.contains(&want), "list(\"\") lacks {want:?}");
+    }
+    assert!(
+        all.iter().all(|o| !o.key.starts_with(".strata-tmp")),
+        "temporary files listed"
+    );
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key), "not sorted");
+    // Bad prefixes never reach the store.
+    for bad in ["/abs", "a//b", "a/../b", "./a", "a\nb"] {
+        match store.list(bad).await {
+            Err(TieringError::BadKey { .. }) => {}
+            other => panic!("prefix {bad:?}: expected BadKey, got {other:?}"),
+        }
+    }
+    for (key, _) in objects {
+        store.delete(&format!("{prefix}/{key}")).await.unwrap();
+    }
+    assert_eq!(
+        store.list(&format!("{prefix}/list/")).await.unwrap(),
+        vec![]
+    );
+    let after = store.metrics().snapshot();
+    assert_eq!(after.list_requests - before.list_requests, 9, "{after:?}");
+    assert_eq!(after.list_errors, before.list_errors);
+    assert!(after.list_objects - before.list_objects >= 5 + 3 + 2 + 1 + 7 + 2);
+}
+
 #[tokio::test]
 async fn memory_backend() {
-    let store = ObjectStore::from_url("memory://").unwrap();
+    let store = small_parts("memory://").unwrap();
     assert_eq!(store.url(), "memory://");
     conformance(&store, "t").await;
     // clones share data and counters
@@ -152,7 +305,7 @@ async fn fs_backend_absolute() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("objects");
     let url = format!("fs://{}", root.display());
-    let store = ObjectStore::from_url(&url).unwrap();
+    let store = small_parts(&url).unwrap();
     assert_eq!(store.url(), url);
     conformance(&store, "t").await;
 
@@ -177,7 +330,7 @@ async fn fs_backend_relative_to_cwd() {
         "{up}{}",
         dir.path().display().to_string().trim_start_matches('/')
     );
-    let store = ObjectStore::from_url(&format!("fs://{rel}")).unwrap();
+    let store = small_parts(&format!("fs://{rel}")).unwrap();
     store.put("k", Bytes::from_static(b"rel")).await.unwrap();
     assert_eq!(std::fs::read(dir.path().join("k")).unwrap(), b"rel");
     conformance(&store, "t").await;
@@ -189,7 +342,7 @@ async fn s3_backend() {
         println!("SKIPPED s3_backend: STRATA_TEST_S3_URL is unset (tests/s3-seaweedfs.sh sets it)");
         return;
     };
-    let store = ObjectStore::from_url(&url).unwrap();
+    let store = small_parts(&url).unwrap();
     let prefix = format!("t20-{}", uuid::Uuid::new_v4());
     conformance(&store, &prefix).await;
 }

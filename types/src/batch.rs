@@ -225,8 +225,8 @@ impl Iterator for Batches<'_> {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Batches for tests in this and other crates (not used by the broker itself).
+pub mod test_support {
     use super::*;
 
     /// Builds a valid uncompressed batch with `count` empty-valued records' worth of offsets
@@ -253,6 +253,12 @@ pub(crate) mod tests {
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         b
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::make_batch;
+    use super::*;
 
     #[test]
     fn parse_and_rewrite() {

@@ -29,10 +29,20 @@ pub struct BlockLocation {
     /// (`0` in entries written before the field existed, which readers do not check).
     #[serde(default)]
     pub crc32c: u32,
+    /// Bytes of the chunk index and trailer that follow the data when the block is a compacted
+    /// *segment* (one partition's object, read chunk by chunk through that index); `0` for a
+    /// block of a multi-partition upload object, which is read whole and checked by `crc32c`.
+    #[serde(default)]
+    pub index_len: u64,
 }
 
 impl BlockLocation {
     pub fn contains(&self, offset: i64) -> bool {
         self.base_offset <= offset && offset < self.end_offset
+    }
+
+    /// True for a compacted segment (see `index_len`).
+    pub fn is_segment(&self) -> bool {
+        self.index_len > 0
     }
 }
