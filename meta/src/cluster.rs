@@ -718,6 +718,7 @@ mod tests {
                 len: 10,
                 max_timestamp: 0,
                 crc32c: 0,
+                index_len: 0,
             }],
             stream: Some(StreamProgress {
                 stream: 1,

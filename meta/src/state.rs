@@ -25,6 +25,13 @@
 //!   ([`MetaState::indexed_start`]) becomes the first remaining block's base offset, or the
 //!   index's end when none remain. Objects left without indexed blocks become garbage, stamped
 //!   with the command's `now_ms`. Dropping nothing is a no-op; the answer is the log start.
+//! - `CompactPartition`: compaction. The blocks (one partition's, contiguous, all in the new
+//!   object) replace the run of index blocks that starts at the first one's base offset and
+//!   ends at the last one's end offset — which must both be block boundaries of the current
+//!   index, else the command is stale (retention or another compaction moved them) and is
+//!   refused. One step: a reader sees either the old blocks or the new ones, never both. Old
+//!   objects left without indexed blocks become garbage, stamped with `now_ms`. A retry of a
+//!   committed key is a no-op.
 //! - `ForgetGarbage`: the sweeper deleted these garbage objects; metadata forgets them. Keys that
 //!   are not garbage (live or unknown) are ignored, so a retry is harmless.
 //! - `AllocateProducerIds`: reserves the next `count` (`1..=PRODUCER_ID_BLOCK_MAX`) Kafka producer
@@ -102,6 +109,15 @@ pub enum Command {
         /// When the proposer decided it; stamps the objects that become garbage.
         now_ms: i64,
     },
+    /// Compaction: `blocks` (one partition's, contiguous, all in object `key`) replace the
+    /// index blocks that cover exactly the same offsets, in one step.
+    CompactPartition {
+        key: String,
+        size: u64,
+        blocks: Vec<BlockLocation>,
+        /// When the proposer decided it; stamps the objects that become garbage.
+        now_ms: i64,
+    },
     /// The sweeper deleted these garbage objects from object storage.
     ForgetGarbage {
         keys: Vec<String>,
@@ -137,6 +153,10 @@ pub enum CommandResult {
         log_start_offset: i64,
     },
     GarbageForgotten,
+    /// A compaction swapped `replaced` index blocks for the new ones.
+    PartitionCompacted {
+        replaced: usize,
+    },
     Cluster(ClusterResult),
     Rejected(Rejection),
     OffsetsCommitted,
@@ -211,6 +231,21 @@ pub enum Rejection {
         key: String,
         size: u64,
         committed_size: u64,
+    },
+    #[error("object `{key}`: a compacted object holds one partition's blocks; it names {topic}/{partition} after {first_topic}/{first_partition}")]
+    CompactionMixesPartitions {
+        key: String,
+        first_topic: TopicId,
+        first_partition: u32,
+        topic: TopicId,
+        partition: u32,
+    },
+    #[error("topic {topic} partition {partition}: the index has no run of blocks covering exactly offsets {base_offset}..{end_offset} any more (trimmed or compacted meanwhile)")]
+    CompactionStale {
+        topic: TopicId,
+        partition: u32,
+        base_offset: i64,
+        end_offset: i64,
     },
     #[error("{count} producer ids requested, allowed are 1..={max}")]
     InvalidProducerIdCount { count: u32, max: u32 },
@@ -357,6 +392,12 @@ impl MetaState {
                 before_offset,
                 now_ms,
             } => self.trim_partition(*topic, *partition, *before_offset, *now_ms),
+            Command::CompactPartition {
+                key,
+                size,
+                blocks,
+                now_ms,
+            } => self.compact_partition(key, *size, blocks, *now_ms),
             Command::ForgetGarbage { keys } => {
                 for key in keys {
                     if self.garbage_keys.remove(key) {
@@ -609,6 +650,160 @@ impl MetaState {
         Ok(CommandResult::PartitionTrimmed {
             log_start_offset: self.indexed_start(topic, partition),
         })
+    }
+
+    fn compact_partition(
+        &mut self,
+        key: &str,
+        size: u64,
+        blocks: &[BlockLocation],
+        now_ms: i64,
+    ) -> Result<CommandResult, Rejection> {
+        // A retry after a lost reply: the object is already swapped in (or even replaced since).
+        let committed_size = match self.objects.get(key) {
+            Some(object) => Some(object.size),
+            None if self.garbage_keys.contains(key) => Some(size),
+            None => None,
+        };
+        if let Some(committed_size) = committed_size {
+            if committed_size != size {
+                return Err(Rejection::ObjectKeyConflict {
+                    key: key.to_owned(),
+                    size,
+                    committed_size,
+                });
+            }
+            return Ok(CommandResult::PartitionCompacted { replaced: 0 });
+        }
+        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+            return Err(Rejection::EmptyObject {
+                key: key.to_owned(),
+            });
+        };
+        if blocks.len() > OBJECT_BLOCKS_MAX {
+            return Err(Rejection::TooManyBlocks {
+                key: key.to_owned(),
+                blocks: blocks.len(),
+                max: OBJECT_BLOCKS_MAX,
+            });
+        }
+        let (topic, partition) = (first.topic, first.partition);
+        let mut expected = first.base_offset;
+        for block in blocks {
+            if block.key != key {
+                return Err(Rejection::BlockKeyMismatch {
+                    key: key.to_owned(),
+                    block_key: block.key.clone(),
+                });
+            }
+            if block.topic != topic || block.partition != partition {
+                return Err(Rejection::CompactionMixesPartitions {
+                    key: key.to_owned(),
+                    first_topic: topic,
+                    first_partition: partition,
+                    topic: block.topic,
+                    partition: block.partition,
+                });
+            }
+            let inside = block
+                .position
+                .checked_add(block.len)
+                .and_then(|end| end.checked_add(block.index_len))
+                .is_some_and(|end| end <= size);
+            if !inside {
+                return Err(Rejection::BlockOutOfBounds {
+                    key: key.to_owned(),
+                    position: block.position,
+                    len: block.len,
+                    size,
+                });
+            }
+            if block.end_offset <= block.base_offset {
+                return Err(Rejection::EmptyBlock {
+                    topic,
+                    partition,
+                    base_offset: block.base_offset,
+                    end_offset: block.end_offset,
+                });
+            }
+            if block.base_offset != expected {
+                return Err(Rejection::OffsetGap {
+                    topic,
+                    partition,
+                    expected,
+                    got: block.base_offset,
+                });
+            }
+            expected = block.end_offset;
+        }
+        let Some(entry) = self.topics.get_mut(&topic) else {
+            return Err(Rejection::UnknownTopicId { topic });
+        };
+        let partitions = entry.meta.partitions;
+        let Some(index) = entry.partitions.get_mut(partition as usize) else {
+            return Err(Rejection::UnknownPartition {
+                topic,
+                partition,
+                partitions,
+            });
+        };
+        let stale = || Rejection::CompactionStale {
+            topic,
+            partition,
+            base_offset: first.base_offset,
+            end_offset: last.end_offset,
+        };
+        // The run to replace: from the block starting at the new base to the one ending at the
+        // new end. Blocks are contiguous, so both boundaries existing means the run is exact.
+        let from = index
+            .blocks
+            .binary_search_by_key(&first.base_offset, |b| b.base_offset)
+            .map_err(|_| stale())?;
+        let to = index
+            .blocks
+            .binary_search_by_key(&last.end_offset, |b| b.end_offset)
+            .map_err(|_| stale())?;
+        if to < from {
+            return Err(stale());
+        }
+        let end_offset = index.end_offset;
+        let old = std::mem::take(&mut index.blocks);
+        index.max_timestamp_prefix.clear();
+        let mut replaced = Vec::with_capacity(to + 1 - from);
+        for (i, block) in old.into_iter().enumerate() {
+            if i == from {
+                for new in blocks {
+                    index.push(new.clone());
+                }
+            }
+            if (from..=to).contains(&i) {
+                replaced.push(block);
+            } else {
+                index.push(block);
+            }
+        }
+        index.end_offset = end_offset;
+        let count = replaced.len();
+        for block in replaced {
+            let object = self
+                .objects
+                .get_mut(&block.key)
+                .expect("invariant: every indexed block's object is live");
+            object.live_blocks -= 1;
+            if object.live_blocks == 0 {
+                self.objects.remove(&block.key);
+                self.garbage_since.insert(block.key.clone(), now_ms);
+                self.garbage_keys.insert(block.key);
+            }
+        }
+        self.objects.insert(
+            key.to_owned(),
+            ObjectEntry {
+                size,
+                live_blocks: blocks.len() as u64,
+            },
+        );
+        Ok(CommandResult::PartitionCompacted { replaced: count })
     }
 
     fn allocate_producer_ids(&mut self, count: u32) -> Result<CommandResult, Rejection> {
@@ -1060,6 +1255,7 @@ mod tests {
                     len: 100,
                     max_timestamp,
                     crc32c: 0,
+                    index_len: 0,
                 },
             )
             .collect();
@@ -1081,6 +1277,8 @@ mod tests {
         /// Trimmed; the log start afterwards.
         Trimmed(i64),
         Forgotten,
+        /// Compacted; how many blocks were replaced.
+        Compacted(usize),
         Rejected(Rejection),
     }
 
@@ -1101,6 +1299,135 @@ mod tests {
         NextProducerId(i64),
     }
     use Step::*;
+
+    /// A compacted object `key` for one partition: segments `(base, end, max_timestamp)`, each
+    /// 100 data bytes plus a 10-byte index.
+    fn compact(key: &str, t: u8, partition: u32, segs: &[(i64, i64, i64)], now_ms: i64) -> Command {
+        let blocks: Vec<BlockLocation> = segs
+            .iter()
+            .enumerate()
+            .map(
+                |(i, &(base_offset, end_offset, max_timestamp))| BlockLocation {
+                    key: key.to_owned(),
+                    topic: tid(t),
+                    partition,
+                    base_offset,
+                    end_offset,
+                    position: i as u64 * 110,
+                    len: 100,
+                    max_timestamp,
+                    crc32c: 0,
+                    index_len: 10,
+                },
+            )
+            .collect();
+        Command::CompactPartition {
+            key: key.to_owned(),
+            size: blocks.len() as u64 * 110,
+            blocks,
+            now_ms,
+        }
+    }
+
+    fn stale(t: u8, partition: u32, base_offset: i64, end_offset: i64) -> Want {
+        Want::Rejected(Rejection::CompactionStale {
+            topic: tid(t),
+            partition,
+            base_offset,
+            end_offset,
+        })
+    }
+
+    #[test]
+    fn compaction_swaps_exact_runs_and_makes_replaced_objects_garbage() {
+        check(
+            "compaction",
+            vec![
+                Apply(create("a", 1, 2), Want::Created),
+                // o1 holds both partitions; o2, o3 only partition 0.
+                Apply(
+                    object("o1", &[(1, 0, 0, 10, 100), (1, 1, 0, 5, 100)]),
+                    Want::Committed,
+                ),
+                Apply(object("o2", &[(1, 0, 10, 20, 200)]), Want::Committed),
+                Apply(object("o3", &[(1, 0, 20, 30, 150)]), Want::Committed),
+                // Not a block boundary: stale, nothing changes.
+                Apply(compact("s0", 1, 0, &[(0, 15, 200)], 7), stale(1, 0, 0, 15)),
+                Apply(compact("s0", 1, 0, &[(5, 20, 200)], 7), stale(1, 0, 5, 20)),
+                // A gap inside the new blocks.
+                Apply(
+                    compact("s0", 1, 0, &[(0, 10, 1), (11, 20, 2)], 7),
+                    gap(1, 0, 10, 11),
+                ),
+                // Mixed partitions.
+                Apply(
+                    Command::CompactPartition {
+                        key: "s0".into(),
+                        size: 220,
+                        blocks: vec![block_of("s0", 1, 0, 0, 10), block_of("s0", 1, 1, 10, 20)],
+                        now_ms: 7,
+                    },
+                    Want::Rejected(Rejection::CompactionMixesPartitions {
+                        key: "s0".into(),
+                        first_topic: tid(1),
+                        first_partition: 0,
+                        topic: tid(1),
+                        partition: 1,
+                    }),
+                ),
+                // Swap 0..20 (o1's block of partition 0 and o2) for one segment.
+                Apply(compact("s1", 1, 0, &[(0, 20, 200)], 7), Want::Compacted(2)),
+                Index(1, 0, &[(0, 20), (20, 30)], 0, 30),
+                // o1 still holds partition 1's block; o2 is garbage since 7.
+                Garbage(&["o2"]),
+                GarbageSince("o2", Some(7)),
+                Find(1, 0, 12, Some(0)),
+                FindTime(1, 0, 160, Some(0)),
+                FindTime(1, 0, 201, None),
+                // A retry of the same compaction is a no-op.
+                Apply(compact("s1", 1, 0, &[(0, 20, 200)], 8), Want::Compacted(0)),
+                // Compacting segments again (merge) into two segments.
+                Apply(
+                    compact("s2", 1, 0, &[(0, 25, 200), (25, 30, 150)], 9),
+                    Want::Compacted(2),
+                ),
+                Index(1, 0, &[(0, 25), (25, 30)], 0, 30),
+                Garbage(&["o2", "o3", "s1"]),
+                // Retention then trims the first segment; a compaction planned before is stale.
+                Apply(trim(1, 0, 25, 10), Want::Trimmed(25)),
+                Apply(compact("s3", 1, 0, &[(0, 30, 200)], 11), stale(1, 0, 0, 30)),
+                Garbage(&["o2", "o3", "s1"]),
+                Apply(object("o4", &[(1, 0, 30, 40, 300)]), Want::Committed),
+                Apply(
+                    compact("s3", 1, 0, &[(25, 40, 300)], 12),
+                    Want::Compacted(2),
+                ),
+                Index(1, 0, &[(25, 40)], 25, 40),
+                Garbage(&["o2", "o3", "o4", "s1", "s2"]),
+            ],
+        );
+    }
+
+    fn block_of(
+        key: &str,
+        t: u8,
+        partition: u32,
+        base_offset: i64,
+        end_offset: i64,
+    ) -> BlockLocation {
+        BlockLocation {
+            key: key.to_owned(),
+            topic: tid(t),
+            partition,
+            base_offset,
+            end_offset,
+            position: base_offset as u64 * 10,
+            len: 100,
+            max_timestamp: 1,
+            crc32c: 0,
+            index_len: 0,
+        }
+    }
 
     fn gap(t: u8, partition: u32, expected: i64, got: i64) -> Want {
         Want::Rejected(Rejection::OffsetGap {
@@ -1141,6 +1468,9 @@ mod tests {
                             assert_eq!(want, log_start_offset, "{at}");
                         }
                         (Want::Forgotten, CommandResult::GarbageForgotten) => {}
+                        (Want::Compacted(want), CommandResult::PartitionCompacted { replaced }) => {
+                            assert_eq!(want, replaced, "{at}");
+                        }
                         (Want::Rejected(want), CommandResult::Rejected(got)) => {
                             assert_eq!(want, got, "{at}");
                             let after = serde_json::to_string(&state).unwrap();

@@ -45,6 +45,7 @@ fn object(i: i64) -> Command {
             len: 100,
             max_timestamp: i,
             crc32c: 0,
+            index_len: 0,
         }],
     }
 }

@@ -56,6 +56,7 @@ pub fn object(partition: u32, base: i64) -> Command {
             len: 100,
             max_timestamp: base,
             crc32c: 0,
+            index_len: 0,
         }],
     }
 }
