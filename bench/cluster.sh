@@ -40,7 +40,7 @@ META_PEERS="1@127.0.0.1:21281,2@127.0.0.1:21282,3@127.0.0.1:21283"
 BOOT=""
 for i in 1 2 3; do
   $BIN start --roles meta,broker --node-id $i --data-dir "$WORK/node$i" --object-store "fs://$WORK/objects" \
-      --kafka-listen "127.0.0.1:2909$i" --admin-listen "127.0.0.1:2808$i" \
+      --kafka-listen "127.0.0.1:2909$i" --admin-listen "127.0.0.1:2808$i" --mqtt-listen "127.0.0.1:2188$i" \
       --meta-listen "127.0.0.1:2128$i" --meta-peers "$META_PEERS" --wal-peers "$WAL_PEERS" >"$WORK/node$i.log" 2>&1 &
   pids+=($!)
   BOOT="${BOOT:+$BOOT,}127.0.0.1:2909$i"

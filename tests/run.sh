@@ -55,6 +55,14 @@ if ! command -v kcat >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq kcat >/dev/null
 fi
 kcat -V 2>&1 | head -1
+# mosquitto_pub / mosquitto_sub for the MQTT tests (t100); the clients only, never the broker.
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq mosquitto-clients >/dev/null
+fi
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 # Node clients (kafkajs) for the e2e suite: npm ci from the lock file, only when the installed
 # version is not the pinned one.

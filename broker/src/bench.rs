@@ -67,3 +67,56 @@ pub fn disk(dir: &Path, seconds: u64) -> std::io::Result<DiskReport> {
         seq_bytes: written,
     })
 }
+
+/// What `strata bench store-read` measured.
+#[derive(Debug, serde::Serialize)]
+pub struct StoreReadReport {
+    pub objects: usize,
+    pub bytes: u64,
+    pub gets: u64,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+    pub concurrency: usize,
+    pub range_bytes: u64,
+}
+
+/// Reads every object under `prefix` with ranged GETs of `range_bytes`, `concurrency` at a
+/// time — the raw bandwidth a replay through the broker is compared with (same store, same
+/// concurrency as the broker's read-ahead, same read unit as its segment chunks).
+pub async fn store_read(
+    store: &strata_tiering::ObjectStore,
+    prefix: &str,
+    concurrency: usize,
+    range_bytes: u64,
+) -> Result<StoreReadReport, strata_tiering::TieringError> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    let objects = store.list(prefix).await?;
+    let ranges: Vec<(String, std::ops::Range<u64>)> = objects
+        .iter()
+        .flat_map(|o| {
+            let step = range_bytes.max(1);
+            (0..o.size.div_ceil(step))
+                .map(move |i| (o.key.clone(), i * step..((i + 1) * step).min(o.size)))
+        })
+        .collect();
+    let gets = ranges.len() as u64;
+    let start = Instant::now();
+    let bytes: u64 =
+        stream::iter(ranges)
+            .map(|(key, range)| async move {
+                store.get_range(&key, range).await.map(|b| b.len() as u64)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+            .await?;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(StoreReadReport {
+        objects: objects.len(),
+        bytes,
+        gets,
+        seconds,
+        mb_per_s: bytes as f64 / 1e6 / seconds.max(1e-9),
+        concurrency,
+        range_bytes,
+    })
+}

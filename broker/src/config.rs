@@ -48,7 +48,10 @@ pub struct FileConfig {
     pub admin: AdminSection,
     pub wal: WalSection,
     pub tiering: TieringSection,
+    pub compaction: CompactionSection,
+    pub cache: CacheSection,
     pub meta: MetaSection,
+    pub mqtt: MqttSection,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -67,6 +70,41 @@ pub struct KafkaSection {
     /// Requests read ahead of their responses on one connection (pipelining).
     pub inflight_requests_max: u32,
     pub connections_max: u32,
+}
+
+/// The MQTT listener and its mapping onto Kafka topics (`crate::mqtt`).
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    pub listen: String,
+    /// Largest MQTT packet accepted (its remaining length); a larger one closes that connection
+    /// (MQTT 5: DISCONNECT 0x95 Packet too large).
+    pub packet_bytes_max: u32,
+    pub connections_max: u32,
+    /// The Kafka topic of publishes that no `kafka_mapping` rule matches (auto-created).
+    pub default_kafka_topic: String,
+    /// `[[mqtt.kafka_mapping]]` rules, first match wins.
+    pub kafka_mapping: Vec<MqttKafkaMapping>,
+}
+
+/// One `[[mqtt.kafka_mapping]]` rule: MQTT topics matching `filter` are stored in `kafka_topic`.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttKafkaMapping {
+    pub filter: String,
+    pub kafka_topic: String,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:1883".into(),
+            packet_bytes_max: 1024 * 1024,
+            connections_max: 10_000,
+            default_kafka_topic: "mqtt-messages".into(),
+            kafka_mapping: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -101,10 +139,8 @@ pub struct WalSection {
 pub struct TieringSection {
     pub flush_interval_ms: u64,
     pub flush_bytes_max: u64,
-    /// Default `<data_dir>/cache`.
+    /// Default `<data_dir>/cache`: the read cache's disk tier (`cache.*`).
     pub cache_dir: Option<PathBuf>,
-    /// Memory for recently read object blocks (cold reads).
-    pub read_cache_bytes_max: u64,
     /// Already-uploaded bytes kept in memory per partition for tail readers.
     pub tail_bytes_max: u64,
     /// `retention.ms` of topics that set none (Kafka's `log.retention.ms`); -1 keeps forever.
@@ -115,6 +151,70 @@ pub struct TieringSection {
     pub retention_check_interval_ms: u64,
     /// How long an object stays in the store after the index stopped referencing it.
     pub garbage_grace_ms: u64,
+}
+
+/// The read cache for object-storage data (memory + disk under `tiering.cache_dir`), in two
+/// budgets: `recent` (upload blocks, read by lagging tail consumers) and `history` (segment
+/// chunks, read by replays), so a replay cannot evict what the tail needs.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    pub recent_memory_bytes: u64,
+    pub recent_disk_bytes: u64,
+    pub history_memory_bytes: u64,
+    pub history_disk_bytes: u64,
+    /// Segment chunks fetched ahead of a reader that replays (per read).
+    pub readahead_chunks: u32,
+    /// Read-ahead GETs in flight at once, all replays together.
+    pub readahead_concurrency: u32,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            recent_memory_bytes: 64 * 1024 * 1024,
+            recent_disk_bytes: 256 * 1024 * 1024,
+            history_memory_bytes: 64 * 1024 * 1024,
+            history_disk_bytes: 1024 * 1024 * 1024,
+            readahead_chunks: 8,
+            readahead_concurrency: 8,
+        }
+    }
+}
+
+/// The compactor: small multi-partition upload objects → large per-partition segments.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionSection {
+    pub enabled: bool,
+    /// How often the compactor looks for work (and the orphan sweeper for its turn).
+    pub interval_ms: u64,
+    /// Target size of a segment's data; blocks smaller than half of it are compacted.
+    pub segment_bytes: u64,
+    /// Size of the chunks a segment is read in (one GET each; the unit of the read cache).
+    pub chunk_bytes: u64,
+    /// A run of small blocks is compacted once it has this many blocks (or `segment_bytes`).
+    pub min_blocks: u32,
+    /// How often the store is LISTed for objects nothing references (crashed uploads or
+    /// compactions). Off the request path; 0 disables it.
+    pub orphan_sweep_interval_ms: u64,
+    /// An unreferenced object younger than this (by the time in its key) is left alone: its
+    /// commit may still be on the way.
+    pub orphan_grace_ms: u64,
+}
+
+impl Default for CompactionSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 30_000,
+            segment_bytes: 256 * 1024 * 1024,
+            chunk_bytes: 1024 * 1024,
+            min_blocks: 8,
+            orphan_sweep_interval_ms: 3_600_000,
+            orphan_grace_ms: 3_600_000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -179,7 +279,10 @@ impl Default for FileConfig {
             admin: AdminSection::default(),
             wal: WalSection::default(),
             tiering: TieringSection::default(),
+            compaction: CompactionSection::default(),
+            cache: CacheSection::default(),
             meta: MetaSection::default(),
+            mqtt: MqttSection::default(),
         }
     }
 }
@@ -227,7 +330,6 @@ impl Default for TieringSection {
             flush_interval_ms: 1000,
             flush_bytes_max: 8 * 1024 * 1024,
             cache_dir: None,
-            read_cache_bytes_max: 128 * 1024 * 1024,
             tail_bytes_max: 4 * 1024 * 1024,
             retention_ms: 7 * 24 * 60 * 60 * 1000,
             retention_bytes: -1,
@@ -249,6 +351,7 @@ pub struct NodeConfig {
     pub kafka_listen: SocketAddr,
     pub kafka_advertised: (String, u16),
     pub admin_listen: SocketAddr,
+    pub mqtt_listen: SocketAddr,
     /// `kafka.message_bytes_max`, resolved.
     pub message_bytes_max: u32,
     pub roles: Roles,
@@ -284,9 +387,12 @@ const MESSAGE_BYTES_MAX_DEFAULT: u32 = 1024 * 1024 + 12;
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
+    pub wal_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
     pub object_store: Option<String>,
     pub kafka_listen: Option<String>,
     pub admin_listen: Option<String>,
+    pub mqtt_listen: Option<String>,
     pub node_id: Option<u64>,
     pub roles: Option<String>,
     pub advertise: Option<String>,
@@ -296,7 +402,16 @@ pub struct Overrides {
     pub wal_peers: Option<String>,
 }
 
-const SECTIONS: &[&str] = &["kafka", "admin", "wal", "tiering", "meta"];
+const SECTIONS: &[&str] = &[
+    "kafka",
+    "admin",
+    "wal",
+    "tiering",
+    "compaction",
+    "cache",
+    "meta",
+    "mqtt",
+];
 const ENV_PREFIX: &str = "STRATA_";
 
 /// Loads file + environment + flags into a validated [`NodeConfig`].
@@ -415,6 +530,20 @@ fn apply_overrides(table: &mut toml::Table, o: &Overrides) {
             toml::Value::String(v.display().to_string()),
         );
     }
+    if let Some(v) = &o.wal_dir {
+        set(
+            Some("wal"),
+            "dir",
+            toml::Value::String(v.display().to_string()),
+        );
+    }
+    if let Some(v) = &o.cache_dir {
+        set(
+            Some("tiering"),
+            "cache_dir",
+            toml::Value::String(v.display().to_string()),
+        );
+    }
     if let Some(v) = &o.object_store {
         set(None, "object_store", toml::Value::String(v.clone()));
     }
@@ -426,6 +555,9 @@ fn apply_overrides(table: &mut toml::Table, o: &Overrides) {
     }
     if let Some(v) = &o.admin_listen {
         set(Some("admin"), "listen", toml::Value::String(v.clone()));
+    }
+    if let Some(v) = &o.mqtt_listen {
+        set(Some("mqtt"), "listen", toml::Value::String(v.clone()));
     }
     if let Some(v) = &o.roles {
         set(None, "roles", toml::Value::String(v.clone()));
@@ -474,6 +606,8 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
     };
     let kafka_listen = parse_addr("kafka.listen", &f.kafka.listen)?;
     let admin_listen = parse_addr("admin.listen", &f.admin.listen)?;
+    let mqtt_listen = parse_addr("mqtt.listen", &f.mqtt.listen)?;
+    validate_mqtt(&f.mqtt)?;
     let kafka_advertised = match &f.kafka.advertised {
         Some(adv) => {
             let (host, port) = adv
@@ -532,6 +666,35 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
             "tiering.retention_check_interval_ms",
             "must be positive",
         ));
+    }
+    if f.compaction.interval_ms == 0 {
+        return Err(bad("compaction.interval_ms", "must be positive"));
+    }
+    if f.compaction.chunk_bytes < 4096 || f.compaction.chunk_bytes > 256 * 1024 * 1024 {
+        return Err(bad(
+            "compaction.chunk_bytes",
+            "must be between 4096 and 268435456",
+        ));
+    }
+    if f.compaction.segment_bytes < f.compaction.chunk_bytes {
+        return Err(bad(
+            "compaction.segment_bytes",
+            "must be at least compaction.chunk_bytes",
+        ));
+    }
+    for (key, value) in [
+        ("cache.recent_disk_bytes", f.cache.recent_disk_bytes),
+        ("cache.history_disk_bytes", f.cache.history_disk_bytes),
+    ] {
+        if value < 32 * 1024 * 1024 {
+            return Err(bad(key, "must be at least 33554432 (32 MiB)"));
+        }
+    }
+    if f.cache.readahead_concurrency == 0 {
+        return Err(bad("cache.readahead_concurrency", "must be positive"));
+    }
+    if f.compaction.min_blocks < 2 {
+        return Err(bad("compaction.min_blocks", "must be at least 2"));
     }
     let mut roles = Roles {
         meta: false,
@@ -637,9 +800,59 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         kafka_listen,
         kafka_advertised,
         admin_listen,
+        mqtt_listen,
         message_bytes_max,
         file: f,
     })
+}
+
+/// The `[mqtt]` checks: limits, and every mapping rule's filter and Kafka topic.
+fn validate_mqtt(m: &MqttSection) -> Result<(), ConfigError> {
+    if m.packet_bytes_max < 1024 || m.packet_bytes_max > crate::mqtt::PACKET_BYTES_LIMIT {
+        return Err(bad(
+            "mqtt.packet_bytes_max",
+            format!(
+                "must be in 1024..={} (MQTT's largest packet)",
+                crate::mqtt::PACKET_BYTES_LIMIT
+            ),
+        ));
+    }
+    if m.connections_max == 0 {
+        return Err(bad("mqtt.connections_max", "must be positive"));
+    }
+    if let Err(e) = strata_types::TopicName::new(m.default_kafka_topic.clone()) {
+        return Err(bad(
+            "mqtt.default_kafka_topic",
+            format!(
+                "`{}` is not a valid Kafka topic name ({e})",
+                m.default_kafka_topic
+            ),
+        ));
+    }
+    for (i, rule) in m.kafka_mapping.iter().enumerate() {
+        if let Err(e) = crate::mqtt::topic::validate_filter(&rule.filter) {
+            return Err(bad(
+                &format!("mqtt.kafka_mapping[{i}].filter"),
+                format!("`{}`: {e}", rule.filter),
+            ));
+        }
+        if rule.kafka_topic.is_empty() {
+            return Err(bad(
+                &format!("mqtt.kafka_mapping[{i}].kafka_topic"),
+                "must not be empty",
+            ));
+        }
+        if let Err(e) = strata_types::TopicName::new(rule.kafka_topic.clone()) {
+            return Err(bad(
+                &format!("mqtt.kafka_mapping[{i}].kafka_topic"),
+                format!(
+                    "`{}` is not a valid Kafka topic name ({e})",
+                    rule.kafka_topic
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -727,6 +940,32 @@ mod tests {
         assert_eq!(c.file.tiering.flush_interval_ms, 200);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.object_store, "fs:///tmp/x/objects");
+    }
+
+    #[test]
+    fn wal_and_cache_dirs_have_their_own_flags() {
+        let c = load_str("", &[("STRATA_DATA_DIR", "/tmp/d")], &Overrides::default()).unwrap();
+        assert_eq!(c.wal_dir, PathBuf::from("/tmp/d/wal"));
+        assert_eq!(c.cache_dir, PathBuf::from("/tmp/d/cache"));
+        let o = Overrides {
+            wal_dir: Some("/nvme/wal".into()),
+            cache_dir: Some("/ssd/cache".into()),
+            ..Default::default()
+        };
+        let c = load_str("[compaction]\nmin_blocks = 3\n", &[], &o).unwrap();
+        assert_eq!(c.wal_dir, PathBuf::from("/nvme/wal"));
+        assert_eq!(c.cache_dir, PathBuf::from("/ssd/cache"));
+        assert_eq!(c.file.compaction.min_blocks, 3);
+        let err = load_str(
+            "[cache]\nhistory_disk_bytes = 1\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cache.history_disk_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

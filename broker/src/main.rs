@@ -17,6 +17,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start-up: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Commands {
     /// Run a node: every role (metadata, WAL, broker) on embedded defaults, or the roles and
     /// peers given (a cluster: --node-id, --meta-peers, --wal-peers).
@@ -27,6 +29,50 @@ enum Commands {
     /// Benchmarks and probes (results as JSON on stdout).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Export a topic's records to files in an object store (over the Kafka protocol).
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Write a topic's records, over a time range, as Parquet files to an object store.
+    ///
+    /// Each partition's range is the offsets [ListOffsets(--from-time), ListOffsets(--to-time)):
+    /// from the first record whose timestamp is at or after --from-time (the log start if
+    /// absent) up to, not including, the first record whose timestamp is at or after
+    /// --to-time (the high watermark at start if absent or if no record is that late). A
+    /// partition with nothing in range writes no file.
+    ///
+    /// Files: <topic>/partition=<p>/<first offset>-<last offset>.parquet (offsets 20 digits,
+    /// inclusive), at most ~1,000,000 rows or ~128 MiB of input each, zstd-compressed, with
+    /// columns partition, offset, timestamp (ms, UTC), timestamp_type (0 CreateTime, 1
+    /// LogAppendTime), key, value, headers (list of {key, value}). Progress goes to stderr,
+    /// each written key to stdout. Exit 2: bad arguments (unknown topic or partition, bad
+    /// time or URL); exit 1: the broker or the store failed.
+    Parquet(ExportParquetArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportParquetArgs {
+    /// The topic to export.
+    #[arg(long)]
+    topic: String,
+    /// Start of the range: RFC 3339 (2026-05-01T00:00:00Z) or milliseconds since the epoch.
+    #[arg(long, value_parser = strata_broker::export::parse_time)]
+    from_time: Option<i64>,
+    /// End of the range (exclusive): RFC 3339 or milliseconds since the epoch.
+    #[arg(long, value_parser = strata_broker::export::parse_time)]
+    to_time: Option<i64>,
+    /// Where to write: an object-store URL (fs:///abs/dir, s3://bucket/prefix?endpoint=…,
+    /// gcs://bucket, azblob://container?account_name=…, webhdfs://host:port/path).
+    #[arg(long = "to")]
+    to: String,
+    /// Only these partitions, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    partitions: Option<Vec<i32>>,
+    #[command(flatten)]
+    bootstrap: Bootstrap,
 }
 
 #[derive(clap::Args)]
@@ -86,6 +132,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Raw GET bandwidth of an object store: every object under a prefix, in ranged GETs.
+    StoreRead {
+        /// Store URL (as `start --object-store`).
+        #[arg(long)]
+        object_store: String,
+        #[arg(long, default_value = "segments/")]
+        prefix: String,
+        /// GETs in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Bytes per GET.
+        #[arg(long, default_value_t = 1 << 20)]
+        range_bytes: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -93,6 +153,12 @@ struct StartArgs {
     /// Root of local state (WAL, metadata, cache; and objects when the store is the default).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The WAL's directory (default <data-dir>/wal): give it its own fast device.
+    #[arg(long)]
+    wal_dir: Option<PathBuf>,
+    /// The read cache's disk tier (default <data-dir>/cache): may be wiped while stopped.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Object store: fs:///path, memory://, s3://bucket?endpoint=http://host:port&region=…,
     /// gcs://bucket, azblob://container?account_name=…, webhdfs://host:port/path.
     #[arg(long)]
@@ -103,6 +169,9 @@ struct StartArgs {
     /// Admin HTTP listener (health, metrics, REST), host:port.
     #[arg(long)]
     admin_listen: Option<String>,
+    /// MQTT listener (3.1.1 and 5.0 over TCP), host:port.
+    #[arg(long)]
+    mqtt_listen: Option<String>,
     /// This node's id: Kafka broker id, raft node id, WAL stream id. Unique in a cluster.
     #[arg(long)]
     node_id: Option<u64>,
@@ -136,6 +205,13 @@ fn main() -> ExitCode {
     match cli.command {
         Commands::Start(args) => start(args),
         Commands::Topic(cmd) => topic(cmd),
+        Commands::Export(ExportCommand::Parquet(args)) => export_parquet(args),
+        Commands::Bench(BenchCommand::StoreRead {
+            object_store,
+            prefix,
+            concurrency,
+            range_bytes,
+        }) => bench_store_read(&object_store, &prefix, concurrency, range_bytes),
         Commands::Bench(BenchCommand::Disk { dir, seconds }) => {
             match strata_broker::bench::disk(&dir, seconds) {
                 Ok(report) => {
@@ -154,12 +230,50 @@ fn main() -> ExitCode {
     }
 }
 
+fn bench_store_read(url: &str, prefix: &str, concurrency: usize, range_bytes: u64) -> ExitCode {
+    let store = match strata_tiering::ObjectStore::from_url(url) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("strata: error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("strata: error: tokio runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(strata_broker::bench::store_read(
+        &store,
+        prefix,
+        concurrency,
+        range_bytes,
+    )) {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("strata: error: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn start(args: StartArgs) -> ExitCode {
     let overrides = Overrides {
         data_dir: args.data_dir,
+        wal_dir: args.wal_dir,
+        cache_dir: args.cache_dir,
         object_store: args.object_store,
         kafka_listen: args.kafka_listen,
         admin_listen: args.admin_listen,
+        mqtt_listen: args.mqtt_listen,
         node_id: args.node_id,
         roles: args.roles,
         advertise: args.advertise,
@@ -256,6 +370,40 @@ fn topic(cmd: TopicCommand) -> ExitCode {
         Err(err) => {
             eprintln!("strata: error: {err}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs `strata export parquet`. Exit 2 on bad arguments, 1 when the broker or store fails.
+fn export_parquet(args: ExportParquetArgs) -> ExitCode {
+    use strata_broker::export::{self, ExportRequest, FileLimits};
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("strata: error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let request = ExportRequest {
+        topic: args.topic,
+        from_ms: args.from_time,
+        to_ms: args.to_time,
+        store_url: args.to,
+        bootstrap: args.bootstrap.bootstrap,
+        partitions: args.partitions,
+        limits: FileLimits::default(),
+    };
+    match runtime.block_on(export::run(request)) {
+        Ok(summary) => {
+            eprintln!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("strata: error: {err}");
+            ExitCode::from(err.exit_code())
         }
     }
 }

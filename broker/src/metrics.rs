@@ -45,6 +45,51 @@ pub struct Metrics {
     pub group_rebalances_total: AtomicU64,
     /// OffsetCommit requests written to metadata.
     pub offset_commits_total: AtomicU64,
+    /// The compactor (`log/compactor.rs`): segments swapped in, blocks they replaced, segment
+    /// bytes written, compactions refused as stale, failures, orphan objects deleted; and the
+    /// read path's read-ahead.
+    pub tier: TierMetrics,
+}
+
+#[derive(Default, Debug)]
+pub struct TierMetrics {
+    pub segments_total: AtomicU64,
+    pub blocks_replaced_total: AtomicU64,
+    pub bytes_written_total: AtomicU64,
+    pub stale_total: AtomicU64,
+    pub failures_total: AtomicU64,
+    pub orphans_deleted_total: AtomicU64,
+    pub readahead_chunks_total: AtomicU64,
+}
+
+impl TierMetrics {
+    fn render(&self, out: &mut String) {
+        let rows: [(&str, &AtomicU64); 7] = [
+            ("strata_compaction_segments_total", &self.segments_total),
+            (
+                "strata_compaction_blocks_replaced_total",
+                &self.blocks_replaced_total,
+            ),
+            (
+                "strata_compaction_bytes_written_total",
+                &self.bytes_written_total,
+            ),
+            ("strata_compaction_stale_total", &self.stale_total),
+            ("strata_compaction_failures_total", &self.failures_total),
+            (
+                "strata_tiering_orphans_deleted_total",
+                &self.orphans_deleted_total,
+            ),
+            (
+                "strata_cold_read_readahead_chunks_total",
+                &self.readahead_chunks_total,
+            ),
+        ];
+        for (name, value) in rows {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+    }
 }
 
 impl Metrics {
@@ -179,5 +224,6 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        self.tier.render(out);
     }
 }

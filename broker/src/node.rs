@@ -11,6 +11,7 @@
 //! 4. only then do the listeners open.
 
 use crate::config::NodeConfig;
+use crate::log::compactor::{Compactor, Policy};
 use crate::log::entry::WalEntry;
 use crate::log::partition::TailBatch;
 use crate::log::producer::ProducerStates;
@@ -61,6 +62,11 @@ pub enum StartError {
     },
     #[error("cluster membership: {reason}")]
     Cluster { reason: String },
+    #[error("read cache in {}: {reason}", dir.display())]
+    Cache {
+        dir: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl StartError {
@@ -204,10 +210,27 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     )
     .map_err(io("start sequencer thread"))?;
 
+    let c = &config.file.cache;
+    let cache = crate::log::cache::ReadCache::open(
+        &config.cache_dir,
+        crate::log::cache::CacheBudgets {
+            recent_memory_bytes: c.recent_memory_bytes,
+            recent_disk_bytes: c.recent_disk_bytes,
+            history_memory_bytes: c.history_memory_bytes,
+            history_disk_bytes: c.history_disk_bytes,
+            readahead_concurrency: c.readahead_concurrency as usize,
+        },
+    )
+    .await
+    .map_err(|e| StartError::Cache {
+        dir: config.cache_dir.clone(),
+        reason: format!("{e:#}"),
+    })?;
     let reader = Reader::new(
         meta.clone(),
         store.clone(),
-        config.file.tiering.read_cache_bytes_max,
+        Arc::new(cache),
+        c.readahead_chunks as usize,
         metrics.clone(),
     );
     let node = Arc::new(Node {
@@ -282,6 +305,26 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     };
     tokio::spawn(retention.run(shutdown_rx.clone()));
 
+    let compaction = &node.config.file.compaction;
+    let compactor = Compactor {
+        node_id: node.config.node_id,
+        registry: registry.clone(),
+        store: store.clone(),
+        meta: meta.clone(),
+        metrics: metrics.clone(),
+        interval: Duration::from_millis(compaction.interval_ms),
+        policy: Policy {
+            segment_bytes: compaction.segment_bytes,
+            chunk_bytes: compaction.chunk_bytes,
+            min_blocks: compaction.min_blocks,
+        },
+        enabled: compaction.enabled,
+        orphan_sweep_interval: (compaction.orphan_sweep_interval_ms > 0)
+            .then(|| Duration::from_millis(compaction.orphan_sweep_interval_ms)),
+        orphan_grace_ms: i64::try_from(compaction.orphan_grace_ms).unwrap_or(i64::MAX),
+    };
+    tokio::spawn(compactor.run(shutdown_rx.clone()));
+
     let kafka_listener = tokio::net::TcpListener::bind(node.config.kafka_listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -294,6 +337,13 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
             addr: node.config.admin_listen,
             source,
         })?;
+    let mqtt_listener = tokio::net::TcpListener::bind(node.config.mqtt_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: node.config.mqtt_listen,
+            source,
+        })?;
+    let mqtt_addr = mqtt_listener.local_addr().map_err(io("mqtt listener"))?;
     let kafka_addr = kafka_listener.local_addr().map_err(io("kafka listener"))?;
     let admin_addr = admin_listener.local_addr().map_err(io("admin listener"))?;
 
@@ -307,8 +357,10 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         admin_listener,
         shutdown_rx.clone(),
     ));
+    crate::mqtt::start(node.clone(), mqtt_listener, shutdown_rx.clone());
 
     println!("strata: kafka listening on {kafka_addr}");
+    println!("strata: mqtt listening on {mqtt_addr}");
     println!("strata: admin listening on {admin_addr}");
     println!("strata: object store {}", store.url());
     println!("strata: data dir {}", node.config.data_dir.display());
@@ -337,6 +389,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     if let Err(err) = meta.shutdown().await {
         tracing::warn!(%err, "metadata shutdown");
     }
+    node.reader.close().await;
     println!("strata: stopped");
     if lost {
         return Err(StartError::Cluster {
@@ -766,6 +819,7 @@ mod tests {
                     len: 100,
                     max_timestamp: 0,
                     crc32c: 0,
+                    index_len: 0,
                 }],
             });
         }

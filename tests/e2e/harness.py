@@ -178,6 +178,7 @@ class Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
         self.kafka_port = free_port()
+        self.mqtt_port = free_port()
         self.admin_port = free_port()
         self.object_store = object_store
         self.config = config
@@ -229,6 +230,7 @@ class Broker:
             "--data-dir", str(self.data_dir),
             "--kafka-listen", self.bootstrap,
             "--admin-listen", f"127.0.0.1:{self.admin_port}",
+            "--mqtt-listen", f"127.0.0.1:{self.mqtt_port}",
             "--node-id", str(self.node_id),
         ]
         if self.object_store:
@@ -266,6 +268,7 @@ class Broker:
                 if self.starts > 3 or "in use" not in self.stderr_tail(5).lower() or self._ports_fixed:
                     raise
                 self.kafka_port, self.admin_port = free_port(), free_port()
+                self.mqtt_port = free_port()
                 return self.start(wait, timeout)
         self._ports_fixed = True  # a restart must come back on the same ports
         return self

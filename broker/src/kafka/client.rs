@@ -1,17 +1,20 @@
-//! A minimal Kafka admin client for the `strata topic …` commands.
+//! A minimal Kafka client for the `strata topic …` and `strata export …` commands.
 //!
 //! It speaks the same wire protocol as any stock client (through `kafka-protocol`), so the CLI
 //! works against any StrataMQ broker — or any Kafka broker — it can reach, and the admin path
-//! is exercised exactly as clients exercise it. One request at a time on one connection.
+//! is exercised exactly as clients exercise it. One request at a time on one connection; a
+//! caller that reads partitions led by several brokers opens one client per leader (see
+//! [`AdminClient::topic_layout`], which names each partition's leader and its address).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -25,6 +28,10 @@ const METADATA_VERSION: i16 = 12;
 const CREATE_TOPICS_VERSION: i16 = 5;
 const DELETE_TOPICS_VERSION: i16 = 4;
 const LIST_OFFSETS_VERSION: i16 = 5;
+/// v12: the last version that names topics (v13+ address them by id only).
+const FETCH_VERSION: i16 = 12;
+/// How long a Fetch may wait on the broker for `min_bytes` (1) to arrive.
+const FETCH_WAIT_MS_MAX: i32 = 500;
 /// Largest response accepted.
 const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,6 +58,53 @@ pub enum ClientError {
         code: String,
         message: String,
     },
+    /// Metadata says the topic does not exist. Permanent: a wrong name, not a bad broker.
+    #[error("topic `{topic}` does not exist on {addr}")]
+    UnknownTopic { addr: String, topic: String },
+}
+
+/// ListOffsets' special timestamps (KIP-79): the offset after the last record, and the first.
+pub const OFFSET_LATEST: i64 = -1;
+pub const OFFSET_EARLIEST: i64 = -2;
+
+/// Where a topic's partitions live, as Metadata describes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLayout {
+    pub topic: String,
+    /// `(partition, leader id)`, sorted by partition; a leader of -1 means none right now.
+    pub partitions: Vec<(i32, i32)>,
+    /// `(broker id, host:port)` of every broker Metadata listed.
+    pub brokers: Vec<(i32, String)>,
+}
+
+impl TopicLayout {
+    /// The `host:port` of `partition`'s leader, if it has one Metadata listed.
+    pub fn leader_addr(&self, partition: i32) -> Option<&str> {
+        let (_, leader) = self.partitions.iter().find(|(p, _)| *p == partition)?;
+        self.brokers
+            .iter()
+            .find(|(id, _)| id == leader)
+            .map(|(_, addr)| addr.as_str())
+    }
+}
+
+/// One partition's answer to ListOffsets: an offset (-1: no record at or after the timestamp)
+/// or a Kafka error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedOffset {
+    pub partition: i32,
+    pub error_code: i16,
+    pub offset: i64,
+}
+
+/// One partition's answer to Fetch: concatenated record batches as the broker stored them
+/// (the last one possibly cut short by the byte limit), or a Kafka error code.
+#[derive(Debug, Clone)]
+pub struct FetchedPartition {
+    pub error_code: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
 }
 
 /// One topic as Metadata and ListOffsets describe it.
@@ -79,13 +133,25 @@ fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
-fn kafka_error(what: String, code: i16, message: Option<&StrBytes>) -> ClientError {
-    let code_name = ResponseError::try_from_code(code)
+/// Kafka's OFFSET_OUT_OF_RANGE: the fetch offset is below the log start or past the end.
+pub const ERROR_OFFSET_OUT_OF_RANGE: i16 = 1;
+
+/// Whether Kafka calls an error code retriable (a leader moving, a timeout, …).
+pub fn error_is_retriable(code: i16) -> bool {
+    ResponseError::try_from_code(code).is_some_and(|e| e.is_retriable())
+}
+
+/// The name of a Kafka error code, as `ResponseError` spells it.
+pub fn error_name(code: i16) -> String {
+    ResponseError::try_from_code(code)
         .map(|e| format!("{e:?}"))
-        .unwrap_or_else(|| format!("error code {code}"));
+        .unwrap_or_else(|| format!("error code {code}"))
+}
+
+fn kafka_error(what: String, code: i16, message: Option<&StrBytes>) -> ClientError {
     ClientError::Kafka {
         what,
-        code: code_name,
+        code: error_name(code),
         message: message.map(|m| m.to_string()).unwrap_or_default(),
     }
 }
@@ -265,8 +331,9 @@ impl AdminClient {
                 .collect();
             partitions.sort_by_key(|p| p.partition);
             for (timestamp, earliest) in [(-2i64, true), (-1i64, false)] {
-                let request =
-                    ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+                let request = ListOffsetsRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![ListOffsetsTopic::default()
                         .with_name(name(&topic))
                         .with_partitions(
                             partitions
@@ -302,5 +369,174 @@ impl AdminClient {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// The address this client is connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// One topic's partitions, their leaders and the brokers' addresses. A topic Metadata does
+    /// not know is [`ClientError::UnknownTopic`] (never auto-created).
+    pub async fn topic_layout(&mut self, topic: &str) -> Result<TopicLayout, ClientError> {
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(name(topic)))
+            ]))
+            .with_allow_auto_topic_creation(false);
+        let metadata: MetadataResponse = self
+            .call(ApiKey::Metadata, METADATA_VERSION, &request)
+            .await?;
+        let Some(t) = metadata
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+        else {
+            return Err(ClientError::UnknownTopic {
+                addr: self.addr.clone(),
+                topic: topic.to_string(),
+            });
+        };
+        match ResponseError::try_from_code(t.error_code) {
+            None => {}
+            Some(ResponseError::UnknownTopicOrPartition | ResponseError::InvalidTopicException) => {
+                return Err(ClientError::UnknownTopic {
+                    addr: self.addr.clone(),
+                    topic: topic.to_string(),
+                })
+            }
+            Some(_) => {
+                return Err(kafka_error(
+                    format!("metadata of topic `{topic}`"),
+                    t.error_code,
+                    None,
+                ))
+            }
+        }
+        let mut partitions: Vec<(i32, i32)> = t
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.leader_id.0))
+            .collect();
+        partitions.sort_unstable();
+        let brokers = metadata
+            .brokers
+            .iter()
+            .map(|b| {
+                let host = b.host.as_str();
+                // An IPv6 literal needs brackets to be joined with a port.
+                let addr = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]:{}", b.port)
+                } else {
+                    format!("{host}:{}", b.port)
+                };
+                (b.node_id.0, addr)
+            })
+            .collect();
+        Ok(TopicLayout {
+            topic: topic.to_string(),
+            partitions,
+            brokers,
+        })
+    }
+
+    /// ListOffsets for `(partition, timestamp)` pairs of one topic, sent to this broker (which
+    /// must lead them). `timestamp` is milliseconds since the epoch — the answer is the first
+    /// offset whose timestamp is at or after it — or [`OFFSET_LATEST`] / [`OFFSET_EARLIEST`].
+    /// Each partition may appear once per call.
+    pub async fn list_offsets(
+        &mut self,
+        topic: &str,
+        queries: &[(i32, i64)],
+    ) -> Result<Vec<ListedOffset>, ClientError> {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(name(topic))
+                .with_partitions(
+                    queries
+                        .iter()
+                        .map(|(p, ts)| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(*p)
+                                .with_timestamp(*ts)
+                        })
+                        .collect(),
+                )]);
+        let response: ListOffsetsResponse = self
+            .call(ApiKey::ListOffsets, LIST_OFFSETS_VERSION, &request)
+            .await?;
+        let mut out = Vec::with_capacity(queries.len());
+        for (partition, _) in queries {
+            let answer = response
+                .topics
+                .iter()
+                .filter(|t| t.name.0.as_str() == topic)
+                .flat_map(|t| t.partitions.iter())
+                .find(|r| r.partition_index == *partition)
+                .ok_or_else(|| ClientError::Malformed {
+                    addr: self.addr.clone(),
+                    reason: format!("ListOffsets response lacks partition {topic}/{partition}"),
+                })?;
+            out.push(ListedOffset {
+                partition: *partition,
+                error_code: answer.error_code,
+                offset: answer.offset,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Fetches one partition from `offset`, at most `bytes_max` bytes (the broker returns at
+    /// least one whole batch if there is one, even a larger one). Reads uncommitted data: the
+    /// broker has no transactions, and a consumer of an exported range wants every record.
+    pub async fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        bytes_max: i32,
+    ) -> Result<FetchedPartition, ClientError> {
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(FETCH_WAIT_MS_MAX)
+            .with_min_bytes(1)
+            .with_max_bytes(bytes_max)
+            .with_isolation_level(0)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_fetch_offset(offset)
+                    .with_last_fetched_epoch(-1)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(bytes_max)])]);
+        let response: FetchResponse = self.call(ApiKey::Fetch, FETCH_VERSION, &request).await?;
+        if response.error_code != 0 {
+            return Err(kafka_error(
+                format!("fetch {topic}/{partition}"),
+                response.error_code,
+                None,
+            ));
+        }
+        let data = response
+            .responses
+            .into_iter()
+            .filter(|t| t.topic.0.as_str() == topic)
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| ClientError::Malformed {
+                addr: self.addr.clone(),
+                reason: format!("Fetch response lacks partition {topic}/{partition}"),
+            })?;
+        Ok(FetchedPartition {
+            error_code: data.error_code,
+            high_watermark: data.high_watermark,
+            log_start_offset: data.log_start_offset,
+            records: data.records.unwrap_or_default(),
+        })
     }
 }

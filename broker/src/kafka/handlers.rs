@@ -730,14 +730,30 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
         for w in watches.iter_mut() {
             w.borrow_and_update();
         }
+        // All partitions are read concurrently (a replay of many partitions is as fast as its
+        // slowest one, not their sum). Each gets its partition_max_bytes, within an equal share
+        // of the response's max_bytes; a read returns at least one batch when it has data
+        // (KIP-74), so the response may exceed max_bytes by less than a batch per partition.
+        let share = max_bytes / wants.iter().filter(|w| w.log.is_some()).count().max(1);
+        let reads = futures::future::join_all(wants.iter().map(|w| async move {
+            match &w.log {
+                Some(log) => Some(
+                    node.reader
+                        .read(log, w.offset, w.bytes_max.min(share).max(1))
+                        .await,
+                ),
+                None => None,
+            }
+        }))
+        .await;
         let mut total = 0usize;
         let mut any_error = false;
         let mut parts: Vec<(usize, PartitionData)> = Vec::with_capacity(wants.len());
-        for w in &wants {
+        for (w, read) in wants.iter().zip(reads) {
             let mut pd = PartitionData::default()
                 .with_partition_index(w.partition)
                 .with_aborted_transactions(Some(Vec::new()));
-            let Some(log) = &w.log else {
+            let (Some(log), Some(read)) = (&w.log, read) else {
                 any_error = true;
                 parts.push((w.topic, pd.with_error_code(w.error)));
                 continue;
@@ -747,18 +763,7 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
                 .with_high_watermark(offsets.high_watermark)
                 .with_last_stable_offset(offsets.high_watermark)
                 .with_log_start_offset(offsets.log_start_offset);
-            // KIP-74: the first partition with data gets at least one batch; later ones only
-            // what fits in the response's budget.
-            let budget = if total == 0 {
-                w.bytes_max.max(1)
-            } else {
-                w.bytes_max.min(max_bytes.saturating_sub(total))
-            };
-            if budget == 0 {
-                parts.push((w.topic, pd.with_records(Some(Bytes::new()))));
-                continue;
-            }
-            match node.reader.read(log, w.offset, budget).await {
+            match read {
                 Ok(chunks) => {
                     let records = concat(chunks);
                     total += records.len();

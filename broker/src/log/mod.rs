@@ -1,5 +1,8 @@
-//! Partition logs: the in-memory tail, the WAL sequencer, the uploader and the read path.
+//! Partition logs: the in-memory tail, the WAL sequencer, the uploader, the compactor and the
+//! read path.
 
+pub mod cache;
+pub mod compactor;
 pub mod entry;
 pub mod partition;
 pub mod producer;

@@ -1,21 +1,30 @@
 //! The read path: tail first, then object storage through the metadata index.
 //!
 //! A fetch near the end of a partition is served from the in-memory tail. An older one looks up
-//! the block that holds the offset in the metadata index (never a LIST), reads that block with
-//! one ranged GET through a small in-memory block cache, and returns the batches from the
-//! requested offset on. Blocks are read whole so a consumer replaying history issues one GET per
-//! block, not one per fetch. (The foyer hybrid cache with read-ahead replaces the block cache in
-//! the object-tier issue.)
+//! the block that holds the offset in the metadata index (never a LIST):
+//!
+//! - an upload block is read whole with one ranged GET (through the *recent* cache) and the
+//!   batches from the requested offset on are returned;
+//! - a compacted segment is read through its footer index (one GET, then kept decoded): the
+//!   chunk holding the offset and the ones after it while the fetch has room, each one GET
+//!   through the *history* cache, checked against its CRC32C; then the next
+//!   `cache.readahead_chunks` chunks are fetched in the background, so a replaying consumer
+//!   finds them cached (see `log/cache.rs` for the two budgets).
+//!
+//! A timestamp lookup reads one block, or one chunk of a segment picked by its time index: at
+//! most two GETs however old the data.
 
+use super::cache::{entry_key, ReadCache, Tier};
 use super::partition::{PartitionLog, TailRead};
 use crate::metrics::Metrics;
 use crate::records;
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use strata_meta::MetaNode;
-use strata_tiering::{ObjectStore, TieringError};
+use strata_tiering::{decode_segment_index, ObjectStore, SegmentIndex, TieringError};
 use strata_types::batch::{BatchHeader, Batches};
 use strata_types::BlockLocation;
 
@@ -39,23 +48,38 @@ pub type Chunks = Vec<Bytes>;
 pub struct Reader {
     meta: MetaNode,
     store: ObjectStore,
-    cache: BlockCache,
+    cache: Arc<ReadCache>,
+    /// Decoded segment indexes by object key (small; cleared when it reaches its bound).
+    indexes: Mutex<HashMap<String, Arc<SegmentIndex>>>,
+    /// Chunks of a segment fetched ahead of a sequential reader.
+    readahead_chunks: usize,
     metrics: Arc<Metrics>,
 }
+
+/// Segment indexes kept decoded; at this many the map is cleared (an index is one GET away).
+const INDEXES_MAX: usize = 4096;
 
 impl Reader {
     pub fn new(
         meta: MetaNode,
         store: ObjectStore,
-        cache_bytes_max: u64,
+        cache: Arc<ReadCache>,
+        readahead_chunks: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             meta,
             store,
-            cache: BlockCache::new(cache_bytes_max),
+            cache,
+            indexes: Mutex::new(HashMap::new()),
+            readahead_chunks,
             metrics,
         }
+    }
+
+    /// Closes the read cache (its disk tier finishes its writes) at a clean shutdown.
+    pub async fn close(&self) {
+        self.cache.close().await;
     }
 
     /// Whole batches from `offset` on, about `bytes_max` of them (at least one batch when any
@@ -94,13 +118,124 @@ impl Reader {
                 _ => Err(ReadError::OutOfRange { offset }),
             };
         };
-        let data = self.block(&block).await?;
-        slice_from(&block, &data, offset, bytes_max)
+        if !block.is_segment() {
+            let data = self.block(&block).await?;
+            return Ok(slice_from(&block, &data, offset, bytes_max)?.0);
+        }
+        // A segment: the chunk holding the offset, then following chunks while the fetch has
+        // room; the chunks after those are fetched ahead for the next fetch.
+        let index = self.segment_index(&block).await?;
+        let Some(first) = index.chunk_for_offset(offset) else {
+            return Ok(Vec::new());
+        };
+        // The chunks this fetch will take: the first, then whole chunks while they fit. They
+        // are read concurrently (cache, else one GET each), then cut in order.
+        let mut last = first;
+        let mut planned = index.chunks[first].len as usize;
+        while last + 1 < index.chunks.len()
+            && planned + index.chunks[last + 1].len as usize <= bytes_max
+        {
+            last += 1;
+            planned += index.chunks[last].len as usize;
+        }
+        let datas: Vec<Bytes> = futures::stream::iter(first..=last)
+            .map(|i| self.chunk(&block, &index, i))
+            .buffered(self.readahead_chunks.max(1))
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        let mut taken = 0usize;
+        let mut next = first;
+        for data in datas {
+            let at = if next == first {
+                offset
+            } else {
+                index.chunks[next].base_offset
+            };
+            let (part, to_end) = slice_from(&block, &data, at, bytes_max - taken)?;
+            taken += part.iter().map(Bytes::len).sum::<usize>();
+            out.extend(part);
+            next += 1;
+            if !to_end || taken >= bytes_max {
+                break;
+            }
+        }
+        self.read_ahead(&block, &index, next);
+        Ok(out)
     }
 
+    /// A segment's decoded index: from memory, else one ranged GET (index + trailer).
+    async fn segment_index(&self, block: &BlockLocation) -> Result<Arc<SegmentIndex>, ReadError> {
+        if let Some(index) = self.indexes.lock().get(&block.key) {
+            return Ok(index.clone());
+        }
+        let start = block.position + block.len;
+        let bytes = self
+            .store
+            .get_range(&block.key, start..start + block.index_len)
+            .await?;
+        let index = Arc::new(decode_segment_index(block, &bytes)?);
+        let mut indexes = self.indexes.lock();
+        if indexes.len() >= INDEXES_MAX {
+            indexes.clear();
+        }
+        indexes.insert(block.key.clone(), index.clone());
+        Ok(index)
+    }
+
+    /// Chunk `i` of a segment: from the history cache, else one ranged GET, checked.
+    async fn chunk(
+        &self,
+        block: &BlockLocation,
+        index: &SegmentIndex,
+        i: usize,
+    ) -> Result<Bytes, ReadError> {
+        Metrics::inc(&self.metrics.cold_reads_total);
+        let range = index.chunks[i].range();
+        let key = entry_key(&block.key, range.start);
+        if let Some(hit) = self.cache.get(Tier::History, &key).await {
+            Metrics::inc(&self.metrics.cold_read_cache_hits_total);
+            return Ok(hit);
+        }
+        let data = fetch_chunk(&self.store, block, index, i).await?;
+        self.cache.insert(Tier::History, key, data.clone());
+        Ok(data)
+    }
+
+    /// Starts background GETs of up to `readahead_chunks` chunks from `from` on that are not
+    /// cached, under the cache's read-ahead concurrency limit (never on the caller's path).
+    fn read_ahead(&self, block: &BlockLocation, index: &Arc<SegmentIndex>, from: usize) {
+        let end = (from + self.readahead_chunks).min(index.chunks.len());
+        for i in from..end {
+            let key = entry_key(&block.key, index.chunks[i].position);
+            if self.cache.contains(Tier::History, &key) || !self.cache.start_prefetch(&key) {
+                continue;
+            }
+            let (store, cache, metrics) =
+                (self.store.clone(), self.cache.clone(), self.metrics.clone());
+            let (block, index) = (block.clone(), index.clone());
+            tokio::spawn(async move {
+                if let Ok(_permit) = cache.readahead.clone().acquire_owned().await {
+                    if cache.get(Tier::History, &key).await.is_none() {
+                        match fetch_chunk(&store, &block, &index, i).await {
+                            Ok(data) => {
+                                Metrics::inc(&metrics.tier.readahead_chunks_total);
+                                cache.insert(Tier::History, key.clone(), data);
+                            }
+                            Err(err) => tracing::debug!(key, %err, "read-ahead failed"),
+                        }
+                    }
+                }
+                cache.end_prefetch(&key);
+            });
+        }
+    }
+
+    /// A whole upload block: from the recent cache, else one ranged GET, checked.
     async fn block(&self, block: &BlockLocation) -> Result<Bytes, ReadError> {
         Metrics::inc(&self.metrics.cold_reads_total);
-        if let Some(hit) = self.cache.get(&block.key, block.position) {
+        let key = entry_key(&block.key, block.position);
+        if let Some(hit) = self.cache.get(Tier::Recent, &key).await {
             Metrics::inc(&self.metrics.cold_read_cache_hits_total);
             return Ok(hit);
         }
@@ -122,8 +257,26 @@ impl Reader {
                 reason: "CRC32C mismatch".into(),
             });
         }
-        self.cache.insert(&block.key, block.position, data.clone());
+        self.cache.insert(Tier::Recent, key, data.clone());
         Ok(data)
+    }
+
+    /// The bytes of the part of `block` that may hold the first record at or after `ts`: the
+    /// whole block, or for a segment the one chunk its time index points at (so a lookup in
+    /// months of history costs at most two GETs and no LIST).
+    async fn data_for_time(
+        &self,
+        block: &BlockLocation,
+        ts: i64,
+    ) -> Result<Option<Bytes>, ReadError> {
+        if !block.is_segment() {
+            return self.block(block).await.map(Some);
+        }
+        let index = self.segment_index(block).await?;
+        match index.chunk_for_time(ts) {
+            Some(i) => self.chunk(block, &index, i).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The earliest offset whose record timestamp is `>= ts`, with that timestamp; `None` when
@@ -141,10 +294,11 @@ impl Reader {
         };
         let start = log.offsets().log_start_offset;
         if let Some(block) = block {
-            let data = self.block(&block).await?;
-            if let Some(found) = records::first_at_or_after_time(&data, ts) {
-                if found.0 >= start {
-                    return Ok(Some(found));
+            if let Some(data) = self.data_for_time(&block, ts).await? {
+                if let Some(found) = records::first_at_or_after_time(&data, ts) {
+                    if found.0 >= start {
+                        return Ok(Some(found));
+                    }
                 }
             }
         }
@@ -166,8 +320,11 @@ impl Reader {
         let tail = log.max_timestamp();
         let cold = match block {
             Some(block) if tail.is_none_or(|(t, _)| block.max_timestamp > t) => {
-                let data = self.block(&block).await?;
-                records::max_timestamp(&data)
+                // The block's (or for a segment, its chunk's) records that reach its maximum.
+                match self.data_for_time(&block, block.max_timestamp).await? {
+                    Some(data) => records::max_timestamp(&data),
+                    None => None,
+                }
             }
             _ => None,
         };
@@ -178,13 +335,27 @@ impl Reader {
     }
 }
 
-/// Cuts a block to the batches from `offset` on, within about `bytes_max`.
+/// One ranged GET of chunk `i` of a segment, checked against the index.
+async fn fetch_chunk(
+    store: &ObjectStore,
+    block: &BlockLocation,
+    index: &SegmentIndex,
+    i: usize,
+) -> Result<Bytes, ReadError> {
+    let range = index.chunks[i].range();
+    let data = store.get_range(&block.key, range).await?;
+    index.verify_chunk(&block.key, i, &data)?;
+    Ok(data)
+}
+
+/// Cuts a block to the batches from `offset` on, within about `bytes_max` (at least one batch);
+/// also says whether the cut reaches the end of `data`.
 fn slice_from(
     block: &BlockLocation,
     data: &Bytes,
     offset: i64,
     bytes_max: usize,
-) -> Result<Chunks, ReadError> {
+) -> Result<(Chunks, bool), ReadError> {
     let mut start = None;
     let mut end = 0usize;
     for item in Batches::new(data) {
@@ -203,59 +374,7 @@ fn slice_from(
         end = pos + header.size;
     }
     Ok(match start {
-        Some(s) => vec![data.slice(s..end)],
-        None => Vec::new(),
+        Some(s) => (vec![data.slice(s..end)], end == data.len()),
+        None => (Vec::new(), true),
     })
-}
-
-/// A byte-bounded FIFO cache of whole blocks.
-struct BlockCache {
-    bytes_max: u64,
-    inner: Mutex<CacheInner>,
-}
-
-#[derive(Default)]
-struct CacheInner {
-    map: HashMap<(String, u64), Bytes>,
-    order: VecDeque<(String, u64)>,
-    bytes: u64,
-}
-
-impl BlockCache {
-    fn new(bytes_max: u64) -> Self {
-        Self {
-            bytes_max,
-            inner: Mutex::new(CacheInner::default()),
-        }
-    }
-
-    fn get(&self, key: &str, position: u64) -> Option<Bytes> {
-        self.inner
-            .lock()
-            .map
-            .get(&(key.to_string(), position))
-            .cloned()
-    }
-
-    fn insert(&self, key: &str, position: u64, data: Bytes) {
-        if data.len() as u64 > self.bytes_max {
-            return;
-        }
-        let mut inner = self.inner.lock();
-        let k = (key.to_string(), position);
-        if inner.map.contains_key(&k) {
-            return;
-        }
-        inner.bytes += data.len() as u64;
-        inner.map.insert(k.clone(), data);
-        inner.order.push_back(k);
-        while inner.bytes > self.bytes_max {
-            let Some(old) = inner.order.pop_front() else {
-                break;
-            };
-            if let Some(v) = inner.map.remove(&old) {
-                inner.bytes -= v.len() as u64;
-            }
-        }
-    }
 }

@@ -259,6 +259,7 @@ mod tests {
                     len,
                     max_timestamp,
                     crc32c: 0,
+                    index_len: 0,
                 },
             )
             .collect()

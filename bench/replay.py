@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Replay benchmark: a stock consumer replaying history from object storage versus the
+raw GET bandwidth of the same store, in one run; plus PUTs and GETs per GiB ingested.
+
+    python3 bench/replay.py [--gib 2] [--partitions 4] [--bin target/release/strata]
+
+1. starts one broker (fs object store under a scratch dir, compaction on);
+2. writes --gib GiB of history (bench/history_gen.py, 1 KiB values, no compression);
+3. waits until it is uploaded and compacted into segments;
+4. raw: `strata bench store-read` reads every segment with ranged GETs of the segment
+   chunk size, with the broker's read-ahead concurrency (run twice; the second, warm
+   run is reported, so both sides read from the same page cache);
+5. replay: restarts the broker with an empty read cache and times a confluent-kafka
+   consumer reading every partition from offset 0 (bytes = the broker's fetched bytes);
+6. tail probe: a producer writing one record every 5 ms and a live consumer of it, for 8 s
+   before the replay and for the whole replay: produce→consume p50/p99 both ways;
+7. prints one JSON line with both rates, their ratio, the tail latencies, and requests per
+   GiB ingested.
+Every process it starts listens on 127.0.0.1 and is stopped by PID.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import history_gen  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metrics(admin: int) -> dict:
+    out = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+    return out
+
+
+def topics(admin: int) -> list:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/v1/topics", timeout=10) as r:
+        return json.loads(r.read())
+
+
+class Broker:
+    def __init__(self, binary: str, work: Path, chunk: int, readahead: int, flush_bytes: int, flush_ms: int):
+        self.binary, self.work = binary, work
+        self.kafka, self.admin = free_port(), free_port()
+        (work / "c.toml").write_text(f"""
+data_dir = "{work / 'data'}"
+[kafka]
+listen = "127.0.0.1:{self.kafka}"
+[admin]
+listen = "127.0.0.1:{self.admin}"
+[mqtt]
+listen = "127.0.0.1:{free_port()}"
+[tiering]
+retention_ms = -1
+flush_bytes_max = {flush_bytes}
+flush_interval_ms = {flush_ms}
+[compaction]
+interval_ms = 1000
+chunk_bytes = {chunk}
+[cache]
+readahead_chunks = {readahead}
+readahead_concurrency = {readahead}
+""")
+        self.proc = None
+
+    def start(self):
+        log = open(self.work / "strata.log", "ab")
+        self.proc = subprocess.Popen([self.binary, "start", "--config", str(self.work / "c.toml")],
+                                     stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                topics(self.admin)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit("broker did not start; see " + str(self.work / "strata.log"))
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def replay(bootstrap: str, topic: str, partitions: int, ends: dict) -> float:
+    from confluent_kafka import Consumer, TopicPartition
+
+    # No per-message work in Python (it would be the bottleneck, not the broker): count
+    # messages per batch; without partition EOF events every message is a record.
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-replay", "enable.auto.commit": False,
+                  "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                  "queued.max.messages.kbytes": 512 * 1024, "enable.partition.eof": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    total = sum(ends.values())
+    got = 0
+    t0 = time.monotonic()
+    while got < total:
+        got += len(c.consume(num_messages=100_000, timeout=1))
+    took = time.monotonic() - t0
+    c.close()
+    return took
+
+
+def tail_probe(bootstrap: str, topic: str, seconds: float, stop=None) -> list:
+    """Produce one small record every 5 ms to `topic` and consume it live; returns the
+    produce→consume latencies (ms) seen for `seconds` (or until `stop` is set)."""
+    import threading
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-tail", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 100, "fetch.min.bytes": 1, "enable.partition.eof": False})
+    c.assign([TopicPartition(topic, 0, -1)])  # the end
+    c.consume(timeout=1)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    sent = {}
+    lat = []
+    done = threading.Event()
+
+    def produce():
+        i = 0
+        while not done.is_set():
+            sent[i] = time.monotonic()
+            p.produce(topic, value=str(i).encode(), partition=0)
+            p.poll(0)
+            i += 1
+            time.sleep(0.005)
+        p.flush(10)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not (stop and stop.is_set()):
+        for m in c.consume(num_messages=1, timeout=0.2):
+            if m.error() is None:
+                at = sent.get(int(m.value()))
+                if at is not None:
+                    lat.append((time.monotonic() - at) * 1000)
+    done.set()
+    t.join()
+    c.close()
+    return lat
+
+
+def pct(xs: list, q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gib", type=float, default=2.0)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--bin", default=str(ROOT / "target" / "debug" / "strata"),
+                    help="the strata binary (the dev profile is optimized in this workspace)")
+    ap.add_argument("--chunk-bytes", type=int, default=1 << 20)
+    ap.add_argument("--readahead", type=int, default=8)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--flush-bytes-max", type=int, default=8 << 20, help="tiering.flush_bytes_max")
+    ap.add_argument("--flush-interval-ms", type=int, default=1000, help="tiering.flush_interval_ms")
+    ap.add_argument("--value-bytes", type=int, default=1024)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="strata-replay-"))
+    b = Broker(args.bin, work, args.chunk_bytes, args.readahead, args.flush_bytes_max, args.flush_interval_ms)
+    try:
+        b.start()
+        topic = "replay"
+        subprocess.run([args.bin, "topic", "create", topic, "--partitions", str(args.partitions),
+                        "--bootstrap", f"127.0.0.1:{b.kafka}"], check=True, capture_output=True)
+        value_bytes = args.value_bytes
+        records = int(args.gib * (1 << 30) / (value_bytes + 40))
+        start_ms = int(time.time() * 1000) - 180 * history_gen.DAY_MS
+        gen = history_gen.generate(f"127.0.0.1:{b.kafka}", topic, records, 180, args.partitions,
+                                   value_bytes, start_ms, compression="none", progress=sys.stderr)
+        print(f"replay: produced {records} records in {gen['seconds']} s", file=sys.stderr)
+
+        def settled():
+            ps = topics(b.admin)[0]["partitions"]
+            return all(p["uploaded_offset"] == p["high_watermark"] and p["blocks"] - p["segments"] < 8
+                       for p in ps), ps
+
+        deadline = time.time() + 1800
+        while not settled()[0]:
+            if time.time() > deadline:
+                raise SystemExit(f"not compacted in time: {settled()[1]}")
+            time.sleep(2)
+        m = metrics(b.admin)
+        ingested = m["strata_produce_bytes_total"]
+        puts = m['strata_object_store_requests_total{op="put"}']
+        ends = {p["partition"]: p["high_watermark"] for p in settled()[1]}
+        b.stop()
+
+        raw = None
+        for _ in range(2):
+            out = subprocess.run([args.bin, "bench", "store-read", "--object-store", f"fs://{work / 'data' / 'objects'}",
+                                  "--prefix", "segments/", "--concurrency", str(args.readahead),
+                                  "--range-bytes", str(args.chunk_bytes)], check=True, capture_output=True, text=True)
+            raw = json.loads(out.stdout)
+
+        shutil.rmtree(work / "data" / "cache", ignore_errors=True)
+        b.start()
+        bootstrap = f"127.0.0.1:{b.kafka}"
+        subprocess.run([args.bin, "topic", "create", "tail", "--partitions", "1", "--bootstrap", bootstrap],
+                       check=True, capture_output=True)
+        idle_lat = tail_probe(bootstrap, "tail", 8)
+        import threading
+        stop = threading.Event()
+        busy_lat: list = []
+        probe = threading.Thread(target=lambda: busy_lat.extend(tail_probe(bootstrap, "tail", 3600, stop)))
+        probe.start()
+        time.sleep(1.5)  # the probe is consuming live before the replay starts
+        before = metrics(b.admin)
+        took = replay(bootstrap, topic, args.partitions, ends)
+        after = metrics(b.admin)
+        stop.set()
+        probe.join()
+        fetched = after["strata_fetch_bytes_total"] - before["strata_fetch_bytes_total"]
+        gets = after['strata_object_store_requests_total{op="get"}'] - before['strata_object_store_requests_total{op="get"}']
+        replay_mb_s = fetched / 1e6 / took
+        gib = ingested / (1 << 30)
+        result = {
+            "ingested_gib": round(gib, 3),
+            "raw_get_mb_per_s": round(raw["mb_per_s"], 1),
+            "replay_mb_per_s": round(replay_mb_s, 1),
+            "replay_vs_raw": round(replay_mb_s / raw["mb_per_s"], 3),
+            "replay_bytes": int(fetched),
+            "replay_seconds": round(took, 2),
+            "puts_per_gib_ingested": round(puts / gib, 1),
+            "replay_gets_per_gib": round(gets / (fetched / (1 << 30)), 1) if fetched else None,
+            "tail_p50_ms_idle": pct(idle_lat, 0.5),
+            "tail_p99_ms_idle": pct(idle_lat, 0.99),
+            "tail_p50_ms_during_replay": pct(busy_lat, 0.5),
+            "tail_p99_ms_during_replay": pct(busy_lat, 0.99),
+            "tail_samples": [len(idle_lat), len(busy_lat)],
+            "concurrency": args.readahead,
+            "chunk_bytes": args.chunk_bytes,
+            "value_bytes": args.value_bytes,
+            "flush_bytes_max": args.flush_bytes_max,
+            "flush_interval_ms": args.flush_interval_ms,
+            "binary": args.bin,
+        }
+        print(json.dumps(result))
+        return 0
+    except BaseException:
+        args.keep = True
+        print(f"replay: failed; scratch dir kept: {work}", file=sys.stderr)
+        raise
+    finally:
+        b.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

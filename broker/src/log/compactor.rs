@@ -1,0 +1,472 @@
+//! The compactor and the orphan sweeper: one background task.
+//!
+//! Every `compaction.interval_ms` it looks at the index of each partition this broker leads
+//! and, where it finds a run of small blocks, rewrites them as one *segment* (one partition's
+//! batches in chunks, with an offset and time index in its footer — `tiering::segment`):
+//!
+//! 1. read each block of the run (ranged GETs, each checked against its CRC32C, or chunk by
+//!    chunk against a segment's index);
+//! 2. build the segment and PUT it under a fresh key;
+//! 3. `CompactPartition` swaps the run for the segment in the metadata index in one raft
+//!    write. Objects left with no indexed block become garbage and the retention task's sweeper
+//!    deletes them after `tiering.garbage_grace_ms`.
+//!
+//! *Crash safety.* A crash before step 3 leaves an object nothing references (an *orphan*);
+//! after it, the swap is done. Readers find data only through the index, so at every moment a
+//! record is visible exactly once: through the old blocks or through the segment. If retention
+//! or another compaction changed the run meanwhile, step 3 is refused as stale and the new
+//! object is deleted at once.
+//!
+//! *Which runs* ([`plan`]): consecutive blocks smaller than half a segment, at most
+//! `segment_bytes` in all, once there are `min_blocks` of them or half a segment in two or
+//! more — and never a run whose first block outweighs the rest, so a segment is rewritten only
+//! when at least as much new data joins it (each byte is rewritten a few times, not once per
+//! compaction).
+//!
+//! *Orphans.* Every `compaction.orphan_sweep_interval_ms` (and only there — never on a request
+//! path) the sweeper LISTs the prefixes this code writes (`data/`, `segments/`) and deletes
+//! objects the index does not reference, that are not garbage waiting for its grace period,
+//! and whose key says they were created more than `compaction.orphan_grace_ms` ago.
+
+use super::registry::Registry;
+use super::uploader::put_with_retry;
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_meta::{Command, CommandResult, MetaNode, Rejection};
+use strata_tiering::{decode_segment_index, ObjectStore, SegmentBuilder, TieringError};
+use strata_types::{BlockLocation, PartitionKey};
+use tokio::sync::watch;
+
+/// Key prefixes of objects this code writes; the orphan sweeper lists only these.
+pub const OBJECT_PREFIXES: [&str; 2] = ["data/", "segments/"];
+/// Attempts at a segment PUT before the compaction is given up (it is retried next round).
+const PUT_ATTEMPTS: u32 = 5;
+
+/// The knobs of [`plan`].
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub segment_bytes: u64,
+    pub chunk_bytes: u64,
+    pub min_blocks: u32,
+}
+
+impl Policy {
+    /// A block of at least half a segment is left alone.
+    fn done(&self, block: &BlockLocation) -> bool {
+        block.len.saturating_mul(2) >= self.segment_bytes
+    }
+
+    fn ready(&self, count: usize, bytes: u64) -> bool {
+        count >= self.min_blocks as usize
+            || (count >= 2 && bytes.saturating_mul(2) >= self.segment_bytes)
+    }
+}
+
+/// The first run of `blocks` (one partition's index, in order) to compact, as index positions.
+///
+/// A run is consecutive blocks that are not done, at most `segment_bytes` in all, taken
+/// greedily from the oldest; it is ready once it holds `min_blocks` blocks or half a segment in
+/// two or more. A run whose first block outweighs the rest of it (an earlier segment) is not
+/// started there unless it makes half a segment, so a segment is rewritten only when at least
+/// as much new data joins it: each byte is rewritten at most log2(segment / block) times.
+pub fn plan(blocks: &[&BlockLocation], policy: Policy) -> Option<std::ops::Range<usize>> {
+    let n = blocks.len();
+    let mut i = 0;
+    while i < n {
+        if policy.done(blocks[i]) {
+            i += 1;
+            continue;
+        }
+        let (mut j, mut bytes) = (i, 0u64);
+        while j < n && !policy.done(blocks[j]) && bytes + blocks[j].len <= policy.segment_bytes {
+            bytes += blocks[j].len;
+            j += 1;
+        }
+        let rest = bytes - blocks[i].len;
+        if blocks[i].len > rest && bytes.saturating_mul(2) < policy.segment_bytes {
+            i += 1;
+            continue;
+        }
+        if policy.ready(j - i, bytes) {
+            return Some(i..j);
+        }
+        // Not ready: the run ended at a done block or the end (a run cut by the size bound
+        // holds more than half a segment and is ready), so no run inside it is ready either.
+        i = j.max(i + 1);
+    }
+    None
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CompactError {
+    #[error(transparent)]
+    Store(#[from] TieringError),
+    #[error("segment PUT of `{0}` failed")]
+    Put(String),
+    #[error("metadata: {0}")]
+    Meta(String),
+}
+
+pub struct Compactor {
+    pub node_id: u64,
+    pub registry: Arc<Registry>,
+    pub store: ObjectStore,
+    pub meta: MetaNode,
+    pub metrics: Arc<Metrics>,
+    pub interval: Duration,
+    pub policy: Policy,
+    pub enabled: bool,
+    pub orphan_sweep_interval: Option<Duration>,
+    pub orphan_grace_ms: i64,
+}
+
+impl Compactor {
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_orphan_sweep: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            if self.enabled {
+                self.compact_all(&shutdown).await;
+            }
+            if let Some(every) = self.orphan_sweep_interval {
+                if last_orphan_sweep.is_none_or(|at| at.elapsed() >= every) {
+                    last_orphan_sweep = Some(Instant::now());
+                    self.sweep_orphans().await;
+                }
+            }
+        }
+    }
+
+    /// One round: at most one compaction per partition this broker leads.
+    async fn compact_all(&self, shutdown: &watch::Receiver<bool>) {
+        let runs: Vec<(PartitionKey, Vec<BlockLocation>)> = {
+            let state = self.meta.read();
+            let mut runs = Vec::new();
+            for meta in state.topics() {
+                for partition in 0..meta.partitions {
+                    let key = PartitionKey {
+                        topic: meta.id,
+                        partition,
+                    };
+                    if !self.registry.leads(&key) {
+                        continue;
+                    }
+                    let blocks: Vec<&BlockLocation> = state.blocks(meta.id, partition).collect();
+                    if let Some(range) = plan(&blocks, self.policy) {
+                        runs.push((key, blocks[range].iter().map(|b| (*b).clone()).collect()));
+                    }
+                }
+            }
+            runs
+        };
+        for (key, run) in runs {
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Err(err) = self.compact(key, &run).await {
+                Metrics::inc(&self.metrics.tier.failures_total);
+                tracing::warn!(?key, %err, "compaction failed; will retry");
+            }
+        }
+    }
+
+    async fn compact(&self, key: PartitionKey, run: &[BlockLocation]) -> Result<(), CompactError> {
+        let bytes: u64 = run.iter().map(|b| b.len).sum();
+        let object_key = segment_key(self.node_id);
+        let mut builder = SegmentBuilder::new(
+            object_key.clone(),
+            key.topic,
+            key.partition,
+            self.policy.chunk_bytes,
+            bytes as usize + 4096,
+        );
+        for block in run {
+            let data = self.read_block(block).await?;
+            builder.push_batches(&data)?;
+        }
+        let Some((object, location)) = builder.finish() else {
+            return Ok(());
+        };
+        let size = object.len() as u64;
+        if !put_with_retry(
+            &self.store,
+            &self.metrics,
+            &object_key,
+            object,
+            PUT_ATTEMPTS,
+        )
+        .await
+        {
+            return Err(CompactError::Put(object_key));
+        }
+        let cmd = Command::CompactPartition {
+            key: object_key.clone(),
+            size,
+            blocks: vec![location],
+            now_ms: now_ms(),
+        };
+        match self.meta.write(cmd).await {
+            Ok(CommandResult::PartitionCompacted { replaced }) => {
+                let m = &self.metrics.tier;
+                Metrics::inc(&m.segments_total);
+                Metrics::add(&m.blocks_replaced_total, replaced as u64);
+                Metrics::add(&m.bytes_written_total, size);
+                tracing::info!(
+                    ?key,
+                    object = object_key,
+                    blocks = run.len(),
+                    bytes = size,
+                    from = run[0].base_offset,
+                    to = run[run.len() - 1].end_offset,
+                    "compacted"
+                );
+                Ok(())
+            }
+            Ok(CommandResult::Rejected(rejection)) => {
+                // Never referenced: delete it now rather than leave it to the orphan sweeper.
+                if matches!(rejection, Rejection::CompactionStale { .. }) {
+                    Metrics::inc(&self.metrics.tier.stale_total);
+                } else {
+                    Metrics::inc(&self.metrics.tier.failures_total);
+                    tracing::warn!(?key, %rejection, "compaction refused");
+                }
+                if let Err(err) = self.store.delete(&object_key).await {
+                    tracing::warn!(object = object_key, %err, "could not delete a refused segment; the orphan sweeper will");
+                }
+                Ok(())
+            }
+            Ok(other) => Err(CompactError::Meta(format!("unexpected answer {other:?}"))),
+            // The outcome is unknown (the write may have committed): leave the object; if it
+            // is not referenced the orphan sweeper collects it after its grace period.
+            Err(err) => Err(CompactError::Meta(err.to_string())),
+        }
+    }
+
+    /// The batches of one index block, checked: a plain block against its CRC32C, a segment
+    /// chunk by chunk against its index.
+    async fn read_block(&self, block: &BlockLocation) -> Result<Bytes, CompactError> {
+        if block.is_segment() {
+            let end = block.position + block.len;
+            let index_bytes = self
+                .store
+                .get_range(&block.key, end..end + block.index_len)
+                .await?;
+            let index = decode_segment_index(block, &index_bytes)?;
+            let data = self
+                .store
+                .get_range(&block.key, block.position..end)
+                .await?;
+            for (i, chunk) in index.chunks.iter().enumerate() {
+                let range = chunk.range();
+                index.verify_chunk(
+                    &block.key,
+                    i,
+                    &data[range.start as usize..range.end as usize],
+                )?;
+            }
+            return Ok(data);
+        }
+        let data = self
+            .store
+            .get_range(&block.key, block.position..block.position + block.len)
+            .await?;
+        if block.crc32c != 0 {
+            strata_tiering::verify_block(block, &data, block.crc32c)?;
+        }
+        Ok(data)
+    }
+
+    /// Deletes objects under our prefixes that the index does not know, once their key's time
+    /// is older than the grace period.
+    async fn sweep_orphans(&self) {
+        let now = now_ms();
+        for prefix in OBJECT_PREFIXES {
+            let listed = match self.store.list(prefix).await {
+                Ok(listed) => listed,
+                Err(err) => {
+                    tracing::warn!(prefix, %err, "orphan sweep LIST failed; will retry");
+                    continue;
+                }
+            };
+            let orphans: Vec<String> = {
+                let state = self.meta.read();
+                let garbage: std::collections::HashSet<&str> = state.garbage_keys().collect();
+                listed
+                    .into_iter()
+                    .filter(|o| !state.is_live_object(&o.key) && !garbage.contains(o.key.as_str()))
+                    .filter(|o| {
+                        key_time_ms(&o.key).is_some_and(|t| now - t >= self.orphan_grace_ms)
+                    })
+                    .map(|o| o.key)
+                    .collect()
+            };
+            for key in orphans {
+                // Look again right before deleting: a commit may have landed since the LIST.
+                if self.meta.read().is_live_object(&key) {
+                    continue;
+                }
+                match self.store.delete(&key).await {
+                    Ok(()) => {
+                        Metrics::inc(&self.metrics.tier.orphans_deleted_total);
+                        tracing::info!(key, "deleted an orphan object");
+                    }
+                    Err(err) if err.is_not_found() => {}
+                    Err(err) => tracing::warn!(key, %err, "orphan delete failed; will retry"),
+                }
+            }
+        }
+    }
+}
+
+/// A fresh segment key: `segments/<node>/<ms:013>-<uuid>.seg` (the time lets the orphan sweeper
+/// judge its age without a HEAD).
+pub fn segment_key(node_id: u64) -> String {
+    format!(
+        "segments/{}/{:013}-{}.seg",
+        node_id,
+        now_ms(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The creation time a key of ours carries (`…/<ms:013>-<uuid>.<ext>`), `None` for anything else.
+pub fn key_time_ms(key: &str) -> Option<i64> {
+    let name = key.rsplit('/').next()?;
+    let (ms, rest) = name.split_once('-')?;
+    if ms.len() != 13 || !ms.bytes().all(|b| b.is_ascii_digit()) || rest.is_empty() {
+        return None;
+    }
+    ms.parse().ok()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_types::TopicId;
+
+    fn blocks(lens: &[u64]) -> Vec<BlockLocation> {
+        let mut offset = 0;
+        lens.iter()
+            .map(|&len| {
+                offset += 10;
+                BlockLocation {
+                    key: format!("o{offset}"),
+                    topic: TopicId::from_bytes([1; 16]),
+                    partition: 0,
+                    base_offset: offset - 10,
+                    end_offset: offset,
+                    position: 0,
+                    len,
+                    max_timestamp: 0,
+                    crc32c: 0,
+                    index_len: 0,
+                }
+            })
+            .collect()
+    }
+
+    const KB: u64 = 1024;
+    const MB: u64 = 1024 * KB;
+
+    #[test]
+    fn plans_size_tiered_runs() {
+        let policy = Policy {
+            segment_bytes: 256 * MB,
+            chunk_bytes: MB,
+            min_blocks: 4,
+        };
+        let run = |lens: &[u64]| {
+            let owned = blocks(lens);
+            let refs: Vec<&BlockLocation> = owned.iter().collect();
+            plan(&refs, policy)
+        };
+        type Case<'a> = (&'a str, &'a [u64], Option<std::ops::Range<usize>>);
+        let cases: &[Case] = &[
+            ("empty", &[], None),
+            ("too few small blocks", &[100 * KB; 3], None),
+            ("enough small blocks", &[100 * KB; 4], Some(0..4)),
+            ("all of a long run", &[100 * KB; 9], Some(0..9)),
+            // An earlier segment is not rewritten for a little new data.
+            (
+                "a segment waits for more",
+                &[5 * MB, 100 * KB, 100 * KB, 100 * KB],
+                None,
+            ),
+            (
+                "a segment joins once as much new data follows",
+                &[5 * MB, 100 * KB, 100 * KB, 100 * KB, 100 * KB, 5 * MB],
+                Some(0..6),
+            ),
+            (
+                "a big first block waits, the small ones behind it go",
+                &[5 * MB, 100 * KB, 100 * KB, 100 * KB, 100 * KB],
+                Some(1..5),
+            ),
+            (
+                "segments merge",
+                &[5 * MB, 5 * MB, 5 * MB, 5 * MB, 100 * KB],
+                Some(0..5),
+            ),
+            (
+                "done blocks split runs",
+                &[
+                    100 * KB,
+                    100 * KB,
+                    200 * MB,
+                    100 * KB,
+                    100 * KB,
+                    100 * KB,
+                    100 * KB,
+                ],
+                Some(3..7),
+            ),
+            (
+                "done blocks are left alone",
+                &[200 * MB, 200 * MB, 200 * MB],
+                None,
+            ),
+            // Two blocks of the top tier that together reach half a segment are ready.
+            ("half a segment in two", &[70 * MB, 70 * MB], Some(0..2)),
+            // A run stops before it would exceed segment_bytes.
+            (
+                "bounded by segment_bytes",
+                &[100 * MB, 100 * MB, 100 * MB],
+                Some(0..2),
+            ),
+        ];
+        for (case, lens, want) in cases {
+            assert_eq!(run(lens), *want, "case `{case}`");
+        }
+    }
+
+    #[test]
+    fn reads_the_time_in_our_keys_only() {
+        assert_eq!(
+            key_time_ms("segments/1/1763700000000-0123abcd.seg"),
+            Some(1_763_700_000_000)
+        );
+        assert_eq!(
+            key_time_ms("data/3/1763700000000-ff.sob"),
+            Some(1_763_700_000_000)
+        );
+        assert_eq!(key_time_ms("data/3/notatime-ff.sob"), None);
+        assert_eq!(key_time_ms("data/3/176370000000-ff.sob"), None);
+        assert_eq!(key_time_ms("other"), None);
+        assert!(segment_key(7).starts_with("segments/7/"));
+        assert!(key_time_ms(&segment_key(7)).is_some());
+    }
+}

@@ -1,0 +1,279 @@
+//! One connection's QoS state as a value (sans-IO): packet ids and in-flight windows in both
+//! directions. The connection task feeds it events and sends what it returns.
+//!
+//! *Outbound* (server → client): QoS 1/2 deliveries get a packet id that is not in use; at most
+//! `send_window` are unacknowledged at once (the client's Receive Maximum, capped by ours);
+//! the rest wait in a bounded queue, and a full queue drops (counted by the caller).
+//! QoS 1: PUBLISH → PUBACK. QoS 2: PUBLISH → PUBREC → (PUBREL) → PUBCOMP.
+//!
+//! *Inbound* (client → server): a QoS 2 packet id is remembered from its PUBLISH until its
+//! PUBREL, so a re-sent PUBLISH with the same id is not stored twice. Inbound QoS 1/2 messages
+//! not yet answered count against our Receive Maximum.
+//!
+//! *Invariant:* `outbound.len() <= send_window`; a packet id is in `outbound` at most once.
+
+use super::Delivery;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published { qos: u8 },
+    /// QoS 2: PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// A PUBLISH to send now, with its packet id (`None` for QoS 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutPublish {
+    pub delivery: Delivery,
+    pub packet_id: Option<u16>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    next_packet_id: u16,
+    outbound: HashMap<u16, OutState>,
+    send_window: usize,
+    waiting: VecDeque<Delivery>,
+    waiting_max: usize,
+    /// Inbound QoS 2 ids between PUBLISH and PUBREL.
+    inbound_qos2: HashSet<u16>,
+}
+
+/// What an acknowledgement from the client did.
+#[derive(Debug, PartialEq)]
+pub enum AckOutcome {
+    /// Known id: these queued deliveries may now be sent.
+    Done(Vec<OutPublish>),
+    /// No delivery waits for this acknowledgement (a protocol error in MQTT 5 terms; ignored).
+    Unknown,
+}
+
+impl Session {
+    pub fn new(send_window: usize, waiting_max: usize) -> Session {
+        assert!(send_window > 0 && send_window <= usize::from(u16::MAX));
+        Session {
+            next_packet_id: 1,
+            outbound: HashMap::new(),
+            send_window,
+            waiting: VecDeque::new(),
+            waiting_max,
+            inbound_qos2: HashSet::new(),
+        }
+    }
+
+    pub fn inflight_out(&self) -> usize {
+        self.outbound.len()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// A message for this client. `Ok(Some)`: send it now; `Ok(None)`: queued behind the
+    /// window; `Err(())`: the queue is full and it was dropped.
+    #[allow(clippy::result_unit_err)]
+    pub fn deliver(&mut self, d: Delivery) -> Result<Option<OutPublish>, ()> {
+        if d.qos == 0 {
+            return Ok(Some(OutPublish {
+                delivery: d,
+                packet_id: None,
+            }));
+        }
+        if self.outbound.len() < self.send_window && self.waiting.is_empty() {
+            return Ok(Some(self.start(d)));
+        }
+        if self.waiting.len() >= self.waiting_max {
+            return Err(());
+        }
+        self.waiting.push_back(d);
+        Ok(None)
+    }
+
+    fn start(&mut self, d: Delivery) -> OutPublish {
+        debug_assert!(self.outbound.len() < self.send_window);
+        let id = self.allocate();
+        self.outbound.insert(id, OutState::Published { qos: d.qos });
+        OutPublish {
+            delivery: d,
+            packet_id: Some(id),
+        }
+    }
+
+    fn allocate(&mut self) -> u16 {
+        // The window is below 65535, so a free id is always found.
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.outbound.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn release_window(&mut self) -> Vec<OutPublish> {
+        let mut out = Vec::new();
+        while self.outbound.len() < self.send_window {
+            let Some(d) = self.waiting.pop_front() else {
+                break;
+            };
+            out.push(self.start(d));
+        }
+        out
+    }
+
+    /// PUBACK from the client.
+    pub fn on_puback(&mut self, id: u16) -> AckOutcome {
+        match self.outbound.get(&id) {
+            Some(OutState::Published { qos: 1 }) => {
+                self.outbound.remove(&id);
+                AckOutcome::Done(self.release_window())
+            }
+            _ => AckOutcome::Unknown,
+        }
+    }
+
+    /// Gives up an outbound delivery that could not be sent (larger than the client's Maximum
+    /// Packet Size): its id is free again.
+    pub fn abandon(&mut self, id: u16) -> Vec<OutPublish> {
+        if self.outbound.remove(&id).is_some() {
+            self.release_window()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// PUBREC from the client: answer PUBREL (also for an unknown id, as the spec asks, so the
+    /// client can finish its flow).
+    pub fn on_pubrec(&mut self, id: u16) -> bool {
+        match self.outbound.get_mut(&id) {
+            Some(state @ OutState::Published { qos: 2 }) => {
+                *state = OutState::Released;
+                true
+            }
+            Some(OutState::Released) => true,
+            _ => false,
+        }
+    }
+
+    /// PUBCOMP from the client.
+    pub fn on_pubcomp(&mut self, id: u16) -> AckOutcome {
+        match self.outbound.get(&id) {
+            Some(OutState::Released) => {
+                self.outbound.remove(&id);
+                AckOutcome::Done(self.release_window())
+            }
+            _ => AckOutcome::Unknown,
+        }
+    }
+
+    /// An inbound QoS 2 PUBLISH: whether it is new (store it) or a re-send of one not yet
+    /// released (answer PUBREC again, do not store it twice).
+    pub fn on_inbound_qos2(&mut self, id: u16) -> bool {
+        self.inbound_qos2.insert(id)
+    }
+
+    /// Forgets an inbound QoS 2 id whose store failed (the client may send it again).
+    pub fn forget_inbound_qos2(&mut self, id: u16) {
+        self.inbound_qos2.remove(&id);
+    }
+
+    /// PUBREL from the client: whether the id was known (PUBCOMP reason 0x92 otherwise).
+    pub fn on_pubrel(&mut self, id: u16) -> bool {
+        self.inbound_qos2.remove(&id)
+    }
+
+    pub fn inbound_qos2_open(&self) -> usize {
+        self.inbound_qos2.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::Message;
+    use std::sync::Arc;
+
+    fn d(qos: u8, n: u8) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: "t".into(),
+                payload: bytes::Bytes::from(vec![n]),
+                qos,
+                retain: false,
+                user_properties: vec![],
+            }),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn ids(v: &[OutPublish]) -> Vec<Option<u16>> {
+        v.iter().map(|p| p.packet_id).collect()
+    }
+
+    #[test]
+    fn qos1_window_and_queue() {
+        let mut s = Session::new(2, 2);
+        assert_eq!(s.deliver(d(1, 1)).unwrap().unwrap().packet_id, Some(1));
+        assert_eq!(s.deliver(d(1, 2)).unwrap().unwrap().packet_id, Some(2));
+        assert_eq!(s.deliver(d(1, 3)), Ok(None));
+        assert_eq!(s.deliver(d(1, 4)), Ok(None));
+        assert_eq!(s.deliver(d(1, 5)), Err(()));
+        // QoS 0 is never held back.
+        assert_eq!(s.deliver(d(0, 6)).unwrap().unwrap().packet_id, None);
+        assert_eq!(s.on_puback(9), AckOutcome::Unknown);
+        let AckOutcome::Done(next) = s.on_puback(2) else {
+            panic!()
+        };
+        assert_eq!(ids(&next), vec![Some(3)]);
+        assert_eq!(next[0].delivery.message.payload[0], 3);
+        let AckOutcome::Done(next) = s.on_puback(1) else {
+            panic!()
+        };
+        assert_eq!(ids(&next), vec![Some(4)]);
+        assert_eq!((s.inflight_out(), s.waiting()), (2, 0));
+    }
+
+    #[test]
+    fn qos2_flow() {
+        let mut s = Session::new(1, 10);
+        let p = s.deliver(d(2, 1)).unwrap().unwrap();
+        assert_eq!(p.packet_id, Some(1));
+        assert_eq!(s.deliver(d(2, 2)), Ok(None));
+        // A PUBACK is not the answer to a QoS 2 PUBLISH.
+        assert_eq!(s.on_puback(1), AckOutcome::Unknown);
+        assert_eq!(s.on_pubcomp(1), AckOutcome::Unknown);
+        assert!(s.on_pubrec(1));
+        assert!(s.on_pubrec(1), "a repeated PUBREC gets PUBREL again");
+        assert!(!s.on_pubrec(7));
+        let AckOutcome::Done(next) = s.on_pubcomp(1) else {
+            panic!()
+        };
+        assert_eq!(ids(&next), vec![Some(2)]);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_use() {
+        let mut s = Session::new(3, 0);
+        s.next_packet_id = u16::MAX;
+        let a = s.deliver(d(1, 0)).unwrap().unwrap().packet_id;
+        let b = s.deliver(d(1, 0)).unwrap().unwrap().packet_id;
+        assert_eq!((a, b), (Some(u16::MAX), Some(1)));
+        s.next_packet_id = u16::MAX;
+        let c = s.deliver(d(1, 0)).unwrap().unwrap().packet_id;
+        assert_eq!(c, Some(2), "0 is never used and ids in flight are skipped");
+    }
+
+    #[test]
+    fn inbound_qos2_dedup() {
+        let mut s = Session::new(1, 1);
+        assert!(s.on_inbound_qos2(5));
+        assert!(!s.on_inbound_qos2(5));
+        assert_eq!(s.inbound_qos2_open(), 1);
+        assert!(s.on_pubrel(5));
+        assert!(!s.on_pubrel(5));
+        assert!(s.on_inbound_qos2(5));
+    }
+}

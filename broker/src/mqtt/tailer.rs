@@ -1,0 +1,196 @@
+//! Partition tailers: the one path from stored records to MQTT subscribers.
+//!
+//! For every partition of every Kafka topic MQTT maps to (the mapped ones and the default) that
+//! this broker leads, a task follows the partition's high watermark — the change notification
+//! that Fetch long-polling also waits on — reads the newly durable batches from the in-memory
+//! tail, decodes their records and hands each MQTT message to the router. An MQTT publish and a
+//! Kafka produce therefore reach subscribers the same way, once durable, pushed the moment the
+//! sequencer publishes the batch (no timer).
+//!
+//! A tailer starts at the high watermark when the broker starts (history is for Kafka
+//! consumers), and at the log start for a partition that appears later (a topic created while
+//! running, possibly by its first MQTT publish). A partition log replaced by the registry (led
+//! at a new lease epoch) gets a new tailer at its high watermark.
+
+use super::mapping;
+use super::router::RouterMsg;
+use crate::log::partition::{PartitionLog, TailRead};
+use crate::node::Node;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use strata_types::batch::Batches;
+use strata_types::PartitionKey;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Bytes read from a tail per step.
+const READ_BYTES_MAX: usize = 1024 * 1024;
+
+#[derive(Debug)]
+struct Running {
+    log: Arc<PartitionLog>,
+    task: JoinHandle<()>,
+}
+
+/// The set of running tailers, kept in step with the registry by [`Tailers::sync`].
+pub struct Tailers {
+    node: Arc<Node>,
+    topics: Vec<String>,
+    router: mpsc::Sender<RouterMsg>,
+    shutdown: watch::Receiver<bool>,
+    running: Mutex<HashMap<PartitionKey, Running>>,
+    /// Until the first sync, partitions are "already there": tail from their end.
+    started: Mutex<bool>,
+}
+
+impl Tailers {
+    pub fn new(
+        node: Arc<Node>,
+        topics: Vec<String>,
+        router: mpsc::Sender<RouterMsg>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Tailers {
+        Tailers {
+            node,
+            topics,
+            router,
+            shutdown,
+            running: Mutex::new(HashMap::new()),
+            started: Mutex::new(false),
+        }
+    }
+
+    /// Starts tailers for led partitions of the MQTT topics that have none (or whose log was
+    /// replaced) and stops those of partitions no longer led. Cheap; no `.await`.
+    pub fn sync(&self) {
+        let mut first = self.started.lock();
+        let at_startup = !*first;
+        *first = true;
+        let mut running = self.running.lock();
+        let mut wanted: HashMap<PartitionKey, Arc<PartitionLog>> = HashMap::new();
+        for name in &self.topics {
+            let Some(topic) = self.node.registry.topic(name) else {
+                continue;
+            };
+            for log in &topic.partitions {
+                if self.node.registry.leads(&log.key) {
+                    wanted.insert(log.key, log.clone());
+                }
+            }
+        }
+        running.retain(|key, r| {
+            let keep = wanted
+                .get(key)
+                .is_some_and(|log| Arc::ptr_eq(log, &r.log) && !r.task.is_finished());
+            if !keep {
+                r.task.abort();
+            }
+            keep
+        });
+        for (key, log) in wanted {
+            if running.contains_key(&key) {
+                continue;
+            }
+            let offsets = log.offsets();
+            let start = if at_startup {
+                offsets.high_watermark
+            } else {
+                offsets.log_start_offset
+            };
+            let task = tokio::spawn(tail(
+                log.clone(),
+                start,
+                self.router.clone(),
+                self.shutdown.clone(),
+            ));
+            running.insert(key, Running { log, task });
+        }
+    }
+
+    /// Stops every tailer (on shutdown).
+    pub fn stop(&self) {
+        for (_, r) in self.running.lock().drain() {
+            r.task.abort();
+        }
+    }
+}
+
+/// Follows one partition from `next` on, forever (until aborted or shut down).
+async fn tail(
+    log: Arc<PartitionLog>,
+    mut next: i64,
+    router: mpsc::Sender<RouterMsg>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut hw = log.subscribe();
+    loop {
+        // Mark the current value seen *before* reading, so an append racing with the read
+        // wakes the wait below.
+        hw.borrow_and_update();
+        loop {
+            match log.read(next, READ_BYTES_MAX) {
+                TailRead::Data(chunks) => {
+                    for data in chunks {
+                        next = route_chunk(&data, next, &router).await;
+                    }
+                }
+                TailRead::AtEnd => break,
+                // Behind the tail (already uploaded and evicted) or out of range (the log
+                // moved): skip to what the tail still has. Live delivery never reads history.
+                TailRead::Older | TailRead::OutOfRange => {
+                    let skip_to = log
+                        .first_batch_at_or_after_time(i64::MIN)
+                        .map(|b| b.base_offset)
+                        .filter(|b| *b > next)
+                        .unwrap_or_else(|| log.high_watermark());
+                    if skip_to == next {
+                        break;
+                    }
+                    tracing::debug!(partition = ?log.key, from = next, to = skip_to, "mqtt tailer skipped");
+                    next = skip_to;
+                }
+            }
+            if router.is_closed() {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = hw.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Routes the records of `data` (whole batches) at or after `next`; returns the offset after
+/// the last batch.
+async fn route_chunk(data: &[u8], mut next: i64, router: &mpsc::Sender<RouterMsg>) -> i64 {
+    for item in Batches::new(data) {
+        let Ok((header, pos)) = item else {
+            // The tail holds only batches the produce path checked; stop reading this chunk.
+            tracing::warn!("mqtt tailer: undecodable batch header in the tail");
+            break;
+        };
+        let end = header.base_offset + header.offset_count();
+        if end <= next || header.is_control() {
+            next = next.max(end);
+            continue;
+        }
+        match crate::records::decode_batch(&data[pos..pos + header.size]) {
+            Ok(records) => {
+                for record in records.iter().filter(|r| r.offset >= next) {
+                    if let Some(msg) = mapping::decode_record(record) {
+                        if router.send(RouterMsg::Route(Arc::new(msg))).await.is_err() {
+                            return end;
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, base_offset = header.base_offset, "mqtt tailer: records not decodable; skipped");
+            }
+        }
+        next = end;
+    }
+    next
+}

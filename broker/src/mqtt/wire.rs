@@ -1,0 +1,682 @@
+//! The MQTT wire boundary: `rmqtt-codec`'s 3.1.1 and 5.0 packets ↔ this module's
+//! version-neutral [`Inbound`] / [`Outbound`], and the one table from internal conditions to
+//! reason codes.
+//!
+//! Nothing outside this file names an `rmqtt_codec` type. The protocol version is chosen by
+//! peeking at the first packet (which must be CONNECT); every later packet uses that version's
+//! codec, which enforces `mqtt.packet_bytes_max` on the remaining length before buffering a
+//! packet.
+
+use super::ingest::IngestError;
+use super::router::SubOptions;
+use super::session::OutPublish;
+use super::Message;
+use crate::log::sequencer::AppendError;
+use bytes::BytesMut;
+use bytestring::ByteString;
+use rmqtt_codec::error::DecodeError;
+use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
+use rmqtt_codec::{v3, v5};
+use std::num::NonZeroU16;
+use tokio_util::codec::{Decoder, Encoder};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    V311,
+    V5,
+}
+
+/// CONNECT, version-neutral.
+#[derive(Debug, Clone)]
+pub struct ConnectIn {
+    pub clean_start: bool,
+    pub keep_alive_secs: u16,
+    pub client_id: String,
+    pub will: Option<Message>,
+    /// MQTT 5 Session Expiry Interval (0: the session ends with the connection). MQTT 3.1.1:
+    /// 0 with clean session, "never" otherwise.
+    pub session_expiry_secs: u32,
+    /// The client's Receive Maximum (how many QoS 1/2 it takes unacknowledged).
+    pub receive_max: u16,
+    /// The client's Maximum Packet Size.
+    pub max_packet_size: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    Connect(Box<ConnectIn>),
+    Publish {
+        message: Message,
+        packet_id: Option<u16>,
+    },
+    PubAck(u16),
+    PubRec(u16),
+    PubRel(u16),
+    PubComp(u16),
+    Subscribe {
+        packet_id: u16,
+        filters: Vec<(String, SubOptions)>,
+    },
+    Unsubscribe {
+        packet_id: u16,
+        filters: Vec<String>,
+    },
+    PingReq,
+    Disconnect {
+        /// MQTT 5 reason 0x04: disconnect, but publish the will.
+        publish_will: bool,
+    },
+    /// A packet a client must not send (CONNACK, SUBACK, a second CONNECT, AUTH ...).
+    Unexpected(&'static str),
+}
+
+/// CONNACK results we give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnCode {
+    Accepted,
+    ClientIdRejected,
+    ServerBusy,
+}
+
+/// Subscription results per filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubResult {
+    Granted(u8),
+    FilterInvalid,
+    /// `$share/...` (not in this version).
+    SharedNotSupported,
+}
+
+/// Reasons we close a connection with (MQTT 5 DISCONNECT; 3.1.1 just closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    Malformed,
+    ProtocolError,
+    PacketTooLarge,
+    KeepAliveTimeout,
+    SessionTakenOver,
+    ReceiveMaximumExceeded,
+    TopicNameInvalid,
+    ServerShuttingDown,
+    ImplementationSpecific,
+    /// CONNECT only: an empty client id without a clean session (3.1.1), or an invalid one.
+    ClientIdInvalid,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    ConnAck {
+        session_present: bool,
+        code: ConnCode,
+        assigned_client_id: Option<String>,
+        receive_max: u16,
+        max_packet_size: u32,
+    },
+    Publish(OutPublish),
+    PubAck {
+        packet_id: u16,
+        error: Option<u8>,
+    },
+    PubRec {
+        packet_id: u16,
+        error: Option<u8>,
+    },
+    PubRel(u16),
+    PubComp {
+        packet_id: u16,
+        found: bool,
+    },
+    SubAck {
+        packet_id: u16,
+        results: Vec<SubResult>,
+    },
+    UnsubAck {
+        packet_id: u16,
+        found: Vec<bool>,
+    },
+    PingResp,
+    Disconnect(CloseCode),
+    /// MQTT 5: a CONNACK refusing the connection because its CONNECT failed.
+    ConnAckFailure(CloseCode),
+}
+
+/// Why a packet could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WireError {
+    #[error("packet of {size} bytes exceeds mqtt.packet_bytes_max ({max})")]
+    TooLarge { size: u32, max: u32 },
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    #[error("unsupported protocol: {0}")]
+    Protocol(String),
+    #[error("client id rejected")]
+    ClientId,
+}
+
+impl WireError {
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            WireError::TooLarge { .. } => CloseCode::PacketTooLarge,
+            WireError::Malformed(_) => CloseCode::Malformed,
+            WireError::Protocol(_) => CloseCode::ProtocolError,
+            WireError::ClientId => CloseCode::ClientIdInvalid,
+        }
+    }
+}
+
+fn wire_error(e: DecodeError) -> WireError {
+    match e {
+        DecodeError::MaxSizeExceeded { size, max } => WireError::TooLarge { size, max },
+        DecodeError::InvalidClientId => WireError::ClientId,
+        DecodeError::InvalidProtocol | DecodeError::UnsupportedProtocolLevel => {
+            WireError::Protocol(e.to_string())
+        }
+        other => WireError::Malformed(other.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reason codes: the frozen table.
+
+/// MQTT 5 DISCONNECT reason code for a close.
+fn close_reason(c: CloseCode) -> v5::DisconnectReasonCode {
+    use v5::DisconnectReasonCode as D;
+    match c {
+        CloseCode::Malformed => D::MalformedPacket,     // 0x81
+        CloseCode::ProtocolError => D::ProtocolError,   // 0x82
+        CloseCode::PacketTooLarge => D::PacketTooLarge, // 0x95
+        CloseCode::KeepAliveTimeout => D::KeepAliveTimeout, // 0x8D
+        CloseCode::SessionTakenOver => D::SessionTakenOver, // 0x8E
+        CloseCode::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded, // 0x93
+        CloseCode::TopicNameInvalid => D::TopicNameInvalid, // 0x90
+        CloseCode::ServerShuttingDown => D::ServerShuttingDown, // 0x8B
+        CloseCode::ImplementationSpecific => D::ImplementationSpecificError, // 0x83
+        CloseCode::ClientIdInvalid => D::ProtocolError,
+    }
+}
+
+/// MQTT 5 CONNACK reason code for a failure before the session exists.
+fn connack_failure_reason(c: CloseCode) -> v5::ConnectAckReason {
+    use v5::ConnectAckReason as R;
+    match c {
+        CloseCode::PacketTooLarge => R::PacketTooLarge,
+        CloseCode::Malformed => R::MalformedPacket,
+        CloseCode::TopicNameInvalid => R::TopicNameInvalid,
+        CloseCode::ServerShuttingDown => R::ServerUnavailable,
+        CloseCode::ClientIdInvalid => R::ClientIdentifierNotValid,
+        _ => R::ProtocolError,
+    }
+}
+
+/// MQTT 5 PUBACK/PUBREC reason code for a publish that could not be stored.
+pub fn publish_error_code(e: &IngestError) -> u8 {
+    match e {
+        IngestError::Append(AppendError::WalFull) => 0x97, // Quota exceeded
+        IngestError::TooLarge { .. } => 0x95,              // Packet too large
+        IngestError::NotLeader { .. } | IngestError::Append(AppendError::Fenced) => 0x83,
+        IngestError::Append(AppendError::TooLarge) => 0x95,
+        _ => 0x80, // Unspecified error
+    }
+}
+
+fn puback_reason(code: Option<u8>) -> v5::PublishAckReason {
+    use v5::PublishAckReason as P;
+    match code {
+        None => P::Success,
+        Some(0x97) => P::QuotaExceeded,
+        Some(0x83) => P::ImplementationSpecificError,
+        Some(0x90) => P::TopicNameInvalid,
+        // 0x95 has no PUBACK code; the packet itself was fine, the record is too large.
+        Some(_) => P::UnspecifiedError,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The codec.
+
+#[derive(Debug)]
+pub enum Codec {
+    /// Before CONNECT: the version is not known yet.
+    Unknown {
+        max_in: u32,
+    },
+    V311(v3::Codec),
+    V5(v5::Codec),
+}
+
+fn qos_u8(q: v5::QoS) -> u8 {
+    match q {
+        v5::QoS::AtMostOnce => 0,
+        v5::QoS::AtLeastOnce => 1,
+        v5::QoS::ExactlyOnce => 2,
+    }
+}
+
+fn qos_of(q: u8) -> v5::QoS {
+    match q {
+        0 => v5::QoS::AtMostOnce,
+        1 => v5::QoS::AtLeastOnce,
+        _ => v5::QoS::ExactlyOnce,
+    }
+}
+
+fn nz(id: u16) -> NonZeroU16 {
+    // Packet ids we send come from the session, which never hands out 0; ids we echo were
+    // decoded as NonZeroU16.
+    NonZeroU16::new(id).unwrap_or(NonZeroU16::MIN)
+}
+
+impl Codec {
+    pub fn new(max_in: u32) -> Codec {
+        Codec::Unknown { max_in }
+    }
+
+    pub fn proto(&self) -> Option<Proto> {
+        match self {
+            Codec::Unknown { .. } => None,
+            Codec::V311(_) => Some(Proto::V311),
+            Codec::V5(_) => Some(Proto::V5),
+        }
+    }
+
+    /// The client's Maximum Packet Size for what we send (MQTT 5).
+    pub fn set_max_outbound(&mut self, size: u32) {
+        if let Codec::V5(c) = self {
+            c.set_max_outbound_size(size);
+        }
+    }
+
+    /// The next complete packet in `buf`, if any.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, WireError> {
+        if let Codec::Unknown { max_in } = *self {
+            match VersionCodec.decode(buf) {
+                Ok(None) => return Ok(None),
+                Ok(Some(ProtocolVersion::MQTT3)) => *self = Codec::V311(v3::Codec::new(max_in)),
+                Ok(Some(ProtocolVersion::MQTT5)) => *self = Codec::V5(v5::Codec::new(max_in, 0)),
+                Err(DecodeError::UnsupportedPacketType) => {
+                    return Err(WireError::Protocol(
+                        "the first packet must be CONNECT".into(),
+                    ))
+                }
+                Err(e) => return Err(wire_error(e)),
+            }
+        }
+        match self {
+            Codec::Unknown { .. } => Ok(None),
+            Codec::V311(c) => match c.decode(buf).map_err(wire_error)? {
+                None => Ok(None),
+                Some((p, _)) => Ok(Some(from_v3(p))),
+            },
+            Codec::V5(c) => match c.decode(buf).map_err(wire_error)? {
+                None => Ok(None),
+                Some((p, _)) => Ok(Some(from_v5(p))),
+            },
+        }
+    }
+
+    /// Appends `out` to `dst`. `Ok(false)`: nothing to send in this version (a 3.1.1
+    /// DISCONNECT) or, for a PUBLISH, larger than the client accepts (dropped).
+    pub fn encode(&mut self, out: Outbound, dst: &mut BytesMut) -> Result<bool, String> {
+        match self {
+            Codec::Unknown { .. } => Ok(false),
+            Codec::V311(c) => match to_v3(out) {
+                Some(p) => c.encode(p, dst).map(|_| true).map_err(|e| e.to_string()),
+                None => Ok(false),
+            },
+            Codec::V5(c) => {
+                let is_publish = matches!(out, Outbound::Publish(_));
+                match c.encode(to_v5(out), dst) {
+                    Ok(()) => Ok(true),
+                    Err(rmqtt_codec::error::EncodeError::OverMaxPacketSize { .. })
+                        if is_publish =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// What to send when the connection fails with `code` before (`connected == false`) or
+    /// after CONNACK. MQTT 3.1.1 has no such packet.
+    pub fn failure_packet(&self, code: CloseCode, connected: bool) -> Option<Outbound> {
+        match (self, connected) {
+            (Codec::V5(_), true) => Some(Outbound::Disconnect(code)),
+            (Codec::V5(_), false) => Some(Outbound::ConnAckFailure(code)),
+            (Codec::V311(_), false) if code == CloseCode::ClientIdInvalid => {
+                Some(Outbound::ConnAck {
+                    session_present: false,
+                    code: ConnCode::ClientIdRejected,
+                    assigned_client_id: None,
+                    receive_max: 0,
+                    max_packet_size: 0,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+fn text(s: &ByteString) -> String {
+    s.to_string()
+}
+
+fn from_v3(p: v3::Packet) -> Inbound {
+    use v3::Packet as P;
+    match p {
+        P::Connect(c) => {
+            let will = c.last_will.map(|w| Message {
+                topic: text(&w.topic),
+                payload: w.message,
+                qos: qos_u8(w.qos),
+                retain: w.retain,
+                user_properties: Vec::new(),
+            });
+            Inbound::Connect(Box::new(ConnectIn {
+                clean_start: c.clean_session,
+                keep_alive_secs: c.keep_alive,
+                client_id: text(&c.client_id),
+                will,
+                session_expiry_secs: if c.clean_session { 0 } else { u32::MAX },
+                receive_max: u16::MAX,
+                max_packet_size: None,
+            }))
+        }
+        P::Publish(p) => Inbound::Publish {
+            message: Message {
+                topic: text(&p.topic),
+                payload: p.payload,
+                qos: qos_u8(p.qos),
+                retain: p.retain,
+                user_properties: Vec::new(),
+            },
+            packet_id: p.packet_id.map(|i| i.get()),
+        },
+        P::PublishAck { packet_id } => Inbound::PubAck(packet_id.get()),
+        P::PublishReceived { packet_id } => Inbound::PubRec(packet_id.get()),
+        P::PublishRelease { packet_id } => Inbound::PubRel(packet_id.get()),
+        P::PublishComplete { packet_id } => Inbound::PubComp(packet_id.get()),
+        P::Subscribe {
+            packet_id,
+            topic_filters,
+        } => Inbound::Subscribe {
+            packet_id: packet_id.get(),
+            filters: topic_filters
+                .into_iter()
+                .map(|(f, q)| {
+                    (
+                        text(&f),
+                        SubOptions {
+                            qos: qos_u8(q),
+                            retain_as_published: false,
+                            retain_handling: 0,
+                        },
+                    )
+                })
+                .collect(),
+        },
+        P::Unsubscribe {
+            packet_id,
+            topic_filters,
+        } => Inbound::Unsubscribe {
+            packet_id: packet_id.get(),
+            filters: topic_filters.iter().map(text).collect(),
+        },
+        P::PingRequest => Inbound::PingReq,
+        P::Disconnect => Inbound::Disconnect {
+            publish_will: false,
+        },
+        P::ConnectAck(_) => Inbound::Unexpected("CONNACK"),
+        P::SubscribeAck { .. } => Inbound::Unexpected("SUBACK"),
+        P::UnsubscribeAck { .. } => Inbound::Unexpected("UNSUBACK"),
+        P::PingResponse => Inbound::Unexpected("PINGRESP"),
+    }
+}
+
+fn from_v5(p: v5::Packet) -> Inbound {
+    use v5::Packet as P;
+    let props = |v: Vec<(ByteString, ByteString)>| -> Vec<(String, String)> {
+        v.into_iter().map(|(k, v)| (text(&k), text(&v))).collect()
+    };
+    match p {
+        P::Connect(c) => {
+            let will = c.last_will.map(|w| Message {
+                topic: text(&w.topic),
+                payload: w.message,
+                qos: qos_u8(w.qos),
+                retain: w.retain,
+                user_properties: props(w.user_properties),
+            });
+            Inbound::Connect(Box::new(ConnectIn {
+                clean_start: c.clean_start,
+                keep_alive_secs: c.keep_alive,
+                client_id: text(&c.client_id),
+                will,
+                session_expiry_secs: c.session_expiry_interval_secs,
+                receive_max: c.receive_max.map(|r| r.get()).unwrap_or(u16::MAX),
+                max_packet_size: c.max_packet_size.map(|m| m.get()),
+            }))
+        }
+        P::Publish(p) => Inbound::Publish {
+            message: Message {
+                topic: text(&p.topic),
+                payload: p.payload,
+                qos: qos_u8(p.qos),
+                retain: p.retain,
+                user_properties: p
+                    .properties
+                    .map(|pp| props(pp.user_properties))
+                    .unwrap_or_default(),
+            },
+            packet_id: p.packet_id.map(|i| i.get()),
+        },
+        P::PublishAck(a) => Inbound::PubAck(a.packet_id.get()),
+        P::PublishReceived(a) => Inbound::PubRec(a.packet_id.get()),
+        P::PublishRelease(a) => Inbound::PubRel(a.packet_id.get()),
+        P::PublishComplete(a) => Inbound::PubComp(a.packet_id.get()),
+        P::Subscribe(s) => Inbound::Subscribe {
+            packet_id: s.packet_id.get(),
+            filters: s
+                .topic_filters
+                .into_iter()
+                .map(|(f, o)| {
+                    (
+                        text(&f),
+                        SubOptions {
+                            qos: qos_u8(o.qos),
+                            retain_as_published: o.retain_as_published,
+                            retain_handling: match o.retain_handling {
+                                v5::RetainHandling::AtSubscribe => 0,
+                                v5::RetainHandling::AtSubscribeNew => 1,
+                                v5::RetainHandling::NoAtSubscribe => 2,
+                            },
+                        },
+                    )
+                })
+                .collect(),
+        },
+        P::Unsubscribe(u) => Inbound::Unsubscribe {
+            packet_id: u.packet_id.get(),
+            filters: u.topic_filters.iter().map(text).collect(),
+        },
+        P::PingRequest => Inbound::PingReq,
+        P::Disconnect(d) => Inbound::Disconnect {
+            publish_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+        },
+        P::ConnectAck(_) => Inbound::Unexpected("CONNACK"),
+        P::SubscribeAck(_) => Inbound::Unexpected("SUBACK"),
+        P::UnsubscribeAck(_) => Inbound::Unexpected("UNSUBACK"),
+        P::PingResponse => Inbound::Unexpected("PINGRESP"),
+        P::Auth(_) => Inbound::Unexpected("AUTH"),
+    }
+}
+
+fn to_v3(out: Outbound) -> Option<v3::Packet> {
+    use v3::Packet as P;
+    Some(match out {
+        Outbound::ConnAck {
+            session_present,
+            code,
+            ..
+        } => P::ConnectAck(v3::ConnectAck {
+            session_present,
+            return_code: match code {
+                ConnCode::Accepted => v3::ConnectAckReason::ConnectionAccepted,
+                ConnCode::ClientIdRejected => v3::ConnectAckReason::IdentifierRejected,
+                ConnCode::ServerBusy => v3::ConnectAckReason::ServiceUnavailable,
+            },
+        }),
+        Outbound::Publish(p) => {
+            let d = p.delivery;
+            P::Publish(Box::new(rmqtt_codec::types::Publish {
+                dup: false,
+                retain: d.retain,
+                qos: qos_of(d.qos),
+                topic: ByteString::from(d.message.topic.as_str()),
+                packet_id: p.packet_id.map(nz),
+                payload: d.message.payload.clone(),
+                properties: None,
+            }))
+        }
+        Outbound::PubAck { packet_id, .. } => P::PublishAck {
+            packet_id: nz(packet_id),
+        },
+        Outbound::PubRec { packet_id, .. } => P::PublishReceived {
+            packet_id: nz(packet_id),
+        },
+        Outbound::PubRel(id) => P::PublishRelease { packet_id: nz(id) },
+        Outbound::PubComp { packet_id, .. } => P::PublishComplete {
+            packet_id: nz(packet_id),
+        },
+        Outbound::SubAck { packet_id, results } => P::SubscribeAck {
+            packet_id: nz(packet_id),
+            status: results
+                .into_iter()
+                .map(|r| match r {
+                    SubResult::Granted(q) => v3::SubscribeReturnCode::Success(qos_of(q)),
+                    SubResult::FilterInvalid | SubResult::SharedNotSupported => {
+                        v3::SubscribeReturnCode::Failure
+                    }
+                })
+                .collect(),
+        },
+        Outbound::UnsubAck { packet_id, .. } => P::UnsubscribeAck {
+            packet_id: nz(packet_id),
+        },
+        Outbound::PingResp => P::PingResponse,
+        Outbound::Disconnect(_) | Outbound::ConnAckFailure(_) => return None,
+    })
+}
+
+fn to_v5(out: Outbound) -> v5::Packet {
+    use v5::Packet as P;
+    let bs = |s: &str| ByteString::from(s);
+    match out {
+        Outbound::ConnAck {
+            session_present,
+            code,
+            assigned_client_id,
+            receive_max,
+            max_packet_size,
+        } => P::ConnectAck(Box::new(v5::ConnectAck {
+            session_present,
+            reason_code: match code {
+                ConnCode::Accepted => v5::ConnectAckReason::Success,
+                ConnCode::ClientIdRejected => v5::ConnectAckReason::ClientIdentifierNotValid,
+                ConnCode::ServerBusy => v5::ConnectAckReason::ServerBusy,
+            },
+            receive_max: NonZeroU16::new(receive_max).unwrap_or(NonZeroU16::MAX),
+            max_packet_size: Some(max_packet_size),
+            assigned_client_id: assigned_client_id.map(|s| bs(&s)),
+            topic_alias_max: 0,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            subscription_identifiers_available: false,
+            shared_subscription_available: false,
+            ..Default::default()
+        })),
+        Outbound::ConnAckFailure(code) => P::ConnectAck(Box::new(v5::ConnectAck {
+            reason_code: connack_failure_reason(code),
+            ..Default::default()
+        })),
+        Outbound::Publish(p) => {
+            let d = p.delivery;
+            let user_properties = d
+                .message
+                .user_properties
+                .iter()
+                .map(|(k, v)| (bs(k), bs(v)))
+                .collect();
+            P::Publish(Box::new(rmqtt_codec::types::Publish {
+                dup: false,
+                retain: d.retain,
+                qos: qos_of(d.qos),
+                topic: bs(&d.message.topic),
+                packet_id: p.packet_id.map(nz),
+                payload: d.message.payload.clone(),
+                properties: Some(v5::PublishProperties {
+                    user_properties,
+                    ..Default::default()
+                }),
+            }))
+        }
+        Outbound::PubAck { packet_id, error } => P::PublishAck(v5::PublishAck {
+            packet_id: nz(packet_id),
+            reason_code: puback_reason(error),
+            ..Default::default()
+        }),
+        Outbound::PubRec { packet_id, error } => P::PublishReceived(v5::PublishAck {
+            packet_id: nz(packet_id),
+            reason_code: puback_reason(error),
+            ..Default::default()
+        }),
+        Outbound::PubRel(id) => P::PublishRelease(v5::PublishAck2 {
+            packet_id: nz(id),
+            ..Default::default()
+        }),
+        Outbound::PubComp { packet_id, found } => P::PublishComplete(v5::PublishAck2 {
+            packet_id: nz(packet_id),
+            reason_code: if found {
+                v5::PublishAck2Reason::Success
+            } else {
+                v5::PublishAck2Reason::PacketIdNotFound
+            },
+            ..Default::default()
+        }),
+        Outbound::SubAck { packet_id, results } => P::SubscribeAck(v5::SubscribeAck {
+            packet_id: nz(packet_id),
+            properties: Vec::new(),
+            reason_string: None,
+            status: results
+                .into_iter()
+                .map(|r| match r {
+                    SubResult::Granted(0) => v5::SubscribeAckReason::GrantedQos0,
+                    SubResult::Granted(1) => v5::SubscribeAckReason::GrantedQos1,
+                    SubResult::Granted(_) => v5::SubscribeAckReason::GrantedQos2,
+                    SubResult::FilterInvalid => v5::SubscribeAckReason::TopicFilterInvalid,
+                    SubResult::SharedNotSupported => {
+                        v5::SubscribeAckReason::SharedSubscriptionNotSupported
+                    }
+                })
+                .collect(),
+        }),
+        Outbound::UnsubAck { packet_id, found } => P::UnsubscribeAck(v5::UnsubscribeAck {
+            packet_id: nz(packet_id),
+            properties: Vec::new(),
+            reason_string: None,
+            status: found
+                .into_iter()
+                .map(|f| {
+                    if f {
+                        v5::UnsubscribeAckReason::Success
+                    } else {
+                        v5::UnsubscribeAckReason::NoSubscriptionExisted
+                    }
+                })
+                .collect(),
+        }),
+        Outbound::PingResp => P::PingResponse,
+        Outbound::Disconnect(code) => P::Disconnect(v5::Disconnect::new(close_reason(code))),
+    }
+}
