@@ -59,11 +59,15 @@ def topics(admin: int) -> list:
 
 
 class Broker:
-    def __init__(self, binary: str, work: Path, chunk: int, readahead: int, flush_bytes: int, flush_ms: int):
+    def __init__(self, binary: str, work: Path, chunk: int, readahead: int, flush_bytes: int, flush_ms: int,
+                 store_url: str | None = None, env: dict | None = None):
         self.binary, self.work = binary, work
+        self.store_url = store_url or f"fs://{work / 'data' / 'objects'}"
+        self.env = env or {}
         self.kafka, self.admin = free_port(), free_port()
         (work / "c.toml").write_text(f"""
 data_dir = "{work / 'data'}"
+object_store = "{self.store_url}"
 [kafka]
 listen = "127.0.0.1:{self.kafka}"
 [admin]
@@ -86,7 +90,7 @@ readahead_concurrency = {readahead}
     def start(self):
         log = open(self.work / "strata.log", "ab")
         self.proc = subprocess.Popen([self.binary, "start", "--config", str(self.work / "c.toml")],
-                                     stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+                                     stdout=log, stderr=log, env={**os.environ, **self.env, "RUST_LOG": "warn"})
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -185,9 +189,20 @@ def main() -> int:
     ap.add_argument("--flush-bytes-max", type=int, default=8 << 20, help="tiering.flush_bytes_max")
     ap.add_argument("--flush-interval-ms", type=int, default=1000, help="tiering.flush_interval_ms")
     ap.add_argument("--value-bytes", type=int, default=1024)
+    ap.add_argument("--seaweedfs", action="store_true",
+                    help="use a local SeaweedFS S3 server (tests/requirements.txt) instead of fs://")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="strata-replay-"))
-    b = Broker(args.bin, work, args.chunk_bytes, args.readahead, args.flush_bytes_max, args.flush_interval_ms)
+    weed = None
+    store_url, store_env = None, {}
+    if args.seaweedfs:
+        sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+        import harness  # noqa: E402
+
+        weed = harness.SeaweedFS(work / "weed", buckets=["replay"]).start()
+        store_url, store_env = weed.url("replay"), weed.env
+    b = Broker(args.bin, work, args.chunk_bytes, args.readahead, args.flush_bytes_max, args.flush_interval_ms,
+               store_url, store_env)
     try:
         b.start()
         topic = "replay"
@@ -202,14 +217,21 @@ def main() -> int:
 
         def settled():
             ps = topics(b.admin)[0]["partitions"]
-            return all(p["uploaded_offset"] == p["high_watermark"] and p["blocks"] - p["segments"] < 8
-                       for p in ps), ps
+            return all(p["uploaded_offset"] == p["high_watermark"] for p in ps), ps
 
+        # Uploaded, then compaction quiet: no new segment for 10 s.
         deadline = time.time() + 1800
-        while not settled()[0]:
+        quiet_since, last = time.time(), -1.0
+        while True:
+            done, ps = settled()
+            segs = metrics(b.admin)["strata_compaction_segments_total"]
+            if segs != last or not done:
+                quiet_since, last = time.time(), segs
+            elif time.time() - quiet_since >= 10:
+                break
             if time.time() > deadline:
-                raise SystemExit(f"not compacted in time: {settled()[1]}")
-            time.sleep(2)
+                raise SystemExit(f"not settled in time: {ps}")
+            time.sleep(0.5)
         m = metrics(b.admin)
         ingested = m["strata_produce_bytes_total"]
         puts = m['strata_object_store_requests_total{op="put"}']
@@ -218,9 +240,10 @@ def main() -> int:
 
         raw = None
         for _ in range(2):
-            out = subprocess.run([args.bin, "bench", "store-read", "--object-store", f"fs://{work / 'data' / 'objects'}",
+            out = subprocess.run([args.bin, "bench", "store-read", "--object-store", b.store_url,
                                   "--prefix", "segments/", "--concurrency", str(args.readahead),
-                                  "--range-bytes", str(args.chunk_bytes)], check=True, capture_output=True, text=True)
+                                  "--range-bytes", str(args.chunk_bytes)], check=True, capture_output=True, text=True,
+                                 env={**os.environ, **store_env})
             raw = json.loads(out.stdout)
 
         shutil.rmtree(work / "data" / "cache", ignore_errors=True)
@@ -263,6 +286,7 @@ def main() -> int:
             "value_bytes": args.value_bytes,
             "flush_bytes_max": args.flush_bytes_max,
             "flush_interval_ms": args.flush_interval_ms,
+            "store": "seaweedfs-s3" if args.seaweedfs else "fs",
             "binary": args.bin,
         }
         print(json.dumps(result))
@@ -273,6 +297,8 @@ def main() -> int:
         raise
     finally:
         b.stop()
+        if weed is not None:
+            weed.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
