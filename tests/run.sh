@@ -55,7 +55,7 @@ if ! command -v kcat >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq kcat >/dev/null
 fi
 kcat -V 2>&1 | head -1
-# mosquitto_pub / mosquitto_sub for the MQTT tests (t100); the clients only, never the broker.
+# mosquitto_pub / mosquitto_sub for the MQTT tests (t95); the clients only, never the broker.
 if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi

@@ -1,4 +1,4 @@
-"""t100 mqtt: MQTT 3.1.1 and 5.0 over TCP on the shared storage path.
+"""t95 mqtt: MQTT 3.1.1 and 5.0 over TCP on the shared storage path.
 
 paho-mqtt (both protocol versions) and mosquitto_pub/mosquitto_sub against the broker:
 QoS 0/1/2 both ways, wildcards and `$` topics, retained messages, wills, session takeover,
