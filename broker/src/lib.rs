@@ -9,6 +9,7 @@ pub mod config;
 pub mod export;
 pub mod groups;
 pub mod kafka;
+pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod mqtt;

@@ -212,21 +212,10 @@ fn main() -> ExitCode {
             concurrency,
             range_bytes,
         }) => bench_store_read(&object_store, &prefix, concurrency, range_bytes),
-        Commands::Bench(BenchCommand::Disk { dir, seconds }) => {
-            match strata_broker::bench::disk(&dir, seconds) {
-                Ok(report) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).unwrap_or_default()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("strata: error: disk probe in {}: {err}", dir.display());
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Commands::Bench(BenchCommand::Disk { dir, seconds }) => print_report(
+            strata_broker::bench::disk(&dir, seconds)
+                .map_err(|err| format!("disk probe in {}: {err}", dir.display())),
+        ),
     }
 }
 
@@ -238,19 +227,21 @@ fn bench_store_read(url: &str, prefix: &str, concurrency: usize, range_bytes: u6
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("strata: error: tokio runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
-    match rt.block_on(strata_broker::bench::store_read(
+    print_report(rt.block_on(strata_broker::bench::store_read(
         &store,
         prefix,
         concurrency,
         range_bytes,
-    )) {
+    )))
+}
+
+/// Prints a report as pretty JSON on stdout (exit 0), or the error on stderr (exit 1).
+fn print_report<T: serde::Serialize, E: std::fmt::Display>(result: Result<T, E>) -> ExitCode {
+    match result {
         Ok(report) => {
             println!(
                 "{}",
@@ -263,6 +254,14 @@ fn bench_store_read(url: &str, prefix: &str, concurrency: usize, range_bytes: u6
             ExitCode::from(1)
         }
     }
+}
+
+/// Builds a tokio runtime; on failure says so on stderr and gives the exit code (1).
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|err| {
+        eprintln!("strata: error: cannot start the async runtime: {err}");
+        ExitCode::from(1)
+    })
 }
 
 fn start(args: StartArgs) -> ExitCode {
@@ -290,15 +289,9 @@ fn start(args: StartArgs) -> ExitCode {
         }
     };
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("strata: error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(strata_broker::node::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -312,15 +305,9 @@ fn start(args: StartArgs) -> ExitCode {
 /// Runs a `strata topic …` command. Exit 1 when the broker refuses or cannot be reached.
 fn topic(cmd: TopicCommand) -> ExitCode {
     use strata_broker::kafka::client::AdminClient;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("strata: error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         match cmd {
@@ -377,15 +364,9 @@ fn topic(cmd: TopicCommand) -> ExitCode {
 /// Runs `strata export parquet`. Exit 2 on bad arguments, 1 when the broker or store fails.
 fn export_parquet(args: ExportParquetArgs) -> ExitCode {
     use strata_broker::export::{self, ExportRequest, FileLimits};
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("strata: error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let request = ExportRequest {
         topic: args.topic,

@@ -472,15 +472,7 @@ impl MetaState {
             .expect("invariant: every named topic has an entry");
         self.cluster.topic_deleted(id);
         for block in entry.partitions.iter().flat_map(|p| p.blocks.iter()) {
-            let object = self
-                .objects
-                .get_mut(&block.key)
-                .expect("invariant: every indexed block's object is live");
-            object.live_blocks -= 1;
-            if object.live_blocks == 0 {
-                self.objects.remove(&block.key);
-                self.garbage_keys.insert(block.key.clone());
-            }
+            self.release_block(&block.key, None);
         }
         self.drop_topic_offsets(id);
         Ok(CommandResult::TopicDeleted(entry.meta))
@@ -500,19 +492,7 @@ impl MetaState {
         }
         // A retry of a committed object is answered as before and changes nothing; a different
         // object under a used key is a bug in the uploader (keys must be unique).
-        let committed_size = match self.objects.get(key) {
-            Some(object) => Some(object.size),
-            None if self.garbage_keys.contains(key) => Some(size),
-            None => None,
-        };
-        if let Some(committed_size) = committed_size {
-            if committed_size != size {
-                return Err(Rejection::ObjectKeyConflict {
-                    key: key.to_owned(),
-                    size,
-                    committed_size,
-                });
-            }
+        if self.is_committed(key, size)? {
             if let Some(progress) = stream {
                 self.cluster.progress(progress);
             }
@@ -635,21 +615,47 @@ impl MetaState {
             }
             index.end_offset = end_offset;
             for block in dropped {
-                let object = self
-                    .objects
-                    .get_mut(&block.key)
-                    .expect("invariant: every indexed block's object is live");
-                object.live_blocks -= 1;
-                if object.live_blocks == 0 {
-                    self.objects.remove(&block.key);
-                    self.garbage_since.insert(block.key.clone(), now_ms);
-                    self.garbage_keys.insert(block.key);
-                }
+                self.release_block(&block.key, Some(now_ms));
             }
         }
         Ok(CommandResult::PartitionTrimmed {
             log_start_offset: self.indexed_start(topic, partition),
         })
+    }
+
+    /// Whether `key` was committed before (live or garbage): a retry, answered as before. A
+    /// different size under a used key is a bug in the writer (keys must be unique).
+    fn is_committed(&self, key: &str, size: u64) -> Result<bool, Rejection> {
+        let committed_size = match self.objects.get(key) {
+            Some(object) => object.size,
+            None if self.garbage_keys.contains(key) => size,
+            None => return Ok(false),
+        };
+        if committed_size != size {
+            return Err(Rejection::ObjectKeyConflict {
+                key: key.to_owned(),
+                size,
+                committed_size,
+            });
+        }
+        Ok(true)
+    }
+
+    /// One indexed block of object `key` left the index; the object becomes garbage (stamped
+    /// with `since` when the command carries a time) once none is left.
+    fn release_block(&mut self, key: &str, since: Option<i64>) {
+        let object = self
+            .objects
+            .get_mut(key)
+            .expect("invariant: every indexed block's object is live");
+        object.live_blocks -= 1;
+        if object.live_blocks == 0 {
+            self.objects.remove(key);
+            if let Some(since) = since {
+                self.garbage_since.insert(key.to_owned(), since);
+            }
+            self.garbage_keys.insert(key.to_owned());
+        }
     }
 
     fn compact_partition(
@@ -660,19 +666,7 @@ impl MetaState {
         now_ms: i64,
     ) -> Result<CommandResult, Rejection> {
         // A retry after a lost reply: the object is already swapped in (or even replaced since).
-        let committed_size = match self.objects.get(key) {
-            Some(object) => Some(object.size),
-            None if self.garbage_keys.contains(key) => Some(size),
-            None => None,
-        };
-        if let Some(committed_size) = committed_size {
-            if committed_size != size {
-                return Err(Rejection::ObjectKeyConflict {
-                    key: key.to_owned(),
-                    size,
-                    committed_size,
-                });
-            }
+        if self.is_committed(key, size)? {
             return Ok(CommandResult::PartitionCompacted { replaced: 0 });
         }
         let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
@@ -785,16 +779,7 @@ impl MetaState {
         index.end_offset = end_offset;
         let count = replaced.len();
         for block in replaced {
-            let object = self
-                .objects
-                .get_mut(&block.key)
-                .expect("invariant: every indexed block's object is live");
-            object.live_blocks -= 1;
-            if object.live_blocks == 0 {
-                self.objects.remove(&block.key);
-                self.garbage_since.insert(block.key.clone(), now_ms);
-                self.garbage_keys.insert(block.key);
-            }
+            self.release_block(&block.key, Some(now_ms));
         }
         self.objects.insert(
             key.to_owned(),

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 /// A response still being computed; `None` when the request gets no response (acks=0).
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>;
@@ -31,43 +31,30 @@ pub type ResponseFuture = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>
 /// Once a frame has started, the rest of it must arrive within this time.
 const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(
-        node.config.file.kafka.connections_max as usize,
-    ));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(err) => {
-                tracing::warn!(%err, "kafka accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let max = node.config.file.kafka.connections_max as usize;
+    crate::listener::accept_bounded(
+        listener,
+        max,
+        "kafka.connections_max",
+        shutdown,
+        |stream, peer| {
+            let node = node.clone();
+            async move {
+                Metrics::inc(&node.metrics.kafka_connections_total);
+                node.metrics
+                    .kafka_connections_open
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Err(reason) = connection(node.clone(), stream).await {
+                    tracing::info!(%peer, %reason, "kafka connection closed");
+                }
+                node.metrics
+                    .kafka_connections_open
+                    .fetch_sub(1, Ordering::Relaxed);
             }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "kafka.connections_max reached; closing new connection");
-            drop(stream);
-            continue;
-        };
-        let node = node.clone();
-        tokio::spawn(async move {
-            Metrics::inc(&node.metrics.kafka_connections_total);
-            node.metrics
-                .kafka_connections_open
-                .fetch_add(1, Ordering::Relaxed);
-            if let Err(reason) = connection(node.clone(), stream).await {
-                tracing::info!(%peer, %reason, "kafka connection closed");
-            }
-            node.metrics
-                .kafka_connections_open
-                .fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await
 }
 
 /// Why a connection was closed by us.

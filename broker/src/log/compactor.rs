@@ -29,6 +29,7 @@
 //! and whose key says they were created more than `compaction.orphan_grace_ms` ago.
 
 use super::registry::Registry;
+use super::sequencer::now_ms;
 use super::uploader::put_with_retry;
 use crate::metrics::Metrics;
 use bytes::Bytes;
@@ -345,12 +346,6 @@ pub fn key_time_ms(key: &str) -> Option<i64> {
         return None;
     }
     ms.parse().ok()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! whole index blocks, and an object is garbage only once none of its blocks is indexed.
 
 use super::registry::Registry;
+use super::sequencer::now_ms;
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -231,12 +232,6 @@ impl Retention {
             Err(err) => tracing::warn!(%err, "forget garbage failed; will retry"),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// A write (and flush) to a client must finish within this time, else the connection closes.
@@ -46,41 +46,24 @@ pub struct Shared {
     pub next_conn_id: AtomicU64,
 }
 
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(
-        shared.node.config.file.mqtt.connections_max as usize,
-    ));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(err) => {
-                tracing::warn!(%err, "mqtt accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let max = shared.node.config.file.mqtt.connections_max as usize;
+    let stop = shutdown.clone();
+    crate::listener::accept_bounded(
+        listener,
+        max,
+        "mqtt.connections_max",
+        shutdown,
+        |stream, peer| {
+            let (shared, shutdown) = (shared.clone(), stop.clone());
+            async move {
+                if let Err(reason) = connection(shared, stream, shutdown).await {
+                    tracing::info!(%peer, %reason, "mqtt connection closed");
+                }
             }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "mqtt.connections_max reached; closing new connection");
-            drop(stream);
-            continue;
-        };
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(reason) = connection(shared, stream, shutdown).await {
-                tracing::info!(%peer, %reason, "mqtt connection closed");
-            }
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await
 }
 
 /// Why we closed a connection.
