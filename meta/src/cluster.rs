@@ -391,6 +391,15 @@ impl ClusterState {
         self.assign_leaderless();
     }
 
+    /// A topic grew to `partitions`: the new partitions get leases like a new topic's.
+    pub(crate) fn topic_grown(&mut self, topic: TopicId, partitions: u32) {
+        self.leases
+            .entry(topic)
+            .or_default()
+            .resize(partitions as usize, PartitionLease::default());
+        self.assign_leaderless();
+    }
+
     pub(crate) fn topic_deleted(&mut self, topic: TopicId) {
         self.leases.remove(&topic);
     }
@@ -528,6 +537,24 @@ mod tests {
         for n in [1, 2, 3] {
             assert_eq!(l.iter().filter(|x| **x == Some(n)).count(), 2, "{l:?}");
         }
+    }
+
+    #[test]
+    fn grown_partitions_get_leases_and_old_ones_keep_theirs() {
+        let mut c = ClusterState::default();
+        for n in [1, 2] {
+            register(&mut c, n, 0);
+        }
+        let t = TopicId::random();
+        c.topic_created(t, 2);
+        let before = c.leases[&t].clone();
+        c.topic_grown(t, 4);
+        assert_eq!(c.leases[&t][..2], before[..], "existing leases do not move");
+        let l = leaders(&c, t);
+        for n in [1, 2] {
+            assert_eq!(l.iter().filter(|x| **x == Some(n)).count(), 2, "{l:?}");
+        }
+        assert!(c.leases[&t][2..].iter().all(|l| l.epoch == 1));
     }
 
     #[test]

@@ -41,6 +41,6 @@ pub use leader::MembershipView;
 pub use node::{ClusterConfig, MetaConfig, MetaNode};
 pub use raft::TypeConfig;
 pub use state::{
-    Command, CommandResult, MetaState, Rejection, TopicMeta, OBJECT_BLOCKS_MAX,
-    PARTITIONS_PER_TOPIC_MAX, PRODUCER_ID_BLOCK_MAX,
+    Command, CommandResult, MetaState, Rejection, ScramCredential, ScramMechanism, TopicMeta,
+    OBJECT_BLOCKS_MAX, PARTITIONS_PER_TOPIC_MAX, PRODUCER_ID_BLOCK_MAX,
 };

@@ -32,6 +32,20 @@
 //!   refused. One step: a reader sees either the old blocks or the new ones, never both. Old
 //!   objects left without indexed blocks become garbage, stamped with `now_ms`. A retry of a
 //!   committed key is a no-op.
+//! - `DeleteRecords`: Kafka's DeleteRecords. Moves the partition's log start to exactly
+//!   `before_offset` (never backwards; a smaller offset is a no-op), which may lie inside a
+//!   block or past the index's end (the records are still in the broker's tail): offsets below
+//!   it are never served again. Blocks ending at or before it are dropped as `TrimPartition`
+//!   drops them, and blocks committed later that end at or before it are dropped at commit. The
+//!   broker checks the offset against the high watermark (metadata does not know it); a
+//!   negative offset is refused. The answer is the log start.
+//! - `AlterTopicConfigs`: sets (`Some`) and removes (`None`) keys of a topic's configs, after
+//!   clearing all of them when `replace` (Kafka's AlterConfigs; IncrementalAlterConfigs does
+//!   not replace). Which keys and values are valid is the broker's vocabulary; metadata only
+//!   bounds their number and size. All or nothing.
+//! - `CreatePartitions`: grows a topic to `partitions` (more than it has, at most
+//!   `PARTITIONS_PER_TOPIC_MAX`). New partitions start empty at offset 0 and get leases like a
+//!   new topic's.
 //! - `ForgetGarbage`: the sweeper deleted these garbage objects; metadata forgets them. Keys that
 //!   are not garbage (live or unknown) are ignored, so a retry is harmless.
 //! - `AllocateProducerIds`: reserves the next `count` (`1..=PRODUCER_ID_BLOCK_MAX`) Kafka producer
@@ -60,6 +74,62 @@ pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 pub const OBJECT_BLOCKS_MAX: usize = 100_000;
 /// Most producer ids one `AllocateProducerIds` may reserve.
 pub const PRODUCER_ID_BLOCK_MAX: u32 = 1_000_000;
+/// Most config keys one topic may carry.
+pub const TOPIC_CONFIGS_MAX: usize = 256;
+/// Longest config key or value (bytes).
+pub const TOPIC_CONFIG_BYTES_MAX: usize = 4_096;
+
+/// Most SCRAM users metadata holds (each has at most one credential per mechanism).
+pub const SCRAM_USERS_MAX: usize = 10_000;
+/// Longest SCRAM user name (bytes).
+pub const SCRAM_USER_BYTES_MAX: usize = 256;
+/// Fewest PBKDF2 iterations a stored SCRAM credential may have (Kafka's floor, RFC 7677).
+pub const SCRAM_ITERATIONS_MIN: u32 = 4096;
+/// Most PBKDF2 iterations (a cap on the CPU one login may cost).
+pub const SCRAM_ITERATIONS_MAX: u32 = 16_384;
+
+/// A SCRAM mechanism (RFC 7677 / RFC 5802 with SHA-2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ScramMechanism {
+    Sha256,
+    Sha512,
+}
+
+impl ScramMechanism {
+    /// The SASL mechanism name (`SCRAM-SHA-256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ScramMechanism::Sha256 => "SCRAM-SHA-256",
+            ScramMechanism::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    /// Length of the hash output: StoredKey and ServerKey have exactly this many bytes.
+    pub fn key_bytes(self) -> usize {
+        match self {
+            ScramMechanism::Sha256 => 32,
+            ScramMechanism::Sha512 => 64,
+        }
+    }
+}
+
+/// What the server stores for one (user, mechanism): never the password (RFC 5802 §3).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramCredential {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// Keys are verifier material: never printed, not even into a log of commands.
+impl std::fmt::Debug for ScramCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredential")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
 
 /// What the metadata knows about one topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +188,26 @@ pub enum Command {
         /// When the proposer decided it; stamps the objects that become garbage.
         now_ms: i64,
     },
+    /// Kafka's DeleteRecords: the log starts at `before_offset` from now on.
+    DeleteRecords {
+        topic: TopicId,
+        partition: u32,
+        before_offset: i64,
+        /// When the proposer decided it; stamps the objects that become garbage.
+        now_ms: i64,
+    },
+    /// Changes a topic's configs: `Some` sets a key, `None` removes it; with `replace`, every
+    /// key not listed is removed first.
+    AlterTopicConfigs {
+        name: TopicName,
+        configs: BTreeMap<String, Option<String>>,
+        replace: bool,
+    },
+    /// Grows a topic to `partitions` partitions.
+    CreatePartitions {
+        name: TopicName,
+        partitions: u32,
+    },
     /// The sweeper deleted these garbage objects from object storage.
     ForgetGarbage {
         keys: Vec<String>,
@@ -135,6 +225,18 @@ pub enum Command {
         group: String,
         partitions: Option<Vec<strata_types::PartitionKey>>,
     },
+    /// Creates or replaces the SCRAM credential of (user, mechanism). The proposer derived it
+    /// from the password; the password never reaches metadata.
+    UpsertScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+        credential: ScramCredential,
+    },
+    /// Removes the SCRAM credential of (user, mechanism); a user without any is gone.
+    DeleteScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+    },
 }
 
 /// The answer to one applied [`Command`]. Rejections are data, not errors: the command was
@@ -143,6 +245,8 @@ pub enum Command {
 pub enum CommandResult {
     TopicCreated(TopicMeta),
     TopicDeleted(TopicMeta),
+    /// The topic after `AlterTopicConfigs` or `CreatePartitions`.
+    TopicAltered(TopicMeta),
     ObjectCommitted,
     /// Producer ids `first..first + count` are now reserved for the proposer.
     ProducerIdsAllocated {
@@ -164,6 +268,8 @@ pub enum CommandResult {
     GroupOffsetsDeleted {
         count: usize,
     },
+    ScramCredentialUpserted,
+    ScramCredentialDeleted,
 }
 
 /// Why a command was refused. Each variant carries what the proposer needs to act on it.
@@ -182,6 +288,30 @@ pub enum Rejection {
         name: TopicName,
         partitions: u32,
         max: u32,
+    },
+    #[error("topic `{name}` has {current} partitions; it can only grow, not to {partitions}")]
+    PartitionsNotIncreased {
+        name: TopicName,
+        current: u32,
+        partitions: u32,
+    },
+    #[error("topic {topic} partition {partition}: cannot delete records before offset {offset}")]
+    InvalidOffset {
+        topic: TopicId,
+        partition: u32,
+        offset: i64,
+    },
+    #[error("topic `{name}`: {count} configs; the maximum is {max}")]
+    TooManyConfigs {
+        name: TopicName,
+        count: usize,
+        max: usize,
+    },
+    #[error("topic `{name}`: config `{key}` has a key or value over {max} bytes")]
+    ConfigTooLong {
+        name: TopicName,
+        key: String,
+        max: usize,
     },
     #[error("topic id {topic} does not exist")]
     UnknownTopicId { topic: TopicId },
@@ -257,6 +387,13 @@ pub enum Rejection {
     TooManyOffsets { count: usize, max: usize },
     #[error("offset metadata of {bytes} bytes; the maximum is {max}")]
     OffsetMetadataTooLarge { bytes: usize, max: usize },
+    #[error("invalid SCRAM credential for `{user}`: {reason}")]
+    InvalidScramCredential { user: String, reason: String },
+    #[error("no {mechanism:?} credential for user `{user}`")]
+    UnknownScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+    },
 }
 
 /// The index of one partition: blocks ordered by offset, without overlap.
@@ -266,6 +403,10 @@ struct PartitionIndex {
     blocks: Vec<BlockLocation>,
     /// Exclusive end of the index. Kept apart from `blocks` so that it survives trimming.
     end_offset: i64,
+    /// The log start set by `DeleteRecords` (0 when never set): it may lie inside the first
+    /// block or past `end_offset`. The log starts at the larger of it and the first block.
+    /// Absent from snapshots written before DeleteRecords existed, hence the default.
+    log_start: i64,
     /// `max_timestamp_prefix[i]` = max of `blocks[..=i].max_timestamp`; monotonic, so a binary
     /// search finds the first block whose own `max_timestamp` reaches a time.
     #[serde(skip)]
@@ -276,6 +417,8 @@ struct PartitionIndex {
 struct PartitionIndexRepr {
     blocks: Vec<BlockLocation>,
     end_offset: i64,
+    #[serde(default)]
+    log_start: i64,
 }
 
 impl From<PartitionIndexRepr> for PartitionIndex {
@@ -283,6 +426,7 @@ impl From<PartitionIndexRepr> for PartitionIndex {
         let mut index = PartitionIndex {
             blocks: Vec::with_capacity(repr.blocks.len()),
             end_offset: repr.end_offset,
+            log_start: repr.log_start,
             max_timestamp_prefix: Vec::with_capacity(repr.blocks.len()),
         };
         for block in repr.blocks {
@@ -310,6 +454,25 @@ impl PartitionIndex {
         self.blocks
             .first()
             .map_or(self.end_offset, |b| b.base_offset)
+            .max(self.log_start)
+    }
+
+    /// Removes the leading blocks that end at or before `offset` (whole blocks only) and
+    /// returns them; the end of the index stays.
+    fn drop_before(&mut self, offset: i64) -> Vec<BlockLocation> {
+        let drop = self.blocks.partition_point(|b| b.end_offset <= offset);
+        if drop == 0 {
+            return Vec::new();
+        }
+        let end_offset = self.end_offset;
+        let dropped: Vec<BlockLocation> = self.blocks.drain(..drop).collect();
+        let kept = std::mem::take(&mut self.blocks);
+        self.max_timestamp_prefix.clear();
+        for block in kept {
+            self.push(block);
+        }
+        self.end_offset = end_offset;
+        dropped
     }
 }
 
@@ -355,6 +518,10 @@ pub struct MetaState {
     /// written before consumer groups existed, hence the default.
     #[serde(default)]
     group_offsets: BTreeMap<String, BTreeMap<TopicId, BTreeMap<u32, GroupOffset>>>,
+    /// SASL/SCRAM users: user → mechanism → credential. Absent from snapshots written before
+    /// Kafka authentication existed, hence the default.
+    #[serde(default)]
+    scram_users: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
 }
 
 impl MetaState {
@@ -398,6 +565,20 @@ impl MetaState {
                 blocks,
                 now_ms,
             } => self.compact_partition(key, *size, blocks, *now_ms),
+            Command::DeleteRecords {
+                topic,
+                partition,
+                before_offset,
+                now_ms,
+            } => self.delete_records(*topic, *partition, *before_offset, *now_ms),
+            Command::AlterTopicConfigs {
+                name,
+                configs,
+                replace,
+            } => self.alter_topic_configs(name, configs, *replace),
+            Command::CreatePartitions { name, partitions } => {
+                self.create_partitions(name, *partitions)
+            }
             Command::ForgetGarbage { keys } => {
                 for key in keys {
                     if self.garbage_keys.remove(key) {
@@ -413,6 +594,14 @@ impl MetaState {
             } => self.commit_offsets(group, offsets, *now_ms),
             Command::DeleteGroupOffsets { group, partitions } => {
                 Ok(self.delete_group_offsets(group, partitions.as_deref()))
+            }
+            Command::UpsertScramCredential {
+                user,
+                mechanism,
+                credential,
+            } => self.upsert_scram_credential(user, *mechanism, credential),
+            Command::DeleteScramCredential { user, mechanism } => {
+                self.delete_scram_credential(user, *mechanism)
             }
         };
         match result {
@@ -578,6 +767,18 @@ impl MetaState {
                 live_blocks: blocks.len() as u64,
             },
         );
+        // Records uploaded after a DeleteRecords passed them are not kept: their blocks leave
+        // the index at once (garbage without a time, like a deleted topic's).
+        for &(topic, partition) in next_expected.keys() {
+            let index = &mut self
+                .topics
+                .get_mut(&topic)
+                .expect("validated above")
+                .partitions[partition as usize];
+            for block in index.drop_before(index.log_start) {
+                self.release_block(&block.key, None);
+            }
+        }
         if let Some(progress) = stream {
             self.cluster.progress(progress);
         }
@@ -602,25 +803,128 @@ impl MetaState {
                 partitions,
             });
         };
-        let drop = index
-            .blocks
-            .partition_point(|b| b.end_offset <= before_offset);
-        if drop > 0 {
-            let end_offset = index.end_offset;
-            let dropped: Vec<BlockLocation> = index.blocks.drain(..drop).collect();
-            let kept = std::mem::take(&mut index.blocks);
-            index.max_timestamp_prefix.clear();
-            for block in kept {
-                index.push(block);
-            }
-            index.end_offset = end_offset;
-            for block in dropped {
-                self.release_block(&block.key, Some(now_ms));
-            }
+        for block in index.drop_before(before_offset) {
+            self.release_block(&block.key, Some(now_ms));
         }
         Ok(CommandResult::PartitionTrimmed {
             log_start_offset: self.indexed_start(topic, partition),
         })
+    }
+
+    fn delete_records(
+        &mut self,
+        topic: TopicId,
+        partition: u32,
+        before_offset: i64,
+        now_ms: i64,
+    ) -> Result<CommandResult, Rejection> {
+        if before_offset < 0 {
+            return Err(Rejection::InvalidOffset {
+                topic,
+                partition,
+                offset: before_offset,
+            });
+        }
+        let Some(entry) = self.topics.get_mut(&topic) else {
+            return Err(Rejection::UnknownTopicId { topic });
+        };
+        let partitions = entry.meta.partitions;
+        let Some(index) = entry.partitions.get_mut(partition as usize) else {
+            return Err(Rejection::UnknownPartition {
+                topic,
+                partition,
+                partitions,
+            });
+        };
+        index.log_start = index.log_start.max(before_offset);
+        for block in index.drop_before(index.log_start) {
+            self.release_block(&block.key, Some(now_ms));
+        }
+        Ok(CommandResult::PartitionTrimmed {
+            log_start_offset: self.indexed_start(topic, partition),
+        })
+    }
+
+    fn alter_topic_configs(
+        &mut self,
+        name: &TopicName,
+        changes: &BTreeMap<String, Option<String>>,
+        replace: bool,
+    ) -> Result<CommandResult, Rejection> {
+        let Some(id) = self.names.get(name.as_str()).copied() else {
+            return Err(Rejection::UnknownTopic { name: name.clone() });
+        };
+        let entry = self
+            .topics
+            .get_mut(&id)
+            .expect("invariant: every named topic has an entry");
+        let mut configs = if replace {
+            BTreeMap::new()
+        } else {
+            entry.meta.configs.clone()
+        };
+        for (key, value) in changes {
+            let too_long = key.len() > TOPIC_CONFIG_BYTES_MAX
+                || value
+                    .as_ref()
+                    .is_some_and(|v| v.len() > TOPIC_CONFIG_BYTES_MAX);
+            if too_long {
+                return Err(Rejection::ConfigTooLong {
+                    name: name.clone(),
+                    key: key.chars().take(64).collect(),
+                    max: TOPIC_CONFIG_BYTES_MAX,
+                });
+            }
+            match value {
+                Some(v) => configs.insert(key.clone(), v.clone()),
+                None => configs.remove(key),
+            };
+        }
+        if configs.len() > TOPIC_CONFIGS_MAX {
+            return Err(Rejection::TooManyConfigs {
+                name: name.clone(),
+                count: configs.len(),
+                max: TOPIC_CONFIGS_MAX,
+            });
+        }
+        entry.meta.configs = configs;
+        Ok(CommandResult::TopicAltered(entry.meta.clone()))
+    }
+
+    fn create_partitions(
+        &mut self,
+        name: &TopicName,
+        partitions: u32,
+    ) -> Result<CommandResult, Rejection> {
+        let Some(id) = self.names.get(name.as_str()).copied() else {
+            return Err(Rejection::UnknownTopic { name: name.clone() });
+        };
+        let entry = self
+            .topics
+            .get_mut(&id)
+            .expect("invariant: every named topic has an entry");
+        if partitions > PARTITIONS_PER_TOPIC_MAX {
+            return Err(Rejection::InvalidPartitions {
+                name: name.clone(),
+                partitions,
+                max: PARTITIONS_PER_TOPIC_MAX,
+            });
+        }
+        let current = entry.meta.partitions;
+        if partitions <= current {
+            return Err(Rejection::PartitionsNotIncreased {
+                name: name.clone(),
+                current,
+                partitions,
+            });
+        }
+        entry
+            .partitions
+            .resize_with(partitions as usize, PartitionIndex::default);
+        entry.meta.partitions = partitions;
+        let meta = entry.meta.clone();
+        self.cluster.topic_grown(id, partitions);
+        Ok(CommandResult::TopicAltered(meta))
     }
 
     /// Whether `key` was committed before (live or garbage): a retry, answered as before. A
@@ -944,7 +1248,20 @@ impl MetaState {
                 if index.max_timestamp_prefix.len() != index.blocks.len() {
                     return Err(format!("topic `{name}` partition {p}: stale time index"));
                 }
-                let mut expected = index.start_offset();
+                if index
+                    .blocks
+                    .first()
+                    .is_some_and(|b| b.end_offset <= index.log_start)
+                {
+                    return Err(format!(
+                        "topic `{name}` partition {p}: a block ends before the log start {}",
+                        index.log_start
+                    ));
+                }
+                let mut expected = index
+                    .blocks
+                    .first()
+                    .map_or(index.end_offset, |b| b.base_offset);
                 for block in &index.blocks {
                     if block.base_offset != expected || block.end_offset <= block.base_offset {
                         return Err(format!(
@@ -1091,6 +1408,84 @@ impl MetaState {
             );
         }
         Ok(CommandResult::OffsetsCommitted)
+    }
+
+    fn upsert_scram_credential(
+        &mut self,
+        user: &str,
+        mechanism: ScramMechanism,
+        credential: &ScramCredential,
+    ) -> Result<CommandResult, Rejection> {
+        let invalid = |reason: String| Rejection::InvalidScramCredential {
+            user: user.to_string(),
+            reason,
+        };
+        if user.is_empty() || user.len() > SCRAM_USER_BYTES_MAX {
+            return Err(invalid(format!(
+                "a user name of {} bytes; 1..={SCRAM_USER_BYTES_MAX} allowed",
+                user.len()
+            )));
+        }
+        if user.chars().any(char::is_control) {
+            return Err(invalid("control characters in the user name".into()));
+        }
+        if !(SCRAM_ITERATIONS_MIN..=SCRAM_ITERATIONS_MAX).contains(&credential.iterations) {
+            return Err(invalid(format!(
+                "{} iterations; {SCRAM_ITERATIONS_MIN}..={SCRAM_ITERATIONS_MAX} allowed",
+                credential.iterations
+            )));
+        }
+        if credential.salt.is_empty() || credential.salt.len() > 256 {
+            return Err(invalid("salt must be 1..=256 bytes".into()));
+        }
+        let n = mechanism.key_bytes();
+        if credential.stored_key.len() != n || credential.server_key.len() != n {
+            return Err(invalid(format!("keys must be {n} bytes for {mechanism:?}")));
+        }
+        if !self.scram_users.contains_key(user) && self.scram_users.len() >= SCRAM_USERS_MAX {
+            return Err(invalid(format!("already {SCRAM_USERS_MAX} users")));
+        }
+        self.scram_users
+            .entry(user.to_string())
+            .or_default()
+            .insert(mechanism, credential.clone());
+        Ok(CommandResult::ScramCredentialUpserted)
+    }
+
+    fn delete_scram_credential(
+        &mut self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Result<CommandResult, Rejection> {
+        let unknown = || Rejection::UnknownScramCredential {
+            user: user.to_string(),
+            mechanism,
+        };
+        let creds = self.scram_users.get_mut(user).ok_or_else(unknown)?;
+        creds.remove(&mechanism).ok_or_else(unknown)?;
+        if creds.is_empty() {
+            self.scram_users.remove(user);
+        }
+        Ok(CommandResult::ScramCredentialDeleted)
+    }
+
+    /// The SCRAM credential of (user, mechanism), if any.
+    pub fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Option<&ScramCredential> {
+        self.scram_users.get(user)?.get(&mechanism)
+    }
+
+    /// Every SCRAM user with its mechanisms and iteration counts (no key material).
+    pub fn scram_users(&self) -> impl Iterator<Item = (&str, Vec<(ScramMechanism, u32)>)> {
+        self.scram_users.iter().map(|(user, creds)| {
+            (
+                user.as_str(),
+                creds.iter().map(|(m, c)| (*m, c.iterations)).collect(),
+            )
+        })
     }
 
     fn delete_group_offsets(
@@ -1264,6 +1659,8 @@ mod tests {
         Forgotten,
         /// Compacted; how many blocks were replaced.
         Compacted(usize),
+        /// Altered; the topic's partition count and configs afterwards.
+        Altered(u32, &'static [(&'static str, &'static str)]),
         Rejected(Rejection),
     }
 
@@ -1321,6 +1718,226 @@ mod tests {
             base_offset,
             end_offset,
         })
+    }
+
+    fn delete_records(t: u8, partition: u32, before_offset: i64, now_ms: i64) -> Command {
+        Command::DeleteRecords {
+            topic: tid(t),
+            partition,
+            before_offset,
+            now_ms,
+        }
+    }
+
+    fn alter(n: &str, changes: &[(&str, Option<&str>)], replace: bool) -> Command {
+        Command::AlterTopicConfigs {
+            name: name(n),
+            configs: changes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+                .collect(),
+            replace,
+        }
+    }
+
+    fn grow(n: &str, partitions: u32) -> Command {
+        Command::CreatePartitions {
+            name: name(n),
+            partitions,
+        }
+    }
+
+    #[test]
+    fn delete_records_moves_the_log_start_exactly_and_forward_only() {
+        check(
+            "delete records",
+            vec![
+                Apply(create("a", 1, 2), Want::Created),
+                Apply(
+                    object("o1", &[(1, 0, 0, 10, 100), (1, 1, 0, 5, 100)]),
+                    Want::Committed,
+                ),
+                Apply(object("o2", &[(1, 0, 10, 20, 200)]), Want::Committed),
+                // Inside the first block: the block stays (it holds offsets 7..10), the log
+                // starts at 7 exactly.
+                Apply(delete_records(1, 0, 7, 5), Want::Trimmed(7)),
+                Index(1, 0, &[(0, 10), (10, 20)], 7, 20),
+                Garbage(&[]),
+                Find(1, 0, 7, Some(0)),
+                // Backwards is a no-op.
+                Apply(delete_records(1, 0, 3, 6), Want::Trimmed(7)),
+                // Past the first block: it is dropped; o1 still holds partition 1's block.
+                Apply(delete_records(1, 0, 12, 7), Want::Trimmed(12)),
+                Index(1, 0, &[(10, 20)], 12, 20),
+                Garbage(&[]),
+                // Partition 1 to its end: o1 becomes garbage, stamped with the time.
+                Apply(delete_records(1, 1, 5, 8), Want::Trimmed(5)),
+                Index(1, 1, &[], 5, 5),
+                Garbage(&["o1"]),
+                GarbageSince("o1", Some(8)),
+                // Past the index's end (the records are still in the broker's tail).
+                Apply(delete_records(1, 0, 25, 9), Want::Trimmed(25)),
+                Index(1, 0, &[], 25, 20),
+                Garbage(&["o1", "o2"]),
+                // The tail is uploaded later: blocks wholly below the log start leave the index
+                // at once, a block across it stays.
+                Apply(object("o3", &[(1, 0, 20, 24, 300)]), Want::Committed),
+                Index(1, 0, &[], 25, 24),
+                Garbage(&["o1", "o2", "o3"]),
+                GarbageSince("o3", None),
+                Apply(object("o4", &[(1, 0, 24, 30, 300)]), Want::Committed),
+                Index(1, 0, &[(24, 30)], 25, 30),
+                // Retention never moves the start backwards.
+                Apply(trim(1, 0, 24, 10), Want::Trimmed(25)),
+                // Refused: negative offset, unknown topic or partition.
+                Apply(
+                    delete_records(1, 0, -1, 11),
+                    Want::Rejected(Rejection::InvalidOffset {
+                        topic: tid(1),
+                        partition: 0,
+                        offset: -1,
+                    }),
+                ),
+                Apply(
+                    delete_records(9, 0, 1, 11),
+                    Want::Rejected(Rejection::UnknownTopicId { topic: tid(9) }),
+                ),
+                Apply(
+                    delete_records(1, 2, 1, 11),
+                    Want::Rejected(Rejection::UnknownPartition {
+                        topic: tid(1),
+                        partition: 2,
+                        partitions: 2,
+                    }),
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn topic_configs_and_partitions_change_through_commands() {
+        check(
+            "alter topics",
+            vec![
+                Apply(create("a", 1, 2), Want::Created),
+                // Incremental: set one key, keep the others.
+                Apply(
+                    alter("a", &[("retention.bytes", Some("100"))], false),
+                    Want::Altered(2, &[("retention.bytes", "100"), ("retention.ms", "1000")]),
+                ),
+                // Remove one.
+                Apply(
+                    alter("a", &[("retention.ms", None), ("absent", None)], false),
+                    Want::Altered(2, &[("retention.bytes", "100")]),
+                ),
+                // Replace: keys not listed go.
+                Apply(
+                    alter("a", &[("retention.ms", Some("5"))], true),
+                    Want::Altered(2, &[("retention.ms", "5")]),
+                ),
+                Apply(
+                    alter("b", &[], true),
+                    Want::Rejected(Rejection::UnknownTopic { name: name("b") }),
+                ),
+                Apply(
+                    Command::AlterTopicConfigs {
+                        name: name("a"),
+                        configs: BTreeMap::from([("k".to_owned(), Some("v".repeat(4097)))]),
+                        replace: false,
+                    },
+                    Want::Rejected(Rejection::ConfigTooLong {
+                        name: name("a"),
+                        key: "k".into(),
+                        max: TOPIC_CONFIG_BYTES_MAX,
+                    }),
+                ),
+                Apply(
+                    Command::AlterTopicConfigs {
+                        name: name("a"),
+                        configs: (0..=TOPIC_CONFIGS_MAX)
+                            .map(|i| (format!("k{i}"), Some(String::new())))
+                            .collect(),
+                        replace: true,
+                    },
+                    Want::Rejected(Rejection::TooManyConfigs {
+                        name: name("a"),
+                        count: TOPIC_CONFIGS_MAX + 1,
+                        max: TOPIC_CONFIGS_MAX,
+                    }),
+                ),
+                // Partitions only grow.
+                Apply(object("o1", &[(1, 1, 0, 5, 100)]), Want::Committed),
+                Apply(
+                    grow("a", 2),
+                    Want::Rejected(Rejection::PartitionsNotIncreased {
+                        name: name("a"),
+                        current: 2,
+                        partitions: 2,
+                    }),
+                ),
+                Apply(
+                    grow("a", 1),
+                    Want::Rejected(Rejection::PartitionsNotIncreased {
+                        name: name("a"),
+                        current: 2,
+                        partitions: 1,
+                    }),
+                ),
+                Apply(
+                    grow("a", PARTITIONS_PER_TOPIC_MAX + 1),
+                    Want::Rejected(Rejection::InvalidPartitions {
+                        name: name("a"),
+                        partitions: PARTITIONS_PER_TOPIC_MAX + 1,
+                        max: PARTITIONS_PER_TOPIC_MAX,
+                    }),
+                ),
+                Apply(
+                    grow("b", 3),
+                    Want::Rejected(Rejection::UnknownTopic { name: name("b") }),
+                ),
+                Apply(grow("a", 4), Want::Altered(4, &[("retention.ms", "5")])),
+                // Old partitions keep their index; new ones start empty and take commits.
+                Index(1, 1, &[(0, 5)], 0, 5),
+                Index(1, 3, &[], 0, 0),
+                Apply(object("o2", &[(1, 3, 0, 7, 100)]), Want::Committed),
+                Index(1, 3, &[(0, 7)], 0, 7),
+                Apply(delete("a"), Want::Deleted),
+                Garbage(&["o1", "o2"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn grown_partitions_are_leased_through_apply() {
+        let mut m = MetaState::default();
+        m.apply(&Command::Cluster(ClusterCommand::RegisterBroker {
+            node_id: 1,
+            kafka_addr: "127.0.0.1:9092".into(),
+            rack: None,
+            lease_ms: 1000,
+            now_ms: 0,
+            cluster_id: None,
+        }));
+        m.apply(&create("a", 1, 1));
+        m.apply(&grow("a", 3));
+        for p in 0..3 {
+            let lease = m.cluster().lease(tid(1), p).expect("leased");
+            assert_eq!((lease.leader, lease.epoch), (Some(1), 1), "partition {p}");
+        }
+    }
+
+    #[test]
+    fn snapshots_from_before_delete_records_load() {
+        let mut m = MetaState::default();
+        m.apply(&create("a", 1, 1));
+        m.apply(&object("o1", &[(1, 0, 0, 10, 100)]));
+        let mut json: serde_json::Value = serde_json::to_value(&m).unwrap();
+        let index = &mut json["topics"][tid(1).to_string()]["partitions"][0];
+        assert!(index.as_object_mut().unwrap().remove("log_start").is_some());
+        let back: MetaState = serde_json::from_value(json).unwrap();
+        assert_eq!(back.indexed_start(tid(1), 0), 0);
+        assert_eq!(back.indexed_end(tid(1), 0), 10);
+        back.check_invariants().unwrap();
     }
 
     #[test]
@@ -1453,6 +2070,15 @@ mod tests {
                             assert_eq!(want, log_start_offset, "{at}");
                         }
                         (Want::Forgotten, CommandResult::GarbageForgotten) => {}
+                        (Want::Altered(partitions, configs), CommandResult::TopicAltered(meta)) => {
+                            assert_eq!(*partitions, meta.partitions, "{at}");
+                            let want: BTreeMap<String, String> = configs
+                                .iter()
+                                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                                .collect();
+                            assert_eq!(want, meta.configs, "{at}");
+                            assert_eq!(state.topic(meta.name.as_str()), Some(meta), "{at}");
+                        }
                         (Want::Compacted(want), CommandResult::PartitionCompacted { replaced }) => {
                             assert_eq!(want, replaced, "{at}");
                         }
@@ -1975,6 +2601,77 @@ mod tests {
     }
 
     #[test]
+    fn scram_credentials() {
+        let cred = |iterations: u32, n: usize| ScramCredential {
+            salt: vec![7; 16],
+            iterations,
+            stored_key: vec![1; n],
+            server_key: vec![2; n],
+        };
+        let upsert =
+            |user: &str, m: ScramMechanism, c: ScramCredential| Command::UpsertScramCredential {
+                user: user.into(),
+                mechanism: m,
+                credential: c,
+            };
+        let del = |user: &str, m: ScramMechanism| Command::DeleteScramCredential {
+            user: user.into(),
+            mechanism: m,
+        };
+        let (s256, s512) = (ScramMechanism::Sha256, ScramMechanism::Sha512);
+        let mut state = MetaState::default();
+        let cases: Vec<(Command, Result<CommandResult, &str>)> = vec![
+            (
+                upsert("alice", s512, cred(4096, 64)),
+                Ok(CommandResult::ScramCredentialUpserted),
+            ),
+            (
+                upsert("alice", s256, cred(8192, 32)),
+                Ok(CommandResult::ScramCredentialUpserted),
+            ),
+            (upsert("bob", s512, cred(4095, 64)), Err("4095 iterations")),
+            (
+                upsert("bob", s512, cred(4096, 32)),
+                Err("keys must be 64 bytes"),
+            ),
+            (
+                upsert("", s512, cred(4096, 64)),
+                Err("user name of 0 bytes"),
+            ),
+            (del("bob", s512), Err("no Sha512 credential for user `bob`")),
+            (
+                del("alice", s256),
+                Ok(CommandResult::ScramCredentialDeleted),
+            ),
+            (del("alice", s256), Err("no Sha256 credential")),
+        ];
+        for (cmd, want) in cases {
+            let got = state.apply(&cmd);
+            match (want, got) {
+                (Ok(want), got) => assert_eq!(got, want, "{cmd:?}"),
+                (Err(text), CommandResult::Rejected(r)) => {
+                    assert!(r.to_string().contains(text), "{cmd:?}: {r}")
+                }
+                (Err(text), got) => panic!("{cmd:?}: want `{text}`, got {got:?}"),
+            }
+        }
+        assert!(state.scram_credential("alice", s512).is_some());
+        assert!(state.scram_credential("alice", s256).is_none());
+        let users: Vec<_> = state.scram_users().collect();
+        assert_eq!(users, vec![("alice", vec![(s512, 4096)])]);
+        // Credentials survive a snapshot; the Debug form never shows key material.
+        let back: MetaState =
+            serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
+        assert_eq!(back.scram_credential("alice", s512), Some(&cred(4096, 64)));
+        assert!(!format!("{:?}", upsert("x", s512, cred(4096, 64))).contains("stored_key"));
+        // Snapshots from before users existed load with none.
+        let mut json = serde_json::to_value(&state).unwrap();
+        json.as_object_mut().unwrap().remove("scram_users");
+        let old: MetaState = serde_json::from_value(json).unwrap();
+        assert_eq!(old.scram_users().count(), 0);
+    }
+
+    #[test]
     fn apply_is_deterministic() {
         let commands = [
             pids(1000),
@@ -2005,6 +2702,13 @@ mod tests {
             pids(1000),
             trim(1, 0, 10, 5),
             forget(&["o1"]),
+            delete_records(1, 0, 7, 5),
+            alter(
+                "a",
+                &[("retention.ms", Some("1")), ("retention.bytes", None)],
+                true,
+            ),
+            grow("a", 8),
         ] {
             let json = serde_json::to_string(&cmd).unwrap();
             assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
