@@ -38,22 +38,32 @@ pub fn decode_batch(batch: &[u8]) -> anyhow::Result<Vec<Record>> {
 /// The first record (in offset order) with timestamp `>= ts` among concatenated batches, as
 /// `(offset, timestamp)`.
 pub fn first_at_or_after_time(data: &[u8], ts: i64) -> Option<(i64, i64)> {
+    first_at_or_after_time_from(data, ts, i64::MIN)
+}
+
+/// [`first_at_or_after_time`] among the records at or after `min_offset` (the log start: a
+/// batch may straddle it after DeleteRecords).
+pub fn first_at_or_after_time_from(data: &[u8], ts: i64, min_offset: i64) -> Option<(i64, i64)> {
     for item in Batches::new(data) {
         let (header, pos) = item.ok()?;
-        if header.max_timestamp < ts {
+        let last_offset = header.base_offset + i64::from(header.last_offset_delta);
+        if header.max_timestamp < ts || last_offset < min_offset {
             continue;
         }
         if header.is_log_append_time() {
-            return Some((header.base_offset, header.max_timestamp));
+            return Some((header.base_offset.max(min_offset), header.max_timestamp));
         }
         match decode_batch(&data[pos..pos + header.size]) {
             Ok(records) => {
-                if let Some(r) = records.iter().find(|r| r.timestamp >= ts) {
+                let found = records
+                    .iter()
+                    .find(|r| r.timestamp >= ts && r.offset >= min_offset);
+                if let Some(r) = found {
                     return Some((r.offset, r.timestamp));
                 }
             }
             // Undecodable records: the batch header still bounds the answer.
-            Err(_) => return Some((header.base_offset, header.max_timestamp)),
+            Err(_) => return Some((header.base_offset.max(min_offset), header.max_timestamp)),
         }
     }
     None
@@ -138,6 +148,26 @@ mod tests {
                 assert_eq!(first_at_or_after_time(&data, ts), want, "{codec:?} ts={ts}");
             }
             assert_eq!(max_timestamp(&data), Some((50, 5)), "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn time_lookup_from_a_log_start_inside_a_batch() {
+        let mut data = batch(0, &[10, 20, 30], Compression::None);
+        data.extend(batch(3, &[40, 25, 50], Compression::None));
+        for (ts, min_offset, want) in [
+            (0, 1, Some((1, 20))),
+            (10, 2, Some((2, 30))),
+            (21, 3, Some((3, 40))),
+            (0, 4, Some((4, 25))),
+            (26, 4, Some((5, 50))),
+            (0, 6, None),
+        ] {
+            assert_eq!(
+                first_at_or_after_time_from(&data, ts, min_offset),
+                want,
+                "ts={ts} from {min_offset}"
+            );
         }
     }
 }

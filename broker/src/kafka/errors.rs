@@ -5,7 +5,9 @@ use crate::log::producer::SequenceError;
 use crate::log::reader::ReadError;
 use crate::log::sequencer::AppendError;
 use crate::producer_ids::ProducerIdError;
+use crate::topic_configs::ConfigError;
 use kafka_protocol::ResponseError as E;
+use strata_meta::Rejection;
 use strata_types::batch::BatchError;
 
 pub const NONE: i16 = 0;
@@ -112,6 +114,38 @@ pub fn group(err: GroupError) -> i16 {
     }
 }
 
+/// A topic config change or creation refused (`topic_configs`).
+pub fn config(err: &ConfigError) -> i16 {
+    match err {
+        ConfigError::UnknownTopic { .. } => unknown_topic(),
+        ConfigError::UnknownKey { .. }
+        | ConfigError::ReadOnly { .. }
+        | ConfigError::InvalidValue { .. }
+        | ConfigError::Duplicate { .. }
+        | ConfigError::NotAList { .. }
+        | ConfigError::Refused(_) => E::InvalidConfig.code(),
+        ConfigError::Unavailable(_) => E::RequestTimedOut.code(),
+    }
+}
+
+/// A metadata command refused by the state machine, as the admin APIs answer it.
+pub fn rejection(r: &Rejection) -> i16 {
+    match r {
+        Rejection::TopicExists { .. } => E::TopicAlreadyExists.code(),
+        Rejection::UnknownTopic { .. }
+        | Rejection::UnknownTopicId { .. }
+        | Rejection::UnknownPartition { .. } => unknown_topic(),
+        Rejection::InvalidPartitions { .. } | Rejection::PartitionsNotIncreased { .. } => {
+            E::InvalidPartitions.code()
+        }
+        Rejection::InvalidOffset { .. } => E::OffsetOutOfRange.code(),
+        Rejection::TooManyConfigs { .. } | Rejection::ConfigTooLong { .. } => {
+            E::InvalidConfig.code()
+        }
+        _ => E::InvalidRequest.code(),
+    }
+}
+
 /// OffsetCommit metadata over `offset.metadata.max.bytes`.
 pub fn offset_metadata_too_large() -> i16 {
     E::OffsetMetadataTooLarge.code()
@@ -184,6 +218,49 @@ mod tests {
                     reason: String::new(),
                 }),
                 -1,
+            ),
+        ];
+        for (i, (got, want)) in table.iter().enumerate() {
+            assert_eq!(got, want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn admin_codes_are_frozen() {
+        let name = strata_types::TopicName::new("t").unwrap();
+        let table: &[(i16, i16)] = &[
+            (
+                config(&ConfigError::UnknownKey {
+                    key: "k".into(),
+                    known: String::new(),
+                }),
+                40,
+            ),
+            (
+                config(&ConfigError::ReadOnly {
+                    key: "k".into(),
+                    hint: String::new(),
+                }),
+                40,
+            ),
+            (config(&ConfigError::UnknownTopic { name: "t".into() }), 3),
+            (config(&ConfigError::Unavailable(String::new())), 7),
+            (
+                rejection(&Rejection::PartitionsNotIncreased {
+                    name: name.clone(),
+                    current: 2,
+                    partitions: 1,
+                }),
+                37,
+            ),
+            (rejection(&Rejection::UnknownTopic { name }), 3),
+            (
+                rejection(&Rejection::InvalidOffset {
+                    topic: strata_types::TopicId::from_bytes([1; 16]),
+                    partition: 0,
+                    offset: -5,
+                }),
+                1,
             ),
         ];
         for (i, (got, want)) in table.iter().enumerate() {

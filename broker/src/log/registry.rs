@@ -9,6 +9,8 @@
 //! list-offsets on the others are answered `NOT_LEADER_OR_FOLLOWER`. A partition that becomes
 //! led at a new lease epoch gets a fresh log, starting where the object index ends: whatever
 //! the previous leader acknowledged was uploaded before the lease stopped being pending.
+//! Partitions added to a topic (CreatePartitions) join its list at the next sync; the list
+//! only grows while the topic id stays the same.
 
 use super::partition::PartitionLog;
 use parking_lot::RwLock;
@@ -119,8 +121,10 @@ impl Registry {
                         }
                     }
                 }
-                if !fresh.is_empty() {
-                    let partitions: Vec<_> = t
+                // CreatePartitions may have added partitions: they start like a new topic's.
+                let grown = meta.partitions as usize > t.partitions.len();
+                if !fresh.is_empty() || grown {
+                    let mut partitions: Vec<_> = t
                         .partitions
                         .iter()
                         .map(|p| {
@@ -133,6 +137,18 @@ impl Registry {
                             }
                         })
                         .collect();
+                    for partition in t.partitions.len() as u32..meta.partitions {
+                        let key = PartitionKey {
+                            topic: meta.id,
+                            partition,
+                        };
+                        let log = new_log(state, &meta.name, key);
+                        by_key.insert(key, log.clone());
+                        if let Some(l) = self.writable_lease(state, alive, key) {
+                            led.insert(key, l.epoch);
+                        }
+                        partitions.push(log);
+                    }
                     topics.insert(
                         meta.name.clone(),
                         Arc::new(TopicLogs {
@@ -199,4 +215,62 @@ fn new_log(state: &MetaState, name: &TopicName, key: PartitionKey) -> Arc<Partit
         state.indexed_start(key.topic, key.partition),
         state.indexed_end(key.topic, key.partition),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use strata_meta::{ClusterCommand, Command};
+
+    fn state_with_topic(partitions: u32) -> (MetaState, TopicId) {
+        let mut state = MetaState::default();
+        state.apply(&Command::Cluster(ClusterCommand::RegisterBroker {
+            node_id: 1,
+            kafka_addr: "127.0.0.1:9092".into(),
+            rack: None,
+            lease_ms: 1000,
+            now_ms: 0,
+            cluster_id: None,
+        }));
+        let id = TopicId::random();
+        state.apply(&Command::CreateTopic {
+            name: TopicName::new("t").unwrap(),
+            id,
+            partitions,
+            configs: BTreeMap::new(),
+            created_ms: 0,
+        });
+        (state, id)
+    }
+
+    #[test]
+    fn added_partitions_join_and_old_logs_stay() {
+        let (mut state, id) = state_with_topic(1);
+        let registry = Registry::new(1);
+        assert!(registry.sync(&state));
+        let first = registry.topic("t").unwrap().partitions[0].clone();
+        assert!(!registry.sync(&state), "nothing changed");
+
+        state.apply(&Command::CreatePartitions {
+            name: TopicName::new("t").unwrap(),
+            partitions: 3,
+        });
+        assert!(registry.sync(&state));
+        let t = registry.topic("t").unwrap();
+        assert_eq!(t.partitions.len(), 3);
+        assert!(
+            Arc::ptr_eq(&t.partitions[0], &first),
+            "partition 0 keeps its log"
+        );
+        for p in 0..3 {
+            let key = PartitionKey {
+                topic: id,
+                partition: p,
+            };
+            assert!(registry.leads(&key), "partition {p} is led");
+            assert!(registry.partition(&key).is_some());
+            assert_eq!(t.partitions[p as usize].key, key);
+        }
+    }
 }
