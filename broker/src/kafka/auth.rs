@@ -1,0 +1,631 @@
+//! Kafka listener security: TLS, SASL authentication (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and
+//! the SCRAM user APIs (DescribeUserScramCredentials, AlterUserScramCredentials).
+//!
+//! [`Security`] is the validated `kafka.tls_*` / `kafka.sasl_*` config. Each connection has a
+//! [`Session`]: with SASL on, a connection may send ApiVersions, SaslHandshake and
+//! SaslAuthenticate until it is authenticated; any other request closes it (Kafka's
+//! behaviour). A failed authentication is answered `SASL_AUTHENTICATION_FAILED` with one
+//! message whatever the cause — an unknown user runs the same SCRAM exchange against a decoy
+//! credential and fails at the same step as a wrong password — and the connection is closed.
+//! SaslHandshake v0 is followed by raw SASL tokens (size-prefixed, no Kafka header); v1 by
+//! SaslAuthenticate requests.
+//!
+//! Users live in metadata as SCRAM credentials (`strata_meta::ScramCredential`): salt,
+//! iterations, StoredKey and ServerKey, never a password. PLAIN is checked against the user's
+//! SCRAM-SHA-512 credential (else SCRAM-SHA-256) by deriving StoredKey from the password.
+//!
+//! *Secrets:* passwords, salted passwords and keys are never logged; `Security` prints no key.
+
+use super::errors;
+use super::scram::{self, ClientFirst, ServerExchange};
+use crate::config::KafkaSection;
+use crate::node::Node;
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
+use kafka_protocol::messages::describe_user_scram_credentials_response::{
+    CredentialInfo, DescribeUserScramCredentialsResult,
+};
+use kafka_protocol::messages::{
+    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, ApiKey,
+    DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse, RequestHeader,
+    RequestKind, ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::ResponseError as E;
+use rand::Rng;
+use std::sync::Arc;
+use strata_meta::{Command, CommandResult, Rejection, ScramCredential, ScramMechanism};
+use tokio_rustls::rustls;
+
+/// A SASL mechanism this broker can offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Scram(ScramMechanism),
+}
+
+impl Mechanism {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "PLAIN" => Some(Mechanism::Plain),
+            "SCRAM-SHA-256" => Some(Mechanism::Scram(ScramMechanism::Sha256)),
+            "SCRAM-SHA-512" => Some(Mechanism::Scram(ScramMechanism::Sha512)),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Scram(m) => m.name(),
+        }
+    }
+}
+
+/// Kafka's wire code of a SCRAM mechanism (`ScramMechanism` in the admin API).
+pub fn mechanism_code(m: ScramMechanism) -> i8 {
+    match m {
+        ScramMechanism::Sha256 => 1,
+        ScramMechanism::Sha512 => 2,
+    }
+}
+
+pub fn mechanism_from_code(code: i8) -> Option<ScramMechanism> {
+    match code {
+        1 => Some(ScramMechanism::Sha256),
+        2 => Some(ScramMechanism::Sha512),
+        _ => None,
+    }
+}
+
+/// The validated security settings of the Kafka listener.
+#[derive(Clone)]
+pub struct Security {
+    /// Present when the listener speaks TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Empty: no authentication.
+    pub mechanisms: Vec<Mechanism>,
+    /// Keys the decoy credentials of unknown users (random per process).
+    decoy_secret: [u8; 32],
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("tls", &self.tls.is_some())
+            .field("mechanisms", &self.mechanisms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Security {
+    /// Checks and loads `kafka.tls_*` and `kafka.sasl_*`. The error names the offending key.
+    pub fn from_config(k: &KafkaSection) -> Result<Self, (&'static str, String)> {
+        let tls = match (&k.tls_cert_file, &k.tls_key_file) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err((
+                    "kafka.tls_key_file",
+                    "required with kafka.tls_cert_file".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "kafka.tls_cert_file",
+                    "required with kafka.tls_key_file".into(),
+                ))
+            }
+            (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+        };
+        let mut mechanisms = Vec::new();
+        for name in &k.sasl_mechanisms {
+            let m = Mechanism::parse(name.trim()).ok_or_else(|| {
+                (
+                    "kafka.sasl_mechanisms",
+                    format!(
+                        "unknown mechanism `{name}`; expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                    ),
+                )
+            })?;
+            if !mechanisms.contains(&m) {
+                mechanisms.push(m);
+            }
+        }
+        if mechanisms.contains(&Mechanism::Plain) && tls.is_none() && !k.sasl_plain_without_tls {
+            return Err((
+                "kafka.sasl_mechanisms",
+                "PLAIN sends passwords in clear without TLS: set kafka.tls_cert_file and \
+                 kafka.tls_key_file, or kafka.sasl_plain_without_tls = true"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            tls,
+            mechanisms,
+            decoy_secret: rand::thread_rng().gen(),
+        })
+    }
+
+    pub fn sasl_enabled(&self) -> bool {
+        !self.mechanisms.is_empty()
+    }
+}
+
+fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, (&'static str, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |key_name: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| (key_name, format!("cannot read {}: {e}", path.display())))
+    };
+    let cert_pem = read("kafka.tls_cert_file", cert)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("kafka.tls_cert_file", format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err((
+            "kafka.tls_cert_file",
+            format!("no CERTIFICATE in {}", cert.display()),
+        ));
+    }
+    let key_pem = read("kafka.tls_key_file", key)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        (
+            "kafka.tls_key_file",
+            format!("no usable private key in {}: {e}", key.display()),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("kafka.tls_cert_file", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| {
+            (
+                "kafka.tls_key_file",
+                format!("does not match the certificate: {e}"),
+            )
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Where a connection stands in authentication.
+enum State {
+    /// Nothing yet (or SASL is off).
+    Start,
+    /// SaslHandshake chose a mechanism; `raw`: v0, tokens come without a Kafka header.
+    Handshaken {
+        mech: Mechanism,
+        raw: bool,
+    },
+    /// SCRAM: the server-first message was sent.
+    ScramSent {
+        exchange: Box<ServerExchange>,
+        user: String,
+        raw: bool,
+    },
+    Authenticated,
+    /// A failure was answered; the connection closes.
+    Failed,
+}
+
+/// Per-connection authentication state.
+pub struct Session {
+    state: State,
+    /// The authenticated user (for ACLs).
+    pub principal: Option<String>,
+}
+
+/// What the connection does with a frame after [`Session::intercept`].
+pub enum Intercept {
+    /// Not an authentication matter: dispatch as usual.
+    Pass(Bytes),
+    /// Answer with this frame and continue.
+    Reply(BytesMut),
+    /// Answer with this frame, then close.
+    ReplyClose(BytesMut, String),
+    /// Close without answering.
+    Close(String),
+}
+
+const AUTH_FAILED: &str = "Authentication failed: invalid credentials";
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self {
+            state: State::Start,
+            principal: None,
+        }
+    }
+
+    /// Decides what to do with one request frame. Called for every frame; cheap unless the
+    /// frame is an authentication matter.
+    pub async fn intercept(&mut self, node: &Arc<Node>, frame: Bytes) -> Intercept {
+        let sec = &node.config.kafka_security;
+        // SaslHandshake v0: the next frames are raw tokens.
+        match &self.state {
+            State::Handshaken { raw: true, .. } | State::ScramSent { raw: true, .. } => {
+                return self.token(sec, node, &frame, None).await;
+            }
+            _ => {}
+        }
+        if frame.len() < 8 {
+            return Intercept::Pass(frame); // dispatch answers the malformed frame
+        }
+        let key = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]]));
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let authenticated = !sec.sasl_enabled() || matches!(self.state, State::Authenticated);
+        match key {
+            Ok(ApiKey::SaslHandshake) | Ok(ApiKey::SaslAuthenticate)
+                if super::versions::range(key.unwrap_or(ApiKey::ApiVersions))
+                    .is_some_and(|(lo, hi)| (lo..=hi).contains(&version)) => {}
+            Ok(ApiKey::ApiVersions) => return Intercept::Pass(frame),
+            _ if authenticated => return Intercept::Pass(frame),
+            _ => {
+                return Intercept::Close(format!(
+                    "request {key:?} before SASL authentication completed"
+                ))
+            }
+        }
+        let api_key = key.unwrap_or(ApiKey::ApiVersions);
+        let mut body = frame;
+        let header = match RequestHeader::decode(&mut body, api_key.request_header_version(version))
+        {
+            Ok(h) => h,
+            Err(e) => return Intercept::Close(format!("malformed request header: {e}")),
+        };
+        let request = match RequestKind::decode(api_key, &mut body, version) {
+            Ok(r) => r,
+            Err(e) => return Intercept::Close(format!("malformed SASL request: {e}")),
+        };
+        let cid = header.correlation_id;
+        let reply = |body: ResponseKind| super::handlers::encode(api_key, version, cid, &body);
+        match request {
+            RequestKind::SaslHandshake(req) => {
+                let offered = StrBytes::from_string;
+                let mechanisms: Vec<StrBytes> = sec
+                    .mechanisms
+                    .iter()
+                    .map(|m| offered(m.name().to_string()))
+                    .collect();
+                let resp = SaslHandshakeResponse::default().with_mechanisms(mechanisms);
+                if !matches!(self.state, State::Start) {
+                    let resp = resp.with_error_code(E::IllegalSaslState.code());
+                    return Intercept::ReplyClose(
+                        reply(ResponseKind::SaslHandshake(resp)),
+                        "SaslHandshake out of sequence".into(),
+                    );
+                }
+                let chosen =
+                    Mechanism::parse(req.mechanism.as_str()).filter(|m| sec.mechanisms.contains(m));
+                let Some(mech) = chosen else {
+                    let resp = resp.with_error_code(E::UnsupportedSaslMechanism.code());
+                    return Intercept::ReplyClose(
+                        reply(ResponseKind::SaslHandshake(resp)),
+                        format!("unsupported SASL mechanism `{}`", req.mechanism.as_str()),
+                    );
+                };
+                self.state = State::Handshaken {
+                    mech,
+                    raw: version == 0,
+                };
+                Intercept::Reply(reply(ResponseKind::SaslHandshake(resp)))
+            }
+            RequestKind::SaslAuthenticate(req) => {
+                self.token(sec, node, &req.auth_bytes, Some((api_key, version, cid)))
+                    .await
+            }
+            _ => Intercept::Close("unexpected request".into()),
+        }
+    }
+
+    /// One SASL token, raw (`wire` = None) or inside SaslAuthenticate.
+    async fn token(
+        &mut self,
+        sec: &Security,
+        node: &Arc<Node>,
+        token: &[u8],
+        wire: Option<(ApiKey, i16, i32)>,
+    ) -> Intercept {
+        let answer = |code: i16, message: Option<&str>, bytes: Vec<u8>| -> BytesMut {
+            match wire {
+                Some((api_key, version, cid)) => {
+                    let resp = SaslAuthenticateResponse::default()
+                        .with_error_code(code)
+                        .with_error_message(message.map(|m| StrBytes::from_string(m.to_string())))
+                        .with_auth_bytes(Bytes::from(bytes));
+                    super::handlers::encode(
+                        api_key,
+                        version,
+                        cid,
+                        &ResponseKind::SaslAuthenticate(resp),
+                    )
+                }
+                None => {
+                    let mut buf = BytesMut::with_capacity(4 + bytes.len());
+                    buf.put_i32(bytes.len() as i32);
+                    buf.put_slice(&bytes);
+                    buf
+                }
+            }
+        };
+        let state = std::mem::replace(&mut self.state, State::Failed);
+        let (mech_name, outcome) = match state {
+            State::Handshaken { mech, raw } => (
+                mech.name(),
+                self.first_token(sec, node, mech, raw, token).await,
+            ),
+            State::ScramSent {
+                exchange,
+                user,
+                raw: _,
+            } => (
+                "SCRAM",
+                exchange
+                    .finish(token)
+                    .map(|m| Step::Done(user, m.into_bytes())),
+            ),
+            State::Authenticated | State::Start | State::Failed => {
+                let msg = "SaslAuthenticate out of sequence";
+                return match wire {
+                    Some(_) => Intercept::ReplyClose(
+                        answer(E::IllegalSaslState.code(), Some(msg), Vec::new()),
+                        msg.into(),
+                    ),
+                    None => Intercept::Close(msg.into()),
+                };
+            }
+        };
+        match outcome {
+            Ok(Step::Continue(bytes)) => Intercept::Reply(answer(errors::NONE, None, bytes)),
+            Ok(Step::Done(user, bytes)) => {
+                tracing::debug!(%user, "kafka client authenticated");
+                self.principal = Some(user);
+                self.state = State::Authenticated;
+                Intercept::Reply(answer(errors::NONE, None, bytes))
+            }
+            Err(reason) => {
+                let message = format!("{AUTH_FAILED} with SASL mechanism {mech_name}");
+                let why = format!("SASL authentication failed: {reason}");
+                match wire {
+                    Some(_) => Intercept::ReplyClose(
+                        answer(
+                            E::SaslAuthenticationFailed.code(),
+                            Some(&message),
+                            Vec::new(),
+                        ),
+                        why,
+                    ),
+                    None => Intercept::Close(why),
+                }
+            }
+        }
+    }
+
+    async fn first_token(
+        &mut self,
+        sec: &Security,
+        node: &Arc<Node>,
+        mech: Mechanism,
+        raw: bool,
+        token: &[u8],
+    ) -> Result<Step, scram::ScramError> {
+        if token.len() > scram::TOKEN_BYTES_MAX {
+            return Err(scram::ScramError::Malformed("token too long"));
+        }
+        match mech {
+            Mechanism::Plain => {
+                let (user, password) = scram::parse_plain(token)?;
+                let found = {
+                    let state = node.meta.read();
+                    [ScramMechanism::Sha512, ScramMechanism::Sha256]
+                        .into_iter()
+                        .find_map(|m| state.scram_credential(user, m).map(|c| (m, c.clone())))
+                };
+                // An unknown user costs the same derivation as a known one.
+                let (m, cred, known) = match found {
+                    Some((m, c)) => (m, c, true),
+                    None => {
+                        let m = ScramMechanism::Sha512;
+                        (
+                            m,
+                            scram::decoy_credential(m, &sec.decoy_secret, user),
+                            false,
+                        )
+                    }
+                };
+                // PBKDF2 costs milliseconds: keep it off the connection's runtime worker.
+                let password = password.to_vec();
+                let verified = tokio::task::spawn_blocking(move || {
+                    scram::verify_password(m, &cred, &password)
+                })
+                .await
+                .unwrap_or(false);
+                if verified && known {
+                    Ok(Step::Done(user.to_string(), Vec::new()))
+                } else {
+                    Err(scram::ScramError::BadProof)
+                }
+            }
+            Mechanism::Scram(m) => {
+                let first: ClientFirst = scram::parse_client_first(token)?;
+                let cred = node
+                    .meta
+                    .read()
+                    .scram_credential(&first.user, m)
+                    .cloned()
+                    .unwrap_or_else(|| scram::decoy_credential(m, &sec.decoy_secret, &first.user));
+                let user = first.user.clone();
+                let nonce: String = rand::thread_rng()
+                    .sample_iter(&rand::distributions::Alphanumeric)
+                    .take(24)
+                    .map(char::from)
+                    .collect();
+                let (exchange, server_first) = ServerExchange::start(m, first, cred, &nonce);
+                self.state = State::ScramSent {
+                    exchange: Box::new(exchange),
+                    user,
+                    raw,
+                };
+                Ok(Step::Continue(server_first.into_bytes()))
+            }
+        }
+    }
+}
+
+enum Step {
+    /// Send these bytes and wait for the next token.
+    Continue(Vec<u8>),
+    /// Authenticated as this user; send these bytes (the server-final message).
+    Done(String, Vec<u8>),
+}
+
+// ---------------------------------------------------------------------------------------------
+// The user APIs.
+
+/// DescribeUserScramCredentials v0: every user (no filter) or the named ones.
+pub fn describe_users(
+    node: &Arc<Node>,
+    req: DescribeUserScramCredentialsRequest,
+) -> DescribeUserScramCredentialsResponse {
+    let state = node.meta.read();
+    let all: Vec<(String, Vec<(ScramMechanism, u32)>)> = state
+        .scram_users()
+        .map(|(u, c)| (u.to_string(), c))
+        .collect();
+    drop(state);
+    let result = |user: &str, creds: &[(ScramMechanism, u32)]| {
+        DescribeUserScramCredentialsResult::default()
+            .with_user(StrBytes::from_string(user.to_string()))
+            .with_credential_infos(
+                creds
+                    .iter()
+                    .map(|(m, i)| {
+                        CredentialInfo::default()
+                            .with_mechanism(mechanism_code(*m))
+                            .with_iterations(*i as i32)
+                    })
+                    .collect(),
+            )
+    };
+    let results = match req.users {
+        None => all.iter().map(|(u, c)| result(u, c)).collect(),
+        Some(names) if names.is_empty() => all.iter().map(|(u, c)| result(u, c)).collect(),
+        Some(names) => names
+            .iter()
+            .map(|n| match all.iter().find(|(u, _)| u == n.name.as_str()) {
+                Some((u, c)) => result(u, c),
+                None => DescribeUserScramCredentialsResult::default()
+                    .with_user(n.name.clone())
+                    .with_error_code(E::ResourceNotFound.code())
+                    .with_error_message(Some(StrBytes::from_string(format!(
+                        "attempt to describe a user credential that does not exist: {}",
+                        n.name.as_str()
+                    )))),
+            })
+            .collect(),
+    };
+    DescribeUserScramCredentialsResponse::default().with_results(results)
+}
+
+/// AlterUserScramCredentials v0: deletions and upsertions, one metadata command each. The
+/// client sends the salted password (as Kafka's tools do); StoredKey and ServerKey are derived
+/// here and the salted password is dropped.
+pub async fn alter_users(
+    node: &Arc<Node>,
+    req: AlterUserScramCredentialsRequest,
+) -> AlterUserScramCredentialsResponse {
+    let mut results = Vec::new();
+    let mut push = |user: &StrBytes, code: i16, message: Option<String>| {
+        results.push(
+            AlterUserScramCredentialsResult::default()
+                .with_user(user.clone())
+                .with_error_code(code)
+                .with_error_message(message.map(StrBytes::from_string)),
+        )
+    };
+    for d in &req.deletions {
+        let Some(m) = mechanism_from_code(d.mechanism) else {
+            push(
+                &d.name,
+                E::UnsupportedSaslMechanism.code(),
+                Some(format!("unknown SCRAM mechanism {}", d.mechanism)),
+            );
+            continue;
+        };
+        let cmd = Command::DeleteScramCredential {
+            user: d.name.to_string(),
+            mechanism: m,
+        };
+        let (code, msg) = write(node, cmd).await;
+        push(&d.name, code, msg);
+    }
+    for u in &req.upsertions {
+        let Some(m) = mechanism_from_code(u.mechanism) else {
+            push(
+                &u.name,
+                E::UnsupportedSaslMechanism.code(),
+                Some(format!("unknown SCRAM mechanism {}", u.mechanism)),
+            );
+            continue;
+        };
+        if u.iterations < scram::ITERATIONS_MIN as i32
+            || u.iterations > scram::ITERATIONS_MAX as i32
+        {
+            push(
+                &u.name,
+                E::UnacceptableCredential.code(),
+                Some(format!(
+                    "iterations must be in {}..={}",
+                    scram::ITERATIONS_MIN,
+                    scram::ITERATIONS_MAX
+                )),
+            );
+            continue;
+        }
+        if u.salted_password.len() != m.key_bytes() || u.salt.is_empty() {
+            push(
+                &u.name,
+                E::UnacceptableCredential.code(),
+                Some("bad salt or salted password".into()),
+            );
+            continue;
+        }
+        let cred =
+            scram::credential_from_salted(m, &u.salted_password, &u.salt, u.iterations as u32);
+        let cmd = Command::UpsertScramCredential {
+            user: u.name.to_string(),
+            mechanism: m,
+            credential: cred,
+        };
+        let (code, msg) = write(node, cmd).await;
+        push(&u.name, code, msg);
+    }
+    AlterUserScramCredentialsResponse::default().with_results(results)
+}
+
+async fn write(node: &Arc<Node>, cmd: Command) -> (i16, Option<String>) {
+    match node.meta.write(cmd).await {
+        Ok(CommandResult::Rejected(r @ Rejection::UnknownScramCredential { .. })) => {
+            (E::ResourceNotFound.code(), Some(r.to_string()))
+        }
+        Ok(CommandResult::Rejected(r)) => (E::UnacceptableCredential.code(), Some(r.to_string())),
+        Ok(_) => (errors::NONE, None),
+        Err(e) => (E::RequestTimedOut.code(), Some(e.to_string())),
+    }
+}
+
+/// A new credential for `password` (the admin HTTP bootstrap path): fresh salt.
+pub fn new_credential(m: ScramMechanism, password: &[u8], iterations: u32) -> ScramCredential {
+    let salt: [u8; 16] = rand::thread_rng().gen();
+    scram::credential(m, password, &salt, iterations)
+}
