@@ -363,3 +363,193 @@ def test_bad_input_closes_only_that_connection(broker_factory, tmp_path):
     assert b.alive()
     for c in (bystander, pub):
         c.close()
+
+
+def mqtt_packets(data: bytes) -> list[tuple[int, bytes]]:
+    """Splits a byte stream into (first byte, body) MQTT packets; an incomplete last packet is
+    left out."""
+    out, i = [], 0
+    while i < len(data):
+        first, mult, rl, j = data[i], 1, 0, i + 1
+        while True:
+            if j >= len(data):
+                return out
+            b = data[j]
+            rl += (b & 0x7F) * mult
+            mult *= 128
+            j += 1
+            if not b & 0x80:
+                break
+        if j + rl > len(data):
+            return out
+        out.append((first, data[j:j + rl]))
+        i = j + rl
+    return out
+
+
+def test_v5_receive_maximum_exceeded(broker):
+    # CONNECT (MQTT 5, clean start, no properties); the broker announces Receive Maximum 256.
+    def s(b: bytes) -> bytes:
+        return struct.pack(">H", len(b)) + b
+
+    body = s(b"MQTT") + bytes([5, 0x02]) + struct.pack(">H", 30) + b"\x00" + s(b"rm-1")
+    sock = socket.create_connection(("127.0.0.1", broker.mqtt_port), timeout=WAIT)
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    # 300 QoS 1 PUBLISHes in one write, never waiting for PUBACK: the 257th is one too many.
+    pubs = b"".join(bytes([0x32, 6]) + s(b"r") + struct.pack(">H", i) + b"\x00" for i in range(1, 301))
+    sock.sendall(pubs)
+    packets = mqtt_packets(wait_closed(sock))
+    assert packets[0][0] == 0x20 and packets[0][1][1] == 0, "CONNACK success first"
+    disconnects = [body for first, body in packets if first == 0xE0]
+    assert disconnects and disconnects[0][0] == 0x93, packets[-3:]
+    # The broker goes on serving others.
+    c = Client(broker.mqtt_port, MQTTv5)
+    c.close()
+
+
+def test_v5_shared_subscriptions_round_robin(broker):
+    members = [Client(broker.mqtt_port, MQTTv5) for _ in range(3)]
+    for m in members:
+        rcs = m.subscribe(("$share/workers/jobs/#", 1))
+        assert not rcs[0].is_failure, rcs
+    plain = Client(broker.mqtt_port, MQTTv5)
+    plain.subscribe(("jobs/#", 1))
+    pub = Client(broker.mqtt_port, MQTTv311)
+    for i in range(30):
+        pub.publish("jobs/a", f"j{i}".encode(), 1).wait_for_publish(WAIT)
+    got_plain = [m.payload for m in plain.take(30)]
+    assert got_plain == [f"j{i}".encode() for i in range(30)], "an ordinary subscriber gets all"
+    got = [sorted(int(m.payload[1:]) for m in c.take(10)) for c in members]
+    # Round robin over one partition's order: member k gets every third message.
+    assert sorted(got) == [list(range(k, 30, 3)) for k in range(3)], got
+    # A member that unsubscribed gets no more; the other two share.
+    done: queue.Queue = queue.Queue()
+    members[0].c.on_unsubscribe = lambda c, u, mid, rcs, props: done.put(rcs)
+    members[0].c.unsubscribe("$share/workers/jobs/#")
+    done.get(timeout=WAIT)
+    for i in range(4):
+        pub.publish("jobs/b", f"k{i}".encode(), 1).wait_for_publish(WAIT)
+    assert len(plain.take(4)) == 4
+    got = sorted(m.payload for c in members[1:] for m in c.take(2))
+    assert got == [b"k0", b"k1", b"k2", b"k3"]
+    assert members[0].messages.empty()
+    for c in members + [plain, pub]:
+        c.close()
+
+
+def test_v5_bad_shared_filters_are_refused(broker):
+    def s(b: bytes) -> bytes:
+        return struct.pack(">H", len(b)) + b
+
+    body = s(b"MQTT") + bytes([5, 0x02]) + struct.pack(">H", 30) + b"\x00" + s(b"share-bad")
+    sock = socket.create_connection(("127.0.0.1", broker.mqtt_port), timeout=WAIT)
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    filters = [b"$share/g", b"$share/g+/x", b"$share//x", b"$share/g/a/#/b", b"$share/g/ok"]
+    sub = struct.pack(">H", 7) + b"\x00" + b"".join(s(f) + b"\x01" for f in filters)
+    sock.sendall(bytes([0x82, len(sub)]) + sub)
+    got = b""
+    while True:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed before SUBACK; got {got!r}"
+        got += chunk
+        packets = mqtt_packets(got)
+        subacks = [body for first, body in packets if first == 0x90]
+        if subacks:
+            break
+    # SUBACK: packet id, properties length 0, one reason code per filter.
+    assert list(subacks[0][3:]) == [0x8F, 0x8F, 0x8F, 0x8F, 0x01], subacks[0]
+    sock.close()
+
+
+def raw_v5(port: int, client_id: str, props: bytes = b"") -> socket.socket:
+    """An MQTT 5 session over a raw socket (clean start), CONNACK read."""
+    def s(b: bytes) -> bytes:
+        return struct.pack(">H", len(b)) + b
+
+    body = s(b"MQTT") + bytes([5, 0x02]) + struct.pack(">H", 30) + bytes([len(props)]) + props + s(client_id.encode())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    got = b""
+    while not mqtt_packets(got):
+        chunk = sock.recv(4096)
+        assert chunk, "closed before CONNACK"
+        got += chunk
+    first, body = mqtt_packets(got)[0]
+    assert first == 0x20 and body[1] == 0, body
+    return sock
+
+
+def raw_publish_v5(topic: bytes, payload: bytes, alias: int | None) -> bytes:
+    props = b"" if alias is None else b"\x23" + struct.pack(">H", alias)
+    body = struct.pack(">H", len(topic)) + topic + bytes([len(props)]) + props + payload
+    return bytes([0x30, len(body)]) + body
+
+
+def test_v5_topic_aliases_both_ways(broker):
+    # Server → client: the subscriber allows 10 aliases; the second message on a topic carries
+    # only the alias.
+    sub = raw_v5(broker.mqtt_port, "alias-sub", props=b"\x22\x00\x0a")
+    f = b"al/#"
+    body = struct.pack(">H", 1) + b"\x00" + struct.pack(">H", len(f)) + f + b"\x00"
+    sub.sendall(bytes([0x82, len(body)]) + body)
+    # Client → server: paho sets alias 3 with the topic, then sends the alias alone.
+    pub = Client(broker.mqtt_port, MQTTv5)
+    p = Properties(PacketTypes.PUBLISH)
+    p.TopicAlias = 3
+    pub.publish("al/x", b"one", 1, props=p).wait_for_publish(WAIT)
+    pub.publish("", b"two", 1, props=p).wait_for_publish(WAIT)
+    paho_sub = Client(broker.mqtt_port, MQTTv5)  # paho resolves our aliases to names
+    paho_sub.subscribe(("al/#", 0))
+    pub.publish("", b"three", 1, props=p).wait_for_publish(WAIT)
+    (m,) = paho_sub.take(1)
+    assert (m.topic, m.payload) == ("al/x", b"three")
+
+    got, publishes = b"", []
+    while len(publishes) < 3:
+        chunk = sub.recv(4096)
+        assert chunk, "closed"
+        got += chunk
+        publishes = [b for first, b in mqtt_packets(got) if first & 0xF0 == 0x30]
+    def parse(b: bytes):
+        tl = struct.unpack(">H", b[:2])[0]
+        topic, rest = b[2:2 + tl], b[2 + tl:]
+        plen = rest[0]
+        props, payload = rest[1:1 + plen], rest[1 + plen:]
+        alias = struct.unpack(">H", props[props.index(0x23) + 1:][:2])[0] if 0x23 in props else None
+        return topic, alias, payload
+    assert [parse(b) for b in publishes] == [(b"al/x", 1, b"one"), (b"", 1, b"two"), (b"", 1, b"three")]
+    sub.close()
+
+    # Bad aliases: above our maximum (64) → DISCONNECT 0x94; unknown → 0x82 (protocol error).
+    for client_id, packet, code in (("alias-big", raw_publish_v5(b"al/y", b"x", 100), 0x94),
+                                    ("alias-unknown", raw_publish_v5(b"", b"x", 5), 0x82)):
+        sock = raw_v5(broker.mqtt_port, client_id)
+        sock.sendall(packet)
+        packets = mqtt_packets(wait_closed(sock))
+        assert [b[0] for first, b in packets if first == 0xE0] == [code], (client_id, packets)
+    for c in (pub, paho_sub):
+        c.close()
+
+
+@pytest.mark.parametrize("clean", [pytest.param(True, id="ephemeral"), pytest.param(False, id="persistent")])
+def test_v5_subscription_identifiers(broker, clean):
+    sub = Client(broker.mqtt_port, MQTTv5)
+    if not clean:  # a persistent session reads the log itself: same identifiers
+        sub.close()
+        sub = Client(broker.mqtt_port, MQTTv5, client_id=f"sid-{uuid.uuid4().hex[:6]}", clean=False)
+    for filt, sid in (("sid/#", 7), ("sid/+", 9), ("sid/b", None)):
+        props = Properties(PacketTypes.SUBSCRIBE)
+        if sid is not None:
+            props.SubscriptionIdentifier = sid
+        done: queue.Queue = queue.Queue()
+        sub.c.on_subscribe = lambda c, u, mid, rcs, p: done.put(rcs)
+        sub.c.subscribe(filt, 1, properties=props)
+        done.get(timeout=WAIT)
+    pub = Client(broker.mqtt_port, MQTTv311)
+    pub.publish("sid/a", b"a", 1).wait_for_publish(WAIT)
+    pub.publish("sid/x/y", b"deep", 1).wait_for_publish(WAIT)
+    a, deep = sub.take(2)
+    assert sorted(a.properties.SubscriptionIdentifier) == [7, 9]
+    assert deep.properties.SubscriptionIdentifier == [7]
+    for c in (sub, pub):
+        c.close()

@@ -7,14 +7,17 @@
 //! events here.
 //!
 //! Flow control: while [`INBOUND_INFLIGHT_MAX`] inbound QoS 1/2 publishes are unanswered, the
-//! task stops reading the socket (TCP back-pressure on the publisher).
+//! task stops reading the socket of an MQTT 3.1.1 client (TCP back-pressure on the
+//! publisher); an MQTT 5 client, told it as our Receive Maximum, is disconnected with 0x93
+//! when it sends more.
 //!
 //! A connection that ends without DISCONNECT (socket closed, keep alive expired, malformed
 //! packet, takeover) or with MQTT 5 reason 0x04 publishes its will, through the same durable
 //! path as any publish.
 
 use super::ingest::{Ingest, IngestError};
-use super::router::{ConnHandle, ConnectOutcome, RouterMsg};
+use super::replay::{self, Cursors};
+use super::router::{ConnHandle, ConnectOutcome, ConnectRequest, RouterMsg, SubOptions};
 use super::session::{AckOutcome, OutPublish, Session};
 use super::wire::{self, CloseCode, Codec, ConnCode, Inbound, Outbound, Proto, SubResult};
 use super::{topic, Delivery, Message};
@@ -23,7 +26,7 @@ use crate::node::Node;
 use bytes::BytesMut;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +40,15 @@ use tokio::time::Instant;
 
 /// A write (and flush) to a client must finish within this time, else the connection closes.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A persistent session reads more from its cursors while fewer deliveries than this wait
+/// behind its send window...
+const PUMP_LOW: usize = 128;
+/// ... and reads up to this many waiting.
+const PUMP_QUEUE_MAX: usize = 512;
+/// A persistent session reports its committed cursors to the router at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// A failed read from the cursors is tried again after this.
+const PUMP_RETRY: Duration = Duration::from_secs(1);
 
 /// What every connection shares.
 pub struct Shared {
@@ -77,6 +89,12 @@ pub enum CloseReason {
     Protocol(String),
     #[error("keep alive expired")]
     KeepAlive,
+    #[error("topic alias {0} is above our Topic Alias Maximum")]
+    TopicAlias(u16),
+    #[error(
+        "more unacknowledged QoS 1/2 publishes than our Receive Maximum ({INBOUND_INFLIGHT_MAX})"
+    )]
+    ReceiveMaximum,
     #[error("session taken over by a new connection")]
     TakenOver,
     #[error("publish not stored: {0}")]
@@ -100,6 +118,8 @@ impl CloseReason {
             CloseReason::Wire(e) => Some(e.close_code()),
             CloseReason::Protocol(_) => Some(CloseCode::ProtocolError),
             CloseReason::KeepAlive => Some(CloseCode::KeepAliveTimeout),
+            CloseReason::ReceiveMaximum => Some(CloseCode::ReceiveMaximumExceeded),
+            CloseReason::TopicAlias(_) => Some(CloseCode::TopicAliasInvalid),
             CloseReason::TakenOver => Some(CloseCode::SessionTakenOver),
             CloseReason::Publish(_) => Some(CloseCode::ImplementationSpecific),
             _ => None,
@@ -153,6 +173,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let max_in = shared.node.config.file.mqtt.packet_bytes_max;
+    let _open = shared.node.metrics.mqtt.connection(); // metrics: open until this task ends
     let mut io = Io {
         rd,
         wr,
@@ -197,7 +218,13 @@ async fn connection(
             assigned = Some(id.clone());
             id
         } else {
-            io.push(connack(ConnCode::ClientIdRejected, false, None, max_in))?;
+            io.push(connack(
+                ConnCode::ClientIdRejected,
+                false,
+                None,
+                max_in,
+                None,
+            ))?;
             io.flush().await?;
             return Err(CloseReason::ClientId);
         }
@@ -214,47 +241,81 @@ async fn connection(
         }
     }
 
+    // The Session Expiry Interval we use: the client's, capped by the configuration.
+    let expiry_cap = shared.node.config.file.mqtt.session_expiry_max_secs;
+    let expiry_secs = expiry_cap.map_or(connect.session_expiry_secs, |cap| {
+        connect.session_expiry_secs.min(cap)
+    });
+    let expiry_told =
+        (proto == Proto::V5 && expiry_secs != connect.session_expiry_secs).then_some(expiry_secs);
+
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (dtx, mut drx) = mpsc::channel::<Delivery>(CONN_QUEUE_MAX);
     let (kick_tx, mut kick_rx) = oneshot::channel();
     let (reply_tx, reply_rx) = oneshot::channel();
     let sent = shared
         .router
-        .send(RouterMsg::Connect {
+        .send(RouterMsg::Connect(ConnectRequest {
             client_id: client_id.clone(),
             clean_start: connect.clean_start,
+            expiry_secs,
             conn: ConnHandle {
                 id: conn_id,
                 tx: dtx,
             },
             kick: kick_tx,
             reply: reply_tx,
-        })
+        }))
         .await;
     let outcome = match (sent, reply_rx.await) {
         (Ok(()), Ok(o)) => o,
         _ => ConnectOutcome::Busy,
     };
-    let session_present = match outcome {
-        ConnectOutcome::Accepted { session_present } => session_present,
+    let (session_present, resume) = match outcome {
+        ConnectOutcome::Accepted {
+            session_present,
+            resume,
+        } => (session_present, resume),
         ConnectOutcome::Busy => {
-            io.push(connack(ConnCode::ServerBusy, false, None, max_in))?;
+            io.push(connack(ConnCode::ServerBusy, false, None, max_in, None))?;
             io.flush().await?;
             return Err(CloseReason::Busy);
         }
     };
+    // A persistent session reads the log from its cursors; a new one from the end of every
+    // partition that exists now (set before CONNACK, so nothing published after it is missed).
+    let persistent = resume.map(|r| {
+        let topics = shared.ingest.mapping.kafka_topics();
+        let cursors = if r.fresh {
+            let mut c = Cursors::default();
+            c.start_at_end(&shared.node, &topics);
+            c
+        } else {
+            Cursors::resume(&r.cursors)
+        };
+        Persistent {
+            cursors,
+            subs: r.subs,
+            topics,
+            pump_needed: true,
+            retry_at: None,
+        }
+    });
     io.push(connack(
         ConnCode::Accepted,
         session_present,
         assigned,
         max_in,
+        expiry_told,
     ))?;
     io.flush().await?;
     if let Some(m) = connect.max_packet_size {
         io.codec.set_max_outbound(m);
     }
+    io.codec.set_topic_alias_max(connect.topic_alias_max);
     tracing::debug!(client_id, ?proto, conn_id, "mqtt client connected");
 
+    let _session = shared.node.metrics.mqtt.session(); // metrics: an accepted session
     let mut conn = Conn {
         shared: &shared,
         client_id: &client_id,
@@ -262,21 +323,31 @@ async fn connection(
         proto,
         session: Session::new(
             usize::from(connect.receive_max.clamp(1, OUTBOUND_INFLIGHT_MAX)),
-            CONN_QUEUE_MAX,
+            // Room for what the cursors read on top of retained messages: never dropped.
+            CONN_QUEUE_MAX + PUMP_QUEUE_MAX,
         ),
         pending: FuturesOrdered::new(),
         pending_qos2: HashSet::new(),
         unanswered_qos1: 0,
         clean_disconnect: false,
+        disconnect_expiry: None,
+        in_aliases: HashMap::new(),
+        persistent,
     };
+    let mut data_signal = shared.ingest.tailers.data_signal();
+    let mut signal_open = true;
+    let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let keep_alive = (connect.keep_alive_secs > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive_secs) * 1500));
     let mut last_packet = Instant::now();
     let far = Duration::from_secs(365 * 24 * 3600);
 
+    let mut inflight = shared.node.metrics.mqtt.inflight(); // metrics: this connection's share
     let result: Result<(), CloseReason> = 'conn: loop {
+        inflight.set((conn.session.inflight_out() + conn.inbound_open()) as u64);
         // Handle every complete packet already buffered, unless at the inbound window.
-        while conn.inbound_open() < usize::from(INBOUND_INFLIGHT_MAX) {
+        while conn.may_read() {
             match io.codec.decode(&mut io.rbuf) {
                 Ok(Some(packet)) => {
                     last_packet = Instant::now();
@@ -290,12 +361,31 @@ async fn connection(
                 Err(e) => break 'conn Err(e.into()),
             }
         }
+        if let Err(e) = conn.pump(&mut io).await {
+            break Err(e);
+        }
         if let Err(e) = io.flush().await {
             break Err(e);
         }
-        let can_read = conn.inbound_open() < usize::from(INBOUND_INFLIGHT_MAX);
+        let can_read = conn.may_read();
         let ka_deadline = last_packet + keep_alive.unwrap_or(far);
+        let is_persistent = conn.persistent.is_some();
+        let retry_at = conn.persistent.as_ref().and_then(|p| p.retry_at);
         tokio::select! {
+            changed = data_signal.changed(), if is_persistent && signal_open => {
+                // The tailers live as long as the listener; if they are gone, stop waiting.
+                signal_open = changed.is_ok();
+                if let Some(p) = conn.persistent.as_mut() {
+                    p.pump_needed = true;
+                }
+            }
+            _ = progress_tick.tick(), if is_persistent => conn.report_progress().await,
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(ka_deadline)), if retry_at.is_some() => {
+                if let Some(p) = conn.persistent.as_mut() {
+                    p.retry_at = None;
+                    p.pump_needed = true;
+                }
+            }
             read = io.fill(), if can_read => match read {
                 Ok(true) => {}
                 Ok(false) => break Ok(()), // EOF without DISCONNECT: the will goes out
@@ -335,13 +425,17 @@ async fn connection(
     let _ = io.flush().await;
     let _ = io.wr.shutdown().await;
 
-    let keep_session = connect.session_expiry_secs > 0;
+    // MQTT 5 DISCONNECT may set a new interval (capped like the first).
+    let final_expiry = conn
+        .disconnect_expiry
+        .map_or(expiry_secs, |e| expiry_cap.map_or(e, |cap| e.min(cap)));
     let _ = shared
         .router
         .send(RouterMsg::Disconnect {
             client_id: client_id.clone(),
             conn_id,
-            keep_session,
+            expiry_secs: final_expiry,
+            cursors: conn.persistent.as_ref().map(|p| p.cursors.marks()),
         })
         .await;
     if !conn.clean_disconnect {
@@ -358,6 +452,7 @@ fn connack(
     session_present: bool,
     assigned: Option<String>,
     max_in: u32,
+    session_expiry_secs: Option<u32>,
 ) -> Outbound {
     Outbound::ConnAck {
         session_present,
@@ -365,6 +460,7 @@ fn connack(
         assigned_client_id: assigned,
         receive_max: INBOUND_INFLIGHT_MAX,
         max_packet_size: max_in,
+        session_expiry_secs,
     }
 }
 
@@ -396,6 +492,26 @@ struct Conn<'a> {
     /// Inbound QoS 1 publishes not yet answered.
     unanswered_qos1: usize,
     clean_disconnect: bool,
+    /// MQTT 5: the Session Expiry Interval the client's DISCONNECT set.
+    disconnect_expiry: Option<u32>,
+    /// MQTT 5: topic aliases the client set for its publishes.
+    in_aliases: HashMap<u16, String>,
+    /// Set for a persistent session: it reads the log itself.
+    persistent: Option<Persistent>,
+}
+
+/// A persistent session's delivery state on its connection.
+struct Persistent {
+    cursors: Cursors,
+    /// The session's subscriptions (the router holds the same; this copy is what the cursors
+    /// match against).
+    subs: BTreeMap<String, SubOptions>,
+    /// The Kafka topics MQTT messages live in.
+    topics: Vec<String>,
+    /// The cursors may have more to read.
+    pump_needed: bool,
+    /// A read failed: read again at this time.
+    retry_at: Option<Instant>,
 }
 
 impl Conn<'_> {
@@ -403,14 +519,42 @@ impl Conn<'_> {
         self.unanswered_qos1 + self.session.inbound_qos2_open()
     }
 
+    /// MQTT 3.1.1 has no Receive Maximum: at the window we stop reading (TCP back-pressure).
+    /// An MQTT 5 client was told ours; one that exceeds it is disconnected (0x93).
+    fn may_read(&self) -> bool {
+        self.proto == Proto::V5 || self.inbound_open() < usize::from(INBOUND_INFLIGHT_MAX)
+    }
+
     /// One packet from the client. `Ok(false)`: the client disconnected cleanly.
     async fn on_packet(&mut self, packet: Inbound, io: &mut Io) -> Result<bool, CloseReason> {
         match packet {
-            Inbound::Publish { message, packet_id } => {
+            Inbound::Publish {
+                mut message,
+                packet_id,
+                topic_alias,
+            } => {
+                if let Some(alias) = topic_alias {
+                    if alias == 0 || alias > super::TOPIC_ALIASES_MAX {
+                        return Err(CloseReason::TopicAlias(alias));
+                    }
+                    if message.topic.is_empty() {
+                        match self.in_aliases.get(&alias) {
+                            Some(t) => message.topic = t.clone(),
+                            None => {
+                                return Err(CloseReason::Protocol(format!(
+                                    "topic alias {alias} used before it was set"
+                                )))
+                            }
+                        }
+                    } else {
+                        self.in_aliases.insert(alias, message.topic.clone());
+                    }
+                }
                 self.on_publish(message, packet_id, io).await?
             }
             Inbound::PubAck(id) => {
-                if let AckOutcome::Done(next) = self.session.on_puback(id) {
+                if let AckOutcome::Done { origin, next } = self.session.on_puback(id) {
+                    self.acked(origin);
                     self.send_all(next, io)?;
                 }
             }
@@ -426,7 +570,8 @@ impl Conn<'_> {
                 })?;
             }
             Inbound::PubComp(id) => {
-                if let AckOutcome::Done(next) = self.session.on_pubcomp(id) {
+                if let AckOutcome::Done { origin, next } = self.session.on_pubcomp(id) {
+                    self.acked(origin);
                     self.send_all(next, io)?;
                 }
             }
@@ -449,13 +594,22 @@ impl Conn<'_> {
                     (Ok(()), Ok(found)) => found,
                     _ => vec![false; filters.len()],
                 };
+                if let Some(p) = self.persistent.as_mut() {
+                    for f in &filters {
+                        p.subs.remove(f);
+                    }
+                }
                 io.push(Outbound::UnsubAck { packet_id, found })?;
             }
             Inbound::PingReq => {
                 io.push(Outbound::PingResp)?;
             }
-            Inbound::Disconnect { publish_will } => {
+            Inbound::Disconnect {
+                publish_will,
+                session_expiry_secs,
+            } => {
                 self.clean_disconnect = !publish_will;
+                self.disconnect_expiry = session_expiry_secs;
                 return Ok(false);
             }
             Inbound::Connect(_) => return Err(CloseReason::Protocol("a second CONNECT".into())),
@@ -502,6 +656,10 @@ impl Conn<'_> {
         if qos == 1 {
             self.unanswered_qos1 += 1;
         }
+        if self.proto == Proto::V5 && self.inbound_open() > usize::from(INBOUND_INFLIGHT_MAX) {
+            // More unacknowledged QoS 1/2 publishes than the Receive Maximum we announced.
+            return Err(CloseReason::ReceiveMaximum);
+        }
         match self.shared.ingest.append(&message).await {
             Ok(done) => {
                 self.pending.push_back(Box::pin(async move {
@@ -530,6 +688,10 @@ impl Conn<'_> {
         match result {
             Ok(_) => {
                 if message.retain {
+                    let mut message = message;
+                    message.expires_at_ms = message.expiry_secs.map(|s| {
+                        crate::log::sequencer::now_ms().saturating_add(i64::from(s) * 1000)
+                    });
                     let _ = self
                         .shared
                         .router
@@ -589,9 +751,12 @@ impl Conn<'_> {
         let mut results = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
         for (filter, mut opts) in filters {
-            if filter.starts_with("$share/") {
-                results.push(SubResult::SharedNotSupported);
-            } else if topic::validate_filter(&filter).is_err() {
+            let valid = match topic::split_shared(&filter) {
+                Ok(Some(_)) => true,
+                Ok(None) => topic::validate_filter(&filter).is_ok(),
+                Err(_) => false,
+            };
+            if !valid {
                 results.push(SubResult::FilterInvalid);
             } else {
                 opts.qos = opts.qos.min(2);
@@ -600,6 +765,13 @@ impl Conn<'_> {
             }
         }
         let mut retained = Vec::new();
+        if let Some(p) = self.persistent.as_mut() {
+            // Applied before SUBACK goes out: a message published after it is matched.
+            for (filter, opts) in &accepted {
+                p.subs.insert(filter.clone(), *opts);
+            }
+            p.pump_needed = true;
+        }
         if !accepted.is_empty() {
             let (tx, rx) = oneshot::channel();
             let sent = self
@@ -624,12 +796,16 @@ impl Conn<'_> {
     }
 
     fn deliver(&mut self, d: Delivery, io: &mut Io) -> Result<(), CloseReason> {
+        let origin = d.origin;
         match self.session.deliver(d) {
             Ok(Some(p)) => self.send_all(vec![p], io),
             Ok(None) => Ok(()),
             Err(()) => {
+                // A persistent session's message stays open in its cursor (read again after
+                // a reconnect); the queue is sized so that this does not happen.
                 tracing::debug!(
                     client_id = self.client_id,
+                    ?origin,
                     "mqtt delivery queue full; dropped"
                 );
                 Ok(())
@@ -637,14 +813,85 @@ impl Conn<'_> {
         }
     }
 
+    /// A persistent session's delivery was acknowledged: its cursor may move.
+    fn acked(&mut self, origin: Option<super::Origin>) {
+        if let (Some(p), Some(o)) = (self.persistent.as_mut(), origin) {
+            p.cursors.on_done(o);
+        }
+    }
+
+    /// Reads from a persistent session's cursors while its queue has room.
+    async fn pump(&mut self, io: &mut Io) -> Result<(), CloseReason> {
+        loop {
+            let Some(p) = self.persistent.as_mut() else {
+                return Ok(());
+            };
+            let waiting = self.session.waiting();
+            if !p.pump_needed || p.retry_at.is_some() || waiting >= PUMP_LOW {
+                return Ok(());
+            }
+            let got = replay::pump(
+                &self.shared.node,
+                &p.topics,
+                &p.subs,
+                &mut p.cursors,
+                PUMP_QUEUE_MAX - waiting,
+            )
+            .await;
+            p.pump_needed = got.more;
+            if got.failed {
+                p.retry_at = Some(Instant::now() + PUMP_RETRY);
+            }
+            for d in got.deliveries {
+                self.deliver(d, io)?;
+            }
+        }
+    }
+
+    /// Tells the router a persistent session's committed cursors, when they moved.
+    async fn report_progress(&mut self) {
+        let Some(cursors) = self
+            .persistent
+            .as_mut()
+            .and_then(|p| p.cursors.take_dirty())
+        else {
+            return;
+        };
+        let _ = self
+            .shared
+            .router
+            .send(RouterMsg::Progress {
+                client_id: self.client_id.to_string(),
+                conn_id: self.conn_id,
+                cursors,
+            })
+            .await;
+    }
+
     fn send_all(&mut self, batch: Vec<OutPublish>, io: &mut Io) -> Result<(), CloseReason> {
         let mut batch: std::collections::VecDeque<OutPublish> = batch.into();
         while let Some(p) = batch.pop_front() {
             let id = p.packet_id;
-            if !io.push(Outbound::Publish(p))? {
-                // Larger than the client's Maximum Packet Size: dropped (MQTT 5 §3.1.2.11.4).
-                if let Some(id) = id {
-                    batch.extend(self.session.abandon(id));
+            let origin = p.delivery.origin;
+            let expired = p
+                .delivery
+                .message
+                .expires_at_ms
+                .is_some_and(|at| at <= crate::log::sequencer::now_ms());
+            if !expired && io.push(Outbound::Publish(p))? {
+                if let (Some(per), Some(o)) = (self.persistent.as_mut(), origin) {
+                    per.cursors.on_sent(o);
+                }
+            } else {
+                // Expired (MQTT 5 §3.3.2.3.3), or larger than the client's Maximum Packet
+                // Size (§3.1.2.11.4): not sent, and done with.
+                match id {
+                    Some(id) => {
+                        let (origin, next) = self.session.abandon(id);
+                        self.acked(origin);
+                        batch.extend(next);
+                    }
+                    None => self.acked(origin),
                 }
             }
         }

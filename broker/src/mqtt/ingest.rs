@@ -10,7 +10,6 @@ use super::mapping::{self, Mapping};
 use super::tailer::Tailers;
 use super::Message;
 use crate::log::sequencer::{AppendError, AppendRequest, BatchSpan, SeqMsg};
-use crate::metrics::Metrics;
 use crate::node::Node;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -78,8 +77,6 @@ impl Ingest {
                 max: node.config.message_bytes_max,
             });
         }
-        Metrics::add(&node.metrics.produce_bytes_total, data.len() as u64);
-        Metrics::add(&node.metrics.produce_records_total, 1);
         let item = AppendRequest {
             log,
             data,

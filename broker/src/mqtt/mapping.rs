@@ -28,6 +28,7 @@ use kafka_protocol::records::{
 
 pub const HEADER_QOS: &str = "mqtt.qos";
 pub const HEADER_RETAIN: &str = "mqtt.retain";
+pub const HEADER_EXPIRY: &str = "mqtt.expiry";
 const RESERVED_PREFIX: &str = "mqtt.";
 
 /// The validated `[[mqtt.kafka_mapping]]` rules and the default topic.
@@ -128,6 +129,12 @@ pub fn encode_batch(msg: &Message, now_ms: i64) -> Result<BytesMut, String> {
             Some(Bytes::from_static(b"1")),
         );
     }
+    if let Some(secs) = msg.expiry_secs {
+        headers.insert(
+            StrBytes::from_static_str(HEADER_EXPIRY),
+            Some(Bytes::from(secs.to_string())),
+        );
+    }
     let record = Record {
         transactional: false,
         control: false,
@@ -164,6 +171,7 @@ pub fn decode_record(record: &Record) -> Option<Message> {
     topic::validate_name(topic).ok()?;
     let mut qos = 1u8;
     let mut retain = false;
+    let mut expiry_secs = None;
     let mut user_properties = Vec::new();
     for (name, value) in &record.headers {
         let name: &str = name;
@@ -177,6 +185,11 @@ pub fn decode_record(record: &Record) -> Option<Message> {
                 }
             }
             HEADER_RETAIN => retain = value == b"1",
+            HEADER_EXPIRY => {
+                expiry_secs = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+            }
             _ if name.starts_with(RESERVED_PREFIX) => {}
             _ => {
                 if let Ok(v) = std::str::from_utf8(value) {
@@ -191,6 +204,8 @@ pub fn decode_record(record: &Record) -> Option<Message> {
         qos,
         retain,
         user_properties,
+        expiry_secs,
+        expires_at_ms: expiry_secs.map(|s| record.timestamp.saturating_add(i64::from(s) * 1000)),
     })
 }
 
@@ -265,6 +280,10 @@ mod tests {
             ("[mqtt]\npacket_bytes_max = 10\n", "mqtt.packet_bytes_max"),
             ("[mqtt]\nlisten = \"nope\"\n", "mqtt.listen"),
             ("[mqtt]\ndefault_kafka_topic = \"\"\n", "mqtt.default_kafka_topic"),
+            (
+                "[mqtt]\nsession_expiry_max_secs = 0\n",
+                "mqtt.session_expiry_max_secs",
+            ),
         ];
         for (text, key) in cases {
             let err = load(text).expect_err(text);
@@ -303,6 +322,7 @@ mod tests {
                 qos: 1,
                 retain: false,
                 user_properties: vec![("unit".into(), "C".into())],
+                ..Default::default()
             },
             Message {
                 topic: "a/b".into(),
@@ -310,6 +330,9 @@ mod tests {
                 qos: 0,
                 retain: true,
                 user_properties: vec![],
+                expiry_secs: Some(60),
+                // The store time (the record timestamp below) plus the interval.
+                expires_at_ms: Some(1_700_000_060_000),
             },
             Message {
                 topic: "x".into(),
@@ -317,6 +340,7 @@ mod tests {
                 qos: 2,
                 retain: false,
                 user_properties: vec![("a".into(), "1".into()), ("b".into(), "".into())],
+                ..Default::default()
             },
         ];
         for msg in cases {

@@ -7,31 +7,58 @@
 //!                        │           PUBACK / PUBREC once the WAL made it durable
 //!                        ▼
 //!                      partition tail ──hw notification──▶ tailer ──▶ router ──▶ connections
-//! Kafka producer ───────▲ (same partitions)
+//! Kafka producer ───────▲ (same partitions)       │                  (ephemeral sessions,
+//!                                                 │                   shared subscriptions)
+//!                                                 └─ data signal ──▶ persistent sessions:
+//!                                                    replay::pump reads the partitions from
+//!                                                    the session's cursors (tail or objects)
 //! ```
 //!
-//! - `wire` — the codec boundary (the only file naming `rmqtt_codec` types) and the frozen
-//!   table of reason codes.
+//! - `wire` — the codec boundary (the only file naming `rmqtt_codec` types), the frozen table
+//!   of reason codes, and outbound topic aliases.
 //! - `connection` — the listener and one task per connection (a closed event loop: socket
-//!   reads, deliveries, durable acks, keep alive, takeover).
+//!   reads, deliveries, cursor reads, durable acks, keep alive, takeover).
 //! - `session` — per-connection QoS state as a value (packet ids, in-flight windows).
-//! - `router` — sessions, subscriptions and retained messages, owned by one task.
+//! - `router` — sessions (ephemeral and persistent), subscriptions, shared subscription
+//!   groups (round robin) and retained messages, owned by one task; session expiry.
+//! - `replay` — a persistent session's cursors (per partition: next offset, open offsets,
+//!   sent mark) and the read from them through `log::reader`.
+//! - `store` — the session log on local disk (`<data_dir>/mqtt/sessions.log`, CRC-framed,
+//!   batched fdatasync, rewritten when it grows).
 //! - `tailer` — follows the MQTT-mapped partitions and feeds the router: delivery is driven by
 //!   stored records, whichever protocol wrote them.
 //! - `ingest` — publish → Kafka record → sequencer; `mapping` — rules, partitioner, record layout.
-//! - `topic` — topic names and filters.
+//! - `topic` — topic names, filters and `$share/<group>/<filter>`.
+//!
+//! *Persistent sessions* (3.1.1 `clean_session = 0`, 5.0 Session Expiry Interval > 0) keep
+//! cursors, not copies: every MQTT publish is stored (a mapped Kafka topic, or
+//! `mqtt.default_kafka_topic` for the rest), so what a client missed is re-read from the log,
+//! also after kill -9 (cursors persisted in batches: a restart may redeliver, with DUP where
+//! the sent mark was persisted, never lose). Sessions live in the log of the node that
+//! served them: a client that fails over to another broker starts without its session.
 //!
 //! *Boundary:* bytes from the network are never `unwrap`ped; a packet that does not decode
 //! closes only its own connection (MQTT 5: with a DISCONNECT or CONNACK reason code first).
 //!
-//! Not in this version: TLS / WebSocket / QUIC listeners, sessions that survive a restart,
-//! offline queues, shared subscriptions, topic aliases, auth and ACLs, `$SYS`.
+//! MQTT 5 extras: shared subscriptions (`$share/<group>/<filter>`, round robin over the
+//! connected members), topic aliases both ways (64 each), Receive Maximum enforced (0x93),
+//! Message Expiry Interval (stored as header `mqtt.expiry`; expired messages are not sent,
+//! the rest carry their remaining lifetime), Subscription Identifiers, Session Expiry
+//! Interval (capped by `mqtt.session_expiry_max_secs`; CONNACK tells the capped value).
+//!
+//! Not in this version: TLS / WebSocket / QUIC listeners, sessions that follow a client to
+//! another broker (the session log is per node), reading partitions led by another broker,
+//! shared subscriptions for offline members (a shared subscription is served live by the
+//! router, never from cursors), No Local, Server Keep Alive, Request/Response properties
+//! (response topic, correlation data, content type are not stored), auth and ACLs, `$SYS`.
 
 pub mod connection;
 pub mod ingest;
 pub mod mapping;
+pub mod replay;
 pub mod router;
 pub mod session;
+pub mod store;
 pub mod tailer;
 pub mod topic;
 pub mod wire;
@@ -39,6 +66,7 @@ pub mod wire;
 use crate::node::Node;
 use bytes::Bytes;
 use std::sync::Arc;
+use strata_types::PartitionKey;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -54,11 +82,14 @@ pub const OUTBOUND_INFLIGHT_MAX: u16 = 128;
 /// Inbound QoS 1/2 publishes not yet answered per connection; we advertise it as our Receive
 /// Maximum and stop reading the socket while at it.
 pub const INBOUND_INFLIGHT_MAX: u16 = 256;
+/// Topic aliases per connection and direction (the Topic Alias Maximum we announce, and the
+/// most we use of the client's).
+pub const TOPIC_ALIASES_MAX: u16 = 64;
 /// A connection must send CONNECT within this time.
 pub const CONNECT_TIMEOUT_SECS: u64 = 10;
 
 /// One MQTT application message, as stored and routed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
     pub topic: String,
     pub payload: Bytes,
@@ -66,6 +97,19 @@ pub struct Message {
     pub retain: bool,
     /// MQTT 5 user properties (Kafka headers).
     pub user_properties: Vec<(String, String)>,
+    /// MQTT 5 Message Expiry Interval as published (seconds; header `mqtt.expiry`).
+    pub expiry_secs: Option<u32>,
+    /// When it expires (wall clock, ms): its store time plus `expiry_secs`. Set once stored;
+    /// an expired message is not sent (MQTT 5 §3.3.2.3.3).
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Where a stored message is: its partition and offset. Persistent sessions advance their
+/// cursors by it when the client acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub key: PartitionKey,
+    pub offset: i64,
 }
 
 /// A message on its way to one subscriber, at the QoS it gets there.
@@ -75,6 +119,12 @@ pub struct Delivery {
     pub qos: u8,
     /// The RETAIN flag as sent: set for retained messages sent at subscribe time.
     pub retain: bool,
+    /// Sent before (a persistent session's redelivery): the PUBLISH carries DUP.
+    pub dup: bool,
+    /// Set for deliveries read by a persistent session's cursors.
+    pub origin: Option<Origin>,
+    /// MQTT 5 Subscription Identifiers of the subscriptions it matched.
+    pub sub_ids: Vec<u32>,
 }
 
 /// Starts the router, the tailers and the listener. Returns once they are spawned.
@@ -82,7 +132,23 @@ pub fn start(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<b
     let cfg = node.config.file.mqtt.clone();
     let mapping = mapping::Mapping::new(cfg.kafka_mapping.clone(), cfg.default_kafka_topic.clone());
     let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE_MAX);
-    tokio::spawn(router::run(router_rx));
+    // Persistent sessions come back from the session log; without it they live in memory.
+    let sessions_dir = node.config.data_dir.join("mqtt");
+    let (core, store) = match store::SessionStore::open(&sessions_dir) {
+        Ok((st, records)) => {
+            tracing::info!(sessions = records.len(), dir = %sessions_dir.display(), "mqtt persistent sessions loaded");
+            let now = crate::log::sequencer::now_ms();
+            (
+                router::RouterCore::from_records(records, now),
+                Some(store::spawn_writer(st)),
+            )
+        }
+        Err(err) => {
+            tracing::error!(%err, dir = %sessions_dir.display(), "mqtt session log not opened; persistent sessions will not survive a restart");
+            (router::RouterCore::default(), None)
+        }
+    };
+    tokio::spawn(router::run(router_rx, core, store));
     let tailers = Arc::new(tailer::Tailers::new(
         node.clone(),
         mapping.kafka_topics(),

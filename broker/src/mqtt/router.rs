@@ -1,30 +1,50 @@
 //! Sessions, subscriptions and retained messages: a value ([`RouterCore`]) owned by one task
 //! ([`run`]) that takes every input from one bounded queue.
 //!
-//! Inputs come from connections (connect, disconnect, subscribe, unsubscribe, retain) and from
-//! the partition tailers (every MQTT message appended to a mapped Kafka topic, whoever wrote it).
-//! Output is a [`Delivery`] pushed to each matching connection's bounded queue with `try_send`:
-//! the router never waits on a slow client; a full queue drops the delivery and counts it.
+//! Inputs come from connections (connect, disconnect, subscribe, unsubscribe, cursor progress,
+//! retain) and from the partition tailers (every MQTT message appended to a mapped Kafka
+//! topic, whoever wrote it).
+//!
+//! Two kinds of session:
+//! - *ephemeral* (MQTT 5 Session Expiry Interval 0, 3.1.1 `clean_session = 1`): the router
+//!   pushes each routed message to the connection's bounded queue with `try_send` — it never
+//!   waits on a slow client; a full queue drops the delivery and counts it. The session ends
+//!   with its connection.
+//! - *persistent* (expiry > 0, 3.1.1 `clean_session = 0`): not routed here. Its connection
+//!   reads the partitions itself from the session's cursors (`replay.rs`), so nothing is
+//!   dropped and what was published while it was away is read from the log when it returns.
+//!   The router keeps its subscriptions and committed cursors, hands them to the next
+//!   connection (takeover, reconnect), expires it, and writes it to the session log
+//!   (`store.rs`): changes the client asked for (connect, disconnect, subscriptions) at once,
+//!   cursor progress in batches every [`FLUSH_INTERVAL_MS`] — so a restart resumes it.
 //!
 //! Sessions are keyed by client id. A second connection with the same id takes the session
-//! over: the older connection is told to go (MQTT 5: DISCONNECT 0x8E). A session that is not
-//! clean (3.1.1 `clean_session = 0`, 5.0 session expiry > 0) keeps its subscriptions while its
-//! client is away, in memory only (not across a broker restart in this version); messages
-//! published meanwhile are not queued for it.
+//! over: the older connection is told to go (MQTT 5: DISCONNECT 0x8E).
 //!
 //! Matching is a scan of the connected sessions' filters per message. Shared subscriptions,
 //! No Local and subscription identifiers plug in at [`RouterCore::route`].
 
+use super::store::{CursorMark, SessionRecord, StoreOp, StoredSub};
 use super::topic;
 use super::{Delivery, Message};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use strata_types::PartitionKey;
 use tokio::sync::{mpsc, oneshot};
 
 /// Retained messages kept at most (a new topic beyond it is not retained; logged).
 pub const RETAINED_MESSAGES_MAX: usize = 100_000;
 /// Sessions kept at most, connected or not; a connect beyond it is refused (server busy).
 pub const SESSIONS_MAX: usize = 100_000;
+/// Changed persistent sessions are handed to the session log this often.
+pub const FLUSH_INTERVAL_MS: u64 = 100;
+/// Expired sessions are looked for this often.
+pub const EXPIRY_CHECK_INTERVAL_MS: i64 = 1000;
+/// Session Expiry Interval meaning "never".
+pub const EXPIRY_NEVER: u32 = u32::MAX;
+/// A connect taking over a live persistent session waits this long at most for the old
+/// connection's final cursors.
+pub const TAKEOVER_WAIT_MS: i64 = 2000;
 
 /// What a subscription asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +55,28 @@ pub struct SubOptions {
     /// MQTT 5 Retain Handling: 0 send retained at subscribe, 1 only for a new subscription,
     /// 2 never.
     pub retain_handling: u8,
+    /// MQTT 5 Subscription Identifier.
+    pub sub_id: Option<u32>,
+}
+
+/// Among `subs`, the matching ordinary (not shared) subscription with the highest QoS, and
+/// the Subscription Identifiers of all matching ones.
+pub fn best_match(
+    subs: &BTreeMap<String, SubOptions>,
+    topic_name: &str,
+) -> Option<(SubOptions, Vec<u32>)> {
+    let mut best: Option<SubOptions> = None;
+    let mut ids = Vec::new();
+    for (filter, opts) in subs {
+        if filter.starts_with(topic::SHARE_PREFIX) || !topic::matches(filter, topic_name) {
+            continue;
+        }
+        ids.extend(opts.sub_id);
+        if best.is_none_or(|b| opts.qos > b.qos) {
+            best = Some(*opts);
+        }
+    }
+    best.map(|b| (b, ids))
 }
 
 /// A connected client, as the router reaches it.
@@ -50,36 +92,197 @@ struct SessionEntry {
     /// Told to the connection when another one takes the session.
     kick: Option<oneshot::Sender<()>>,
     subs: BTreeMap<String, SubOptions>,
+    /// 0: ephemeral; [`EXPIRY_NEVER`]: never expires.
+    expiry_secs: u32,
+    /// Persistent sessions: committed cursors, as last reported by the connection.
+    cursors: Vec<(PartitionKey, CursorMark)>,
+    /// When the last connection ended (wall clock, ms).
+    disconnected_ms: Option<i64>,
 }
 
-/// The routing state. Pure: no IO, no clock.
+impl SessionEntry {
+    fn persistent(&self) -> bool {
+        self.expiry_secs > 0
+    }
+
+    fn record(&self, client_id: &str) -> SessionRecord {
+        SessionRecord {
+            client_id: client_id.to_string(),
+            expiry_secs: self.expiry_secs,
+            subs: self
+                .subs
+                .iter()
+                .map(|(f, o)| StoredSub {
+                    filter: f.clone(),
+                    qos: o.qos,
+                    retain_as_published: o.retain_as_published,
+                    retain_handling: o.retain_handling,
+                    sub_id: o.sub_id,
+                })
+                .collect(),
+            cursors: self.cursors.clone(),
+            disconnected_ms: self.disconnected_ms,
+        }
+    }
+}
+
+/// The routing state. Pure: no IO, no clock (`now_ms` comes in).
 #[derive(Debug, Default)]
 pub struct RouterCore {
     sessions: HashMap<String, SessionEntry>,
     retained: BTreeMap<String, Arc<Message>>,
+    /// Client ids whose stored form changed since the last [`RouterCore::take_ops`].
+    dirty: HashSet<String>,
+    /// Connects taking over a live persistent session, parked until the old connection has
+    /// reported its final cursors (so the new one does not repeat what was acknowledged).
+    parked: HashMap<String, (ConnectRequest, i64)>,
+    /// Shared subscriptions by `(group, filter)`: their members (client ids, in subscribe
+    /// order) and the member the next message goes to.
+    shared: BTreeMap<(String, String), SharedGroup>,
     /// Deliveries dropped because a client's queue was full.
     pub dropped: u64,
 }
 
+#[derive(Debug, Default)]
+struct SharedGroup {
+    members: Vec<String>,
+    next: usize,
+}
+
+/// A persistent session handed to its new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// Start every partition that exists now at its end (nothing before this connect is
+    /// for it); otherwise resume from `cursors` and read new partitions from their start.
+    pub fresh: bool,
+    pub cursors: Vec<(PartitionKey, CursorMark)>,
+    pub subs: BTreeMap<String, SubOptions>,
+}
+
+/// A connect as the router task receives it.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub client_id: String,
+    pub clean_start: bool,
+    /// Effective Session Expiry Interval (0: ephemeral).
+    pub expiry_secs: u32,
+    pub conn: ConnHandle,
+    pub kick: oneshot::Sender<()>,
+    pub reply: oneshot::Sender<ConnectOutcome>,
+}
+
 /// The outcome of a connect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectOutcome {
     Accepted {
         session_present: bool,
+        /// `Some` for a persistent session (expiry > 0).
+        resume: Option<Resume>,
     },
     /// [`SESSIONS_MAX`] sessions exist.
     Busy,
 }
 
 impl RouterCore {
+    /// The router's state after a restart: the stored persistent sessions, all disconnected
+    /// (those that were connected at the crash count as disconnected now).
+    pub fn from_records(records: Vec<SessionRecord>, now_ms: i64) -> RouterCore {
+        let mut core = RouterCore::default();
+        for r in records {
+            let subs = r
+                .subs
+                .into_iter()
+                .filter(|s| topic::validate_filter(&s.filter).is_ok())
+                .map(|s| {
+                    (
+                        s.filter,
+                        SubOptions {
+                            qos: s.qos.min(2),
+                            retain_as_published: s.retain_as_published,
+                            retain_handling: s.retain_handling.min(2),
+                            sub_id: s.sub_id,
+                        },
+                    )
+                })
+                .collect();
+            let subs: BTreeMap<String, SubOptions> = subs;
+            for filter in subs.keys() {
+                core.join_shared(&r.client_id, filter);
+            }
+            core.sessions.insert(
+                r.client_id,
+                SessionEntry {
+                    conn: None,
+                    kick: None,
+                    subs,
+                    expiry_secs: r.expiry_secs.max(1),
+                    cursors: r.cursors,
+                    disconnected_ms: Some(r.disconnected_ms.unwrap_or(now_ms)),
+                },
+            );
+        }
+        core
+    }
+
+    /// A connect: answered now, or — when it takes over a live persistent session — once the
+    /// old connection ended (its [`RouterCore::disconnect`]) or [`TAKEOVER_WAIT_MS`] passed.
+    pub fn request_connect(&mut self, req: ConnectRequest, now_ms: i64) {
+        if let Some(entry) = self.sessions.get_mut(&req.client_id) {
+            if entry.conn.is_some() && entry.persistent() && !req.clean_start {
+                if let Some(old) = entry.kick.take() {
+                    let _ = old.send(());
+                }
+                // A connect parked earlier for the same id loses (its reply is dropped).
+                self.parked.insert(req.client_id.clone(), (req, now_ms));
+                return;
+            }
+        }
+        let outcome = self.connect(
+            &req.client_id,
+            req.clean_start,
+            req.expiry_secs,
+            req.conn,
+            req.kick,
+        );
+        let _ = req.reply.send(outcome);
+    }
+
+    /// Answers parked connects whose old connection did not end in time.
+    pub fn unpark_stale(&mut self, now_ms: i64) {
+        let stale: Vec<String> = self
+            .parked
+            .iter()
+            .filter(|(_, (_, since))| now_ms - since >= TAKEOVER_WAIT_MS)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.unpark(&id);
+        }
+    }
+
+    fn unpark(&mut self, client_id: &str) {
+        if let Some((req, _)) = self.parked.remove(client_id) {
+            let outcome = self.connect(
+                &req.client_id,
+                req.clean_start,
+                req.expiry_secs,
+                req.conn,
+                req.kick,
+            );
+            let _ = req.reply.send(outcome);
+        }
+    }
+
     pub fn connect(
         &mut self,
         client_id: &str,
         clean_start: bool,
+        expiry_secs: u32,
         conn: ConnHandle,
         kick: oneshot::Sender<()>,
     ) -> ConnectOutcome {
-        if !self.sessions.contains_key(client_id) && self.sessions.len() >= SESSIONS_MAX {
+        let existed = self.sessions.contains_key(client_id);
+        if !existed && self.sessions.len() >= SESSIONS_MAX {
             return ConnectOutcome::Busy;
         }
         let entry = self
@@ -89,33 +292,182 @@ impl RouterCore {
                 conn: None,
                 kick: None,
                 subs: BTreeMap::new(),
+                expiry_secs,
+                cursors: Vec::new(),
+                disconnected_ms: None,
             });
         if let Some(old) = entry.kick.take() {
             let _ = old.send(()); // session takeover: the old connection goes
         }
-        let session_present = !clean_start && (entry.conn.is_some() || !entry.subs.is_empty());
+        let session_present = existed && !clean_start;
         if clean_start {
-            entry.subs.clear();
+            let old = std::mem::take(&mut entry.subs);
+            entry.cursors.clear();
+            for filter in old.keys() {
+                Self::leave_shared(&mut self.shared, client_id, filter);
+            }
         }
+        // Cursors exist only for a session that was persistent before this connect.
+        let fresh = !session_present || !entry.persistent();
+        if fresh {
+            entry.cursors.clear();
+        }
+        let was_persistent = existed && entry.persistent();
+        entry.expiry_secs = expiry_secs;
         entry.conn = Some(conn);
         entry.kick = Some(kick);
-        ConnectOutcome::Accepted { session_present }
+        entry.disconnected_ms = None;
+        if entry.persistent() || was_persistent {
+            self.dirty.insert(client_id.to_string());
+        }
+        let resume = entry.persistent().then(|| Resume {
+            fresh,
+            cursors: entry.cursors.clone(),
+            subs: entry.subs.clone(),
+        });
+        ConnectOutcome::Accepted {
+            session_present,
+            resume,
+        }
     }
 
-    /// Connection `conn_id` ended. Ignored when the session has since been taken over.
-    pub fn disconnect(&mut self, client_id: &str, conn_id: u64, keep_session: bool) {
+    /// Connection `conn_id` ended with Session Expiry Interval `expiry_secs` (MQTT 5 may
+    /// change it at DISCONNECT) and, for a persistent session, its final cursors. Ignored
+    /// when the session has since been taken over.
+    pub fn disconnect(
+        &mut self,
+        client_id: &str,
+        conn_id: u64,
+        expiry_secs: u32,
+        cursors: Option<Vec<(PartitionKey, CursorMark)>>,
+        now_ms: i64,
+    ) {
         let Some(entry) = self.sessions.get_mut(client_id) else {
             return;
         };
         if entry.conn.as_ref().map(|c| c.id) != Some(conn_id) {
             return;
         }
-        if keep_session {
+        let was_persistent = entry.persistent();
+        // A session that was ephemeral cannot become persistent at DISCONNECT (MQTT 5
+        // §3.14.2.2.2): it ends.
+        if expiry_secs > 0 && was_persistent {
+            if let Some(c) = cursors {
+                entry.cursors = c;
+            }
+            entry.expiry_secs = expiry_secs;
             entry.conn = None;
             entry.kick = None;
+            entry.disconnected_ms = Some(now_ms);
+            self.dirty.insert(client_id.to_string());
         } else {
-            self.sessions.remove(client_id);
+            self.remove_session(client_id);
+            if was_persistent {
+                self.dirty.insert(client_id.to_string());
+            }
         }
+        self.unpark(client_id);
+    }
+
+    /// A persistent session's connection reports its committed cursors.
+    pub fn progress(
+        &mut self,
+        client_id: &str,
+        conn_id: u64,
+        cursors: Vec<(PartitionKey, CursorMark)>,
+    ) {
+        if let Some(entry) = self
+            .sessions
+            .get_mut(client_id)
+            .filter(|e| e.conn.as_ref().map(|c| c.id) == Some(conn_id) && e.persistent())
+        {
+            entry.cursors = cursors;
+            self.dirty.insert(client_id.to_string());
+        }
+    }
+
+    /// Ends the disconnected sessions whose expiry has passed; returns how many.
+    pub fn expire(&mut self, now_ms: i64) -> usize {
+        let gone: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| {
+                e.conn.is_none()
+                    && e.expiry_secs != EXPIRY_NEVER
+                    && e.disconnected_ms.is_some_and(|d| {
+                        d.saturating_add(i64::from(e.expiry_secs) * 1000) <= now_ms
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.remove_session(id);
+            self.dirty.insert(id.clone());
+        }
+        gone.len()
+    }
+
+    /// What the session log must write: the current form of every changed persistent
+    /// session, and a delete for every session that ended.
+    pub fn take_ops(&mut self) -> Vec<StoreOp> {
+        self.dirty
+            .drain()
+            .map(|id| match self.sessions.get(&id) {
+                Some(e) if e.persistent() => StoreOp::Put(e.record(&id)),
+                _ => StoreOp::Delete(id),
+            })
+            .collect()
+    }
+
+    /// Marks client ids as changed again (their write could not be queued).
+    fn redirty(&mut self, ops: &[StoreOp]) {
+        for op in ops {
+            let id = match op {
+                StoreOp::Put(r) => r.client_id.clone(),
+                StoreOp::Delete(id) => id.clone(),
+            };
+            self.dirty.insert(id);
+        }
+    }
+
+    fn remove_session(&mut self, client_id: &str) {
+        if let Some(entry) = self.sessions.remove(client_id) {
+            for filter in entry.subs.keys() {
+                Self::leave_shared(&mut self.shared, client_id, filter);
+            }
+        }
+    }
+
+    fn join_shared(&mut self, client_id: &str, filter: &str) {
+        if let Ok(Some((group, inner))) = topic::split_shared(filter) {
+            let g = self
+                .shared
+                .entry((group.to_string(), inner.to_string()))
+                .or_default();
+            if !g.members.iter().any(|m| m == client_id) {
+                g.members.push(client_id.to_string());
+            }
+        }
+    }
+
+    fn leave_shared(
+        shared: &mut BTreeMap<(String, String), SharedGroup>,
+        client_id: &str,
+        filter: &str,
+    ) {
+        if let Ok(Some((group, inner))) = topic::split_shared(filter) {
+            let key = (group.to_string(), inner.to_string());
+            if let Some(g) = shared.get_mut(&key) {
+                g.members.retain(|m| m != client_id);
+                if g.members.is_empty() {
+                    shared.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub fn sessions_len(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Adds (or replaces) subscriptions; returns the retained messages to send, as
@@ -132,10 +484,19 @@ impl RouterCore {
         if entry.conn.as_ref().map(|c| c.id) != Some(conn_id) {
             return Vec::new();
         }
+        if entry.persistent() {
+            self.dirty.insert(client_id.to_string());
+        }
         let mut out = Vec::new();
+        let mut joined = Vec::new();
         for (filter, opts) in filters {
-            debug_assert!(topic::validate_filter(filter).is_ok());
             let existed = entry.subs.insert(filter.clone(), *opts).is_some();
+            if filter.starts_with(topic::SHARE_PREFIX) {
+                // Retained messages are not sent for shared subscriptions (MQTT 5 §4.8.2).
+                joined.push(filter.clone());
+                continue;
+            }
+            debug_assert!(topic::validate_filter(filter).is_ok());
             let send_retained = match opts.retain_handling {
                 0 => true,
                 1 => !existed,
@@ -151,9 +512,15 @@ impl RouterCore {
                         qos: msg.qos.min(opts.qos),
                         // A retained message sent because of a subscription keeps RETAIN set.
                         retain: true,
+                        dup: false,
+                        origin: None,
+                        sub_ids: opts.sub_id.into_iter().collect(),
                     });
                 }
             }
+        }
+        for filter in joined {
+            self.join_shared(client_id, &filter);
         }
         out
     }
@@ -167,10 +534,17 @@ impl RouterCore {
         else {
             return vec![false; filters.len()];
         };
-        filters
+        if entry.persistent() {
+            self.dirty.insert(client_id.to_string());
+        }
+        let found: Vec<bool> = filters
             .iter()
             .map(|f| entry.subs.remove(f).is_some())
-            .collect()
+            .collect();
+        for f in filters {
+            Self::leave_shared(&mut self.shared, client_id, f);
+        }
+        found
     }
 
     /// Stores or (empty payload) clears the retained message of its topic. Returns false when
@@ -191,26 +565,59 @@ impl RouterCore {
         self.retained.len()
     }
 
-    /// The deliveries for one message: one per connected session with a matching
+    /// The deliveries for one message: one per connected *ephemeral* session with a matching
     /// subscription, at the highest QoS among its matching subscriptions, capped by the
-    /// message's own QoS.
-    pub fn route(&self, msg: &Arc<Message>) -> Vec<(ConnHandle, Delivery)> {
+    /// message's own QoS. (Persistent sessions read the log themselves.)
+    ///
+    /// Then each shared subscription group whose filter matches gets it once: the next
+    /// connected member in turn (round robin), persistent or not.
+    pub fn route(&mut self, msg: &Arc<Message>) -> Vec<(ConnHandle, Delivery)> {
         let mut out = Vec::new();
-        for entry in self.sessions.values() {
-            let Some(conn) = &entry.conn else { continue };
-            let mut best: Option<SubOptions> = None;
-            for (filter, opts) in &entry.subs {
-                if topic::matches(filter, &msg.topic) && best.is_none_or(|b| opts.qos > b.qos) {
-                    best = Some(*opts);
-                }
+        for ((group, filter), g) in self.shared.iter_mut() {
+            if !topic::matches(filter, &msg.topic) {
+                continue;
             }
-            if let Some(opts) = best {
+            let n = g.members.len();
+            for step in 0..n {
+                let i = (g.next + step) % n;
+                let Some(entry) = self.sessions.get(&g.members[i]) else {
+                    continue;
+                };
+                let Some(conn) = &entry.conn else { continue };
+                let key = format!("{}{group}/{filter}", topic::SHARE_PREFIX);
+                let Some(opts) = entry.subs.get(&key) else {
+                    continue;
+                };
                 out.push((
                     conn.clone(),
                     Delivery {
                         message: msg.clone(),
                         qos: msg.qos.min(opts.qos),
                         retain: opts.retain_as_published && msg.retain,
+                        dup: false,
+                        origin: None,
+                        sub_ids: opts.sub_id.into_iter().collect(),
+                    },
+                ));
+                g.next = (i + 1) % n;
+                break;
+            }
+        }
+        for entry in self.sessions.values() {
+            let Some(conn) = &entry.conn else { continue };
+            if entry.persistent() {
+                continue;
+            }
+            if let Some((opts, sub_ids)) = best_match(&entry.subs, &msg.topic) {
+                out.push((
+                    conn.clone(),
+                    Delivery {
+                        message: msg.clone(),
+                        qos: msg.qos.min(opts.qos),
+                        retain: opts.retain_as_published && msg.retain,
+                        dup: false,
+                        origin: None,
+                        sub_ids,
                     },
                 ));
             }
@@ -222,17 +629,18 @@ impl RouterCore {
 /// Inputs of the router task.
 #[derive(Debug)]
 pub enum RouterMsg {
-    Connect {
-        client_id: String,
-        clean_start: bool,
-        conn: ConnHandle,
-        kick: oneshot::Sender<()>,
-        reply: oneshot::Sender<ConnectOutcome>,
-    },
+    Connect(ConnectRequest),
     Disconnect {
         client_id: String,
         conn_id: u64,
-        keep_session: bool,
+        expiry_secs: u32,
+        cursors: Option<Vec<(PartitionKey, CursorMark)>>,
+    },
+    /// A persistent session's committed cursors moved.
+    Progress {
+        client_id: String,
+        conn_id: u64,
+        cursors: Vec<(PartitionKey, CursorMark)>,
     },
     Subscribe {
         client_id: String,
@@ -252,25 +660,66 @@ pub enum RouterMsg {
     Route(Arc<Message>),
 }
 
-/// The router task: owns a [`RouterCore`] until every sender is gone.
-pub async fn run(mut rx: mpsc::Receiver<RouterMsg>) {
-    let mut core = RouterCore::default();
-    while let Some(msg) = rx.recv().await {
+/// The router task: owns a [`RouterCore`] until every sender is gone. Every
+/// [`FLUSH_INTERVAL_MS`] it hands the changed persistent sessions to the session log
+/// (`store`, when persistence is on) and, every [`EXPIRY_CHECK_INTERVAL_MS`], ends expired
+/// sessions.
+pub async fn run(
+    mut rx: mpsc::Receiver<RouterMsg>,
+    mut core: RouterCore,
+    store: Option<mpsc::Sender<Vec<StoreOp>>>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(FLUSH_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_expiry_ms = 0i64;
+    loop {
+        let msg = tokio::select! {
+            msg = rx.recv() => msg,
+            _ = tick.tick() => {
+                let now = crate::log::sequencer::now_ms();
+                if now - last_expiry_ms >= EXPIRY_CHECK_INTERVAL_MS {
+                    last_expiry_ms = now;
+                    let n = core.expire(now);
+                    if n > 0 {
+                        tracing::debug!(expired = n, "mqtt sessions expired");
+                    }
+                }
+                core.unpark_stale(now);
+                flush(&mut core, store.as_ref());
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
+        // Session changes a client made (connect, disconnect, subscriptions) are written at
+        // once; cursor progress waits for the tick, so acknowledgements are batched.
+        let urgent = matches!(
+            msg,
+            RouterMsg::Connect(_)
+                | RouterMsg::Disconnect { .. }
+                | RouterMsg::Subscribe { .. }
+                | RouterMsg::Unsubscribe { .. }
+        );
         match msg {
-            RouterMsg::Connect {
-                client_id,
-                clean_start,
-                conn,
-                kick,
-                reply,
-            } => {
-                let _ = reply.send(core.connect(&client_id, clean_start, conn, kick));
+            RouterMsg::Connect(req) => {
+                core.request_connect(req, crate::log::sequencer::now_ms());
             }
             RouterMsg::Disconnect {
                 client_id,
                 conn_id,
-                keep_session,
-            } => core.disconnect(&client_id, conn_id, keep_session),
+                expiry_secs,
+                cursors,
+            } => core.disconnect(
+                &client_id,
+                conn_id,
+                expiry_secs,
+                cursors,
+                crate::log::sequencer::now_ms(),
+            ),
+            RouterMsg::Progress {
+                client_id,
+                conn_id,
+                cursors,
+            } => core.progress(&client_id, conn_id, cursors),
             RouterMsg::Subscribe {
                 client_id,
                 conn_id,
@@ -302,6 +751,26 @@ pub async fn run(mut rx: mpsc::Receiver<RouterMsg>) {
                 }
             }
         }
+        if urgent {
+            flush(&mut core, store.as_ref());
+        }
+    }
+    flush(&mut core, store.as_ref());
+}
+
+/// Hands the changed sessions to the session log without waiting; a full queue keeps them
+/// changed for the next tick.
+fn flush(core: &mut RouterCore, store: Option<&mpsc::Sender<Vec<StoreOp>>>) {
+    let Some(store) = store else {
+        core.dirty.clear();
+        return;
+    };
+    if core.dirty.is_empty() {
+        return;
+    }
+    let ops = core.take_ops();
+    if let Err(mpsc::error::TrySendError::Full(ops)) = store.try_send(ops) {
+        core.redirty(&ops);
     }
 }
 
@@ -317,6 +786,7 @@ mod tests {
             qos,
             retain,
             user_properties: vec![],
+            ..Default::default()
         })
     }
 
@@ -327,6 +797,7 @@ mod tests {
 
     fn opts(qos: u8) -> SubOptions {
         SubOptions {
+            sub_id: None,
             qos,
             retain_as_published: false,
             retain_handling: 0,
@@ -340,8 +811,8 @@ mod tests {
         let (c2, _rx2) = conn(2);
         let (k1, _) = oneshot::channel();
         let (k2, _) = oneshot::channel();
-        r.connect("a", true, c1, k1);
-        r.connect("b", true, c2, k2);
+        r.connect("a", true, 0, c1, k1);
+        r.connect("b", true, 0, c2, k2);
         r.subscribe("a", 1, &[("x/+".into(), opts(0)), ("x/#".into(), opts(2))]);
         r.subscribe("b", 2, &[("#".into(), opts(1))]);
         let mut got: Vec<(u64, u8)> = r
@@ -364,7 +835,7 @@ mod tests {
         let mut r = RouterCore::default();
         let (c, _rx) = conn(1);
         let (k, _) = oneshot::channel();
-        r.connect("a", true, c, k);
+        r.connect("a", true, 0, c, k);
         r.retain(msg("r/1", "one", 1, true));
         r.retain(msg("r/2", "two", 2, true));
         let got = r.subscribe("a", 1, &[("r/#".into(), opts(1))]);
@@ -388,47 +859,211 @@ mod tests {
         assert_eq!(r.subscribe("a", 1, &[("r/+".into(), again)]).len(), 1);
     }
 
+    fn accepted(o: ConnectOutcome) -> (bool, Option<Resume>) {
+        match o {
+            ConnectOutcome::Accepted {
+                session_present,
+                resume,
+            } => (session_present, resume),
+            ConnectOutcome::Busy => panic!("busy"),
+        }
+    }
+
+    fn key(p: u32) -> PartitionKey {
+        PartitionKey {
+            topic: strata_types::TopicId(uuid::Uuid::from_u128(5)),
+            partition: p,
+        }
+    }
+
     #[test]
-    fn takeover_and_persistent_sessions() {
+    fn takeover_and_ephemeral_sessions() {
         let mut r = RouterCore::default();
         let (c1, _rx1) = conn(1);
         let (k1, mut kicked1) = oneshot::channel();
-        assert_eq!(
-            r.connect("a", false, c1, k1),
-            ConnectOutcome::Accepted {
-                session_present: false
-            }
-        );
+        assert_eq!(accepted(r.connect("a", true, 0, c1, k1)), (false, None));
         r.subscribe("a", 1, &[("t".into(), opts(1))]);
         let (c2, _rx2) = conn(2);
         let (k2, _kicked2) = oneshot::channel();
-        assert_eq!(
-            r.connect("a", false, c2, k2),
-            ConnectOutcome::Accepted {
-                session_present: true
-            }
-        );
+        // Clean start 0 takes over the live (ephemeral) session: present.
+        assert_eq!(accepted(r.connect("a", false, 0, c2, k2)), (true, None));
         assert!(
             kicked1.try_recv().is_ok(),
             "the first connection is told to go"
         );
         // The old connection's late disconnect does not end the new one's session.
-        r.disconnect("a", 1, false);
+        r.disconnect("a", 1, 0, None, 0);
         assert_eq!(r.route(&msg("t", "p", 1, false)).len(), 1);
-        // Kept while away, but nothing is delivered to it.
-        r.disconnect("a", 2, true);
-        assert!(r.route(&msg("t", "p", 1, false)).is_empty());
-        let (c3, _rx3) = conn(3);
-        let (k3, _) = oneshot::channel();
+        r.disconnect("a", 2, 0, None, 0);
         assert_eq!(
-            r.connect("a", true, c3, k3),
-            ConnectOutcome::Accepted {
-                session_present: false
-            }
+            r.sessions_len(),
+            0,
+            "an ephemeral session ends with its connection"
         );
         assert!(
-            r.route(&msg("t", "p", 1, false)).is_empty(),
-            "clean start drops the old subscriptions"
+            r.take_ops().is_empty(),
+            "ephemeral sessions are never stored"
         );
+    }
+
+    #[test]
+    fn persistent_sessions_resume_cursors_and_are_stored() {
+        let mut r = RouterCore::default();
+        let (c1, _rx1) = conn(1);
+        let (k1, _) = oneshot::channel();
+        let (present, resume) = accepted(r.connect("p", false, EXPIRY_NEVER, c1, k1));
+        assert!(!present);
+        assert!(resume.unwrap().fresh);
+        r.subscribe("p", 1, &[("s/#".into(), opts(1))]);
+        assert!(
+            r.route(&msg("s/x", "p", 1, false)).is_empty(),
+            "persistent sessions read the log themselves"
+        );
+        let mark = CursorMark { next: 7, sent: 9 };
+        r.progress("p", 1, vec![(key(0), mark)]);
+        r.progress("p", 99, vec![(key(0), CursorMark { next: 1, sent: 1 })]); // not current: ignored
+        let ops = r.take_ops();
+        let [StoreOp::Put(rec)] = &ops[..] else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(rec.cursors, vec![(key(0), mark)]);
+        assert_eq!(rec.subs.len(), 1);
+        r.disconnect(
+            "p",
+            1,
+            EXPIRY_NEVER,
+            Some(vec![(key(0), CursorMark { next: 8, sent: 9 })]),
+            1000,
+        );
+        // After a restart, from what was stored.
+        let StoreOp::Put(rec) = r.take_ops().pop().unwrap() else {
+            panic!()
+        };
+        assert_eq!(rec.disconnected_ms, Some(1000));
+        let mut r = RouterCore::from_records(vec![rec], 5000);
+        let (c2, _rx2) = conn(2);
+        let (k2, _) = oneshot::channel();
+        let (present, resume) = accepted(r.connect("p", false, EXPIRY_NEVER, c2, k2));
+        let resume = resume.unwrap();
+        assert!(present);
+        assert!(!resume.fresh);
+        assert_eq!(
+            resume.cursors,
+            vec![(key(0), CursorMark { next: 8, sent: 9 })]
+        );
+        assert_eq!(resume.subs.keys().collect::<Vec<_>>(), vec!["s/#"]);
+        // Clean start discards it.
+        let (c3, _rx3) = conn(3);
+        let (k3, _) = oneshot::channel();
+        let (present, resume) = accepted(r.connect("p", true, 60, c3, k3));
+        assert!(!present);
+        let resume = resume.unwrap();
+        assert!(resume.fresh && resume.cursors.is_empty() && resume.subs.is_empty());
+        // Reconnecting with expiry 0 ends it at disconnect; the log gets a delete.
+        let (c4, _rx4) = conn(4);
+        let (k4, _) = oneshot::channel();
+        assert_eq!(accepted(r.connect("p", false, 0, c4, k4)), (true, None));
+        r.disconnect("p", 4, 0, None, 6000);
+        assert_eq!(r.take_ops(), vec![StoreOp::Delete("p".into())]);
+    }
+
+    #[test]
+    fn takeover_of_a_persistent_session_waits_for_the_final_cursors() {
+        let mut r = RouterCore::default();
+        let (c1, _rx1) = conn(1);
+        let (k1, mut kicked1) = oneshot::channel();
+        r.connect("p", false, EXPIRY_NEVER, c1, k1);
+        let (c2, _rx2) = conn(2);
+        let (k2, _) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let req = |conn, kick, reply| ConnectRequest {
+            client_id: "p".into(),
+            clean_start: false,
+            expiry_secs: EXPIRY_NEVER,
+            conn,
+            kick,
+            reply,
+        };
+        r.request_connect(req(c2, k2, reply), 0);
+        assert!(kicked1.try_recv().is_ok());
+        assert!(
+            answer.try_recv().is_err(),
+            "parked until the old connection ends"
+        );
+        let last = vec![(key(0), CursorMark { next: 42, sent: 42 })];
+        r.disconnect("p", 1, EXPIRY_NEVER, Some(last.clone()), 10);
+        let (present, resume) = accepted(answer.try_recv().unwrap());
+        assert!(present);
+        assert_eq!(
+            resume.unwrap().cursors,
+            last,
+            "the old connection's final cursors"
+        );
+        // An old connection that never ends: answered after the wait.
+        let (c3, _rx3) = conn(3);
+        let (k3, _) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        r.request_connect(req(c3, k3, reply), 100);
+        r.unpark_stale(100 + TAKEOVER_WAIT_MS - 1);
+        assert!(answer.try_recv().is_err());
+        r.unpark_stale(100 + TAKEOVER_WAIT_MS);
+        assert!(accepted(answer.try_recv().unwrap()).0);
+    }
+
+    #[test]
+    fn shared_subscriptions_round_robin_among_connected_members() {
+        let mut r = RouterCore::default();
+        let mut rxs = Vec::new();
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let (c, rx) = conn(i as u64);
+            rxs.push(rx);
+            let (k, _) = oneshot::channel();
+            r.connect(id, true, 0, c, k);
+            r.subscribe(id, i as u64, &[("$share/g/s/#".into(), opts(1))]);
+        }
+        let who = |r: &mut RouterCore| -> Vec<u64> {
+            (0..6)
+                .flat_map(|_| r.route(&msg("s/x", "p", 1, false)))
+                .map(|(c, _)| c.id)
+                .collect()
+        };
+        assert_eq!(who(&mut r), vec![0, 1, 2, 0, 1, 2]);
+        // A member that left is skipped; one that unsubscribed is out of the group.
+        r.disconnect("b", 1, 0, None, 0);
+        assert_eq!(r.unsubscribe("c", 2, &["$share/g/s/#".into()]), vec![true]);
+        assert_eq!(who(&mut r), vec![0, 0, 0, 0, 0, 0]);
+        assert!(r.route(&msg("other", "p", 1, false)).is_empty());
+        assert!(best_match(
+            &BTreeMap::from([("$share/g/s/#".to_string(), opts(1))]),
+            "s/x"
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn expiry() {
+        let mut r = RouterCore::default();
+        for (id, expiry) in [("short", 2u32), ("never", EXPIRY_NEVER), ("long", 3600)] {
+            let (c, _rx) = conn(1);
+            let (k, _) = oneshot::channel();
+            r.connect(id, false, expiry, c, k);
+            r.disconnect(id, 1, expiry, None, 10_000);
+        }
+        let (c, _rx) = conn(2);
+        let (k, _) = oneshot::channel();
+        r.connect("connected", false, 1, c, k);
+        r.take_ops();
+        assert_eq!(r.expire(11_999), 0);
+        assert_eq!(r.expire(12_000), 1);
+        assert_eq!(r.take_ops(), vec![StoreOp::Delete("short".into())]);
+        assert_eq!(
+            r.expire(i64::MAX / 2),
+            1,
+            "`long` goes; `never` and connected ones stay"
+        );
+        assert_eq!(r.sessions_len(), 2);
+        // MQTT 5 DISCONNECT may lower the interval; 0 ends the session now.
+        r.disconnect("connected", 2, 0, None, 0);
+        assert_eq!(r.sessions_len(), 1);
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! *Invariant:* `outbound.len() <= send_window`; a packet id is in `outbound` at most once.
 
-use super::Delivery;
+use super::{Delivery, Origin};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +33,8 @@ pub struct OutPublish {
 #[derive(Debug)]
 pub struct Session {
     next_packet_id: u16,
-    outbound: HashMap<u16, OutState>,
+    /// In-flight ids, with where their message is stored (persistent sessions).
+    outbound: HashMap<u16, (OutState, Option<Origin>)>,
     send_window: usize,
     waiting: VecDeque<Delivery>,
     waiting_max: usize,
@@ -44,8 +45,12 @@ pub struct Session {
 /// What an acknowledgement from the client did.
 #[derive(Debug, PartialEq)]
 pub enum AckOutcome {
-    /// Known id: these queued deliveries may now be sent.
-    Done(Vec<OutPublish>),
+    /// Known id: the acknowledged message's origin, and the queued deliveries that may now be
+    /// sent.
+    Done {
+        origin: Option<Origin>,
+        next: Vec<OutPublish>,
+    },
     /// No delivery waits for this acknowledgement (a protocol error in MQTT 5 terms; ignored).
     Unknown,
 }
@@ -94,7 +99,8 @@ impl Session {
     fn start(&mut self, d: Delivery) -> OutPublish {
         debug_assert!(self.outbound.len() < self.send_window);
         let id = self.allocate();
-        self.outbound.insert(id, OutState::Published { qos: d.qos });
+        self.outbound
+            .insert(id, (OutState::Published { qos: d.qos }, d.origin));
         OutPublish {
             delivery: d,
             packet_id: Some(id),
@@ -126,21 +132,24 @@ impl Session {
     /// PUBACK from the client.
     pub fn on_puback(&mut self, id: u16) -> AckOutcome {
         match self.outbound.get(&id) {
-            Some(OutState::Published { qos: 1 }) => {
+            Some((OutState::Published { qos: 1 }, origin)) => {
+                let origin = *origin;
                 self.outbound.remove(&id);
-                AckOutcome::Done(self.release_window())
+                AckOutcome::Done {
+                    origin,
+                    next: self.release_window(),
+                }
             }
             _ => AckOutcome::Unknown,
         }
     }
 
     /// Gives up an outbound delivery that could not be sent (larger than the client's Maximum
-    /// Packet Size): its id is free again.
-    pub fn abandon(&mut self, id: u16) -> Vec<OutPublish> {
-        if self.outbound.remove(&id).is_some() {
-            self.release_window()
-        } else {
-            Vec::new()
+    /// Packet Size): its id is free again. Returns its origin and what may be sent now.
+    pub fn abandon(&mut self, id: u16) -> (Option<Origin>, Vec<OutPublish>) {
+        match self.outbound.remove(&id) {
+            Some((_, origin)) => (origin, self.release_window()),
+            None => (None, Vec::new()),
         }
     }
 
@@ -148,11 +157,11 @@ impl Session {
     /// client can finish its flow).
     pub fn on_pubrec(&mut self, id: u16) -> bool {
         match self.outbound.get_mut(&id) {
-            Some(state @ OutState::Published { qos: 2 }) => {
+            Some((state @ OutState::Published { qos: 2 }, _)) => {
                 *state = OutState::Released;
                 true
             }
-            Some(OutState::Released) => true,
+            Some((OutState::Released, _)) => true,
             _ => false,
         }
     }
@@ -160,9 +169,13 @@ impl Session {
     /// PUBCOMP from the client.
     pub fn on_pubcomp(&mut self, id: u16) -> AckOutcome {
         match self.outbound.get(&id) {
-            Some(OutState::Released) => {
+            Some((OutState::Released, origin)) => {
+                let origin = *origin;
                 self.outbound.remove(&id);
-                AckOutcome::Done(self.release_window())
+                AckOutcome::Done {
+                    origin,
+                    next: self.release_window(),
+                }
             }
             _ => AckOutcome::Unknown,
         }
@@ -203,9 +216,13 @@ mod tests {
                 qos,
                 retain: false,
                 user_properties: vec![],
+                ..Default::default()
             }),
             qos,
             retain: false,
+            dup: false,
+            origin: None,
+            sub_ids: vec![],
         }
     }
 
@@ -224,12 +241,12 @@ mod tests {
         // QoS 0 is never held back.
         assert_eq!(s.deliver(d(0, 6)).unwrap().unwrap().packet_id, None);
         assert_eq!(s.on_puback(9), AckOutcome::Unknown);
-        let AckOutcome::Done(next) = s.on_puback(2) else {
+        let AckOutcome::Done { next, .. } = s.on_puback(2) else {
             panic!()
         };
         assert_eq!(ids(&next), vec![Some(3)]);
         assert_eq!(next[0].delivery.message.payload[0], 3);
-        let AckOutcome::Done(next) = s.on_puback(1) else {
+        let AckOutcome::Done { next, .. } = s.on_puback(1) else {
             panic!()
         };
         assert_eq!(ids(&next), vec![Some(4)]);
@@ -248,7 +265,7 @@ mod tests {
         assert!(s.on_pubrec(1));
         assert!(s.on_pubrec(1), "a repeated PUBREC gets PUBREL again");
         assert!(!s.on_pubrec(7));
-        let AckOutcome::Done(next) = s.on_pubcomp(1) else {
+        let AckOutcome::Done { next, .. } = s.on_pubcomp(1) else {
             panic!()
         };
         assert_eq!(ids(&next), vec![Some(2)]);
@@ -264,6 +281,38 @@ mod tests {
         s.next_packet_id = u16::MAX;
         let c = s.deliver(d(1, 0)).unwrap().unwrap().packet_id;
         assert_eq!(c, Some(2), "0 is never used and ids in flight are skipped");
+    }
+
+    #[test]
+    fn acknowledgements_return_the_origin() {
+        let origin = |offset| Origin {
+            key: strata_types::PartitionKey {
+                topic: strata_types::TopicId(uuid::Uuid::from_u128(3)),
+                partition: 0,
+            },
+            offset,
+        };
+        let with = |qos, offset| Delivery {
+            origin: Some(origin(offset)),
+            ..d(qos, 0)
+        };
+        let mut s = Session::new(2, 10);
+        let a = s.deliver(with(1, 10)).unwrap().unwrap().packet_id.unwrap();
+        let b = s.deliver(with(2, 11)).unwrap().unwrap().packet_id.unwrap();
+        assert_eq!(s.deliver(with(1, 12)), Ok(None));
+        let AckOutcome::Done { origin: o, next } = s.on_puback(a) else {
+            panic!()
+        };
+        assert_eq!(o, Some(origin(10)));
+        assert_eq!(next[0].delivery.origin, Some(origin(12)));
+        assert!(s.on_pubrec(b));
+        let AckOutcome::Done { origin: o, .. } = s.on_pubcomp(b) else {
+            panic!()
+        };
+        assert_eq!(o, Some(origin(11)), "QoS 2 is done at PUBCOMP");
+        let c = next[0].packet_id.unwrap();
+        assert_eq!(s.abandon(c).0, Some(origin(12)));
+        assert_eq!(s.abandon(c), (None, vec![]));
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! consumers), and at the log start for a partition that appears later (a topic created while
 //! running, possibly by its first MQTT publish). A partition log replaced by the registry (led
 //! at a new lease epoch) gets a new tailer at its high watermark.
+//!
+//! Each tailer also bumps one shared counter ([`Tailers::data_signal`]) whenever its
+//! partition's high watermark moves: persistent sessions, which read the partitions from their
+//! own cursors, wait on it instead of on every partition.
 
 use super::mapping;
 use super::router::RouterMsg;
@@ -40,6 +44,8 @@ pub struct Tailers {
     router: mpsc::Sender<RouterMsg>,
     shutdown: watch::Receiver<bool>,
     running: Mutex<HashMap<PartitionKey, Running>>,
+    /// Bumped when any followed partition has new data.
+    data: Arc<watch::Sender<u64>>,
     /// Until the first sync, partitions are "already there": tail from their end.
     started: Mutex<bool>,
 }
@@ -57,8 +63,14 @@ impl Tailers {
             router,
             shutdown,
             running: Mutex::new(HashMap::new()),
+            data: Arc::new(watch::Sender::new(0)),
             started: Mutex::new(false),
         }
+    }
+
+    /// Changes whenever a followed partition's high watermark moves.
+    pub fn data_signal(&self) -> watch::Receiver<u64> {
+        self.data.subscribe()
     }
 
     /// Starts tailers for led partitions of the MQTT topics that have none (or whose log was
@@ -102,6 +114,7 @@ impl Tailers {
                 log.clone(),
                 start,
                 self.router.clone(),
+                self.data.clone(),
                 self.shutdown.clone(),
             ));
             running.insert(key, Running { log, task });
@@ -121,9 +134,12 @@ async fn tail(
     log: Arc<PartitionLog>,
     mut next: i64,
     router: mpsc::Sender<RouterMsg>,
+    data: Arc<watch::Sender<u64>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut hw = log.subscribe();
+    // A partition that appears later may already hold data.
+    data.send_modify(|n| *n = n.wrapping_add(1));
     loop {
         // Mark the current value seen *before* reading, so an append racing with the read
         // wakes the wait below.
@@ -159,6 +175,7 @@ async fn tail(
             changed = hw.changed() => if changed.is_err() { return },
             _ = shutdown.changed() => return,
         }
+        data.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

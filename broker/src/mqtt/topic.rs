@@ -25,6 +25,10 @@ pub enum TopicError {
     BadMultiLevel,
     #[error("`+` must be alone in its level")]
     BadSingleLevel,
+    #[error(
+        "a shared subscription is `$share/<group>/<filter>` with a group free of `+`, `#` and `/`"
+    )]
+    BadShare,
 }
 
 fn common(s: &str) -> Result<(), TopicError> {
@@ -62,6 +66,25 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
         }
     }
     Ok(())
+}
+
+/// The prefix of a shared subscription's filter (MQTT 5 §4.8.2).
+pub const SHARE_PREFIX: &str = "$share/";
+
+/// Splits a shared subscription `$share/<group>/<filter>` into its group and filter (both
+/// checked); `Ok(None)` for an ordinary filter.
+pub fn split_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
+    let Some(rest) = filter.strip_prefix(SHARE_PREFIX) else {
+        return Ok(None);
+    };
+    let Some((group, inner)) = rest.split_once('/') else {
+        return Err(TopicError::BadShare);
+    };
+    if group.is_empty() || group.contains(['+', '#']) {
+        return Err(TopicError::BadShare);
+    }
+    validate_filter(inner)?;
+    Ok(Some((group, inner)))
 }
 
 /// Whether topic name `topic` matches the (valid) filter `filter`.
@@ -173,5 +196,25 @@ mod tests {
             validate_name(&"x".repeat(TOPIC_BYTES_MAX + 1)),
             Err(TopicError::TooLong)
         );
+    }
+
+    type Split<'a> = Result<Option<(&'a str, &'a str)>, TopicError>;
+
+    #[test]
+    fn shared_subscription_table() {
+        let cases: &[(&str, Split)] = &[
+            ("a/b", Ok(None)),
+            ("$share/g/a/#", Ok(Some(("g", "a/#")))),
+            ("$share/g/+", Ok(Some(("g", "+")))),
+            ("$share/g", Err(TopicError::BadShare)),
+            ("$share//a", Err(TopicError::BadShare)),
+            ("$share/g+/a", Err(TopicError::BadShare)),
+            ("$share/#/a", Err(TopicError::BadShare)),
+            ("$share/g/", Err(TopicError::Empty)),
+            ("$share/g/a/#/b", Err(TopicError::BadMultiLevel)),
+        ];
+        for (filter, expected) in cases {
+            assert_eq!(split_shared(filter), *expected, "{filter:?}");
+        }
     }
 }

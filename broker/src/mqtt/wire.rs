@@ -17,7 +17,7 @@ use bytestring::ByteString;
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{v3, v5};
-use std::num::NonZeroU16;
+use std::num::{NonZeroU16, NonZeroU32};
 use tokio_util::codec::{Decoder, Encoder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub struct ConnectIn {
     pub receive_max: u16,
     /// The client's Maximum Packet Size.
     pub max_packet_size: Option<u32>,
+    /// MQTT 5: how many topic aliases the client accepts from us (0: none).
+    pub topic_alias_max: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +50,8 @@ pub enum Inbound {
     Publish {
         message: Message,
         packet_id: Option<u16>,
+        /// MQTT 5 Topic Alias (the topic may then be empty: resolve it).
+        topic_alias: Option<u16>,
     },
     PubAck(u16),
     PubRec(u16),
@@ -65,6 +69,8 @@ pub enum Inbound {
     Disconnect {
         /// MQTT 5 reason 0x04: disconnect, but publish the will.
         publish_will: bool,
+        /// MQTT 5: a new Session Expiry Interval.
+        session_expiry_secs: Option<u32>,
     },
     /// A packet a client must not send (CONNACK, SUBACK, a second CONNECT, AUTH ...).
     Unexpected(&'static str),
@@ -97,6 +103,8 @@ pub enum CloseCode {
     SessionTakenOver,
     ReceiveMaximumExceeded,
     TopicNameInvalid,
+    /// MQTT 5: a Topic Alias above the maximum we announced.
+    TopicAliasInvalid,
     ServerShuttingDown,
     ImplementationSpecific,
     /// CONNECT only: an empty client id without a clean session (3.1.1), or an invalid one.
@@ -111,6 +119,8 @@ pub enum Outbound {
         assigned_client_id: Option<String>,
         receive_max: u16,
         max_packet_size: u32,
+        /// MQTT 5: the Session Expiry Interval we use, when it differs from the client's.
+        session_expiry_secs: Option<u32>,
     },
     Publish(OutPublish),
     PubAck {
@@ -189,6 +199,7 @@ fn close_reason(c: CloseCode) -> v5::DisconnectReasonCode {
         CloseCode::SessionTakenOver => D::SessionTakenOver, // 0x8E
         CloseCode::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded, // 0x93
         CloseCode::TopicNameInvalid => D::TopicNameInvalid, // 0x90
+        CloseCode::TopicAliasInvalid => D::TopicAliasInvalid, // 0x94
         CloseCode::ServerShuttingDown => D::ServerShuttingDown, // 0x8B
         CloseCode::ImplementationSpecific => D::ImplementationSpecificError, // 0x83
         CloseCode::ClientIdInvalid => D::ProtocolError,
@@ -241,7 +252,31 @@ pub enum Codec {
         max_in: u32,
     },
     V311(v3::Codec),
-    V5(v5::Codec),
+    V5(v5::Codec, OutAliases),
+}
+
+/// MQTT 5 topic aliases for what we send: a topic gets the next free alias the first time
+/// (sent with its name), and only the alias afterwards, up to the client's Topic Alias
+/// Maximum; no alias is reused for another topic.
+#[derive(Debug, Default)]
+pub struct OutAliases {
+    max: u16,
+    by_topic: std::collections::HashMap<String, u16>,
+}
+
+impl OutAliases {
+    /// The alias for `topic` and whether it is new (the name must go with it).
+    fn assign(&mut self, topic: &str) -> Option<(u16, bool)> {
+        if let Some(a) = self.by_topic.get(topic) {
+            return Some((*a, false));
+        }
+        if self.by_topic.len() >= usize::from(self.max) {
+            return None;
+        }
+        let a = self.by_topic.len() as u16 + 1;
+        self.by_topic.insert(topic.to_string(), a);
+        Some((a, true))
+    }
 }
 
 fn qos_u8(q: v5::QoS) -> u8 {
@@ -275,14 +310,21 @@ impl Codec {
         match self {
             Codec::Unknown { .. } => None,
             Codec::V311(_) => Some(Proto::V311),
-            Codec::V5(_) => Some(Proto::V5),
+            Codec::V5(..) => Some(Proto::V5),
         }
     }
 
     /// The client's Maximum Packet Size for what we send (MQTT 5).
     pub fn set_max_outbound(&mut self, size: u32) {
-        if let Codec::V5(c) = self {
+        if let Codec::V5(c, _) = self {
             c.set_max_outbound_size(size);
+        }
+    }
+
+    /// The client's Topic Alias Maximum for what we send (MQTT 5).
+    pub fn set_topic_alias_max(&mut self, max: u16) {
+        if let Codec::V5(_, aliases) = self {
+            aliases.max = max.min(super::TOPIC_ALIASES_MAX);
         }
     }
 
@@ -292,7 +334,9 @@ impl Codec {
             match VersionCodec.decode(buf) {
                 Ok(None) => return Ok(None),
                 Ok(Some(ProtocolVersion::MQTT3)) => *self = Codec::V311(v3::Codec::new(max_in)),
-                Ok(Some(ProtocolVersion::MQTT5)) => *self = Codec::V5(v5::Codec::new(max_in, 0)),
+                Ok(Some(ProtocolVersion::MQTT5)) => {
+                    *self = Codec::V5(v5::Codec::new(max_in, 0), OutAliases::default())
+                }
                 Err(DecodeError::UnsupportedPacketType) => {
                     return Err(WireError::Protocol(
                         "the first packet must be CONNECT".into(),
@@ -307,7 +351,7 @@ impl Codec {
                 None => Ok(None),
                 Some((p, _)) => Ok(Some(from_v3(p))),
             },
-            Codec::V5(c) => match c.decode(buf).map_err(wire_error)? {
+            Codec::V5(c, _) => match c.decode(buf).map_err(wire_error)? {
                 None => Ok(None),
                 Some((p, _)) => Ok(Some(from_v5(p))),
             },
@@ -323,13 +367,25 @@ impl Codec {
                 Some(p) => c.encode(p, dst).map(|_| true).map_err(|e| e.to_string()),
                 None => Ok(false),
             },
-            Codec::V5(c) => {
+            Codec::V5(c, aliases) => {
+                let alias = match &out {
+                    Outbound::Publish(p) => aliases.assign(&p.delivery.message.topic),
+                    _ => None,
+                };
                 let is_publish = matches!(out, Outbound::Publish(_));
-                match c.encode(to_v5(out), dst) {
+                let topic = match &out {
+                    Outbound::Publish(p) => Some(p.delivery.message.topic.clone()),
+                    _ => None,
+                };
+                match c.encode(to_v5(out, alias), dst) {
                     Ok(()) => Ok(true),
                     Err(rmqtt_codec::error::EncodeError::OverMaxPacketSize { .. })
                         if is_publish =>
                     {
+                        // Not sent: a new alias was not learned by the client.
+                        if let (Some((_, true)), Some(t)) = (alias, topic) {
+                            aliases.by_topic.remove(&t);
+                        }
                         Ok(false)
                     }
                     Err(e) => Err(e.to_string()),
@@ -342,8 +398,8 @@ impl Codec {
     /// after CONNACK. MQTT 3.1.1 has no such packet.
     pub fn failure_packet(&self, code: CloseCode, connected: bool) -> Option<Outbound> {
         match (self, connected) {
-            (Codec::V5(_), true) => Some(Outbound::Disconnect(code)),
-            (Codec::V5(_), false) => Some(Outbound::ConnAckFailure(code)),
+            (Codec::V5(..), true) => Some(Outbound::Disconnect(code)),
+            (Codec::V5(..), false) => Some(Outbound::ConnAckFailure(code)),
             (Codec::V311(_), false) if code == CloseCode::ClientIdInvalid => {
                 Some(Outbound::ConnAck {
                     session_present: false,
@@ -351,6 +407,7 @@ impl Codec {
                     assigned_client_id: None,
                     receive_max: 0,
                     max_packet_size: 0,
+                    session_expiry_secs: None,
                 })
             }
             _ => None,
@@ -372,6 +429,7 @@ fn from_v3(p: v3::Packet) -> Inbound {
                 qos: qos_u8(w.qos),
                 retain: w.retain,
                 user_properties: Vec::new(),
+                ..Default::default()
             });
             Inbound::Connect(Box::new(ConnectIn {
                 clean_start: c.clean_session,
@@ -381,6 +439,7 @@ fn from_v3(p: v3::Packet) -> Inbound {
                 session_expiry_secs: if c.clean_session { 0 } else { u32::MAX },
                 receive_max: u16::MAX,
                 max_packet_size: None,
+                topic_alias_max: 0,
             }))
         }
         P::Publish(p) => Inbound::Publish {
@@ -390,8 +449,10 @@ fn from_v3(p: v3::Packet) -> Inbound {
                 qos: qos_u8(p.qos),
                 retain: p.retain,
                 user_properties: Vec::new(),
+                ..Default::default()
             },
             packet_id: p.packet_id.map(|i| i.get()),
+            topic_alias: None,
         },
         P::PublishAck { packet_id } => Inbound::PubAck(packet_id.get()),
         P::PublishReceived { packet_id } => Inbound::PubRec(packet_id.get()),
@@ -411,6 +472,7 @@ fn from_v3(p: v3::Packet) -> Inbound {
                             qos: qos_u8(q),
                             retain_as_published: false,
                             retain_handling: 0,
+                            sub_id: None,
                         },
                     )
                 })
@@ -426,6 +488,7 @@ fn from_v3(p: v3::Packet) -> Inbound {
         P::PingRequest => Inbound::PingReq,
         P::Disconnect => Inbound::Disconnect {
             publish_will: false,
+            session_expiry_secs: None,
         },
         P::ConnectAck(_) => Inbound::Unexpected("CONNACK"),
         P::SubscribeAck { .. } => Inbound::Unexpected("SUBACK"),
@@ -447,6 +510,7 @@ fn from_v5(p: v5::Packet) -> Inbound {
                 qos: qos_u8(w.qos),
                 retain: w.retain,
                 user_properties: props(w.user_properties),
+                ..Default::default()
             });
             Inbound::Connect(Box::new(ConnectIn {
                 clean_start: c.clean_start,
@@ -456,18 +520,30 @@ fn from_v5(p: v5::Packet) -> Inbound {
                 session_expiry_secs: c.session_expiry_interval_secs,
                 receive_max: c.receive_max.map(|r| r.get()).unwrap_or(u16::MAX),
                 max_packet_size: c.max_packet_size.map(|m| m.get()),
+                topic_alias_max: c.topic_alias_max,
             }))
         }
         P::Publish(p) => Inbound::Publish {
+            topic_alias: p
+                .properties
+                .as_ref()
+                .and_then(|pp| pp.topic_alias)
+                .map(|a| a.get()),
             message: Message {
                 topic: text(&p.topic),
                 payload: p.payload,
                 qos: qos_u8(p.qos),
                 retain: p.retain,
+                expiry_secs: p
+                    .properties
+                    .as_ref()
+                    .and_then(|pp| pp.message_expiry_interval)
+                    .map(|e| e.get()),
                 user_properties: p
                     .properties
                     .map(|pp| props(pp.user_properties))
                     .unwrap_or_default(),
+                expires_at_ms: None,
             },
             packet_id: p.packet_id.map(|i| i.get()),
         },
@@ -475,27 +551,31 @@ fn from_v5(p: v5::Packet) -> Inbound {
         P::PublishReceived(a) => Inbound::PubRec(a.packet_id.get()),
         P::PublishRelease(a) => Inbound::PubRel(a.packet_id.get()),
         P::PublishComplete(a) => Inbound::PubComp(a.packet_id.get()),
-        P::Subscribe(s) => Inbound::Subscribe {
-            packet_id: s.packet_id.get(),
-            filters: s
-                .topic_filters
-                .into_iter()
-                .map(|(f, o)| {
-                    (
-                        text(&f),
-                        SubOptions {
-                            qos: qos_u8(o.qos),
-                            retain_as_published: o.retain_as_published,
-                            retain_handling: match o.retain_handling {
-                                v5::RetainHandling::AtSubscribe => 0,
-                                v5::RetainHandling::AtSubscribeNew => 1,
-                                v5::RetainHandling::NoAtSubscribe => 2,
+        P::Subscribe(s) => {
+            let sub_id = s.id.map(|i| i.get());
+            Inbound::Subscribe {
+                packet_id: s.packet_id.get(),
+                filters: s
+                    .topic_filters
+                    .into_iter()
+                    .map(|(f, o)| {
+                        (
+                            text(&f),
+                            SubOptions {
+                                qos: qos_u8(o.qos),
+                                retain_as_published: o.retain_as_published,
+                                retain_handling: match o.retain_handling {
+                                    v5::RetainHandling::AtSubscribe => 0,
+                                    v5::RetainHandling::AtSubscribeNew => 1,
+                                    v5::RetainHandling::NoAtSubscribe => 2,
+                                },
+                                sub_id,
                             },
-                        },
-                    )
-                })
-                .collect(),
-        },
+                        )
+                    })
+                    .collect(),
+            }
+        }
         P::Unsubscribe(u) => Inbound::Unsubscribe {
             packet_id: u.packet_id.get(),
             filters: u.topic_filters.iter().map(text).collect(),
@@ -503,6 +583,7 @@ fn from_v5(p: v5::Packet) -> Inbound {
         P::PingRequest => Inbound::PingReq,
         P::Disconnect(d) => Inbound::Disconnect {
             publish_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+            session_expiry_secs: d.session_expiry_interval_secs,
         },
         P::ConnectAck(_) => Inbound::Unexpected("CONNACK"),
         P::SubscribeAck(_) => Inbound::Unexpected("SUBACK"),
@@ -530,7 +611,7 @@ fn to_v3(out: Outbound) -> Option<v3::Packet> {
         Outbound::Publish(p) => {
             let d = p.delivery;
             P::Publish(Box::new(rmqtt_codec::types::Publish {
-                dup: false,
+                dup: d.dup && d.qos > 0,
                 retain: d.retain,
                 qos: qos_of(d.qos),
                 topic: ByteString::from(d.message.topic.as_str()),
@@ -569,7 +650,8 @@ fn to_v3(out: Outbound) -> Option<v3::Packet> {
     })
 }
 
-fn to_v5(out: Outbound) -> v5::Packet {
+/// `alias`: for a PUBLISH, its topic alias and whether the topic name goes with it.
+fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
     use v5::Packet as P;
     let bs = |s: &str| ByteString::from(s);
     match out {
@@ -579,8 +661,10 @@ fn to_v5(out: Outbound) -> v5::Packet {
             assigned_client_id,
             receive_max,
             max_packet_size,
+            session_expiry_secs,
         } => P::ConnectAck(Box::new(v5::ConnectAck {
             session_present,
+            session_expiry_interval_secs: session_expiry_secs,
             reason_code: match code {
                 ConnCode::Accepted => v5::ConnectAckReason::Success,
                 ConnCode::ClientIdRejected => v5::ConnectAckReason::ClientIdentifierNotValid,
@@ -589,11 +673,11 @@ fn to_v5(out: Outbound) -> v5::Packet {
             receive_max: NonZeroU16::new(receive_max).unwrap_or(NonZeroU16::MAX),
             max_packet_size: Some(max_packet_size),
             assigned_client_id: assigned_client_id.map(|s| bs(&s)),
-            topic_alias_max: 0,
+            topic_alias_max: super::TOPIC_ALIASES_MAX,
             retain_available: true,
             wildcard_subscription_available: true,
-            subscription_identifiers_available: false,
-            shared_subscription_available: false,
+            subscription_identifiers_available: true,
+            shared_subscription_available: true,
             ..Default::default()
         })),
         Outbound::ConnAckFailure(code) => P::ConnectAck(Box::new(v5::ConnectAck {
@@ -609,14 +693,28 @@ fn to_v5(out: Outbound) -> v5::Packet {
                 .map(|(k, v)| (bs(k), bs(v)))
                 .collect();
             P::Publish(Box::new(rmqtt_codec::types::Publish {
-                dup: false,
+                dup: d.dup && d.qos > 0,
                 retain: d.retain,
                 qos: qos_of(d.qos),
-                topic: bs(&d.message.topic),
+                topic: match alias {
+                    Some((_, false)) => bs(""),
+                    _ => bs(&d.message.topic),
+                },
                 packet_id: p.packet_id.map(nz),
                 payload: d.message.payload.clone(),
                 properties: Some(v5::PublishProperties {
                     user_properties,
+                    topic_alias: alias.and_then(|(a, _)| NonZeroU16::new(a)),
+                    subscription_ids: d
+                        .sub_ids
+                        .iter()
+                        .filter_map(|i| NonZeroU32::new(*i))
+                        .collect(),
+                    // What is left of its lifetime, rounded up (MQTT 5 §3.3.2.3.3).
+                    message_expiry_interval: d.message.expires_at_ms.and_then(|at| {
+                        let left_ms = (at - crate::log::sequencer::now_ms()).max(1);
+                        NonZeroU32::new(u32::try_from((left_ms + 999) / 1000).unwrap_or(u32::MAX))
+                    }),
                     ..Default::default()
                 }),
             }))
