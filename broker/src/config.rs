@@ -52,6 +52,30 @@ pub struct FileConfig {
     pub cache: CacheSection,
     pub meta: MetaSection,
     pub mqtt: MqttSection,
+    pub log: LogSection,
+}
+
+/// Logging (stderr). The filter is `STRATA_LOG` (tracing's `EnvFilter` syntax).
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` (human-readable lines) or `json` (one JSON object per line).
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+        }
+    }
+}
+
+/// `log.format`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -70,6 +94,16 @@ pub struct KafkaSection {
     /// Requests read ahead of their responses on one connection (pipelining).
     pub inflight_requests_max: u32,
     pub connections_max: u32,
+    /// PEM certificate chain; with `tls_key_file`, the Kafka listener speaks TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// SASL mechanisms required of every Kafka client (`PLAIN`, `SCRAM-SHA-256`,
+    /// `SCRAM-SHA-512`); empty: no authentication (see `kafka::auth`).
+    #[serde(deserialize_with = "string_or_list")]
+    pub sasl_mechanisms: Vec<String>,
+    /// Allow `PLAIN` on a listener without TLS (the password crosses the network in clear).
+    pub sasl_plain_without_tls: bool,
 }
 
 /// The MQTT listener and its mapping onto Kafka topics (`crate::mqtt`).
@@ -85,6 +119,10 @@ pub struct MqttSection {
     pub default_kafka_topic: String,
     /// `[[mqtt.kafka_mapping]]` rules, first match wins.
     pub kafka_mapping: Vec<MqttKafkaMapping>,
+    /// Upper bound on a session's expiry interval (seconds, > 0). Unset: MQTT 5 sessions keep
+    /// the interval their client asked for (0xFFFFFFFF never expires) and MQTT 3.1.1
+    /// persistent sessions (`clean_session = 0`) never expire.
+    pub session_expiry_max_secs: Option<u32>,
 }
 
 /// One `[[mqtt.kafka_mapping]]` rule: MQTT topics matching `filter` are stored in `kafka_topic`.
@@ -103,6 +141,7 @@ impl Default for MqttSection {
             connections_max: 10_000,
             default_kafka_topic: "mqtt-messages".into(),
             kafka_mapping: Vec::new(),
+            session_expiry_max_secs: None,
         }
     }
 }
@@ -283,6 +322,7 @@ impl Default for FileConfig {
             cache: CacheSection::default(),
             meta: MetaSection::default(),
             mqtt: MqttSection::default(),
+            log: LogSection::default(),
         }
     }
 }
@@ -298,6 +338,10 @@ impl Default for KafkaSection {
             message_bytes_max: None,
             inflight_requests_max: 32,
             connections_max: 10_000,
+            tls_cert_file: None,
+            tls_key_file: None,
+            sasl_mechanisms: Vec::new(),
+            sasl_plain_without_tls: false,
         }
     }
 }
@@ -354,6 +398,8 @@ pub struct NodeConfig {
     pub mqtt_listen: SocketAddr,
     /// `kafka.message_bytes_max`, resolved.
     pub message_bytes_max: u32,
+    /// `kafka.tls_*` and `kafka.sasl_*`, loaded and checked.
+    pub kafka_security: crate::kafka::auth::Security,
     pub roles: Roles,
     /// `meta.peers`, parsed; empty for a single-node metadata store.
     pub meta_peers: Vec<(u64, String)>,
@@ -361,6 +407,8 @@ pub struct NodeConfig {
     pub wal_listen: SocketAddr,
     /// `(R, W)` when brokers write replicated streams to `wal.peers`; `None`: the local WAL.
     pub wal_quorum: Option<(u16, u16)>,
+    /// `log.format`.
+    pub log_format: LogFormat,
     pub file: FileConfig,
 }
 
@@ -400,6 +448,7 @@ pub struct Overrides {
     pub meta_peers: Option<String>,
     pub wal_listen: Option<String>,
     pub wal_peers: Option<String>,
+    pub log_format: Option<String>,
 }
 
 const SECTIONS: &[&str] = &[
@@ -411,6 +460,7 @@ const SECTIONS: &[&str] = &[
     "cache",
     "meta",
     "mqtt",
+    "log",
 ];
 const ENV_PREFIX: &str = "STRATA_";
 
@@ -577,6 +627,9 @@ fn apply_overrides(table: &mut toml::Table, o: &Overrides) {
     if let Some(v) = &o.wal_peers {
         set(Some("wal"), "peers", toml::Value::String(v.clone()));
     }
+    if let Some(v) = &o.log_format {
+        set(Some("log"), "format", toml::Value::String(v.clone()));
+    }
 }
 
 fn bad(key: &str, message: impl Into<String>) -> ConfigError {
@@ -646,6 +699,8 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
     if f.kafka.inflight_requests_max == 0 {
         return Err(bad("kafka.inflight_requests_max", "must be positive"));
     }
+    let kafka_security =
+        crate::kafka::auth::Security::from_config(&f.kafka).map_err(|(k, m)| bad(k, m))?;
     if f.wal.segment_bytes_max < 4096 {
         return Err(bad("wal.segment_bytes_max", "must be at least 4096"));
     }
@@ -781,7 +836,18 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
             "must be positive and below meta.broker_lease_ms",
         ));
     }
+    let log_format = match f.log.format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(bad(
+                "log.format",
+                format!("`{other}` is not a log format (text or json)"),
+            ))
+        }
+    };
     Ok(NodeConfig {
+        log_format,
         roles,
         meta_peers,
         meta_listen,
@@ -802,6 +868,7 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         admin_listen,
         mqtt_listen,
         message_bytes_max,
+        kafka_security,
         file: f,
     })
 }
@@ -819,6 +886,12 @@ fn validate_mqtt(m: &MqttSection) -> Result<(), ConfigError> {
     }
     if m.connections_max == 0 {
         return Err(bad("mqtt.connections_max", "must be positive"));
+    }
+    if m.session_expiry_max_secs == Some(0) {
+        return Err(bad(
+            "mqtt.session_expiry_max_secs",
+            "must be positive (leave it unset for no limit)",
+        ));
     }
     if let Err(e) = strata_types::TopicName::new(m.default_kafka_topic.clone()) {
         return Err(bad(
@@ -987,6 +1060,8 @@ mod tests {
                 "flush_interval_ms",
             ),
             ("[kafka\n", &[], "c.toml"),
+            ("[log]\nformat = \"xml\"\n", &[], "log.format"),
+            ("", &[("STRATA_LOG_FORMAT", "yaml")], "log.format"),
         ];
         for (text, env_pairs, key) in cases {
             let err = load_str(text, env_pairs, &Overrides::default())

@@ -17,3 +17,4 @@ pub mod node;
 pub mod producer_ids;
 pub mod records;
 pub mod takeover;
+pub mod topic_configs;

@@ -1,6 +1,9 @@
 //! The `strata` binary.
 
+mod cli;
+
 use clap::{Parser, Subcommand};
+use cli::{AdminArg, Output, OutputArg};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use strata_broker::config::{self, Overrides};
@@ -26,12 +29,56 @@ enum Commands {
     /// Create, list, describe and delete topics on a running broker (over the Kafka protocol).
     #[command(subcommand)]
     Topic(TopicCommand),
+    /// The cluster as a node's admin API sees it.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Consumer groups: list, describe (members, lag), reset offsets (over the admin API).
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Produce lines from stdin to a topic, one record per line (over the Kafka protocol).
+    Produce(ProduceArgs),
+    /// Print a topic's records, one value per line (over the Kafka protocol).
+    Consume(ConsumeArgs),
     /// Benchmarks and probes (results as JSON on stdout).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Export a topic's records to files in an object store (over the Kafka protocol).
     #[command(subcommand)]
     Export(ExportCommand),
+    /// SASL/SCRAM users: add, delete, list (over the Kafka protocol; see docs/security.md).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create or replace a user's SCRAM credential. The password is read from a prompt without
+    /// echo, or from stdin with --password-stdin.
+    Add {
+        #[command(flatten)]
+        args: cli::user::AddArgs,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Delete a user's credential for one mechanism, or all of them.
+    Delete {
+        name: String,
+        #[arg(long, value_parser = cli::user::parse_mechanism)]
+        mechanism: Option<strata_meta::ScramMechanism>,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// List users with their mechanisms and iterations (never keys or passwords).
+    List {
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        #[command(flatten)]
+        output: OutputArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,24 +142,158 @@ enum TopicCommand {
         configs: Vec<(String, String)>,
         #[command(flatten)]
         bootstrap: Bootstrap,
+        #[command(flatten)]
+        output: OutputArg,
     },
-    /// List topics, one per line.
+    /// List topics with their partition and message counts.
     List {
         #[command(flatten)]
         bootstrap: Bootstrap,
+        #[command(flatten)]
+        output: OutputArg,
     },
-    /// Describe topics (all when none named): partitions, leaders, offsets, as JSON.
+    /// Describe topics (all when none named): partitions, leaders, offsets.
     Describe {
         names: Vec<String>,
         #[command(flatten)]
         bootstrap: Bootstrap,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Alter a topic: add partitions, set or delete configs (Kafka names).
+    #[command(group = clap::ArgGroup::new("change").required(true).multiple(true)
+        .args(["partitions", "set", "delete"]))]
+    Alter {
+        name: String,
+        /// Grow the topic to this many partitions (never fewer than it has).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Set a config, KEY=VALUE (retention.ms, retention.bytes, cleanup.policy); repeatable.
+        #[arg(long = "set", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
+        /// Delete a config (back to the broker default); repeatable.
+        #[arg(long = "delete")]
+        delete: Vec<String>,
+        /// Check the change on the broker without applying it.
+        #[arg(long)]
+        validate_only: bool,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Delete a topic.
     Delete {
         name: String,
         #[command(flatten)]
         bootstrap: Bootstrap,
+        #[command(flatten)]
+        output: OutputArg,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// This node, the brokers (alive, leases, partitions led), the meta leader and the WAL.
+    Status {
+        #[command(flatten)]
+        admin: AdminArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// List consumer groups with their state and total lag.
+    List {
+        #[command(flatten)]
+        admin: AdminArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Describe a group: members and their assignments, committed offsets, lag.
+    Describe {
+        group: String,
+        #[command(flatten)]
+        admin: AdminArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Move a group's committed offsets for one topic. Refused while the group has live
+    /// members (stop its consumers first). Exactly one --to-… flag.
+    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)
+        .args(["to_earliest", "to_latest", "to_offset", "to_datetime"])))]
+    ResetOffsets {
+        group: String,
+        /// The topic whose offsets move.
+        #[arg(long)]
+        topic: String,
+        /// Only these partitions, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        partitions: Option<Vec<u32>>,
+        /// To each partition's log start.
+        #[arg(long)]
+        to_earliest: bool,
+        /// To each partition's end (skip everything not yet consumed).
+        #[arg(long)]
+        to_latest: bool,
+        /// To this offset (clamped into each partition's range).
+        #[arg(long, value_name = "OFFSET")]
+        to_offset: Option<u64>,
+        /// To the first record at or after this time: RFC 3339 or ms since the epoch.
+        #[arg(long, value_name = "TIME", value_parser = strata_broker::export::parse_time)]
+        to_datetime: Option<i64>,
+        /// Show the new offsets without writing them.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        admin: AdminArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct ProduceArgs {
+    topic: String,
+    /// Split each line at the first SEP into key and value (a line without it has no key).
+    #[arg(long, value_name = "SEP")]
+    key_sep: Option<String>,
+    /// Write every record to this partition (default: by key, keyless lines round-robin).
+    #[arg(long)]
+    partition: Option<i32>,
+    #[command(flatten)]
+    bootstrap: Bootstrap,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("start").multiple(false).args(["from_beginning", "offset"])))]
+struct ConsumeArgs {
+    topic: String,
+    /// Start at each partition's log start (default: at its end, printing only new records).
+    #[arg(long)]
+    from_beginning: bool,
+    /// Start at this offset (needs --partition).
+    #[arg(long, requires = "partition")]
+    offset: Option<u64>,
+    /// Read only this partition (default: all).
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Stop after this many records (default: never).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Print each record's key before its value, separated by --key-sep.
+    #[arg(long)]
+    print_key: bool,
+    /// Separator between key and value with --print-key.
+    #[arg(long, value_name = "SEP", default_value = "\t")]
+    key_sep: String,
+    /// Give up (exit 1) when --count records have not arrived within this many ms.
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    #[command(flatten)]
+    bootstrap: Bootstrap,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -197,6 +378,9 @@ struct StartArgs {
     /// TOML config file; `STRATA_<SECTION>_<KEY>` variables and these flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Log lines on stderr: text or json (`log.format`).
+    #[arg(long)]
+    log_format: Option<String>,
 }
 
 /// Exit codes: 0 clean stop, 1 bad environment, 2 bad configuration, 3 corrupt local data.
@@ -205,7 +389,12 @@ fn main() -> ExitCode {
     match cli.command {
         Commands::Start(args) => start(args),
         Commands::Topic(cmd) => topic(cmd),
+        Commands::Cluster(cmd) => cluster(cmd),
+        Commands::Group(cmd) => group(cmd),
+        Commands::Produce(args) => produce(args),
+        Commands::Consume(args) => consume(args),
         Commands::Export(ExportCommand::Parquet(args)) => export_parquet(args),
+        Commands::User(cmd) => user(cmd),
         Commands::Bench(BenchCommand::StoreRead {
             object_store,
             prefix,
@@ -280,6 +469,7 @@ fn start(args: StartArgs) -> ExitCode {
         meta_peers: args.meta_peers,
         wal_listen: args.wal_listen,
         wal_peers: args.wal_peers,
+        log_format: args.log_format,
     };
     let config = match config::load(args.config.as_deref(), std::env::vars(), &overrides) {
         Ok(c) => c,
@@ -288,7 +478,7 @@ fn start(args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
+    init_tracing(config.log_format);
     let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -316,38 +506,83 @@ fn topic(cmd: TopicCommand) -> ExitCode {
                 partitions,
                 configs,
                 bootstrap,
+                output,
             } => {
                 AdminClient::connect(&bootstrap.bootstrap)
                     .await?
                     .create_topic(&name, partitions, &configs)
                     .await?;
-                println!("created topic {name}");
-            }
-            TopicCommand::List { bootstrap } => {
-                for t in AdminClient::connect(&bootstrap.bootstrap)
-                    .await?
-                    .describe(&[])
-                    .await?
-                {
-                    println!("{}", t.name);
+                match output.output {
+                    Output::Table => println!("created topic {name}"),
+                    Output::Json => cli::print_json(&serde_json::json!({ "created": name })),
                 }
             }
-            TopicCommand::Describe { names, bootstrap } => {
+            TopicCommand::List { bootstrap, output } => {
+                let topics = AdminClient::connect(&bootstrap.bootstrap)
+                    .await?
+                    .describe(&[])
+                    .await?;
+                match output.output {
+                    Output::Table => cli::admin::topic_list_table(&topics),
+                    Output::Json => cli::print_json(&topics),
+                }
+            }
+            TopicCommand::Describe {
+                names,
+                bootstrap,
+                output,
+            } => {
                 let topics = AdminClient::connect(&bootstrap.bootstrap)
                     .await?
                     .describe(&names)
                     .await?;
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&topics).unwrap_or_default()
-                );
+                match output.output {
+                    Output::Table => cli::admin::topic_describe_table(&topics),
+                    Output::Json => cli::print_json(&topics),
+                }
             }
-            TopicCommand::Delete { name, bootstrap } => {
+            TopicCommand::Alter {
+                name,
+                partitions,
+                set,
+                delete,
+                validate_only,
+                bootstrap,
+                output,
+            } => {
+                AdminClient::connect(&bootstrap.bootstrap)
+                    .await?
+                    .alter_topic(&name, partitions, &set, &delete, validate_only)
+                    .await?;
+                let verb = if validate_only {
+                    "would alter"
+                } else {
+                    "altered"
+                };
+                match output.output {
+                    Output::Table => println!("{verb} topic {name}"),
+                    Output::Json => cli::print_json(&serde_json::json!({
+                        "altered": name,
+                        "validate_only": validate_only,
+                        "partitions": partitions,
+                        "set": set.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                        "deleted": delete,
+                    })),
+                }
+            }
+            TopicCommand::Delete {
+                name,
+                bootstrap,
+                output,
+            } => {
                 AdminClient::connect(&bootstrap.bootstrap)
                     .await?
                     .delete_topic(&name)
                     .await?;
-                println!("deleted topic {name}");
+                match output.output {
+                    Output::Table => println!("deleted topic {name}"),
+                    Output::Json => cli::print_json(&serde_json::json!({ "deleted": name })),
+                }
             }
         }
         Ok::<(), strata_broker::kafka::client::ClientError>(())
@@ -359,6 +594,138 @@ fn topic(cmd: TopicCommand) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn user(cmd: UserCommand) -> ExitCode {
+    match cmd {
+        UserCommand::Add {
+            args,
+            bootstrap,
+            output,
+        } => run_cli(cli::user::add(args, &bootstrap.bootstrap, output.output)),
+        UserCommand::Delete {
+            name,
+            mechanism,
+            bootstrap,
+            output,
+        } => run_cli(async move {
+            cli::user::delete(&name, mechanism, &bootstrap.bootstrap, output.output).await
+        }),
+        UserCommand::List { bootstrap, output } => {
+            run_cli(cli::user::list(&bootstrap.bootstrap, output.output))
+        }
+    }
+}
+
+/// Runs an async CLI command on a current-thread runtime and maps its error to an exit code
+/// (1: the node refused or is unreachable; 2: a bad argument).
+fn run_cli<F: std::future::Future<Output = Result<(), cli::CliError>>>(work: F) -> ExitCode {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => err.exit(),
+    }
+}
+
+fn cluster(cmd: ClusterCommand) -> ExitCode {
+    match cmd {
+        ClusterCommand::Status { admin, output } => {
+            run_cli(cli::admin::cluster_status(&admin.admin, output.output))
+        }
+    }
+}
+
+fn group(cmd: GroupCommand) -> ExitCode {
+    use cli::admin::ResetTarget;
+    match cmd {
+        GroupCommand::List { admin, output } => {
+            run_cli(cli::admin::group_list(&admin.admin, output.output))
+        }
+        GroupCommand::Describe {
+            group,
+            admin,
+            output,
+        } => {
+            run_cli(
+                async move { cli::admin::group_describe(&admin.admin, &group, output.output).await },
+            )
+        }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            partitions,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_datetime,
+            dry_run,
+            admin,
+            output,
+        } => {
+            // clap's "target" group guarantees exactly one of them.
+            let to = match (to_earliest, to_latest, to_offset, to_datetime) {
+                (true, _, _, _) => ResetTarget::Earliest,
+                (_, true, _, _) => ResetTarget::Latest,
+                (_, _, Some(n), _) => ResetTarget::Offset(n as i64),
+                (_, _, _, Some(ms)) => ResetTarget::Timestamp(ms),
+                _ => ResetTarget::Latest,
+            };
+            run_cli(async move {
+                cli::admin::group_reset(
+                    &admin.admin,
+                    &group,
+                    &topic,
+                    partitions,
+                    to,
+                    dry_run,
+                    output.output,
+                )
+                .await
+            })
+        }
+    }
+}
+
+fn produce(args: ProduceArgs) -> ExitCode {
+    run_cli(async move {
+        let n = cli::records::produce(
+            &args.bootstrap.bootstrap,
+            &args.topic,
+            args.key_sep.as_deref(),
+            args.partition,
+        )
+        .await?;
+        eprintln!("produced {n} records to {}", args.topic);
+        Ok(())
+    })
+}
+
+fn consume(args: ConsumeArgs) -> ExitCode {
+    use cli::records::Start;
+    let start = match (args.from_beginning, args.offset) {
+        (true, _) => Start::Beginning,
+        (_, Some(n)) => Start::Offset(n as i64),
+        _ => Start::End,
+    };
+    // `\t` and `\n` as typed on a shell line mean the control characters.
+    let key_sep = args.key_sep.replace("\\t", "\t").replace("\\n", "\n");
+    run_cli(async move {
+        cli::records::consume(cli::records::ConsumeArgs {
+            bootstrap: &args.bootstrap.bootstrap,
+            topic: &args.topic,
+            partition: args.partition,
+            start,
+            count: args.count,
+            print_key: args.print_key,
+            key_sep: &key_sep,
+            timeout: args.timeout_ms.map(std::time::Duration::from_millis),
+        })
+        .await
+        .map(|_| ())
+    })
 }
 
 /// Runs `strata export parquet`. Exit 2 on bad arguments, 1 when the broker or store fails.
@@ -389,14 +756,23 @@ fn export_parquet(args: ExportParquetArgs) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line: timestamp, level, message and the event's fields at the
+        // top level (what log shippers index), no ANSI colours.
+        config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_ansi(false)
+            .init(),
+    }
 }

@@ -175,6 +175,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     let registry = Arc::new(Registry::new(config.node_id));
     registry.sync(&meta.read());
+    metrics.attach(registry.clone(), meta.clone());
 
     let (wal, entries) = open_wal(&config, registration).await?;
     let seq_shared = Arc::new(SeqShared::default());

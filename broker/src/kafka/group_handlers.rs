@@ -398,14 +398,12 @@ async fn offset_commit(node: &Arc<Node>, req: OffsetCommitRequest) -> OffsetComm
         if offsets.is_empty() {
             break;
         }
-        let result = node
-            .meta
-            .write(Command::CommitOffsets {
-                group: group.clone(),
-                offsets,
-                now_ms: crate::log::sequencer::now_ms(),
-            })
-            .await;
+        let commit = node.meta.write(Command::CommitOffsets {
+            group: group.clone(),
+            offsets,
+            now_ms: crate::log::sequencer::now_ms(),
+        });
+        let result = crate::metrics::timed(&node.metrics.meta_write_seconds, commit).await;
         let failed = match result {
             Ok(CommandResult::OffsetsCommitted) => {
                 Metrics::inc(&node.metrics.offset_commits_total);

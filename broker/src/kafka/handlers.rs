@@ -44,7 +44,7 @@ use tokio::sync::oneshot;
 /// Longest Fetch long-poll we honour, whatever the client asks.
 const FETCH_WAIT_MS_MAX: i32 = 30_000;
 /// Partitions a CreateTopics may ask for, per topic.
-const TOPIC_PARTITIONS_MAX: i32 = 10_000;
+pub(crate) const TOPIC_PARTITIONS_MAX: i32 = 10_000;
 
 fn malformed(e: impl std::fmt::Display) -> CloseReason {
     CloseReason::Malformed(e.to_string())
@@ -119,6 +119,28 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
             RequestKind::InitProducerId(req) => {
                 ResponseKind::InitProducerId(init_producer_id(&node, req).await)
             }
+            // SCRAM users (`auth`). SaslHandshake/SaslAuthenticate never get here: the
+            // connection's `auth::Session` answers them.
+            RequestKind::DescribeUserScramCredentials(req) => {
+                ResponseKind::DescribeUserScramCredentials(super::auth::describe_users(&node, req))
+            }
+            RequestKind::AlterUserScramCredentials(req) => {
+                ResponseKind::AlterUserScramCredentials(super::auth::alter_users(&node, req).await)
+            }
+            // The admin APIs (`admin_handlers`).
+            RequestKind::CreatePartitions(_)
+            | RequestKind::DescribeConfigs(_)
+            | RequestKind::AlterConfigs(_)
+            | RequestKind::IncrementalAlterConfigs(_)
+            | RequestKind::DescribeCluster(_)
+            | RequestKind::DeleteRecords(_)
+            | RequestKind::OffsetForLeaderEpoch(_)
+            | RequestKind::DescribeLogDirs(_) => {
+                match super::admin_handlers::handle(&node, request, version).await {
+                    Some(body) => body,
+                    None => return Some(bare_error(correlation_id, errors::unsupported_version())),
+                }
+            }
             // The consumer-group APIs (`group_handlers`).
             RequestKind::FindCoordinator(_)
             | RequestKind::JoinGroup(_)
@@ -149,7 +171,12 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
 }
 
 /// A response frame: size, header, body.
-fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKind) -> BytesMut {
+pub(super) fn encode(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> BytesMut {
     let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
@@ -196,6 +223,11 @@ fn api_versions_body(error_code: i16) -> ApiVersionsResponse {
 
 fn wire_name(name: &str) -> WireTopicName {
     WireTopicName(StrBytes::from_string(name.to_string()))
+}
+
+/// A topic name as the wire carries it (for `admin_handlers`).
+pub(super) fn wire_topic(name: &str) -> WireTopicName {
+    wire_name(name)
 }
 
 fn now_ms() -> i64 {
@@ -359,12 +391,15 @@ fn topic_metadata(
 }
 
 /// Creates a topic through metadata. Errors come back as a Kafka code and a message.
-async fn create_topic(
+/// Also the admin HTTP API's path (`admin::api`).
+pub(crate) async fn create_topic(
     node: &Node,
     name: TopicName,
     partitions: u32,
     configs: BTreeMap<String, String>,
 ) -> Result<strata_meta::TopicMeta, (i16, String)> {
+    crate::topic_configs::validate_topic_configs(&configs)
+        .map_err(|e| (errors::config(&e), e.to_string()))?;
     let cmd = Command::CreateTopic {
         name,
         id: TopicId::random(),
@@ -386,12 +421,7 @@ async fn create_topic(
 }
 
 fn rejection_code(r: &Rejection) -> i16 {
-    match r {
-        Rejection::TopicExists { .. } => E::TopicAlreadyExists.code(),
-        Rejection::UnknownTopic { .. } => errors::unknown_topic(),
-        Rejection::InvalidPartitions { .. } => E::InvalidPartitions.code(),
-        _ => E::InvalidRequest.code(),
-    }
+    errors::rejection(r)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,17 +488,8 @@ async fn produce(
                     }
                     Some(log) => {
                         match validate(node, log.clone(), pd.records.unwrap_or_default()) {
-                            Ok(item) => {
-                                Metrics::add(
-                                    &node.metrics.produce_bytes_total,
-                                    item.data.len() as u64,
-                                );
-                                Metrics::add(
-                                    &node.metrics.produce_records_total,
-                                    item.offset_count() as u64,
-                                );
-                                items.push(item);
-                            }
+                            // Produce bytes/records are counted by the sequencer once durable.
+                            Ok(item) => items.push(item),
                             Err(e) => slot.error = Some(e),
                         }
                     }
@@ -779,6 +800,11 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
         let waited_enough = tokio::time::Instant::now() >= deadline;
         if total >= min_bytes || any_error || waited_enough || watches.is_empty() {
             Metrics::add(&node.metrics.fetch_bytes_total, total as u64);
+            for (w, (_, pd)) in wants.iter().zip(&parts) {
+                if let (Some(log), Some(records)) = (&w.log, &pd.records) {
+                    log.traffic.count_out(records);
+                }
+            }
             let mut topics: Vec<FetchableTopicResponse> = names
                 .iter()
                 .map(|(name, id)| {
@@ -838,7 +864,7 @@ async fn list_offsets(
                 .with_timestamp(-1)
                 .with_offset(-1);
             if version >= 4 {
-                resp = resp.with_leader_epoch(0);
+                resp = resp.with_leader_epoch(-1);
             }
             let log = logs.as_ref().and_then(|l| {
                 usize::try_from(p.partition_index)
@@ -849,9 +875,13 @@ async fn list_offsets(
                 partitions.push(resp.with_error_code(errors::unknown_topic()));
                 continue;
             };
-            if !node.registry.leads(&log.key) {
+            let Some(epoch) = node.registry.leader_epoch(&log.key) else {
                 partitions.push(resp.with_error_code(errors::not_leader()));
                 continue;
+            };
+            if version >= 4 {
+                // The lease epoch, as Metadata reports it (see `admin_handlers` on epochs).
+                resp = resp.with_leader_epoch(epoch);
             }
             let offsets = log.offsets();
             let found = match p.timestamp {
@@ -929,7 +959,9 @@ async fn create_topics(node: &Arc<Node>, req: CreateTopicsRequest) -> CreateTopi
         let outcome = match checked {
             Err(e) => Err(e),
             Ok(n) if req.validate_only => {
-                if node.registry.topic(n.as_str()).is_some() {
+                if let Err(e) = crate::topic_configs::validate_topic_configs(&configs) {
+                    Err((errors::config(&e), e.to_string()))
+                } else if node.registry.topic(n.as_str()).is_some() {
                     Err((
                         E::TopicAlreadyExists.code(),
                         format!("topic `{n}` already exists"),

@@ -1,8 +1,11 @@
 //! The Kafka front-end: the real Kafka wire protocol, through the `kafka-protocol` codec.
 
+pub mod admin_handlers;
+pub mod auth;
 pub mod client;
 pub mod errors;
 pub mod group_handlers;
 pub mod handlers;
+pub mod scram;
 pub mod server;
 pub mod versions;

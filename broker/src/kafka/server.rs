@@ -9,9 +9,15 @@
 //! so responses leave in request order, as the protocol requires, while later requests are
 //! already being worked on.
 //!
+//! With `kafka.tls_*` set, each accepted socket first completes a TLS handshake (bounded by the
+//! frame timeout). With `kafka.sasl_mechanisms` set, every frame first passes the connection's
+//! [`auth::Session`], which answers the SASL requests and closes a connection that sends
+//! anything else before authenticating.
+//!
 //! *Boundary:* bytes from the network are never `unwrap`ped; a frame that does not decode
 //! closes only its own connection.
 
+use super::auth::{self, Intercept};
 use super::handlers;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -20,9 +26,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 /// A response still being computed; `None` when the request gets no response (acks=0).
@@ -45,7 +51,20 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Rece
                 node.metrics
                     .kafka_connections_open
                     .fetch_add(1, Ordering::Relaxed);
-                if let Err(reason) = connection(node.clone(), stream).await {
+                let _ = stream.set_nodelay(true);
+                let result = match node.config.kafka_security.tls.clone() {
+                    None => connection(node.clone(), stream).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(FRAME_READ_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => connection(node.clone(), tls).await,
+                            Ok(Err(e)) => Err(CloseReason::Tls(e.to_string())),
+                            Err(_) => Err(CloseReason::Tls("handshake timed out".into())),
+                        }
+                    }
+                };
+                if let Err(reason) = result {
                     tracing::info!(%peer, %reason, "kafka connection closed");
                 }
                 node.metrics
@@ -70,20 +89,31 @@ pub enum CloseReason {
     Malformed(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Auth(String),
 }
 
-async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), CloseReason> {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+async fn connection<S>(node: Arc<Node>, stream: S) -> Result<(), CloseReason>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let inflight = node.config.file.kafka.inflight_requests_max as usize;
-    let (tx, mut rx) = mpsc::channel::<ResponseFuture>(inflight);
+    // Each response travels with its API key and arrival time, for the latency histogram.
+    let (tx, mut rx) = mpsc::channel::<(ResponseFuture, i16, Instant)>(inflight);
+    let metrics = node.metrics.clone();
     let writer = tokio::spawn(async move {
         let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-        while let Some(response) = rx.recv().await {
+        while let Some((response, api_key, arrived)) = rx.recv().await {
             if let Some(frame) = response.await {
                 wr.write_all(&frame).await?;
             }
+            metrics
+                .kafka_request_seconds
+                .observe(api_key, arrived.elapsed());
             if rx.is_empty() {
                 wr.flush().await?;
             }
@@ -92,16 +122,37 @@ async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), CloseReaso
         wr.shutdown().await
     });
     let max = node.config.file.kafka.request_bytes_max;
+    let mut session = auth::Session::new();
     let result = loop {
         let frame = match read_frame(&mut rd, max).await {
             Ok(Some(frame)) => frame,
             Ok(None) => break Ok(()),
             Err(reason) => break Err(reason),
         };
+        let api_key = frame
+            .get(..2)
+            .map_or(-1, |k| i16::from_be_bytes([k[0], k[1]]));
+        let frame = match session.intercept(&node, frame).await {
+            Intercept::Pass(frame) => frame,
+            Intercept::Reply(answer) => {
+                let ready: ResponseFuture = Box::pin(async move { Some(answer) });
+                if tx.send((ready, api_key, Instant::now())).await.is_err() {
+                    break Ok(());
+                }
+                continue;
+            }
+            Intercept::ReplyClose(answer, why) => {
+                let ready: ResponseFuture = Box::pin(async move { Some(answer) });
+                let _ = tx.send((ready, api_key, Instant::now())).await;
+                break Err(CloseReason::Auth(why));
+            }
+            Intercept::Close(why) => break Err(CloseReason::Auth(why)),
+        };
         Metrics::inc(&node.metrics.kafka_requests_total);
+        let arrived = Instant::now();
         match handlers::dispatch(&node, frame).await {
             Ok(response) => {
-                if tx.send(response).await.is_err() {
+                if tx.send((response, api_key, arrived)).await.is_err() {
                     break Ok(()); // the writer failed: the peer is gone
                 }
             }
@@ -118,8 +169,8 @@ async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), CloseReaso
 }
 
 /// Reads one size-prefixed frame. `Ok(None)` on a clean EOF between frames.
-async fn read_frame(
-    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
     max: u32,
 ) -> Result<Option<Bytes>, CloseReason> {
     let mut size_buf = [0u8; 4];

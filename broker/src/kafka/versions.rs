@@ -32,6 +32,24 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    // Admin APIs (`kafka::admin_handlers`). The floors are the codec's (DescribeConfigs v0,
+    // DescribeLogDirs v0 and OffsetForLeaderEpoch v0-v1 are not decoded); every client we test
+    // (librdkafka 2.x, kafka-python 3, kafkajs 2.2, the Java client) negotiates within these.
+    // The ceilings are the codec's too: each version up to them only adds fields we fill or
+    // ignore (DescribeCluster v2 `include_fenced_brokers`: we have no fenced brokers).
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    // Security (`kafka::auth`): advertised whether or not SASL is on, as Kafka does.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 pub fn range(key: ApiKey) -> Option<(i16, i16)> {

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
 use strata_types::{PartitionKey, TopicName};
 use tokio::sync::watch;
 
@@ -39,6 +40,9 @@ struct Tail {
     log_start_offset: i64,
     bytes: u64,
     uploaded_bytes: u64,
+    /// When each batch not yet in object storage was published (its end offset and instant),
+    /// oldest first: the upload lag in seconds is the age of the front.
+    pending_since: VecDeque<(i64, Instant)>,
 }
 
 impl Tail {
@@ -66,6 +70,8 @@ pub struct PartitionLog {
     next_offset: AtomicI64,
     tail: RwLock<Tail>,
     hw_tx: watch::Sender<i64>,
+    /// Bytes and records in and out, for `/metrics`.
+    pub traffic: crate::metrics::PartitionTraffic,
 }
 
 /// What a read from the tail found.
@@ -109,8 +115,10 @@ impl PartitionLog {
                 log_start_offset: indexed_start,
                 bytes: 0,
                 uploaded_bytes: 0,
+                pending_since: VecDeque::new(),
             }),
             hw_tx,
+            traffic: Default::default(),
         }
     }
 
@@ -143,6 +151,7 @@ impl PartitionLog {
     /// Sequencer only: a durable batch becomes visible.
     pub fn publish(&self, batch: TailBatch) {
         let end = batch.end_offset;
+        let now = Instant::now();
         {
             let mut tail = self.tail.write();
             assert_eq!(
@@ -153,6 +162,7 @@ impl PartitionLog {
             tail.bytes += batch.data.len() as u64;
             tail.high_watermark = end;
             tail.batches.push_back(batch);
+            tail.pending_since.push_back((end, now));
         }
         self.hw_tx.send_replace(end);
     }
@@ -206,7 +216,11 @@ impl PartitionLog {
     /// The first tail batch with `max_timestamp >= ts`, for timestamp lookups.
     pub fn first_batch_at_or_after_time(&self, ts: i64) -> Option<TailBatch> {
         let tail = self.tail.read();
-        tail.batches.iter().find(|b| b.max_timestamp >= ts).cloned()
+        // Batches wholly below the log start (DeleteRecords, not uploaded yet) are not answers.
+        tail.batches
+            .iter()
+            .find(|b| b.max_timestamp >= ts && b.end_offset > tail.log_start_offset)
+            .cloned()
     }
 
     /// Largest timestamp in the tail and the offset of the batch that holds it.
@@ -248,6 +262,11 @@ impl PartitionLog {
         tail.bytes - tail.uploaded_bytes
     }
 
+    /// When the oldest batch not yet in object storage was published; `None` when all is.
+    pub fn oldest_pending_since(&self) -> Option<Instant> {
+        self.tail.read().pending_since.front().map(|(_, t)| *t)
+    }
+
     /// WAL position of the oldest batch not yet in object storage.
     pub fn oldest_pending_lsn(&self) -> Option<u64> {
         let tail = self.tail.read();
@@ -267,18 +286,20 @@ impl PartitionLog {
         tail.batches.get(idx).map(|b| b.wal_lsn)
     }
 
-    /// Retention moved the partition's log start (metadata trimmed the index up to `start`).
-    /// Offsets below it become out of range, and tail batches wholly below it are dropped (they
-    /// are uploaded: `start` never passes the indexed end). Never moves the start backwards or
-    /// past the high watermark.
+    /// Retention or DeleteRecords moved the partition's log start (metadata trimmed the index
+    /// up to `start`). Offsets below it become out of range, and uploaded tail batches wholly
+    /// below it are dropped; un-uploaded ones stay until the uploader has them in object storage
+    /// (DeleteRecords may pass the indexed end), but are never served. Never moves the start
+    /// backwards or past the high watermark.
     pub fn advance_log_start(&self, start: i64) {
         let mut tail = self.tail.write();
-        let start = start.min(tail.uploaded_offset);
+        let start = start.min(tail.high_watermark);
         if start <= tail.log_start_offset {
             return;
         }
         tail.log_start_offset = start;
-        while tail.pop_front_below(start) {}
+        let droppable = start.min(tail.uploaded_offset);
+        while tail.pop_front_below(droppable) {}
     }
 
     /// Uploader: everything below `end` is now in object storage. Keeps at most
@@ -294,6 +315,9 @@ impl PartitionLog {
             .sum();
         tail.uploaded_offset = end;
         tail.uploaded_bytes += newly;
+        while tail.pending_since.front().is_some_and(|(e, _)| *e <= end) {
+            tail.pending_since.pop_front();
+        }
         while tail.uploaded_bytes > keep_bytes_max && tail.pop_front_below(end) {}
     }
 }
@@ -364,14 +388,35 @@ mod tests {
     }
 
     #[test]
+    fn log_start_may_pass_the_upload_but_not_the_high_watermark() {
+        let p = log();
+        push(&p, 2, 10, 1); // 0..2
+        push(&p, 3, 10, 2); // 2..5
+        p.mark_uploaded(2, u64::MAX);
+        // DeleteRecords at 4: 2..5 is not uploaded yet, so it stays for the uploader, but
+        // offsets below 4 are out of range.
+        p.advance_log_start(4);
+        assert_eq!(p.offsets().log_start_offset, 4);
+        assert!(matches!(p.read(3, 100), TailRead::OutOfRange));
+        assert!(matches!(p.read(4, 100), TailRead::Data(_)));
+        assert_eq!(p.pending_upload(u64::MAX).len(), 1);
+        assert_eq!(p.pending_bytes(), 10);
+        // Never past the high watermark.
+        p.advance_log_start(9);
+        assert_eq!(p.offsets().log_start_offset, 5);
+        assert!(matches!(p.read(5, 100), TailRead::AtEnd));
+        p.mark_uploaded(5, 0);
+        assert_eq!(p.pending_bytes(), 0);
+    }
+
+    #[test]
     fn log_start_moves_forward_only() {
         let p = log();
         push(&p, 2, 10, 1); // 0..2
         push(&p, 3, 10, 2); // 2..5
         push(&p, 1, 10, 3); // 5..6
         p.mark_uploaded(5, u64::MAX);
-        // Never past what is uploaded.
-        p.advance_log_start(6);
+        p.advance_log_start(5);
         assert_eq!(p.offsets().log_start_offset, 5);
         assert!(matches!(p.read(4, 100), TailRead::OutOfRange));
         assert_eq!(
@@ -387,7 +432,9 @@ mod tests {
         // Backwards is a no-op.
         p.advance_log_start(2);
         assert_eq!(p.offsets().log_start_offset, 5);
+        assert!(p.oldest_pending_since().is_some());
         p.mark_uploaded(6, u64::MAX);
         assert_eq!(p.pending_bytes(), 0);
+        assert_eq!(p.oldest_pending_since(), None, "nothing left to upload");
     }
 }

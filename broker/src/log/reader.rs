@@ -195,8 +195,10 @@ impl Reader {
         let key = entry_key(&block.key, range.start);
         if let Some(hit) = self.cache.get(Tier::History, &key).await {
             Metrics::inc(&self.metrics.cold_read_cache_hits_total);
+            Metrics::inc(&self.metrics.cache.history_hits);
             return Ok(hit);
         }
+        Metrics::inc(&self.metrics.cache.history_misses);
         let data = fetch_chunk(&self.store, block, index, i).await?;
         self.cache.insert(Tier::History, key, data.clone());
         Ok(data)
@@ -237,8 +239,10 @@ impl Reader {
         let key = entry_key(&block.key, block.position);
         if let Some(hit) = self.cache.get(Tier::Recent, &key).await {
             Metrics::inc(&self.metrics.cold_read_cache_hits_total);
+            Metrics::inc(&self.metrics.cache.recent_hits);
             return Ok(hit);
         }
+        Metrics::inc(&self.metrics.cache.recent_misses);
         let data = self
             .store
             .get_range(&block.key, block.position..block.position + block.len)
@@ -295,15 +299,14 @@ impl Reader {
         let start = log.offsets().log_start_offset;
         if let Some(block) = block {
             if let Some(data) = self.data_for_time(&block, ts).await? {
-                if let Some(found) = records::first_at_or_after_time(&data, ts) {
-                    if found.0 >= start {
-                        return Ok(Some(found));
-                    }
+                if let Some(found) = records::first_at_or_after_time_from(&data, ts, start) {
+                    return Ok(Some(found));
                 }
             }
         }
         if let Some(batch) = log.first_batch_at_or_after_time(ts) {
-            return Ok(records::first_at_or_after_time(&batch.data, ts));
+            // Records below the log start (DeleteRecords may cut a batch) are not answers.
+            return Ok(records::first_at_or_after_time_from(&batch.data, ts, start));
         }
         Ok(None)
     }
@@ -317,7 +320,13 @@ impl Reader {
                 .max_by_key(|b| b.max_timestamp)
                 .cloned()
         };
-        let tail = log.max_timestamp();
+        // The tail knows batches: the record carrying the maximum is found inside its batch
+        // (Kafka answers that record's offset, not its batch's).
+        let tail = log.max_timestamp().map(|(ts, base)| {
+            log.first_batch_at_or_after_time(ts)
+                .and_then(|b| records::max_timestamp(&b.data))
+                .unwrap_or((ts, base))
+        });
         let cold = match block {
             Some(block) if tail.is_none_or(|(t, _)| block.max_timestamp > t) => {
                 // The block's (or for a segment, its chunk's) records that reach its maximum.

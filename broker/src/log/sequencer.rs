@@ -233,7 +233,10 @@ fn run(
             metrics.wal_bytes.store(wal.bytes(), Ordering::Relaxed);
             continue;
         }
+        let sync_started = std::time::Instant::now();
         let synced = wal.sync();
+        let sync_histogram = metrics.wal_sync_histogram(wal.is_replicated());
+        sync_histogram.observe(sync_started.elapsed());
         Metrics::inc(&metrics.wal_group_commits_total);
         if let Err(err) = synced {
             tracing::error!(%err, "WAL sync failed; this node stops accepting writes");
@@ -252,14 +255,20 @@ fn run(
             }
             continue;
         }
-        let mut published = 0u64;
+        let (mut published, mut records) = (0u64, 0i64);
         for p in group {
             for (log, batch) in p.publish {
                 published += batch.data.len() as u64;
+                records += batch.end_offset - batch.base_offset;
+                log.traffic
+                    .count_in(batch.data.len(), batch.end_offset - batch.base_offset);
                 log.publish(batch);
             }
             let _ = p.reply.send(p.results);
         }
+        // Counted once durable: refused and duplicate batches are not produce traffic.
+        Metrics::add(&metrics.produce_bytes_total, published);
+        Metrics::add(&metrics.produce_records_total, records as u64);
         shared
             .published_lsn
             .store(wal.last_lsn(), Ordering::Release);

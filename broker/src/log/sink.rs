@@ -86,6 +86,11 @@ impl WalSink {
         }
     }
 
+    /// Whether `sync` waits for a write quorum of replicas (else one local fdatasync).
+    pub fn is_replicated(&self) -> bool {
+        matches!(self, WalSink::Replicated { .. })
+    }
+
     pub fn last_lsn(&self) -> u64 {
         match self {
             WalSink::Local(wal) => wal.last_lsn(),

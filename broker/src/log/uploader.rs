@@ -134,16 +134,13 @@ impl Uploader {
                 epoch,
                 settled_lsn: settled,
             });
-        match self
-            .meta
-            .write(Command::CommitObject {
-                stream: progress,
-                key: key.clone(),
-                size: object_len,
-                blocks,
-            })
-            .await
-        {
+        let commit = self.meta.write(Command::CommitObject {
+            stream: progress,
+            key: key.clone(),
+            size: object_len,
+            blocks,
+        });
+        match crate::metrics::timed(&self.metrics.meta_write_seconds, commit).await {
             Ok(CommandResult::ObjectCommitted) => {}
             Ok(CommandResult::Rejected(strata_meta::Rejection::Cluster(err))) => {
                 tracing::error!(key, %err, "object commit fenced: this broker's WAL stream moved");
