@@ -53,12 +53,19 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Rece
                     .fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let result = match node.config.kafka_security.tls.clone() {
-                    None => connection(node.clone(), stream).await,
+                    // Plain TCP splits into owned halves (no lock between reader and writer).
+                    None => {
+                        let (rd, wr) = stream.into_split();
+                        connection(node.clone(), rd, wr).await
+                    }
                     Some(acceptor) => {
                         match tokio::time::timeout(FRAME_READ_TIMEOUT, acceptor.accept(stream))
                             .await
                         {
-                            Ok(Ok(tls)) => connection(node.clone(), tls).await,
+                            Ok(Ok(tls)) => {
+                                let (rd, wr) = tokio::io::split(tls);
+                                connection(node.clone(), rd, wr).await
+                            }
                             Ok(Err(e)) => Err(CloseReason::Tls(e.to_string())),
                             Err(_) => Err(CloseReason::Tls("handshake timed out".into())),
                         }
@@ -95,11 +102,11 @@ pub enum CloseReason {
     Auth(String),
 }
 
-async fn connection<S>(node: Arc<Node>, stream: S) -> Result<(), CloseReason>
+async fn connection<R, W>(node: Arc<Node>, rd: R, wr: W) -> Result<(), CloseReason>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let inflight = node.config.file.kafka.inflight_requests_max as usize;
     // Each response travels with its API key and arrival time, for the latency histogram.
