@@ -210,6 +210,16 @@ pub fn live_brokers(node: &Node) -> Vec<BrokerAddr> {
     out
 }
 
+/// The broker clients are told is the controller (Metadata, DescribeCluster): the meta leader
+/// when it is one of `live`, else the first live broker, else this broker.
+pub fn controller_id(node: &Node, live: &[BrokerAddr]) -> i32 {
+    node.meta
+        .leader()
+        .and_then(|l| live.iter().find(|b| b.node_id as u64 == l))
+        .or(live.first())
+        .map_or(node.config.node_id as i32, |b| b.node_id)
+}
+
 /// This broker's advertised address.
 pub fn self_addr(node: &Node) -> BrokerAddr {
     BrokerAddr {

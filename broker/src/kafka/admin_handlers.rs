@@ -431,7 +431,10 @@ fn describe_cluster(node: &Node, req: DescribeClusterRequest) -> DescribeCluster
             )))
             .with_controller_id(BrokerId(-1));
     }
-    let brokers: Vec<DescribeClusterBroker> = crate::cluster::live_brokers(node)
+    let live = crate::cluster::live_brokers(node);
+    // The same controller Metadata reports.
+    let controller = BrokerId(crate::cluster::controller_id(node, &live));
+    let brokers: Vec<DescribeClusterBroker> = live
         .into_iter()
         .map(|b| {
             DescribeClusterBroker::default()
@@ -440,13 +443,6 @@ fn describe_cluster(node: &Node, req: DescribeClusterRequest) -> DescribeCluster
                 .with_port(b.port)
         })
         .collect();
-    // The same controller Metadata reports: the meta leader when it is a broker.
-    let controller = node
-        .meta
-        .leader()
-        .and_then(|l| brokers.iter().find(|b| b.broker_id.0 as u64 == l))
-        .or(brokers.first())
-        .map_or(BrokerId(node.config.node_id as i32), |b| b.broker_id);
     resp.with_controller_id(controller).with_brokers(brokers)
 }
 

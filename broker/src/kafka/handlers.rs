@@ -230,19 +230,14 @@ pub(super) fn wire_topic(name: &str) -> WireTopicName {
     wire_name(name)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Metadata
 
 async fn metadata(node: &Arc<Node>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let cfg = &node.config;
-    let brokers: Vec<MetadataResponseBroker> = crate::cluster::live_brokers(node)
+    let live = crate::cluster::live_brokers(node);
+    let controller = BrokerId(crate::cluster::controller_id(node, &live));
+    let brokers: Vec<MetadataResponseBroker> = live
         .into_iter()
         .map(|b| {
             MetadataResponseBroker::default()
@@ -251,12 +246,6 @@ async fn metadata(node: &Arc<Node>, req: MetadataRequest, version: i16) -> Metad
                 .with_port(b.port)
         })
         .collect();
-    let controller = node
-        .meta
-        .leader()
-        .and_then(|l| brokers.iter().find(|b| b.node_id.0 as u64 == l))
-        .or(brokers.first())
-        .map_or(BrokerId(cfg.node_id as i32), |b| b.node_id);
     // v0: an empty list means every topic; v1+: null means every topic.
     let wanted: Option<Vec<(Option<String>, uuid::Uuid)>> = match req.topics {
         None => None,
@@ -405,7 +394,7 @@ pub(crate) async fn create_topic(
         id: TopicId::random(),
         partitions,
         configs,
-        created_ms: now_ms(),
+        created_ms: crate::log::sequencer::now_ms(),
     };
     let result = node.meta.write(cmd).await;
     node.refresh_topics();
