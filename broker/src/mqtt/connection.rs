@@ -32,9 +32,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -56,6 +55,12 @@ pub struct Shared {
     pub ingest: Ingest,
     pub router: mpsc::Sender<RouterMsg>,
     pub next_conn_id: AtomicU64,
+    /// Delayed wills (MQTT 5 Will Delay Interval) by client id: aborted by a reconnect.
+    pub wills: parking_lot::Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// PUBLISH packets received from clients (for `$SYS`).
+    pub received: AtomicU64,
+    /// PUBLISH packets sent to clients (for `$SYS`).
+    pub sent: AtomicU64,
 }
 
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
@@ -69,7 +74,10 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: watch::
         |stream, peer| {
             let (shared, shutdown) = (shared.clone(), stop.clone());
             async move {
-                if let Err(reason) = connection(shared, stream, shutdown).await {
+                let _ = stream.set_nodelay(true);
+                let (rd, wr) = stream.into_split();
+                if let Err(reason) = connection(shared, Box::new(rd), Box::new(wr), shutdown).await
+                {
                     tracing::info!(%peer, %reason, "mqtt connection closed");
                 }
             }
@@ -127,10 +135,15 @@ impl CloseReason {
     }
 }
 
-/// The socket halves and buffers.
+/// A connection's byte stream, read side: a TCP socket, a TLS session or a WebSocket bridge.
+pub type ByteReader = Box<dyn AsyncRead + Send + Unpin>;
+/// A connection's byte stream, write side.
+pub type ByteWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The byte stream halves and buffers.
 struct Io {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ByteReader,
+    wr: ByteWriter,
     rbuf: BytesMut,
     wbuf: BytesMut,
     codec: Codec,
@@ -165,13 +178,13 @@ impl Io {
 type PendingAppend =
     Pin<Box<dyn Future<Output = (Message, Option<u16>, Result<i64, IngestError>)> + Send>>;
 
-async fn connection(
+/// Serves one MQTT connection over any byte stream (TCP, TLS, WebSocket) until it ends.
+pub async fn connection(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    rd: ByteReader,
+    wr: ByteWriter,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), CloseReason> {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
     let max_in = shared.node.config.file.mqtt.packet_bytes_max;
     let _open = shared.node.metrics.mqtt.connection(); // metrics: open until this task ends
     let mut io = Io {
@@ -301,14 +314,35 @@ async fn connection(
             retry_at: None,
         }
     });
-    io.push(connack(
+    // MQTT 5 Server Keep Alive: a client asking for more than `mqtt.keep_alive_max_secs` (or
+    // for none) gets the maximum, and is told it.
+    let mut keep_alive_secs = connect.keep_alive_secs;
+    let mut keep_alive_told = None;
+    if let (Proto::V5, Some(max)) = (proto, shared.node.config.file.mqtt.keep_alive_max_secs) {
+        if keep_alive_secs == 0 || keep_alive_secs > max {
+            keep_alive_secs = max;
+            keep_alive_told = Some(max);
+        }
+    }
+    let mut ack = connack(
         ConnCode::Accepted,
         session_present,
         assigned,
         max_in,
         expiry_told,
-    ))?;
+    );
+    if let Outbound::ConnAck {
+        server_keep_alive, ..
+    } = &mut ack
+    {
+        *server_keep_alive = keep_alive_told;
+    }
+    io.push(ack)?;
     io.flush().await?;
+    // A reconnect within the Will Delay Interval cancels the previous connection's will.
+    if let Some(pending) = shared.wills.lock().remove(&client_id) {
+        pending.abort();
+    }
     if let Some(m) = connect.max_packet_size {
         io.codec.set_max_outbound(m);
     }
@@ -338,8 +372,8 @@ async fn connection(
     let mut signal_open = true;
     let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
     progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let keep_alive = (connect.keep_alive_secs > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive_secs) * 1500));
+    let keep_alive =
+        (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
     let mut last_packet = Instant::now();
     let far = Duration::from_secs(365 * 24 * 3600);
 
@@ -440,7 +474,33 @@ async fn connection(
         .await;
     if !conn.clean_disconnect {
         if let Some(will) = connect.will {
-            publish_will(&shared, will).await;
+            // MQTT 5 Will Delay Interval: published after the delay or at session end,
+            // whichever is first, unless the client connects again before.
+            let delay = connect.will_delay_secs.min(final_expiry);
+            let taken_over = matches!(result, Err(CloseReason::TakenOver));
+            if delay == 0 {
+                publish_will(&shared, will).await;
+            } else if !taken_over {
+                let s = shared.clone();
+                let cid = client_id.clone();
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                    let mine = {
+                        let mut wills = s.wills.lock();
+                        wills.remove(&cid).is_some()
+                    };
+                    if mine {
+                        publish_will(&s, will).await;
+                    }
+                });
+                let old = shared
+                    .wills
+                    .lock()
+                    .insert(client_id.clone(), task.abort_handle());
+                if let Some(old) = old {
+                    old.abort();
+                }
+            }
         }
     }
     tracing::debug!(client_id, conn_id, "mqtt client gone");
@@ -461,6 +521,7 @@ fn connack(
         receive_max: INBOUND_INFLIGHT_MAX,
         max_packet_size: max_in,
         session_expiry_secs,
+        server_keep_alive: None,
     }
 }
 
@@ -470,7 +531,12 @@ async fn publish_will(shared: &Shared, will: Message) {
         Ok(done) => match done.await {
             Ok(_) => {
                 if will.retain {
-                    let _ = shared.router.send(RouterMsg::Retain(Arc::new(will))).await;
+                    let (tx, rx) = oneshot::channel();
+                    let _ = shared
+                        .router
+                        .send(RouterMsg::Retain(Arc::new(will), Some(tx)))
+                        .await;
+                    let _ = rx.await;
                 }
             }
             Err(err) => tracing::warn!(%topic, %err, "mqtt will not stored"),
@@ -634,6 +700,9 @@ impl Conn<'_> {
                 message.topic
             ))));
         }
+        let mut message = message;
+        message.publisher = Some(self.client_id.to_string());
+        self.shared.received.fetch_add(1, Ordering::Relaxed);
         let qos = message.qos;
         let id = match (qos, packet_id) {
             (0, _) => None,
@@ -692,11 +761,20 @@ impl Conn<'_> {
                     message.expires_at_ms = message.expiry_secs.map(|s| {
                         crate::log::sequencer::now_ms().saturating_add(i64::from(s) * 1000)
                     });
-                    let _ = self
+                    // Acknowledged once the retained log has it too.
+                    let (tx, rx) = oneshot::channel();
+                    let sent = self
                         .shared
                         .router
-                        .send(RouterMsg::Retain(Arc::new(message)))
+                        .send(RouterMsg::Retain(Arc::new(message), Some(tx)))
                         .await;
+                    if !matches!((sent, rx.await), (Ok(()), Ok(true))) {
+                        tracing::warn!(
+                            client_id = self.client_id,
+                            "mqtt retained message not durable; not acknowledged"
+                        );
+                        return Err(CloseReason::Publish(IngestError::RetainedNotStored));
+                    }
                 }
                 match (qos, id) {
                     (1, Some(id)) => {
@@ -834,6 +912,7 @@ impl Conn<'_> {
                 &self.shared.node,
                 &p.topics,
                 &p.subs,
+                self.client_id,
                 &mut p.cursors,
                 PUMP_QUEUE_MAX - waiting,
             )
@@ -879,6 +958,7 @@ impl Conn<'_> {
                 .expires_at_ms
                 .is_some_and(|at| at <= crate::log::sequencer::now_ms());
             if !expired && io.push(Outbound::Publish(p))? {
+                self.shared.sent.fetch_add(1, Ordering::Relaxed);
                 if let (Some(per), Some(o)) = (self.persistent.as_mut(), origin) {
                     per.cursors.on_sent(o);
                 }

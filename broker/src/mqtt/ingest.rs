@@ -9,7 +9,7 @@
 use super::mapping::{self, Mapping};
 use super::tailer::Tailers;
 use super::Message;
-use crate::log::sequencer::{AppendError, AppendRequest, BatchSpan, SeqMsg};
+use crate::log::sequencer::{AppendError, AppendRequest, BatchSpan};
 use crate::node::Node;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -32,6 +32,8 @@ pub enum IngestError {
     Encode(String),
     #[error("append failed: {0}")]
     Append(#[from] AppendError),
+    #[error("retained message not written to the retained log")]
+    RetainedNotStored,
 }
 
 pub struct Ingest {
@@ -89,14 +91,8 @@ impl Ingest {
         };
         let (tx, rx) = oneshot::channel();
         if node.shutting_down.load(Ordering::Acquire)
-            || node
-                .seq_tx
-                .send(SeqMsg::Append {
-                    items: vec![item],
-                    reply: tx,
-                })
-                .await
-                .is_err()
+            // WAL topics to the sequencer, direct topics to the direct writer.
+            || crate::log::direct::route(node, vec![item], tx).await.is_err()
         {
             return Err(AppendError::ShuttingDown.into());
         }

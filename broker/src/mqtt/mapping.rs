@@ -29,6 +29,11 @@ use kafka_protocol::records::{
 pub const HEADER_QOS: &str = "mqtt.qos";
 pub const HEADER_RETAIN: &str = "mqtt.retain";
 pub const HEADER_EXPIRY: &str = "mqtt.expiry";
+pub const HEADER_RESPONSE_TOPIC: &str = "mqtt.response_topic";
+pub const HEADER_CORRELATION: &str = "mqtt.correlation";
+pub const HEADER_CONTENT_TYPE: &str = "mqtt.content_type";
+pub const HEADER_UTF8: &str = "mqtt.utf8";
+pub const HEADER_CLIENT: &str = "mqtt.client";
 const RESERVED_PREFIX: &str = "mqtt.";
 
 /// The validated `[[mqtt.kafka_mapping]]` rules and the default topic.
@@ -135,6 +140,22 @@ pub fn encode_batch(msg: &Message, now_ms: i64) -> Result<BytesMut, String> {
             Some(Bytes::from(secs.to_string())),
         );
     }
+    let text = |v: &Option<String>| v.as_ref().map(|s| Bytes::copy_from_slice(s.as_bytes()));
+    for (name, value) in [
+        (HEADER_RESPONSE_TOPIC, text(&msg.response_topic)),
+        (HEADER_CORRELATION, msg.correlation_data.clone()),
+        (HEADER_CONTENT_TYPE, text(&msg.content_type)),
+        (
+            HEADER_UTF8,
+            msg.payload_utf8
+                .map(|u| Bytes::from_static(if u { b"1" } else { b"0" })),
+        ),
+        (HEADER_CLIENT, text(&msg.publisher)),
+    ] {
+        if let Some(v) = value {
+            headers.insert(StrBytes::from_static_str(name), Some(v));
+        }
+    }
     let record = Record {
         transactional: false,
         control: false,
@@ -173,6 +194,8 @@ pub fn decode_record(record: &Record) -> Option<Message> {
     let mut retain = false;
     let mut expiry_secs = None;
     let mut user_properties = Vec::new();
+    let mut msg = Message::default();
+    let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_string);
     for (name, value) in &record.headers {
         let name: &str = name;
         let value = value.as_deref().unwrap_or_default();
@@ -185,6 +208,11 @@ pub fn decode_record(record: &Record) -> Option<Message> {
                 }
             }
             HEADER_RETAIN => retain = value == b"1",
+            HEADER_RESPONSE_TOPIC => msg.response_topic = text(value),
+            HEADER_CORRELATION => msg.correlation_data = Some(Bytes::copy_from_slice(value)),
+            HEADER_CONTENT_TYPE => msg.content_type = text(value),
+            HEADER_UTF8 => msg.payload_utf8 = Some(value == b"1"),
+            HEADER_CLIENT => msg.publisher = text(value),
             HEADER_EXPIRY => {
                 expiry_secs = std::str::from_utf8(value)
                     .ok()
@@ -206,6 +234,7 @@ pub fn decode_record(record: &Record) -> Option<Message> {
         user_properties,
         expiry_secs,
         expires_at_ms: expiry_secs.map(|s| record.timestamp.saturating_add(i64::from(s) * 1000)),
+        ..msg
     })
 }
 
@@ -333,6 +362,11 @@ mod tests {
                 expiry_secs: Some(60),
                 // The store time (the record timestamp below) plus the interval.
                 expires_at_ms: Some(1_700_000_060_000),
+                response_topic: Some("reply/to".into()),
+                correlation_data: Some(Bytes::from_static(b"\x00id")),
+                content_type: Some("text/plain".into()),
+                payload_utf8: Some(true),
+                publisher: Some("client-7".into()),
             },
             Message {
                 topic: "x".into(),

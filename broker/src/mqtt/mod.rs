@@ -44,28 +44,42 @@
 //! connected members), topic aliases both ways (64 each), Receive Maximum enforced (0x93),
 //! Message Expiry Interval (stored as header `mqtt.expiry`; expired messages are not sent,
 //! the rest carry their remaining lifetime), Subscription Identifiers, Session Expiry
-//! Interval (capped by `mqtt.session_expiry_max_secs`; CONNACK tells the capped value).
+//! Interval (capped by `mqtt.session_expiry_max_secs`; CONNACK tells the capped value), No
+//! Local (the publisher's client id is stored as header `mqtt.client`), Retain As Published
+//! and Retain Handling, Will Delay Interval (a delayed will waits in a task that a reconnect
+//! of the same client id aborts; it goes at session end if that is earlier), Server Keep
+//! Alive (`mqtt.keep_alive_max_secs`), Response Topic / Correlation Data / Content Type /
+//! Payload Format (headers `mqtt.response_topic`, `mqtt.correlation`, `mqtt.content_type`,
+//! `mqtt.utf8`), `$SYS/broker/...` statistics (`sys`).
 //!
-//! Not in this version: TLS / WebSocket / QUIC listeners, sessions that follow a client to
-//! another broker (the session log is per node), reading partitions led by another broker,
-//! shared subscriptions for offline members (a shared subscription is served live by the
-//! router, never from cursors), No Local, Server Keep Alive, Request/Response properties
-//! (response topic, correlation data, content type are not stored), auth and ACLs, `$SYS`.
+//! Listeners (`transport`): TCP, TLS (`mqtt.tls_*`) and WebSocket (`mqtt.ws_listen`, `/mqtt`);
+//! each has its own `mqtt.connections_max` bound. Retained messages: `retained`
+//! (`<data_dir>/mqtt/retained.log`), PUBACK after their fsync.
+//!
+//! Not in this version: QUIC, sessions that follow a client to another broker (the session
+//! log is per node), reading partitions led by another broker, shared subscriptions for
+//! offline members (a shared subscription is served live by the router, never from cursors),
+//! No Local for retained messages sent at subscribe time, auth and ACLs. `$SYS` topics are
+//! retained in memory and routed live, not stored in a partition.
 
 pub mod connection;
 pub mod ingest;
 pub mod mapping;
 pub mod replay;
+pub mod retained;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod sys;
 pub mod tailer;
 pub mod topic;
+pub mod transport;
 pub mod wire;
 
 use crate::node::Node;
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::Duration;
 use strata_types::PartitionKey;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -102,6 +116,16 @@ pub struct Message {
     /// When it expires (wall clock, ms): its store time plus `expiry_secs`. Set once stored;
     /// an expired message is not sent (MQTT 5 §3.3.2.3.3).
     pub expires_at_ms: Option<i64>,
+    /// MQTT 5 Response Topic (header `mqtt.response_topic`).
+    pub response_topic: Option<String>,
+    /// MQTT 5 Correlation Data (header `mqtt.correlation`).
+    pub correlation_data: Option<Bytes>,
+    /// MQTT 5 Content Type (header `mqtt.content_type`).
+    pub content_type: Option<String>,
+    /// MQTT 5 Payload Format Indicator: `Some(true)` for UTF-8 (header `mqtt.utf8`).
+    pub payload_utf8: Option<bool>,
+    /// The client id that published it over MQTT (header `mqtt.client`), for No Local.
+    pub publisher: Option<String>,
 }
 
 /// Where a stored message is: its partition and offset. Persistent sessions advance their
@@ -127,14 +151,21 @@ pub struct Delivery {
     pub sub_ids: Vec<u32>,
 }
 
-/// Starts the router, the tailers and the listener. Returns once they are spawned.
-pub fn start(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+/// Starts the router, the tailers and the listeners. Returns once they are spawned; the
+/// returned task ends after shutdown, once the session and retained logs are written (a clean
+/// stop loses no session progress).
+pub fn start(
+    node: Arc<Node>,
+    listener: TcpListener,
+    more: transport::Listeners,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let cfg = node.config.file.mqtt.clone();
     let mapping = mapping::Mapping::new(cfg.kafka_mapping.clone(), cfg.default_kafka_topic.clone());
     let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE_MAX);
     // Persistent sessions come back from the session log; without it they live in memory.
     let sessions_dir = node.config.data_dir.join("mqtt");
-    let (core, store) = match store::SessionStore::open(&sessions_dir) {
+    let (core, store_writer) = match store::SessionStore::open(&sessions_dir) {
         Ok((st, records)) => {
             tracing::info!(sessions = records.len(), dir = %sessions_dir.display(), "mqtt persistent sessions loaded");
             let now = crate::log::sequencer::now_ms();
@@ -148,7 +179,25 @@ pub fn start(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<b
             (router::RouterCore::default(), None)
         }
     };
-    tokio::spawn(router::run(router_rx, core, store));
+    // Retained messages come back from the retained log.
+    let mut core = core;
+    let retained_writer = match retained::RetainedStore::open(&sessions_dir) {
+        Ok((st, msgs)) => {
+            tracing::info!(retained = msgs.len(), "mqtt retained messages loaded");
+            for m in msgs {
+                core.retain(Arc::new(m));
+            }
+            Some(retained::spawn_writer(st))
+        }
+        Err(err) => {
+            tracing::error!(%err, dir = %sessions_dir.display(), "mqtt retained log not opened; retained messages will not survive a restart");
+            None
+        }
+    };
+    let (store, store_thread) = store_writer.map_or((None, None), |(tx, h)| (Some(tx), h));
+    let (retained_log, retained_thread) =
+        retained_writer.map_or((None, None), |(tx, h)| (Some(tx), h));
+    tokio::spawn(router::run(router_rx, core, store, retained_log));
     let tailers = Arc::new(tailer::Tailers::new(
         node.clone(),
         mapping.kafka_topics(),
@@ -185,6 +234,66 @@ pub fn start(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<b
         router: router_tx,
         node,
         next_conn_id: Default::default(),
+        wills: Default::default(),
+        received: Default::default(),
+        sent: Default::default(),
     });
-    tokio::spawn(connection::serve(shared, listener, shutdown));
+    if cfg.sys_interval_secs > 0 {
+        tokio::spawn(sys::run(
+            shared.clone(),
+            Duration::from_secs(cfg.sys_interval_secs),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(ws) = more.ws {
+        tokio::spawn(transport::serve_ws(shared.clone(), ws, shutdown.clone()));
+    }
+    if let Some((tls, acceptor)) = more.tls {
+        tokio::spawn(transport::serve_tls(
+            shared.clone(),
+            tls,
+            acceptor,
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(connection::serve(
+        shared.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    tokio::spawn(stop(shared, shutdown, [store_thread, retained_thread]))
+}
+
+/// After shutdown: waits (a bounded time) for the connections to end — each hands its final
+/// cursors to the router — then has the router write the session log and joins the writers.
+async fn stop(
+    shared: Arc<connection::Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    writers: [Option<std::thread::JoinHandle<()>>; 2],
+) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    let open = &shared.node.metrics.mqtt.connections_open;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while open.load(std::sync::atomic::Ordering::Relaxed) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if shared
+        .router
+        .send(router::RouterMsg::Shutdown(tx))
+        .await
+        .is_ok()
+    {
+        let _ = rx.await;
+    }
+    for h in writers.into_iter().flatten() {
+        let _ = tokio::task::spawn_blocking(move || h.join()).await;
+    }
+    tracing::info!("mqtt session and retained logs written");
 }

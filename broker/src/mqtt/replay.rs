@@ -163,6 +163,7 @@ pub async fn pump(
     node: &Node,
     topics: &[String],
     subs: &BTreeMap<String, SubOptions>,
+    client_id: &str,
     cursors: &mut Cursors,
     room: usize,
 ) -> Pumped {
@@ -238,7 +239,11 @@ pub async fn pump(
                     let Some(msg) = mapping::decode_record(record) else {
                         continue;
                     };
-                    let Some((opts, sub_ids)) = best_match(subs, &msg.topic) else {
+                    let Some((opts, sub_ids)) = best_match(
+                        subs,
+                        &msg.topic,
+                        msg.publisher.as_deref() == Some(client_id),
+                    ) else {
                         continue;
                     };
                     let qos = msg.qos.min(opts.qos);

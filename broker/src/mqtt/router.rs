@@ -57,18 +57,25 @@ pub struct SubOptions {
     pub retain_handling: u8,
     /// MQTT 5 Subscription Identifier.
     pub sub_id: Option<u32>,
+    /// MQTT 5 No Local: messages this client published are not sent to it.
+    pub no_local: bool,
 }
 
 /// Among `subs`, the matching ordinary (not shared) subscription with the highest QoS, and
-/// the Subscription Identifiers of all matching ones.
+/// the Subscription Identifiers of all matching ones. `own`: the message was published by
+/// this session's client (subscriptions with No Local do not match it).
 pub fn best_match(
     subs: &BTreeMap<String, SubOptions>,
     topic_name: &str,
+    own: bool,
 ) -> Option<(SubOptions, Vec<u32>)> {
     let mut best: Option<SubOptions> = None;
     let mut ids = Vec::new();
     for (filter, opts) in subs {
-        if filter.starts_with(topic::SHARE_PREFIX) || !topic::matches(filter, topic_name) {
+        if filter.starts_with(topic::SHARE_PREFIX)
+            || (own && opts.no_local)
+            || !topic::matches(filter, topic_name)
+        {
             continue;
         }
         ids.extend(opts.sub_id);
@@ -118,6 +125,7 @@ impl SessionEntry {
                     retain_as_published: o.retain_as_published,
                     retain_handling: o.retain_handling,
                     sub_id: o.sub_id,
+                    no_local: o.no_local,
                 })
                 .collect(),
             cursors: self.cursors.clone(),
@@ -201,6 +209,7 @@ impl RouterCore {
                             retain_as_published: s.retain_as_published,
                             retain_handling: s.retain_handling.min(2),
                             sub_id: s.sub_id,
+                            no_local: s.no_local,
                         },
                     )
                 })
@@ -603,12 +612,13 @@ impl RouterCore {
                 break;
             }
         }
-        for entry in self.sessions.values() {
+        for (client_id, entry) in self.sessions.iter() {
             let Some(conn) = &entry.conn else { continue };
             if entry.persistent() {
                 continue;
             }
-            if let Some((opts, sub_ids)) = best_match(&entry.subs, &msg.topic) {
+            let own = msg.publisher.as_deref() == Some(client_id.as_str());
+            if let Some((opts, sub_ids)) = best_match(&entry.subs, &msg.topic, own) {
                 out.push((
                     conn.clone(),
                     Delivery {
@@ -654,10 +664,16 @@ pub enum RouterMsg {
         filters: Vec<String>,
         reply: oneshot::Sender<Vec<bool>>,
     },
-    /// A durable publish with RETAIN set.
-    Retain(Arc<Message>),
+    /// A durable publish with RETAIN set; the sender waits for it to be in the retained log
+    /// (`true`: durable, or nothing to store).
+    Retain(Arc<Message>, Option<oneshot::Sender<bool>>),
     /// A message appended to a partition MQTT reads.
     Route(Arc<Message>),
+    /// `$SYS` statistics: retained in memory only, and routed live.
+    Sys(Vec<Arc<Message>>),
+    /// The node stops: hand every changed session to the session log, close the logs' queues
+    /// and answer. The router ends.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// The router task: owns a [`RouterCore`] until every sender is gone. Every
@@ -668,6 +684,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<RouterMsg>,
     mut core: RouterCore,
     store: Option<mpsc::Sender<Vec<StoreOp>>>,
+    retained_log: Option<mpsc::UnboundedSender<super::retained::RetainOp>>,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(FLUSH_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -690,6 +707,17 @@ pub async fn run(
             }
         };
         let Some(msg) = msg else { break };
+        if let RouterMsg::Shutdown(done) = msg {
+            if let Some(st) = &store {
+                if !core.dirty.is_empty() {
+                    let _ = st.send(core.take_ops()).await;
+                }
+            }
+            drop(store);
+            drop(retained_log);
+            let _ = done.send(());
+            return;
+        }
         // Session changes a client made (connect, disconnect, subscriptions) are written at
         // once; cursor progress waits for the tick, so acknowledgements are batched.
         let urgent = matches!(
@@ -736,10 +764,31 @@ pub async fn run(
             } => {
                 let _ = reply.send(core.unsubscribe(&client_id, conn_id, &filters));
             }
-            RouterMsg::Retain(msg) => {
+            RouterMsg::Retain(msg, done) => {
                 let topic = msg.topic.clone();
-                if !core.retain(msg) {
+                if !core.retain(msg.clone()) {
                     tracing::warn!(%topic, max = RETAINED_MESSAGES_MAX, "retained store full; message not retained");
+                    if let Some(done) = done {
+                        let _ = done.send(true);
+                    }
+                } else if let Some(log) = &retained_log {
+                    // Written in the order applied here; the writer answers `done`.
+                    if let Err(mpsc::error::SendError((_, Some(done)))) = log.send((msg, done)) {
+                        let _ = done.send(false);
+                    }
+                } else if let Some(done) = done {
+                    let _ = done.send(true);
+                }
+            }
+            RouterMsg::Shutdown(_) => {}
+            RouterMsg::Sys(msgs) => {
+                for msg in msgs {
+                    core.retain(msg.clone());
+                    for (conn, delivery) in core.route(&msg) {
+                        if conn.tx.try_send(delivery).is_err() {
+                            core.dropped += 1;
+                        }
+                    }
                 }
             }
             RouterMsg::Route(msg) => {
@@ -801,6 +850,7 @@ mod tests {
             qos,
             retain_as_published: false,
             retain_handling: 0,
+            no_local: false,
         }
     }
 
@@ -1035,7 +1085,8 @@ mod tests {
         assert!(r.route(&msg("other", "p", 1, false)).is_empty());
         assert!(best_match(
             &BTreeMap::from([("$share/g/s/#".to_string(), opts(1))]),
-            "s/x"
+            "s/x",
+            false
         )
         .is_none());
     }

@@ -50,6 +50,8 @@ pub struct StoredSub {
     pub retain_handling: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_local: bool,
 }
 
 /// One partition's cursor.
@@ -234,7 +236,13 @@ impl SessionStore {
 /// Starts the writer thread. Each batch received (plus whatever else is already queued) is
 /// written with one fdatasync. A failed write is logged; sessions then live in memory only
 /// until a later write succeeds.
-pub fn spawn_writer(mut store: SessionStore) -> mpsc::Sender<Vec<StoreOp>> {
+/// The thread ends once every sender is gone and the queue is written (join it to know).
+pub fn spawn_writer(
+    mut store: SessionStore,
+) -> (
+    mpsc::Sender<Vec<StoreOp>>,
+    Option<std::thread::JoinHandle<()>>,
+) {
     let (tx, mut rx) = mpsc::channel::<Vec<StoreOp>>(STORE_QUEUE_MAX);
     let spawned = std::thread::Builder::new()
         .name("mqtt-sessions".into())
@@ -260,10 +268,13 @@ pub fn spawn_writer(mut store: SessionStore) -> mpsc::Sender<Vec<StoreOp>> {
                 }
             }
         });
-    if let Err(err) = spawned {
-        tracing::error!(%err, "mqtt session writer thread not started; sessions are in memory only");
+    match spawned {
+        Ok(h) => (tx, Some(h)),
+        Err(err) => {
+            tracing::error!(%err, "mqtt session writer thread not started; sessions are in memory only");
+            (tx, None)
+        }
     }
-    tx
 }
 
 #[cfg(test)]
@@ -281,6 +292,7 @@ mod tests {
                 retain_as_published: false,
                 retain_handling: 0,
                 sub_id: Some(9),
+                no_local: false,
             }],
             cursors: vec![(
                 PartitionKey {

@@ -42,6 +42,8 @@ pub struct ConnectIn {
     pub max_packet_size: Option<u32>,
     /// MQTT 5: how many topic aliases the client accepts from us (0: none).
     pub topic_alias_max: u16,
+    /// MQTT 5 Will Delay Interval (seconds; 0: at once).
+    pub will_delay_secs: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +123,8 @@ pub enum Outbound {
         max_packet_size: u32,
         /// MQTT 5: the Session Expiry Interval we use, when it differs from the client's.
         session_expiry_secs: Option<u32>,
+        /// MQTT 5 Server Keep Alive: the keep alive we use, when it differs from the client's.
+        server_keep_alive: Option<u16>,
     },
     Publish(OutPublish),
     PubAck {
@@ -408,6 +412,7 @@ impl Codec {
                     receive_max: 0,
                     max_packet_size: 0,
                     session_expiry_secs: None,
+                    server_keep_alive: None,
                 })
             }
             _ => None,
@@ -440,6 +445,7 @@ fn from_v3(p: v3::Packet) -> Inbound {
                 receive_max: u16::MAX,
                 max_packet_size: None,
                 topic_alias_max: 0,
+                will_delay_secs: 0,
             }))
         }
         P::Publish(p) => Inbound::Publish {
@@ -473,6 +479,7 @@ fn from_v3(p: v3::Packet) -> Inbound {
                             retain_as_published: false,
                             retain_handling: 0,
                             sub_id: None,
+                            no_local: false,
                         },
                     )
                 })
@@ -504,12 +511,22 @@ fn from_v5(p: v5::Packet) -> Inbound {
     };
     match p {
         P::Connect(c) => {
+            let will_delay_secs = c
+                .last_will
+                .as_ref()
+                .and_then(|w| w.will_delay_interval_sec)
+                .unwrap_or(0);
             let will = c.last_will.map(|w| Message {
                 topic: text(&w.topic),
                 payload: w.message,
                 qos: qos_u8(w.qos),
                 retain: w.retain,
                 user_properties: props(w.user_properties),
+                expiry_secs: w.message_expiry_interval.map(|e| e.get()),
+                response_topic: w.response_topic.as_ref().map(text),
+                correlation_data: w.correlation_data,
+                content_type: w.content_type.as_ref().map(text),
+                payload_utf8: w.is_utf8_payload,
                 ..Default::default()
             });
             Inbound::Connect(Box::new(ConnectIn {
@@ -521,32 +538,30 @@ fn from_v5(p: v5::Packet) -> Inbound {
                 receive_max: c.receive_max.map(|r| r.get()).unwrap_or(u16::MAX),
                 max_packet_size: c.max_packet_size.map(|m| m.get()),
                 topic_alias_max: c.topic_alias_max,
+                will_delay_secs,
             }))
         }
-        P::Publish(p) => Inbound::Publish {
-            topic_alias: p
-                .properties
-                .as_ref()
-                .and_then(|pp| pp.topic_alias)
-                .map(|a| a.get()),
-            message: Message {
-                topic: text(&p.topic),
-                payload: p.payload,
-                qos: qos_u8(p.qos),
-                retain: p.retain,
-                expiry_secs: p
-                    .properties
-                    .as_ref()
-                    .and_then(|pp| pp.message_expiry_interval)
-                    .map(|e| e.get()),
-                user_properties: p
-                    .properties
-                    .map(|pp| props(pp.user_properties))
-                    .unwrap_or_default(),
-                expires_at_ms: None,
-            },
-            packet_id: p.packet_id.map(|i| i.get()),
-        },
+        P::Publish(p) => {
+            let pp = p.properties.unwrap_or_default();
+            Inbound::Publish {
+                topic_alias: pp.topic_alias.map(|a| a.get()),
+                message: Message {
+                    topic: text(&p.topic),
+                    payload: p.payload,
+                    qos: qos_u8(p.qos),
+                    retain: p.retain,
+                    expiry_secs: pp.message_expiry_interval.map(|e| e.get()),
+                    user_properties: props(pp.user_properties),
+                    expires_at_ms: None,
+                    response_topic: pp.response_topic.as_ref().map(text),
+                    correlation_data: pp.correlation_data,
+                    content_type: pp.content_type.as_ref().map(text),
+                    payload_utf8: pp.is_utf8_payload.then_some(true),
+                    publisher: None,
+                },
+                packet_id: p.packet_id.map(|i| i.get()),
+            }
+        }
         P::PublishAck(a) => Inbound::PubAck(a.packet_id.get()),
         P::PublishReceived(a) => Inbound::PubRec(a.packet_id.get()),
         P::PublishRelease(a) => Inbound::PubRel(a.packet_id.get()),
@@ -570,6 +585,7 @@ fn from_v5(p: v5::Packet) -> Inbound {
                                     v5::RetainHandling::NoAtSubscribe => 2,
                                 },
                                 sub_id,
+                                no_local: o.no_local,
                             },
                         )
                     })
@@ -662,8 +678,10 @@ fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
             receive_max,
             max_packet_size,
             session_expiry_secs,
+            server_keep_alive,
         } => P::ConnectAck(Box::new(v5::ConnectAck {
             session_present,
+            server_keepalive_sec: server_keep_alive,
             session_expiry_interval_secs: session_expiry_secs,
             reason_code: match code {
                 ConnCode::Accepted => v5::ConnectAckReason::Success,
@@ -704,6 +722,10 @@ fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
                 payload: d.message.payload.clone(),
                 properties: Some(v5::PublishProperties {
                     user_properties,
+                    response_topic: d.message.response_topic.as_deref().map(bs),
+                    correlation_data: d.message.correlation_data.clone(),
+                    content_type: d.message.content_type.as_deref().map(bs),
+                    is_utf8_payload: d.message.payload_utf8 == Some(true),
                     topic_alias: alias.and_then(|(a, _)| NonZeroU16::new(a)),
                     subscription_ids: d
                         .sub_ids
@@ -715,7 +737,6 @@ fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
                         let left_ms = (at - crate::log::sequencer::now_ms()).max(1);
                         NonZeroU32::new(u32::try_from((left_ms + 999) / 1000).unwrap_or(u32::MAX))
                     }),
-                    ..Default::default()
                 }),
             }))
         }
