@@ -38,7 +38,36 @@
 //!   accepted one moves `settled_lsn` forward.
 //!
 //! Assignment is deterministic: the live broker with the fewest led partitions, ties to the
-//! lowest node id.
+//! lowest node id. A *draining* broker is not a candidate while any other live broker is.
+//!
+//! # Planned moves
+//!
+//! A planned move hands a partition from one live broker to another without a stream
+//! recovery: the lease gets a `target`, the leader stops appending, uploads and commits what it
+//! acknowledged, and proposes `CompleteMove`. History is never copied; only the leader's
+//! un-uploaded tail goes to object storage, as every upload does.
+//!
+//! - `DrainBroker { draining: true }`: the broker gets no new partitions (new topics, expiry,
+//!   rebalancing pass it over) and each partition it leads gets a target. `false` undoes it
+//!   and clears the targets of its partitions (a move already under way is then refused at
+//!   `CompleteMove` and the leader keeps the partition). A broker that registers after it was
+//!   dead starts undrained; a re-registration of a live broker keeps the flag.
+//! - `Rebalance { to }`: a broker joined; partitions of the most loaded eligible brokers get
+//!   `to` as their target until `to` has its fair share (the floor of the average), taking
+//!   from the most loaded broker each time, its first movable partition in (topic id,
+//!   partition) order.
+//! - `CompleteMove { topic, partition, from, epoch, end_offset }`: proposed by the leader
+//!   `from` once nothing more can be appended under `epoch` and everything it acknowledged is
+//!   committed to the index. Accepted only if the lease is still `from`'s at `epoch`, not
+//!   pending, has a target, and the object index ends exactly at `end_offset` (the state
+//!   machine checks it against the index): then the target leads at epoch + 1. Since the index
+//!   already holds every record of the old epoch, the new leader starts at the index's end and
+//!   a later commit of the old leader's stream has nothing of this partition to add.
+//!
+//! Targets are kept valid after every membership change: a target is always an alive,
+//! non-draining broker other than the leader, on a lease whose leader is alive and that is not
+//! pending; expiry and deregistration clear what no longer holds, and a draining broker's
+//! partitions get (new) targets as soon as an eligible broker exists.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -63,6 +92,9 @@ pub struct BrokerInfo {
     pub registered_ms: i64,
     pub heartbeat_ms: i64,
     pub alive: bool,
+    /// Drained: gets no new partitions; the ones it leads move away.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// One broker's WAL stream.
@@ -83,6 +115,9 @@ pub struct PartitionLease {
     pub epoch: i32,
     /// Not writable until this stream is released (its tail holds this partition's records).
     pub pending_stream: Option<NodeId>,
+    /// A planned move to this broker is under way (see the module docs).
+    #[serde(default)]
+    pub target: Option<NodeId>,
 }
 
 /// Carried by an object commit: the stream (and epoch) whose entries the object holds, and how
@@ -125,6 +160,37 @@ pub enum ClusterCommand {
         epoch: u64,
         settled_lsn: u64,
     },
+    /// Starts (or, with `draining: false`, stops) draining a live broker.
+    DrainBroker {
+        node_id: NodeId,
+        draining: bool,
+    },
+    /// Gives the joined broker `to` its fair share of partitions, as planned moves.
+    Rebalance {
+        to: NodeId,
+    },
+    /// The leader `from` finished a planned move: everything it acknowledged for the
+    /// partition under `epoch` is in the index, which ends at `end_offset`.
+    CompleteMove {
+        topic: TopicId,
+        partition: u32,
+        from: NodeId,
+        epoch: i32,
+        end_offset: i64,
+    },
+}
+
+impl ClusterCommand {
+    /// The partition a `CompleteMove` is about: the state machine passes its indexed end to
+    /// [`ClusterState::apply_with_index`].
+    pub fn moved_partition(&self) -> Option<(TopicId, u32)> {
+        match self {
+            ClusterCommand::CompleteMove {
+                topic, partition, ..
+            } => Some((*topic, *partition)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +206,19 @@ pub enum ClusterResult {
         nodes: Vec<NodeId>,
     },
     StreamReleased,
+    /// The broker's draining flag is set; `moves` partitions got a target.
+    DrainSet {
+        moves: u32,
+    },
+    /// `moves` partitions got the joined broker as their target.
+    Rebalanced {
+        moves: u32,
+    },
+    /// The target leads the partition now, at `epoch`.
+    MoveCompleted {
+        leader: NodeId,
+        epoch: i32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -158,6 +237,21 @@ pub enum ClusterRejection {
     StreamNotHeld { stream: NodeId },
     #[error("stream {stream} is unknown")]
     UnknownStream { stream: NodeId },
+    #[error("partition {partition} of topic {topic}: no move from broker {from} at epoch {epoch} is under way ({reason})")]
+    NoMove {
+        topic: TopicId,
+        partition: u32,
+        from: NodeId,
+        epoch: i32,
+        reason: String,
+    },
+    #[error("partition {partition} of topic {topic}: the index ends at {indexed_end}, not at {end_offset}; upload the tail first")]
+    MoveNotUploaded {
+        topic: TopicId,
+        partition: u32,
+        indexed_end: i64,
+        end_offset: i64,
+    },
 }
 
 /// The cluster part of [`crate::MetaState`]. See the module docs.
@@ -173,9 +267,24 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    pub(crate) fn apply(
+    /// Applies a command; `indexed_end` is where the object index of
+    /// [`ClusterCommand::moved_partition`] ends (only `CompleteMove` needs it).
+    pub(crate) fn apply_with_index(
         &mut self,
         cmd: &ClusterCommand,
+        indexed_end: Option<i64>,
+    ) -> Result<ClusterResult, ClusterRejection> {
+        let result = self.apply_inner(cmd, indexed_end);
+        if result.is_ok() && !matches!(cmd, ClusterCommand::Heartbeat { .. }) {
+            self.plan_targets();
+        }
+        result
+    }
+
+    fn apply_inner(
+        &mut self,
+        cmd: &ClusterCommand,
+        indexed_end: Option<i64>,
     ) -> Result<ClusterResult, ClusterRejection> {
         match cmd {
             ClusterCommand::RegisterBroker {
@@ -240,7 +349,91 @@ impl ClusterState {
                 }
                 Ok(ClusterResult::StreamReleased)
             }
+            ClusterCommand::DrainBroker { node_id, draining } => {
+                let Some(b) = self.brokers.get_mut(node_id).filter(|b| b.alive) else {
+                    return Err(ClusterRejection::NotRegistered { node_id: *node_id });
+                };
+                b.draining = *draining;
+                if !*draining {
+                    for lease in self.leases.values_mut().flatten() {
+                        if lease.leader == Some(*node_id) {
+                            lease.target = None;
+                        }
+                    }
+                }
+                let moves = self.plan_targets();
+                Ok(ClusterResult::DrainSet { moves })
+            }
+            ClusterCommand::Rebalance { to } => {
+                if !self.eligible(*to) {
+                    return Err(ClusterRejection::InvalidBroker {
+                        node_id: *to,
+                        reason: "only an alive broker that is not draining can take partitions"
+                            .into(),
+                    });
+                }
+                let moves = self.rebalance(*to);
+                Ok(ClusterResult::Rebalanced { moves })
+            }
+            ClusterCommand::CompleteMove {
+                topic,
+                partition,
+                from,
+                epoch,
+                end_offset,
+            } => self.complete_move(*topic, *partition, *from, *epoch, *end_offset, indexed_end),
         }
+    }
+
+    fn complete_move(
+        &mut self,
+        topic: TopicId,
+        partition: u32,
+        from: NodeId,
+        epoch: i32,
+        end_offset: i64,
+        indexed_end: Option<i64>,
+    ) -> Result<ClusterResult, ClusterRejection> {
+        let no_move = |reason: &str| ClusterRejection::NoMove {
+            topic,
+            partition,
+            from,
+            epoch,
+            reason: reason.to_owned(),
+        };
+        let from_alive = self.brokers.get(&from).is_some_and(|b| b.alive);
+        let Some(lease) = self
+            .leases
+            .get_mut(&topic)
+            .and_then(|l| l.get_mut(partition as usize))
+        else {
+            return Err(no_move("unknown partition"));
+        };
+        if lease.leader != Some(from) || lease.epoch != epoch || !from_alive {
+            return Err(no_move("the lease moved on"));
+        }
+        if lease.pending_stream.is_some() {
+            return Err(no_move("the lease is pending on a stream's recovery"));
+        }
+        let Some(target) = lease.target else {
+            return Err(no_move("the lease has no target"));
+        };
+        let indexed_end = indexed_end.unwrap_or(0);
+        if indexed_end != end_offset {
+            return Err(ClusterRejection::MoveNotUploaded {
+                topic,
+                partition,
+                indexed_end,
+                end_offset,
+            });
+        }
+        lease.leader = Some(target);
+        lease.epoch += 1;
+        lease.target = None;
+        Ok(ClusterResult::MoveCompleted {
+            leader: target,
+            epoch: lease.epoch,
+        })
     }
 
     fn register(
@@ -261,9 +454,11 @@ impl ClusterState {
         if lease_ms == 0 || lease_ms > LEASE_MS_MAX {
             return Err(invalid("the lease length is outside 1..=600000 ms"));
         }
-        let registered_ms = match self.brokers.get(&node_id) {
-            Some(b) if b.alive => b.registered_ms,
-            _ => now_ms,
+        // A live broker re-registering (a restart within its lease) keeps its draining flag;
+        // one that comes back from the dead joins as a new member.
+        let (registered_ms, draining) = match self.brokers.get(&node_id) {
+            Some(b) if b.alive => (b.registered_ms, b.draining),
+            _ => (now_ms, false),
         };
         self.brokers.insert(
             node_id,
@@ -275,6 +470,7 @@ impl ClusterState {
                 registered_ms,
                 heartbeat_ms: now_ms,
                 alive: true,
+                draining,
             },
         );
         let stream = self.streams.entry(node_id).or_insert(StreamInfo {
@@ -320,6 +516,7 @@ impl ClusterState {
             if lease.leader == Some(node) {
                 lease.leader = Some(taker);
                 lease.epoch += 1;
+                lease.target = None;
                 // Its un-uploaded records are in the dead broker's stream — unless that stream
                 // is held by someone still recovering it, in which case the lease already waits
                 // on that one.
@@ -342,18 +539,131 @@ impl ClusterState {
         }
     }
 
-    fn live_brokers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.brokers.values().filter(|b| b.alive).map(|b| b.node_id)
+    /// The brokers that may be given partitions: the alive ones that are not draining, or,
+    /// when every alive broker drains, all alive ones (serving beats draining).
+    fn candidates(&self) -> Vec<NodeId> {
+        let alive = || self.brokers.values().filter(|b| b.alive);
+        let eligible: Vec<NodeId> = alive().filter(|b| !b.draining).map(|b| b.node_id).collect();
+        if eligible.is_empty() {
+            alive().map(|b| b.node_id).collect()
+        } else {
+            eligible
+        }
     }
 
+    /// Alive and not draining: may be a move's target.
+    fn eligible(&self, node: NodeId) -> bool {
+        self.brokers
+            .get(&node)
+            .is_some_and(|b| b.alive && !b.draining)
+    }
+
+    /// Partitions led per candidate broker.
     fn load(&self) -> BTreeMap<NodeId, usize> {
-        let mut load: BTreeMap<NodeId, usize> = self.live_brokers().map(|n| (n, 0)).collect();
+        let mut load: BTreeMap<NodeId, usize> =
+            self.candidates().into_iter().map(|n| (n, 0)).collect();
         for lease in self.leases.values().flatten() {
             if let Some(l) = lease.leader.and_then(|n| load.get_mut(&n)) {
                 *l += 1;
             }
         }
         load
+    }
+
+    /// Partitions per eligible broker once the planned moves are done (a lease counts for its
+    /// target if it has one, else for its leader).
+    fn planned_load(&self) -> BTreeMap<NodeId, usize> {
+        let mut load: BTreeMap<NodeId, usize> = self
+            .brokers
+            .values()
+            .filter(|b| b.alive && !b.draining)
+            .map(|b| (b.node_id, 0))
+            .collect();
+        for lease in self.leases.values().flatten() {
+            if let Some(l) = lease.target.or(lease.leader).and_then(|n| load.get_mut(&n)) {
+                *l += 1;
+            }
+        }
+        load
+    }
+
+    /// Keeps targets valid (see the module docs) and gives every movable partition of a
+    /// draining broker one. Returns how many leases got a new target.
+    fn plan_targets(&mut self) -> u32 {
+        let alive: BTreeMap<NodeId, bool> = self
+            .brokers
+            .values()
+            .filter(|b| b.alive)
+            .map(|b| (b.node_id, b.draining))
+            .collect();
+        for lease in self.leases.values_mut().flatten() {
+            let Some(target) = lease.target else { continue };
+            let leader_alive = lease.leader.is_some_and(|l| alive.contains_key(&l));
+            let target_ok = alive.get(&target) == Some(&false);
+            if !leader_alive
+                || !target_ok
+                || lease.leader == Some(target)
+                || lease.pending_stream.is_some()
+            {
+                lease.target = None;
+            }
+        }
+        let mut load = self.planned_load();
+        let mut moves = 0;
+        if load.is_empty() {
+            return 0;
+        }
+        for lease in self.leases.values_mut().flatten() {
+            let draining_leader = lease.leader.is_some_and(|l| alive.get(&l) == Some(&true));
+            if !draining_leader || lease.target.is_some() || lease.pending_stream.is_some() {
+                continue;
+            }
+            let (&node, _) = load
+                .iter()
+                .min_by_key(|&(node, load)| (*load, *node))
+                .expect("non-empty");
+            *load.get_mut(&node).expect("present") += 1;
+            lease.target = Some(node);
+            moves += 1;
+        }
+        moves
+    }
+
+    /// Targets partitions of the most loaded eligible brokers at `to` until it has the floor
+    /// of the average. Precondition: `to` is eligible.
+    fn rebalance(&mut self, to: NodeId) -> u32 {
+        let mut load = self.planned_load();
+        debug_assert!(load.contains_key(&to));
+        let total: usize = load.values().sum();
+        let fair = total / load.len().max(1);
+        let mut moves = 0;
+        let mut exhausted: Vec<NodeId> = vec![to];
+        while load[&to] < fair {
+            // The most loaded broker that still has a movable partition; ties to the highest id.
+            let Some((&donor, &donor_load)) = load
+                .iter()
+                .filter(|(n, _)| !exhausted.contains(n))
+                .max_by_key(|&(node, load)| (*load, *node))
+            else {
+                break;
+            };
+            if donor_load <= load[&to] + 1 {
+                break;
+            }
+            let movable = self.leases.values_mut().flatten().find(|l| {
+                l.leader == Some(donor) && l.target.is_none() && l.pending_stream.is_none()
+            });
+            match movable {
+                Some(lease) => {
+                    lease.target = Some(to);
+                    *load.get_mut(&donor).expect("present") -= 1;
+                    *load.get_mut(&to).expect("present") += 1;
+                    moves += 1;
+                }
+                None => exhausted.push(donor),
+            }
+        }
+        moves
     }
 
     fn least_loaded(&self) -> Option<NodeId> {
@@ -369,7 +679,12 @@ impl ClusterState {
         if load.is_empty() {
             return;
         }
-        let alive: Vec<NodeId> = load.keys().copied().collect();
+        let alive: Vec<NodeId> = self
+            .brokers
+            .values()
+            .filter(|b| b.alive)
+            .map(|b| b.node_id)
+            .collect();
         for lease in self.leases.values_mut().flatten() {
             let has_live_leader = lease.leader.is_some_and(|l| alive.contains(&l));
             if has_live_leader {
@@ -382,6 +697,7 @@ impl ClusterState {
             *load.get_mut(&node).expect("present") += 1;
             lease.leader = Some(node);
             lease.epoch += 1;
+            lease.target = None;
         }
     }
 
@@ -482,6 +798,14 @@ impl ClusterState {
             .filter(|b| b.alive && now_ms.saturating_sub(b.heartbeat_ms) >= b.lease_ms as i64)
             .map(|b| b.node_id)
             .collect()
+    }
+}
+
+#[cfg(test)]
+impl ClusterState {
+    /// `apply_with_index` for commands that need no index.
+    fn apply(&mut self, cmd: &ClusterCommand) -> Result<ClusterResult, ClusterRejection> {
+        self.apply_with_index(cmd, None)
     }
 }
 
@@ -746,6 +1070,7 @@ mod tests {
                 max_timestamp: 0,
                 crc32c: 0,
                 index_len: 0,
+                relative: false,
             }],
             stream: Some(StreamProgress {
                 stream: 1,
@@ -775,5 +1100,435 @@ mod tests {
             Some("c1"),
             "the first registration's id stays"
         );
+    }
+
+    fn drain(
+        c: &mut ClusterState,
+        node: NodeId,
+        draining: bool,
+    ) -> Result<ClusterResult, ClusterRejection> {
+        c.apply(&ClusterCommand::DrainBroker {
+            node_id: node,
+            draining,
+        })
+    }
+
+    fn targets(c: &ClusterState, topic: TopicId) -> Vec<Option<NodeId>> {
+        c.leases[&topic].iter().map(|l| l.target).collect()
+    }
+
+    /// Completes every planned move of `topic` whose index is caught up (`end_offset` = 0).
+    fn complete_all(c: &mut ClusterState, topic: TopicId) {
+        for p in 0..c.leases[&topic].len() as u32 {
+            let l = c.leases[&topic][p as usize].clone();
+            if l.target.is_some() {
+                c.apply_with_index(
+                    &ClusterCommand::CompleteMove {
+                        topic,
+                        partition: p,
+                        from: l.leader.unwrap(),
+                        epoch: l.epoch,
+                        end_offset: 0,
+                    },
+                    Some(0),
+                )
+                .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn draining_targets_every_partition_of_the_broker_and_completion_moves_them() {
+        let mut c = ClusterState::default();
+        for n in [1, 2, 3] {
+            register(&mut c, n, 0);
+        }
+        let t = TopicId::random();
+        c.topic_created(t, 6);
+        assert_eq!(
+            drain(&mut c, 3, true),
+            Ok(ClusterResult::DrainSet { moves: 2 })
+        );
+        for (l, target) in c.leases[&t].iter().zip(targets(&c, t)) {
+            assert_eq!(target.is_some(), l.leader == Some(3), "{:?}", c.leases[&t]);
+            assert_ne!(target, Some(3));
+        }
+        // Targets spread over the others: 1 and 2 end with 3 each.
+        complete_all(&mut c, t);
+        let l = leaders(&c, t);
+        assert_eq!(l.iter().filter(|x| **x == Some(3)).count(), 0);
+        for n in [1, 2] {
+            assert_eq!(l.iter().filter(|x| **x == Some(n)).count(), 3, "{l:?}");
+        }
+        // A new topic passes the draining broker over.
+        let u = TopicId::random();
+        c.topic_created(u, 4);
+        assert!(leaders(&c, u).iter().all(|l| *l != Some(3)));
+    }
+
+    #[test]
+    fn complete_move_gives_the_target_the_next_epoch() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        let t = TopicId::random();
+        c.topic_created(t, 1);
+        register(&mut c, 2, 0);
+        drain(&mut c, 1, true).unwrap();
+        assert_eq!(c.leases[&t][0].target, Some(2));
+        let complete = |from, epoch, end_offset| ClusterCommand::CompleteMove {
+            topic: t,
+            partition: 0,
+            from,
+            epoch,
+            end_offset,
+        };
+        // The index must end where the leader says its log ends.
+        assert_eq!(
+            c.apply_with_index(&complete(1, 1, 10), Some(7)),
+            Err(ClusterRejection::MoveNotUploaded {
+                topic: t,
+                partition: 0,
+                indexed_end: 7,
+                end_offset: 10
+            })
+        );
+        // A stale epoch or the wrong leader is refused.
+        for (from, epoch) in [(1, 0), (2, 1)] {
+            let r = c.apply_with_index(&complete(from, epoch, 10), Some(10));
+            assert!(matches!(r, Err(ClusterRejection::NoMove { .. })), "{r:?}");
+        }
+        assert_eq!(
+            c.apply_with_index(&complete(1, 1, 10), Some(10)),
+            Ok(ClusterResult::MoveCompleted {
+                leader: 2,
+                epoch: 2
+            })
+        );
+        let l = &c.leases[&t][0];
+        assert_eq!(
+            (l.leader, l.epoch, l.target, l.pending_stream),
+            (Some(2), 2, None, None)
+        );
+        // A retry is refused (the lease moved on) and changes nothing.
+        assert!(c.apply_with_index(&complete(1, 1, 10), Some(10)).is_err());
+        assert_eq!(c.leases[&t][0].epoch, 2);
+        // Unknown partition.
+        let r = c.apply_with_index(
+            &ClusterCommand::CompleteMove {
+                topic: t,
+                partition: 5,
+                from: 2,
+                epoch: 2,
+                end_offset: 0,
+            },
+            Some(0),
+        );
+        assert!(matches!(r, Err(ClusterRejection::NoMove { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn undrain_clears_targets_and_a_late_completion_is_refused() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        register(&mut c, 2, 0);
+        let t = TopicId::random();
+        c.topic_created(t, 2);
+        drain(&mut c, 1, true).unwrap();
+        assert_eq!(targets(&c, t), vec![Some(2), None]);
+        assert_eq!(
+            drain(&mut c, 1, false),
+            Ok(ClusterResult::DrainSet { moves: 0 })
+        );
+        assert_eq!(targets(&c, t), vec![None, None]);
+        assert!(!c.broker(1).unwrap().draining);
+        let r = c.apply_with_index(
+            &ClusterCommand::CompleteMove {
+                topic: t,
+                partition: 0,
+                from: 1,
+                epoch: 1,
+                end_offset: 0,
+            },
+            Some(0),
+        );
+        assert!(matches!(r, Err(ClusterRejection::NoMove { .. })), "{r:?}");
+        assert_eq!(leaders(&c, t), vec![Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn drain_of_an_unknown_or_dead_broker_is_refused() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        assert_eq!(
+            drain(&mut c, 9, true),
+            Err(ClusterRejection::NotRegistered { node_id: 9 })
+        );
+        c.apply(&ClusterCommand::DeregisterBroker {
+            node_id: 1,
+            now_ms: 1,
+        })
+        .unwrap();
+        assert_eq!(
+            drain(&mut c, 1, true),
+            Err(ClusterRejection::NotRegistered { node_id: 1 })
+        );
+    }
+
+    #[test]
+    fn a_drained_broker_with_nowhere_to_go_gets_targets_when_a_broker_joins() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        let t = TopicId::random();
+        c.topic_created(t, 3);
+        assert_eq!(
+            drain(&mut c, 1, true),
+            Ok(ClusterResult::DrainSet { moves: 0 })
+        );
+        // Nobody else: new partitions still get a leader (serving beats draining).
+        let u = TopicId::random();
+        c.topic_created(u, 1);
+        assert_eq!(leaders(&c, u), vec![Some(1)]);
+        register(&mut c, 2, 5);
+        assert_eq!(targets(&c, t), vec![Some(2); 3]);
+        // A restart of the live broker keeps the flag; a return from the dead clears it.
+        register(&mut c, 1, 6);
+        assert!(c.broker(1).unwrap().draining);
+        c.apply(&ClusterCommand::DeregisterBroker {
+            node_id: 1,
+            now_ms: 7,
+        })
+        .unwrap();
+        register(&mut c, 1, 8);
+        assert!(!c.broker(1).unwrap().draining);
+    }
+
+    #[test]
+    fn expiry_of_the_target_or_the_leader_clears_targets() {
+        let mut c = ClusterState::default();
+        for n in [1, 2, 3] {
+            register(&mut c, n, 0);
+        }
+        let t = TopicId::random();
+        c.topic_created(t, 3);
+        drain(&mut c, 1, true).unwrap();
+        let target = c.leases[&t][0].target.unwrap();
+        // The target dies: the lease gets the other eligible broker.
+        c.apply(&ClusterCommand::DeregisterBroker {
+            node_id: target,
+            now_ms: 1,
+        })
+        .unwrap();
+        let other = if target == 2 { 3 } else { 2 };
+        assert_eq!(c.leases[&t][0].target, Some(other));
+        // The draining leader dies: its partitions go pending to the taker, without a target.
+        c.apply(&ClusterCommand::DeregisterBroker {
+            node_id: 1,
+            now_ms: 2,
+        })
+        .unwrap();
+        assert!(c.leases[&t]
+            .iter()
+            .all(|l| l.target.is_none() && l.leader == Some(other)));
+        assert_eq!(c.leases[&t][0].pending_stream, Some(1));
+    }
+
+    #[test]
+    fn rebalance_gives_a_joined_broker_its_fair_share_of_the_most_loaded() {
+        let mut c = ClusterState::default();
+        for n in [1, 2, 3] {
+            register(&mut c, n, 0);
+        }
+        let t = TopicId::random();
+        c.topic_created(t, 12);
+        register(&mut c, 4, 0);
+        assert_eq!(
+            c.apply(&ClusterCommand::Rebalance { to: 4 }),
+            Ok(ClusterResult::Rebalanced { moves: 3 })
+        );
+        let from: Vec<NodeId> = c.leases[&t]
+            .iter()
+            .filter(|l| l.target == Some(4))
+            .map(|l| l.leader.unwrap())
+            .collect();
+        let mut sorted = from.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![1, 2, 3], "one from each");
+        // Again: already fair, nothing to do.
+        assert_eq!(
+            c.apply(&ClusterCommand::Rebalance { to: 4 }),
+            Ok(ClusterResult::Rebalanced { moves: 0 })
+        );
+        complete_all(&mut c, t);
+        let l = leaders(&c, t);
+        for n in [1, 2, 3, 4] {
+            assert_eq!(l.iter().filter(|x| **x == Some(n)).count(), 3, "{l:?}");
+        }
+        // A draining or unknown broker cannot be a rebalance target.
+        drain(&mut c, 4, true).unwrap();
+        for to in [4, 9] {
+            let r = c.apply(&ClusterCommand::Rebalance { to });
+            assert!(
+                matches!(r, Err(ClusterRejection::InvalidBroker { .. })),
+                "{r:?}"
+            );
+        }
+    }
+
+    /// Seeded random sequences of register / heartbeat / drain / rebalance / expire /
+    /// deregister / release / complete-move / create-topic. After every step: each epoch of a
+    /// partition names one leader forever (at most one writable leader per epoch), epochs
+    /// never go down, targets are valid, and with any broker alive every lease has a live
+    /// leader. A failing run prints its seed.
+    #[test]
+    fn random_membership_and_moves_keep_the_lease_invariants() {
+        for seed in 1..=200u64 {
+            run_random(seed);
+        }
+    }
+
+    fn run_random(seed: u64) {
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut c = ClusterState::default();
+        let mut now = 0i64;
+        // (topic, partition, epoch) → leader: an epoch never names two leaders.
+        let mut epoch_leader: BTreeMap<(TopicId, u32, i32), NodeId> = BTreeMap::new();
+        let mut last_epoch: BTreeMap<(TopicId, u32), i32> = BTreeMap::new();
+        let mut topics: Vec<TopicId> = Vec::new();
+        for step in 0..300 {
+            now += next(400) as i64;
+            let node = 1 + next(5);
+            let op = next(10);
+            let cmd = match op {
+                0 | 1 => ClusterCommand::RegisterBroker {
+                    node_id: node,
+                    kafka_addr: "h:1".into(),
+                    rack: None,
+                    lease_ms: 1000,
+                    now_ms: now,
+                    cluster_id: None,
+                },
+                2 => ClusterCommand::Heartbeat {
+                    node_id: node,
+                    now_ms: now,
+                },
+                3 => ClusterCommand::DrainBroker {
+                    node_id: node,
+                    draining: next(3) != 0,
+                },
+                4 => ClusterCommand::Rebalance { to: node },
+                5 => ClusterCommand::ExpireBrokers {
+                    by: node,
+                    now_ms: now,
+                },
+                6 => ClusterCommand::DeregisterBroker {
+                    node_id: node,
+                    now_ms: now,
+                },
+                7 => {
+                    // What a taker does after recovering a stream.
+                    let held: Vec<_> = c
+                        .streams()
+                        .filter(|(id, s)| s.holder.is_some_and(|h| h != *id))
+                        .map(|(id, s)| (id, s.epoch))
+                        .collect();
+                    if held.is_empty() {
+                        continue;
+                    }
+                    let (stream, epoch) = held[next(held.len() as u64) as usize];
+                    ClusterCommand::ReleaseStream {
+                        stream,
+                        epoch,
+                        settled_lsn: 0,
+                    }
+                }
+                8 => {
+                    if topics.len() < 3 {
+                        let t = TopicId::random();
+                        c.topic_created(t, 1 + next(6) as u32);
+                        topics.push(t);
+                    }
+                    continue;
+                }
+                _ => {
+                    let moving: Vec<_> = c
+                        .leases
+                        .iter()
+                        .flat_map(|(t, ls)| {
+                            ls.iter()
+                                .enumerate()
+                                .filter(|(_, l)| l.target.is_some())
+                                .map(|(p, l)| (*t, p as u32, l.leader.unwrap(), l.epoch))
+                        })
+                        .collect();
+                    if moving.is_empty() {
+                        continue;
+                    }
+                    let (topic, partition, from, epoch) =
+                        moving[next(moving.len() as u64) as usize];
+                    let caught_up = next(4) != 0;
+                    let cmd = ClusterCommand::CompleteMove {
+                        topic,
+                        partition,
+                        from,
+                        epoch,
+                        end_offset: 10,
+                    };
+                    let r = c.apply_with_index(&cmd, Some(if caught_up { 10 } else { 9 }));
+                    assert_eq!(r.is_ok(), caught_up, "seed {seed} step {step}: {r:?}");
+                    check_invariants(&c, seed, step, &mut epoch_leader, &mut last_epoch);
+                    continue;
+                }
+            };
+            let _ = c.apply(&cmd);
+            check_invariants(&c, seed, step, &mut epoch_leader, &mut last_epoch);
+        }
+    }
+
+    fn check_invariants(
+        c: &ClusterState,
+        seed: u64,
+        step: usize,
+        epoch_leader: &mut BTreeMap<(TopicId, u32, i32), NodeId>,
+        last_epoch: &mut BTreeMap<(TopicId, u32), i32>,
+    ) {
+        let ctx = format!("seed {seed} step {step}: {c:?}");
+        let alive = |n: NodeId| c.broker(n).is_some_and(|b| b.alive);
+        let any_alive = c.brokers().any(|b| b.alive);
+        for (t, leases) in &c.leases {
+            for (p, l) in leases.iter().enumerate() {
+                let p = p as u32;
+                let last = last_epoch.entry((*t, p)).or_insert(0);
+                assert!(l.epoch >= *last, "epoch went down: {ctx}");
+                *last = l.epoch;
+                if let Some(leader) = l.leader {
+                    let named = *epoch_leader.entry((*t, p, l.epoch)).or_insert(leader);
+                    assert_eq!(named, leader, "epoch {} names two leaders: {ctx}", l.epoch);
+                    if any_alive {
+                        assert!(alive(leader), "a dead leader while brokers live: {ctx}");
+                    }
+                }
+                if let Some(target) = l.target {
+                    assert!(c.eligible(target), "target not eligible: {ctx}");
+                    assert_ne!(l.leader, Some(target), "{ctx}");
+                    assert!(l.leader.is_some_and(alive), "{ctx}");
+                    assert!(l.pending_stream.is_none(), "{ctx}");
+                }
+                // A draining leader's movable partitions have a target once anyone can take them.
+                let draining_leader = l
+                    .leader
+                    .and_then(|n| c.broker(n))
+                    .is_some_and(|b| b.alive && b.draining);
+                let someone = c.brokers().any(|b| b.alive && !b.draining);
+                if draining_leader && someone && l.pending_stream.is_none() {
+                    assert!(l.target.is_some(), "an unplanned draining partition: {ctx}");
+                }
+            }
+        }
     }
 }

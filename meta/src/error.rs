@@ -19,6 +19,9 @@ pub enum MetaError {
     },
     #[error("the meta store {path} is held open by another process or node")]
     StoreLocked { path: PathBuf },
+    /// A restore refuses to overwrite an existing metadata store.
+    #[error("a metadata store already exists at {path}; refusing to overwrite it")]
+    StoreExists { path: PathBuf },
     #[error("the meta store failed: {0}")]
     Store(#[from] redb::Error),
     #[error("the meta store holds an undecodable {what}: {reason}")]

@@ -7,6 +7,10 @@
 //!   answers a [`CommandResult`]; no IO, no clock, no randomness. All rules (topic creation,
 //!   contiguous object commits, garbage bookkeeping) live there and are tested there.
 //! - [`store`]: openraft's log storage and state machine on one redb file, `meta.redb`.
+//!   Its applied-entry feed (`MetaNode::subscribe_applied`) carries every applied command out
+//!   for the metadata backup.
+//! - [`backup`]: disaster recovery: replay a logged command, make a restored state fit a new
+//!   cluster (brokers dead, WAL streams free), write a fresh single-voter store from a state.
 //! - [`grpc`]: the meta gRPC API (`proto/meta.proto`): openraft's RPCs and the calls that must
 //!   run on the leader, their wire conversions and limits, and the server.
 //! - [`network`]: the gRPC clients: openraft's transport and the forwarding of leader calls.
@@ -22,6 +26,8 @@
 //! nothing outside this crate sees an openraft or tonic type except [`MetaNode::raft`] and the
 //! extra routes a caller may serve beside the meta API.
 
+pub mod acl;
+pub mod backup;
 pub mod cluster;
 pub mod error;
 pub mod grpc;
@@ -41,6 +47,7 @@ pub use leader::MembershipView;
 pub use node::{ClusterConfig, MetaConfig, MetaNode};
 pub use raft::TypeConfig;
 pub use state::{
-    Command, CommandResult, MetaState, Rejection, ScramCredential, ScramMechanism, TopicMeta,
-    OBJECT_BLOCKS_MAX, PARTITIONS_PER_TOPIC_MAX, PRODUCER_ID_BLOCK_MAX,
+    Command, CommandResult, DirectBlock, MetaState, Rejection, ScramCredential, ScramMechanism,
+    TopicMeta, OBJECT_BLOCKS_MAX, PARTITIONS_PER_TOPIC_MAX, PRODUCER_ID_BLOCK_MAX,
+    STORAGE_MODE_KEY,
 };

@@ -165,6 +165,7 @@ struct Inner {
     raft: MetaRaft,
     state: Arc<RwLock<MetaState>>,
     applied_rx: watch::Receiver<u64>,
+    feed: tokio::sync::broadcast::Sender<crate::store::AppliedEntry>,
     db: Weak<Database>,
     peers: Peers,
     /// `None` for a node opened with `open`, or once shut down.
@@ -351,6 +352,7 @@ impl MetaNode {
         log.bind_node_id(node_id)?;
         let state = sm.state();
         let applied_rx = sm.subscribe();
+        let feed = sm.applied_feed();
         let db = log.database();
         let peers = Peers::default();
         let network = GrpcNetwork::new(node_id, peers.clone());
@@ -377,6 +379,7 @@ impl MetaNode {
                 raft,
                 state,
                 applied_rx,
+                feed,
                 db,
                 peers,
                 grpc_addr: server.as_ref().map(Server::local_addr),
@@ -666,16 +669,32 @@ impl MetaNode {
     /// leadership with a quorum and names its commit index; this node applies up to it).
     pub async fn sync(&self) -> Result<(), MetaError> {
         let raft = &self.inner.raft;
-        let (read_index, forwarded) = self
-            .on_leader(
-                || leader::read_index(raft),
-                |id, addr| {
-                    self.inner
-                        .peers
-                        .read_index(id, addr, self.inner.rpc_timeout)
-                },
-            )
-            .await?;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(LEADER_RETRY_MS_MIN);
+        // A read point has no side effect, so a refusal that may pass (a leader that has not
+        // heard from a quorum yet, typically while the group's members are still starting) is
+        // retried until `leader_wait`; writes are not retried this way.
+        let (read_index, forwarded) = loop {
+            let attempt = self
+                .on_leader(
+                    || leader::read_index(raft),
+                    |id, addr| {
+                        self.inner
+                            .peers
+                            .read_index(id, addr, self.inner.rpc_timeout)
+                    },
+                )
+                .await;
+            match attempt {
+                Ok(found) => break found,
+                Err(e) if e.is_retryable() && started.elapsed() < self.inner.leader_wait => {
+                    tracing::debug!(error = %e, "meta read point refused for now; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(LEADER_RETRY_MS_MAX));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if forwarded {
             self.wait_applied(read_index).await?;
         }
@@ -778,6 +797,16 @@ impl MetaNode {
     /// Fires when the applied state changes (value: last applied log index).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.applied_rx.clone()
+    }
+
+    /// Every entry this node applies from now on, in log order (see
+    /// [`StateMachineStore::applied_feed`]): what the metadata backup uploads as "the log since
+    /// the snapshot". Subscribe, then read [`MetaNode::read`]'s `last_applied`: the feed carries
+    /// exactly the entries after it, unless the receiver lags.
+    pub fn subscribe_applied(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<crate::store::AppliedEntry> {
+        self.inner.feed.subscribe()
     }
 
     /// This node's id in the metadata group.

@@ -68,6 +68,10 @@ use crate::cluster::{
     ClusterCommand, ClusterRejection, ClusterResult, ClusterState, StreamProgress,
 };
 
+#[path = "direct.rs"]
+mod direct;
+pub use direct::{DirectBlock, STORAGE_MODE_KEY};
+
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Most blocks one object may carry in one `CommitObject`.
@@ -167,6 +171,15 @@ pub enum Command {
     },
     /// Brokers, partition leases and WAL streams (see [`crate::cluster`]).
     Cluster(ClusterCommand),
+    /// One object of the `direct` storage mode: metadata assigns each block's offsets at the
+    /// partition's index end (see `direct.rs`).
+    CommitDirect {
+        key: String,
+        size: u64,
+        blocks: Vec<DirectBlock>,
+        /// When the writer proposed it (kept for symmetry with the other commits).
+        now_ms: i64,
+    },
     /// Reserves `count` Kafka producer ids (idempotent producers) for one broker to hand out.
     AllocateProducerIds {
         count: u32,
@@ -237,6 +250,14 @@ pub enum Command {
         user: String,
         mechanism: ScramMechanism,
     },
+    /// Kafka's CreateAcls: adds each valid binding (see [`crate::acl`]).
+    CreateAcls {
+        acls: Vec<crate::acl::AclBinding>,
+    },
+    /// Kafka's DeleteAcls: removes what each filter matches.
+    DeleteAcls {
+        filters: Vec<crate::acl::AclBindingFilter>,
+    },
 }
 
 /// The answer to one applied [`Command`]. Rejections are data, not errors: the command was
@@ -248,6 +269,10 @@ pub enum CommandResult {
     /// The topic after `AlterTopicConfigs` or `CreatePartitions`.
     TopicAltered(TopicMeta),
     ObjectCommitted,
+    /// `CommitDirect`: the base offset assigned to each block, in command order.
+    DirectCommitted {
+        base_offsets: Vec<i64>,
+    },
     /// Producer ids `first..first + count` are now reserved for the proposer.
     ProducerIdsAllocated {
         first: i64,
@@ -270,6 +295,10 @@ pub enum CommandResult {
     },
     ScramCredentialUpserted,
     ScramCredentialDeleted,
+    /// Per binding of `CreateAcls`, in order: `None` when it holds now, else why it was refused.
+    AclsCreated(Vec<Option<String>>),
+    /// Per filter of `DeleteAcls`, in order: the bindings removed, or why the filter was refused.
+    AclsDeleted(Vec<Result<Vec<crate::acl::AclBinding>, String>>),
 }
 
 /// Why a command was refused. Each variant carries what the proposer needs to act on it.
@@ -330,6 +359,10 @@ pub enum Rejection {
         expected: i64,
         got: i64,
     },
+    #[error("topic `{name}` is not in `direct` storage mode; its offsets are its leader's")]
+    NotDirect { name: TopicName },
+    #[error("direct object `{key}` is committed, but its blocks left the index (retention)")]
+    DirectCommitForgotten { key: String },
     #[error("object `{key}` has no blocks")]
     EmptyObject { key: String },
     #[error("object `{key}` has {blocks} blocks; the maximum is {max}")]
@@ -522,6 +555,9 @@ pub struct MetaState {
     /// Kafka authentication existed, hence the default.
     #[serde(default)]
     scram_users: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
+    /// Kafka ACLs. Absent from snapshots written before ACLs existed, hence the default.
+    #[serde(default)]
+    acls: crate::acl::AclSet,
 }
 
 impl MetaState {
@@ -543,12 +579,16 @@ impl MetaState {
                 blocks,
                 stream,
             } => self.commit_object(key, *size, blocks, stream.as_ref()),
+            Command::CommitDirect {
+                key, size, blocks, ..
+            } => self.commit_direct(key, *size, blocks),
             Command::Cluster(cmd) => {
                 if matches!(cmd, ClusterCommand::RegisterBroker { .. }) {
                     self.adopt_unleased_topics();
                 }
+                let indexed_end = cmd.moved_partition().map(|(t, p)| self.indexed_end(t, p));
                 self.cluster
-                    .apply(cmd)
+                    .apply_with_index(cmd, indexed_end)
                     .map(CommandResult::Cluster)
                     .map_err(Rejection::from)
             }
@@ -602,6 +642,10 @@ impl MetaState {
             } => self.upsert_scram_credential(user, *mechanism, credential),
             Command::DeleteScramCredential { user, mechanism } => {
                 self.delete_scram_credential(user, *mechanism)
+            }
+            Command::CreateAcls { acls } => Ok(CommandResult::AclsCreated(self.acls.create(acls))),
+            Command::DeleteAcls { filters } => {
+                Ok(CommandResult::AclsDeleted(self.acls.delete(filters)))
             }
         };
         match result {
@@ -1469,6 +1513,11 @@ impl MetaState {
         Ok(CommandResult::ScramCredentialDeleted)
     }
 
+    /// The cluster's Kafka ACLs.
+    pub fn acls(&self) -> &crate::acl::AclSet {
+        &self.acls
+    }
+
     /// The SCRAM credential of (user, mechanism), if any.
     pub fn scram_credential(
         &self,
@@ -1636,6 +1685,7 @@ mod tests {
                     max_timestamp,
                     crc32c: 0,
                     index_len: 0,
+                    relative: false,
                 },
             )
             .collect();
@@ -1700,6 +1750,7 @@ mod tests {
                     max_timestamp,
                     crc32c: 0,
                     index_len: 10,
+                    relative: false,
                 },
             )
             .collect();
@@ -2028,6 +2079,7 @@ mod tests {
             max_timestamp: 1,
             crc32c: 0,
             index_len: 0,
+            relative: false,
         }
     }
 

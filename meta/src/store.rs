@@ -50,10 +50,13 @@ use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// Name of the redb file inside the meta directory.
 pub const DB_FILE_NAME: &str = "meta.redb";
+/// Entries the applied-entry feed ([`StateMachineStore::applied_feed`]) buffers for a slow
+/// subscriber; one that falls further behind is told it lagged.
+pub const APPLIED_FEED_ENTRIES_MAX: usize = 16_384;
 /// Version of the layout described in the module docs.
 pub const STORE_FORMAT_VERSION: u32 = 1;
 /// redb page cache. The applied state lives in memory anyway; the cache only speeds up log
@@ -426,6 +429,16 @@ pub struct StateMachineStore {
     applied: Option<LogId>,
     membership: Membership,
     applied_tx: watch::Sender<u64>,
+    /// Every applied entry, for the metadata backup (see [`AppliedEntry`]).
+    feed: broadcast::Sender<AppliedEntry>,
+}
+
+/// One applied log entry as the applied-entry feed carries it: its index and its command
+/// (`None` for blank and membership entries, which change no [`MetaState`]).
+#[derive(Clone, Debug)]
+pub struct AppliedEntry {
+    pub index: u64,
+    pub command: Option<Arc<crate::state::Command>>,
 }
 
 impl StateMachineStore {
@@ -439,12 +452,14 @@ impl StateMachineStore {
             None => (MetaState::default(), None, Membership::default()),
         };
         let (applied_tx, _) = watch::channel(state.last_applied());
+        let (feed, _) = broadcast::channel(APPLIED_FEED_ENTRIES_MAX);
         Ok(Self {
             db,
             state: Arc::new(RwLock::new(state)),
             applied,
             membership,
             applied_tx,
+            feed,
         })
     }
 
@@ -458,14 +473,29 @@ impl StateMachineStore {
         self.applied_tx.subscribe()
     }
 
+    /// The feed of applied entries, in log order, sent while the state lock is held: a
+    /// subscriber that reads [`MetaState::last_applied`] after subscribing receives exactly the
+    /// entries after it (unless it lags). A snapshot install is not an entry: it shows as a
+    /// jump in the indexes. Nothing is cloned while nobody subscribes.
+    pub fn applied_feed(&self) -> broadcast::Sender<AppliedEntry> {
+        self.feed.clone()
+    }
+
     fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> Vec<Response> {
         let mut replies = Vec::new();
         let mut state = self.state.write();
         for entry in entries {
+            let feeding = self.feed.receiver_count() > 0;
             let result = match &entry.payload {
                 EntryPayload::Blank => None,
                 EntryPayload::Normal(cmd) => {
                     let result = state.apply(cmd);
+                    if feeding {
+                        let _ = self.feed.send(AppliedEntry {
+                            index: entry.log_id.index,
+                            command: Some(Arc::new(cmd.clone())),
+                        });
+                    }
                     if let CommandResult::Rejected(why) = &result {
                         tracing::debug!(log_id = %entry.log_id, %why, "meta command rejected");
                     }
@@ -476,6 +506,12 @@ impl StateMachineStore {
                     None
                 }
             };
+            if feeding && !matches!(entry.payload, EntryPayload::Normal(_)) {
+                let _ = self.feed.send(AppliedEntry {
+                    index: entry.log_id.index,
+                    command: None,
+                });
+            }
             state.set_last_applied(entry.log_id.index);
             self.applied = Some(entry.log_id);
             replies.push(Response { result });
@@ -597,6 +633,47 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: Box::new(Cursor::new(data)),
         })
     }
+}
+
+/// Writes a fresh store at `path` that holds only a snapshot of `state` at log index `index`,
+/// whose membership is `node_id` alone as a voter (disaster recovery: `crate::backup`). The
+/// vote is committed for `node_id` at term 1 and the log is empty with everything up to
+/// `index` purged, so opening the store looks like the restart of a single-voter group.
+///
+/// Fails with [`MetaError::StoreExists`] when `path` exists: this never overwrites a store.
+pub(crate) fn create_restored(
+    path: &Path,
+    node_id: NodeId,
+    state: &MetaState,
+    index: u64,
+) -> Result<(), MetaError> {
+    if path.exists() {
+        return Err(MetaError::StoreExists {
+            path: path.to_owned(),
+        });
+    }
+    let (log, _sm) = open_store(path)?;
+    log.bind_node_id(node_id)?;
+    let log_id = LogId::new(openraft::CommittedLeaderId::new(1, node_id), index);
+    let members = openraft::Membership::new(
+        vec![std::collections::BTreeSet::from([node_id])],
+        std::collections::BTreeMap::from([(node_id, BasicNode::default())]),
+    );
+    let meta = Meta {
+        last_log_id: Some(log_id),
+        last_membership: StoredMembership::new(Some(log_id), members),
+        snapshot_id: format!("{index}-restored-{}", uuid::Uuid::new_v4().simple()),
+    };
+    persist_snapshot(&log.db, &meta, &encode_snapshot(state))?;
+    put_meta(
+        &log.db,
+        KEY_VOTE,
+        &Vote::new_committed(1, node_id),
+        Durability::Immediate,
+    )?;
+    put_meta(&log.db, KEY_LAST_PURGED, &log_id, Durability::Immediate)?;
+    put_meta(&log.db, KEY_COMMITTED, &Some(log_id), Durability::Immediate)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ fn object(key: &str, blocks: &[(TopicId, u32, i64, i64)]) -> Command {
                 max_timestamp: end_offset * 10,
                 crc32c: 0,
                 index_len: 0,
+                relative: false,
             },
         )
         .collect();

@@ -46,6 +46,7 @@ fn object(i: i64) -> Command {
             max_timestamp: i,
             crc32c: 0,
             index_len: 0,
+            relative: false,
         }],
     }
 }

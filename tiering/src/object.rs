@@ -244,6 +244,7 @@ impl ObjectBuilder {
                     max_timestamp: block.max_timestamp,
                     crc32c: block.crc32c,
                     index_len: 0,
+                    relative: false,
                 },
                 block_crc32c: block.crc32c,
             });
@@ -415,6 +416,7 @@ pub fn decode_footer_suffix(
             max_timestamp: le_i64(raw, 52),
             crc32c: le_u32(raw, 60),
             index_len: 0,
+            relative: false,
         };
         let block_crc32c = le_u32(raw, 60);
         if !(0 <= location.base_offset && location.base_offset < location.end_offset) {

@@ -274,6 +274,7 @@ impl SegmentBuilder {
             max_timestamp,
             crc32c: 0,
             index_len: (index_len + SEGMENT_TRAILER_BYTES) as u64,
+            relative: false,
         };
         Some((self.buf.freeze(), location))
     }

@@ -34,6 +34,12 @@ pub struct BlockLocation {
     /// block of a multi-partition upload object, which is read whole and checked by `crc32c`.
     #[serde(default)]
     pub index_len: u64,
+    /// True for a block of the `direct` storage mode: its batches were stored with base
+    /// offsets relative to the block (the first starts at 0), because metadata assigned the
+    /// block's offsets only at commit. A reader adds `base_offset` to each batch's base offset
+    /// after checking `crc32c` on the stored bytes (the batch CRC does not cover it).
+    #[serde(default)]
+    pub relative: bool,
 }
 
 impl BlockLocation {

@@ -57,6 +57,7 @@ pub fn object(partition: u32, base: i64) -> Command {
             max_timestamp: base,
             crc32c: 0,
             index_len: 0,
+            relative: false,
         }],
     }
 }
