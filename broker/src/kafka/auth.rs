@@ -151,7 +151,7 @@ impl Security {
     }
 }
 
-fn load_tls(
+pub(crate) fn load_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor, (&'static str, String)> {

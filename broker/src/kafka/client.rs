@@ -52,6 +52,8 @@ const RESOURCE_TOPIC: i8 = 2;
 const LIST_OFFSETS_VERSION: i16 = 5;
 /// v12: the last version that names topics (v13+ address them by id only).
 const FETCH_VERSION: i16 = 12;
+/// CreateAcls, DescribeAcls, DeleteAcls: v2 is flexible; v3 only adds the User resource type.
+const ACLS_VERSION: i16 = 2;
 /// v9: flexible; v10+ adds leader-discovery fields StrataMQ does not speak yet.
 const PRODUCE_VERSION: i16 = 9;
 /// How long a Produce (acks=all) may wait on the broker.
@@ -482,6 +484,75 @@ impl AdminClient {
             }
         }
         Ok(())
+    }
+
+    /// CreateAcls: every binding, or the first refusal.
+    pub async fn create_acls(
+        &mut self,
+        acls: &[strata_meta::acl::AclBinding],
+    ) -> Result<(), ClientError> {
+        use super::acl_handlers as wire;
+        let request = kafka_protocol::messages::CreateAclsRequest::default()
+            .with_creations(acls.iter().map(wire::creation).collect());
+        let response: kafka_protocol::messages::CreateAclsResponse = self
+            .call(ApiKey::CreateAcls, ACLS_VERSION, &request)
+            .await?;
+        match response.results.iter().find(|r| r.error_code != 0) {
+            Some(r) => Err(kafka_error(
+                "create ACLs".into(),
+                r.error_code,
+                r.error_message.as_ref(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// DescribeAcls: the bindings the filter matches.
+    pub async fn describe_acls(
+        &mut self,
+        filter: &strata_meta::acl::AclBindingFilter,
+    ) -> Result<Vec<strata_meta::acl::AclBinding>, ClientError> {
+        use super::acl_handlers as wire;
+        let response: kafka_protocol::messages::DescribeAclsResponse = self
+            .call(
+                ApiKey::DescribeAcls,
+                ACLS_VERSION,
+                &wire::describe_request(filter),
+            )
+            .await?;
+        if response.error_code != 0 {
+            return Err(kafka_error(
+                "describe ACLs".into(),
+                response.error_code,
+                response.error_message.as_ref(),
+            ));
+        }
+        Ok(wire::described(&response))
+    }
+
+    /// DeleteAcls with one filter: the bindings removed.
+    pub async fn delete_acls(
+        &mut self,
+        filter: &strata_meta::acl::AclBindingFilter,
+    ) -> Result<Vec<strata_meta::acl::AclBinding>, ClientError> {
+        use super::acl_handlers as wire;
+        let request = kafka_protocol::messages::DeleteAclsRequest::default()
+            .with_filters(vec![wire::delete_filter(filter)]);
+        let response: kafka_protocol::messages::DeleteAclsResponse = self
+            .call(ApiKey::DeleteAcls, ACLS_VERSION, &request)
+            .await?;
+        let mut removed = Vec::new();
+        for r in &response.filter_results {
+            if r.error_code != 0 {
+                return Err(kafka_error(
+                    "delete ACLs".into(),
+                    r.error_code,
+                    r.error_message.as_ref(),
+                ));
+            }
+            removed.extend(wire::deleted(r));
+        }
+        Ok(removed)
     }
 
     async fn call<Req: Encodable, Resp: Decodable>(

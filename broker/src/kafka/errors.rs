@@ -20,7 +20,10 @@ pub fn not_leader() -> i16 {
 
 pub fn append(err: AppendError) -> i16 {
     match err {
-        AppendError::WalFull | AppendError::Storage => E::KafkaStorageError.code(),
+        AppendError::WalFull | AppendError::Storage | AppendError::ObjectStore => {
+            E::KafkaStorageError.code()
+        }
+        AppendError::IdempotentDirect => E::InvalidRecord.code(),
         AppendError::TooLarge => E::MessageTooLarge.code(),
         AppendError::ShuttingDown | AppendError::Fenced => E::NotLeaderOrFollower.code(),
         AppendError::Sequence(e) => sequence(&e),

@@ -9,7 +9,7 @@ use super::{errors, versions};
 use crate::log::partition::PartitionLog;
 use crate::log::producer::ProducerBatch;
 use crate::log::reader::Chunks;
-use crate::log::sequencer::{AppendError, AppendRequest, AppendResult, BatchSpan, SeqMsg};
+use crate::log::sequencer::{AppendError, AppendRequest, AppendResult, BatchSpan};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -55,7 +55,11 @@ fn ready(frame: BytesMut) -> ResponseFuture {
 }
 
 /// Decodes one request frame and starts answering it.
-pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFuture, CloseReason> {
+pub async fn dispatch(
+    node: &Arc<Node>,
+    mut frame: Bytes,
+    authz: &super::acl_handlers::Authorizer,
+) -> Result<ResponseFuture, CloseReason> {
     if frame.len() < 8 {
         return Err(malformed(format!(
             "frame of {} bytes is shorter than a request header",
@@ -92,14 +96,23 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
     }
     let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
         .map_err(malformed)?;
-    let request = RequestKind::decode(api_key, &mut frame, version).map_err(malformed)?;
+    let mut request = RequestKind::decode(api_key, &mut frame, version).map_err(malformed)?;
     let correlation_id = header.correlation_id;
+    // ACLs (`acl_handlers`): refuse outright, or narrow the request and answer the rest later.
+    let denied = match super::acl_handlers::gate(node, authz, &mut request, version) {
+        super::acl_handlers::Gate::Pass(denied) => denied,
+        super::acl_handlers::Gate::Refuse(body) => {
+            let frame = body.map(|b| encode(api_key, version, correlation_id, &b));
+            return Ok(Box::pin(async move { frame }));
+        }
+    };
     if let RequestKind::Produce(req) = request {
-        return produce(node, req, version, correlation_id).await;
+        return produce(node, req, version, correlation_id, &denied).await;
     }
     let node = node.clone();
+    let authz = authz.clone();
     Ok(Box::pin(async move {
-        let body = match request {
+        let mut body = match request {
             RequestKind::ApiVersions(_) => {
                 ResponseKind::ApiVersions(api_versions_body(errors::NONE))
             }
@@ -159,6 +172,14 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
                     None => return Some(bare_error(correlation_id, errors::unsupported_version())),
                 }
             }
+            RequestKind::CreateAcls(_)
+            | RequestKind::DescribeAcls(_)
+            | RequestKind::DeleteAcls(_) => {
+                match super::acl_handlers::handle(&node, &authz, request).await {
+                    Some(body) => body,
+                    None => return Some(bare_error(correlation_id, errors::unsupported_version())),
+                }
+            }
             _ => {
                 // Unreachable while `versions::SUPPORTED` and this match agree; answer rather
                 // than panic if they ever drift.
@@ -166,6 +187,7 @@ pub async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<ResponseFutu
                 return Some(bare_error(correlation_id, errors::unsupported_version()));
             }
         };
+        super::acl_handlers::finish(&node, &authz, denied, &mut body);
         Some(encode(api_key, version, correlation_id, &body))
     }))
 }
@@ -387,6 +409,7 @@ pub(crate) async fn create_topic(
     partitions: u32,
     configs: BTreeMap<String, String>,
 ) -> Result<strata_meta::TopicMeta, (i16, String)> {
+    let configs = crate::topic_configs::with_default_storage_mode(node, configs);
     crate::topic_configs::validate_topic_configs(&configs)
         .map_err(|e| (errors::config(&e), e.to_string()))?;
     let cmd = Command::CreateTopic {
@@ -428,6 +451,7 @@ async fn produce(
     req: ProduceRequest,
     version: i16,
     correlation_id: i32,
+    denied: &super::acl_handlers::Denied,
 ) -> Result<ResponseFuture, CloseReason> {
     let acks = req.acks;
     let mut slots = Vec::new();
@@ -445,12 +469,13 @@ async fn produce(
     for (ti, topic) in req.topic_data.into_iter().enumerate() {
         let name = topic.name.0.to_string();
         let logs = node.registry.topic(&name);
+        let topic_denied = super::acl_handlers::produce_denied(denied, &name);
         names.push(name);
         for pd in topic.partition_data {
             let mut slot = Slot {
                 topic: ti,
                 index: pd.index,
-                error: acks_error.clone(),
+                error: acks_error.clone().or_else(|| topic_denied.clone()),
             };
             if slot.error.is_none() && transactional {
                 slot.error = Some((
@@ -495,11 +520,8 @@ async fn produce(
         if node
             .shutting_down
             .load(std::sync::atomic::Ordering::Acquire)
-            || node
-                .seq_tx
-                .send(SeqMsg::Append { items, reply: tx })
-                .await
-                .is_err()
+            // WAL topics to the sequencer, direct topics to the direct writer.
+            || crate::log::direct::route(node, items, tx).await.is_err()
         {
             for s in slots.iter_mut().filter(|s| s.error.is_none()) {
                 s.error = Some((

@@ -1,5 +1,6 @@
 //! The Kafka front-end: the real Kafka wire protocol, through the `kafka-protocol` codec.
 
+pub mod acl_handlers;
 pub mod admin_handlers;
 pub mod auth;
 pub mod client;

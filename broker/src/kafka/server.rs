@@ -56,7 +56,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Rece
                     // Plain TCP splits into owned halves (no lock between reader and writer).
                     None => {
                         let (rd, wr) = stream.into_split();
-                        connection(node.clone(), rd, wr).await
+                        connection(node.clone(), rd, wr, peer.ip()).await
                     }
                     Some(acceptor) => {
                         match tokio::time::timeout(FRAME_READ_TIMEOUT, acceptor.accept(stream))
@@ -64,7 +64,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Rece
                         {
                             Ok(Ok(tls)) => {
                                 let (rd, wr) = tokio::io::split(tls);
-                                connection(node.clone(), rd, wr).await
+                                connection(node.clone(), rd, wr, peer.ip()).await
                             }
                             Ok(Err(e)) => Err(CloseReason::Tls(e.to_string())),
                             Err(_) => Err(CloseReason::Tls("handshake timed out".into())),
@@ -102,7 +102,12 @@ pub enum CloseReason {
     Auth(String),
 }
 
-async fn connection<R, W>(node: Arc<Node>, rd: R, wr: W) -> Result<(), CloseReason>
+async fn connection<R, W>(
+    node: Arc<Node>,
+    rd: R,
+    wr: W,
+    peer: std::net::IpAddr,
+) -> Result<(), CloseReason>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -130,6 +135,7 @@ where
     });
     let max = node.config.file.kafka.request_bytes_max;
     let mut session = auth::Session::new();
+    let mut authz = super::acl_handlers::Authorizer::for_connection(&node, None, peer);
     let result = loop {
         let frame = match read_frame(&mut rd, max).await {
             Ok(Some(frame)) => frame,
@@ -157,7 +163,8 @@ where
         };
         Metrics::inc(&node.metrics.kafka_requests_total);
         let arrived = Instant::now();
-        match handlers::dispatch(&node, frame).await {
+        authz.refresh(&node, session.principal.as_deref(), peer);
+        match handlers::dispatch(&node, frame, &authz).await {
             Ok(response) => {
                 if tx.send((response, api_key, arrived)).await.is_err() {
                     break Ok(()); // the writer failed: the peer is gone
