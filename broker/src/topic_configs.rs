@@ -125,7 +125,57 @@ const TOPIC_KEYS: &[TopicKey] = &[
         doc: "Largest record batch accepted; set per node by kafka.message_bytes_max.",
         broker_name: "message.max.bytes",
     },
+    TopicKey {
+        name: STORAGE_MODE_KEY,
+        config_type: ConfigType::String,
+        read_only: false,
+        doc: "`wal` (acknowledged on a WAL quorum) or `direct` (acknowledged once the object is in object storage). Fixed when the topic is created.",
+        broker_name: "strata.default.storage.mode",
+    },
 ];
+
+use crate::log::direct::{STORAGE_MODES, STORAGE_MODE_KEY};
+
+/// The configs of a topic about to be created, with its storage mode made explicit when the
+/// node's `direct.default_storage_mode` is not `wal` and none is given: a topic without the
+/// key is a `wal` topic, so a later change of the node's default does not move it.
+pub fn with_default_storage_mode(
+    node: &Node,
+    mut configs: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    // Absent means `wal`, so only another default needs writing down.
+    let default = &node.config.file.direct.default_storage_mode;
+    if default != "wal" {
+        configs
+            .entry(STORAGE_MODE_KEY.to_owned())
+            .or_insert_with(|| default.clone());
+    }
+    configs
+}
+
+/// Refuses any change of a topic's storage mode (setting it to its current value is a no-op).
+fn check_storage_mode_fixed(meta: &TopicMeta, ops: &[ConfigOp]) -> Result<(), ConfigError> {
+    let current = meta
+        .configs
+        .get(STORAGE_MODE_KEY)
+        .map_or("wal", String::as_str);
+    let changes = ops.iter().any(|op| match op {
+        ConfigOp::Set(k, v) => k == STORAGE_MODE_KEY && v.trim() != current,
+        ConfigOp::Delete(k) | ConfigOp::Append(k, _) | ConfigOp::Subtract(k, _) => {
+            k == STORAGE_MODE_KEY
+        }
+    });
+    if changes {
+        return Err(ConfigError::ReadOnly {
+            key: STORAGE_MODE_KEY.to_owned(),
+            hint: format!(
+                ": the storage mode is fixed when the topic is created (topic `{}` is `{current}`)",
+                meta.name
+            ),
+        });
+    }
+    Ok(())
+}
 
 fn known_keys() -> String {
     TOPIC_KEYS
@@ -165,6 +215,13 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), ConfigError> 
             Ok(_) => Err(invalid("must be -1 (unlimited) or at least 0")),
             Err(_) => Err(invalid("not an integer")),
         },
+        STORAGE_MODE_KEY => {
+            if STORAGE_MODES.contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid("must be `wal` or `direct`"))
+            }
+        }
         "cleanup.policy" => {
             if value
                 .split(',')
@@ -210,6 +267,14 @@ fn broker_default(node: &Node, broker_name: &str) -> (String, ConfigSource) {
             },
         ),
         "message.max.bytes" => (cfg.message_bytes_max.to_string(), ConfigSource::Broker),
+        "strata.default.storage.mode" => (
+            cfg.file.direct.default_storage_mode.clone(),
+            if cfg.file.direct.default_storage_mode == "wal" {
+                ConfigSource::Default
+            } else {
+                ConfigSource::Broker
+            },
+        ),
         _ => ("delete".to_owned(), ConfigSource::Default),
     }
 }
@@ -228,6 +293,8 @@ pub fn describe_topic(node: &Node, meta: &TopicMeta) -> Vec<ConfigEntry> {
             synonyms.push((spec.broker_name, default.clone(), default_source));
             let (value, source) = match own {
                 Some(v) => (v.clone(), ConfigSource::Topic),
+                // A topic created before storage modes existed is a WAL topic.
+                None if spec.name == STORAGE_MODE_KEY => ("wal".to_owned(), ConfigSource::Default),
                 None => (default, default_source),
             };
             ConfigEntry {
@@ -332,6 +399,7 @@ pub async fn alter_topic_configs(
     let name = TopicName::new(topic).map_err(|_| unknown())?;
     let meta = node.meta.read().topic(name.as_str()).cloned();
     let meta = meta.ok_or_else(unknown)?;
+    check_storage_mode_fixed(&meta, ops)?;
     let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
     for op in ops {
         let (key, change) = match op {
@@ -373,6 +441,14 @@ pub async fn alter_topic_configs(
             return Err(ConfigError::Duplicate { key: key.clone() });
         }
     }
+    if replace {
+        // AlterConfigs resets unnamed keys; the storage mode is not resettable.
+        if let Some(mode) = meta.configs.get(STORAGE_MODE_KEY) {
+            changes
+                .entry(STORAGE_MODE_KEY.to_owned())
+                .or_insert_with(|| Some(mode.clone()));
+        }
+    }
     if validate_only {
         return Ok(meta);
     }
@@ -404,6 +480,9 @@ mod tests {
             ("retention.bytes", "0", None),
             ("cleanup.policy", "delete", None),
             ("cleanup.policy", "compact", Some("log compaction")),
+            ("strata.storage.mode", "direct", None),
+            ("strata.storage.mode", "wal", None),
+            ("strata.storage.mode", "memory", Some("`wal` or `direct`")),
             ("max.message.bytes", "10", Some("read-only")),
             ("segment.ms", "10", Some("unsupported config `segment.ms`")),
         ];

@@ -108,6 +108,8 @@ enum CompactError {
     Put(String),
     #[error("metadata: {0}")]
     Meta(String),
+    #[error("malformed block: {0}")]
+    BadBlock(String),
 }
 
 pub struct Compactor {
@@ -282,7 +284,7 @@ impl Compactor {
         if block.crc32c != 0 {
             strata_tiering::verify_block(block, &data, block.crc32c)?;
         }
-        Ok(data)
+        super::direct::absolute(block, data).map_err(CompactError::BadBlock)
     }
 
     /// Deletes objects under our prefixes that the index does not know, once their key's time
@@ -369,6 +371,7 @@ mod tests {
                     max_timestamp: 0,
                     crc32c: 0,
                     index_len: 0,
+                    relative: false,
                 }
             })
             .collect()

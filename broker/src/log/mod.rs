@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod compactor;
+pub mod direct;
 pub mod entry;
 pub mod partition;
 pub mod producer;

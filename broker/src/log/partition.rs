@@ -72,6 +72,8 @@ pub struct PartitionLog {
     hw_tx: watch::Sender<i64>,
     /// Bytes and records in and out, for `/metrics`.
     pub traffic: crate::metrics::PartitionTraffic,
+    /// A planned move started (`moves.rs`): the sequencer refuses appends from now on.
+    sealed: std::sync::atomic::AtomicBool,
 }
 
 /// What a read from the tail found.
@@ -119,7 +121,19 @@ impl PartitionLog {
             }),
             hw_tx,
             traffic: Default::default(),
+            sealed: Default::default(),
         }
+    }
+
+    /// Planned moves: stop (`true`) or resume (`false`) taking appends. The sequencer checks
+    /// it before assigning offsets, so once a barrier through its queue is answered, nothing
+    /// more is appended.
+    pub fn set_sealed(&self, sealed: bool) {
+        self.sealed.store(sealed, Ordering::SeqCst);
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::SeqCst)
     }
 
     /// Sequencer only: the next offset to assign.
@@ -300,6 +314,22 @@ impl PartitionLog {
         tail.log_start_offset = start;
         let droppable = start.min(tail.uploaded_offset);
         while tail.pop_front_below(droppable) {}
+    }
+
+    /// A `direct`-mode partition (no tail; see `log/direct.rs`): the object index now ends at
+    /// `end`, so the high watermark moves there. Never backwards; wakes waiting fetches.
+    pub fn follow_index(&self, end: i64) {
+        {
+            let mut tail = self.tail.write();
+            if end <= tail.high_watermark {
+                return;
+            }
+            debug_assert!(tail.batches.is_empty(), "a direct partition has no tail");
+            tail.high_watermark = end;
+            tail.uploaded_offset = end;
+        }
+        self.next_offset.fetch_max(end, Ordering::AcqRel);
+        self.hw_tx.send_replace(end);
     }
 
     /// Uploader: everything below `end` is now in object storage. Keeps at most

@@ -261,6 +261,12 @@ impl Reader {
                 reason: "CRC32C mismatch".into(),
             });
         }
+        // A `direct` block's offsets are relative until made absolute here (log/direct.rs).
+        let data = super::direct::absolute(block, data).map_err(|reason| ReadError::BadBlock {
+            key: block.key.clone(),
+            position: block.position,
+            reason,
+        })?;
         self.cache.insert(Tier::Recent, key, data.clone());
         Ok(data)
     }

@@ -106,6 +106,12 @@ impl Registry {
                 for p in &t.partitions {
                     p.advance_log_start(state.indexed_start(meta.id, p.key.partition));
                 }
+                // A direct partition's end is the index's (commits by any writer).
+                if super::direct::is_direct(&meta.configs) {
+                    for p in &t.partitions {
+                        p.follow_index(state.indexed_end(meta.id, p.key.partition));
+                    }
+                }
                 // Leases may have moved.
                 let mut fresh = Vec::new();
                 for p in &t.partitions {

@@ -255,6 +255,7 @@ mod tests {
                     max_timestamp,
                     crc32c: 0,
                     index_len: 0,
+                    relative: false,
                 },
             )
             .collect()

@@ -75,6 +75,12 @@ pub enum AppendError {
     /// Another broker took this broker's WAL stream (its lease expired): the partition moved.
     #[error("this broker's WAL stream was taken over; the partition moved")]
     Fenced,
+    /// `direct` mode: the object holding the append was not PUT and committed in time.
+    #[error("object storage did not take the append in time; retry")]
+    ObjectStore,
+    /// `direct` mode keeps no idempotent-producer state (`log/direct.rs`).
+    #[error("idempotent producers are not supported on topics with strata.storage.mode=direct; set enable.idempotence=false")]
+    IdempotentDirect,
     /// An idempotent producer's batch failed its sequence or epoch check; nothing was written.
     #[error(transparent)]
     Sequence(#[from] SequenceError),
@@ -296,6 +302,10 @@ fn append_one(
     metrics: &Metrics,
 ) -> AppendResult {
     let count = item.offset_count();
+    // A planned move sealed the partition (`moves.rs`): the client goes to the new leader.
+    if item.log.is_sealed() {
+        return Err(AppendError::Fenced);
+    }
     // Idempotent batches are checked against the offsets they would get; only this thread
     // assigns offsets, so `next_offset` is what `reserve` returns below.
     let mut update = None;
