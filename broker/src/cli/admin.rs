@@ -77,7 +77,12 @@ pub async fn cluster_status(admin: &str, output: Output) -> Result<(), CliError>
             vec![
                 cell(&b["id"]),
                 cell(&b["address"]),
-                if b["alive"].as_bool() == Some(true) {
+                if b["alive"].as_bool() == Some(true) && b["draining"].as_bool() == Some(true) {
+                    match b["moves_planned"].as_u64() {
+                        Some(n) if n > 0 => format!("draining ({n} moving)"),
+                        _ => "draining".into(),
+                    }
+                } else if b["alive"].as_bool() == Some(true) {
                     "alive".into()
                 } else {
                     "expired".into()
@@ -106,6 +111,35 @@ pub async fn cluster_status(admin: &str, output: Output) -> Result<(), CliError>
         &["PARTITIONS"],
         &rows,
     );
+    Ok(())
+}
+
+/// `strata cluster drain NODE [--undo]`: sets the broker's draining flag; its partitions then
+/// move to the other live brokers in the background (watch `strata cluster status`).
+pub async fn cluster_drain(
+    admin: &str,
+    node: u64,
+    undo: bool,
+    output: Output,
+) -> Result<(), CliError> {
+    let r = AdminHttp::new(admin)?
+        .post(
+            &format!("/v1/cluster/nodes/{node}/drain"),
+            &serde_json::json!({ "draining": !undo }),
+        )
+        .await?;
+    if output == Output::Json {
+        print_json(&r);
+        return Ok(());
+    }
+    if undo {
+        println!("broker {node} is no longer draining");
+    } else {
+        println!(
+            "broker {node} is draining: {} partition move(s) planned",
+            cell(&r["moves_planned"])
+        );
+    }
     Ok(())
 }
 
