@@ -121,25 +121,32 @@ fn topic_view(node: &Node, state: &MetaState, meta: &strata_meta::TopicMeta) -> 
 
 /// `GET /v1/topics`: every topic with its partitions' offsets and index counts.
 pub(crate) async fn topics(State(node): State<Arc<Node>>) -> Json<Vec<TopicView>> {
+    Json(list_topics(&node))
+}
+
+/// Every topic, by name (`GET /v1/topics`, gRPC `ListTopics`).
+pub(crate) fn list_topics(node: &Node) -> Vec<TopicView> {
     let state = node.meta.read();
     let mut views: Vec<TopicView> = state
         .topics()
-        .map(|t| topic_view(&node, &state, t))
+        .map(|t| topic_view(node, &state, t))
         .collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
-    Json(views)
+    views
 }
 
 #[derive(Serialize)]
-struct TopicDetail {
+pub(crate) struct TopicDetail {
     #[serde(flatten)]
     topic: TopicView,
     partition_count: u32,
     created_ms: i64,
+    /// `wal` or `direct` (the `strata.storage.mode` config).
+    storage_mode: &'static str,
     configs: BTreeMap<String, String>,
 }
 
-fn topic_detail(node: &Node, name: &str) -> ApiResult<TopicDetail> {
+pub(crate) fn topic_detail(node: &Node, name: &str) -> ApiResult<TopicDetail> {
     let state = node.meta.read();
     let meta = state
         .topic(name)
@@ -149,6 +156,11 @@ fn topic_detail(node: &Node, name: &str) -> ApiResult<TopicDetail> {
         topic: topic_view(node, &state, &meta),
         partition_count: meta.partitions,
         created_ms: meta.created_ms,
+        storage_mode: if crate::log::direct::is_direct(&meta.configs) {
+            "direct"
+        } else {
+            "wal"
+        },
         configs: meta.configs,
     })
 }
@@ -224,6 +236,18 @@ pub(crate) async fn create_topic(
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let body = json_object(&body)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(create_topic_op(&node, body).await?),
+    ))
+}
+
+/// Creates a topic from the fields of a `POST /v1/topics` body (gRPC `CreateTopic` sends the
+/// same object).
+pub(crate) async fn create_topic_op(
+    node: &Node,
+    body: Map<String, Value>,
+) -> ApiResult<TopicDetail> {
     only_fields(&body, &["name", "partitions", "configs"])?;
     let name = match body.get("name") {
         Some(Value::String(s)) => {
@@ -284,10 +308,10 @@ pub(crate) async fn create_topic(
         }
     }
     let topic = name.to_string();
-    crate::kafka::handlers::create_topic(&node, name, partitions, configs)
+    crate::kafka::handlers::create_topic(node, name, partitions, configs)
         .await
         .map_err(|(code, message)| kafka_code_error(code, message))?;
-    Ok((StatusCode::CREATED, Json(topic_detail(&node, &topic)?)))
+    topic_detail(node, &topic)
 }
 
 /// Maps the Kafka error code of a topic write to the API's status and kind.
@@ -313,8 +337,18 @@ pub(crate) async fn alter_topic(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    use crate::topic_configs::{alter_topic_configs, ConfigError, ConfigOp};
     let body = json_object(&body)?;
+    Ok(Json(alter_topic_op(&node, &name, body).await?))
+}
+
+/// Alters a topic from the fields of a `PATCH /v1/topics/{name}` body (gRPC `AlterTopic`).
+pub(crate) async fn alter_topic_op(
+    node: &Node,
+    name: &str,
+    body: Map<String, Value>,
+) -> ApiResult<TopicDetail> {
+    use crate::topic_configs::{alter_topic_configs, ConfigError, ConfigOp};
+    let name = name.to_owned();
     only_fields(&body, &["partitions", "set", "delete", "validate_only"])?;
     if node.meta.read().topic(&name).is_none() {
         return Err(unknown_topic(&name));
@@ -394,12 +428,12 @@ pub(crate) async fn alter_topic(
         other => ApiError::bad_field("set", other.to_string()),
     };
     if !ops.is_empty() {
-        alter_topic_configs(&node, &name, &ops, false, true)
+        alter_topic_configs(node, &name, &ops, false, true)
             .await
             .map_err(config_error)?;
     }
     if let Some(count) = partitions {
-        crate::kafka::admin_handlers::grow_topic(&node, &name, count, validate_only)
+        crate::kafka::admin_handlers::grow_topic(node, &name, count, validate_only)
             .await
             .map_err(|(code, message)| {
                 use kafka_protocol::ResponseError as E;
@@ -411,11 +445,11 @@ pub(crate) async fn alter_topic(
             })?;
     }
     if !ops.is_empty() && !validate_only {
-        alter_topic_configs(&node, &name, &ops, false, false)
+        alter_topic_configs(node, &name, &ops, false, false)
             .await
             .map_err(config_error)?;
     }
-    Ok(Json(topic_detail(&node, &name)?))
+    topic_detail(node, &name)
 }
 
 /// `DELETE /v1/topics/{name}`: the `DeleteTopic` command DeleteTopics writes.
@@ -423,9 +457,14 @@ pub(crate) async fn delete_topic(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
+    Ok(Json(delete_topic_op(&node, &name).await?))
+}
+
+/// Deletes a topic: `{"deleted": NAME, "id": ID}`.
+pub(crate) async fn delete_topic_op(node: &Node, name: &str) -> ApiResult<Value> {
     let (name, id) = {
         let state = node.meta.read();
-        let meta = state.topic(&name).ok_or_else(|| unknown_topic(&name))?;
+        let meta = state.topic(name).ok_or_else(|| unknown_topic(name))?;
         (meta.name.clone(), meta.id)
     };
     let result = node
@@ -434,9 +473,9 @@ pub(crate) async fn delete_topic(
         .await;
     node.refresh_topics();
     match result {
-        Ok(CommandResult::TopicDeleted(_)) => Ok(Json(
-            serde_json::json!({"deleted": name.to_string(), "id": id.to_string()}),
-        )),
+        Ok(CommandResult::TopicDeleted(_)) => {
+            Ok(serde_json::json!({"deleted": name.to_string(), "id": id.to_string()}))
+        }
         Ok(CommandResult::Rejected(Rejection::UnknownTopic { .. })) => {
             Err(unknown_topic(name.as_str()))
         }
@@ -490,6 +529,11 @@ fn wal_view(node: &Node, state: &MetaState) -> WalView {
 
 /// `GET /v1/cluster`.
 pub(crate) async fn cluster(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(cluster_op(&node))
+}
+
+/// The cluster status (`GET /v1/cluster`, gRPC `GetCluster`).
+pub(crate) fn cluster_op(node: &Node) -> Value {
     let c = &node.config;
     let mut roles = Vec::new();
     for (on, name) in [
@@ -505,12 +549,18 @@ pub(crate) async fn cluster(State(node): State<Arc<Node>>) -> Json<Value> {
     let meta_leader = node.meta.leader();
     let state = node.meta.read();
     let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+    // Partitions per leader with a planned move under way (`moves.rs`).
+    let mut moving: BTreeMap<u64, usize> = BTreeMap::new();
     let mut partitions_total = 0usize;
     for t in state.topics() {
         for p in 0..t.partitions {
             partitions_total += 1;
             if let Some(l) = state.cluster().live_leader(t.id, p) {
                 *led.entry(l).or_default() += 1;
+            }
+            let lease = state.cluster().lease(t.id, p);
+            if let Some(leader) = lease.filter(|l| l.target.is_some()).and_then(|l| l.leader) {
+                *moving.entry(leader).or_default() += 1;
             }
         }
     }
@@ -529,10 +579,12 @@ pub(crate) async fn cluster(State(node): State<Arc<Node>>) -> Json<Value> {
                 "registered_ms": b.registered_ms,
                 "partitions_led": led.get(&b.node_id).copied().unwrap_or(0),
                 "meta_voter": membership.voters.contains_key(&b.node_id),
+                "draining": b.draining,
+                "moves_planned": moving.get(&b.node_id).copied().unwrap_or(0),
             })
         })
         .collect();
-    Json(serde_json::json!({
+    serde_json::json!({
         "node_id": c.node_id,
         "cluster_id": node.cluster_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -558,12 +610,17 @@ pub(crate) async fn cluster(State(node): State<Arc<Node>>) -> Json<Value> {
         "brokers": brokers,
         "topics": state.topics().count(),
         "partitions": partitions_total,
-        "wal": wal_view(&node, &state),
-    }))
+        "wal": wal_view(node, &state),
+    })
 }
 
 /// `GET /v1/storage`: object-store usage per topic from the metadata index (never a LIST).
 pub(crate) async fn storage(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(storage_op(&node))
+}
+
+/// Object-store usage (`GET /v1/storage`, gRPC `GetStorage`).
+pub(crate) fn storage_op(node: &Node) -> Value {
     let state = node.meta.read();
     let mut all_keys = BTreeSet::new();
     let (mut blocks_total, mut segments_total, mut bytes_total) = (0usize, 0usize, 0u64);
@@ -594,7 +651,7 @@ pub(crate) async fn storage(State(node): State<Arc<Node>>) -> Json<Value> {
     }
     let garbage: Vec<&str> = state.garbage_keys().collect();
     let oldest = garbage.iter().filter_map(|k| state.garbage_since(k)).min();
-    Json(serde_json::json!({
+    serde_json::json!({
         "object_store": node.store.url(),
         "topics": topics,
         "total": {
@@ -607,8 +664,36 @@ pub(crate) async fn storage(State(node): State<Arc<Node>>) -> Json<Value> {
             "objects": garbage.len(),
             "oldest_since_ms": oldest,
         },
-        "wal": wal_view(&node, &state),
-    }))
+        "wal": wal_view(node, &state),
+    })
+}
+
+/// `GET /v1/wal`.
+pub(crate) async fn wal(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(wal_op(&node))
+}
+
+/// WAL state (`GET /v1/wal`, gRPC `GetWal`): this node's WAL and every WAL stream in
+/// metadata (epoch, holder, settled LSN).
+pub(crate) fn wal_op(node: &Node) -> Value {
+    let state = node.meta.read();
+    let streams: Vec<Value> = state
+        .cluster()
+        .streams()
+        .map(|(id, s)| {
+            serde_json::json!({
+                "stream": id,
+                "epoch": s.epoch,
+                "holder": s.holder,
+                "settled_lsn": s.settled_lsn,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "node_id": node.config.node_id,
+        "local": wal_view(node, &state),
+        "streams": streams,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -653,6 +738,11 @@ fn group_error(err: GroupError) -> ApiError {
 /// `GET /v1/groups`: the groups in this node's coordinator and the ones metadata holds
 /// offsets for (`Empty`), with their total lag.
 pub(crate) async fn groups(State(node): State<Arc<Node>>) -> ApiResult<Json<Vec<Value>>> {
+    Ok(Json(groups_op(&node).await?))
+}
+
+/// The groups with their total lag (`GET /v1/groups`, gRPC `ListGroups`).
+pub(crate) async fn groups_op(node: &Node) -> ApiResult<Vec<Value>> {
     let listed = node
         .groups
         .list()
@@ -676,7 +766,7 @@ pub(crate) async fn groups(State(node): State<Arc<Node>>) -> ApiResult<Json<Vec<
     let out = by_id
         .into_iter()
         .map(|(id, (protocol_type, state))| {
-            let offsets = group_offsets(&node, &id);
+            let offsets = group_offsets(node, &id);
             let lag: i64 = offsets.iter().filter_map(|o| o["lag"].as_i64()).sum();
             serde_json::json!({
                 "group_id": id,
@@ -684,11 +774,11 @@ pub(crate) async fn groups(State(node): State<Arc<Node>>) -> ApiResult<Json<Vec<
                 "protocol_type": protocol_type,
                 "partitions": offsets.len(),
                 "lag": lag,
-                "coordinator": crate::groups::coordinator_for(&node, &id),
+                "coordinator": crate::groups::coordinator_for(node, &id),
             })
         })
         .collect();
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// `GET /v1/groups/{id}`.
@@ -696,14 +786,20 @@ pub(crate) async fn describe_group(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    Ok(Json(describe_group_op(&node, &id).await?))
+}
+
+/// One group: members, offsets, lag (`GET /v1/groups/{id}`, gRPC `DescribeGroup`).
+pub(crate) async fn describe_group_op(node: &Node, id: &str) -> ApiResult<Value> {
+    let id = id.to_owned();
     crate::groups::coordinator::valid_group_id(&id, false).map_err(group_error)?;
-    let coordinator = crate::groups::coordinator_for(&node, &id);
+    let coordinator = crate::groups::coordinator_for(node, &id);
     let described = node
         .groups
         .describe(id.clone())
         .await
         .map_err(group_error)?;
-    let offsets = group_offsets(&node, &id);
+    let offsets = group_offsets(node, &id);
     let Some(d) = described else {
         if offsets.is_empty() {
             return Err(ApiError::not_found(
@@ -712,7 +808,7 @@ pub(crate) async fn describe_group(
             ));
         }
         let lag: i64 = offsets.iter().filter_map(|o| o["lag"].as_i64()).sum();
-        return Ok(Json(serde_json::json!({
+        return Ok(serde_json::json!({
             "group_id": id,
             "state": GroupState::Empty.name(),
             "protocol_type": "",
@@ -722,7 +818,7 @@ pub(crate) async fn describe_group(
             "members": [],
             "offsets": offsets,
             "lag": lag,
-        })));
+        }));
     };
     let consumer = d.protocol_type == "consumer";
     let members: Vec<Value> = d
@@ -748,7 +844,7 @@ pub(crate) async fn describe_group(
         })
         .collect();
     let lag: i64 = offsets.iter().filter_map(|o| o["lag"].as_i64()).sum();
-    Ok(Json(serde_json::json!({
+    Ok(serde_json::json!({
         "group_id": id,
         "state": d.state.name(),
         "protocol_type": d.protocol_type,
@@ -758,7 +854,7 @@ pub(crate) async fn describe_group(
         "members": members,
         "offsets": offsets,
         "lag": lag,
-    })))
+    }))
 }
 
 /// Where `reset-offsets` moves a group's position.
@@ -803,6 +899,18 @@ pub(crate) async fn reset_offsets(
 ) -> ApiResult<Json<Value>> {
     crate::groups::coordinator::valid_group_id(&group, false).map_err(group_error)?;
     let body = json_object(&body)?;
+    Ok(Json(reset_offsets_op(&node, &group, body).await?))
+}
+
+/// Resets a group's offsets from the fields of a `reset-offsets` body (gRPC
+/// `ResetGroupOffsets` sends the same object).
+pub(crate) async fn reset_offsets_op(
+    node: &Node,
+    group: &str,
+    body: Map<String, Value>,
+) -> ApiResult<Value> {
+    let group = group.to_owned();
+    crate::groups::coordinator::valid_group_id(&group, false).map_err(group_error)?;
     only_fields(&body, &["topic", "partitions", "to", "dry_run"])?;
     let topic = match body.get("topic") {
         Some(Value::String(s)) => s.clone(),
@@ -858,7 +966,7 @@ pub(crate) async fn reset_offsets(
         }
     };
 
-    let coordinator = crate::groups::coordinator_for(&node, &group);
+    let coordinator = crate::groups::coordinator_for(node, &group);
     if coordinator != node.config.node_id {
         return Err(ApiError::conflict(
             "not_coordinator",
@@ -889,7 +997,7 @@ pub(crate) async fn reset_offsets(
         let (view, previous) = {
             let state = node.meta.read();
             (
-                partition_view(&node, &state, topic_id, p),
+                partition_view(node, &state, topic_id, p),
                 state.group_offset(&group, topic_id, p).map(|o| o.offset),
             )
         };
@@ -983,7 +1091,7 @@ pub(crate) async fn reset_offsets(
             Err(err) => return Err(meta_unavailable(err)),
         }
     }
-    Ok(Json(serde_json::json!({
+    Ok(serde_json::json!({
         "group_id": group,
         "topic": topic,
         "dry_run": dry_run,
@@ -995,7 +1103,7 @@ pub(crate) async fn reset_offsets(
                 "new_offset": offset,
             }))
             .collect::<Vec<_>>(),
-    })))
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1009,18 +1117,31 @@ pub(crate) async fn upsert_user(
     State(node): State<Arc<Node>>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
+    users_writable(&node)?;
+    let body = json_object(&body)?;
+    Ok(Json(upsert_user_op(&node, body).await?))
+}
+
+/// Users are written over the admin API only on a loopback admin listener.
+fn users_writable(node: &Node) -> ApiResult<()> {
+    if node.config.admin_listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "users are managed over the admin API only on a loopback admin.listen; use \
+         `strata user add` over the Kafka protocol",
+    ))
+}
+
+/// Creates or replaces a SCRAM credential from the fields of a `POST /v1/users` body (gRPC
+/// `UpsertUser` sends the same object).
+pub(crate) async fn upsert_user_op(node: &Arc<Node>, body: Map<String, Value>) -> ApiResult<Value> {
     use base64::Engine;
     use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
     use kafka_protocol::messages::AlterUserScramCredentialsRequest;
-    if !node.config.admin_listen.ip().is_loopback() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "users are managed over the admin API only on a loopback admin.listen; use \
-             `strata user add` over the Kafka protocol",
-        ));
-    }
-    let body = json_object(&body)?;
+    users_writable(node)?;
     only_fields(
         &body,
         &["name", "mechanism", "iterations", "salt", "salted_password"],
@@ -1061,7 +1182,7 @@ pub(crate) async fn upsert_user(
             .with_salt(b64("salt")?.into())
             .with_salted_password(b64("salted_password")?.into()),
     ]);
-    let response = crate::kafka::auth::alter_users(&node, request).await;
+    let response = crate::kafka::auth::alter_users(node, request).await;
     for r in response.results {
         if r.error_code != 0 {
             let message = r.error_message.map(|m| m.to_string()).unwrap_or_default();
@@ -1072,9 +1193,136 @@ pub(crate) async fn upsert_user(
             });
         }
     }
-    Ok(Json(
-        serde_json::json!({ "name": name, "mechanism": mechanism.name() }),
-    ))
+    Ok(serde_json::json!({ "name": name, "mechanism": mechanism.name() }))
+}
+
+/// `GET /v1/users`: the SCRAM users with their mechanisms and iterations (never a secret).
+pub(crate) async fn users(State(node): State<Arc<Node>>) -> Json<Vec<Value>> {
+    Json(users_op(&node))
+}
+
+/// The SCRAM users (`GET /v1/users`, gRPC `ListUsers`).
+pub(crate) fn users_op(node: &Node) -> Vec<Value> {
+    let state = node.meta.read();
+    state
+        .scram_users()
+        .map(|(user, creds)| {
+            let credentials: Vec<Value> = creds
+                .iter()
+                .map(|(m, i)| serde_json::json!({"mechanism": m.name(), "iterations": i}))
+                .collect();
+            serde_json::json!({"name": user, "credentials": credentials})
+        })
+        .collect()
+}
+
+/// `DELETE /v1/users/{name}`: removes every SCRAM credential of the user.
+pub(crate) async fn delete_user(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(delete_user_op(&node, &name).await?))
+}
+
+/// Removes every SCRAM credential of `name` (`DELETE /v1/users/{name}`, gRPC `DeleteUser`).
+pub(crate) async fn delete_user_op(node: &Arc<Node>, name: &str) -> ApiResult<Value> {
+    use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialDeletion;
+    use kafka_protocol::messages::AlterUserScramCredentialsRequest;
+    users_writable(node)?;
+    let mechanisms: Vec<_> = {
+        let state = node.meta.read();
+        let found: Vec<_> = state
+            .scram_users()
+            .find(|(u, _)| *u == name)
+            .map(|(_, creds)| creds.into_iter().map(|(m, _)| m).collect())
+            .unwrap_or_default();
+        found
+    };
+    if mechanisms.is_empty() {
+        return Err(ApiError::not_found(
+            "unknown_user",
+            format!("user `{name}` has no SCRAM credentials"),
+        ));
+    }
+    let deletions = mechanisms
+        .iter()
+        .map(|m| {
+            ScramCredentialDeletion::default()
+                .with_name(kafka_protocol::protocol::StrBytes::from_string(
+                    name.to_owned(),
+                ))
+                .with_mechanism(crate::kafka::auth::mechanism_code(*m))
+        })
+        .collect();
+    let request = AlterUserScramCredentialsRequest::default().with_deletions(deletions);
+    let response = crate::kafka::auth::alter_users(node, request).await;
+    for r in response.results {
+        if r.error_code != 0 {
+            let message = r.error_message.map(|m| m.to_string()).unwrap_or_default();
+            return Err(if r.error_code == 7 {
+                meta_unavailable(message)
+            } else {
+                ApiError::conflict("refused", message)
+            });
+        }
+    }
+    let names: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
+    Ok(serde_json::json!({"deleted": name, "mechanisms": names}))
+}
+
+/// `POST /v1/cluster/nodes/{id}/drain` `{"draining": bool}`: starts (or undoes) draining a
+/// broker; its partitions then move to the other live brokers (`moves.rs`). 200 with the
+/// number of moves planned.
+pub(crate) async fn drain_node(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("node id `{id}` is not a non-negative integer"),
+        )
+    })?;
+    let body = json_object(&body)?;
+    only_fields(&body, &["draining"])?;
+    let draining = match body.get("draining") {
+        Some(Value::Bool(b)) => *b,
+        None => return Err(ApiError::bad_field("draining", "`draining` is required")),
+        Some(other) => {
+            return Err(ApiError::bad_field(
+                "draining",
+                format!("`draining` must be true or false, not {other}"),
+            ))
+        }
+    };
+    let cmd = strata_meta::ClusterCommand::DrainBroker {
+        node_id: id,
+        draining,
+    };
+    match node.meta.write(Command::Cluster(cmd)).await {
+        Ok(CommandResult::Cluster(strata_meta::ClusterResult::DrainSet { moves })) => {
+            Ok(Json(serde_json::json!({
+                "node_id": id,
+                "draining": draining,
+                "moves_planned": moves,
+            })))
+        }
+        Ok(CommandResult::Rejected(Rejection::Cluster(
+            strata_meta::ClusterRejection::NotRegistered { .. },
+        ))) => Err(ApiError::not_found(
+            "unknown_node",
+            format!("no live broker with node id {id}"),
+        )),
+        Ok(CommandResult::Rejected(r)) => Err(ApiError::conflict("refused", r.to_string())),
+        Ok(other) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected metadata answer {other:?}"),
+        )),
+        Err(err) => Err(meta_unavailable(err)),
+    }
 }
 
 #[cfg(test)]

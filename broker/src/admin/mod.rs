@@ -10,13 +10,14 @@
 //! in step: every `.route(…)` below is in the document and the document lists nothing else.
 
 mod api;
+pub mod grpc;
 mod ui;
 
 use crate::node::Node;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -51,6 +52,7 @@ fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/cluster", get(api::cluster))
+        .route("/v1/cluster/nodes/{id}/drain", post(api::drain_node))
         .route("/v1/topics", get(api::topics).post(api::create_topic))
         .route(
             "/v1/topics/{name}",
@@ -62,7 +64,9 @@ fn router(node: Arc<Node>) -> Router {
         .route("/v1/groups/{id}", get(api::describe_group))
         .route("/v1/groups/{id}/reset-offsets", post(api::reset_offsets))
         .route("/v1/storage", get(api::storage))
-        .route("/v1/users", post(api::upsert_user))
+        .route("/v1/wal", get(api::wal))
+        .route("/v1/users", get(api::users).post(api::upsert_user))
+        .route("/v1/users/{name}", delete(api::delete_user))
         .route("/", get(ui::index))
         .route("/ui/{file}", get(ui::asset))
         .fallback(not_found)
