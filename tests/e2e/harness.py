@@ -180,6 +180,8 @@ class Broker:
         self.kafka_port = free_port()
         self.mqtt_port = free_port()
         self.admin_port = free_port()
+        # meta.listen: the admin gRPC listener of a single node (default 1228, shared otherwise).
+        self.meta_port = free_port()
         self.object_store = object_store
         self.config = config
         # Most tests replay records with historical CreateTime timestamps (2020, 2023, "30 days
@@ -233,6 +235,8 @@ class Broker:
             "--mqtt-listen", f"127.0.0.1:{self.mqtt_port}",
             "--node-id", str(self.node_id),
         ]
+        if "--meta-listen" not in self.extra_args:
+            cmd += ["--meta-listen", f"127.0.0.1:{self.meta_port}"]
         if self.object_store:
             cmd += ["--object-store", self.object_store]
         if self.config is not None:
@@ -268,7 +272,7 @@ class Broker:
                 if self.starts > 3 or "in use" not in self.stderr_tail(5).lower() or self._ports_fixed:
                     raise
                 self.kafka_port, self.admin_port = free_port(), free_port()
-                self.mqtt_port = free_port()
+                self.mqtt_port, self.meta_port = free_port(), free_port()
                 return self.start(wait, timeout)
         self._ports_fixed = True  # a restart must come back on the same ports
         return self

@@ -371,7 +371,7 @@ def test_delete_records_inside_an_uploaded_block(broker_factory):
     b.restart()
     assert harness.watermarks(b.bootstrap, topic, 1)[0] == (6, 10)
     assert consume_from(b, topic, 0, OFFSET_BEGINNING, 4) == [(i, values[i]) for i in range(6, 10)]
-    objects = {p for p in (b.data_dir / "objects").rglob("*") if p.is_file()}
+    objects = {p for p in (b.data_dir / "objects" / "data").rglob("*") if p.is_file()}
     assert objects, "the block should be in the object store"
     res = list(a.delete_records([TopicPartition(topic, 0, 10)]).values())[0].result(30)
     assert res.low_watermark == 10

@@ -30,7 +30,8 @@ def create_topic(bootstrap: str, name: str, config: dict):
 
 
 def object_files(b) -> set[Path]:
-    root = b.data_dir / "objects"
+    """Record-data objects (`data/…`); metadata backups live under `meta/`."""
+    root = b.data_dir / "objects" / "data"
     return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
