@@ -53,6 +53,62 @@ pub struct FileConfig {
     pub meta: MetaSection,
     pub mqtt: MqttSection,
     pub log: LogSection,
+    pub direct: DirectSection,
+    pub cluster: ClusterSection,
+    pub broker: BrokerSection,
+}
+
+/// Planned partition moves (`broker/src/moves.rs`).
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// A broker that registers asks for its fair share of partitions (planned moves from the
+    /// most loaded brokers).
+    pub rebalance_on_join: bool,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            rebalance_on_join: true,
+        }
+    }
+}
+
+/// Broker lifecycle.
+#[derive(Debug, Deserialize, Serialize, Clone, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// Scale to zero: a broker with no Kafka or MQTT connection for this long hands its
+    /// partitions away, deregisters and exits 0. 0 = never.
+    pub idle_timeout_ms: u64,
+}
+
+/// The `direct` storage mode (`log/direct.rs`): produces acknowledged once their object is in
+/// object storage, without the WAL.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectSection {
+    /// `strata.storage.mode` of topics created without one: `wal` or `direct`.
+    pub default_storage_mode: String,
+    /// How long the direct writer gathers produces into one object.
+    pub batch_window_ms: u64,
+    /// An object is sealed as soon as this many produced bytes are waiting.
+    pub batch_bytes_max: u64,
+    /// How long a direct produce may wait for its object's PUT and commit (retried) before it
+    /// is answered KAFKA_STORAGE_ERROR.
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for DirectSection {
+    fn default() -> Self {
+        Self {
+            default_storage_mode: "wal".into(),
+            batch_window_ms: 25,
+            batch_bytes_max: 4 * 1024 * 1024,
+            commit_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Logging (stderr). The filter is `STRATA_LOG` (tracing's `EnvFilter` syntax).
@@ -104,6 +160,13 @@ pub struct KafkaSection {
     pub sasl_mechanisms: Vec<String>,
     /// Allow `PLAIN` on a listener without TLS (the password crosses the network in clear).
     pub sasl_plain_without_tls: bool,
+    /// `none` (every request allowed) or `acl` (Kafka ACLs enforced; see `kafka::acl_handlers`).
+    pub authorizer: String,
+    /// Principals (`User:admin`) the `acl` authorizer allows everything.
+    #[serde(deserialize_with = "string_or_list")]
+    pub super_users: Vec<String>,
+    /// Kafka's `allow.everyone.if.no.acl.found`: allow a resource no ACL names.
+    pub allow_everyone_if_no_acl_found: bool,
 }
 
 /// The MQTT listener and its mapping onto Kafka topics (`crate::mqtt`).
@@ -123,6 +186,20 @@ pub struct MqttSection {
     /// the interval their client asked for (0xFFFFFFFF never expires) and MQTT 3.1.1
     /// persistent sessions (`clean_session = 0`) never expire.
     pub session_expiry_max_secs: Option<u32>,
+    /// MQTT over WebSocket (path `/mqtt`, subprotocol `mqtt`), host:port; empty: off (the
+    /// conventional port is 8083).
+    pub ws_listen: String,
+    /// MQTT over TLS, host:port; served when `tls_cert_file` and `tls_key_file` are set.
+    pub tls_listen: String,
+    /// PEM certificate chain of the MQTT TLS listener.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the MQTT TLS listener.
+    pub tls_key_file: Option<PathBuf>,
+    /// Largest keep alive (seconds, > 0) an MQTT 5 client may use; a client asking for more
+    /// (or 0) is told this value as Server Keep Alive. Unset: the client's value.
+    pub keep_alive_max_secs: Option<u16>,
+    /// Interval of the `$SYS/broker/...` statistics publishes (seconds); 0: off.
+    pub sys_interval_secs: u64,
 }
 
 /// One `[[mqtt.kafka_mapping]]` rule: MQTT topics matching `filter` are stored in `kafka_topic`.
@@ -142,6 +219,12 @@ impl Default for MqttSection {
             default_kafka_topic: "mqtt-messages".into(),
             kafka_mapping: Vec::new(),
             session_expiry_max_secs: None,
+            ws_listen: String::new(),
+            tls_listen: "127.0.0.1:8883".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            keep_alive_max_secs: None,
+            sys_interval_secs: 10,
         }
     }
 }
@@ -273,6 +356,13 @@ pub struct MetaSection {
     pub heartbeat_interval_ms: u64,
     /// How long a starting broker waits for its WAL stream (held by a broker recovering it).
     pub stream_wait_ms: u64,
+    /// The meta leader uploads a metadata snapshot to object storage this often when the state
+    /// changed (`meta/snapshots/`); 0 turns metadata backups off.
+    pub backup_interval_ms: u64,
+    /// How often the meta leader uploads the log entries applied since (`meta/log/`).
+    pub backup_log_ms: u64,
+    /// Snapshots kept in object storage; older ones and the log they cover are deleted.
+    pub backup_keep: u32,
 }
 
 impl Default for MetaSection {
@@ -284,6 +374,9 @@ impl Default for MetaSection {
             broker_lease_ms: 6000,
             heartbeat_interval_ms: 1000,
             stream_wait_ms: 60_000,
+            backup_interval_ms: 30_000,
+            backup_log_ms: 1_000,
+            backup_keep: 3,
         }
     }
 }
@@ -323,6 +416,9 @@ impl Default for FileConfig {
             meta: MetaSection::default(),
             mqtt: MqttSection::default(),
             log: LogSection::default(),
+            direct: DirectSection::default(),
+            cluster: ClusterSection::default(),
+            broker: BrokerSection::default(),
         }
     }
 }
@@ -342,6 +438,9 @@ impl Default for KafkaSection {
             tls_key_file: None,
             sasl_mechanisms: Vec::new(),
             sasl_plain_without_tls: false,
+            authorizer: "none".into(),
+            super_users: Vec::new(),
+            allow_everyone_if_no_acl_found: false,
         }
     }
 }
@@ -396,6 +495,10 @@ pub struct NodeConfig {
     pub kafka_advertised: (String, u16),
     pub admin_listen: SocketAddr,
     pub mqtt_listen: SocketAddr,
+    /// `mqtt.ws_listen`, when set.
+    pub mqtt_ws_listen: Option<SocketAddr>,
+    /// `mqtt.tls_listen`, when the MQTT TLS certificate is set.
+    pub mqtt_tls_listen: Option<SocketAddr>,
     /// `kafka.message_bytes_max`, resolved.
     pub message_bytes_max: u32,
     /// `kafka.tls_*` and `kafka.sasl_*`, loaded and checked.
@@ -441,6 +544,8 @@ pub struct Overrides {
     pub kafka_listen: Option<String>,
     pub admin_listen: Option<String>,
     pub mqtt_listen: Option<String>,
+    pub mqtt_ws_listen: Option<String>,
+    pub mqtt_tls_listen: Option<String>,
     pub node_id: Option<u64>,
     pub roles: Option<String>,
     pub advertise: Option<String>,
@@ -461,6 +566,9 @@ const SECTIONS: &[&str] = &[
     "meta",
     "mqtt",
     "log",
+    "direct",
+    "cluster",
+    "broker",
 ];
 const ENV_PREFIX: &str = "STRATA_";
 
@@ -609,6 +717,12 @@ fn apply_overrides(table: &mut toml::Table, o: &Overrides) {
     if let Some(v) = &o.mqtt_listen {
         set(Some("mqtt"), "listen", toml::Value::String(v.clone()));
     }
+    if let Some(v) = &o.mqtt_ws_listen {
+        set(Some("mqtt"), "ws_listen", toml::Value::String(v.clone()));
+    }
+    if let Some(v) = &o.mqtt_tls_listen {
+        set(Some("mqtt"), "tls_listen", toml::Value::String(v.clone()));
+    }
     if let Some(v) = &o.roles {
         set(None, "roles", toml::Value::String(v.clone()));
     }
@@ -661,6 +775,16 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
     let admin_listen = parse_addr("admin.listen", &f.admin.listen)?;
     let mqtt_listen = parse_addr("mqtt.listen", &f.mqtt.listen)?;
     validate_mqtt(&f.mqtt)?;
+    let mqtt_ws_listen = if f.mqtt.ws_listen.is_empty() {
+        None
+    } else {
+        Some(parse_addr("mqtt.ws_listen", &f.mqtt.ws_listen)?)
+    };
+    let mqtt_tls_listen = match crate::mqtt::transport::tls_acceptor(&f.mqtt) {
+        Ok(Some(_)) => Some(parse_addr("mqtt.tls_listen", &f.mqtt.tls_listen)?),
+        Ok(None) => None,
+        Err((key, why)) => return Err(bad(key, why)),
+    };
     let kafka_advertised = match &f.kafka.advertised {
         Some(adv) => {
             let (host, port) = adv
@@ -701,6 +825,7 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
     }
     let kafka_security =
         crate::kafka::auth::Security::from_config(&f.kafka).map_err(|(k, m)| bad(k, m))?;
+    crate::kafka::acl_handlers::check_config(&f.kafka).map_err(|(k, m)| bad(k, m))?;
     if f.wal.segment_bytes_max < 4096 {
         return Err(bad("wal.segment_bytes_max", "must be at least 4096"));
     }
@@ -709,6 +834,21 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
             "wal.bytes_max",
             "must be at least wal.segment_bytes_max",
         ));
+    }
+    if !crate::log::direct::STORAGE_MODES.contains(&f.direct.default_storage_mode.as_str()) {
+        return Err(bad(
+            "direct.default_storage_mode",
+            "must be `wal` or `direct`",
+        ));
+    }
+    if f.direct.batch_window_ms == 0 || f.direct.batch_window_ms > 10_000 {
+        return Err(bad("direct.batch_window_ms", "must be 1..=10000"));
+    }
+    if f.direct.batch_bytes_max < 1024 {
+        return Err(bad("direct.batch_bytes_max", "must be at least 1024"));
+    }
+    if f.direct.commit_timeout_ms < 100 {
+        return Err(bad("direct.commit_timeout_ms", "must be at least 100"));
     }
     if f.tiering.flush_interval_ms == 0 {
         return Err(bad("tiering.flush_interval_ms", "must be positive"));
@@ -836,6 +976,12 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
             "must be positive and below meta.broker_lease_ms",
         ));
     }
+    if f.meta.backup_log_ms < 10 || f.meta.backup_log_ms > 3_600_000 {
+        return Err(bad("meta.backup_log_ms", "must be in 10..=3600000"));
+    }
+    if f.meta.backup_keep == 0 || f.meta.backup_keep > 1000 {
+        return Err(bad("meta.backup_keep", "must be in 1..=1000"));
+    }
     let log_format = match f.log.format.as_str() {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -867,6 +1013,8 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         kafka_advertised,
         admin_listen,
         mqtt_listen,
+        mqtt_ws_listen,
+        mqtt_tls_listen,
         message_bytes_max,
         kafka_security,
         file: f,
@@ -886,6 +1034,12 @@ fn validate_mqtt(m: &MqttSection) -> Result<(), ConfigError> {
     }
     if m.connections_max == 0 {
         return Err(bad("mqtt.connections_max", "must be positive"));
+    }
+    if m.keep_alive_max_secs == Some(0) {
+        return Err(bad(
+            "mqtt.keep_alive_max_secs",
+            "must be positive (leave it unset for no limit)",
+        ));
     }
     if m.session_expiry_max_secs == Some(0) {
         return Err(bad(
@@ -1049,6 +1203,8 @@ mod tests {
             ("bogus = 1\n", &[], "bogus"),
             ("", &[("STRATA_KAFKA_LISTEN", "nonsense")], "kafka.listen"),
             ("[kafka]\nlisten = \"nonsense\"\n", &[], "kafka.listen"),
+            ("[meta]\nbackup_log_ms = 0\n", &[], "meta.backup_log_ms"),
+            ("", &[("STRATA_META_BACKUP_KEEP", "0")], "meta.backup_keep"),
             (
                 "[kafka]\ndefault_partitions = 0\n",
                 &[],

@@ -48,6 +48,51 @@ enum Commands {
     /// SASL/SCRAM users: add, delete, list (over the Kafka protocol; see docs/security.md).
     #[command(subcommand)]
     User(UserCommand),
+    /// Metadata disaster recovery (see docs/operations.md).
+    #[command(subcommand)]
+    Meta(MetaCommand),
+    /// Kafka ACLs: add, list, delete (over the Kafka protocol; see docs/security.md).
+    #[command(subcommand)]
+    Acl(AclCommand),
+}
+
+#[derive(Subcommand)]
+enum AclCommand {
+    /// Create ACLs: each resource x principal x operation given.
+    Add {
+        #[command(flatten)]
+        args: cli::acl::AclArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// List the ACLs the flags match (all without flags).
+    List {
+        #[command(flatten)]
+        args: cli::acl::AclArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Delete the ACLs the flags match; prints what was removed.
+    Delete {
+        #[command(flatten)]
+        args: cli::acl::AclArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetaCommand {
+    /// Rebuild a metadata store from the snapshots and log the meta leader uploaded to object
+    /// storage, for a new single-node meta group. Run it with the node stopped. Exit 2 when a
+    /// metadata store already exists there (without --force); exit 1 when the store holds no
+    /// usable backup.
+    Restore {
+        #[command(flatten)]
+        args: cli::meta::RestoreArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +241,19 @@ enum TopicCommand {
 enum ClusterCommand {
     /// This node, the brokers (alive, leases, partitions led), the meta leader and the WAL.
     Status {
+        #[command(flatten)]
+        admin: AdminArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Drain a broker: it gets no new partitions and the ones it leads move to the other live
+    /// brokers (only metadata and the WAL tail move; history stays where it is).
+    Drain {
+        /// The broker's node id.
+        node: u64,
+        /// Stop draining it (moves not yet completed are called off).
+        #[arg(long)]
+        undo: bool,
         #[command(flatten)]
         admin: AdminArg,
         #[command(flatten)]
@@ -353,6 +411,12 @@ struct StartArgs {
     /// MQTT listener (3.1.1 and 5.0 over TCP), host:port.
     #[arg(long)]
     mqtt_listen: Option<String>,
+    /// MQTT over WebSocket listener (path /mqtt), host:port; off unless set.
+    #[arg(long)]
+    mqtt_ws_listen: Option<String>,
+    /// MQTT over TLS listener, host:port (needs mqtt.tls_cert_file and mqtt.tls_key_file).
+    #[arg(long)]
+    mqtt_tls_listen: Option<String>,
     /// This node's id: Kafka broker id, raft node id, WAL stream id. Unique in a cluster.
     #[arg(long)]
     node_id: Option<u64>,
@@ -395,6 +459,12 @@ fn main() -> ExitCode {
         Commands::Consume(args) => consume(args),
         Commands::Export(ExportCommand::Parquet(args)) => export_parquet(args),
         Commands::User(cmd) => user(cmd),
+        Commands::Meta(MetaCommand::Restore { args, output }) => meta_restore(args, output.output),
+        Commands::Acl(cmd) => match cmd {
+            AclCommand::Add { args, output } => run_cli(cli::acl::add(args, output.output)),
+            AclCommand::List { args, output } => run_cli(cli::acl::list(args, output.output)),
+            AclCommand::Delete { args, output } => run_cli(cli::acl::delete(args, output.output)),
+        },
         Commands::Bench(BenchCommand::StoreRead {
             object_store,
             prefix,
@@ -453,6 +523,17 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runti
     })
 }
 
+fn meta_restore(args: cli::meta::RestoreArgs, output: Output) -> ExitCode {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(cli::meta::restore(args, output)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => err.exit(),
+    }
+}
+
 fn start(args: StartArgs) -> ExitCode {
     let overrides = Overrides {
         data_dir: args.data_dir,
@@ -462,6 +543,8 @@ fn start(args: StartArgs) -> ExitCode {
         kafka_listen: args.kafka_listen,
         admin_listen: args.admin_listen,
         mqtt_listen: args.mqtt_listen,
+        mqtt_ws_listen: args.mqtt_ws_listen,
+        mqtt_tls_listen: args.mqtt_tls_listen,
         node_id: args.node_id,
         roles: args.roles,
         advertise: args.advertise,
@@ -635,6 +718,14 @@ fn cluster(cmd: ClusterCommand) -> ExitCode {
         ClusterCommand::Status { admin, output } => {
             run_cli(cli::admin::cluster_status(&admin.admin, output.output))
         }
+        ClusterCommand::Drain {
+            node,
+            undo,
+            admin,
+            output,
+        } => run_cli(async move {
+            cli::admin::cluster_drain(&admin.admin, node, undo, output.output).await
+        }),
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Read-cache lookups on the read path, per budget (read-ahead not counted).
     pub cache: CacheCounters,
     pub mqtt: MqttMetrics,
+    /// Metadata backups to object storage (`meta_backup.rs`).
+    pub meta_backup: crate::meta_backup::BackupMetrics,
     attached: Attached,
 }
 
@@ -728,6 +730,7 @@ impl Metrics {
         ];
         render_rows(out, &rows);
         self.tier.render(out);
+        self.meta_backup.render(out);
         self.kafka_request_seconds.render(out);
         self.wal_fsync_seconds.render(
             out,

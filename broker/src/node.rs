@@ -89,6 +89,8 @@ pub struct Node {
     pub reader: Reader,
     pub seq_tx: mpsc::Sender<SeqMsg>,
     pub seq_shared: Arc<SeqShared>,
+    /// Produces to `direct`-mode topics (`log/direct.rs`).
+    pub direct: crate::log::direct::DirectHandle,
     /// Hands out producer ids for InitProducerId.
     pub producer_ids: ProducerIds,
     /// The consumer-group coordinator (JoinGroup, SyncGroup, ...).
@@ -142,7 +144,10 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         reason: e.to_string(),
     })?;
 
-    let meta = open_meta(&config).await?;
+    // The admin gRPC API: served beside the meta services (multi-node) or alone (single
+    // node) on `meta.listen`; it answers UNAVAILABLE until the node below is built.
+    let admin_grpc = admin::grpc::AdminService::new();
+    let meta = open_meta(&config, admin_grpc.routes()).await?;
     let cluster_id = cluster_id(&config)?;
 
     // Register before reading the WAL: registration says which partitions this broker leads
@@ -234,8 +239,21 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         c.readahead_chunks as usize,
         metrics.clone(),
     );
+    let (direct_writer, direct) = crate::log::direct::DirectWriter::new(
+        config.node_id,
+        store.clone(),
+        meta.clone(),
+        metrics.clone(),
+        crate::log::direct::DirectConfig {
+            batch_window: Duration::from_millis(config.file.direct.batch_window_ms),
+            batch_bytes_max: config.file.direct.batch_bytes_max,
+            commit_timeout: Duration::from_millis(config.file.direct.commit_timeout_ms),
+        },
+    );
+    let direct_task = tokio::spawn(direct_writer.run(shutdown_rx.clone()));
     let node = Arc::new(Node {
         cluster_id,
+        direct,
         meta: meta.clone(),
         store: store.clone(),
         registry: registry.clone(),
@@ -325,6 +343,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         orphan_grace_ms: i64::try_from(compaction.orphan_grace_ms).unwrap_or(i64::MAX),
     };
     tokio::spawn(compactor.run(shutdown_rx.clone()));
+    crate::meta_backup::spawn(&node.config, &meta, &store, &metrics, shutdown_rx.clone());
 
     let kafka_listener = tokio::net::TcpListener::bind(node.config.kafka_listen)
         .await
@@ -345,8 +364,33 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
             source,
         })?;
     let mqtt_addr = mqtt_listener.local_addr().map_err(io("mqtt listener"))?;
+    let mqtt_more = crate::mqtt::transport::bind(&node.config)
+        .await
+        .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+    let mqtt_more_addrs = mqtt_more.addrs();
     let kafka_addr = kafka_listener.local_addr().map_err(io("kafka listener"))?;
     let admin_addr = admin_listener.local_addr().map_err(io("admin listener"))?;
+    admin_grpc.set_node(node.clone());
+    // Multi-node: the meta gRPC server already serves the admin service.
+    let admin_grpc_addr = match meta.grpc_addr() {
+        Some(addr) => addr,
+        None => {
+            let listen = node.config.meta_listen;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| StartError::Io {
+                    what: format!("meta.listen {listen} (the admin gRPC listener)"),
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(io("admin gRPC listener"))?;
+            tokio::spawn(admin::grpc::serve(
+                admin_grpc.clone(),
+                listener,
+                shutdown_rx.clone(),
+            ));
+            addr
+        }
+    };
 
     tokio::spawn(kafka::server::serve(
         node.clone(),
@@ -358,11 +402,16 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         admin_listener,
         shutdown_rx.clone(),
     ));
-    crate::mqtt::start(node.clone(), mqtt_listener, shutdown_rx.clone());
+    let mqtt_stopped =
+        crate::mqtt::start(node.clone(), mqtt_listener, mqtt_more, shutdown_rx.clone());
 
     println!("strata: kafka listening on {kafka_addr}");
     println!("strata: mqtt listening on {mqtt_addr}");
+    for (what, addr) in mqtt_more_addrs {
+        println!("strata: mqtt {what} listening on {addr}");
+    }
     println!("strata: admin listening on {admin_addr}");
+    println!("strata: admin gRPC listening on {admin_grpc_addr}");
     println!("strata: object store {}", store.url());
     println!("strata: data dir {}", node.config.data_dir.display());
     println!("strata: ready (node {})", node.config.node_id);
@@ -375,17 +424,37 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         ));
         tokio::spawn(crate::takeover::run(node.clone(), shutdown_rx.clone()));
     }
+    // Planned moves away from this broker, rebalance on join, scale to zero (`moves.rs`).
+    let (idle_tx, mut idle_rx) = watch::channel(false);
+    tokio::spawn(crate::moves::run(
+        node.clone(),
+        shutdown_rx.clone(),
+        Arc::new(idle_tx),
+    ));
 
+    let mut idle = false;
     let lost = tokio::select! {
         _ = wait_for_signal() => false,
         _ = lost_rx.wait_for(|lost| *lost) => true,
+        Ok(_) = idle_rx.wait_for(|idle| *idle) => {
+            idle = true;
+            false
+        }
     };
     println!("strata: shutting down");
     shutdown_watchdog();
     node.shutting_down.store(true, Ordering::Release);
     let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), mqtt_stopped).await;
     if let Err(err) = uploader_task.await {
         tracing::error!(%err, "uploader task failed");
+    }
+    if let Err(err) = direct_task.await {
+        tracing::error!(%err, "direct writer task failed");
+    }
+    if idle {
+        // Scaled to zero: everything is uploaded and the stream released; leave the cluster.
+        crate::moves::deregister(&node).await;
     }
     if let Err(err) = meta.shutdown().await {
         tracing::warn!(%err, "metadata shutdown");
@@ -543,15 +612,30 @@ fn shutdown_watchdog() {
 }
 
 /// Opens metadata: a member of the meta cluster in `meta.peers`, or a single-node store.
-async fn open_meta(config: &NodeConfig) -> Result<MetaNode, StartError> {
+/// `routes`: more gRPC services served on the meta listener (the admin API).
+async fn open_meta(
+    config: &NodeConfig,
+    routes: tonic::service::Routes,
+) -> Result<MetaNode, StartError> {
     let opened = if config.meta_peers.is_empty() {
         MetaNode::open(&config.meta_dir, config.node_id).await
     } else {
-        MetaNode::open_cluster(
+        let listener = tokio::net::TcpListener::bind(config.meta_listen)
+            .await
+            .map_err(|source| StartError::Io {
+                what: format!("meta.listen {}", config.meta_listen),
+                source,
+            })?;
+        let cluster = strata_meta::ClusterConfig {
+            listener,
+            peers: config.meta_peers.clone(),
+            routes,
+        };
+        MetaNode::open_cluster_with(
             &config.meta_dir,
             config.node_id,
-            config.meta_listen,
-            &config.meta_peers,
+            cluster,
+            strata_meta::MetaConfig::default(),
         )
         .await
     };
@@ -572,10 +656,15 @@ async fn run_without_broker(
     shutdown_tx: watch::Sender<bool>,
 ) -> Result<(), StartError> {
     let meta = if config.roles.meta {
-        Some(open_meta(&config).await?)
+        Some(open_meta(&config, Default::default()).await?)
     } else {
         None
     };
+    // A meta-only node may lead the meta group: it backs metadata up too.
+    if let (Some(meta), Ok(store)) = (&meta, ObjectStore::from_url(&config.object_store)) {
+        let metrics = Arc::new(Metrics::default());
+        crate::meta_backup::spawn(&config, meta, &store, &metrics, shutdown_tx.subscribe());
+    }
     println!("strata: ready (node {})", config.node_id);
     wait_for_signal().await;
     println!("strata: shutting down");
@@ -821,6 +910,7 @@ mod tests {
                     max_timestamp: 0,
                     crc32c: 0,
                     index_len: 0,
+                    relative: false,
                 }],
             });
         }

@@ -7,7 +7,9 @@
 //! (`--bootstrap`). Exit codes follow `main.rs`: 1 when the node refuses or cannot be reached,
 //! 2 for a bad argument.
 
+pub mod acl;
 pub mod admin;
+pub mod meta;
 pub mod records;
 pub mod user;
 
