@@ -121,7 +121,7 @@ def test_default_command_uses_real_flags_and_listens_beyond_loopback():
     cmd = [args for ins, args in stages()[-1] if ins == "CMD"][-1]
     used = dt.flags_used(cmd)
     assert not used - known, f"CMD uses flags `strata start` does not have: {sorted(used - known)}"
-    for flag in ("--kafka-listen", "--mqtt-listen", "--admin-listen"):
+    for flag in ("--kafka-listen", "--mqtt-listen", "--admin-listen", "--meta-listen"):
         assert flag in used, f"{flag}: the default (127.0.0.1) is unreachable from outside a container"
     assert "0.0.0.0:8080" in cmd
 
