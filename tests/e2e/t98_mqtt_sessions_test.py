@@ -279,6 +279,10 @@ def test_persistent_takeover_keeps_subscriptions_and_backlog(broker_factory, tmp
     pub = publisher(b.mqtt_port)
     pub.c.publish("sensors/to/1", b"one", 1).wait_for_publish(WAIT)
     assert first.take(1)[0].payload == b"one"
+    # paho acknowledges after its callback returned; until the broker has that PUBACK, a
+    # takeover redelivers `one` (QoS 1 allows it), so wait for it before taking over.
+    harness.eventually(lambda: b.metrics().sum("strata_mqtt_inflight_messages") == 0, WAIT,
+                       what="the broker to receive the subscriber's PUBACK")
     second = persistent(b.mqtt_port, MQTTv5, cid)
     assert second.session_present, "taking over a live persistent session: present"
     rc = first.disconnects.get(timeout=WAIT)
