@@ -502,7 +502,12 @@ class SeaweedFS:
         cmd = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-s3.port={self.s3_port}", f"-s3.config={self.workdir / 's3.json'}",
                "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               "-master.telemetry=false"]
+               "-master.telemetry=false",
+               # Explicit volume budget: left at 0, `weed mini` sizes it from the free disk
+               # (7 GiB free gave 6 volumes), and every bucket is a collection that needs one,
+               # so a busy disk made the 7th bucket's first PUT fail with HTTP 500. Volumes
+               # are sparse files; tests write far less than 64 MiB per bucket.
+               "-volume.max=1000", "-master.volumeSizeLimitMB=64"]
         cmd += [f"-{k}={v}" for k, v in ports.items()]
         if self.buckets:
             cmd.append("-bucket=" + ",".join(self.buckets))
