@@ -172,6 +172,7 @@ mod tests {
             lease_ms: 6000,
             now_ms,
             cluster_id: None,
+            auth_secret: None,
         })
     }
 

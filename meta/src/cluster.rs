@@ -141,6 +141,12 @@ pub enum ClusterCommand {
         /// cluster's, so every broker tells clients the same.
         #[serde(default)]
         cluster_id: Option<String>,
+        /// A random secret this broker would use to key the decoy SCRAM credentials of unknown
+        /// users; the first one registered becomes the cluster's, so an unknown user gets the
+        /// same salt from every broker and across restarts (a changing salt would tell a prober
+        /// that the user does not exist).
+        #[serde(default)]
+        auth_secret: Option<String>,
     },
     Heartbeat {
         node_id: NodeId,
@@ -260,6 +266,9 @@ pub struct ClusterState {
     /// The id Kafka clients see (Metadata's cluster id), fixed by the first registration.
     #[serde(default)]
     cluster_id: Option<String>,
+    /// Keys the decoy credentials of unknown users, fixed by the first registration.
+    #[serde(default)]
+    auth_secret: Option<String>,
     brokers: BTreeMap<NodeId, BrokerInfo>,
     streams: BTreeMap<NodeId, StreamInfo>,
     /// Per topic, one lease per partition.
@@ -294,10 +303,14 @@ impl ClusterState {
                 lease_ms,
                 now_ms,
                 cluster_id,
+                auth_secret,
             } => {
                 let result = self.register(*node_id, kafka_addr, rack, *lease_ms, *now_ms)?;
                 if self.cluster_id.is_none() {
                     self.cluster_id = cluster_id.clone();
+                }
+                if self.auth_secret.is_none() {
+                    self.auth_secret = auth_secret.clone();
                 }
                 Ok(result)
             }
@@ -760,6 +773,11 @@ impl ClusterState {
         self.cluster_id.as_deref()
     }
 
+    /// The secret that keys decoy credentials, once a broker registered with one.
+    pub fn auth_secret(&self) -> Option<&str> {
+        self.auth_secret.as_deref()
+    }
+
     pub fn broker(&self, node: NodeId) -> Option<&BrokerInfo> {
         self.brokers.get(&node)
     }
@@ -821,6 +839,7 @@ mod tests {
             lease_ms: 1000,
             now_ms,
             cluster_id: None,
+            auth_secret: None,
         })
         .unwrap()
     }
@@ -1020,6 +1039,7 @@ mod tests {
                 lease_ms: lease,
                 now_ms: 0,
                 cluster_id: None,
+                auth_secret: None,
             });
             assert!(
                 matches!(r, Err(ClusterRejection::InvalidBroker { .. })),
@@ -1044,6 +1064,7 @@ mod tests {
                 lease_ms: 1000,
                 now_ms,
                 cluster_id: Some(format!("c{node}")),
+                auth_secret: None,
             })
         };
         m.apply(&reg(1, 0));
@@ -1412,6 +1433,7 @@ mod tests {
                     lease_ms: 1000,
                     now_ms: now,
                     cluster_id: None,
+                    auth_secret: None,
                 },
                 2 => ClusterCommand::Heartbeat {
                     node_id: node,

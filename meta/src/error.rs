@@ -81,6 +81,23 @@ pub enum MetaError {
     },
     #[error("the meta node is shut down")]
     ShutDown,
+    /// A [`crate::RemoteMeta`] call found no meta leader that answered within its timeout
+    /// (every member unreachable, or no leader elected). Nothing was applied, unless a write
+    /// ended in [`MetaError::RemoteOutcomeUnknown`] instead.
+    #[error("no meta leader answered within {waited_ms} ms (tried {tried}); last failure: {last}")]
+    RemoteUnavailable {
+        tried: String,
+        waited_ms: u64,
+        last: String,
+    },
+    /// A [`crate::RemoteMeta`] write reached the meta node at `addr` but no answer came back:
+    /// it may or may not have been applied. Retry only commands whose repetition is harmless.
+    #[error("no answer from the meta node at {addr}; the outcome is unknown: {reason}")]
+    RemoteOutcomeUnknown { addr: String, reason: String },
+    /// The meta node at `addr` refused a [`crate::RemoteMeta`] call for good (a state too
+    /// large for one message, a wire format it does not read); nothing changed.
+    #[error("the meta node at {addr} refused the call: {reason}")]
+    RemoteRefused { addr: String, reason: String },
     #[error("the meta raft core failed: {reason}")]
     Raft { reason: String },
 }
@@ -96,7 +113,9 @@ impl MetaError {
             | MetaError::PeerUnreachable { .. }
             | MetaError::ForwardFailed { .. }
             | MetaError::QuorumLost { .. }
-            | MetaError::LearnerLagging { .. } => true,
+            | MetaError::LearnerLagging { .. }
+            | MetaError::RemoteUnavailable { .. }
+            | MetaError::RemoteOutcomeUnknown { .. } => true,
             MetaError::Membership { retryable, .. } | MetaError::Remote { retryable, .. } => {
                 *retryable
             }

@@ -10,20 +10,32 @@
 //! Two services share one listener (the admin/control gRPC port, 1228 by default), and the
 //! caller may add its own: `Raft` (AppendEntries, Vote, InstallSnapshot: openraft's RPCs,
 //! dispatched into the local [`openraft::Raft`]) and `Meta` (Write, ReadIndex, AddLearner,
-//! ChangeMembership: the calls that must run on the leader, executed by the crate's `leader` module).
+//! ChangeMembership: the calls that must run on the leader, executed by the crate's `leader` module;
+//! ReadState: a linearizable copy of the whole state for [`crate::RemoteMeta`]).
+//!
+//! # ReadState
+//!
+//! The leader answers the serde_json of [`MetaState`] (format [`WIRE_FORMAT`]), compressed as one
+//! LZ4 block (`lz4_flex`'s block format) behind the JSON's length as a little-endian u32
+//! (`STATE_ENCODING_LZ4_JSON`); a reader also accepts plain JSON (`STATE_ENCODING_JSON`). The
+//! JSON may take at most [`STATE_JSON_BYTES_MAX`] and its encoding must fit one message
+//! ([`STATE_BYTES_MAX`]); a larger state is refused with a `Failed` that says so: remote readers
+//! suit small-to-medium metadata. The leader keeps the encoding of its latest applied index, so
+//! many readers asking after one change cost one serialization.
 
 use crate::error::MetaError;
 use crate::leader::{self, Attempt, LeaderHint, MembershipView, Written};
 use crate::raft::{MetaRaft, NodeId, TypeConfig};
-use crate::state::{Command, CommandResult};
+use crate::state::{Command, CommandResult, MetaState};
 use openraft::raft::InstallSnapshotRequest;
 use openraft::{BasicNode, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -56,6 +68,12 @@ pub const UNREACHABLE_BACKOFF_MS: u64 = 200;
 /// dropped (and re-dialled on the next call), so a vanished machine is noticed.
 pub const KEEPALIVE_INTERVAL_MS: u64 = 5_000;
 pub const KEEPALIVE_TIMEOUT_MS: u64 = 5_000;
+/// Largest encoded state (`State.state_json`) a ReadState reply carries: one message with room
+/// for the envelope.
+pub const STATE_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 64 * 1024;
+/// Largest JSON of the whole state a leader sends or a reader decompresses (it bounds the
+/// reader's memory; the length prefix of a compressed state comes from the network).
+pub const STATE_JSON_BYTES_MAX: usize = 512 * 1024 * 1024;
 
 /// A message that is not what this build reads. It never leaves the crate: the server answers
 /// it as a gRPC status, a client turns it into a [`MetaError`] or an openraft error.
@@ -294,6 +312,159 @@ pub(crate) fn read_index_outcome(
     }
 }
 
+/// A copy of the applied state as a ReadState reply carries it.
+#[derive(Debug)]
+pub(crate) enum StateRead {
+    /// The caller's `known_applied` is still the leader's applied index.
+    Unchanged {
+        applied_index: u64,
+    },
+    Changed(Arc<MetaState>),
+}
+
+/// Why a reply to a [`crate::RemoteMeta`] call carries no outcome: the call may pass later
+/// (`retryable`), on this or another node, or never.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub reason: String,
+    pub retryable: bool,
+}
+
+/// Reads a Write reply for a caller outside the group (which knows addresses, not node ids).
+pub(crate) fn remote_write_outcome(
+    reply: pb::WriteReply,
+) -> Result<Attempt<CommandResult>, Refusal> {
+    use pb::write_reply::Outcome;
+    match reply.outcome {
+        Some(Outcome::Applied(a)) => decode(a.format, &a.result_json, "command result")
+            .map(Attempt::Done)
+            .map_err(|e| Refusal {
+                reason: format!(
+                    "the command was applied at log index {}, but its result is unreadable: {e}",
+                    a.log_index
+                ),
+                retryable: false,
+            }),
+        Some(Outcome::NotLeader(n)) => Ok(Attempt::NotLeader(leader_hint(n))),
+        Some(Outcome::Failed(f)) => Err(Refusal {
+            reason: f.reason,
+            retryable: f.retryable,
+        }),
+        None => Err(Refusal {
+            reason: "the reply carries no outcome".into(),
+            retryable: false,
+        }),
+    }
+}
+
+/// Encodes `state` for a `State` message, or refuses a state too large for one message.
+fn encode_state(state: &MetaState) -> Result<Vec<u8>, pb::Failed> {
+    encode_state_within(state, STATE_JSON_BYTES_MAX, STATE_BYTES_MAX)
+}
+
+fn encode_state_within(
+    state: &MetaState,
+    json_bytes_max: usize,
+    packed_bytes_max: usize,
+) -> Result<Vec<u8>, pb::Failed> {
+    let too_large = |what: &str, bytes: usize, max: usize| pb::Failed {
+        kind: pb::FailureKind::Other as i32,
+        reason: format!(
+            "the metadata state is {bytes} bytes {what}, over the {max}-byte limit of a \
+             ReadState reply: remote readers suit small-to-medium metadata (compact the \
+             index of a long history)"
+        ),
+        retryable: false,
+        waited_ms: 0,
+    };
+    let json = encode(state, "meta state").map_err(|e| pb::Failed {
+        kind: pb::FailureKind::Other as i32,
+        reason: e.to_string(),
+        retryable: false,
+        waited_ms: 0,
+    })?;
+    if json.len() > json_bytes_max {
+        return Err(too_large("as JSON", json.len(), json_bytes_max));
+    }
+    let packed = lz4_flex::block::compress_prepend_size(&json);
+    if packed.len() > packed_bytes_max {
+        return Err(too_large("compressed", packed.len(), packed_bytes_max));
+    }
+    Ok(packed)
+}
+
+/// The JSON inside a `State` message, checked against the limits before it is unpacked.
+fn state_json(state: &pb::State) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    match pb::StateEncoding::try_from(state.encoding) {
+        Ok(pb::StateEncoding::Json) => Ok(std::borrow::Cow::Borrowed(&state.state_json)),
+        Ok(pb::StateEncoding::Lz4Json) => {
+            let (len, _) = lz4_flex::block::uncompressed_size(&state.state_json)
+                .map_err(|e| format!("the compressed state is not valid: {e}"))?;
+            if len > STATE_JSON_BYTES_MAX {
+                return Err(format!(
+                    "the state is {len} bytes as JSON; this reader takes at most \
+                     {STATE_JSON_BYTES_MAX}"
+                ));
+            }
+            lz4_flex::block::decompress_size_prepended(&state.state_json)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| format!("the compressed state is not valid: {e}"))
+        }
+        Err(_) => Err(format!(
+            "the state has encoding {}, which this build does not read",
+            state.encoding
+        )),
+    }
+}
+
+/// Reads a ReadState reply. `known_applied` is what the request said the caller holds. A
+/// full state is decoded here, so call this off the async threads for large states.
+pub(crate) fn read_state_outcome(
+    reply: pb::ReadStateReply,
+    known_applied: u64,
+) -> Result<Attempt<StateRead>, Refusal> {
+    use pb::read_state_reply::Outcome;
+    let refused = |reason: String| Refusal {
+        reason,
+        retryable: false,
+    };
+    match reply.outcome {
+        Some(Outcome::State(s)) if s.unchanged => {
+            if known_applied == 0 || s.applied_index != known_applied {
+                return Err(refused(format!(
+                    "the reply says `unchanged` at applied index {}, but the request held {}",
+                    s.applied_index, known_applied
+                )));
+            }
+            Ok(Attempt::Done(StateRead::Unchanged {
+                applied_index: s.applied_index,
+            }))
+        }
+        Some(Outcome::State(s)) => {
+            let json = state_json(&s).map_err(refused)?;
+            let state: MetaState =
+                decode(s.format, &json, "meta state").map_err(|e| refused(e.to_string()))?;
+            state
+                .check_invariants()
+                .map_err(|e| refused(format!("the state breaks an invariant: {e}")))?;
+            if state.last_applied() != s.applied_index {
+                return Err(refused(format!(
+                    "the state was applied to index {}, but the reply says {}",
+                    state.last_applied(),
+                    s.applied_index
+                )));
+            }
+            Ok(Attempt::Done(StateRead::Changed(Arc::new(state))))
+        }
+        Some(Outcome::NotLeader(n)) => Ok(Attempt::NotLeader(leader_hint(n))),
+        Some(Outcome::Failed(f)) => Err(Refusal {
+            reason: f.reason,
+            retryable: f.retryable,
+        }),
+        None => Err(refused("the reply carries no outcome".into())),
+    }
+}
+
 pub(crate) fn membership_outcome(
     reply: pb::MembershipReply,
     leader: NodeId,
@@ -308,12 +479,40 @@ pub(crate) fn membership_outcome(
     }
 }
 
+fn unchanged_state(applied_index: u64) -> pb::State {
+    pb::State {
+        format: WIRE_FORMAT,
+        applied_index,
+        unchanged: true,
+        state_json: Vec::new(),
+        encoding: pb::StateEncoding::Json as i32,
+    }
+}
+
+fn full_state(applied_index: u64, packed: Vec<u8>) -> pb::State {
+    pb::State {
+        format: WIRE_FORMAT,
+        applied_index,
+        unchanged: false,
+        state_json: packed,
+        encoding: pb::StateEncoding::Lz4Json as i32,
+    }
+}
+
 /// The gRPC server of one meta node: both services, dispatching into the local raft.
 #[derive(Clone)]
 pub struct MetaGrpc {
     raft: MetaRaft,
     learner_wait: Duration,
+    /// The applied state and its applied index, for ReadState.
+    state: Arc<parking_lot::RwLock<MetaState>>,
+    applied: watch::Receiver<u64>,
+    /// The encoded state of the latest ReadState answer, by applied index.
+    encoded: Arc<parking_lot::Mutex<Option<EncodedState>>>,
 }
+
+/// An encoded state (`State.state_json`) and the applied index it is of.
+type EncodedState = (u64, Arc<Vec<u8>>);
 
 impl std::fmt::Debug for MetaGrpc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -322,8 +521,66 @@ impl std::fmt::Debug for MetaGrpc {
 }
 
 impl MetaGrpc {
-    pub(crate) fn new(raft: MetaRaft, learner_wait: Duration) -> Self {
-        Self { raft, learner_wait }
+    pub(crate) fn new(
+        raft: MetaRaft,
+        learner_wait: Duration,
+        state: Arc<parking_lot::RwLock<MetaState>>,
+        applied: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            raft,
+            learner_wait,
+            state,
+            applied,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The ReadState answer once this leader has applied `read_index`.
+    async fn state_at(
+        &self,
+        read_index: u64,
+        known_applied: u64,
+    ) -> Result<Result<pb::State, pb::Failed>, Status> {
+        // `ensure_linearizable` returned after openraft applied the read index; the state
+        // behind the lock is updated before openraft counts an entry applied, so this passes at
+        // once. It is here so the rule does not rest on that order.
+        let mut applied = self.applied.clone();
+        applied
+            .wait_for(|&a| a >= read_index)
+            .await
+            .map_err(|_| Status::unavailable("the meta node is shutting down"))?;
+        let state = Arc::clone(&self.state);
+        let encoded = Arc::clone(&self.encoded);
+        // Serializing a large state takes a while: off the async threads, and outside the
+        // state's lock (which the state machine needs to apply), from a clone.
+        let answer = tokio::task::spawn_blocking(move || {
+            let copy = {
+                let state = state.read();
+                let applied_index = state.last_applied();
+                if known_applied != 0 && known_applied == applied_index {
+                    return Ok(unchanged_state(applied_index));
+                }
+                let cached = encoded.lock().clone();
+                if let Some((index, bytes)) = cached.filter(|(index, _)| *index == applied_index) {
+                    return Ok(full_state(index, bytes.as_ref().clone()));
+                }
+                state.clone()
+            };
+            let bytes = encode_state(&copy)?;
+            let applied_index = copy.last_applied();
+            let mut cache = encoded.lock();
+            if cache
+                .as_ref()
+                .is_none_or(|(index, _)| *index < applied_index)
+            {
+                *cache = Some((applied_index, Arc::new(bytes.clone())));
+            }
+            Ok(full_state(applied_index, bytes))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the state read task failed: {e}")))?;
+        Ok(answer)
     }
 
     /// Both services with the message limits, ready to be added to a tonic server.
@@ -411,6 +668,25 @@ impl pb::meta_server::Meta for MetaGrpc {
             Err(e) => Outcome::Failed(failed(e)?),
         };
         Ok(Response::new(pb::ReadIndexReply {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn read_state(
+        &self,
+        request: Request<pb::ReadStateRequest>,
+    ) -> Result<Response<pb::ReadStateReply>, Status> {
+        use pb::read_state_reply::Outcome;
+        let known_applied = request.into_inner().known_applied;
+        let outcome = match leader::read_index(&self.raft).await {
+            Ok(Attempt::Done(index)) => match self.state_at(index, known_applied).await? {
+                Ok(state) => Outcome::State(state),
+                Err(too_large) => Outcome::Failed(too_large),
+            },
+            Ok(Attempt::NotLeader(hint)) => Outcome::NotLeader(not_leader(hint)),
+            Err(e) => Outcome::Failed(failed(e)?),
+        };
+        Ok(Response::new(pb::ReadStateReply {
             outcome: Some(outcome),
         }))
     }
@@ -540,6 +816,167 @@ mod tests {
         }
         .into();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+
+    fn state_reply(state: pb::State) -> pb::ReadStateReply {
+        pb::ReadStateReply {
+            outcome: Some(pb::read_state_reply::Outcome::State(state)),
+        }
+    }
+
+    fn a_state() -> MetaState {
+        let mut state = MetaState::default();
+        let topic = strata_types::TopicName::new("remote").unwrap();
+        let cmd = Command::CreateTopic {
+            name: topic,
+            id: strata_types::TopicId(uuid::Uuid::from_u128(7)),
+            partitions: 4,
+            configs: Default::default(),
+            created_ms: 1,
+        };
+        assert!(matches!(state.apply(&cmd), CommandResult::TopicCreated(_)));
+        state.set_last_applied(9);
+        state
+    }
+
+    #[test]
+    fn states_round_trip_compressed_and_bad_ones_are_refused() {
+        let state = a_state();
+        let packed = encode_state(&state).unwrap();
+        let json = serde_json::to_vec(&state).unwrap();
+        assert!(
+            packed.len() < json.len(),
+            "{} >= {}",
+            packed.len(),
+            json.len()
+        );
+
+        // A full state, compressed or plain.
+        for (bytes, encoding) in [
+            (packed.clone(), pb::StateEncoding::Lz4Json),
+            (json.clone(), pb::StateEncoding::Json),
+        ] {
+            let reply = state_reply(pb::State {
+                encoding: encoding as i32,
+                ..full_state(9, bytes)
+            });
+            match read_state_outcome(reply, 0) {
+                Ok(Attempt::Done(StateRead::Changed(back))) => {
+                    assert_eq!(back.last_applied(), 9);
+                    assert_eq!(serde_json::to_vec(&*back).unwrap(), json);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Unchanged, only for the index the caller holds.
+        assert!(matches!(
+            read_state_outcome(state_reply(unchanged_state(9)), 9),
+            Ok(Attempt::Done(StateRead::Unchanged { applied_index: 9 }))
+        ));
+
+        let check = |reply: pb::ReadStateReply, known: u64, expected: &str| match read_state_outcome(
+            reply, known,
+        ) {
+            Err(r) => {
+                assert!(r.reason.contains(expected), "{}", r.reason);
+                assert!(!r.retryable, "{}", r.reason);
+            }
+            other => panic!("expected a refusal with `{expected}`, got {other:?}"),
+        };
+        check(state_reply(unchanged_state(9)), 8, "the request held 8");
+        check(state_reply(unchanged_state(9)), 0, "the request held 0");
+        check(
+            state_reply(full_state(10, packed.clone())),
+            0,
+            "applied to index 9",
+        );
+        check(
+            state_reply(full_state(9, packed[..packed.len() / 2].to_vec())),
+            0,
+            "not valid",
+        );
+        // A length prefix beyond the limit is refused before anything is allocated.
+        let mut huge = (u32::MAX).to_le_bytes().to_vec();
+        huge.extend_from_slice(&packed[4..]);
+        check(
+            state_reply(full_state(9, huge)),
+            0,
+            "this reader takes at most",
+        );
+        check(
+            state_reply(pb::State {
+                encoding: 7,
+                ..full_state(9, packed.clone())
+            }),
+            0,
+            "encoding 7",
+        );
+        check(
+            state_reply(pb::State {
+                format: 2,
+                ..full_state(9, packed.clone())
+            }),
+            0,
+            "wire format 2",
+        );
+        check(pb::ReadStateReply { outcome: None }, 0, "no outcome");
+
+        // A state over either limit is a clear, permanent refusal.
+        for (json_max, packed_max, expected) in [
+            (json.len() - 1, usize::MAX, "bytes as JSON"),
+            (usize::MAX, packed.len() - 1, "bytes compressed"),
+        ] {
+            let failed = encode_state_within(&state, json_max, packed_max).unwrap_err();
+            assert!(failed.reason.contains(expected), "{}", failed.reason);
+            assert!(
+                failed.reason.contains("small-to-medium"),
+                "{}",
+                failed.reason
+            );
+            assert!(!failed.retryable);
+            let reply = pb::ReadStateReply {
+                outcome: Some(pb::read_state_reply::Outcome::Failed(failed)),
+            };
+            check(reply, 0, expected);
+        }
+    }
+
+    #[test]
+    fn remote_write_replies_are_read() {
+        let applied = |json: Vec<u8>| pb::WriteReply {
+            outcome: Some(pb::write_reply::Outcome::Applied(pb::Applied {
+                format: WIRE_FORMAT,
+                log_index: 3,
+                result_json: json,
+            })),
+        };
+        let ok = encode(&CommandResult::ObjectCommitted, "result").unwrap();
+        assert!(matches!(
+            remote_write_outcome(applied(ok)),
+            Ok(Attempt::Done(CommandResult::ObjectCommitted))
+        ));
+        let garbled = remote_write_outcome(applied(b"{".to_vec())).unwrap_err();
+        assert!(
+            garbled.reason.contains("applied at log index 3"),
+            "{garbled:?}"
+        );
+        let hint = remote_write_outcome(pb::WriteReply {
+            outcome: Some(pb::write_reply::Outcome::NotLeader(pb::NotLeader {
+                leader_id: Some(2),
+                leader_addr: Some(String::new()),
+            })),
+        });
+        // An empty address is no address.
+        assert!(
+            matches!(
+                hint,
+                Ok(Attempt::NotLeader(LeaderHint {
+                    id: Some(2),
+                    addr: None
+                }))
+            ),
+            "{hint:?}"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!   run on the leader, their wire conversions and limits, and the server.
 //! - [`network`]: the gRPC clients: openraft's transport and the forwarding of leader calls.
 //! - `leader`: the leader calls (write, read index, membership changes) run on this node.
+//! - [`remote`]: [`RemoteMeta`], the client of a process outside the group: writes and
+//!   linearizable reads of the whole state, sent to the leader over the `Meta` service.
 //! - [`node`]: [`MetaNode`], which opens the store, runs raft (alone with `open`, as one of
 //!   several with `open_cluster`) and offers `write`, `read`, `sync`, `subscribe`, membership
 //!   changes and `shutdown`.
@@ -35,6 +37,7 @@ mod leader;
 pub mod network;
 pub mod node;
 pub mod raft;
+pub mod remote;
 pub mod state;
 pub mod store;
 
@@ -46,6 +49,7 @@ pub use error::MetaError;
 pub use leader::MembershipView;
 pub use node::{ClusterConfig, MetaConfig, MetaNode};
 pub use raft::TypeConfig;
+pub use remote::RemoteMeta;
 pub use state::{
     Command, CommandResult, DirectBlock, MetaState, Rejection, ScramCredential, ScramMechanism,
     TopicMeta, OBJECT_BLOCKS_MAX, PARTITIONS_PER_TOPIC_MAX, PRODUCER_ID_BLOCK_MAX,

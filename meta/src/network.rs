@@ -195,7 +195,7 @@ pub(crate) enum CallError {
     Failed(MetaError),
 }
 
-fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
+pub(crate) fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
     // Sent as `grpc-timeout`, so the leader drops the call when this node stops waiting.
     request.set_timeout(timeout);
@@ -203,7 +203,7 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
 }
 
 /// Whether the status says the connection could not be made, so the request was not sent.
-fn is_connect_error(status: &Status) -> bool {
+pub(crate) fn is_connect_error(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
         if e.is::<tonic::ConnectError>() {

@@ -362,7 +362,12 @@ impl MetaNode {
         let learner_wait = Duration::from_millis(config.learner_catch_up_wait_ms);
         let server = match serve {
             Some((listener, routes)) => {
-                let grpc = MetaGrpc::new(raft.clone(), learner_wait);
+                let grpc = MetaGrpc::new(
+                    raft.clone(),
+                    learner_wait,
+                    state.clone(),
+                    applied_rx.clone(),
+                );
                 match Server::spawn(listener, grpc, routes) {
                     Ok(server) => Some(server),
                     Err(e) => {

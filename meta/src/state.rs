@@ -1968,6 +1968,7 @@ mod tests {
             lease_ms: 1000,
             now_ms: 0,
             cluster_id: None,
+            auth_secret: None,
         }));
         m.apply(&create("a", 1, 1));
         m.apply(&grow("a", 3));
