@@ -584,6 +584,15 @@ impl MetaGrpc {
     }
 
     /// Both services with the message limits, ready to be added to a tonic server.
+    /// The `Meta` service alone (see [`crate::MetaNode::client_routes`]).
+    pub(crate) fn meta_routes(self, routes: Routes) -> Routes {
+        routes.add_service(
+            pb::meta_server::MetaServer::new(self)
+                .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(MESSAGE_BYTES_MAX),
+        )
+    }
+
     pub fn routes(self, routes: Routes) -> Routes {
         routes
             .add_service(

@@ -786,6 +786,20 @@ impl MetaNode {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// `routes` plus the `Meta` service (Write, ReadIndex, ReadState, ...) of this node, for a
+    /// single node (opened with [`MetaNode::open`], no listener of its own) that still serves
+    /// non-member clients ([`crate::RemoteMeta`]) on a listener its caller runs. Not the
+    /// `Raft` service: a single node has no peers.
+    pub fn client_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
+        let grpc = MetaGrpc::new(
+            self.inner.raft.clone(),
+            self.inner.learner_wait,
+            self.inner.state.clone(),
+            self.inner.applied_rx.clone(),
+        );
+        grpc.meta_routes(routes)
+    }
+
     /// Where this node serves the meta gRPC API; `None` for a node opened with `open`.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.inner.grpc_addr
