@@ -14,8 +14,11 @@ raw GET bandwidth of the same store, in one run; plus PUTs and GETs per GiB inge
    consumer reading every partition from offset 0 (bytes = the broker's fetched bytes);
 6. tail probe: a producer writing one record every 5 ms and a live consumer of it, for 8 s
    before the replay and for the whole replay: produce→consume p50/p99 both ways;
-7. prints one JSON line with both rates, their ratio, the tail latencies, and requests per
-   GiB ingested.
+7. prints one JSON line with both rates, their ratio, the tail latencies, requests per
+   GiB ingested, the CPU seconds the broker, the store and this process (consumer + probe)
+   spent per replayed GB, and /proc/loadavg before and after the replay (the machine may be
+   shared: compare the two rates of one run, not rates across runs).
+With --perf, `perf record -g` samples the broker during the replay (perf.txt, scratch dir).
 Every process it starts listens on 127.0.0.1 and is stopped by PID.
 """
 
@@ -170,6 +173,16 @@ def tail_probe(bootstrap: str, topic: str, seconds: float, stop=None) -> list:
     return lat
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
 def pct(xs: list, q: float) -> float | None:
     if not xs:
         return None
@@ -189,6 +202,8 @@ def main() -> int:
     ap.add_argument("--flush-bytes-max", type=int, default=8 << 20, help="tiering.flush_bytes_max")
     ap.add_argument("--flush-interval-ms", type=int, default=1000, help="tiering.flush_interval_ms")
     ap.add_argument("--value-bytes", type=int, default=1024)
+    ap.add_argument("--perf", action="store_true",
+                    help="record the broker with `perf record -g` during the replay (perf.txt in the scratch dir)")
     ap.add_argument("--seaweedfs", action="store_true",
                     help="use a local SeaweedFS S3 server (tests/requirements.txt) instead of fs://")
     args = ap.parse_args()
@@ -239,6 +254,7 @@ def main() -> int:
         b.stop()
 
         raw = None
+        load_raw = loadavg()
         for _ in range(2):
             out = subprocess.run([args.bin, "bench", "store-read", "--object-store", b.store_url,
                                   "--prefix", "segments/", "--concurrency", str(args.readahead),
@@ -258,9 +274,29 @@ def main() -> int:
         probe = threading.Thread(target=lambda: busy_lat.extend(tail_probe(bootstrap, "tail", 3600, stop)))
         probe.start()
         time.sleep(1.5)  # the probe is consuming live before the replay starts
+        perf = None
+        if args.perf:
+            perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-p", str(b.proc.pid), "-o",
+                                     str(work / "perf.data")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # CPU each side spends on the replay: the broker, the store, and this process (the
+        # consumer and the tail probe).
+        pids = {"broker": b.proc.pid, "client": os.getpid()}
+        if weed is not None:
+            pids["store"] = weed.proc.pid
+        load_before = loadavg()
+        cpu_before = {k: cpu_seconds(v) for k, v in pids.items()}
         before = metrics(b.admin)
         took = replay(bootstrap, topic, args.partitions, ends)
         after = metrics(b.admin)
+        cpu_after = {k: cpu_seconds(v) for k, v in pids.items()}
+        load_after = loadavg()
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(120)
+            with open(work / "perf.txt", "w") as out:
+                subprocess.run(["perf", "report", "-i", str(work / "perf.data"), "--no-children", "--stdio",
+                                "-g", "none", "--percent-limit", "0.5"], stdout=out, stderr=subprocess.DEVNULL)
+            print(f"replay: profile in {work / 'perf.txt'}", file=sys.stderr)
         stop.set()
         probe.join()
         fetched = after["strata_fetch_bytes_total"] - before["strata_fetch_bytes_total"]
@@ -281,6 +317,12 @@ def main() -> int:
             "tail_p50_ms_during_replay": pct(busy_lat, 0.5),
             "tail_p99_ms_during_replay": pct(busy_lat, 0.99),
             "tail_samples": [len(idle_lat), len(busy_lat)],
+            # CPU seconds per replayed GB, by process, and the machine's load around the replay.
+            "cpu_s_per_gb": {k: round((cpu_after[k] - cpu_before[k]) / (fetched / 1e9), 2) if fetched else None
+                             for k in pids},
+            "loadavg_raw": load_raw,
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
             "concurrency": args.readahead,
             "chunk_bytes": args.chunk_bytes,
             "value_bytes": args.value_bytes,

@@ -4,11 +4,11 @@
 //! happen in that order (Produce's enqueue to the sequencer) happens before it returns; the
 //! rest is the returned future.
 
+use super::frame::RecordSet;
 use super::server::{CloseReason, ResponseFuture};
 use super::{errors, versions};
 use crate::log::partition::PartitionLog;
 use crate::log::producer::ProducerBatch;
-use crate::log::reader::Chunks;
 use crate::log::sequencer::{AppendError, AppendRequest, AppendResult, BatchSpan};
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -51,7 +51,7 @@ fn malformed(e: impl std::fmt::Display) -> CloseReason {
 }
 
 fn ready(frame: BytesMut) -> ResponseFuture {
-    Box::pin(async move { Some(frame) })
+    Box::pin(async move { Some(frame.into()) })
 }
 
 /// Decodes one request frame and starts answering it.
@@ -102,7 +102,7 @@ pub async fn dispatch(
     let denied = match super::acl_handlers::gate(node, authz, &mut request, version) {
         super::acl_handlers::Gate::Pass(denied) => denied,
         super::acl_handlers::Gate::Refuse(body) => {
-            let frame = body.map(|b| encode(api_key, version, correlation_id, &b));
+            let frame = body.map(|b| encode(api_key, version, correlation_id, &b).into());
             return Ok(Box::pin(async move { frame }));
         }
     };
@@ -119,7 +119,18 @@ pub async fn dispatch(
             RequestKind::Metadata(req) => {
                 ResponseKind::Metadata(metadata(&node, req, version).await)
             }
-            RequestKind::Fetch(req) => ResponseKind::Fetch(fetch(&node, req).await),
+            RequestKind::Fetch(req) => {
+                // Records travel as references to the read cache's memory (`frame.rs`).
+                let (resp, records) = fetch(&node, req).await;
+                let mut body = ResponseKind::Fetch(resp);
+                super::acl_handlers::finish(&node, &authz, denied, &mut body);
+                return Some(super::frame::encode_fetch(
+                    version,
+                    correlation_id,
+                    body,
+                    records,
+                ));
+            }
             RequestKind::ListOffsets(req) => {
                 ResponseKind::ListOffsets(list_offsets(&node, req, version).await)
             }
@@ -151,7 +162,11 @@ pub async fn dispatch(
             | RequestKind::DescribeLogDirs(_) => {
                 match super::admin_handlers::handle(&node, request, version).await {
                     Some(body) => body,
-                    None => return Some(bare_error(correlation_id, errors::unsupported_version())),
+                    None => {
+                        return Some(
+                            bare_error(correlation_id, errors::unsupported_version()).into(),
+                        )
+                    }
                 }
             }
             // The consumer-group APIs (`group_handlers`).
@@ -169,7 +184,11 @@ pub async fn dispatch(
                 let client_id = header.client_id.as_deref().unwrap_or("");
                 match super::group_handlers::handle(&node, request, version, client_id).await {
                     Some(body) => body,
-                    None => return Some(bare_error(correlation_id, errors::unsupported_version())),
+                    None => {
+                        return Some(
+                            bare_error(correlation_id, errors::unsupported_version()).into(),
+                        )
+                    }
                 }
             }
             RequestKind::CreateAcls(_)
@@ -177,18 +196,22 @@ pub async fn dispatch(
             | RequestKind::DeleteAcls(_) => {
                 match super::acl_handlers::handle(&node, &authz, request).await {
                     Some(body) => body,
-                    None => return Some(bare_error(correlation_id, errors::unsupported_version())),
+                    None => {
+                        return Some(
+                            bare_error(correlation_id, errors::unsupported_version()).into(),
+                        )
+                    }
                 }
             }
             _ => {
                 // Unreachable while `versions::SUPPORTED` and this match agree; answer rather
                 // than panic if they ever drift.
                 tracing::error!(?api_key, "no handler for an advertised API");
-                return Some(bare_error(correlation_id, errors::unsupported_version()));
+                return Some(bare_error(correlation_id, errors::unsupported_version()).into());
             }
         };
         super::acl_handlers::finish(&node, &authz, denied, &mut body);
-        Some(encode(api_key, version, correlation_id, &body))
+        Some(encode(api_key, version, correlation_id, &body).into())
     }))
 }
 
@@ -577,12 +600,15 @@ async fn produce(
             topics[slot.topic].partition_responses.push(resp);
         }
         let body = ProduceResponse::default().with_responses(topics);
-        Some(encode(
-            ApiKey::Produce,
-            version,
-            correlation_id,
-            &ResponseKind::Produce(body),
-        ))
+        Some(
+            encode(
+                ApiKey::Produce,
+                version,
+                correlation_id,
+                &ResponseKind::Produce(body),
+            )
+            .into(),
+        )
     }))
 }
 
@@ -704,7 +730,9 @@ async fn init_producer_id(node: &Arc<Node>, req: InitProducerIdRequest) -> InitP
 // ---------------------------------------------------------------------------------------------
 // Fetch
 
-async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
+/// The response, whose records are registered in the `RecordSet` (their `Bytes` in the
+/// response may be stand-ins that only `frame::encode_fetch` turns into the records).
+async fn fetch(node: &Arc<Node>, req: FetchRequest) -> (FetchResponse, RecordSet) {
     let wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -781,6 +809,9 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
         let mut total = 0usize;
         let mut any_error = false;
         let mut parts: Vec<(usize, PartitionData)> = Vec::with_capacity(wants.len());
+        let mut records = RecordSet::default();
+        // What each partition returns, counted only if this round is the answer.
+        let mut outs: Vec<(&Arc<PartitionLog>, Vec<Bytes>)> = Vec::new();
         for (w, read) in wants.iter().zip(reads) {
             let mut pd = PartitionData::default()
                 .with_partition_index(w.partition)
@@ -797,9 +828,10 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
                 .with_log_start_offset(offsets.log_start_offset);
             match read {
                 Ok(chunks) => {
-                    let records = concat(chunks);
-                    total += records.len();
-                    parts.push((w.topic, pd.with_records(Some(records))));
+                    total += chunks.iter().map(Bytes::len).sum::<usize>();
+                    // Counted from the chunks: the response may hold a stand-in for them.
+                    outs.push((log, chunks.clone()));
+                    parts.push((w.topic, pd.with_records(Some(records.add(chunks)))));
                 }
                 Err(err) => {
                     any_error = true;
@@ -811,9 +843,9 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
         let waited_enough = tokio::time::Instant::now() >= deadline;
         if total >= min_bytes || any_error || waited_enough || watches.is_empty() {
             Metrics::add(&node.metrics.fetch_bytes_total, total as u64);
-            for (w, (_, pd)) in wants.iter().zip(&parts) {
-                if let (Some(log), Some(records)) = (&w.log, &pd.records) {
-                    log.traffic.count_out(records);
+            for (log, chunks) in &outs {
+                for c in chunks {
+                    log.traffic.count_out(c);
                 }
             }
             let mut topics: Vec<FetchableTopicResponse> = names
@@ -827,7 +859,7 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
             for (ti, pd) in parts {
                 topics[ti].partitions.push(pd);
             }
-            return FetchResponse::default().with_responses(topics);
+            return (FetchResponse::default().with_responses(topics), records);
         }
         // Long poll: wake on any partition's new data, or at the deadline.
         let changed =
@@ -835,20 +867,6 @@ async fn fetch(node: &Arc<Node>, req: FetchRequest) -> FetchResponse {
         tokio::select! {
             _ = changed => {}
             _ = tokio::time::sleep_until(deadline) => {}
-        }
-    }
-}
-
-fn concat(chunks: Chunks) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.into_iter().next().unwrap_or_default(),
-        _ => {
-            let mut buf = BytesMut::with_capacity(chunks.iter().map(|c| c.len()).sum());
-            for c in chunks {
-                buf.extend_from_slice(&c);
-            }
-            buf.freeze()
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod admin_handlers;
 pub mod auth;
 pub mod client;
 pub mod errors;
+pub mod frame;
 pub mod group_handlers;
 pub mod handlers;
 pub mod scram;

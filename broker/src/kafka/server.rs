@@ -18,6 +18,7 @@
 //! closes only its own connection.
 
 use super::auth::{self, Intercept};
+use super::frame::Frame;
 use super::handlers;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -32,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 /// A response still being computed; `None` when the request gets no response (acks=0).
-pub type ResponseFuture = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>;
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
 
 /// Once a frame has started, the rest of it must arrive within this time.
 const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,7 +122,11 @@ where
         let mut wr = BufWriter::with_capacity(64 * 1024, wr);
         while let Some((response, api_key, arrived)) = rx.recv().await {
             if let Some(frame) = response.await {
-                wr.write_all(&frame).await?;
+                // Segments in order: small ones gather in the buffer, record chunks (at least
+                // the buffer's size) go to the socket straight from the read cache's memory.
+                for segment in frame.segments() {
+                    wr.write_all(segment).await?;
+                }
             }
             metrics
                 .kafka_request_seconds
@@ -148,14 +153,14 @@ where
         let frame = match session.intercept(&node, frame).await {
             Intercept::Pass(frame) => frame,
             Intercept::Reply(answer) => {
-                let ready: ResponseFuture = Box::pin(async move { Some(answer) });
+                let ready: ResponseFuture = Box::pin(async move { Some(answer.into()) });
                 if tx.send((ready, api_key, Instant::now())).await.is_err() {
                     break Ok(());
                 }
                 continue;
             }
             Intercept::ReplyClose(answer, why) => {
-                let ready: ResponseFuture = Box::pin(async move { Some(answer) });
+                let ready: ResponseFuture = Box::pin(async move { Some(answer.into()) });
                 let _ = tx.send((ready, api_key, Instant::now())).await;
                 break Err(CloseReason::Auth(why));
             }

@@ -9,12 +9,14 @@
 //!   chunk holding the offset and the ones after it while the fetch has room, each one GET
 //!   through the *history* cache, checked against its CRC32C; then the next
 //!   `cache.readahead_chunks` chunks are fetched in the background, so a replaying consumer
-//!   finds them cached (see `log/cache.rs` for the two budgets).
+//!   finds them cached (see `log/cache.rs` for the two budgets). What a replay reads is
+//!   cached in memory only (`Admit::MemoryOnly`): a sequential scan must not pay a disk write
+//!   per byte nor push what random reads reuse out of the disk tier.
 //!
 //! A timestamp lookup reads one block, or one chunk of a segment picked by its time index: at
 //! most two GETs however old the data.
 
-use super::cache::{entry_key, ReadCache, Tier};
+use super::cache::{entry_key, Admit, ReadCache, Tier};
 use super::partition::{PartitionLog, TailRead};
 use crate::metrics::Metrics;
 use crate::records;
@@ -139,7 +141,7 @@ impl Reader {
             planned += index.chunks[last].len as usize;
         }
         let datas: Vec<Bytes> = futures::stream::iter(first..=last)
-            .map(|i| self.chunk(&block, &index, i))
+            .map(|i| self.chunk(&block, &index, i, Admit::MemoryOnly))
             .buffered(self.readahead_chunks.max(1))
             .try_collect()
             .await?;
@@ -183,12 +185,14 @@ impl Reader {
         Ok(index)
     }
 
-    /// Chunk `i` of a segment: from the history cache, else one ranged GET, checked.
+    /// Chunk `i` of a segment: from the history cache, else one ranged GET, checked, and
+    /// cached as `admit` says.
     async fn chunk(
         &self,
         block: &BlockLocation,
         index: &SegmentIndex,
         i: usize,
+        admit: Admit,
     ) -> Result<Bytes, ReadError> {
         Metrics::inc(&self.metrics.cold_reads_total);
         let range = index.chunks[i].range();
@@ -200,7 +204,7 @@ impl Reader {
         }
         Metrics::inc(&self.metrics.cache.history_misses);
         let data = fetch_chunk(&self.store, block, index, i).await?;
-        self.cache.insert(Tier::History, key, data.clone());
+        self.cache.insert(Tier::History, key, data.clone(), admit);
         Ok(data)
     }
 
@@ -222,7 +226,7 @@ impl Reader {
                         match fetch_chunk(&store, &block, &index, i).await {
                             Ok(data) => {
                                 Metrics::inc(&metrics.tier.readahead_chunks_total);
-                                cache.insert(Tier::History, key.clone(), data);
+                                cache.insert(Tier::History, key.clone(), data, Admit::MemoryOnly);
                             }
                             Err(err) => tracing::debug!(key, %err, "read-ahead failed"),
                         }
@@ -267,7 +271,8 @@ impl Reader {
             position: block.position,
             reason,
         })?;
-        self.cache.insert(Tier::Recent, key, data.clone());
+        self.cache
+            .insert(Tier::Recent, key, data.clone(), Admit::MemoryAndDisk);
         Ok(data)
     }
 
@@ -284,7 +289,11 @@ impl Reader {
         }
         let index = self.segment_index(block).await?;
         match index.chunk_for_time(ts) {
-            Some(i) => self.chunk(block, &index, i).await.map(Some),
+            // A lookup comes back to the same chunks: worth the disk tier.
+            Some(i) => self
+                .chunk(block, &index, i, Admit::MemoryAndDisk)
+                .await
+                .map(Some),
             None => Ok(None),
         }
     }
