@@ -75,6 +75,7 @@ pub async fn register(
             lease_ms,
             now_ms: now_ms(),
             cluster_id: Some(cluster_id.to_owned()),
+            auth_secret: Some(fresh_auth_secret()),
         };
         let waited = started.elapsed();
         match meta.write(strata_meta::Command::Cluster(cmd)).await {
@@ -239,4 +240,25 @@ pub fn leader(node: &Node, topic: strata_types::TopicId, partition: u32) -> (i32
         .and_then(|n| i32::try_from(n).ok())
         .unwrap_or(-1);
     (leader, epoch)
+}
+
+/// 32 random bytes, hex: this broker's proposal for the cluster's decoy-credential secret.
+fn fresh_auth_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key of decoy SCRAM credentials (`kafka::scram::decoy_credential`): derived from the
+/// cluster's secret in metadata, so an unknown user gets the same salt from every broker and
+/// across restarts. A cluster whose metadata predates the secret falls back to a per-process key.
+pub fn decoy_secret(meta: &MetaNode) -> [u8; 32] {
+    use sha2::Digest;
+    match meta.read().cluster().auth_secret() {
+        Some(s) => sha2::Sha256::digest(s.as_bytes()).into(),
+        None => {
+            use rand::Rng;
+            rand::thread_rng().gen()
+        }
+    }
 }

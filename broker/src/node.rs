@@ -97,6 +97,8 @@ pub struct Node {
     pub groups: crate::groups::Groups,
     pub metrics: Arc<Metrics>,
     pub shutting_down: AtomicBool,
+    /// Keys the decoy SCRAM credentials of unknown users (`crate::cluster::decoy_secret`).
+    pub decoy_secret: [u8; 32],
 }
 
 impl Node {
@@ -264,6 +266,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         groups: crate::groups::Groups::spawn(Default::default(), metrics.clone()),
         metrics: metrics.clone(),
         shutting_down: AtomicBool::new(false),
+        decoy_secret: crate::cluster::decoy_secret(&meta),
         config,
     });
 
@@ -384,7 +387,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
                 })?;
             let addr = listener.local_addr().map_err(io("admin gRPC listener"))?;
             tokio::spawn(admin::grpc::serve(
-                admin_grpc.clone(),
+                meta.client_routes(admin_grpc.routes()),
                 listener,
                 shutdown_rx.clone(),
             ));

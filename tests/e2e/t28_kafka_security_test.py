@@ -356,3 +356,48 @@ def test_tls_without_sasl(broker_factory, tmp_path):
     harness.eventually(lambda: p.poll(0.2) is not None and bool(errors), 30, what="a TLS error")
     assert errors[0].code() in (KafkaError._SSL, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN), errors
     b.assert_alive()
+
+
+def _scram_salt(port: int, user: str, mech: str = "SCRAM-SHA-256") -> str:
+    """The salt the broker's server-first message names for `user` (SaslHandshake v1 then one
+    SaslAuthenticate v1); the exchange is abandoned there."""
+    import kwire
+
+    with kwire.connect(port) as s:
+        s.sendall(kwire.request(17, 1, 1, kwire.string(mech)))
+        r = kwire.Reader(kwire.recv_frame(s))
+        assert r.i32() == 1 and r.i16() == 0, "SaslHandshake refused"
+        first = f"n,,n={user},r=fyko+d2lbbFgONRv9qkxdawL".encode()
+        s.sendall(kwire.request(36, 1, 2, struct.pack(">i", len(first)) + first))
+        r = kwire.Reader(kwire.recv_frame(s))
+        assert r.i32() == 2
+        code = r.i16()
+        r.string()  # error message
+        n = r.take(">i")
+        server_first = r.take(f">{n}s").decode()
+        assert code == 0, f"server-first refused with {code}"
+    return dict(kv.split("=", 1) for kv in server_first.split(","))["s"]
+
+
+def test_unknown_user_salt_is_stable_across_restarts(broker_factory, strata_bin):
+    """A prober must not tell an unknown user from a known one: the decoy salt of an unknown
+    user is keyed by a cluster secret kept in metadata, so it stays the same after a restart,
+    like a real user's salt. Each refused login is counted."""
+    b = broker_factory(config={"kafka": {"sasl_mechanisms": "SCRAM-SHA-256"}})
+    r = _cli(strata_bin, ["user", "add", "alice", "--mechanism", "SCRAM-SHA-256", "--password-stdin",
+                          "--via-admin", b.admin_url], stdin=ALICE_PW + "\n")
+    assert r.returncode == 0, r.stderr
+    before = (_scram_salt(b.kafka_port, "alice"), _scram_salt(b.kafka_port, "ghost"))
+    assert before[1] == _scram_salt(b.kafka_port, "ghost"), "the decoy salt changes between attempts"
+    assert before[0] != before[1]
+    b.restart()
+    after = (_scram_salt(b.kafka_port, "alice"), _scram_salt(b.kafka_port, "ghost"))
+    assert after == before, "a salt changed across the restart"
+    # A wrong password is refused and counted.
+    p = Producer(harness.producer_conf(b.bootstrap, **{
+        "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "alice",
+        "sasl.password": "not-" + ALICE_PW, "message.timeout.ms": 5000}))
+    p.produce("t", b"x")
+    p.flush(15)
+    harness.eventually(lambda: b.metrics().sum("strata_kafka_auth_failures_total") >= 1, 20,
+                       what="strata_kafka_auth_failures_total counted the refusal")

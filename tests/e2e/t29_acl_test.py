@@ -370,3 +370,43 @@ def test_bad_acl_config(broker_factory, kafka, key, text):
     with pytest.raises(BrokerDied) as ei:
         broker_factory(config={"kafka": kafka})
     assert key in str(ei.value) and text in str(ei.value), ei.value
+
+
+def test_offset_delete_needs_read_on_each_topic(secured):
+    """OffsetDelete: Delete on the group, and Read on every topic named; a topic without Read
+    answers TOPIC_AUTHORIZATION_FAILED for its partitions and keeps its offsets, the others are
+    deleted (kafka-python's delete_group_offsets)."""
+    from kafka import TopicPartition as KTP
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import NoError, TopicAuthorizationFailedError
+    from kafka.structs import OffsetAndMetadata
+
+    b = secured
+    adm = _admin(b)
+    for f in adm.create_topics([NewTopic("od-ok", 1), NewTopic("od-deny", 1)]).values():
+        f.result(30)
+    _create_acls(adm, [_binding("od-g", AclOperation.DELETE, ty=ResourceType.GROUP),
+                       _binding("od-g", AclOperation.READ, ty=ResourceType.GROUP),
+                       _binding("od-ok", AclOperation.READ),
+                       _binding("od-deny", AclOperation.DESCRIBE)])
+
+    def kp(user, pw):
+        return KafkaAdminClient(bootstrap_servers=b.bootstrap, security_protocol="SASL_PLAINTEXT",
+                                sasl_mechanism=MECH, sasl_plain_username=user, sasl_plain_password=pw)
+
+    root = kp("admin", ADMIN_PW)
+    ok, deny = KTP("od-ok", 0), KTP("od-deny", 0)
+    try:
+        root.alter_group_offsets("od-g", {ok: OffsetAndMetadata(5, "", -1), deny: OffsetAndMetadata(7, "", -1)})
+        alice = kp("alice", ALICE_PW)
+        try:
+            res = alice.delete_group_offsets("od-g", [ok, deny])
+        finally:
+            alice.close()
+        assert res[ok] is NoError, res
+        assert res[deny] is TopicAuthorizationFailedError, res
+        left = root.list_group_offsets({"od-g": [ok, deny]})["od-g"]
+        assert left[deny].offset == 7, left
+        assert ok not in left or left[ok].offset == -1, left
+    finally:
+        root.close()

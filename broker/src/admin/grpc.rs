@@ -77,15 +77,16 @@ impl AdminService {
     }
 }
 
-/// Serves the Admin service alone on `listener` (single-node mode) until `shutdown`.
+/// Serves `routes` (single-node mode: the Admin service and the node's `Meta` service for
+/// non-member clients such as the Lambda function) on `listener` until `shutdown`.
 pub async fn serve(
-    service: AdminService,
+    routes: tonic::service::Routes,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
-        .add_routes(service.routes())
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.changed().await;
         })

@@ -42,6 +42,9 @@ use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup;
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
@@ -573,6 +576,7 @@ pub enum Denied {
     DeleteRecords(Vec<DeleteRecordsTopicResult>),
     OffsetForLeaderEpoch(Vec<OffsetForLeaderTopicResult>),
     OffsetCommit(Vec<OffsetCommitResponseTopic>),
+    OffsetDelete(Vec<OffsetDeleteResponseTopic>),
     OffsetFetchGroups(Vec<OffsetFetchResponseGroup>),
     DescribeGroups(Vec<DescribedGroup>),
     DeleteGroups(Vec<DeletableGroupResult>),
@@ -1114,7 +1118,29 @@ pub fn gate(node: &Node, authz: &Authorizer, request: &mut RequestKind, version:
                     OffsetDeleteResponse::default().with_error_code(group_refused),
                 )));
             }
-            Denied::Nothing
+            // Kafka also wants Read on each topic whose offsets are deleted.
+            let mut out = Vec::new();
+            req.topics.retain(|t| {
+                if authz.topic(node, Op::Read, t.name.0.as_str()) {
+                    return true;
+                }
+                out.push(
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    OffsetDeleteResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(E::TopicAuthorizationFailed.code())
+                                })
+                                .collect(),
+                        ),
+                );
+                false
+            });
+            Denied::OffsetDelete(out)
         }
         RequestKind::ListGroups(_) => {
             if authz.cluster(node, Op::Describe) {
@@ -1217,6 +1243,7 @@ pub fn finish(node: &Node, authz: &Authorizer, denied: Denied, body: &mut Respon
             r.topics.extend(d)
         }
         (Denied::OffsetCommit(d), ResponseKind::OffsetCommit(r)) => r.topics.extend(d),
+        (Denied::OffsetDelete(d), ResponseKind::OffsetDelete(r)) => r.topics.extend(d),
         (Denied::OffsetFetchGroups(d), ResponseKind::OffsetFetch(r)) => {
             r.groups.extend(d);
             hide_offsets(node, authz, r);

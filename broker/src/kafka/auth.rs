@@ -19,6 +19,7 @@
 use super::errors;
 use super::scram::{self, ClientFirst, ServerExchange};
 use crate::config::KafkaSection;
+use crate::metrics::Metrics;
 use crate::node::Node;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
@@ -85,8 +86,6 @@ pub struct Security {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Empty: no authentication.
     pub mechanisms: Vec<Mechanism>,
-    /// Keys the decoy credentials of unknown users (random per process).
-    decoy_secret: [u8; 32],
 }
 
 impl std::fmt::Debug for Security {
@@ -139,11 +138,7 @@ impl Security {
                     .into(),
             ));
         }
-        Ok(Self {
-            tls,
-            mechanisms,
-            decoy_secret: rand::thread_rng().gen(),
-        })
+        Ok(Self { tls, mechanisms })
     }
 
     pub fn sasl_enabled(&self) -> bool {
@@ -254,7 +249,7 @@ impl Session {
         // SaslHandshake v0: the next frames are raw tokens.
         match &self.state {
             State::Handshaken { raw: true, .. } | State::ScramSent { raw: true, .. } => {
-                return self.token(sec, node, &frame, None).await;
+                return self.token(node, &frame, None).await;
             }
             _ => {}
         }
@@ -321,7 +316,7 @@ impl Session {
                 Intercept::Reply(reply(ResponseKind::SaslHandshake(resp)))
             }
             RequestKind::SaslAuthenticate(req) => {
-                self.token(sec, node, &req.auth_bytes, Some((api_key, version, cid)))
+                self.token(node, &req.auth_bytes, Some((api_key, version, cid)))
                     .await
             }
             _ => Intercept::Close("unexpected request".into()),
@@ -331,7 +326,6 @@ impl Session {
     /// One SASL token, raw (`wire` = None) or inside SaslAuthenticate.
     async fn token(
         &mut self,
-        sec: &Security,
         node: &Arc<Node>,
         token: &[u8],
         wire: Option<(ApiKey, i16, i32)>,
@@ -360,10 +354,9 @@ impl Session {
         };
         let state = std::mem::replace(&mut self.state, State::Failed);
         let (mech_name, outcome) = match state {
-            State::Handshaken { mech, raw } => (
-                mech.name(),
-                self.first_token(sec, node, mech, raw, token).await,
-            ),
+            State::Handshaken { mech, raw } => {
+                (mech.name(), self.first_token(node, mech, raw, token).await)
+            }
             State::ScramSent {
                 exchange,
                 user,
@@ -394,6 +387,7 @@ impl Session {
                 Intercept::Reply(answer(errors::NONE, None, bytes))
             }
             Err(reason) => {
+                Metrics::add(&node.metrics.kafka_auth_failures_total, 1);
                 let message = format!("{AUTH_FAILED} with SASL mechanism {mech_name}");
                 let why = format!("SASL authentication failed: {reason}");
                 match wire {
@@ -413,7 +407,6 @@ impl Session {
 
     async fn first_token(
         &mut self,
-        sec: &Security,
         node: &Arc<Node>,
         mech: Mechanism,
         raw: bool,
@@ -438,7 +431,7 @@ impl Session {
                         let m = ScramMechanism::Sha512;
                         (
                             m,
-                            scram::decoy_credential(m, &sec.decoy_secret, user),
+                            scram::decoy_credential(m, &node.decoy_secret, user),
                             false,
                         )
                     }
@@ -463,7 +456,7 @@ impl Session {
                     .read()
                     .scram_credential(&first.user, m)
                     .cloned()
-                    .unwrap_or_else(|| scram::decoy_credential(m, &sec.decoy_secret, &first.user));
+                    .unwrap_or_else(|| scram::decoy_credential(m, &node.decoy_secret, &first.user));
                 let user = first.user.clone();
                 let nonce: String = rand::thread_rng()
                     .sample_iter(&rand::distributions::Alphanumeric)
