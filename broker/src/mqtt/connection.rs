@@ -25,7 +25,7 @@ use super::{CONNECT_TIMEOUT_SECS, CONN_QUEUE_MAX, INBOUND_INFLIGHT_MAX, OUTBOUND
 use crate::node::Node;
 use bytes::BytesMut;
 use futures::stream::FuturesOrdered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -52,6 +52,8 @@ const PUMP_RETRY: Duration = Duration::from_secs(1);
 /// What every connection shares.
 pub struct Shared {
     pub node: Arc<Node>,
+    /// Credentials, ACLs and publish rate limits (`mqtt::auth`).
+    pub auth: super::auth::Auth,
     pub ingest: Ingest,
     pub router: mpsc::Sender<RouterMsg>,
     pub next_conn_id: AtomicU64,
@@ -109,6 +111,8 @@ pub enum CloseReason {
     Publish(IngestError),
     #[error("client id rejected")]
     ClientId,
+    #[error("not authorized: {0}")]
+    NotAuthorized(&'static str),
     #[error("server busy")]
     Busy,
     #[error("io: {0}")]
@@ -173,6 +177,10 @@ impl Io {
         }
     }
 }
+
+/// Packets queued for one write before the loop flushes (and looks at its socket again).
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+const WRITE_BATCH_PACKETS: usize = 256;
 
 /// A publish waiting for its durable append.
 type PendingAppend =
@@ -251,6 +259,58 @@ pub async fn connection(
                 io.flush().await?;
             }
             return Err(CloseReason::Protocol("invalid will topic".into()));
+        }
+    }
+
+    // Credentials, before the session is touched: a refused CONNECT takes nothing over.
+    let verdict = shared
+        .auth
+        .authenticate(
+            &shared.node,
+            connect.username.as_deref(),
+            connect.password.as_ref(),
+        )
+        .await;
+    let refused = match verdict {
+        super::auth::Verdict::Allowed(user) => Ok(user),
+        super::auth::Verdict::BadCredentials => {
+            Err((ConnCode::BadCredentials, "bad user name or password"))
+        }
+        super::auth::Verdict::NoCredentials => {
+            Err((ConnCode::NotAuthorized, "no user name or password"))
+        }
+    };
+    let user = match refused {
+        Ok(user) => user,
+        Err((code, why)) => {
+            shared
+                .node
+                .metrics
+                .mqtt
+                .auth_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client_id, user = ?connect.username, "mqtt authentication failed: {why}");
+            io.push(connack(code, false, None, max_in, None))?;
+            io.flush().await?;
+            return Err(CloseReason::NotAuthorized(why));
+        }
+    };
+    // A will obeys the publish ACL: refused at CONNECT, where the client can be told.
+    if let Some(will) = &connect.will {
+        if !shared
+            .auth
+            .acl
+            .may_publish(user.as_deref(), &client_id, &will.topic)
+        {
+            shared
+                .node
+                .metrics
+                .mqtt
+                .acl_denied_publish
+                .fetch_add(1, Ordering::Relaxed);
+            io.push(connack(ConnCode::NotAuthorized, false, None, max_in, None))?;
+            io.flush().await?;
+            return Err(CloseReason::NotAuthorized("will topic denied by the ACL"));
         }
     }
 
@@ -367,6 +427,13 @@ pub async fn connection(
         disconnect_expiry: None,
         in_aliases: HashMap::new(),
         persistent,
+        user: user.clone(),
+        throttle: super::auth::Throttle::new(
+            shared.auth.publish_rate_max,
+            shared.auth.publish_bytes_rate_max,
+            Instant::now(),
+        ),
+        paused_until: None,
     };
     let mut data_signal = shared.ingest.tailers.data_signal();
     let mut signal_open = true;
@@ -405,7 +472,14 @@ pub async fn connection(
         let ka_deadline = last_packet + keep_alive.unwrap_or(far);
         let is_persistent = conn.persistent.is_some();
         let retry_at = conn.persistent.as_ref().and_then(|p| p.retry_at);
+        let paused_until = conn.paused_until;
         tokio::select! {
+            _ = tokio::time::sleep_until(paused_until.unwrap_or(ka_deadline)), if paused_until.is_some() => {
+                // The rate budget refilled. The client was not read meanwhile: its keep
+                // alive counts from now.
+                conn.paused_until = None;
+                last_packet = Instant::now();
+            }
             changed = data_signal.changed(), if is_persistent && signal_open => {
                 // The tailers live as long as the listener; if they are gone, stop waiting.
                 signal_open = changed.is_ok();
@@ -429,10 +503,28 @@ pub async fn connection(
                 if let Err(e) = conn.on_appended(done, &mut io).await {
                     break Err(e);
                 }
+                // Every other append already done is acknowledged in the same write (one
+                // syscall for a group commit's PUBACKs, not one each).
+                while io.wbuf.len() < WRITE_BATCH_BYTES {
+                    let Some(Some(done)) = conn.pending.next().now_or_never() else { break };
+                    if let Err(e) = conn.on_appended(done, &mut io).await {
+                        break 'conn Err(e);
+                    }
+                }
             }
             Some(d) = drx.recv() => {
                 if let Err(e) = conn.deliver(d, &mut io) {
                     break Err(e);
+                }
+                // Drain what else is queued into the same write: a fan-out subscriber keeps
+                // up with the router instead of paying one syscall per message.
+                let mut more = 0;
+                while more < WRITE_BATCH_PACKETS && io.wbuf.len() < WRITE_BATCH_BYTES {
+                    let Ok(d) = drx.try_recv() else { break };
+                    if let Err(e) = conn.deliver(d, &mut io) {
+                        break 'conn Err(e);
+                    }
+                    more += 1;
                 }
             }
             _ = &mut kick_rx => break Err(CloseReason::TakenOver),
@@ -564,6 +656,12 @@ struct Conn<'a> {
     in_aliases: HashMap<u16, String>,
     /// Set for a persistent session: it reads the log itself.
     persistent: Option<Persistent>,
+    /// The authenticated (or, with `mqtt.auth = "none"`, claimed) user name, for ACLs.
+    user: Option<String>,
+    /// Publish rate limits (`mqtt.client_publish_rate_max`, `..._bytes_rate_max`).
+    throttle: super::auth::Throttle,
+    /// Over the rate limit: the socket is not read until then.
+    paused_until: Option<Instant>,
 }
 
 /// A persistent session's delivery state on its connection.
@@ -587,8 +685,10 @@ impl Conn<'_> {
 
     /// MQTT 3.1.1 has no Receive Maximum: at the window we stop reading (TCP back-pressure).
     /// An MQTT 5 client was told ours; one that exceeds it is disconnected (0x93).
+    /// Over the publish rate limit, no client is read until its budget refills.
     fn may_read(&self) -> bool {
-        self.proto == Proto::V5 || self.inbound_open() < usize::from(INBOUND_INFLIGHT_MAX)
+        self.paused_until.is_none()
+            && (self.proto == Proto::V5 || self.inbound_open() < usize::from(INBOUND_INFLIGHT_MAX))
     }
 
     /// One packet from the client. `Ok(false)`: the client disconnected cleanly.
@@ -615,6 +715,18 @@ impl Conn<'_> {
                     } else {
                         self.in_aliases.insert(alias, message.topic.clone());
                     }
+                }
+                let bytes = (message.topic.len() + message.payload.len()) as u64;
+                let now = Instant::now();
+                if let Some(pause) = self.throttle.on_publish(bytes, now) {
+                    // Taken anyway (never dropped); the socket waits until the debt is paid.
+                    self.paused_until = Some(now + pause);
+                    self.shared
+                        .node
+                        .metrics
+                        .mqtt
+                        .throttled
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 self.on_publish(message, packet_id, io).await?
             }
@@ -729,6 +841,26 @@ impl Conn<'_> {
             // More unacknowledged QoS 1/2 publishes than the Receive Maximum we announced.
             return Err(CloseReason::ReceiveMaximum);
         }
+        if !self
+            .shared
+            .auth
+            .acl
+            .may_publish(self.user.as_deref(), self.client_id, &message.topic)
+        {
+            // Answered in publish order like a stored one: MQTT 5 PUBACK/PUBREC 0x87; 3.1.1
+            // has no negative acknowledgement, so it is dropped and acknowledged.
+            self.shared
+                .node
+                .metrics
+                .mqtt
+                .acl_denied_publish
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client_id = self.client_id, topic = %message.topic, "mqtt publish denied by the ACL");
+            self.pending.push_back(Box::pin(async move {
+                (message, id, Err(IngestError::NotAuthorized))
+            }));
+            return Ok(());
+        }
         match self.shared.ingest.append(&message).await {
             Ok(done) => {
                 self.pending.push_back(Box::pin(async move {
@@ -794,12 +926,29 @@ impl Conn<'_> {
                 Ok(())
             }
             Err(err) => {
-                tracing::warn!(client_id = self.client_id, topic = %message.topic, %err, "mqtt publish not stored");
+                if !matches!(err, IngestError::NotAuthorized) {
+                    tracing::warn!(client_id = self.client_id, topic = %message.topic, %err, "mqtt publish not stored");
+                }
                 if let (2, Some(id)) = (qos, id) {
                     self.session.forget_inbound_qos2(id);
                 }
+                let denied = matches!(err, IngestError::NotAuthorized);
                 match (self.proto, qos, id) {
                     (_, 0, _) => Ok(()),
+                    // MQTT 3.1.1: a publish the ACL refuses is dropped but acknowledged (as
+                    // mosquitto does), so the client does not resend it forever.
+                    (Proto::V311, 1, Some(id)) if denied => io
+                        .push(Outbound::PubAck {
+                            packet_id: id,
+                            error: None,
+                        })
+                        .map(|_| ()),
+                    (Proto::V311, _, Some(id)) if denied => io
+                        .push(Outbound::PubRec {
+                            packet_id: id,
+                            error: None,
+                        })
+                        .map(|_| ()),
                     // MQTT 5 can refuse one publish and keep the connection.
                     (Proto::V5, 1, Some(id)) => io
                         .push(Outbound::PubAck {
@@ -829,13 +978,30 @@ impl Conn<'_> {
         let mut results = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
         for (filter, mut opts) in filters {
-            let valid = match topic::split_shared(&filter) {
-                Ok(Some(_)) => true,
-                Ok(None) => topic::validate_filter(&filter).is_ok(),
-                Err(_) => false,
+            // The topics a subscription reads: a shared one's inner filter.
+            let topics = match topic::split_shared(&filter) {
+                Ok(Some((_, inner))) => Some(inner),
+                Ok(None) => topic::validate_filter(&filter)
+                    .is_ok()
+                    .then_some(filter.as_str()),
+                Err(_) => None,
             };
-            if !valid {
+            let allowed = topics.is_some_and(|f| {
+                self.shared
+                    .auth
+                    .acl
+                    .may_subscribe(self.user.as_deref(), self.client_id, f)
+            });
+            if topics.is_none() {
                 results.push(SubResult::FilterInvalid);
+            } else if !allowed {
+                self.shared
+                    .node
+                    .metrics
+                    .mqtt
+                    .acl_denied_subscribe
+                    .fetch_add(1, Ordering::Relaxed);
+                results.push(SubResult::NotAuthorized);
             } else {
                 opts.qos = opts.qos.min(2);
                 results.push(SubResult::Granted(opts.qos));

@@ -34,6 +34,9 @@ pub enum IngestError {
     Append(#[from] AppendError),
     #[error("retained message not written to the retained log")]
     RetainedNotStored,
+    /// Refused by an `[[mqtt.acl]]` rule (`mqtt::auth`); never appended.
+    #[error("not authorized by the MQTT ACL")]
+    NotAuthorized,
 }
 
 pub struct Ingest {

@@ -29,6 +29,8 @@
 //!   stored records, whichever protocol wrote them.
 //! - `ingest` — publish → Kafka record → sequencer; `mapping` — rules, partitioner, record layout.
 //! - `topic` — topic names, filters and `$share/<group>/<filter>`.
+//! - `auth` — `mqtt.auth` (passwords: `[[mqtt.users]]` hashes, then the Kafka SCRAM users),
+//!   `[[mqtt.acl]]` rules, per-connection publish rate limits (token buckets).
 //!
 //! *Persistent sessions* (3.1.1 `clean_session = 0`, 5.0 Session Expiry Interval > 0) keep
 //! cursors, not copies: every MQTT publish is stored (a mapped Kafka topic, or
@@ -52,19 +54,23 @@
 //! Payload Format (headers `mqtt.response_topic`, `mqtt.correlation`, `mqtt.content_type`,
 //! `mqtt.utf8`), `$SYS/broker/...` statistics (`sys`).
 //!
-//! Listeners (`transport`): TCP, TLS (`mqtt.tls_*`) and WebSocket (`mqtt.ws_listen`, `/mqtt`);
+//! Listeners (`transport`): TCP, TLS (`mqtt.tls_*`), WebSocket (`mqtt.ws_listen`, `/mqtt`)
+//! and QUIC (`quic`: `mqtt.quic_listen`, UDP, ALPN `mqtt`, one stream per connection);
 //! each has its own `mqtt.connections_max` bound. Retained messages: `retained`
 //! (`<data_dir>/mqtt/retained.log`), PUBACK after their fsync.
 //!
-//! Not in this version: QUIC, sessions that follow a client to another broker (the session
+//! Not in this version: sessions that follow a client to another broker (the session
 //! log is per node), reading partitions led by another broker, shared subscriptions for
 //! offline members (a shared subscription is served live by the router, never from cursors),
-//! No Local for retained messages sent at subscribe time, auth and ACLs. `$SYS` topics are
+//! No Local for retained messages sent at subscribe time, MQTT 5 enhanced authentication
+//! (AUTH packets). `$SYS` topics are
 //! retained in memory and routed live, not stored in a partition.
 
+pub mod auth;
 pub mod connection;
 pub mod ingest;
 pub mod mapping;
+pub mod quic;
 pub mod replay;
 pub mod retained;
 pub mod router;
@@ -225,7 +231,16 @@ pub fn start(
             tailers.stop();
         });
     }
+    // Validated when the configuration was loaded (`config::validate_mqtt`).
+    let auth = match auth::Auth::from_config(&cfg) {
+        Ok(a) => a,
+        Err(e) => panic!(
+            "mqtt config passed validation but `{}`: {}",
+            e.key, e.message
+        ),
+    };
     let shared = Arc::new(connection::Shared {
+        auth,
         ingest: ingest::Ingest {
             node: node.clone(),
             mapping,
@@ -255,6 +270,9 @@ pub fn start(
             acceptor,
             shutdown.clone(),
         ));
+    }
+    if let Some(endpoint) = more.quic {
+        tokio::spawn(quic::serve(shared.clone(), endpoint, shutdown.clone()));
     }
     tokio::spawn(connection::serve(
         shared.clone(),

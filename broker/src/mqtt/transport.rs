@@ -41,6 +41,8 @@ const BRIDGE_BYTES: usize = 64 * 1024;
 pub struct Listeners {
     pub ws: Option<TcpListener>,
     pub tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    /// MQTT over QUIC (`super::quic`), a UDP endpoint.
+    pub quic: Option<quinn::Endpoint>,
 }
 
 impl Listeners {
@@ -53,6 +55,9 @@ impl Listeners {
         if let Some(a) = self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok()) {
             out.push(("tls", a));
         }
+        if let Some(a) = self.quic.as_ref().and_then(|e| e.local_addr().ok()) {
+            out.push(("quic (udp)", a));
+        }
         out
     }
 }
@@ -64,6 +69,10 @@ impl std::fmt::Debug for Listeners {
             .field(
                 "tls",
                 &self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+            )
+            .field(
+                "quic",
+                &self.quic.as_ref().and_then(|e| e.local_addr().ok()),
             )
             .finish()
     }
@@ -99,7 +108,8 @@ pub fn tls_acceptor(
     }
 }
 
-/// Binds `mqtt.ws_listen` (when set) and `mqtt.tls_listen` (when a certificate is set).
+/// Binds `mqtt.ws_listen` (when set), `mqtt.tls_listen` (when a certificate is set) and
+/// `mqtt.quic_listen` (when set).
 pub async fn bind(cfg: &NodeConfig) -> Result<Listeners, (SocketAddr, std::io::Error)> {
     let mut out = Listeners::default();
     if let Some(addr) = cfg.mqtt_ws_listen {
@@ -119,6 +129,7 @@ pub async fn bind(cfg: &NodeConfig) -> Result<Listeners, (SocketAddr, std::io::E
         let l = TcpListener::bind(addr).await.map_err(|e| (addr, e))?;
         out.tls = Some((l, acceptor));
     }
+    out.quic = super::quic::bind(cfg)?;
     Ok(out)
 }
 

@@ -44,6 +44,10 @@ pub struct ConnectIn {
     pub topic_alias_max: u16,
     /// MQTT 5 Will Delay Interval (seconds; 0: at once).
     pub will_delay_secs: u32,
+    /// User Name (`mqtt::auth`).
+    pub username: Option<String>,
+    /// Password (never printed).
+    pub password: Option<super::auth::Password>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +88,10 @@ pub enum ConnCode {
     Accepted,
     ClientIdRejected,
     ServerBusy,
+    /// Unknown user or wrong password (MQTT 5 0x86, 3.1.1 0x04).
+    BadCredentials,
+    /// No credentials where they are required, or a will topic the ACL denies (0x87 / 0x05).
+    NotAuthorized,
 }
 
 /// Subscription results per filter.
@@ -93,6 +101,8 @@ pub enum SubResult {
     FilterInvalid,
     /// `$share/...` (not in this version).
     SharedNotSupported,
+    /// Denied by an ACL (MQTT 5 0x87, 3.1.1 0x80).
+    NotAuthorized,
 }
 
 /// Reasons we close a connection with (MQTT 5 DISCONNECT; 3.1.1 just closes).
@@ -230,7 +240,8 @@ pub fn publish_error_code(e: &IngestError) -> u8 {
         IngestError::TooLarge { .. } => 0x95,              // Packet too large
         IngestError::NotLeader { .. } | IngestError::Append(AppendError::Fenced) => 0x83,
         IngestError::Append(AppendError::TooLarge) => 0x95,
-        _ => 0x80, // Unspecified error
+        IngestError::NotAuthorized => 0x87, // Not authorized (an ACL)
+        _ => 0x80,                          // Unspecified error
     }
 }
 
@@ -241,6 +252,7 @@ fn puback_reason(code: Option<u8>) -> v5::PublishAckReason {
         Some(0x97) => P::QuotaExceeded,
         Some(0x83) => P::ImplementationSpecificError,
         Some(0x90) => P::TopicNameInvalid,
+        Some(0x87) => P::NotAuthorized,
         // 0x95 has no PUBACK code; the packet itself was fine, the record is too large.
         Some(_) => P::UnspecifiedError,
     }
@@ -446,6 +458,8 @@ fn from_v3(p: v3::Packet) -> Inbound {
                 max_packet_size: None,
                 topic_alias_max: 0,
                 will_delay_secs: 0,
+                username: c.username.as_ref().map(text),
+                password: c.password.map(super::auth::Password),
             }))
         }
         P::Publish(p) => Inbound::Publish {
@@ -539,6 +553,8 @@ fn from_v5(p: v5::Packet) -> Inbound {
                 max_packet_size: c.max_packet_size.map(|m| m.get()),
                 topic_alias_max: c.topic_alias_max,
                 will_delay_secs,
+                username: c.username.as_ref().map(text),
+                password: c.password.map(super::auth::Password),
             }))
         }
         P::Publish(p) => {
@@ -622,6 +638,8 @@ fn to_v3(out: Outbound) -> Option<v3::Packet> {
                 ConnCode::Accepted => v3::ConnectAckReason::ConnectionAccepted,
                 ConnCode::ClientIdRejected => v3::ConnectAckReason::IdentifierRejected,
                 ConnCode::ServerBusy => v3::ConnectAckReason::ServiceUnavailable,
+                ConnCode::BadCredentials => v3::ConnectAckReason::BadUserNameOrPassword,
+                ConnCode::NotAuthorized => v3::ConnectAckReason::NotAuthorized,
             },
         }),
         Outbound::Publish(p) => {
@@ -652,9 +670,9 @@ fn to_v3(out: Outbound) -> Option<v3::Packet> {
                 .into_iter()
                 .map(|r| match r {
                     SubResult::Granted(q) => v3::SubscribeReturnCode::Success(qos_of(q)),
-                    SubResult::FilterInvalid | SubResult::SharedNotSupported => {
-                        v3::SubscribeReturnCode::Failure
-                    }
+                    SubResult::FilterInvalid
+                    | SubResult::SharedNotSupported
+                    | SubResult::NotAuthorized => v3::SubscribeReturnCode::Failure,
                 })
                 .collect(),
         },
@@ -687,6 +705,8 @@ fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
                 ConnCode::Accepted => v5::ConnectAckReason::Success,
                 ConnCode::ClientIdRejected => v5::ConnectAckReason::ClientIdentifierNotValid,
                 ConnCode::ServerBusy => v5::ConnectAckReason::ServerBusy,
+                ConnCode::BadCredentials => v5::ConnectAckReason::BadUserNameOrPassword,
+                ConnCode::NotAuthorized => v5::ConnectAckReason::NotAuthorized,
             },
             receive_max: NonZeroU16::new(receive_max).unwrap_or(NonZeroU16::MAX),
             max_packet_size: Some(max_packet_size),
@@ -777,6 +797,7 @@ fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
                     SubResult::SharedNotSupported => {
                         v5::SubscribeAckReason::SharedSubscriptionNotSupported
                     }
+                    SubResult::NotAuthorized => v5::SubscribeAckReason::NotAuthorized,
                 })
                 .collect(),
         }),

@@ -1,0 +1,376 @@
+"""t93 mqtt auth: passwords, per-topic ACLs and per-client publish rate limits (issue 7).
+
+paho-mqtt (3.1.1 and 5.0), mosquitto_pub/mosquitto_sub and raw packets (for the exact
+reason-code bytes) against a broker with `mqtt.auth = "password"`: `[[mqtt.users]]` hashes
+made by `strata mqtt hash-password`, a Kafka SCRAM user (admin API) logging in over MQTT,
+CONNACK 0x86/0x87 (3.1.1: 0x04/0x05), PUBACK/PUBREC/SUBACK 0x87 (3.1.1: dropped-but-acked
+publishes, SUBACK 0x80), `%u` / `%c` substitution, a default-deny ACL, wills and retained
+messages under the publish ACL, bad configs refused at start, and a throttled publisher that
+still gets every message through."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+import subprocess
+import uuid
+
+import pytest
+
+import harness
+from harness import BrokerDied
+
+paho = pytest.importorskip("paho.mqtt.client")
+from paho.mqtt.client import MQTTv5, MQTTv311  # noqa: E402
+
+WAIT = 30.0
+DEV_PW = "dev-secret"
+ALICE_PW = "alice-scram-pw"
+
+
+def _cli(strata_bin, args, stdin=None):
+    return subprocess.run([strata_bin, *args], input=stdin, capture_output=True, text=True,
+                          timeout=60, env=harness.clean_env())
+
+
+def _hash(strata_bin, password: str) -> str:
+    r = _cli(strata_bin, ["mqtt", "hash-password"], stdin=password + "\n")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _config(mqtt: dict, users: list[tuple[str, str]] = (), acl: list[tuple[str, str, str, str]] = (),
+            extra: str = "") -> str:
+    lines = [extra, "[mqtt]"]
+    lines += [f"{k} = {_toml_str(v) if isinstance(v, str) else v}" for k, v in mqtt.items()]
+    for name, h in users:
+        lines += ["[[mqtt.users]]", f"name = {_toml_str(name)}", f"password_hash = {_toml_str(h)}"]
+    for user, action, filt, perm in acl:
+        lines += ["[[mqtt.acl]]", f"user = {_toml_str(user)}", f"action = {_toml_str(action)}",
+                  f"filter = {_toml_str(filt)}", f"permission = {_toml_str(perm)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _start(broker_factory, tmp_path, text: str, start: bool = True):
+    cfg = tmp_path / f"mqtt-{uuid.uuid4().hex[:6]}.toml"
+    cfg.write_text(text)
+    return broker_factory(extra_args=["--config", str(cfg)], start=start)
+
+
+# The ACL of the password broker, first match wins (default allow).
+ACL = [
+    ("*", "all", "users/%u/#", "allow"),
+    ("*", "all", "users/#", "deny"),
+    ("dev", "publish", "readonly/#", "deny"),
+    ("dev", "subscribe", "secret/#", "deny"),
+]
+
+
+@pytest.fixture
+def secured(broker_factory, tmp_path, strata_bin):
+    text = _config({"auth": "password"}, users=[("dev", _hash(strata_bin, DEV_PW))], acl=ACL,
+                   extra="[kafka]\ndefault_partitions = 1\n")
+    return _start(broker_factory, tmp_path, text)
+
+
+# -- raw packets ------------------------------------------------------------------------
+
+
+def _s(b: bytes) -> bytes:
+    return struct.pack(">H", len(b)) + b
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n % 128, n // 128
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def _connect(version: int, client_id: str, user: str | None, password: str | None) -> bytes:
+    flags = 0x02 | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
+    body = _s(b"MQTT") + bytes([version, flags]) + struct.pack(">H", 30)
+    if version == 5:
+        body += _varint(0)
+    body += _s(client_id.encode())
+    if user is not None:
+        body += _s(user.encode())
+    if password is not None:
+        body += _s(password.encode())
+    return _packet(0x10, body)
+
+
+def _read_packet(sock: socket.socket) -> tuple[int, bytes]:
+    def exactly(n: int) -> bytes:
+        got = b""
+        while len(got) < n:
+            chunk = sock.recv(n - len(got))
+            assert chunk, f"connection closed after {got!r}"
+            got += chunk
+        return got
+
+    first = exactly(1)[0]
+    length, shift = 0, 0
+    while True:
+        b = exactly(1)[0]
+        length |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return first, exactly(length)
+
+
+def _raw_connack(port: int, version: int, user: str | None, password: str | None) -> int:
+    """The CONNACK return code (3.1.1) or reason code (5.0) for these credentials."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(_connect(version, f"raw-{uuid.uuid4().hex[:6]}", user, password))
+        first, body = _read_packet(sock)
+        assert first == 0x20, f"CONNACK expected, got {first:#x} {body!r}"
+        return body[1]
+
+
+# -- paho -------------------------------------------------------------------------------
+
+
+class Client:
+    """A paho client that records CONNACK, SUBACK, PUBACK reason codes and messages."""
+
+    def __init__(self, port: int, version, user: str | None = None, password: str | None = None,
+                 client_id: str | None = None, will: tuple | None = None):
+        cid = client_id or f"c-{uuid.uuid4().hex[:8]}"
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid, protocol=version)
+        self.messages: queue.Queue = queue.Queue()
+        self.connacks: queue.Queue = queue.Queue()
+        self.acks: dict[int, queue.Queue] = {}
+        self.c.on_message = lambda c, u, m: self.messages.put(m)
+        self.c.on_connect = lambda c, u, flags, rc, props: self.connacks.put(rc)
+        self.c.on_publish = lambda c, u, mid, rc, props: self._ack(mid).put(rc)
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        if will:
+            self.c.will_set(*will)
+        self.c.connect("127.0.0.1", port, keepalive=30)
+        self.c.loop_start()
+        self.rc = self.connacks.get(timeout=WAIT)
+
+    def _ack(self, mid: int) -> queue.Queue:
+        return self.acks.setdefault(mid, queue.Queue())
+
+    def subscribe(self, *filters: tuple[str, int]) -> list[int]:
+        done: queue.Queue = queue.Queue()
+        self.c.on_subscribe = lambda c, u, mid, rcs, props: done.put(rcs)
+        self.c.subscribe(list(filters))
+        return [rc.value for rc in done.get(timeout=WAIT)]
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
+        """Publishes and waits for its acknowledgement; returns the PUBACK reason code."""
+        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        rc = self._ack(info.mid).get(timeout=WAIT)
+        return rc.value
+
+    def take(self, n: int) -> list:
+        return [self.messages.get(timeout=WAIT) for _ in range(n)]
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def _stored_keys(b) -> list[bytes]:
+    parts = harness.consume(b.bootstrap, "mqtt-messages", 1)
+    return [r.key for r in parts[0]]
+
+
+# -- tests ------------------------------------------------------------------------------
+
+
+def test_hash_password_cli(strata_bin):
+    phc = _hash(strata_bin, "pw one")
+    assert phc.startswith("$argon2id$v=19$"), phc
+    assert _hash(strata_bin, "pw one") != phc, "a fresh salt each time"
+    r = _cli(strata_bin, ["mqtt", "hash-password"], stdin="\n")
+    assert r.returncode == 2 and "empty" in r.stderr, (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("version,ok,bad,missing", [
+    pytest.param(4, 0x00, 0x04, 0x05, id="v311"),
+    pytest.param(5, 0x00, 0x86, 0x87, id="v5"),
+])
+def test_password_reason_codes(secured, version, ok, bad, missing):
+    port = secured.mqtt_port
+    assert _raw_connack(port, version, "dev", DEV_PW) == ok
+    assert _raw_connack(port, version, "dev", "wrong") == bad
+    assert _raw_connack(port, version, "nobody", DEV_PW) == bad
+    assert _raw_connack(port, version, None, None) == missing
+    assert _raw_connack(port, version, "dev", None) == missing
+    assert secured.metrics().sum("strata_mqtt_auth_failures_total") == 4
+
+
+def test_paho_and_mosquitto_login(secured):
+    port = secured.mqtt_port
+    for version in (MQTTv311, MQTTv5):
+        good = Client(port, version, "dev", DEV_PW)
+        assert good.rc.value == 0
+        good.close()
+        badc = Client(port, version, "dev", "nope")
+        assert badc.rc.value == 0x86, badc.rc  # paho reports 3.1.1's 0x04 as 0x86 too
+        badc.c.loop_stop()
+    ok = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", "dev", "-P", DEV_PW,
+                         "-q", "1", "-t", "users/dev/cli", "-m", "hi"], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    for ver in ("mqttv311", "mqttv5"):
+        no = subprocess.run(["mosquitto_pub", "-V", ver, "-h", "127.0.0.1", "-p", str(port), "-u", "dev",
+                             "-P", "bad", "-t", "users/dev/cli", "-m", "x"],
+                            capture_output=True, text=True, timeout=30)
+        assert no.returncode != 0 and "bad user name or password" in no.stderr.lower(), no.stderr
+    assert _stored_keys(secured) == [b"users/dev/cli"]
+
+
+def test_scram_user_logs_in_over_mqtt(secured, strata_bin):
+    b = secured
+    for mech, user in (("SCRAM-SHA-512", "alice"), ("SCRAM-SHA-256", "bob")):
+        r = _cli(strata_bin, ["user", "add", user, "--mechanism", mech, "--password-stdin",
+                              "--via-admin", b.admin_url], stdin=ALICE_PW + "\n")
+        assert r.returncode == 0, r.stderr
+        assert _raw_connack(b.mqtt_port, 5, user, ALICE_PW) == 0x00
+        assert _raw_connack(b.mqtt_port, 4, user, ALICE_PW) == 0x00
+        assert _raw_connack(b.mqtt_port, 5, user, ALICE_PW + "x") == 0x86
+    # The SCRAM user's ACL: %u is its name.
+    c = Client(b.mqtt_port, MQTTv5, "alice", ALICE_PW)
+    assert c.subscribe(("users/alice/#", 1), ("users/dev/#", 1)) == [1, 0x87]
+    assert c.publish("users/alice/x", b"mine", 1) == 0
+    (m,) = c.take(1)
+    assert (m.topic, m.payload) == ("users/alice/x", b"mine")
+    c.close()
+    # Deleting the user ends its MQTT logins too.
+    r = _cli(strata_bin, ["user", "delete", "bob", "--bootstrap", b.bootstrap])
+    assert r.returncode == 0, r.stderr
+    harness.eventually(lambda: _raw_connack(b.mqtt_port, 5, "bob", ALICE_PW) == 0x86, WAIT,
+                       what="a deleted SCRAM user refused")
+
+
+def test_acl_v5_reason_codes(secured):
+    b = secured
+    dev = Client(b.mqtt_port, MQTTv5, "dev", DEV_PW)
+    assert dev.subscribe(("users/dev/#", 1), ("users/other/#", 1), ("secret/x", 1), ("#", 0),
+                         ("readonly/#", 1), ("$share/g/users/+/x", 1)) == [1, 0x87, 0x87, 0x87, 1, 0x87]
+    assert dev.publish("readonly/x", b"no", 1) == 0x87
+    assert dev.publish("users/other/x", b"no", 1) == 0x87
+    assert dev.publish("readonly/r", b"no", 1, retain=True) == 0x87
+    assert dev.publish("users/dev/x", b"yes", 1) == 0
+    (m,) = dev.take(1)
+    assert (m.topic, m.payload) == ("users/dev/x", b"yes")
+    dev.close()
+
+    # QoS 2: PUBREC 0x87 (raw: paho does not expose PUBREC reason codes).
+    with socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT) as sock:
+        sock.sendall(_connect(5, "raw-q2", "dev", DEV_PW))
+        assert _read_packet(sock)[1][1] == 0
+        sock.sendall(_packet(0x34, _s(b"readonly/q2") + struct.pack(">H", 7) + _varint(0) + b"x"))
+        first, body = _read_packet(sock)
+        assert first == 0x50 and body[:3] == struct.pack(">H", 7) + b"\x87", (first, body)
+
+    # A will on a denied topic refuses the CONNECT.
+    w = Client(b.mqtt_port, MQTTv5, "dev", DEV_PW, will=("readonly/will", b"bye", 1))
+    assert w.rc.value == 0x87
+    w.c.loop_stop()
+
+    assert _stored_keys(b) == [b"users/dev/x"]
+    s = b.metrics()
+    assert s.sum("strata_mqtt_acl_denied_total", action="subscribe") == 4
+    assert s.sum("strata_mqtt_acl_denied_total", action="publish") == 5  # 3 + QoS 2 + will
+
+
+def test_acl_v311_drops_and_acks(secured):
+    b = secured
+    dev = Client(b.mqtt_port, MQTTv311, "dev", DEV_PW)
+    assert dev.subscribe(("users/dev/#", 1), ("secret/#", 1), ("readonly/#", 1)) == [1, 0x80, 1]
+    # Denied publishes are acknowledged (3.1.1 has no negative PUBACK) and not stored.
+    assert dev.publish("readonly/x", b"dropped", 1) == 0
+    assert dev.publish("readonly/y", b"dropped", 2) == 0
+    assert dev.publish("readonly/r", b"dropped", 1, retain=True) == 0
+    assert dev.publish("users/dev/r", b"kept", 1, retain=True) == 0
+    # One partition: had a denied publish been stored, it would arrive first.
+    (m,) = dev.take(1)
+    assert (m.topic, m.payload) == ("users/dev/r", b"kept")
+    dev.close()
+    # Retained: only the allowed one was kept. Retained messages go out right after the SUBACK
+    # of their own SUBSCRIBE, so the second subscription's message comes first only if the
+    # first had none.
+    late = Client(b.mqtt_port, MQTTv311, "dev", DEV_PW)
+    assert late.subscribe(("readonly/#", 1)) == [1]
+    assert late.subscribe(("users/dev/#", 1)) == [1]
+    (m,) = late.take(1)
+    assert (m.topic, m.payload, m.retain) == ("users/dev/r", b"kept", True)
+    late.close()
+    # mosquitto_sub on a denied filter is told so.
+    r = subprocess.run(["mosquitto_sub", "-V", "mqttv311", "-h", "127.0.0.1", "-p", str(b.mqtt_port),
+                        "-u", "dev", "-P", DEV_PW, "-t", "users/x/#", "-C", "1", "-W", "20"],
+                       capture_output=True, text=True, timeout=60)
+    assert "all subscription requests were denied" in r.stderr.lower() and r.stdout == "", (r.stderr, r.stdout)
+    assert _stored_keys(b) == [b"users/dev/r"]
+    assert b.metrics().sum("strata_mqtt_acl_denied_total", action="publish") == 3
+
+
+def test_default_deny_for_anonymous_clients(broker_factory, tmp_path):
+    text = _config({"acl_default": "deny"}, acl=[
+        ("$anonymous", "publish", "in/%c", "allow"),
+        ("*", "subscribe", "in/#", "allow"),
+    ], extra="[kafka]\ndefault_partitions = 1\n")
+    b = _start(broker_factory, tmp_path, text)
+    port = str(b.mqtt_port)
+    sub = Client(b.mqtt_port, MQTTv5)
+    assert sub.subscribe(("in/#", 1), ("other/#", 1), ("#", 1)) == [1, 0x87, 0x87]
+    for cid, topic in (("dev9", "in/dev8"), ("dev9", "other"), ("dev9", "in/dev9")):
+        r = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-i", cid, "-q", "1",
+                            "-t", topic, "-m", f"{cid}->{topic}"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr  # 3.1.1: acknowledged either way
+    (m,) = sub.take(1)
+    assert (m.topic, m.payload) == ("in/dev9", b"dev9->in/dev9")
+    sub.close()
+    assert _stored_keys(b) == [b"in/dev9"]
+
+
+@pytest.mark.parametrize("text,key", [
+    (_config({"auth": "ldap"}), "mqtt.auth"),
+    (_config({"acl_default": "maybe"}), "mqtt.acl_default"),
+    (_config({}, acl=[("*", "read", "a/#", "allow")]), "mqtt.acl[0].action"),
+    (_config({}, acl=[("*", "all", "a/#", "allow"), ("*", "all", "a/#/b", "deny")]), "mqtt.acl[1].filter"),
+    (_config({}, acl=[("*", "all", "a", "permit")]), "mqtt.acl[0].permission"),
+    (_config({}, users=[("u", "plaintext")]), "mqtt.users[0].password_hash"),
+])
+def test_bad_config_rejected_at_start(broker_factory, tmp_path, text, key):
+    b = _start(broker_factory, tmp_path, text, start=False)
+    with pytest.raises(BrokerDied) as ei:
+        b.start()
+    assert key in str(ei.value), ei.value
+    assert b.last_returncode == 2 or (b.proc and b.proc.returncode == 2)
+
+
+def test_throttled_publisher_gets_every_message_through(broker_factory, tmp_path):
+    text = _config({"client_publish_rate_max": 20}, extra="[kafka]\ndefault_partitions = 1\n")
+    b = _start(broker_factory, tmp_path, text)
+    sub = Client(b.mqtt_port, MQTTv5)
+    assert sub.subscribe(("rate/#", 1)) == [1]
+    pub = Client(b.mqtt_port, MQTTv311)
+    n = 60  # three seconds of budget at 20/s, sent as fast as paho can
+    infos = [pub.c.publish("rate/x", f"m{i}".encode(), qos=1) for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(WAIT)
+    got = [m.payload for m in sub.take(n)]
+    assert got == [f"m{i}".encode() for i in range(n)]
+    pub.close()
+    sub.close()
+    assert b.metrics().sum("strata_mqtt_throttled_total") >= 1
+    assert len(_stored_keys(b)) == n
