@@ -100,8 +100,9 @@ pub fn plan(blocks: &[&BlockLocation], policy: Policy) -> Option<std::ops::Range
     None
 }
 
+/// Why one compaction did not finish (it is retried next round).
 #[derive(Debug, thiserror::Error)]
-enum CompactError {
+pub enum CompactError {
     #[error(transparent)]
     Store(#[from] TieringError),
     #[error("segment PUT of `{0}` failed")]
@@ -182,109 +183,18 @@ impl Compactor {
     }
 
     async fn compact(&self, key: PartitionKey, run: &[BlockLocation]) -> Result<(), CompactError> {
-        let bytes: u64 = run.iter().map(|b| b.len).sum();
-        let object_key = segment_key(self.node_id);
-        let mut builder = SegmentBuilder::new(
-            object_key.clone(),
-            key.topic,
-            key.partition,
-            self.policy.chunk_bytes,
-            bytes as usize + 4096,
-        );
-        for block in run {
-            let data = self.read_block(block).await?;
-            builder.push_batches(&data)?;
-        }
-        let Some((object, location)) = builder.finish() else {
-            return Ok(());
-        };
-        let size = object.len() as u64;
-        if !put_with_retry(
+        let write = |cmd| self.meta.write(cmd);
+        compact_run(
             &self.store,
             &self.metrics,
-            &object_key,
-            object,
-            PUT_ATTEMPTS,
+            self.node_id,
+            self.policy,
+            key,
+            run,
+            write,
         )
         .await
-        {
-            return Err(CompactError::Put(object_key));
-        }
-        let cmd = Command::CompactPartition {
-            key: object_key.clone(),
-            size,
-            blocks: vec![location],
-            now_ms: now_ms(),
-        };
-        match self.meta.write(cmd).await {
-            Ok(CommandResult::PartitionCompacted { replaced }) => {
-                let m = &self.metrics.tier;
-                Metrics::inc(&m.segments_total);
-                Metrics::add(&m.blocks_replaced_total, replaced as u64);
-                Metrics::add(&m.bytes_written_total, size);
-                tracing::info!(
-                    ?key,
-                    object = object_key,
-                    blocks = run.len(),
-                    bytes = size,
-                    from = run[0].base_offset,
-                    to = run[run.len() - 1].end_offset,
-                    "compacted"
-                );
-                Ok(())
-            }
-            Ok(CommandResult::Rejected(rejection)) => {
-                // Never referenced: delete it now rather than leave it to the orphan sweeper.
-                if matches!(rejection, Rejection::CompactionStale { .. }) {
-                    Metrics::inc(&self.metrics.tier.stale_total);
-                } else {
-                    Metrics::inc(&self.metrics.tier.failures_total);
-                    tracing::warn!(?key, %rejection, "compaction refused");
-                }
-                if let Err(err) = self.store.delete(&object_key).await {
-                    tracing::warn!(object = object_key, %err, "could not delete a refused segment; the orphan sweeper will");
-                }
-                Ok(())
-            }
-            Ok(other) => Err(CompactError::Meta(format!("unexpected answer {other:?}"))),
-            // The outcome is unknown (the write may have committed): leave the object; if it
-            // is not referenced the orphan sweeper collects it after its grace period.
-            Err(err) => Err(CompactError::Meta(err.to_string())),
-        }
-    }
-
-    /// The batches of one index block, checked: a plain block against its CRC32C, a segment
-    /// chunk by chunk against its index.
-    async fn read_block(&self, block: &BlockLocation) -> Result<Bytes, CompactError> {
-        if block.is_segment() {
-            let end = block.position + block.len;
-            let index_bytes = self
-                .store
-                .get_range(&block.key, end..end + block.index_len)
-                .await?;
-            let index = decode_segment_index(block, &index_bytes)?;
-            let data = self
-                .store
-                .get_range(&block.key, block.position..end)
-                .await?;
-            for (i, chunk) in index.chunks.iter().enumerate() {
-                let range = chunk.range();
-                index.verify_chunk(
-                    &block.key,
-                    i,
-                    &data[range.start as usize..range.end as usize],
-                )?;
-            }
-            return Ok(data);
-        }
-        let data = self
-            .store
-            .get_range(&block.key, block.position..block.position + block.len)
-            .await?;
-        if block.crc32c != 0 {
-            strata_tiering::verify_block(block, &data, block.crc32c)?;
-        }
-        super::direct::absolute(block, data).map_err(CompactError::BadBlock)
+        .map(drop)
     }
 
     /// Deletes objects under our prefixes that the index does not know, once their key's time
@@ -327,6 +237,116 @@ impl Compactor {
             }
         }
     }
+}
+
+/// Compacts one run of a partition's index blocks (as [`plan`] picked it) into one segment:
+/// read and check each block, PUT the segment, swap it in with `CompactPartition` through
+/// `write`. `Ok(true)` when the index now holds the segment, `Ok(false)` when there was
+/// nothing to write or metadata refused the swap (the segment is deleted at once). Shared by
+/// the [`Compactor`] and the Lambda's scheduled maintenance (`lambda/`).
+pub async fn compact_run<W, F>(
+    store: &ObjectStore,
+    metrics: &Metrics,
+    node_id: u64,
+    policy: Policy,
+    key: PartitionKey,
+    run: &[BlockLocation],
+    write: W,
+) -> Result<bool, CompactError>
+where
+    W: FnOnce(Command) -> F,
+    F: std::future::Future<Output = Result<CommandResult, strata_meta::MetaError>>,
+{
+    let bytes: u64 = run.iter().map(|b| b.len).sum();
+    let object_key = segment_key(node_id);
+    let mut builder = SegmentBuilder::new(
+        object_key.clone(),
+        key.topic,
+        key.partition,
+        policy.chunk_bytes,
+        bytes as usize + 4096,
+    );
+    for block in run {
+        let data = read_block(store, block).await?;
+        builder.push_batches(&data)?;
+    }
+    let Some((object, location)) = builder.finish() else {
+        return Ok(false);
+    };
+    let size = object.len() as u64;
+    if !put_with_retry(store, metrics, &object_key, object, PUT_ATTEMPTS).await {
+        return Err(CompactError::Put(object_key));
+    }
+    let cmd = Command::CompactPartition {
+        key: object_key.clone(),
+        size,
+        blocks: vec![location],
+        now_ms: now_ms(),
+    };
+    match write(cmd).await {
+        Ok(CommandResult::PartitionCompacted { replaced }) => {
+            let m = &metrics.tier;
+            Metrics::inc(&m.segments_total);
+            Metrics::add(&m.blocks_replaced_total, replaced as u64);
+            Metrics::add(&m.bytes_written_total, size);
+            tracing::info!(
+                ?key,
+                object = object_key,
+                blocks = run.len(),
+                bytes = size,
+                from = run[0].base_offset,
+                to = run[run.len() - 1].end_offset,
+                "compacted"
+            );
+            Ok(true)
+        }
+        Ok(CommandResult::Rejected(rejection)) => {
+            // Never referenced: delete it now rather than leave it to the orphan sweeper.
+            if matches!(rejection, Rejection::CompactionStale { .. }) {
+                Metrics::inc(&metrics.tier.stale_total);
+            } else {
+                Metrics::inc(&metrics.tier.failures_total);
+                tracing::warn!(?key, %rejection, "compaction refused");
+            }
+            if let Err(err) = store.delete(&object_key).await {
+                tracing::warn!(object = object_key, %err, "could not delete a refused segment; the orphan sweeper will");
+            }
+            Ok(false)
+        }
+        Ok(other) => Err(CompactError::Meta(format!("unexpected answer {other:?}"))),
+        // The outcome is unknown (the write may have committed): leave the object; if it
+        // is not referenced the orphan sweeper collects it after its grace period.
+        Err(err) => Err(CompactError::Meta(err.to_string())),
+    }
+}
+
+/// The batches of one index block, checked: a plain block against its CRC32C, a segment
+/// chunk by chunk against its index.
+pub async fn read_block(store: &ObjectStore, block: &BlockLocation) -> Result<Bytes, CompactError> {
+    if block.is_segment() {
+        let end = block.position + block.len;
+        let index_bytes = store
+            .get_range(&block.key, end..end + block.index_len)
+            .await?;
+        let index = decode_segment_index(block, &index_bytes)?;
+        let data = store.get_range(&block.key, block.position..end).await?;
+        for (i, chunk) in index.chunks.iter().enumerate() {
+            let range = chunk.range();
+            index.verify_chunk(
+                &block.key,
+                i,
+                &data[range.start as usize..range.end as usize],
+            )?;
+        }
+        return Ok(data);
+    }
+    let data = store
+        .get_range(&block.key, block.position..block.position + block.len)
+        .await?;
+    if block.crc32c != 0 {
+        strata_tiering::verify_block(block, &data, block.crc32c)?;
+    }
+    super::direct::absolute(block, data).map_err(CompactError::BadBlock)
 }
 
 /// A fresh segment key: `segments/<node>/<ms:013>-<uuid>.seg` (the time lets the orphan sweeper

@@ -337,22 +337,18 @@ impl DirectWriter {
         let (object, blocks) = builder.finish();
         let size = object.len() as u64;
         debug_assert_eq!(blocks.len(), plan.len());
-        let direct_blocks: Vec<DirectBlock> = blocks
-            .iter()
-            .map(|b| DirectBlock {
-                topic: b.topic,
-                partition: b.partition,
-                offset_count: b.end_offset - b.base_offset,
-                position: b.position,
-                len: b.len,
-                max_timestamp: b.max_timestamp,
-                crc32c: b.crc32c,
-            })
-            .collect();
+        let direct_blocks = direct_blocks(&blocks);
 
-        let outcome = match self.put(&key, object, deadline).await {
-            false => None,
-            true => self.commit(&key, size, direct_blocks, deadline).await,
+        let outcome = match put_until(&self.store, &self.metrics, &key, object, deadline).await {
+            Err(_) => None,
+            Ok(()) => {
+                let write = |cmd| {
+                    crate::metrics::timed(&self.metrics.meta_write_seconds, self.meta.write(cmd))
+                };
+                commit_until(write, &key, size, direct_blocks, deadline)
+                    .await
+                    .ok()
+            }
         };
         match outcome {
             Some(base_offsets) => {
@@ -384,69 +380,103 @@ impl DirectWriter {
             let _ = msg.reply.send(result);
         }
     }
+}
 
-    /// PUTs the object, retrying with backoff until `deadline`.
-    async fn put(&self, key: &str, object: Bytes, deadline: Instant) -> bool {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let attempt = tokio::time::timeout_at(deadline, self.store.put(key, object.clone()));
-            match attempt.await {
-                Ok(Ok(())) => return true,
-                Ok(Err(err)) => {
-                    Metrics::inc(&self.metrics.upload_failures_total);
-                    tracing::warn!(key, %err, "direct object PUT failed");
-                }
-                Err(_) => return false,
+/// The `CommitDirect` blocks of an object whose blocks hold relative offsets (each block's
+/// offsets are assigned by metadata at apply time).
+pub fn direct_blocks(blocks: &[BlockLocation]) -> Vec<DirectBlock> {
+    blocks
+        .iter()
+        .map(|b| DirectBlock {
+            topic: b.topic,
+            partition: b.partition,
+            offset_count: b.end_offset - b.base_offset,
+            position: b.position,
+            len: b.len,
+            max_timestamp: b.max_timestamp,
+            crc32c: b.crc32c,
+        })
+        .collect()
+}
+
+/// PUTs a direct object, retrying with backoff until `deadline`. `Err` carries the last
+/// failure. Shared by the [`DirectWriter`] and the Lambda entry points (`lambda/`).
+pub async fn put_until(
+    store: &ObjectStore,
+    metrics: &Metrics,
+    key: &str,
+    object: Bytes,
+    deadline: Instant,
+) -> Result<(), String> {
+    let mut backoff = Duration::from_millis(50);
+    let mut last = String::from("no attempt finished before the deadline");
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, store.put(key, object.clone()));
+        match attempt.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => {
+                Metrics::inc(&metrics.upload_failures_total);
+                tracing::warn!(key, %err, "direct object PUT failed");
+                last = err.to_string();
             }
-            if Instant::now() + backoff >= deadline {
-                return false;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            Err(_) => return Err(last),
         }
+        if Instant::now() + backoff >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
 
-    /// Proposes `CommitDirect`, retrying (the same key, so a retry after a lost reply answers
-    /// the first offsets) until `deadline`. The assigned base offsets, or `None`.
-    async fn commit(
-        &self,
-        key: &str,
-        size: u64,
-        blocks: Vec<DirectBlock>,
-        deadline: Instant,
-    ) -> Option<Vec<i64>> {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let cmd = Command::CommitDirect {
-                key: key.to_owned(),
-                size,
-                blocks: blocks.clone(),
-                now_ms: super::sequencer::now_ms(),
-            };
-            let write =
-                crate::metrics::timed(&self.metrics.meta_write_seconds, self.meta.write(cmd));
-            match tokio::time::timeout_at(deadline, write).await {
-                Ok(Ok(CommandResult::DirectCommitted { base_offsets })) => {
-                    if base_offsets.len() == blocks.len() {
-                        return Some(base_offsets);
-                    }
-                    tracing::error!(key, "direct commit answered the wrong number of offsets");
-                    return None;
+/// Proposes `CommitDirect` through `write`, retrying (the same key, so a retry after a lost
+/// reply answers the first offsets) until `deadline`. The assigned base offsets, one per
+/// block, or the reason there are none. Shared by the [`DirectWriter`] (a `MetaNode`) and the
+/// Lambda entry points (a remote metadata client).
+pub async fn commit_until<W, F>(
+    write: W,
+    key: &str,
+    size: u64,
+    blocks: Vec<DirectBlock>,
+    deadline: Instant,
+) -> Result<Vec<i64>, String>
+where
+    W: Fn(Command) -> F,
+    F: std::future::Future<Output = Result<CommandResult, strata_meta::MetaError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    let mut last = String::from("no attempt finished before the deadline");
+    loop {
+        let cmd = Command::CommitDirect {
+            key: key.to_owned(),
+            size,
+            blocks: blocks.clone(),
+            now_ms: super::sequencer::now_ms(),
+        };
+        match tokio::time::timeout_at(deadline, write(cmd)).await {
+            Ok(Ok(CommandResult::DirectCommitted { base_offsets })) => {
+                if base_offsets.len() == blocks.len() {
+                    return Ok(base_offsets);
                 }
-                Ok(Ok(other)) => {
-                    // Refused (the topic was deleted, ...): the object is an orphan.
-                    tracing::warn!(key, result = ?other, "direct commit refused");
-                    return None;
-                }
-                Ok(Err(err)) => tracing::warn!(key, %err, "direct commit failed; will retry"),
-                Err(_) => return None,
+                tracing::error!(key, "direct commit answered the wrong number of offsets");
+                return Err("metadata answered the wrong number of offsets".into());
             }
-            if Instant::now() + backoff >= deadline {
-                return None;
+            Ok(Ok(other)) => {
+                // Refused (the topic was deleted, ...): the object is an orphan.
+                tracing::warn!(key, result = ?other, "direct commit refused");
+                return Err(format!("metadata refused the commit: {other:?}"));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            Ok(Err(err)) => {
+                tracing::warn!(key, %err, "direct commit failed; will retry");
+                last = err.to_string();
+            }
+            Err(_) => return Err(last),
         }
+        if Instant::now() + backoff >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -535,6 +565,7 @@ mod tests {
             lease_ms: 1000,
             now_ms: 0,
             cluster_id: None,
+            auth_secret: None,
         }));
         let (direct, wal) = (TopicId::random(), TopicId::random());
         for (name, id, mode) in [("d", direct, "direct"), ("w", wal, "wal")] {

@@ -238,6 +238,7 @@ mod tests {
             lease_ms: 1000,
             now_ms: 0,
             cluster_id: None,
+            auth_secret: None,
         }));
         let id = TopicId::random();
         state.apply(&Command::CreateTopic {
