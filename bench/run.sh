@@ -57,4 +57,5 @@ else
   echo "== tansu not found (set TANSU_BIN); skipping the peer runs"
 fi
 rm -f "$OUT"/tansu.json
+python3 bench/mqtt_peers.py --bin "$BIN" || echo "== mqtt peers skipped or failed (needs mosquitto and rumqttd: see BENCHMARKS.md)"
 python3 bench/report.py "$OUT"

@@ -4,6 +4,10 @@
 //! fdatasync p99, produce throughput against the disk's fsynced sequential bandwidth. This probe
 //! measures both, in the directory the WAL would use, so a benchmark run can report ratios
 //! measured in the same run.
+//!
+//! `mqtt`: the MQTT load generator of `strata bench mqtt`.
+
+pub mod mqtt;
 
 use std::fs::OpenOptions;
 use std::io::Write;

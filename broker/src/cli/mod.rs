@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod bench_mqtt;
 pub mod meta;
 pub mod records;
 pub mod user;
