@@ -3,7 +3,8 @@
 #
 # 1. installs what the tests use (idempotent): kcat (apt), tests/requirements.txt (pip),
 #    tests/e2e/package.json (npm ci: kafkajs)
-# 2. builds the broker once: cargo build -p strata-broker (dev profile)
+# 2. builds the broker, the Lambda `bootstrap` and the rdkafka test client once:
+#    cargo build -p strata-broker -p strata-lambda -p strata-rdkafka-client (dev profile)
 # 3. Rust tests: cargo nextest run --workspace (or cargo test), with a SeaweedFS S3
 #    server for the object-store conformance suite (STRATA_TEST_S3_URL, AK/SK)
 # 4. end-to-end tests: pytest tests/e2e against target/debug/strata (STRATA_BIN)
@@ -65,6 +66,14 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq mosquitto-clients >/dev/null
 fi
+# Build dependencies of the Rust rdkafka test client (librdkafka from source with SSL and zlib).
+if ! pkg-config --exists openssl zlib 2>/dev/null || ! command -v make >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq pkg-config libssl-dev zlib1g-dev make >/dev/null
+fi
 # Headless Chromium for the dashboard test (t97, driven by playwright-core).
 if [ ! -x /usr/bin/chromium ]; then
   SUDO=""
@@ -86,9 +95,9 @@ if [ -z "$WEED" ] || [ ! -x "$WEED" ]; then echo "SeaweedFS 'weed' not found aft
 record "install" 0 "$s"
 
 # ---------------------------------------------------------------------------------------
-stage "2/5 build: cargo build -p strata-broker (dev profile)"
+stage "2/5 build: cargo build -p strata-broker -p strata-lambda -p strata-rdkafka-client (dev profile)"
 s=$SECONDS
-if ! cargo build -p strata-broker; then
+if ! cargo build -p strata-broker -p strata-lambda -p strata-rdkafka-client; then
   record "build" 1 "$s"; summary; exit 1
 fi
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
@@ -118,6 +127,7 @@ JSON
     -filer.port="${ports[6]}" -filer.port.grpc="${ports[7]}" \
     -admin.port="${ports[8]}" -admin.port.grpc="${ports[9]}" \
     -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false \
+    -volume.max=100 -master.volumeSizeLimitMB=64 \
     >"$dir/weed.log" 2>&1 </dev/null &
   WEED_PID=$!
   if ! python3 tests/e2e/tools/wait_s3.py "$S3_PORT" strata-test 90; then

@@ -83,11 +83,14 @@ def test_no_remote_add_and_copy_sources_exist_in_the_context():
         for src in parts[:-1]:
             path = dt.ROOT / src
             assert path.exists(), f"COPY source {src} does not exist in the build context"
+            # Docker semantics: the last matching pattern wins; `!pattern` re-includes.
+            excluded_by = None
             for pattern in ignore:
-                pat = pattern.rstrip("/")
-                assert not (fnmatch.fnmatch(src.rstrip("/"), pat) or src.startswith(pat + "/")), (
-                    f"COPY source {src} is excluded by .dockerignore pattern {pattern}"
-                )
+                negated = pattern.startswith("!")
+                pat = pattern.lstrip("!").rstrip("/")
+                if fnmatch.fnmatch(src.rstrip("/"), pat) or src.startswith(pat + "/"):
+                    excluded_by = None if negated else pattern
+            assert excluded_by is None, f"COPY source {src} is excluded by .dockerignore pattern {excluded_by}"
 
 
 def test_every_workspace_member_is_copied():
