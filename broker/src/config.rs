@@ -191,6 +191,9 @@ pub struct MqttSection {
     pub ws_listen: String,
     /// MQTT over TLS, host:port; served when `tls_cert_file` and `tls_key_file` are set.
     pub tls_listen: String,
+    /// MQTT over QUIC (UDP, ALPN `mqtt`, one bidirectional stream per connection), host:port;
+    /// empty: off (the conventional port is 14567). Needs `tls_cert_file` and `tls_key_file`.
+    pub quic_listen: String,
     /// PEM certificate chain of the MQTT TLS listener.
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of the MQTT TLS listener.
@@ -200,6 +203,52 @@ pub struct MqttSection {
     pub keep_alive_max_secs: Option<u16>,
     /// Interval of the `$SYS/broker/...` statistics publishes (seconds); 0: off.
     pub sys_interval_secs: u64,
+    /// `none` (any client connects) or `password` (CONNECT must carry a user name and a
+    /// password; checked against `users`, then the SCRAM users in metadata; `mqtt::auth`).
+    pub auth: String,
+    /// `[[mqtt.users]]`: MQTT users with a PHC argon2id (or bcrypt) password hash.
+    pub users: Vec<MqttUser>,
+    /// `[[mqtt.acl]]` rules, first match wins.
+    pub acl: Vec<MqttAclRule>,
+    /// What no ACL rule decides: `allow` or `deny`.
+    pub acl_default: String,
+    /// PUBLISH packets per second one connection may send (token bucket, 1 s burst; over it
+    /// the connection is not read until the budget refills); 0: no limit.
+    pub client_publish_rate_max: u32,
+    /// PUBLISH bytes (topic + payload) per second one connection may send, like
+    /// `client_publish_rate_max`; 0: no limit.
+    pub client_publish_bytes_rate_max: u64,
+}
+
+/// One `[[mqtt.users]]` entry. `Debug` leaves the hash out.
+#[derive(Deserialize, Serialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttUser {
+    pub name: String,
+    /// `$argon2id$…` (`strata mqtt hash-password`) or bcrypt `$2b$…`.
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for MqttUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One `[[mqtt.acl]]` rule (checked in `mqtt::auth`).
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttAclRule {
+    /// A user name, `*` (anyone) or `$anonymous` (no user name).
+    pub user: String,
+    /// `publish`, `subscribe` or `all`.
+    pub action: String,
+    /// An MQTT topic filter; `%u` and `%c` stand for the user name and the client id.
+    pub filter: String,
+    /// `allow` or `deny`.
+    pub permission: String,
 }
 
 /// One `[[mqtt.kafka_mapping]]` rule: MQTT topics matching `filter` are stored in `kafka_topic`.
@@ -221,10 +270,17 @@ impl Default for MqttSection {
             session_expiry_max_secs: None,
             ws_listen: String::new(),
             tls_listen: "127.0.0.1:8883".into(),
+            quic_listen: String::new(),
             tls_cert_file: None,
             tls_key_file: None,
             keep_alive_max_secs: None,
             sys_interval_secs: 10,
+            auth: "none".into(),
+            users: Vec::new(),
+            acl: Vec::new(),
+            acl_default: "allow".into(),
+            client_publish_rate_max: 0,
+            client_publish_bytes_rate_max: 0,
         }
     }
 }
@@ -499,6 +555,8 @@ pub struct NodeConfig {
     pub mqtt_ws_listen: Option<SocketAddr>,
     /// `mqtt.tls_listen`, when the MQTT TLS certificate is set.
     pub mqtt_tls_listen: Option<SocketAddr>,
+    /// `mqtt.quic_listen` (UDP), when set (the MQTT TLS certificate is then set too).
+    pub mqtt_quic_listen: Option<SocketAddr>,
     /// `kafka.message_bytes_max`, resolved.
     pub message_bytes_max: u32,
     /// `kafka.tls_*` and `kafka.sasl_*`, loaded and checked.
@@ -546,6 +604,7 @@ pub struct Overrides {
     pub mqtt_listen: Option<String>,
     pub mqtt_ws_listen: Option<String>,
     pub mqtt_tls_listen: Option<String>,
+    pub mqtt_quic_listen: Option<String>,
     pub node_id: Option<u64>,
     pub roles: Option<String>,
     pub advertise: Option<String>,
@@ -723,6 +782,9 @@ fn apply_overrides(table: &mut toml::Table, o: &Overrides) {
     if let Some(v) = &o.mqtt_tls_listen {
         set(Some("mqtt"), "tls_listen", toml::Value::String(v.clone()));
     }
+    if let Some(v) = &o.mqtt_quic_listen {
+        set(Some("mqtt"), "quic_listen", toml::Value::String(v.clone()));
+    }
     if let Some(v) = &o.roles {
         set(None, "roles", toml::Value::String(v.clone()));
     }
@@ -784,6 +846,17 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         Ok(Some(_)) => Some(parse_addr("mqtt.tls_listen", &f.mqtt.tls_listen)?),
         Ok(None) => None,
         Err((key, why)) => return Err(bad(key, why)),
+    };
+    // QUIC is TLS 1.3: the listener needs the MQTT certificate (checked just above).
+    let mqtt_quic_listen = if f.mqtt.quic_listen.is_empty() {
+        None
+    } else if mqtt_tls_listen.is_none() {
+        return Err(bad(
+            "mqtt.quic_listen",
+            "needs mqtt.tls_cert_file and mqtt.tls_key_file (QUIC always runs TLS 1.3)",
+        ));
+    } else {
+        Some(parse_addr("mqtt.quic_listen", &f.mqtt.quic_listen)?)
     };
     let kafka_advertised = match &f.kafka.advertised {
         Some(adv) => {
@@ -1015,6 +1088,7 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         mqtt_listen,
         mqtt_ws_listen,
         mqtt_tls_listen,
+        mqtt_quic_listen,
         message_bytes_max,
         kafka_security,
         file: f,
@@ -1079,6 +1153,8 @@ fn validate_mqtt(m: &MqttSection) -> Result<(), ConfigError> {
             ));
         }
     }
+    // Authentication, ACLs and rate limits (`mqtt.auth`, `mqtt.users`, `mqtt.acl`, ...).
+    crate::mqtt::auth::Auth::from_config(m).map_err(|e| bad(&e.key, e.message))?;
     Ok(())
 }
 
@@ -1218,6 +1294,11 @@ mod tests {
             ("[kafka\n", &[], "c.toml"),
             ("[log]\nformat = \"xml\"\n", &[], "log.format"),
             ("", &[("STRATA_LOG_FORMAT", "yaml")], "log.format"),
+            (
+                "[mqtt]\nquic_listen = \"127.0.0.1:14567\"\n",
+                &[],
+                "mqtt.quic_listen",
+            ),
         ];
         for (text, env_pairs, key) in cases {
             let err = load_str(text, env_pairs, &Overrides::default())

@@ -54,6 +54,16 @@ enum Commands {
     /// Kafka ACLs: add, list, delete (over the Kafka protocol; see docs/security.md).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// MQTT helpers (see docs/security.md).
+    #[command(subcommand)]
+    Mqtt(MqttCommand),
+}
+
+#[derive(Subcommand)]
+enum MqttCommand {
+    /// Read a password from the first line of stdin and print its PHC argon2id hash, for a
+    /// `[[mqtt.users]]` entry's `password_hash`.
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -385,6 +395,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1 << 20)]
         range_bytes: u64,
     },
+    /// MQTT load generator (any 3.1.1 broker): qos1, fanout, latency, idle connections.
+    Mqtt(cli::bench_mqtt::MqttArgs),
 }
 
 #[derive(clap::Args)]
@@ -417,6 +429,10 @@ struct StartArgs {
     /// MQTT over TLS listener, host:port (needs mqtt.tls_cert_file and mqtt.tls_key_file).
     #[arg(long)]
     mqtt_tls_listen: Option<String>,
+    /// MQTT over QUIC listener, UDP host:port (ALPN mqtt; needs mqtt.tls_cert_file and
+    /// mqtt.tls_key_file); off unless set. The usual port is 14567.
+    #[arg(long)]
+    mqtt_quic_listen: Option<String>,
     /// This node's id: Kafka broker id, raft node id, WAL stream id. Unique in a cluster.
     #[arg(long)]
     node_id: Option<u64>,
@@ -449,6 +465,7 @@ struct StartArgs {
 
 /// Exit codes: 0 clean stop, 1 bad environment, 2 bad configuration, 3 corrupt local data.
 fn main() -> ExitCode {
+    strata_broker::log::cache::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Commands::Start(args) => start(args),
@@ -460,6 +477,7 @@ fn main() -> ExitCode {
         Commands::Export(ExportCommand::Parquet(args)) => export_parquet(args),
         Commands::User(cmd) => user(cmd),
         Commands::Meta(MetaCommand::Restore { args, output }) => meta_restore(args, output.output),
+        Commands::Mqtt(MqttCommand::HashPassword) => mqtt_hash_password(),
         Commands::Acl(cmd) => match cmd {
             AclCommand::Add { args, output } => run_cli(cli::acl::add(args, output.output)),
             AclCommand::List { args, output } => run_cli(cli::acl::list(args, output.output)),
@@ -471,6 +489,7 @@ fn main() -> ExitCode {
             concurrency,
             range_bytes,
         }) => bench_store_read(&object_store, &prefix, concurrency, range_bytes),
+        Commands::Bench(BenchCommand::Mqtt(args)) => run_cli(cli::bench_mqtt::run(args)),
         Commands::Bench(BenchCommand::Disk { dir, seconds }) => print_report(
             strata_broker::bench::disk(&dir, seconds)
                 .map_err(|err| format!("disk probe in {}: {err}", dir.display())),
@@ -545,6 +564,7 @@ fn start(args: StartArgs) -> ExitCode {
         mqtt_listen: args.mqtt_listen,
         mqtt_ws_listen: args.mqtt_ws_listen,
         mqtt_tls_listen: args.mqtt_tls_listen,
+        mqtt_quic_listen: args.mqtt_quic_listen,
         node_id: args.node_id,
         roles: args.roles,
         advertise: args.advertise,
@@ -674,6 +694,32 @@ fn topic(cmd: TopicCommand) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("strata: error: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `strata mqtt hash-password`: the password comes from stdin (never argv), the hash goes to
+/// stdout. Exit 2 for an empty or unreadable password.
+fn mqtt_hash_password() -> ExitCode {
+    use std::io::BufRead;
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("strata: error: cannot read the password from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("strata: error: the password is empty (give it on the first line of stdin)");
+        return ExitCode::from(2);
+    }
+    match strata_broker::mqtt::auth::hash_password(password.as_bytes()) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("strata: error: hashing failed: {e}");
             ExitCode::from(1)
         }
     }

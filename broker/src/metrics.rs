@@ -27,6 +27,8 @@ pub struct Metrics {
     pub kafka_connections_open: AtomicU64,
     pub kafka_requests_total: AtomicU64,
     pub kafka_request_errors_total: AtomicU64,
+    /// SASL authentications refused (bad password, unknown user, malformed exchange).
+    pub kafka_auth_failures_total: AtomicU64,
     /// Records and bytes made durable and visible (refused and duplicate batches not counted).
     pub produce_records_total: AtomicU64,
     pub produce_bytes_total: AtomicU64,
@@ -177,6 +179,14 @@ pub struct MqttMetrics {
     pub sessions: AtomicU64,
     /// QoS 1/2 messages unacknowledged, both directions, over all connections.
     pub inflight: AtomicU64,
+    /// CONNECTs refused for their credentials (`mqtt::auth`).
+    pub auth_failures: AtomicU64,
+    /// PUBLISHes (and wills) an ACL refused.
+    pub acl_denied_publish: AtomicU64,
+    /// Subscription filters an ACL refused.
+    pub acl_denied_subscribe: AtomicU64,
+    /// Times a connection stopped being read for its publish rate limit.
+    pub throttled: AtomicU64,
 }
 
 impl MqttMetrics {
@@ -564,7 +574,7 @@ impl Metrics {
 
     /// Renders every series in the Prometheus text exposition format (version 0.0.4).
     pub fn render(&self, out: &mut String) {
-        let rows: [Row<'_>; 27] = [
+        let rows: [Row<'_>; 28] = [
             (
                 "strata_kafka_connections_total",
                 "counter",
@@ -588,6 +598,12 @@ impl Metrics {
                 "counter",
                 "Kafka requests that closed their connection (malformed or refused).",
                 &self.kafka_request_errors_total,
+            ),
+            (
+                "strata_kafka_auth_failures_total",
+                "counter",
+                "Kafka SASL authentications refused (bad password, unknown user, bad exchange).",
+                &self.kafka_auth_failures_total,
             ),
             (
                 "strata_produce_records_total",
@@ -785,7 +801,7 @@ impl Metrics {
 
     fn render_mqtt(&self, out: &mut String) {
         let m = &self.mqtt;
-        let rows: [Row<'_>; 4] = [
+        let rows: [Row<'_>; 6] = [
             (
                 "strata_mqtt_connections_total",
                 "counter",
@@ -810,8 +826,37 @@ impl Metrics {
                 "MQTT QoS 1/2 messages unacknowledged, both directions, all connections.",
                 &m.inflight,
             ),
+            (
+                "strata_mqtt_auth_failures_total",
+                "counter",
+                "MQTT CONNECTs refused for missing or bad credentials.",
+                &m.auth_failures,
+            ),
+            (
+                "strata_mqtt_throttled_total",
+                "counter",
+                "Times an MQTT connection stopped being read for its publish rate limit.",
+                &m.throttled,
+            ),
         ];
         render_rows(out, &rows);
+        let name = "strata_mqtt_acl_denied_total";
+        header(
+            out,
+            name,
+            "counter",
+            "MQTT publishes (wills included) and subscription filters an ACL refused, per action.",
+        );
+        for (action, n) in [
+            ("publish", &m.acl_denied_publish),
+            ("subscribe", &m.acl_denied_subscribe),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{action=\"{action}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
     }
 
     /// Per-partition series for the partitions this broker leads (a partition's traffic is
