@@ -140,9 +140,10 @@ resource "aws_lambda_function" "http" {
 
   environment {
     variables = {
-      STRATA_OBJECT_STORE = local.object_store_url
-      STRATA_META_PEERS   = local.meta_peers
-      STRATA_LOG_FORMAT   = "json"
+      STRATA_OBJECT_STORE         = local.object_store_url
+      STRATA_META_PEERS           = local.meta_peers
+      STRATA_LOG_FORMAT           = "json"
+      STRATA_TIERING_RETENTION_MS = tostring(var.lambda_retention_ms)
     }
   }
 
@@ -170,4 +171,32 @@ resource "aws_lambda_function_url" "http" {
 
   function_name      = aws_lambda_function.http[0].function_name
   authorization_type = var.lambda_url_auth_type
+}
+
+# The maintenance round (retention and compaction of the object index, docs/lambda.md): an
+# EventBridge schedule invokes the same function with a "Scheduled Event".
+resource "aws_cloudwatch_event_rule" "maintenance" {
+  count = local.lambda_enabled && var.lambda_maintenance_schedule != null ? 1 : 0
+
+  name                = "${var.name}-maintenance"
+  description         = "StrataMQ ${var.name}: retention and compaction round"
+  schedule_expression = var.lambda_maintenance_schedule
+  tags                = local.tags
+}
+
+resource "aws_cloudwatch_event_target" "maintenance" {
+  count = local.lambda_enabled && var.lambda_maintenance_schedule != null ? 1 : 0
+
+  rule = aws_cloudwatch_event_rule.maintenance[0].name
+  arn  = aws_lambda_function.http[0].arn
+}
+
+resource "aws_lambda_permission" "maintenance" {
+  count = local.lambda_enabled && var.lambda_maintenance_schedule != null ? 1 : 0
+
+  statement_id  = "AllowEventBridgeMaintenance"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.http[0].function_name
+  principal     = "events.amazonaws.com"
+  source_arn    = aws_cloudwatch_event_rule.maintenance[0].arn
 }

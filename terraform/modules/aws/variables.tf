@@ -232,6 +232,18 @@ variable "lambda_url_auth_type" {
   }
 }
 
+variable "lambda_maintenance_schedule" {
+  description = "EventBridge schedule expression that invokes the Lambda function's maintenance round (retention and compaction of the object index); null schedules none."
+  type        = string
+  default     = "rate(15 minutes)"
+}
+
+variable "lambda_retention_ms" {
+  description = "Retention (ms) the Lambda maintenance round applies to topics without their own retention.ms; keep it equal to the brokers' tiering.retention_ms (-1: keep forever)."
+  type        = number
+  default     = 604800000
+}
+
 variable "alarm_actions" {
   description = "ARNs (SNS topics) notified when a CloudWatch alarm fires or recovers."
   type        = list(string)
