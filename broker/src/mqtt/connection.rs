@@ -25,7 +25,7 @@ use super::{CONNECT_TIMEOUT_SECS, CONN_QUEUE_MAX, INBOUND_INFLIGHT_MAX, OUTBOUND
 use crate::node::Node;
 use bytes::BytesMut;
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -506,7 +506,14 @@ pub async fn connection(
                 // Every other append already done is acknowledged in the same write (one
                 // syscall for a group commit's PUBACKs, not one each).
                 while io.wbuf.len() < WRITE_BATCH_BYTES {
-                    let Some(Some(done)) = conn.pending.next().now_or_never() else { break };
+                    // Polled with this task's own waker, never a no-op one: FuturesOrdered may
+                    // answer Pending after waking the caller (to yield), and that wake must
+                    // reach this task or the next completions would sit unnoticed.
+                    let next = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(conn.pending.poll_next_unpin(cx))
+                    })
+                    .await;
+                    let std::task::Poll::Ready(Some(done)) = next else { break };
                     if let Err(e) = conn.on_appended(done, &mut io).await {
                         break 'conn Err(e);
                     }
