@@ -5,11 +5,57 @@
 //! answer. Decompression uses the `kafka-protocol` codecs, except LZ4, which Kafka frames as
 //! the LZ4 frame format and which we read with `lz4_flex`.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::compression::{Decompressor, Gzip, Snappy, Zstd};
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use std::io::Read;
 use strata_types::batch::Batches;
+
+/// A record as the broker's own writers make it (the MQTT → Kafka mapping, the internal
+/// client, the Lambda's produce): no producer id or sequence, creation time `timestamp`,
+/// `offset` relative to its batch.
+pub fn plain_record(
+    offset: i64,
+    timestamp: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+    headers: IndexMap<StrBytes, Option<Bytes>>,
+) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: -1,
+        timestamp,
+        key,
+        value,
+        headers,
+    }
+}
+
+/// Encodes `records` as one uncompressed v2 record batch.
+pub fn encode_batch(records: &[Record]) -> Result<BytesMut, String> {
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(buf)
+}
 
 /// Decompresses a batch's records section.
 fn decompress(buf: &mut Bytes, codec: Compression) -> anyhow::Result<Bytes> {
@@ -90,9 +136,6 @@ pub fn max_timestamp(data: &[u8]) -> Option<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
-    use kafka_protocol::indexmap::IndexMap;
-    use kafka_protocol::records::{RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     fn batch(base: i64, timestamps: &[i64], compression: Compression) -> Vec<u8> {
         let records: Vec<Record> = timestamps

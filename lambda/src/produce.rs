@@ -14,12 +14,10 @@
 use crate::http::{not_direct, ApiError};
 use crate::{now_ms, App};
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Record;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -27,6 +25,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use strata_broker::log::direct::{commit_until, direct_blocks, is_direct, put_until};
 use strata_broker::log::uploader::object_key;
+use strata_broker::records::{encode_batch, plain_record};
 use strata_tiering::ObjectBuilder;
 
 /// Longest a produce waits for its PUT and commit (less when the invocation ends sooner).
@@ -143,22 +142,8 @@ pub async fn produce(
             )));
         }
         let in_part = parts.entry(partition).or_default();
-        let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            // Relative to the block: metadata adds the block's base offset at commit.
-            offset: in_part.len() as i64,
-            sequence: -1,
-            timestamp,
-            key,
-            value,
-            headers,
-        };
+        // Offsets relative to the block: metadata adds the block's base offset at commit.
+        let record = plain_record(in_part.len() as i64, timestamp, key, value, headers);
         in_part.push((i, record));
     }
 
@@ -166,17 +151,9 @@ pub async fn produce(
     let mut builder = ObjectBuilder::new(key.clone());
     let mut total = 0usize;
     for (&partition, records) in &parts {
-        let mut buf = BytesMut::new();
         let only: Vec<Record> = records.iter().map(|(_, r)| r.clone()).collect();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            only.iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .map_err(|e| ApiError::BadRequest(format!("records cannot be encoded: {e}")))?;
+        let buf = encode_batch(&only)
+            .map_err(|e| ApiError::BadRequest(format!("records cannot be encoded: {e}")))?;
         let max_ts = only.iter().map(|r| r.timestamp).max().unwrap_or(-1);
         builder.add_block(
             topic_id,

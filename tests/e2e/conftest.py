@@ -63,6 +63,20 @@ def broker(broker_factory) -> Broker:
     return broker_factory()
 
 
+@pytest.fixture(scope="module")
+def mbroker(strata_bin, tmp_path_factory, request) -> Broker:
+    """One default broker shared by a whole test module (for tests that each use topics of
+    their own and never restart it)."""
+    name = request.module.__name__.split("_")[0]
+    b = Broker(strata_bin, tmp_path_factory.mktemp(name))
+    b.start()
+    yield b
+    if b.alive():
+        if b.stop(timeout=30, check=False) is None or b.alive():
+            b.kill9()
+    print(f"\n--- {name} broker stderr tail ---\n{b.stderr_tail(40)}")
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     s = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))

@@ -32,9 +32,7 @@ use kafka_protocol::messages::{
     RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Record;
 use kafka_protocol::ResponseError;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -961,32 +959,17 @@ impl AdminClient {
         let records: Vec<Record> = records
             .iter()
             .enumerate()
-            .map(|(i, (key, value))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: -1,
-                timestamp: timestamp_ms,
-                key: key.clone(),
-                value: value.clone(),
-                headers: Default::default(),
+            .map(|(i, (key, value))| {
+                crate::records::plain_record(
+                    i as i64,
+                    timestamp_ms,
+                    key.clone(),
+                    value.clone(),
+                    Default::default(),
+                )
             })
             .collect();
-        let mut batch = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut batch,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .map_err(|e| ClientError::Malformed {
+        let batch = crate::records::encode_batch(&records).map_err(|e| ClientError::Malformed {
             addr: self.addr.clone(),
             reason: format!("cannot encode a record batch: {e}"),
         })?;

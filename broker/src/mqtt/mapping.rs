@@ -19,12 +19,11 @@
 use super::topic;
 use super::Message;
 use crate::config::MqttKafkaMapping;
+use crate::records;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Record;
 
 pub const HEADER_QOS: &str = "mqtt.qos";
 pub const HEADER_RETAIN: &str = "mqtt.retain";
@@ -156,32 +155,14 @@ pub fn encode_batch(msg: &Message, now_ms: i64) -> Result<BytesMut, String> {
             headers.insert(StrBytes::from_static_str(name), Some(v));
         }
     }
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: now_ms,
-        key: Some(Bytes::copy_from_slice(msg.topic.as_bytes())),
-        value: Some(msg.payload.clone()),
+    let record = records::plain_record(
+        0,
+        now_ms,
+        Some(Bytes::copy_from_slice(msg.topic.as_bytes())),
+        Some(msg.payload.clone()),
         headers,
-    };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        std::slice::from_ref(&record),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(buf)
+    );
+    records::encode_batch(std::slice::from_ref(&record))
 }
 
 /// The MQTT message a stored record stands for, or `None` when its key is not a valid MQTT
@@ -394,21 +375,7 @@ mod tests {
             StrBytes::from_static_str("bin"),
             Some(Bytes::from_static(&[0xff, 0xfe])),
         );
-        let mut record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 7,
-            sequence: -1,
-            timestamp: 0,
-            key: Some(Bytes::from("sensors/k")),
-            value: None,
-            headers,
-        };
+        let mut record = records::plain_record(7, 0, Some(Bytes::from("sensors/k")), None, headers);
         let msg = decode_record(&record).unwrap();
         assert_eq!(msg.topic, "sensors/k");
         assert_eq!(msg.qos, 1);
