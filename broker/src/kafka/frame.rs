@@ -96,33 +96,24 @@ impl RecordSet {
     pub fn add(&mut self, mut chunks: Vec<Bytes>) -> Bytes {
         chunks.retain(|c| !c.is_empty());
         let len: usize = chunks.iter().map(Bytes::len).sum();
-        match chunks.len() {
-            0 => Bytes::new(),
-            1 => {
-                let records = chunks[0].clone();
-                self.registered.push(Registered {
-                    base: records.as_ptr() as usize,
-                    len,
-                    chunks,
-                    stand_in: false,
-                });
-                records
-            }
+        let (records, stand_in) = match chunks.len() {
+            0 => return Bytes::new(),
+            1 => (chunks[0].clone(), false),
             _ if self.stand_in_used + len <= STAND_IN_BYTES => {
                 let at = self.stand_in_used;
                 self.stand_in_used += len;
-                let records = Bytes::from_static(&STAND_IN[at..at + len]);
-                self.registered.push(Registered {
-                    base: records.as_ptr() as usize,
-                    len,
-                    chunks,
-                    stand_in: true,
-                });
-                records
+                (Bytes::from_static(&STAND_IN[at..at + len]), true)
             }
             // Out of stand-in space: one joined copy, then referenced like a single chunk.
-            _ => self.add(vec![join(&chunks)]),
-        }
+            _ => return self.add(vec![join(&chunks)]),
+        };
+        self.registered.push(Registered {
+            base: records.as_ptr() as usize,
+            len,
+            chunks,
+            stand_in,
+        });
+        records
     }
 
     /// The real bytes behind `records` when it is a stand-in (a copy), else `None`.
