@@ -99,6 +99,9 @@ impl RecordSet {
         let (records, stand_in) = match chunks.len() {
             0 => return Bytes::new(),
             1 => (chunks[0].clone(), false),
+            // Below the size the writer splices, the encoder's `put_slice` would copy the
+            // stand-in itself: join small sets (one small copy) instead.
+            _ if len < SEGMENT_BYTES_MIN => return self.add(vec![join(&chunks)]),
             _ if self.stand_in_used + len <= STAND_IN_BYTES => {
                 let at = self.stand_in_used;
                 self.stand_in_used += len;
@@ -416,7 +419,15 @@ mod tests {
                 }
                 let expected =
                     handlers::encode(ApiKey::Fetch, version, 7, &ResponseKind::Fetch(copied));
-                let frame = encode_fetch(version, 7, ResponseKind::Fetch(segmented), records);
+                // Never the copying fallback: every stand-in is replaced by the writer.
+                let frame = encode_segments(
+                    ApiKey::Fetch,
+                    version,
+                    7,
+                    &ResponseKind::Fetch(segmented),
+                    &mut records,
+                )
+                .unwrap_or_else(|e| panic!("seed {seed}, version {version}: {e}"));
                 assert_eq!(
                     frame.to_bytes(),
                     expected.freeze(),
