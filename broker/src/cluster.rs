@@ -13,10 +13,11 @@
 //! *Boundary*: times here come from this host's wall clock; leases assume brokers' clocks agree
 //! to well within a lease length (NTP), as Kafka's broker session timeout does.
 
+use crate::meta_handle::MetaHandle;
 use crate::node::Node;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_meta::{ClusterCommand, ClusterResult, CommandResult, MetaNode, Rejection};
+use strata_meta::{ClusterCommand, ClusterResult, CommandResult, Rejection};
 use tokio::sync::watch;
 
 /// A broker in the list Kafka clients get.
@@ -58,7 +59,7 @@ pub fn now_ms() -> i64 {
 
 /// Registers this broker, waiting (up to `wait`) while another broker holds its stream.
 pub async fn register(
-    meta: &MetaNode,
+    meta: &MetaHandle,
     node_id: u64,
     advertised: &(String, u16),
     lease_ms: u64,
@@ -252,7 +253,7 @@ fn fresh_auth_secret() -> String {
 /// The key of decoy SCRAM credentials (`kafka::scram::decoy_credential`): derived from the
 /// cluster's secret in metadata, so an unknown user gets the same salt from every broker and
 /// across restarts. A cluster whose metadata predates the secret falls back to a per-process key.
-pub fn decoy_secret(meta: &MetaNode) -> [u8; 32] {
+pub fn decoy_secret(meta: &MetaHandle) -> [u8; 32] {
     use sha2::Digest;
     match meta.read().cluster().auth_secret() {
         Some(s) => sha2::Sha256::digest(s.as_bytes()).into(),

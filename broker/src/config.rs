@@ -985,10 +985,10 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
     if !(roles.meta || roles.wal || roles.broker) {
         return Err(bad("roles", "name at least one of meta, wal, broker"));
     }
-    if roles.broker && !roles.meta {
+    if roles.broker && !roles.meta && f.meta.peers.is_empty() {
         return Err(bad(
             "roles",
-            "the broker role runs with the meta role on the same node (brokers read metadata from their local raft member)",
+            "a broker without the meta role needs meta.peers (the meta members' id@host:port) to follow metadata from",
         ));
     }
     if f.node_id == 0 {
@@ -1291,7 +1291,13 @@ mod tests {
                 &[],
                 "flush_interval_ms",
             ),
+            (
+                "",
+                &[("STRATA_TIERING_STORE_REQUEST_TIMEOUT_MS", "5")],
+                "tiering.store_request_timeout_ms",
+            ),
             ("[kafka\n", &[], "c.toml"),
+            ("roles = [\"broker\"]\n", &[], "needs meta.peers"),
             ("[log]\nformat = \"xml\"\n", &[], "log.format"),
             ("", &[("STRATA_LOG_FORMAT", "yaml")], "log.format"),
             (

@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod listener;
 pub mod log;
 pub mod meta_backup;
+pub mod meta_handle;
 pub mod metrics;
 pub mod moves;
 pub mod mqtt;

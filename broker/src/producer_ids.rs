@@ -9,7 +9,8 @@
 //! The task owns the current block and answers requests in arrival order (a closed event loop:
 //! no lock, and the raft write is awaited without holding one).
 
-use strata_meta::{Command, CommandResult, MetaNode};
+use crate::meta_handle::MetaHandle;
+use strata_meta::{Command, CommandResult};
 use tokio::sync::{mpsc, oneshot};
 
 /// Ids reserved per metadata write.
@@ -37,7 +38,7 @@ pub struct ProducerIds {
 
 impl ProducerIds {
     /// Starts the allocator task on the current runtime. It stops when every handle is dropped.
-    pub fn spawn(meta: MetaNode) -> Self {
+    pub fn spawn(meta: MetaHandle) -> Self {
         let (tx, rx) = mpsc::channel(PRODUCER_ID_REQUESTS_MAX);
         tokio::spawn(run(meta, rx));
         Self { tx }
@@ -54,7 +55,7 @@ impl ProducerIds {
     }
 }
 
-async fn run(meta: MetaNode, mut rx: mpsc::Receiver<Reply>) {
+async fn run(meta: MetaHandle, mut rx: mpsc::Receiver<Reply>) {
     // Ids `next..end` are reserved for this node and not yet handed out.
     let mut next = 0i64;
     let mut end = 0i64;
@@ -104,6 +105,7 @@ async fn run(meta: MetaNode, mut rx: mpsc::Receiver<Reply>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_meta::MetaNode;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ids_are_unique_across_blocks_and_restarts() {
@@ -111,7 +113,7 @@ mod tests {
         let mut seen = Vec::new();
         for round in 0..2 {
             let meta = MetaNode::open(dir.path(), 1).await.unwrap();
-            let ids = ProducerIds::spawn(meta.clone());
+            let ids = ProducerIds::spawn(meta.clone().into());
             for _ in 0..PRODUCER_ID_BLOCK + 5 {
                 seen.push(ids.next().await.unwrap());
             }

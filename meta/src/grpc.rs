@@ -27,6 +27,7 @@ use crate::error::MetaError;
 use crate::leader::{self, Attempt, LeaderHint, MembershipView, Written};
 use crate::raft::{MetaRaft, NodeId, TypeConfig};
 use crate::state::{Command, CommandResult, MetaState};
+use crate::store::{AppliedEntry, WeakLogReader};
 use openraft::raft::InstallSnapshotRequest;
 use openraft::{BasicNode, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
@@ -35,7 +36,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -331,13 +333,24 @@ pub(crate) struct Refusal {
 }
 
 /// Reads a Write reply for a caller outside the group (which knows addresses, not node ids).
+#[cfg(test)]
 pub(crate) fn remote_write_outcome(
     reply: pb::WriteReply,
 ) -> Result<Attempt<CommandResult>, Refusal> {
+    Ok(match remote_write_outcome_indexed(reply)? {
+        Attempt::Done((result, _)) => Attempt::Done(result),
+        Attempt::NotLeader(hint) => Attempt::NotLeader(hint),
+    })
+}
+
+/// [`remote_write_outcome`] with the log index the command was applied at.
+pub(crate) fn remote_write_outcome_indexed(
+    reply: pb::WriteReply,
+) -> Result<Attempt<(CommandResult, u64)>, Refusal> {
     use pb::write_reply::Outcome;
     match reply.outcome {
         Some(Outcome::Applied(a)) => decode(a.format, &a.result_json, "command result")
-            .map(Attempt::Done)
+            .map(|result| Attempt::Done((result, a.log_index)))
             .map_err(|e| Refusal {
                 reason: format!(
                     "the command was applied at log index {}, but its result is unreadable: {e}",
@@ -499,6 +512,79 @@ fn full_state(applied_index: u64, packed: Vec<u8>) -> pb::State {
     }
 }
 
+/// Follow events queued for one slow follower before the feed's own buffer takes over.
+pub const FOLLOW_EVENTS_QUEUED_MAX: usize = 256;
+
+/// One Follow entry event: `command` as the state machine applied it, `None` for an entry that
+/// changes no state. A command that cannot be encoded ends the stream with an error.
+fn follow_entry(index: u64, command: Option<&Command>) -> Result<pb::FollowEvent, Status> {
+    let command_json = match command {
+        Some(cmd) => encode(cmd, "command")?,
+        None => Vec::new(),
+    };
+    Ok(pb::FollowEvent {
+        event: Some(pb::follow_event::Event::Entry(pb::FollowEntry {
+            format: WIRE_FORMAT,
+            index,
+            command_json,
+        })),
+    })
+}
+
+/// A Follow event as a [`crate::MetaMirror`] reads it.
+#[derive(Debug)]
+pub(crate) enum Followed {
+    /// The entry at `index`; `None` for one that changes no state.
+    Entry {
+        index: u64,
+        command: Option<Command>,
+    },
+    Resnapshot {
+        reason: String,
+    },
+}
+
+pub(crate) fn followed(event: pb::FollowEvent) -> Result<Followed, WireError> {
+    match event.event {
+        Some(pb::follow_event::Event::Entry(e)) => {
+            let command = if e.command_json.is_empty() {
+                None
+            } else {
+                Some(decode(e.format, &e.command_json, "command")?)
+            };
+            Ok(Followed::Entry {
+                index: e.index,
+                command,
+            })
+        }
+        Some(pb::follow_event::Event::Resnapshot(r)) => {
+            Ok(Followed::Resnapshot { reason: r.reason })
+        }
+        None => Ok(Followed::Resnapshot {
+            reason: "an event without content".into(),
+        }),
+    }
+}
+
+/// Reads a ReadIndex reply for a caller outside the group.
+pub(crate) fn remote_read_index_outcome(
+    reply: pb::ReadIndexReply,
+) -> Result<Attempt<u64>, Refusal> {
+    use pb::read_index_reply::Outcome;
+    match reply.outcome {
+        Some(Outcome::ReadIndex(index)) => Ok(Attempt::Done(index)),
+        Some(Outcome::NotLeader(n)) => Ok(Attempt::NotLeader(leader_hint(n))),
+        Some(Outcome::Failed(f)) => Err(Refusal {
+            reason: f.reason,
+            retryable: f.retryable,
+        }),
+        None => Err(Refusal {
+            reason: "the reply carries no outcome".into(),
+            retryable: false,
+        }),
+    }
+}
+
 /// The gRPC server of one meta node: both services, dispatching into the local raft.
 #[derive(Clone)]
 pub struct MetaGrpc {
@@ -509,6 +595,11 @@ pub struct MetaGrpc {
     applied: watch::Receiver<u64>,
     /// The encoded state of the latest ReadState answer, by applied index.
     encoded: Arc<parking_lot::Mutex<Option<EncodedState>>>,
+    /// For Follow: the raft log (entries applied before the call) and the applied-entry feed.
+    log: WeakLogReader,
+    feed: broadcast::Sender<AppliedEntry>,
+    /// Set when the server stops: Follow streams end (they would hold a graceful stop open).
+    closing: Arc<watch::Sender<bool>>,
 }
 
 /// An encoded state (`State.state_json`) and the applied index it is of.
@@ -526,6 +617,8 @@ impl MetaGrpc {
         learner_wait: Duration,
         state: Arc<parking_lot::RwLock<MetaState>>,
         applied: watch::Receiver<u64>,
+        log: WeakLogReader,
+        feed: broadcast::Sender<AppliedEntry>,
     ) -> Self {
         Self {
             raft,
@@ -533,7 +626,112 @@ impl MetaGrpc {
             state,
             applied,
             encoded: Default::default(),
+            log,
+            feed,
+            closing: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// The Follow stream: what this member applied after `from_applied` (from its log), then
+    /// the live applied-entry feed, until the caller goes away or the member cannot continue.
+    fn follow_stream(&self, from_applied: u64) -> mpsc::Receiver<Result<pb::FollowEvent, Status>> {
+        let (tx, rx) = mpsc::channel(FOLLOW_EVENTS_QUEUED_MAX);
+        // Subscribe before reading the applied index: the feed is sent under the state's write
+        // lock, so it carries every entry after `applied` (and maybe a few at or below it).
+        let mut feed = self.feed.subscribe();
+        let applied = self.state.read().last_applied();
+        let log = self.log.clone();
+        let mut closing = self.closing.subscribe();
+        tokio::spawn(async move {
+            let resnapshot = |reason: String| {
+                Ok(pb::FollowEvent {
+                    event: Some(pb::follow_event::Event::Resnapshot(pb::Resnapshot {
+                        reason,
+                    })),
+                })
+            };
+            let mut sent = from_applied;
+            if from_applied < applied {
+                let range = from_applied + 1..=applied;
+                let read = tokio::task::spawn_blocking(move || log.read_entries(range)).await;
+                let entries = match read {
+                    Ok(Ok(entries)) => entries,
+                    Ok(Err(e)) => {
+                        let _ = tx
+                            .send(resnapshot(format!("the log cannot be read: {e}")))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(resnapshot(format!("the log read failed: {e}")))
+                            .await;
+                        return;
+                    }
+                };
+                for entry in entries {
+                    let index = entry.log_id.index;
+                    if index != sent + 1 {
+                        let reason = format!(
+                            "the log starts at {index}, not at {} (purged behind a snapshot)",
+                            sent + 1
+                        );
+                        let _ = tx.send(resnapshot(reason)).await;
+                        return;
+                    }
+                    let command = match &entry.payload {
+                        openraft::EntryPayload::Normal(cmd) => Some(cmd),
+                        _ => None,
+                    };
+                    if tx.send(follow_entry(index, command)).await.is_err() {
+                        return;
+                    }
+                    sent = index;
+                }
+                if sent < applied {
+                    let reason = format!("the log ends at {sent}, before the applied {applied}");
+                    let _ = tx.send(resnapshot(reason)).await;
+                    return;
+                }
+            }
+            loop {
+                let entry = tokio::select! {
+                    entry = feed.recv() => entry,
+                    // The caller went away while nothing was applied.
+                    () = tx.closed() => return,
+                    // The server stops: the caller follows another member.
+                    _ = closing.wait_for(|&c| c) => return,
+                };
+                match entry {
+                    Ok(entry) if entry.index <= sent => {}
+                    Ok(entry) if entry.index == sent + 1 => {
+                        if tx
+                            .send(follow_entry(entry.index, entry.command.as_deref()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        sent = entry.index;
+                    }
+                    // A snapshot was installed on this member: its state jumped.
+                    Ok(entry) => {
+                        let reason =
+                            format!("the applied index jumped from {sent} to {}", entry.index);
+                        let _ = tx.send(resnapshot(reason)).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let reason = format!("the follower fell {n} entries behind the feed");
+                        let _ = tx.send(resnapshot(reason)).await;
+                        return;
+                    }
+                    // The member shuts down: the caller follows another one.
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        rx
     }
 
     /// The ReadState answer once this leader has applied `read_index`.
@@ -700,6 +898,24 @@ impl pb::meta_server::Meta for MetaGrpc {
         }))
     }
 
+    type FollowStream = ReceiverStream<Result<pb::FollowEvent, Status>>;
+
+    async fn follow(
+        &self,
+        request: Request<pb::FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let req = request.into_inner();
+        if req.format != WIRE_FORMAT {
+            return Err(Status::failed_precondition(format!(
+                "follow format {} is not {WIRE_FORMAT}",
+                req.format
+            )));
+        }
+        Ok(Response::new(ReceiverStream::new(
+            self.follow_stream(req.from_applied),
+        )))
+    }
+
     async fn add_learner(
         &self,
         request: Request<pb::AddLearnerRequest>,
@@ -742,6 +958,7 @@ fn membership_reply(
 pub(crate) struct Server {
     local_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    closing: Arc<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -757,6 +974,7 @@ impl Server {
             source,
         })?;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let closing = grpc.closing.clone();
         let routes = grpc.routes(routes);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -778,6 +996,7 @@ impl Server {
         Ok(Server {
             local_addr,
             stop: Some(stop),
+            closing,
             task,
         })
     }
@@ -789,6 +1008,7 @@ impl Server {
     /// Stops accepting, lets calls in flight finish for up to `wait`, then drops the rest.
     /// The listener is closed when this returns.
     pub(crate) async fn stop(mut self, wait: Duration) {
+        self.closing.send_replace(true);
         drop(self.stop.take());
         if tokio::time::timeout(wait, &mut self.task).await.is_err() {
             tracing::warn!(

@@ -17,6 +17,8 @@
 //! - `leader`: the leader calls (write, read index, membership changes) run on this node.
 //! - [`remote`]: [`RemoteMeta`], the client of a process outside the group: writes and
 //!   linearizable reads of the whole state, sent to the leader over the `Meta` service.
+//! - [`mirror`]: [`MetaMirror`], a local copy of the state for a process outside the group
+//!   (an elastic broker), kept current by a member's `Follow` stream of applied commands.
 //! - [`node`]: [`MetaNode`], which opens the store, runs raft (alone with `open`, as one of
 //!   several with `open_cluster`) and offers `write`, `read`, `sync`, `subscribe`, membership
 //!   changes and `shutdown`.
@@ -34,6 +36,7 @@ pub mod cluster;
 pub mod error;
 pub mod grpc;
 mod leader;
+pub mod mirror;
 pub mod network;
 pub mod node;
 pub mod raft;
@@ -47,6 +50,7 @@ pub use cluster::{
 };
 pub use error::MetaError;
 pub use leader::MembershipView;
+pub use mirror::MetaMirror;
 pub use node::{ClusterConfig, MetaConfig, MetaNode};
 pub use raft::TypeConfig;
 pub use remote::RemoteMeta;

@@ -166,6 +166,8 @@ struct Inner {
     state: Arc<RwLock<MetaState>>,
     applied_rx: watch::Receiver<u64>,
     feed: tokio::sync::broadcast::Sender<crate::store::AppliedEntry>,
+    /// A reader of the raft log, for Follow streams.
+    log: crate::store::WeakLogReader,
     db: Weak<Database>,
     peers: Peers,
     /// `None` for a node opened with `open`, or once shut down.
@@ -354,6 +356,7 @@ impl MetaNode {
         let applied_rx = sm.subscribe();
         let feed = sm.applied_feed();
         let db = log.database();
+        let log_reader = log.weak_reader();
         let peers = Peers::default();
         let network = GrpcNetwork::new(node_id, peers.clone());
         let raft = Raft::new(node_id, raft_config, network, log, sm)
@@ -367,6 +370,8 @@ impl MetaNode {
                     learner_wait,
                     state.clone(),
                     applied_rx.clone(),
+                    log_reader.clone(),
+                    feed.clone(),
                 );
                 match Server::spawn(listener, grpc, routes) {
                     Ok(server) => Some(server),
@@ -385,6 +390,7 @@ impl MetaNode {
                 state,
                 applied_rx,
                 feed,
+                log: log_reader,
                 db,
                 peers,
                 grpc_addr: server.as_ref().map(Server::local_addr),
@@ -796,6 +802,8 @@ impl MetaNode {
             self.inner.learner_wait,
             self.inner.state.clone(),
             self.inner.applied_rx.clone(),
+            self.inner.log.clone(),
+            self.inner.feed.clone(),
         );
         grpc.meta_routes(routes)
     }

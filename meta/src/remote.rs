@@ -143,6 +143,12 @@ impl RemoteMeta {
     /// [`MetaError::RemoteOutcomeUnknown`] the command may have been applied; after any other
     /// error it was not.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, MetaError> {
+        self.write_indexed(cmd).await.map(|(result, _)| result)
+    }
+
+    /// [`RemoteMeta::write`], also answering the raft log index the command was applied at
+    /// (what a [`crate::MetaMirror`] waits for to read its own write).
+    pub async fn write_indexed(&self, cmd: Command) -> Result<(CommandResult, u64), MetaError> {
         let request = grpc::write_request(&cmd)?;
         self.on_leader(|channel, addr, remaining| {
             let request = request.clone();
@@ -181,10 +187,43 @@ impl RemoteMeta {
                         })
                     }
                 };
-                step(grpc::remote_write_outcome(reply), addr)
+                step(grpc::remote_write_outcome_indexed(reply), addr)
             }
         })
         .await
+    }
+
+    /// The leader's read index (raft's ReadIndex: it confirmed its leadership with a quorum):
+    /// a state that has applied it shows every write acknowledged before the call.
+    pub async fn read_index(&self) -> Result<u64, MetaError> {
+        self.on_leader(|channel, addr, remaining| async move {
+            let mut client = meta_client(channel);
+            let request = with_timeout(pb::ReadIndexRequest {}, remaining);
+            let reply = match tokio::time::timeout(remaining, client.read_index(request)).await {
+                Ok(Ok(reply)) => reply.into_inner(),
+                // A read point changes nothing: it may be asked again, anywhere.
+                Ok(Err(status)) => {
+                    return Ok(Step::Retry(format!(
+                        "{:?}: {}",
+                        status.code(),
+                        status.message()
+                    )))
+                }
+                Err(_) => {
+                    return Ok(Step::Retry(format!(
+                        "no answer within {} ms",
+                        remaining.as_millis()
+                    )))
+                }
+            };
+            step(grpc::remote_read_index_outcome(reply), addr)
+        })
+        .await
+    }
+
+    /// The configured addresses, and the one that last answered as leader.
+    pub(crate) fn addrs(&self) -> (&[String], Option<String>) {
+        (&self.inner.addrs, self.inner.leader.lock().clone())
     }
 
     /// A linearizable view of the whole applied state: at least as new as every write that
@@ -335,7 +374,7 @@ impl RemoteMeta {
     }
 
     /// The channel to `addr`; connects on first use (within [`CONNECT_TIMEOUT_MS`]).
-    fn channel(&self, addr: &str) -> Result<Channel, MetaError> {
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, MetaError> {
         if let Some(channel) = self.inner.channels.lock().get(addr) {
             return Ok(channel.clone());
         }
@@ -354,7 +393,7 @@ impl RemoteMeta {
     }
 }
 
-fn meta_client(channel: Channel) -> pb::meta_client::MetaClient<Channel> {
+pub(crate) fn meta_client(channel: Channel) -> pb::meta_client::MetaClient<Channel> {
     pb::meta_client::MetaClient::new(channel)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX)

@@ -194,6 +194,12 @@ impl LogStore {
         }
     }
 
+    /// A reader of the log that does not keep the file open (for Follow streams, which must
+    /// not delay a shutdown's release of the store).
+    pub(crate) fn weak_reader(&self) -> WeakLogReader {
+        WeakLogReader(Arc::downgrade(&self.db))
+    }
+
     /// A weak handle on the database, to learn when every user of the file has let it go.
     pub(crate) fn database(&self) -> std::sync::Weak<Database> {
         Arc::downgrade(&self.db)
@@ -233,6 +239,22 @@ impl LogStore {
             last_purged_log_id,
             last_log_id: last.or(last_purged_log_id),
         })
+    }
+}
+
+/// See [`LogStore::weak_reader`].
+#[derive(Clone)]
+pub(crate) struct WeakLogReader(std::sync::Weak<Database>);
+
+impl WeakLogReader {
+    /// The entries in `range` that are in the log (purged ones are absent); fails with
+    /// [`MetaError::ShutDown`] once the store is closed.
+    pub(crate) fn read_entries<RB: RangeBounds<u64>>(
+        &self,
+        range: RB,
+    ) -> Result<Vec<Entry>, MetaError> {
+        let db = self.0.upgrade().ok_or(MetaError::ShutDown)?;
+        LogStore { db }.read_entries(range)
     }
 }
 

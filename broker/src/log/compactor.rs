@@ -31,11 +31,12 @@
 use super::registry::Registry;
 use super::sequencer::now_ms;
 use super::uploader::put_with_retry;
+use crate::meta_handle::MetaHandle;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strata_meta::{Command, CommandResult, MetaNode, Rejection};
+use strata_meta::{Command, CommandResult, Rejection};
 use strata_tiering::{decode_segment_index, ObjectStore, SegmentBuilder, TieringError};
 use strata_types::{BlockLocation, PartitionKey};
 use tokio::sync::watch;
@@ -117,7 +118,7 @@ pub struct Compactor {
     pub node_id: u64,
     pub registry: Arc<Registry>,
     pub store: ObjectStore,
-    pub meta: MetaNode,
+    pub meta: MetaHandle,
     pub metrics: Arc<Metrics>,
     pub interval: Duration,
     pub policy: Policy,

@@ -18,6 +18,7 @@
 
 use super::cache::{entry_key, Admit, ReadCache, Tier};
 use super::partition::{PartitionLog, TailRead};
+use crate::meta_handle::MetaHandle;
 use crate::metrics::Metrics;
 use crate::records;
 use bytes::Bytes;
@@ -25,7 +26,6 @@ use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use strata_meta::MetaNode;
 use strata_tiering::{decode_segment_index, ObjectStore, SegmentIndex, TieringError};
 use strata_types::batch::{BatchHeader, Batches};
 use strata_types::BlockLocation;
@@ -48,7 +48,7 @@ pub enum ReadError {
 pub type Chunks = Vec<Bytes>;
 
 pub struct Reader {
-    meta: MetaNode,
+    meta: MetaHandle,
     store: ObjectStore,
     cache: Arc<ReadCache>,
     /// Decoded segment indexes by object key (small; cleared when it reaches its bound).
@@ -63,7 +63,7 @@ const INDEXES_MAX: usize = 4096;
 
 impl Reader {
     pub fn new(
-        meta: MetaNode,
+        meta: MetaHandle,
         store: ObjectStore,
         cache: Arc<ReadCache>,
         readahead_chunks: usize,

@@ -17,11 +17,12 @@
 
 use super::registry::Registry;
 use super::sequencer::now_ms;
+use crate::meta_handle::MetaHandle;
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_meta::{Command, CommandResult, MetaNode, MetaState};
+use strata_meta::{Command, CommandResult, MetaState};
 use strata_tiering::ObjectStore;
 use strata_types::{BlockLocation, PartitionKey};
 use tokio::sync::watch;
@@ -124,7 +125,7 @@ pub fn plan_trims(state: &MetaState, now_ms: i64, defaults: Limits) -> Vec<(Part
 pub struct Retention {
     pub registry: Arc<Registry>,
     pub store: ObjectStore,
-    pub meta: MetaNode,
+    pub meta: MetaHandle,
     pub metrics: Arc<Metrics>,
     pub interval: Duration,
     pub garbage_grace_ms: i64,

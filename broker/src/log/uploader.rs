@@ -13,11 +13,12 @@
 use super::partition::PartitionLog;
 use super::registry::Registry;
 use super::sequencer::{SeqMsg, SeqShared};
+use crate::meta_handle::MetaHandle;
 use crate::metrics::Metrics;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_meta::{Command, CommandResult, MetaNode};
+use strata_meta::{Command, CommandResult};
 use strata_tiering::{ObjectBuilder, ObjectStore};
 use tokio::sync::{mpsc, watch};
 
@@ -25,7 +26,7 @@ pub struct Uploader {
     pub node_id: u64,
     pub registry: Arc<Registry>,
     pub store: ObjectStore,
-    pub meta: MetaNode,
+    pub meta: MetaHandle,
     pub shared: Arc<SeqShared>,
     pub seq_tx: mpsc::Sender<SeqMsg>,
     pub metrics: Arc<Metrics>,
