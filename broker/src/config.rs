@@ -154,6 +154,17 @@ pub struct KafkaSection {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// Client certificates (mTLS): `none`, `requested` (verified when sent) or `required`.
+    pub tls_client_auth: String,
+    /// PEM bundle of the CAs client certificates must chain to (with `tls_client_auth`).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Kafka's `ssl.principal.mapping.rules`: `RULE:pattern/replacement/[LU]` or `DEFAULT`,
+    /// first match wins; maps a client certificate's subject DN to the principal's name.
+    #[serde(deserialize_with = "one_or_list")]
+    pub tls_principal_mapping: Vec<String>,
+    /// Kafka's `connections.max.reauth.ms` (KIP-368): a SASL session lasts this long before
+    /// the client must re-authenticate on the connection; 0 = forever.
+    pub connections_max_reauth_ms: u64,
     /// SASL mechanisms required of every Kafka client (`PLAIN`, `SCRAM-SHA-256`,
     /// `SCRAM-SHA-512`); empty: no authentication (see `kafka::auth`).
     #[serde(deserialize_with = "string_or_list")]
@@ -162,8 +173,10 @@ pub struct KafkaSection {
     pub sasl_plain_without_tls: bool,
     /// `none` (every request allowed) or `acl` (Kafka ACLs enforced; see `kafka::acl_handlers`).
     pub authorizer: String,
-    /// Principals (`User:admin`) the `acl` authorizer allows everything.
-    #[serde(deserialize_with = "string_or_list")]
+    /// Principals (`User:admin`) the `acl` authorizer allows everything. As one string they
+    /// are separated by `;` (Kafka's `super.users`) or `,`; a `,` inside a certificate DN
+    /// (`User:CN=ops,O=Acme`) does not split.
+    #[serde(deserialize_with = "principal_list")]
     pub super_users: Vec<String>,
     /// Kafka's `allow.everyone.if.no.acl.found`: allow a resource no ACL names.
     pub allow_everyone_if_no_acl_found: bool,
@@ -456,6 +469,52 @@ fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
     })
 }
 
+/// Accepts `["User:a", "User:b"]` or one string `"User:a;User:b"` / `"User:a,User:b"`: a `,`
+/// splits only where a `Type:` principal follows, so DN principals keep their commas.
+fn principal_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let items = one_or_list(d)?;
+    let starts_principal = |s: &str| {
+        s.split_once(':').is_some_and(|(ty, _)| {
+            !ty.is_empty() && ty.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    let mut out: Vec<String> = Vec::new();
+    for item in &items {
+        for part in item.split(';') {
+            let mut current: Option<String> = None;
+            for piece in part.split(',') {
+                match &mut current {
+                    Some(c) if !starts_principal(piece.trim()) => {
+                        c.push(',');
+                        c.push_str(piece);
+                    }
+                    _ => {
+                        out.extend(current.take().map(|c| c.trim().to_string()));
+                        current = Some(piece.to_string());
+                    }
+                }
+            }
+            out.extend(current.map(|c| c.trim().to_string()));
+        }
+    }
+    out.retain(|p| !p.is_empty());
+    Ok(out)
+}
+
+/// Accepts `["a", "b"]` or one string `"a"`, never split (the items may contain commas).
+fn one_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::One(s) => vec![s],
+        Either::Many(v) => v,
+    })
+}
+
 impl Default for FileConfig {
     fn default() -> Self {
         Self {
@@ -492,6 +551,10 @@ impl Default for KafkaSection {
             connections_max: 10_000,
             tls_cert_file: None,
             tls_key_file: None,
+            tls_client_auth: "none".into(),
+            tls_client_ca: None,
+            tls_principal_mapping: vec!["DEFAULT".into()],
+            connections_max_reauth_ms: 0,
             sasl_mechanisms: Vec::new(),
             sasl_plain_without_tls: false,
             authorizer: "none".into(),
@@ -1269,6 +1332,33 @@ mod tests {
             err.to_string().contains("cache.history_disk_bytes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn super_users_keep_dn_commas() {
+        type Case<'a> = (&'a str, &'a [&'a str]);
+        let cases: &[Case] = &[
+            ("\"User:admin,User:ops\"", &["User:admin", "User:ops"]),
+            ("\"User:admin; User:ops\"", &["User:admin", "User:ops"]),
+            (
+                "\"User:CN=admin,OU=eng,O=Acme,User:bob\"",
+                &["User:CN=admin,OU=eng,O=Acme", "User:bob"],
+            ),
+            (
+                "\"User:CN=a,O=X;User:CN=b,O=Y\"",
+                &["User:CN=a,O=X", "User:CN=b,O=Y"],
+            ),
+            ("[\"User:CN=a,O=X\"]", &["User:CN=a,O=X"]),
+        ];
+        for (value, expected) in cases {
+            let c = load_str(
+                &format!("[kafka]\nsuper_users = {value}\n"),
+                &[],
+                &Overrides::default(),
+            )
+            .expect(value);
+            assert_eq!(c.file.kafka.super_users, *expected, "{value}");
+        }
     }
 
     #[test]

@@ -3,8 +3,6 @@ SCRAM-SHA-512 against users kept in metadata, `strata user add|delete|list`, and
 refusals (wrong password, unknown user, plaintext to a TLS port, requests before
 authentication, bad security config)."""
 
-import datetime
-import ipaddress
 import json
 import socket
 import ssl
@@ -16,46 +14,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 import harness
+from certs import make_certs
 from harness import BrokerDied, Rec
 
 ADMIN_PW = "adm1n-pass"
 ALICE_PW = "alice-256-pass"
-
-
-def _make_certs(d):
-    """A self-signed CA and a server certificate for 127.0.0.1/localhost it signed."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "strata test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    d.mkdir(parents=True, exist_ok=True)
-    pem = serialization.Encoding.PEM
-    (d / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (d / "server.pem").write_bytes(cert.public_bytes(pem))
-    (d / "server.key").write_bytes(key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return d / "ca.pem", d / "server.pem", d / "server.key"
 
 
 def _cli(strata_bin, args, env=None, stdin=None):
@@ -114,7 +77,7 @@ def _auth_error(conf, topic):
 
 @pytest.fixture
 def secure(broker_factory, tmp_path, strata_bin):
-    ca, cert, key = _make_certs(tmp_path / "tls")
+    ca, cert, key = make_certs(tmp_path / "tls")
     b = broker_factory(config={"kafka": {
         "tls_cert_file": str(cert), "tls_key_file": str(key),
         "sasl_mechanisms": "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"}})
@@ -285,7 +248,7 @@ def test_auth_off_refuses_sasl(broker):
     ({"sasl_mechanisms": "PLAIN"}, "kafka.sasl_mechanisms", "kafka.sasl_plain_without_tls"),
 ])
 def test_bad_security_config(broker_factory, tmp_path, kafka, key, text):
-    _, cert, _ = _make_certs(tmp_path / "tls")
+    _, cert, _ = make_certs(tmp_path / "tls")
     bad = tmp_path / "bad.pem"
     bad.write_text("not a pem file\n")
     subst = {"BAD": str(bad), "CERT": str(cert)}
@@ -343,13 +306,13 @@ def test_admin_client_manages_users(secure):
 
 
 def test_tls_without_sasl(broker_factory, tmp_path):
-    ca, cert, key = _make_certs(tmp_path / "tls")
+    ca, cert, key = make_certs(tmp_path / "tls")
     b = broker_factory(config={"kafka": {"tls_cert_file": str(cert), "tls_key_file": str(key)}})
     conf = {"security.protocol": "SSL", "ssl.ca.location": str(ca)}
     harness.produce(b.bootstrap, "tls-only", [Rec(0, None, b"t")], timeout=60, **conf)
     assert _consume(b.bootstrap, "tls-only", 1, conf) == [b"t"]
     # A client that does not trust the CA fails the handshake, and the broker carries on.
-    other_ca, _, _ = _make_certs(tmp_path / "other")
+    other_ca, _, _ = make_certs(tmp_path / "other")
     errors = []
     p = Producer({"bootstrap.servers": b.bootstrap, "security.protocol": "SSL",
                   "ssl.ca.location": str(other_ca), "error_cb": errors.append})

@@ -27,17 +27,6 @@ N = 200
 NODE_TOOLS = harness.HERE / "tools"
 
 
-@pytest.fixture(scope="module")
-def mbroker(strata_bin, tmp_path_factory):
-    b = harness.Broker(strata_bin, tmp_path_factory.mktemp("t62"))
-    b.start()
-    yield b
-    if b.alive():
-        if b.stop(timeout=30, check=False) is None or b.alive():
-            b.kill9()
-    print(f"\n--- t62 broker stderr tail ---\n{b.stderr_tail(40)}")
-
-
 # ---------------------------------------------------------------------------------------
 # data: (partition or None, key, value, headers); the value starts with its index
 
@@ -463,9 +452,10 @@ def test_kafkajs_codec_tool_rejects_an_unknown_codec(mbroker):
 
 @pytest.fixture
 def secure(broker_factory, tmp_path, strata_bin):
-    from t28_kafka_security_test import ADMIN_PW, ALICE_PW, _cli, _make_certs
+    from certs import make_certs
+    from t28_kafka_security_test import ADMIN_PW, ALICE_PW, _cli
 
-    ca, cert, key = _make_certs(tmp_path / "tls")
+    ca, cert, key = make_certs(tmp_path / "tls")
     b = broker_factory(config={"kafka": {"tls_cert_file": str(cert), "tls_key_file": str(key),
                                          "sasl_mechanisms": "SCRAM-SHA-512,SCRAM-SHA-256"}})
     r = _cli(strata_bin, ["user", "add", "admin", "--password-stdin", "--via-admin", b.admin_url],

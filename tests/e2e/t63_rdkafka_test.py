@@ -30,17 +30,6 @@ def rdk(strata_bin) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def mbroker(strata_bin, tmp_path_factory):
-    b = harness.Broker(strata_bin, tmp_path_factory.mktemp("t63"))
-    b.start()
-    yield b
-    if b.alive():
-        if b.stop(timeout=30, check=False) is None or b.alive():
-            b.kill9()
-    print(f"\n--- t63 broker stderr tail ---\n{b.stderr_tail(40)}")
-
-
 def hx(b: bytes | None):
     return None if b is None else b.hex()
 
@@ -308,9 +297,10 @@ def test_admin_operations(mbroker, rdk):
 
 @pytest.mark.parametrize("mech", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_sasl_scram_over_tls(broker_factory, tmp_path, strata_bin, rdk, mech):
-    from t28_kafka_security_test import ADMIN_PW, ALICE_PW, _cli, _make_certs
+    from certs import make_certs
+    from t28_kafka_security_test import ADMIN_PW, ALICE_PW, _cli
 
-    ca, cert, key = _make_certs(tmp_path / "tls")
+    ca, cert, key = make_certs(tmp_path / "tls")
     b = broker_factory(config={"kafka": {"tls_cert_file": str(cert), "tls_key_file": str(key),
                                          "sasl_mechanisms": "SCRAM-SHA-512,SCRAM-SHA-256"}})
     user, pw = ("admin", ADMIN_PW) if mech == "SCRAM-SHA-512" else ("alice", ALICE_PW)

@@ -17,6 +17,12 @@
 //! denied ones itself (its response is built after the append, see `handlers::produce`).
 //!
 //! Which operation each API needs follows Kafka's `KafkaApis` (see docs/security.md).
+//!
+//! *Authorized operations.* When a Metadata (v8+), DescribeCluster or DescribeGroups (v3+)
+//! request asks for them, [`operations_wanted`] notes it and [`fill_operations`] answers the
+//! bitfield Kafka's `AuthHelper.authorizedOperations` computes: one bit (`1 << code`) per
+//! operation the resource type supports that the principal is allowed (implied ones
+//! included); every supported operation without an authorizer; `i32::MIN` when not asked.
 
 use crate::config::KafkaSection;
 use crate::node::Node;
@@ -1293,6 +1299,112 @@ pub fn produce_denied(denied: &Denied, topic: &str) -> Option<(i16, String)> {
             format!("Write on topic `{topic}` is not authorized"),
         )),
         _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authorized operations (KIP-430).
+
+/// The `*_authorized_operations` a request asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OperationsWanted {
+    cluster: bool,
+    topics: bool,
+    groups: bool,
+}
+
+/// What `request` asks to be told about the principal's operations.
+pub fn operations_wanted(request: &RequestKind, version: i16) -> OperationsWanted {
+    match request {
+        RequestKind::Metadata(r) if version >= 8 => OperationsWanted {
+            cluster: r.include_cluster_authorized_operations,
+            topics: r.include_topic_authorized_operations,
+            groups: false,
+        },
+        RequestKind::DescribeCluster(r) => OperationsWanted {
+            cluster: r.include_cluster_authorized_operations,
+            ..Default::default()
+        },
+        RequestKind::DescribeGroups(r) if version >= 3 => OperationsWanted {
+            groups: r.include_authorized_operations,
+            ..Default::default()
+        },
+        _ => OperationsWanted::default(),
+    }
+}
+
+/// The operations Kafka reports for a resource type (`AclEntry.supportedOperations`).
+fn supported_operations(ty: Rt) -> &'static [Op] {
+    match ty {
+        Rt::Topic => &[
+            Op::Read,
+            Op::Write,
+            Op::Create,
+            Op::Describe,
+            Op::Delete,
+            Op::Alter,
+            Op::DescribeConfigs,
+            Op::AlterConfigs,
+        ],
+        Rt::Group => &[Op::Read, Op::Describe, Op::Delete],
+        Rt::Cluster => &[
+            Op::Create,
+            Op::ClusterAction,
+            Op::DescribeConfigs,
+            Op::AlterConfigs,
+            Op::IdempotentWrite,
+            Op::Alter,
+            Op::Describe,
+        ],
+        Rt::TransactionalId => &[Op::Describe, Op::Write],
+        Rt::Any => &[],
+    }
+}
+
+/// Kafka's bitfield of the operations the connection may do on (`ty`, `name`).
+pub fn authorized_operations(node: &Node, authz: &Authorizer, ty: Rt, name: &str) -> i32 {
+    supported_operations(ty)
+        .iter()
+        .filter(|op| authz.allows(node, **op, ty, name))
+        .fold(0i32, |bits, op| bits | (1 << operation_code(*op)))
+}
+
+/// Fills the authorized-operation fields `wanted` asks for. Resources answered with an error
+/// keep `i32::MIN` (as Kafka leaves them).
+pub fn fill_operations(
+    node: &Node,
+    authz: &Authorizer,
+    wanted: OperationsWanted,
+    body: &mut ResponseKind,
+) {
+    if wanted == OperationsWanted::default() {
+        return;
+    }
+    let cluster = || authorized_operations(node, authz, Rt::Cluster, CLUSTER_RESOURCE_NAME);
+    match body {
+        ResponseKind::Metadata(r) => {
+            if wanted.cluster {
+                r.cluster_authorized_operations = cluster();
+            }
+            if wanted.topics {
+                for t in r.topics.iter_mut().filter(|t| t.error_code == 0) {
+                    if let Some(name) = &t.name {
+                        t.topic_authorized_operations =
+                            authorized_operations(node, authz, Rt::Topic, name.0.as_str());
+                    }
+                }
+            }
+        }
+        ResponseKind::DescribeCluster(r) if wanted.cluster && r.error_code == 0 => {
+            r.cluster_authorized_operations = cluster();
+        }
+        ResponseKind::DescribeGroups(r) if wanted.groups => {
+            for g in r.groups.iter_mut().filter(|g| g.error_code == 0) {
+                g.authorized_operations =
+                    authorized_operations(node, authz, Rt::Group, g.group_id.0.as_str());
+            }
+        }
+        _ => {}
     }
 }
 

@@ -14,6 +14,19 @@
 //! iterations, StoredKey and ServerKey, never a password. PLAIN is checked against the user's
 //! SCRAM-SHA-512 credential (else SCRAM-SHA-256) by deriving StoredKey from the password.
 //!
+//! *mTLS.* With `kafka.tls_client_auth` = `requested` or `required`, rustls's
+//! `WebPkiClientVerifier` checks client certificates against `kafka.tls_client_ca`. Without
+//! SASL the connection's principal is the certificate's subject mapped by
+//! `kafka.tls_principal_mapping` (`kafka::principal`); with SASL the SASL user wins.
+//!
+//! *Re-authentication (KIP-368).* With `kafka.connections_max_reauth_ms` > 0, SaslAuthenticate
+//! v1+ answers that `session_lifetime_ms` (SCRAM and PLAIN credentials carry no lifetime of
+//! their own). A connection whose session has expired is closed at its next request unless
+//! that request is a SaslHandshake, which starts a re-authentication on the live connection:
+//! same mechanism, same user (Kafka refuses a change of principal), credentials checked
+//! afresh — a deleted user fails and the connection closes. Requests other than SASL ones
+//! during a re-authentication close the connection, as Kafka does.
+//!
 //! *Secrets:* passwords, salted passwords and keys are never logged; `Security` prints no key.
 
 use super::errors;
@@ -35,6 +48,7 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::ResponseError as E;
 use rand::Rng;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use strata_meta::{Command, CommandResult, Rejection, ScramCredential, ScramMechanism};
 use tokio_rustls::rustls;
 
@@ -86,6 +100,20 @@ pub struct Security {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Empty: no authentication.
     pub mechanisms: Vec<Mechanism>,
+    /// Client certificates: not asked for, verified when sent, or required.
+    pub client_auth: ClientAuth,
+    /// A client certificate's subject DN to a principal name (mTLS without SASL).
+    pub principal_mapping: super::principal::PrincipalMapping,
+    /// KIP-368: how long a SASL session lasts before re-authentication; `None`: forever.
+    pub session_lifetime: Option<Duration>,
+}
+
+/// `kafka.tls_client_auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Requested,
+    Required,
 }
 
 impl std::fmt::Debug for Security {
@@ -93,6 +121,8 @@ impl std::fmt::Debug for Security {
         f.debug_struct("Security")
             .field("tls", &self.tls.is_some())
             .field("mechanisms", &self.mechanisms)
+            .field("client_auth", &self.client_auth)
+            .field("session_lifetime", &self.session_lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +130,51 @@ impl std::fmt::Debug for Security {
 impl Security {
     /// Checks and loads `kafka.tls_*` and `kafka.sasl_*`. The error names the offending key.
     pub fn from_config(k: &KafkaSection) -> Result<Self, (&'static str, String)> {
+        let client_auth = match k.tls_client_auth.as_str() {
+            "none" => ClientAuth::None,
+            "requested" => ClientAuth::Requested,
+            "required" => ClientAuth::Required,
+            other => {
+                return Err((
+                    "kafka.tls_client_auth",
+                    format!("unknown value `{other}`; expected none, requested or required"),
+                ))
+            }
+        };
+        let verifier = match (client_auth, &k.tls_client_ca) {
+            (ClientAuth::None, None) => None,
+            (ClientAuth::None, Some(_)) => {
+                return Err((
+                    "kafka.tls_client_ca",
+                    "set, but kafka.tls_client_auth is none: client certificates would not \
+                     be checked; set kafka.tls_client_auth = \"required\" (or \"requested\")"
+                        .into(),
+                ))
+            }
+            (_, None) => {
+                return Err((
+                    "kafka.tls_client_ca",
+                    format!(
+                        "required with kafka.tls_client_auth = \"{}\": the CAs client \
+                         certificates must chain to",
+                        k.tls_client_auth
+                    ),
+                ))
+            }
+            (mode, Some(ca)) => {
+                if k.tls_cert_file.is_none() || k.tls_key_file.is_none() {
+                    return Err((
+                        "kafka.tls_client_auth",
+                        "client certificates need TLS: set kafka.tls_cert_file and \
+                         kafka.tls_key_file"
+                            .into(),
+                    ));
+                }
+                Some(client_verifier(ca, mode == ClientAuth::Requested)?)
+            }
+        };
+        let principal_mapping = super::principal::PrincipalMapping::parse(&k.tls_principal_mapping)
+            .map_err(|e| ("kafka.tls_principal_mapping", e))?;
         let tls = match (&k.tls_cert_file, &k.tls_key_file) {
             (None, None) => None,
             (Some(_), None) => {
@@ -114,7 +189,7 @@ impl Security {
                     "required with kafka.tls_key_file".into(),
                 ))
             }
-            (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, verifier)?),
         };
         let mut mechanisms = Vec::new();
         for name in &k.sasl_mechanisms {
@@ -138,7 +213,33 @@ impl Security {
                     .into(),
             ));
         }
-        Ok(Self { tls, mechanisms })
+        let session_lifetime = (k.connections_max_reauth_ms > 0)
+            .then(|| Duration::from_millis(k.connections_max_reauth_ms));
+        Ok(Self {
+            tls,
+            mechanisms,
+            client_auth,
+            principal_mapping,
+            session_lifetime,
+        })
+    }
+
+    /// The principal name (without `User:`) of a connection from its verified client
+    /// certificate chain, leaf first; `Ok(None)` without a certificate. An error closes the
+    /// connection (a subject no mapping rule matches, as Kafka refuses it).
+    pub fn certificate_principal(
+        &self,
+        chain: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    ) -> Result<Option<String>, String> {
+        let Some(leaf) = chain.and_then(|c| c.first()) else {
+            return Ok(None);
+        };
+        let dn = super::principal::subject_dn(leaf)
+            .ok_or_else(|| "client certificate subject does not parse".to_string())?;
+        self.principal_mapping
+            .apply(&dn)
+            .map(Some)
+            .ok_or_else(|| format!("no kafka.tls_principal_mapping rule applies to `{dn}`"))
     }
 
     pub fn sasl_enabled(&self) -> bool {
@@ -146,9 +247,54 @@ impl Security {
     }
 }
 
+/// A rustls verifier of client certificates chaining to the CAs in `ca` (a PEM bundle);
+/// `optional`: a client may send none.
+fn client_verifier(
+    ca: &std::path::Path,
+    optional: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, (&'static str, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    const KEY: &str = "kafka.tls_client_ca";
+    let pem = std::fs::read(ca).map_err(|e| (KEY, format!("cannot read {}: {e}", ca.display())))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| (KEY, format!("bad PEM in {}: {e}", ca.display())))?;
+    if certs.is_empty() {
+        return Err((KEY, format!("no CERTIFICATE in {}", ca.display())));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| {
+            (
+                KEY,
+                format!("not a usable CA certificate in {}: {e}", ca.display()),
+            )
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| (KEY, e.to_string()))
+}
+
 pub(crate) fn load_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, (&'static str, String)> {
+    tls_acceptor(cert, key, None)
+}
+
+/// The listener's TLS config; `clients`: verify client certificates with it.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<tokio_rustls::TlsAcceptor, (&'static str, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -173,17 +319,19 @@ pub(crate) fn load_tls(
         )
     })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ("kafka.tls_cert_file", e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .map_err(|e| {
-            (
-                "kafka.tls_key_file",
-                format!("does not match the certificate: {e}"),
-            )
-        })?;
+        .map_err(|e| ("kafka.tls_cert_file", e.to_string()))?;
+    let builder = match clients {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(certs, private).map_err(|e| {
+        (
+            "kafka.tls_key_file",
+            format!("does not match the certificate: {e}"),
+        )
+    })?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -191,16 +339,20 @@ pub(crate) fn load_tls(
 enum State {
     /// Nothing yet (or SASL is off).
     Start,
-    /// SaslHandshake chose a mechanism; `raw`: v0, tokens come without a Kafka header.
+    /// SaslHandshake chose a mechanism; `raw`: v0, tokens come without a Kafka header;
+    /// `reauth`: the connection was authenticated before (KIP-368).
     Handshaken {
         mech: Mechanism,
         raw: bool,
+        reauth: bool,
     },
     /// SCRAM: the server-first message was sent.
     ScramSent {
         exchange: Box<ServerExchange>,
+        mech: Mechanism,
         user: String,
         raw: bool,
+        reauth: bool,
     },
     Authenticated,
     /// A failure was answered; the connection closes.
@@ -210,8 +362,13 @@ enum State {
 /// Per-connection authentication state.
 pub struct Session {
     state: State,
-    /// The authenticated user (for ACLs).
+    /// The principal's name for ACLs: the SASL user, else (SASL off) the client certificate's
+    /// mapped subject.
     pub principal: Option<String>,
+    /// The mechanism of the login; a re-authentication must use the same (Kafka's rule).
+    mechanism: Option<Mechanism>,
+    /// When the SASL session ends (KIP-368); `None`: never.
+    expires: Option<Instant>,
 }
 
 /// What the connection does with a frame after [`Session::intercept`].
@@ -228,28 +385,26 @@ pub enum Intercept {
 
 const AUTH_FAILED: &str = "Authentication failed: invalid credentials";
 
-impl Default for Session {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Session {
-    pub fn new() -> Self {
+    /// `certificate_principal`: the name [`Security::certificate_principal`] gave the client's
+    /// certificate; it is the principal only when SASL is off (with SASL the SASL user wins).
+    pub fn new(sec: &Security, certificate_principal: Option<String>) -> Self {
         Self {
             state: State::Start,
-            principal: None,
+            principal: certificate_principal.filter(|_| !sec.sasl_enabled()),
+            mechanism: None,
+            expires: None,
         }
     }
 
-    /// Decides what to do with one request frame. Called for every frame; cheap unless the
-    /// frame is an authentication matter.
-    pub async fn intercept(&mut self, node: &Arc<Node>, frame: Bytes) -> Intercept {
+    /// Decides what to do with one request frame, arrived at `now`. Called for every frame;
+    /// cheap unless the frame is an authentication matter.
+    pub async fn intercept(&mut self, node: &Arc<Node>, frame: Bytes, now: Instant) -> Intercept {
         let sec = &node.config.kafka_security;
         // SaslHandshake v0: the next frames are raw tokens.
         match &self.state {
             State::Handshaken { raw: true, .. } | State::ScramSent { raw: true, .. } => {
-                return self.token(node, &frame, None).await;
+                return self.token(node, &frame, None, now).await;
             }
             _ => {}
         }
@@ -258,6 +413,17 @@ impl Session {
         }
         let key = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]]));
         let version = i16::from_be_bytes([frame[2], frame[3]]);
+        // KIP-368: an expired session may only start a re-authentication.
+        if matches!(self.state, State::Authenticated)
+            && self.expires.is_some_and(|at| now >= at)
+            && key != Ok(ApiKey::SaslHandshake)
+        {
+            Metrics::inc(&node.metrics.kafka_sessions_expired_total);
+            return Intercept::Close(
+                "SASL session expired (kafka.connections_max_reauth_ms) without re-authentication"
+                    .into(),
+            );
+        }
         let authenticated = !sec.sasl_enabled() || matches!(self.state, State::Authenticated);
         match key {
             Ok(ApiKey::SaslHandshake) | Ok(ApiKey::SaslAuthenticate)
@@ -293,7 +459,8 @@ impl Session {
                     .map(|m| offered(m.name().to_string()))
                     .collect();
                 let resp = SaslHandshakeResponse::default().with_mechanisms(mechanisms);
-                if !matches!(self.state, State::Start) {
+                let reauth = matches!(self.state, State::Authenticated);
+                if !matches!(self.state, State::Start) && !reauth {
                     let resp = resp.with_error_code(E::IllegalSaslState.code());
                     return Intercept::ReplyClose(
                         reply(ResponseKind::SaslHandshake(resp)),
@@ -302,21 +469,33 @@ impl Session {
                 }
                 let chosen =
                     Mechanism::parse(req.mechanism.as_str()).filter(|m| sec.mechanisms.contains(m));
+                // A re-authentication keeps the login's mechanism (Kafka's rule).
+                let chosen = chosen.filter(|m| !reauth || self.mechanism == Some(*m));
                 let Some(mech) = chosen else {
+                    let resp = match (reauth, self.mechanism) {
+                        (true, Some(m)) => resp.with_mechanisms(vec![offered(m.name().into())]),
+                        _ => resp,
+                    };
                     let resp = resp.with_error_code(E::UnsupportedSaslMechanism.code());
+                    let why = if reauth {
+                        "re-authentication must use the login's SASL mechanism"
+                    } else {
+                        "unsupported SASL mechanism"
+                    };
                     return Intercept::ReplyClose(
                         reply(ResponseKind::SaslHandshake(resp)),
-                        format!("unsupported SASL mechanism `{}`", req.mechanism.as_str()),
+                        format!("{why}: `{}`", req.mechanism.as_str()),
                     );
                 };
                 self.state = State::Handshaken {
                     mech,
                     raw: version == 0,
+                    reauth,
                 };
                 Intercept::Reply(reply(ResponseKind::SaslHandshake(resp)))
             }
             RequestKind::SaslAuthenticate(req) => {
-                self.token(node, &req.auth_bytes, Some((api_key, version, cid)))
+                self.token(node, &req.auth_bytes, Some((api_key, version, cid)), now)
                     .await
             }
             _ => Intercept::Close("unexpected request".into()),
@@ -329,40 +508,48 @@ impl Session {
         node: &Arc<Node>,
         token: &[u8],
         wire: Option<(ApiKey, i16, i32)>,
+        now: Instant,
     ) -> Intercept {
-        let answer = |code: i16, message: Option<&str>, bytes: Vec<u8>| -> BytesMut {
-            match wire {
-                Some((api_key, version, cid)) => {
-                    let resp = SaslAuthenticateResponse::default()
-                        .with_error_code(code)
-                        .with_error_message(message.map(|m| StrBytes::from_string(m.to_string())))
-                        .with_auth_bytes(Bytes::from(bytes));
-                    super::handlers::encode(
-                        api_key,
-                        version,
-                        cid,
-                        &ResponseKind::SaslAuthenticate(resp),
-                    )
-                }
-                None => {
-                    let mut buf = BytesMut::with_capacity(4 + bytes.len());
-                    buf.put_i32(bytes.len() as i32);
-                    buf.put_slice(&bytes);
-                    buf
-                }
+        let lifetime = node.config.kafka_security.session_lifetime;
+        // `lifetime_ms`: KIP-368's session_lifetime_ms (v1+), sent with a completed login.
+        let answer = |code: i16, message: Option<&str>, bytes: Vec<u8>, lifetime_ms: i64| match wire
+        {
+            Some((api_key, version, cid)) => {
+                let resp = SaslAuthenticateResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(message.map(|m| StrBytes::from_string(m.to_string())))
+                    .with_auth_bytes(Bytes::from(bytes))
+                    .with_session_lifetime_ms(if version >= 1 { lifetime_ms } else { 0 });
+                super::handlers::encode(
+                    api_key,
+                    version,
+                    cid,
+                    &ResponseKind::SaslAuthenticate(resp),
+                )
+            }
+            None => {
+                let mut buf = BytesMut::with_capacity(4 + bytes.len());
+                buf.put_i32(bytes.len() as i32);
+                buf.put_slice(&bytes);
+                buf
             }
         };
         let state = std::mem::replace(&mut self.state, State::Failed);
-        let (mech_name, outcome) = match state {
-            State::Handshaken { mech, raw } => {
-                (mech.name(), self.first_token(node, mech, raw, token).await)
-            }
+        let (mech, reauth, outcome) = match state {
+            State::Handshaken { mech, raw, reauth } => (
+                mech,
+                reauth,
+                self.first_token(node, mech, raw, reauth, token).await,
+            ),
             State::ScramSent {
                 exchange,
+                mech,
                 user,
                 raw: _,
+                reauth,
             } => (
-                "SCRAM",
+                mech,
+                reauth,
                 exchange
                     .finish(token)
                     .map(|m| Step::Done(user, m.into_bytes())),
@@ -371,20 +558,40 @@ impl Session {
                 let msg = "SaslAuthenticate out of sequence";
                 return match wire {
                     Some(_) => Intercept::ReplyClose(
-                        answer(E::IllegalSaslState.code(), Some(msg), Vec::new()),
+                        answer(E::IllegalSaslState.code(), Some(msg), Vec::new(), 0),
                         msg.into(),
                     ),
                     None => Intercept::Close(msg.into()),
                 };
             }
         };
+        let mech_name = mech.name();
+        // Kafka refuses a re-authentication as another principal.
+        let outcome = match outcome {
+            Ok(Step::Done(user, _))
+                if reauth && self.principal.as_deref() != Some(user.as_str()) =>
+            {
+                Err(scram::ScramError::Malformed(
+                    "re-authentication as another user",
+                ))
+            }
+            other => other,
+        };
         match outcome {
-            Ok(Step::Continue(bytes)) => Intercept::Reply(answer(errors::NONE, None, bytes)),
+            Ok(Step::Continue(bytes)) => Intercept::Reply(answer(errors::NONE, None, bytes, 0)),
             Ok(Step::Done(user, bytes)) => {
-                tracing::debug!(%user, "kafka client authenticated");
+                if reauth {
+                    Metrics::inc(&node.metrics.kafka_reauthentications_total);
+                    tracing::debug!(%user, "kafka client re-authenticated");
+                } else {
+                    tracing::debug!(%user, "kafka client authenticated");
+                }
                 self.principal = Some(user);
+                self.mechanism = Some(mech);
                 self.state = State::Authenticated;
-                Intercept::Reply(answer(errors::NONE, None, bytes))
+                self.expires = lifetime.map(|d| now + d);
+                let lifetime_ms = lifetime.map_or(0, |d| d.as_millis() as i64);
+                Intercept::Reply(answer(errors::NONE, None, bytes, lifetime_ms))
             }
             Err(reason) => {
                 Metrics::add(&node.metrics.kafka_auth_failures_total, 1);
@@ -396,6 +603,7 @@ impl Session {
                             E::SaslAuthenticationFailed.code(),
                             Some(&message),
                             Vec::new(),
+                            0,
                         ),
                         why,
                     ),
@@ -410,6 +618,7 @@ impl Session {
         node: &Arc<Node>,
         mech: Mechanism,
         raw: bool,
+        reauth: bool,
         token: &[u8],
     ) -> Result<Step, scram::ScramError> {
         if token.len() > scram::TOKEN_BYTES_MAX {
@@ -466,8 +675,10 @@ impl Session {
                 let (exchange, server_first) = ServerExchange::start(m, first, cred, &nonce);
                 self.state = State::ScramSent {
                     exchange: Box::new(exchange),
+                    mech,
                     user,
                     raw,
+                    reauth,
                 };
                 Ok(Step::Continue(server_first.into_bytes()))
             }

@@ -109,6 +109,7 @@ pub async fn dispatch(
     if let RequestKind::Produce(req) = request {
         return produce(node, req, version, correlation_id, &denied).await;
     }
+    let operations = super::acl_handlers::operations_wanted(&request, version);
     let node = node.clone();
     let authz = authz.clone();
     Ok(Box::pin(async move {
@@ -211,6 +212,7 @@ pub async fn dispatch(
             }
         };
         super::acl_handlers::finish(&node, &authz, denied, &mut body);
+        super::acl_handlers::fill_operations(&node, &authz, operations, &mut body);
         Some(encode(api_key, version, correlation_id, &body).into())
     }))
 }

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod frame;
 pub mod group_handlers;
 pub mod handlers;
+pub mod principal;
 pub mod scram;
 pub mod server;
 pub mod versions;

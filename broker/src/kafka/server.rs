@@ -10,7 +10,9 @@
 //! already being worked on.
 //!
 //! With `kafka.tls_*` set, each accepted socket first completes a TLS handshake (bounded by the
-//! frame timeout). With `kafka.sasl_mechanisms` set, every frame first passes the connection's
+//! frame timeout) — and, with `kafka.tls_client_auth`, the client certificate's verified subject
+//! becomes the connection's principal when SASL is off. With `kafka.sasl_mechanisms` set, every
+//! frame first passes the connection's
 //! [`auth::Session`], which answers the SASL requests and closes a connection that sends
 //! anything else before authenticating.
 //!
@@ -57,15 +59,22 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Rece
                     // Plain TCP splits into owned halves (no lock between reader and writer).
                     None => {
                         let (rd, wr) = stream.into_split();
-                        connection(node.clone(), rd, wr, peer.ip()).await
+                        connection(node.clone(), rd, wr, peer.ip(), None).await
                     }
                     Some(acceptor) => {
                         match tokio::time::timeout(FRAME_READ_TIMEOUT, acceptor.accept(stream))
                             .await
                         {
                             Ok(Ok(tls)) => {
-                                let (rd, wr) = tokio::io::split(tls);
-                                connection(node.clone(), rd, wr, peer.ip()).await
+                                let sec = &node.config.kafka_security;
+                                match sec.certificate_principal(tls.get_ref().1.peer_certificates())
+                                {
+                                    Ok(principal) => {
+                                        let (rd, wr) = tokio::io::split(tls);
+                                        connection(node.clone(), rd, wr, peer.ip(), principal).await
+                                    }
+                                    Err(why) => Err(CloseReason::Auth(why)),
+                                }
                             }
                             Ok(Err(e)) => Err(CloseReason::Tls(e.to_string())),
                             Err(_) => Err(CloseReason::Tls("handshake timed out".into())),
@@ -108,6 +117,7 @@ async fn connection<R, W>(
     rd: R,
     wr: W,
     peer: std::net::IpAddr,
+    certificate_principal: Option<String>,
 ) -> Result<(), CloseReason>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -139,7 +149,7 @@ where
         wr.shutdown().await
     });
     let max = node.config.file.kafka.request_bytes_max;
-    let mut session = auth::Session::new();
+    let mut session = auth::Session::new(&node.config.kafka_security, certificate_principal);
     let mut authz = super::acl_handlers::Authorizer::for_connection(&node, None, peer);
     let result = loop {
         let frame = match read_frame(&mut rd, max).await {
@@ -150,7 +160,7 @@ where
         let api_key = frame
             .get(..2)
             .map_or(-1, |k| i16::from_be_bytes([k[0], k[1]]));
-        let frame = match session.intercept(&node, frame).await {
+        let frame = match session.intercept(&node, frame, Instant::now()).await {
             Intercept::Pass(frame) => frame,
             Intercept::Reply(answer) => {
                 let ready: ResponseFuture = Box::pin(async move { Some(answer.into()) });
