@@ -55,7 +55,7 @@ pub use node::{ClusterConfig, MetaConfig, MetaNode};
 pub use raft::TypeConfig;
 pub use remote::RemoteMeta;
 pub use state::{
-    Command, CommandResult, DirectBlock, MetaState, Rejection, ScramCredential, ScramMechanism,
-    TopicMeta, OBJECT_BLOCKS_MAX, PARTITIONS_PER_TOPIC_MAX, PRODUCER_ID_BLOCK_MAX,
-    STORAGE_MODE_KEY,
+    Command, CommandResult, DirectBlock, DirectProducerBatch, DirectSkip, MetaState, Rejection,
+    ScramCredential, ScramMechanism, TopicMeta, OBJECT_BLOCKS_MAX, PARTITIONS_PER_TOPIC_MAX,
+    PRODUCER_ID_BLOCK_MAX, STORAGE_MODE_KEY,
 };

@@ -70,7 +70,10 @@ use crate::cluster::{
 
 #[path = "direct.rs"]
 mod direct;
-pub use direct::{DirectBlock, STORAGE_MODE_KEY};
+pub use direct::{
+    DirectBlock, DirectProducerBatch, DirectProducers, DirectSkip, DIRECT_PRODUCER_EXPIRATION_MS,
+    STORAGE_MODE_KEY,
+};
 
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
@@ -177,7 +180,7 @@ pub enum Command {
         key: String,
         size: u64,
         blocks: Vec<DirectBlock>,
-        /// When the writer proposed it (kept for symmetry with the other commits).
+        /// When the writer proposed it: the clock idempotent producers expire on (`direct.rs`).
         now_ms: i64,
     },
     /// Reserves `count` Kafka producer ids (idempotent producers) for one broker to hand out.
@@ -269,9 +272,13 @@ pub enum CommandResult {
     /// The topic after `AlterTopicConfigs` or `CreatePartitions`.
     TopicAltered(TopicMeta),
     ObjectCommitted,
-    /// `CommitDirect`: the base offset assigned to each block, in command order.
+    /// `CommitDirect`: the base offset assigned to each block, in command order (for a
+    /// duplicate block the original one, for a refused block -1), and the blocks of
+    /// idempotent batches that were not indexed, by position in the command, with why.
     DirectCommitted {
         base_offsets: Vec<i64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped: Vec<(usize, DirectSkip)>,
     },
     /// Producer ids `first..first + count` are now reserved for the proposer.
     ProducerIdsAllocated {
@@ -558,6 +565,10 @@ pub struct MetaState {
     /// Kafka ACLs. Absent from snapshots written before ACLs existed, hence the default.
     #[serde(default)]
     acls: crate::acl::AclSet,
+    /// Idempotent producers of the `direct` partitions (`direct.rs`). Absent from snapshots
+    /// written before direct idempotence existed, hence the default.
+    #[serde(default)]
+    direct_producers: DirectProducers,
 }
 
 impl MetaState {
@@ -580,8 +591,11 @@ impl MetaState {
                 stream,
             } => self.commit_object(key, *size, blocks, stream.as_ref()),
             Command::CommitDirect {
-                key, size, blocks, ..
-            } => self.commit_direct(key, *size, blocks),
+                key,
+                size,
+                blocks,
+                now_ms,
+            } => self.commit_direct(key, *size, blocks, *now_ms),
             Command::Cluster(cmd) => {
                 if matches!(cmd, ClusterCommand::RegisterBroker { .. }) {
                     self.adopt_unleased_topics();
@@ -704,6 +718,7 @@ impl MetaState {
             .remove(&id)
             .expect("invariant: every named topic has an entry");
         self.cluster.topic_deleted(id);
+        self.direct_producers.forget_topic(id);
         for block in entry.partitions.iter().flat_map(|p| p.blocks.iter()) {
             self.release_block(&block.key, None);
         }

@@ -7,7 +7,11 @@ object is in object storage (no WAL), with offsets assigned by metadata.
 - confluent-kafka (acks=all), kafka-python and kcat produce; kcat and confluent-kafka read
   everything back byte for byte, offsets dense per partition and equal to the delivery reports;
   the WAL directory never sees a byte of the direct topic's payloads. On fs and on SeaweedFS.
-- Idempotent producers are refused with a clear error.
+- Idempotent producers (deduplicated by metadata's CommitDirect apply): confluent-kafka with
+  enable.idempotence=true gets exactly its records at dense offsets; on the wire, a retried
+  batch gets its original offset and is stored once, a gap is OUT_OF_ORDER_SEQUENCE_NUMBER, an
+  old epoch INVALID_PRODUCER_EPOCH, and the state survives a restart; kill -9 under an
+  idempotent producer leaves every value exactly once, in order. The direct metrics move.
 - kill -9 of the broker under an acks=all producer, then restart: every acknowledged record is
   at its acknowledged offset; a value is stored twice only when a copy was never acknowledged.
 - Object store down (writes answer 503 through tools/s3_fault_proxy.py): produces fail with a
@@ -16,6 +20,7 @@ object is in object storage (no WAL), with offsets assigned by metadata.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -103,8 +108,8 @@ def test_direct_topics_round_trip_byte_equal(broker_factory, request, strata_bin
         headers = (("h", b"%d" % i), ("h", None)) if i % 7 == 0 else ()
         recs.append(Rec(p, key, value, headers, now - 1000 + i))
     delivered = harness.produce(b.bootstrap, "direct-a", recs, flush_every=700)
-    # kafka-python (its own codec): idempotence off (refused on direct topics, tested below).
-    kp = KafkaProducer(bootstrap_servers=b.bootstrap, acks="all", linger_ms=5, enable_idempotence=False)
+    # kafka-python (its own codec), idempotent (its default).
+    kp = KafkaProducer(bootstrap_servers=b.bootstrap, acks="all", linger_ms=5, enable_idempotence=True)
     futures = []
     for i in range(300):
         value = marker + b"-kp-%d" % i
@@ -157,7 +162,7 @@ def test_direct_topics_round_trip_byte_equal(broker_factory, request, strata_bin
 
 
 def test_storage_mode_errors(broker_factory, strata_bin):
-    from confluent_kafka import KafkaError, Producer
+    from confluent_kafka import KafkaError
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
     b = broker_factory()
@@ -190,26 +195,7 @@ def test_storage_mode_errors(broker_factory, strata_bin):
     assert topic_configs(b, "d")[MODE].value == "direct"
     assert topic_configs(b, "w")[MODE].value == "wal"
 
-    # An idempotent producer is refused on a direct topic, with a message saying why.
-    errors = []
-    prod = Producer(harness.producer_conf(b.bootstrap, **{"enable.idempotence": True,
-                                                          "message.timeout.ms": 20000}))
-    prod.produce("d", value=b"x", partition=0, on_delivery=lambda e, m: errors.append(e))
-    prod.flush(30)
-    assert len(errors) == 1 and errors[0] is not None, errors
-    assert errors[0].code() == KafkaError.INVALID_RECORD, errors[0]
-    # librdkafka does not show the broker's error message; Produce v8 carries it.
-    batch = kwire.record_batch([(None, b"x")], int(time.time() * 1000), producer_id=7, producer_epoch=0,
-                               base_sequence=0)
-    frame = kwire.roundtrip(b.kafka_port, kwire.produce_request(8, "d", 0, batch))
-    r = kwire.Reader(frame)
-    r.i32(), r.i32(), r.string(), r.i32(), r.i32()  # correlation id, topics, name, partitions, index
-    code, _base, _append_time, _log_start = r.i16(), r.i64(), r.i64(), r.i64()
-    assert code == kwire.INVALID_RECORD
-    assert r.i32() <= 0, "no per-record errors"
-    message = r.string()
-    assert "enable.idempotence=false" in message and MODE in message, message
-    # The same batch without a producer id is accepted.
+    # A batch without a producer id is accepted on the wire.
     frame = kwire.roundtrip(b.kafka_port, kwire.produce_request(8, "d", 0, kwire.record_batch(
         [(None, b"y")], int(time.time() * 1000))))
     assert kwire.parse_produce_first(frame) == (0, 0)
@@ -386,3 +372,164 @@ def test_compaction_and_time_lookups_read_relative_blocks(broker_factory):
             assert (found.partition, found.offset) == want, (n, found)
     finally:
         c.close()
+
+
+# --------------------------------------------------------------------------------------
+# idempotent producers
+
+
+def init_pid(port: int, version: int = 1, **kw) -> tuple[int, int, int]:
+    return kwire.parse_init_producer_id(kwire.roundtrip(port, kwire.init_producer_id_request(version, **kw)), version)
+
+
+def produce_idem(port: int, topic: str, pid: int, epoch: int, seq: int, count: int) -> tuple[int, int]:
+    """One idempotent batch of `count` records -> (error_code, base_offset)."""
+    batch = kwire.record_batch([(None, b"%d-%d-%d" % (epoch, seq, i)) for i in range(count)], 1_700_000_000_000,
+                               producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+    return kwire.parse_produce_first(kwire.roundtrip(port, kwire.produce_request(7, topic, 0, batch)))
+
+
+def test_idempotent_confluent_producer_on_direct_topic(broker_factory):
+    from confluent_kafka import Producer
+
+    b = broker_factory()
+    topic, partitions, n = "idem-direct", 3, 3000
+    harness.create_topic(b.bootstrap, topic, partitions, config=DIRECT)
+    acks: list[tuple[int, int, bytes]] = []
+    errors = []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            acks.append((msg.partition(), msg.offset(), msg.value()))
+
+    prod = Producer(harness.producer_conf(b.bootstrap, **{"enable.idempotence": True, "acks": "all",
+                                                          "linger.ms": 5}))
+    for i in range(n):
+        prod.produce(topic, value=b"%d" % i, partition=i % partitions, on_delivery=on_delivery)
+        if i % 500 == 499:
+            prod.flush(60)
+    assert prod.flush(60) == 0
+    assert errors == [] and len(acks) == n, (errors[:5], len(acks))
+
+    hw = harness.watermarks(b.bootstrap, topic, partitions)
+    parts = harness.consume(b.bootstrap, topic, partitions, end={p: hw[p][1] for p in hw})
+    harness.assert_dense(parts)
+    for p, recs in parts.items():
+        # Exactly the values sent to this partition, once each, in the order sent.
+        assert [int(r.value) for r in recs] == list(range(p, n, partitions)), f"partition {p}"
+    assert sorted(acks) == sorted((p, r.offset, r.value) for p, recs in parts.items() for r in recs)
+
+    m = b.metrics()
+    objects = m.sum("strata_direct_objects_committed_total")
+    assert objects >= 1
+    assert m.sum("strata_direct_batches_total") >= objects
+    assert m.sum("strata_direct_object_bytes_total") > 0
+    assert m.sum("strata_direct_commit_duration_seconds_count") == objects
+    assert m.sum("strata_direct_duplicate_batches_total") == 0
+    assert m.sum("strata_direct_commit_failures_total") == 0
+
+
+def test_idempotent_wire_rules_on_direct_topic_survive_restart(broker_factory):
+    b = broker_factory()
+    port, topic = b.kafka_port, "idem-direct-wire"
+    harness.create_topic(b.bootstrap, topic, 1, config=DIRECT)
+    err, pid, epoch = init_pid(port)
+    assert (err, epoch) == (0, 0) and pid >= 0
+    steps = [
+        # (epoch, first sequence, records) -> (error, base offset)
+        ((0, 0, 3), (0, 0)),
+        ((0, 0, 3), (0, 0)),  # the same batch sent again: its original offset, not stored twice
+        ((0, 5, 1), (kwire.OUT_OF_ORDER_SEQUENCE_NUMBER, -1)),  # a gap
+        ((0, 3, 2), (0, 3)),
+        ((0, 0, 3), (0, 0)),  # still among the last five batches
+    ]
+    for i, ((ep, seq, n), want) in enumerate(steps):
+        assert produce_idem(port, topic, pid, ep, seq, n) == want, f"step {i}"
+    # KIP-360 re-init: the new epoch starts at 0; the old epoch is fenced.
+    assert init_pid(port, version=3, producer_id=pid, producer_epoch=0) == (0, pid, 1)
+    assert produce_idem(port, topic, pid, 1, 3, 1) == (kwire.OUT_OF_ORDER_SEQUENCE_NUMBER, -1)
+    assert produce_idem(port, topic, pid, 1, 0, 2) == (0, 5)
+    assert produce_idem(port, topic, pid, 0, 5, 1) == (kwire.INVALID_PRODUCER_EPOCH, -1)
+    assert harness.watermarks(b.bootstrap, topic, 1)[0][1] == 7
+    m = b.metrics()
+    assert m.sum("strata_direct_duplicate_batches_total") == 2
+    assert m.sum("strata_produce_sequence_errors_total") == 3
+
+    # The producer state is metadata's: a kill -9 keeps it.
+    b.kill9()
+    b.start()
+    assert produce_idem(port, topic, pid, 1, 0, 2) == (0, 5)
+    assert produce_idem(port, topic, pid, 0, 7, 1) == (kwire.INVALID_PRODUCER_EPOCH, -1)
+    assert produce_idem(port, topic, pid, 1, 4, 1) == (kwire.OUT_OF_ORDER_SEQUENCE_NUMBER, -1)
+    assert produce_idem(port, topic, pid, 1, 2, 1) == (0, 7)
+    parts = harness.consume(b.bootstrap, topic, 1)
+    harness.assert_dense(parts)
+    assert [r.value for r in parts[0]] == [b"0-0-0", b"0-0-1", b"0-0-2", b"0-3-0", b"0-3-1", b"1-0-0", b"1-0-1",
+                                           b"1-2-0"]
+
+
+IDEM_TOOL = Path(__file__).resolve().parent / "tools" / "idem_producer.py"
+
+
+def count_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.timeout(600)
+def test_idempotent_producer_through_kill9_on_direct_topic(broker_factory, tmp_path):
+    b = broker_factory()
+    topic, partitions = "idem-direct-crash", 3
+    harness.create_topic(b.bootstrap, topic, partitions, config=DIRECT)
+    ack_file, summary_file = tmp_path / "acks.txt", tmp_path / "summary.json"
+    log_path = tmp_path / "producer.log"
+    with open(log_path, "wb") as log:
+        prod = subprocess.Popen(
+            [harness.python(), str(IDEM_TOOL), b.bootstrap, topic, str(partitions), str(ack_file),
+             str(summary_file), "300"],
+            stdout=log, stderr=subprocess.STDOUT, env=harness.clean_env())
+        try:
+            seen = 0
+            for round_ in range(2):
+                want = seen + 2000
+                harness.eventually(lambda: count_lines(ack_file) >= want, 90,
+                                   what=f"round {round_}: {want} acknowledged records")
+                assert prod.poll() is None, f"producer exited early: {log_path.read_text(errors='replace')[-2000:]}"
+                b.kill9()
+                b.start()
+                seen = count_lines(ack_file)
+            harness.eventually(lambda: count_lines(ack_file) >= seen + 2000, 90,
+                               what="acknowledgements after the last restart")
+        finally:
+            if prod.poll() is None:
+                prod.send_signal(signal.SIGTERM)
+            try:
+                prod.wait(180)
+            except subprocess.TimeoutExpired:
+                prod.kill()
+                prod.wait(10)
+    summary = json.loads(summary_file.read_text())
+    assert not summary["fatal"], f"fatal producer errors: {summary}"
+    assert summary["errors"] == 0 and summary["unflushed"] == 0, f"undelivered records: {summary}"
+    assert summary["acked"] == summary["sent"], summary
+
+    acks = []
+    for line in ack_file.read_bytes().split(b"\n")[:-1]:
+        p, o, v = line.split(b" ")
+        acks.append((int(p), int(o), int(v)))
+    assert len(acks) == summary["sent"]
+    hw = harness.watermarks(b.bootstrap, topic, partitions)
+    parts = harness.consume(b.bootstrap, topic, partitions, end={p: hw[p][1] for p in hw})
+    harness.assert_dense(parts)
+    at = {}
+    for p, recs in parts.items():
+        values = [int(r.value) for r in recs]
+        # No duplicates, no gaps: exactly the values sent to this partition, in order.
+        assert values == list(range(p, summary["sent"], partitions)), (
+            f"partition {p}: {len(values)} records; first difference at "
+            f"{next((i for i, (x, y) in enumerate(zip(values, range(p, summary['sent'], partitions))) if x != y), None)}")
+        for r in recs:
+            at[int(r.value)] = (p, r.offset)
+    wrong = [(v, (p, o), at.get(v)) for p, o, v in acks if at.get(v) != (p, o)]
+    assert not wrong, f"{len(wrong)} acknowledged records not at their acknowledged offset, e.g. {wrong[:5]}"

@@ -23,7 +23,6 @@ pub fn append(err: AppendError) -> i16 {
         AppendError::WalFull | AppendError::Storage | AppendError::ObjectStore => {
             E::KafkaStorageError.code()
         }
-        AppendError::IdempotentDirect => E::InvalidRecord.code(),
         AppendError::TooLarge => E::MessageTooLarge.code(),
         AppendError::ShuttingDown | AppendError::Fenced => E::NotLeaderOrFollower.code(),
         AppendError::Sequence(e) => sequence(&e),

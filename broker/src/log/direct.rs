@@ -29,22 +29,28 @@
 //! the records are visible although the producer was told to retry — at-least-once, as in
 //! Kafka without idempotence.
 //!
-//! Idempotent producers are refused on direct topics (`INVALID_RECORD`, with a message saying
-//! to set `enable.idempotence=false`): deduplication would need per-producer sequence state in
-//! metadata, applied with the commit, which is not built yet. Refusing is explicit; accepting
-//! without deduplication would silently break the guarantee the producer asked for.
+//! Idempotent producers: the sequence checks must be atomic with offset assignment, so they run
+//! in metadata's `CommitDirect` apply (`meta/src/direct.rs`), which keeps the producer state.
+//! The writer gives every produce whose batches carry a producer id a block of its own, with
+//! their (producer id, epoch, sequences) in the command; metadata indexes it, or skips it as a
+//! duplicate (answered with the original offset; its bytes stay in the object, unreferenced) or
+//! refuses it (`OUT_OF_ORDER_SEQUENCE_NUMBER`, `INVALID_PRODUCER_EPOCH`, as the WAL topics do).
+//! Plain produces of a partition share one block. A commit whose outcome stayed unknown is
+//! answered `KAFKA_STORAGE_ERROR`; the idempotent producer's retry is then recognised as a
+//! duplicate if the first commit did apply, so it is exactly once.
 //!
 //! Ordering: one object is in flight at a time, so produces are committed in arrival order and
 //! a partition's batches from one connection keep their order.
 
 use super::partition::PartitionLog;
 use super::sequencer::{AppendError, AppendRequest, AppendResult, SeqMsg};
+use crate::meta_handle::MetaHandle;
 use crate::metrics::Metrics;
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_meta::{Command, CommandResult, DirectBlock, MetaNode};
+use strata_meta::{Command, CommandResult, DirectBlock, DirectProducerBatch, DirectSkip};
 use strata_tiering::{ObjectBuilder, ObjectStore};
 use strata_types::batch::{self, Batches};
 use strata_types::{BlockLocation, PartitionKey};
@@ -58,6 +64,10 @@ pub const STORAGE_MODES: &[&str] = &["wal", "direct"];
 
 /// Depth of the writer's queue (produce requests waiting for the next object).
 const DIRECT_QUEUE_MAX: usize = 4096;
+/// Partition appends gathered into one object at most. Each idempotent append is a block of its
+/// own, so this keeps an object well under metadata's `OBJECT_BLOCKS_MAX`.
+const DIRECT_OBJECT_APPENDS_MAX: usize = 10_000;
+const _: () = assert!(DIRECT_OBJECT_APPENDS_MAX <= strata_meta::OBJECT_BLOCKS_MAX);
 
 /// Whether a topic with these configs is in `direct` mode (absent means `wal`).
 pub fn is_direct(configs: &BTreeMap<String, String>) -> bool {
@@ -127,8 +137,6 @@ pub async fn route(
         if !is_direct {
             wal_at.push(i);
             wal.push(item);
-        } else if item.batches.iter().any(|b| b.producer.is_some()) {
-            results[i] = Some(Err(AppendError::IdempotentDirect));
         } else {
             writer_at.push(i);
             to_writer.push(item);
@@ -211,7 +219,7 @@ pub fn absolute(block: &BlockLocation, data: Bytes) -> Result<Bytes, String> {
 pub struct DirectWriter {
     node_id: u64,
     store: ObjectStore,
-    meta: MetaNode,
+    meta: MetaHandle,
     metrics: Arc<Metrics>,
     cfg: DirectConfig,
     rx: mpsc::Receiver<DirectMsg>,
@@ -221,7 +229,7 @@ impl DirectWriter {
     pub fn new(
         node_id: u64,
         store: ObjectStore,
-        meta: MetaNode,
+        meta: MetaHandle,
         metrics: Arc<Metrics>,
         cfg: DirectConfig,
     ) -> (DirectWriter, DirectHandle) {
@@ -246,13 +254,15 @@ impl DirectWriter {
             };
             let Some(first) = first else { break };
             let mut bytes = msg_bytes(&first);
+            let mut appends = first.items.len();
             let mut batch = vec![first];
             let window_end = Instant::now() + self.cfg.batch_window;
-            while bytes < self.cfg.batch_bytes_max {
+            while bytes < self.cfg.batch_bytes_max && appends < DIRECT_OBJECT_APPENDS_MAX {
                 tokio::select! {
                     msg = self.rx.recv() => match msg {
                         Some(m) => {
                             bytes += msg_bytes(&m);
+                            appends += m.items.len();
                             batch.push(m);
                         }
                         None => break,
@@ -306,38 +316,50 @@ impl DirectWriter {
         let mut builder = ObjectBuilder::new(key.clone());
         // Per block: the partition's log, its items with their relative starts, offsets taken.
         let mut plan: Vec<PlannedBlock> = Vec::new();
-        let mut records = 0i64;
-        let mut data_bytes = 0u64;
         for (pkey, members) in &parts {
-            let mut rel = 0i64;
-            let mut max_ts = -1i64;
-            let mut data = Vec::with_capacity(members.len());
-            let mut placed = Vec::with_capacity(members.len());
-            let log = msgs[members[0].0].items[members[0].1].log.clone();
-            for &(m, i) in members {
-                let item = &mut msgs[m].items[i];
-                let start = rel;
-                for b in &item.batches {
-                    batch::set_base_offset(&mut item.data[b.start..], rel);
-                    rel += b.offset_count;
+            for run in block_runs(&msgs, members) {
+                let mut rel = 0i64;
+                let mut max_ts = -1i64;
+                let mut data = Vec::with_capacity(run.len());
+                let mut placed = Vec::with_capacity(run.len());
+                let mut producer_batches = Vec::new();
+                let log = msgs[run[0].0].items[run[0].1].log.clone();
+                for (m, i) in run {
+                    let item = &mut msgs[m].items[i];
+                    let start = rel;
+                    for b in &item.batches {
+                        batch::set_base_offset(&mut item.data[b.start..], rel);
+                        if let Some(p) = b.producer {
+                            producer_batches.push(DirectProducerBatch {
+                                producer_id: p.producer_id,
+                                epoch: p.epoch,
+                                first_seq: p.first_seq,
+                                last_seq: p.last_seq,
+                                offset_delta: rel,
+                            });
+                        }
+                        rel += b.offset_count;
+                    }
+                    max_ts = max_ts.max(item.max_timestamp);
+                    placed.push((m, i, start));
+                    data.push(Bytes::copy_from_slice(&item.data));
                 }
-                records += rel - start;
-                data_bytes += item.data.len() as u64;
-                max_ts = max_ts.max(item.max_timestamp);
-                placed.push((m, i, start));
-                data.push(Bytes::copy_from_slice(&item.data));
+                builder.add_block(pkey.topic, pkey.partition, 0, rel, max_ts, &data);
+                plan.push(PlannedBlock {
+                    log,
+                    placed,
+                    count: rel,
+                    producer_batches,
+                });
             }
-            builder.add_block(pkey.topic, pkey.partition, 0, rel, max_ts, &data);
-            plan.push(PlannedBlock {
-                log,
-                placed,
-                count: rel,
-            });
         }
         let (object, blocks) = builder.finish();
         let size = object.len() as u64;
         debug_assert_eq!(blocks.len(), plan.len());
-        let direct_blocks = direct_blocks(&blocks);
+        let mut direct_blocks = direct_blocks(&blocks);
+        for (block, planned) in direct_blocks.iter_mut().zip(&plan) {
+            block.producer_batches = planned.producer_batches.clone();
+        }
 
         let outcome = match put_until(&self.store, &self.metrics, &key, object, deadline).await {
             Err(_) => None,
@@ -345,25 +367,59 @@ impl DirectWriter {
                 let write = |cmd| {
                     crate::metrics::timed(&self.metrics.meta_write_seconds, self.meta.write(cmd))
                 };
-                commit_until(write, &key, size, direct_blocks, deadline)
+                commit_outcome_until(write, &key, size, direct_blocks, deadline)
                     .await
                     .ok()
             }
         };
         match outcome {
-            Some(base_offsets) => {
-                for (PlannedBlock { log, placed, count }, base) in plan.iter().zip(&base_offsets) {
-                    for &(m, i, start) in placed {
-                        results[m][i] = Ok(base + start);
+            Some(committed) => {
+                let (mut records, mut data_bytes, mut batches) = (0u64, 0u64, 0u64);
+                for (b, (planned, base)) in plan.iter().zip(&committed.base_offsets).enumerate() {
+                    let skip = committed
+                        .skipped
+                        .iter()
+                        .find(|(at, _)| *at == b)
+                        .map(|(_, skip)| *skip);
+                    let answer = |start: i64| match skip {
+                        None | Some(DirectSkip::Duplicate) => Ok(base + start),
+                        Some(refused) => Err(refusal(refused)),
+                    };
+                    for &(m, i, start) in &planned.placed {
+                        results[m][i] = answer(start);
                         let item = &msgs[m].items[i];
-                        log.traffic.count_in(item.data.len(), item.offset_count());
+                        if skip.is_none() {
+                            planned
+                                .log
+                                .traffic
+                                .count_in(item.data.len(), item.offset_count());
+                            records += item.offset_count().max(0) as u64;
+                            data_bytes += item.data.len() as u64;
+                            batches += item.batches.len() as u64;
+                        }
                     }
-                    log.follow_index(base + count);
+                    match skip {
+                        None => planned.log.follow_index(base + planned.count),
+                        Some(DirectSkip::Duplicate) => {
+                            Metrics::inc(&self.metrics.produce_duplicate_batches_total);
+                            Metrics::inc(&self.metrics.direct_duplicate_batches_total);
+                        }
+                        Some(refused) => {
+                            Metrics::inc(&self.metrics.produce_sequence_errors_total);
+                            tracing::debug!(topic = %planned.log.topic_name, partition = planned.log.key.partition, err = %refused, "idempotent direct batch refused");
+                        }
+                    }
                 }
                 Metrics::inc(&self.metrics.objects_uploaded_total);
                 Metrics::add(&self.metrics.object_bytes_uploaded_total, size);
                 Metrics::add(&self.metrics.produce_bytes_total, data_bytes);
-                Metrics::add(&self.metrics.produce_records_total, records.max(0) as u64);
+                Metrics::add(&self.metrics.produce_records_total, records);
+                Metrics::inc(&self.metrics.direct_objects_committed_total);
+                Metrics::add(&self.metrics.direct_object_bytes_total, size);
+                Metrics::add(&self.metrics.direct_batches_total, batches);
+                self.metrics
+                    .direct_commit_seconds
+                    .observe(started.elapsed());
                 tracing::debug!(
                     key,
                     bytes = size,
@@ -373,6 +429,7 @@ impl DirectWriter {
                 );
             }
             None => {
+                Metrics::inc(&self.metrics.direct_commit_failures_total);
                 tracing::warn!(key, "direct produce failed: object not committed in time");
             }
         }
@@ -395,6 +452,7 @@ pub fn direct_blocks(blocks: &[BlockLocation]) -> Vec<DirectBlock> {
             len: b.len,
             max_timestamp: b.max_timestamp,
             crc32c: b.crc32c,
+            producer_batches: Vec::new(),
         })
         .collect()
 }
@@ -429,10 +487,9 @@ pub async fn put_until(
     }
 }
 
-/// Proposes `CommitDirect` through `write`, retrying (the same key, so a retry after a lost
-/// reply answers the first offsets) until `deadline`. The assigned base offsets, one per
-/// block, or the reason there are none. Shared by the [`DirectWriter`] (a `MetaNode`) and the
-/// Lambda entry points (a remote metadata client).
+/// Proposes `CommitDirect` through `write` for blocks without producer ids (see
+/// [`commit_outcome_until`]): the assigned base offsets, one per block, or the reason there are
+/// none. Used by the Lambda entry points (a remote metadata client).
 pub async fn commit_until<W, F>(
     write: W,
     key: &str,
@@ -440,6 +497,38 @@ pub async fn commit_until<W, F>(
     blocks: Vec<DirectBlock>,
     deadline: Instant,
 ) -> Result<Vec<i64>, String>
+where
+    W: Fn(Command) -> F,
+    F: std::future::Future<Output = Result<CommandResult, strata_meta::MetaError>>,
+{
+    let committed = commit_outcome_until(write, key, size, blocks, deadline).await?;
+    if !committed.skipped.is_empty() {
+        return Err(format!(
+            "metadata skipped blocks of a commit without producer ids: {:?}",
+            committed.skipped
+        ));
+    }
+    Ok(committed.base_offsets)
+}
+
+/// What metadata answered a `CommitDirect`: a base offset per block (the original one for a
+/// duplicate, -1 for a refused block) and the blocks it did not index, with why.
+#[derive(Debug)]
+pub struct DirectCommitted {
+    pub base_offsets: Vec<i64>,
+    pub skipped: Vec<(usize, DirectSkip)>,
+}
+
+/// Proposes `CommitDirect` through `write`, retrying (the same key, so a retry after a lost
+/// reply answers the first offsets) until `deadline`. Shared by the [`DirectWriter`] and,
+/// through [`commit_until`], the Lambda entry points.
+pub async fn commit_outcome_until<W, F>(
+    write: W,
+    key: &str,
+    size: u64,
+    blocks: Vec<DirectBlock>,
+    deadline: Instant,
+) -> Result<DirectCommitted, String>
 where
     W: Fn(Command) -> F,
     F: std::future::Future<Output = Result<CommandResult, strata_meta::MetaError>>,
@@ -454,9 +543,17 @@ where
             now_ms: super::sequencer::now_ms(),
         };
         match tokio::time::timeout_at(deadline, write(cmd)).await {
-            Ok(Ok(CommandResult::DirectCommitted { base_offsets })) => {
-                if base_offsets.len() == blocks.len() {
-                    return Ok(base_offsets);
+            Ok(Ok(CommandResult::DirectCommitted {
+                base_offsets,
+                skipped,
+            })) => {
+                if base_offsets.len() == blocks.len()
+                    && skipped.iter().all(|(at, _)| *at < blocks.len())
+                {
+                    return Ok(DirectCommitted {
+                        base_offsets,
+                        skipped,
+                    });
                 }
                 tracing::error!(key, "direct commit answered the wrong number of offsets");
                 return Err("metadata answered the wrong number of offsets".into());
@@ -481,11 +578,73 @@ where
 }
 
 /// One block of the object being built: its partition's log, its items as (message, item,
-/// first relative offset), and the offsets the block takes.
+/// first relative offset), the offsets the block takes, and its idempotent batches.
 struct PlannedBlock {
     log: Arc<PartitionLog>,
     placed: Vec<(usize, usize, i64)>,
     count: i64,
+    producer_batches: Vec<DirectProducerBatch>,
+}
+
+/// Splits one partition's produces (in arrival order) into blocks: consecutive plain produces
+/// share one; a produce with producer ids gets its own, so metadata can skip it (a duplicate,
+/// a refused sequence) without touching the others. Arrival order is kept.
+fn block_runs(msgs: &[DirectMsg], members: &[(usize, usize)]) -> Vec<Vec<(usize, usize)>> {
+    let mut runs: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut plain_open = false;
+    for &(m, i) in members {
+        let idempotent = msgs[m].items[i]
+            .batches
+            .iter()
+            .any(|b| b.producer.is_some());
+        if idempotent || !plain_open {
+            runs.push(Vec::new());
+        }
+        plain_open = !idempotent;
+        runs.last_mut().expect("a run was just pushed").push((m, i));
+    }
+    runs
+}
+
+/// The produce error for a block metadata refused (Kafka's codes, as the WAL topics answer).
+fn refusal(skip: DirectSkip) -> AppendError {
+    use super::producer::SequenceError as E;
+    match skip {
+        DirectSkip::StaleEpoch {
+            producer_id,
+            epoch,
+            current,
+        } => E::StaleEpoch {
+            producer_id,
+            epoch,
+            current,
+        }
+        .into(),
+        DirectSkip::OutOfOrder {
+            producer_id,
+            expected,
+            got,
+        } => E::OutOfOrder {
+            producer_id,
+            expected,
+            got,
+        }
+        .into(),
+        DirectSkip::NewEpochNotAtZero {
+            producer_id,
+            epoch,
+            got,
+        } => E::NewEpochNotAtZero {
+            producer_id,
+            epoch,
+            got,
+        }
+        .into(),
+        DirectSkip::PartialDuplicate => E::PartialDuplicate.into(),
+        // A retried commit refused this block the first time; the reason is gone. A retriable
+        // error: the producer resends, and the new commit checks the batch afresh.
+        DirectSkip::RefusedEarlier { .. } | DirectSkip::Duplicate => AppendError::ObjectStore,
+    }
 }
 
 fn msg_bytes(msg: &DirectMsg) -> u64 {
@@ -594,6 +753,7 @@ mod tests {
                     len: 10,
                     max_timestamp: 1,
                     crc32c: 0,
+                    producer_batches: Vec::new(),
                 }],
                 now_ms: 0,
             });

@@ -78,9 +78,6 @@ pub enum AppendError {
     /// `direct` mode: the object holding the append was not PUT and committed in time.
     #[error("object storage did not take the append in time; retry")]
     ObjectStore,
-    /// `direct` mode keeps no idempotent-producer state (`log/direct.rs`).
-    #[error("idempotent producers are not supported on topics with strata.storage.mode=direct; set enable.idempotence=false")]
-    IdempotentDirect,
     /// An idempotent producer's batch failed its sequence or epoch check; nothing was written.
     #[error(transparent)]
     Sequence(#[from] SequenceError),
