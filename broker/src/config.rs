@@ -321,8 +321,14 @@ pub struct WalSection {
     #[serde(deserialize_with = "string_or_list")]
     pub peers: Vec<String>,
     /// W: replicas that must have an entry on disk before it is acknowledged; default a
-    /// majority of `wal.peers`.
+    /// majority of `wal.replicas`.
     pub write_quorum: Option<u16>,
+    /// R: replicas per stream, default all of `wal.peers`. With fewer, the other peers are
+    /// spares that replace an unhealthy replica.
+    pub replicas: Option<u16>,
+    /// A stream replica unhealthy (unreachable, or stopped) this long is replaced by a spare
+    /// peer (`wal.peers` beyond `wal.replicas`); 0 never.
+    pub replica_replace_after_ms: u64,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -582,6 +588,8 @@ impl Default for WalSection {
             listen: "127.0.0.1:1778".into(),
             peers: Vec::new(),
             write_quorum: None,
+            replicas: None,
+            replica_replace_after_ms: 60_000,
         }
     }
 }
@@ -1085,6 +1093,9 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         if f.wal.write_quorum.is_some() {
             return Err(bad("wal.write_quorum", "needs wal.peers"));
         }
+        if f.wal.replicas.is_some() {
+            return Err(bad("wal.replicas", "needs wal.peers"));
+        }
         if !meta_peers.is_empty() && roles.broker {
             return Err(bad(
                 "wal.peers",
@@ -1093,10 +1104,20 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         }
         None
     } else {
-        let r = u16::try_from(f.wal.peers.len())
-            .ok()
-            .filter(|r| *r <= 15)
-            .ok_or_else(|| bad("wal.peers", "at most 15 replicas"))?;
+        let peers = u16::try_from(f.wal.peers.len()).unwrap_or(u16::MAX);
+        let r = match f.wal.replicas {
+            Some(r) if r == 0 || r > peers => {
+                return Err(bad(
+                    "wal.replicas",
+                    format!("must be in 1..={peers} (the number of wal.peers)"),
+                ))
+            }
+            Some(r) => r,
+            None => peers,
+        };
+        if r > 15 {
+            return Err(bad("wal.peers", "at most 15 replicas"));
+        }
         let w = f.wal.write_quorum.unwrap_or(r / 2 + 1);
         if w == 0 || w > r {
             return Err(bad("wal.write_quorum", format!("must be in 1..={r}")));

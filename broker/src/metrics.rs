@@ -13,12 +13,12 @@
 
 use crate::log::partition::PartitionLog;
 use crate::log::registry::Registry;
+use crate::meta_handle::MetaHandle;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use strata_meta::MetaNode;
 use strata_types::PartitionKey;
 
 #[derive(Debug, Default)]
@@ -29,6 +29,10 @@ pub struct Metrics {
     pub kafka_request_errors_total: AtomicU64,
     /// SASL authentications refused (bad password, unknown user, malformed exchange).
     pub kafka_auth_failures_total: AtomicU64,
+    /// KIP-368: SASL re-authentications completed on live connections.
+    pub kafka_reauthentications_total: AtomicU64,
+    /// Connections closed because their SASL session expired without re-authentication.
+    pub kafka_sessions_expired_total: AtomicU64,
     /// Records and bytes made durable and visible (refused and duplicate batches not counted).
     pub produce_records_total: AtomicU64,
     pub produce_bytes_total: AtomicU64,
@@ -55,6 +59,8 @@ pub struct Metrics {
     pub brokers_expired_total: AtomicU64,
     /// Other brokers' WAL streams this broker recovered and uploaded (failover).
     pub streams_recovered_total: AtomicU64,
+    /// Replicas of this broker's WAL stream replaced by a spare (`wal.replica_replace_after_ms`).
+    pub wal_replicas_replaced_total: AtomicU64,
     /// Consumer groups held by the group coordinator, and their members.
     pub groups: AtomicU64,
     pub group_members: AtomicU64,
@@ -74,6 +80,16 @@ pub struct Metrics {
     pub wal_quorum_commit_seconds: Histogram,
     /// Metadata writes through raft (proposal to applied), as the broker sees them.
     pub meta_write_seconds: Histogram,
+    /// `direct` topics (`log/direct.rs`): objects committed, their bytes, the record batches
+    /// they indexed (batches per object = batches / objects), idempotent batches answered as
+    /// duplicates, objects not committed in time, and the time from sealing an object to its
+    /// commit (PUT + `CommitDirect`).
+    pub direct_objects_committed_total: AtomicU64,
+    pub direct_object_bytes_total: AtomicU64,
+    pub direct_batches_total: AtomicU64,
+    pub direct_duplicate_batches_total: AtomicU64,
+    pub direct_commit_failures_total: AtomicU64,
+    pub direct_commit_seconds: Histogram,
     /// Read-cache lookups on the read path, per budget (read-ahead not counted).
     pub cache: CacheCounters,
     pub mqtt: MqttMetrics,
@@ -87,7 +103,7 @@ pub struct Metrics {
 #[derive(Default)]
 struct Attached {
     registry: OnceLock<Arc<Registry>>,
-    meta: OnceLock<MetaNode>,
+    meta: OnceLock<MetaHandle>,
 }
 
 impl std::fmt::Debug for Attached {
@@ -187,6 +203,8 @@ pub struct MqttMetrics {
     pub acl_denied_subscribe: AtomicU64,
     /// Times a connection stopped being read for its publish rate limit.
     pub throttled: AtomicU64,
+    /// Deliveries dropped because a client's queue was full (QoS 0 to a slow client).
+    pub dropped: AtomicU64,
 }
 
 impl MqttMetrics {
@@ -567,14 +585,14 @@ impl Metrics {
 
     /// Gives the renderer the partition registry and the metadata node (start-up, once; a
     /// second call is ignored).
-    pub fn attach(&self, registry: Arc<Registry>, meta: MetaNode) {
+    pub fn attach(&self, registry: Arc<Registry>, meta: MetaHandle) {
         let _ = self.attached.registry.set(registry);
         let _ = self.attached.meta.set(meta);
     }
 
     /// Renders every series in the Prometheus text exposition format (version 0.0.4).
     pub fn render(&self, out: &mut String) {
-        let rows: [Row<'_>; 28] = [
+        let rows: [Row<'_>; 36] = [
             (
                 "strata_kafka_connections_total",
                 "counter",
@@ -604,6 +622,18 @@ impl Metrics {
                 "counter",
                 "Kafka SASL authentications refused (bad password, unknown user, bad exchange).",
                 &self.kafka_auth_failures_total,
+            ),
+            (
+                "strata_kafka_reauthentications_total",
+                "counter",
+                "Kafka SASL re-authentications completed on live connections (KIP-368).",
+                &self.kafka_reauthentications_total,
+            ),
+            (
+                "strata_kafka_sessions_expired_total",
+                "counter",
+                "Kafka connections closed because their SASL session expired (connections_max_reauth_ms).",
+                &self.kafka_sessions_expired_total,
             ),
             (
                 "strata_produce_records_total",
@@ -720,6 +750,12 @@ impl Metrics {
                 &self.streams_recovered_total,
             ),
             (
+                "strata_wal_replicas_replaced_total",
+                "counter",
+                "Replicas of this broker's WAL stream replaced by a spare.",
+                &self.wal_replicas_replaced_total,
+            ),
+            (
                 "strata_groups",
                 "gauge",
                 "Consumer groups held by this coordinator.",
@@ -743,6 +779,36 @@ impl Metrics {
                 "OffsetCommit requests written to metadata.",
                 &self.offset_commits_total,
             ),
+            (
+                "strata_direct_objects_committed_total",
+                "counter",
+                "Objects of direct topics PUT and committed (CommitDirect).",
+                &self.direct_objects_committed_total,
+            ),
+            (
+                "strata_direct_object_bytes_total",
+                "counter",
+                "Bytes of committed direct-topic objects.",
+                &self.direct_object_bytes_total,
+            ),
+            (
+                "strata_direct_batches_total",
+                "counter",
+                "Record batches indexed from direct-topic objects (per object: divide by objects).",
+                &self.direct_batches_total,
+            ),
+            (
+                "strata_direct_duplicate_batches_total",
+                "counter",
+                "Idempotent direct-topic batches metadata found committed before (not indexed again).",
+                &self.direct_duplicate_batches_total,
+            ),
+            (
+                "strata_direct_commit_failures_total",
+                "counter",
+                "Direct-topic objects not PUT and committed before the commit timeout.",
+                &self.direct_commit_failures_total,
+            ),
         ];
         render_rows(out, &rows);
         self.tier.render(out);
@@ -762,6 +828,11 @@ impl Metrics {
             out,
             "strata_meta_write_duration_seconds",
             "Metadata writes through raft, proposal to applied (object commits, offset commits).",
+        );
+        self.direct_commit_seconds.render(
+            out,
+            "strata_direct_commit_duration_seconds",
+            "Direct topics: from sealing an object to its commit (PUT + CommitDirect).",
         );
         self.render_cache(out);
         self.render_mqtt(out);
@@ -801,7 +872,7 @@ impl Metrics {
 
     fn render_mqtt(&self, out: &mut String) {
         let m = &self.mqtt;
-        let rows: [Row<'_>; 6] = [
+        let rows: [Row<'_>; 7] = [
             (
                 "strata_mqtt_connections_total",
                 "counter",
@@ -837,6 +908,12 @@ impl Metrics {
                 "counter",
                 "Times an MQTT connection stopped being read for its publish rate limit.",
                 &m.throttled,
+            ),
+            (
+                "strata_mqtt_dropped_total",
+                "counter",
+                "MQTT deliveries dropped because the client's queue was full.",
+                &m.dropped,
             ),
         ];
         render_rows(out, &rows);

@@ -21,6 +21,7 @@ use crate::log::retention::Retention;
 use crate::log::sequencer::{self, SeqMsg, SeqShared, SequencerConfig};
 use crate::log::sink::WalSink;
 use crate::log::uploader::Uploader;
+use crate::meta_handle::MetaHandle;
 use crate::metrics::Metrics;
 use crate::producer_ids::ProducerIds;
 use crate::{admin, kafka};
@@ -83,7 +84,7 @@ impl StartError {
 pub struct Node {
     pub config: NodeConfig,
     pub cluster_id: String,
-    pub meta: MetaNode,
+    pub meta: MetaHandle,
     pub store: ObjectStore,
     pub registry: Arc<Registry>,
     pub reader: Reader,
@@ -137,10 +138,11 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     }
 
     let store =
-        ObjectStore::from_url(&config.object_store).map_err(|e| StartError::ObjectStore {
-            url: config.object_store.clone(),
-            reason: e.to_string(),
-        })?;
+        ObjectStore::from_url_with_config(&config.object_store, config.file.tiering.store_config())
+            .map_err(|e| StartError::ObjectStore {
+                url: config.object_store.clone(),
+                reason: e.to_string(),
+            })?;
     store.check().await.map_err(|e| StartError::ObjectStore {
         url: store.url().to_string(),
         reason: e.to_string(),
@@ -149,7 +151,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     // The admin gRPC API: served beside the meta services (multi-node) or alone (single
     // node) on `meta.listen`; it answers UNAVAILABLE until the node below is built.
     let admin_grpc = admin::grpc::AdminService::new();
-    let meta = open_meta(&config, admin_grpc.routes()).await?;
+    let meta = open_broker_meta(&config, admin_grpc.routes()).await?;
     let cluster_id = cluster_id(&config)?;
 
     // Register before reading the WAL: registration says which partitions this broker leads
@@ -184,7 +186,9 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     registry.sync(&meta.read());
     metrics.attach(registry.clone(), meta.clone());
 
-    let (wal, entries) = open_wal(&config, registration).await?;
+    let wal_replicas = crate::takeover::stream_replicas(&config, config.node_id, &meta.read());
+    let (wal, entries) = open_wal(&config, registration, wal_replicas).await?;
+    let wal_owner = wal.stream_owner();
     let seq_shared = Arc::new(SeqShared::default());
     let mut producers = ProducerStates::default();
     let replayed = replay(
@@ -346,7 +350,9 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         orphan_grace_ms: i64::try_from(compaction.orphan_grace_ms).unwrap_or(i64::MAX),
     };
     tokio::spawn(compactor.run(shutdown_rx.clone()));
-    crate::meta_backup::spawn(&node.config, &meta, &store, &metrics, shutdown_rx.clone());
+    if let Some(member) = meta.member() {
+        crate::meta_backup::spawn(&node.config, member, &store, &metrics, shutdown_rx.clone());
+    }
 
     let kafka_listener = tokio::net::TcpListener::bind(node.config.kafka_listen)
         .await
@@ -426,6 +432,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
             lost_tx.clone(),
         ));
         tokio::spawn(crate::takeover::run(node.clone(), shutdown_rx.clone()));
+        crate::takeover::spawn_replica_upkeep(&node, wal_owner, replica.clone(), &shutdown_rx);
     }
     // Planned moves away from this broker, rebalance on join, scale to zero (`moves.rs`).
     let (idle_tx, mut idle_rx) = watch::channel(false);
@@ -522,6 +529,7 @@ fn wal_entry_bytes_max(config: &NodeConfig) -> u32 {
 async fn open_wal(
     config: &NodeConfig,
     registration: crate::cluster::Registration,
+    wal_replicas: Vec<String>,
 ) -> Result<(WalSink, Vec<strata_wal::RecoveredEntry>), StartError> {
     let Some((replicas, write_quorum)) = config.wal_quorum else {
         let wal_cfg = WalConfig {
@@ -542,13 +550,8 @@ async fn open_wal(
         })?;
         return Ok((WalSink::Local(wal), entries));
     };
-    let owner_cfg = stream_owner_config(
-        config,
-        config.node_id,
-        config.file.wal.peers.clone(),
-        replicas,
-        write_quorum,
-    );
+    let owner_cfg =
+        stream_owner_config(config, config.node_id, wal_replicas, replicas, write_quorum);
     let (owner, entries) = StreamOwner::recover(
         owner_cfg,
         registration.stream_epoch,
@@ -584,6 +587,7 @@ pub fn stream_owner_config(
         ..ReplicationConfig::default()
     };
     cfg.recover_timeout_ms = config.file.meta.stream_wait_ms;
+    cfg.replication.replace_after_ms = config.file.wal.replica_replace_after_ms;
     cfg
 }
 
@@ -612,6 +616,41 @@ fn shutdown_watchdog() {
     if let Err(err) = spawned {
         tracing::warn!(%err, "cannot start the shutdown watchdog");
     }
+}
+
+/// How long a broker that is not a meta member waits for the meta leader per call, and for its
+/// mirror to apply a write or a read point.
+const MIRROR_WAIT_MS: u64 = 30_000;
+
+/// Opens metadata for a broker: a member (see [`open_meta`]) with the `meta` role, else a
+/// mirror that follows the members in `meta.peers` (`strata_meta::MetaMirror`).
+async fn open_broker_meta(
+    config: &NodeConfig,
+    routes: tonic::service::Routes,
+) -> Result<MetaHandle, StartError> {
+    if config.roles.meta {
+        return Ok(open_meta(config, routes).await?.into());
+    }
+    let meta_error = |e: strata_meta::MetaError| StartError::Meta {
+        dir: "(not a meta member: following meta.peers)".into(),
+        reason: e.to_string(),
+    };
+    let addrs = config.meta_peers.iter().map(|(_, a)| a.clone()).collect();
+    let wait = Duration::from_millis(MIRROR_WAIT_MS);
+    let remote = strata_meta::RemoteMeta::new(addrs, wait).map_err(meta_error)?;
+    let mirror = strata_meta::MetaMirror::start(remote, wait)
+        .await
+        .map_err(meta_error)?;
+    println!(
+        "strata: following metadata from {} (not a meta member)",
+        config
+            .meta_peers
+            .iter()
+            .map(|(id, a)| format!("{id}@{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    Ok(MetaHandle::Remote(mirror))
 }
 
 /// Opens metadata: a member of the meta cluster in `meta.peers`, or a single-node store.
@@ -664,9 +703,21 @@ async fn run_without_broker(
         None
     };
     // A meta-only node may lead the meta group: it backs metadata up too.
-    if let (Some(meta), Ok(store)) = (&meta, ObjectStore::from_url(&config.object_store)) {
+    if let (Some(meta), Ok(store)) = (
+        &meta,
+        ObjectStore::from_url_with_config(&config.object_store, config.file.tiering.store_config()),
+    ) {
         let metrics = Arc::new(Metrics::default());
         crate::meta_backup::spawn(&config, meta, &store, &metrics, shutdown_tx.subscribe());
+    }
+    if let (Some(meta), Some(replica)) = (meta.clone(), replica.clone()) {
+        let gc = move |f: &dyn Fn(&strata_meta::MetaState) -> Vec<u64>| f(&meta.read());
+        tokio::spawn(crate::takeover::collect_streams(
+            config.clone(),
+            gc,
+            replica,
+            shutdown_tx.subscribe(),
+        ));
     }
     println!("strata: ready (node {})", config.node_id);
     wait_for_signal().await;

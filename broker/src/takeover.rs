@@ -13,6 +13,7 @@
 //! the stream with this broker, and if this broker dies too, the stream moves on with the next
 //! expiry. Recovery is idempotent: entries already in the index are skipped.
 
+use crate::config::NodeConfig;
 use crate::log::entry::WalEntry;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -20,10 +21,11 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use strata_meta::MetaState;
 use strata_meta::{ClusterCommand, ClusterResult, Command, CommandResult, StreamProgress};
 use strata_tiering::ObjectBuilder;
 use strata_types::PartitionKey;
-use strata_wal::net::StreamOwner;
+use strata_wal::net::{Replacement, ReplicaServerHandle, StreamOwner};
 use tokio::sync::watch;
 
 /// PUT attempts for a recovered tail before the takeover is retried from the start.
@@ -94,13 +96,10 @@ async fn recover_stream(
     r: u16,
     w: u16,
 ) -> Result<i64, String> {
-    let cfg = crate::node::stream_owner_config(
-        &node.config,
-        stream,
-        node.config.file.wal.peers.clone(),
-        r,
-        w,
-    );
+    let replicas = stream_replicas(&node.config, stream, &node.meta.read());
+    let mut cfg = crate::node::stream_owner_config(&node.config, stream, replicas, r, w);
+    // A takeover holds the stream only long enough to upload its tail.
+    cfg.replication.replace_after_ms = 0;
     let (owner, entries) = StreamOwner::recover(cfg, epoch, settled + 1)
         .await
         .map_err(|e| format!("recovery: {e}"))?;
@@ -224,4 +223,252 @@ async fn upload_tail(
     }
     owner.trim(settled_lsn);
     Ok(records)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replica sets: replacement (the owner's side) and garbage collection (the replica's side)
+
+/// Connecting to a spare before it is proposed must succeed within this.
+const SPARE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a replica looks for stream directories it no longer needs to keep.
+const GC_INTERVAL: Duration = Duration::from_secs(2);
+/// Pause between attempts to record a replica set whose outcome was unknown.
+const RECORD_RETRY: Duration = Duration::from_millis(250);
+
+/// The WAL replicas of `stream`: the set metadata recorded (after a replacement), else the
+/// configured default, the first R of `wal.peers` (the same on every node).
+pub fn stream_replicas(config: &NodeConfig, stream: u64, state: &MetaState) -> Vec<String> {
+    match state.cluster().stream(stream) {
+        Some(s) if !s.replicas.is_empty() => s.replicas.clone(),
+        _ => default_replicas(config),
+    }
+}
+
+fn default_replicas(config: &NodeConfig) -> Vec<String> {
+    let r = config.wal_quorum.map_or(0, |(r, _)| usize::from(r));
+    config.file.wal.peers.iter().take(r).cloned().collect()
+}
+
+/// Starts this node's replica upkeep: replacing unhealthy replicas of its own stream (when it
+/// writes a replicated stream) and deleting stream directories this WAL node no longer needs
+/// (when it serves the `wal` role).
+pub fn spawn_replica_upkeep(
+    node: &Arc<Node>,
+    owner: Option<StreamOwner>,
+    replica: Option<ReplicaServerHandle>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    if let Some(owner) = owner {
+        tokio::spawn(replace_replicas(node.clone(), owner, shutdown.clone()));
+    }
+    if let Some(replica) = replica {
+        let reader = node.clone();
+        tokio::spawn(collect_streams(
+            node.config.clone(),
+            move |f: &dyn Fn(&MetaState) -> Vec<u64>| f(&reader.meta.read()),
+            replica,
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// Answers the owner's replacement requests (the order is the writer core's, see
+/// `strata_wal::replication::writer`): pick a live spare, let the owner catch it up, record
+/// the new set in metadata, then let the owner switch. A spare that does not catch up within
+/// `wal.replica_replace_after_ms` is given up and the next request tries another.
+async fn replace_replicas(
+    node: Arc<Node>,
+    owner: StreamOwner,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(mut requests) = owner.replacements() else {
+        return;
+    };
+    let give_up_after = Duration::from_millis(node.config.file.wal.replica_replace_after_ms.max(1));
+    // (replica, spare, started) of the replacement under way.
+    let mut pending: Option<(u16, String, tokio::time::Instant)> = None;
+    loop {
+        let deadline = pending
+            .as_ref()
+            .map(|(_, _, started)| *started + give_up_after);
+        let request = tokio::select! {
+            r = requests.recv() => match r { Some(r) => r, None => return },
+            _ = shutdown.changed() => return,
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some((replica, spare, _)) = pending.take() {
+                    tracing::warn!(stream = owner.stream(), replica, %spare, "WAL replica replacement: the spare did not catch up in time; giving up on it");
+                    owner.finish_replace(replica, false);
+                }
+                continue;
+            }
+        };
+        match request {
+            Replacement::Unhealthy {
+                replica,
+                addr,
+                unhealthy_ms,
+            } => {
+                if pending.is_some() {
+                    continue;
+                }
+                let current = owner.replicas();
+                let spares: Vec<&String> = node
+                    .config
+                    .file
+                    .wal
+                    .peers
+                    .iter()
+                    .filter(|p| !current.contains(p))
+                    .collect();
+                let mut started = false;
+                for spare in spares {
+                    let alive = matches!(
+                        tokio::time::timeout(
+                            SPARE_CONNECT_TIMEOUT,
+                            tokio::net::TcpStream::connect(spare.as_str())
+                        )
+                        .await,
+                        Ok(Ok(_))
+                    );
+                    if alive && owner.start_replace(replica, spare) {
+                        tracing::warn!(stream = owner.stream(), replica, old = %addr, new = %spare, unhealthy_ms, "WAL replica replacement started: catching up the spare");
+                        pending = Some((replica, spare.clone(), tokio::time::Instant::now()));
+                        started = true;
+                        break;
+                    }
+                }
+                if !started {
+                    tracing::warn!(stream = owner.stream(), replica, %addr, unhealthy_ms, "WAL replica unhealthy, but no live spare in wal.peers to replace it");
+                }
+            }
+            Replacement::CaughtUp {
+                replica,
+                old_addr,
+                new_addr,
+                durable_lsn,
+            } => {
+                if pending.as_ref().map(|(r, a, _)| (*r, a)) != Some((replica, &new_addr)) {
+                    continue; // a replacement already given up
+                }
+                let mut set = owner.replicas();
+                set[usize::from(replica)] = new_addr.clone();
+                let recorded = record_replicas(&node, &owner, set, &mut shutdown).await;
+                pending = None;
+                match recorded {
+                    Some(recorded) => {
+                        owner.finish_replace(replica, recorded);
+                        if recorded {
+                            Metrics::inc(&node.metrics.wal_replicas_replaced_total);
+                            tracing::warn!(stream = owner.stream(), replica, old = %old_addr, new = %new_addr, durable_lsn, "WAL replica replaced");
+                        }
+                    }
+                    None => return, // shutting down: the owner stops with the broker
+                }
+            }
+        }
+    }
+}
+
+/// Records `set` as the stream's replicas. `Some(false)` only when metadata definitely
+/// refused it (a newer epoch: this owner is fenced anyway). An unknown outcome (a timeout, a
+/// leader change) is retried until it is known: giving up then could leave metadata naming
+/// the new set while the owner goes on counting the old replica. `None` on shutdown.
+async fn record_replicas(
+    node: &Node,
+    owner: &StreamOwner,
+    set: Vec<String>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<bool> {
+    let stream = owner.stream();
+    loop {
+        let cmd = Command::Cluster(ClusterCommand::SetStreamReplicas {
+            stream,
+            epoch: owner.epoch(),
+            replicas: set.clone(),
+        });
+        match node.meta.write(cmd).await {
+            Ok(CommandResult::Cluster(ClusterResult::StreamReplicasSet)) => return Some(true),
+            Ok(refused) => {
+                tracing::warn!(stream, ?refused, "WAL replica set refused by metadata");
+                return Some(false);
+            }
+            Err(err) => {
+                let applied = node
+                    .meta
+                    .read()
+                    .cluster()
+                    .stream(stream)
+                    .is_some_and(|s| s.epoch == owner.epoch() && s.replicas == set);
+                if applied {
+                    return Some(true);
+                }
+                tracing::warn!(stream, %err, "recording the WAL replica set failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECORD_RETRY) => {}
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
+/// Deletes the stream directories this WAL node keeps for streams whose recorded replica set
+/// no longer lists it.
+///
+/// The rule, and why it never deletes the only copy of anything: a set that leaves this node
+/// out is recorded only after the node that replaced it held every committed entry, and from
+/// then on the owner counts only the new set (see `strata_wal::replication::writer`), so the
+/// new set alone holds every acknowledged entry not yet in object storage. Entries only here
+/// were never acknowledged. Only streams no owner talked to since this server started are
+/// deleted (an idle store), and the server keeps the sealed epoch as a tombstone, so a zombie
+/// owner of an older epoch stays fenced here (see `ReplicaServerHandle::drop_stream`).
+///
+/// Not deleted: the directories of a set's members, even when everything in them is
+/// uploaded (the next owner writes there again, and a member's seal is what fences zombies).
+pub async fn collect_streams<F>(
+    config: NodeConfig,
+    read_state: F,
+    replica: ReplicaServerHandle,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(&dyn Fn(&MetaState) -> Vec<u64>) -> Vec<u64> + Send + 'static,
+{
+    if config.wal_quorum.is_none() {
+        return;
+    }
+    let me = config.wal_listen;
+    let is_me = |addr: &String| {
+        addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a == me) || *addr == me.to_string()
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(GC_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let held: Vec<u64> = replica.stats().streams.iter().map(|s| s.stream).collect();
+        let stale = read_state(&|state: &MetaState| {
+            held.iter()
+                .copied()
+                .filter(|id| state.cluster().stream(*id).is_some())
+                .filter(|id| !stream_replicas(&config, *id, state).iter().any(is_me))
+                .collect()
+        });
+        for stream in stale {
+            match replica.drop_stream(stream) {
+                Ok(true) => tracing::warn!(
+                    stream,
+                    "deleted a WAL stream directory: this node is no longer one of its replicas"
+                ),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!(stream, %err, "cannot delete a stale WAL stream directory")
+                }
+            }
+        }
+    }
 }

@@ -105,6 +105,10 @@ pub struct StreamInfo {
     pub holder: Option<NodeId>,
     /// Every entry up to here is in object storage and committed to the index.
     pub settled_lsn: u64,
+    /// The WAL replicas (`host:port`) the stream is on, in replica-id order, once a holder
+    /// replaced one (`SetStreamReplicas`); empty: the configured default set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
 }
 
 /// Who leads one partition.
@@ -166,6 +170,14 @@ pub enum ClusterCommand {
         epoch: u64,
         settled_lsn: u64,
     },
+    /// The holder of `(stream, epoch)` replaced a WAL replica: the stream is on `replicas` from
+    /// now on (every later recovery reads them). Proposed only once the new replica holds
+    /// every committed entry, so the new set alone is a complete copy of the stream's tail.
+    SetStreamReplicas {
+        stream: NodeId,
+        epoch: u64,
+        replicas: Vec<String>,
+    },
     /// Starts (or, with `draining: false`, stops) draining a live broker.
     DrainBroker {
         node_id: NodeId,
@@ -212,6 +224,7 @@ pub enum ClusterResult {
         nodes: Vec<NodeId>,
     },
     StreamReleased,
+    StreamReplicasSet,
     /// The broker's draining flag is set; `moves` partitions got a target.
     DrainSet {
         moves: u32,
@@ -243,6 +256,8 @@ pub enum ClusterRejection {
     StreamNotHeld { stream: NodeId },
     #[error("stream {stream} is unknown")]
     UnknownStream { stream: NodeId },
+    #[error("stream {stream}: invalid replica set: {reason}")]
+    InvalidReplicas { stream: NodeId, reason: String },
     #[error("partition {partition} of topic {topic}: no move from broker {from} at epoch {epoch} is under way ({reason})")]
     NoMove {
         topic: TopicId,
@@ -361,6 +376,26 @@ impl ClusterState {
                     }
                 }
                 Ok(ClusterResult::StreamReleased)
+            }
+            ClusterCommand::SetStreamReplicas {
+                stream,
+                epoch,
+                replicas,
+            } => {
+                self.check_stream(*stream, *epoch)?;
+                if replicas.is_empty()
+                    || replicas
+                        .iter()
+                        .any(|r| r.is_empty() || r.len() > ADDR_BYTES_MAX)
+                {
+                    return Err(ClusterRejection::InvalidReplicas {
+                        stream: *stream,
+                        reason: "empty list, or an empty or too long address".to_string(),
+                    });
+                }
+                let s = self.streams.get_mut(stream).expect("checked");
+                s.replicas = replicas.clone();
+                Ok(ClusterResult::StreamReplicasSet)
             }
             ClusterCommand::DrainBroker { node_id, draining } => {
                 let Some(b) = self.brokers.get_mut(node_id).filter(|b| b.alive) else {
@@ -490,6 +525,7 @@ impl ClusterState {
             epoch: 0,
             holder: None,
             settled_lsn: 0,
+            replicas: Vec::new(),
         });
         let stream_epoch = match stream.holder {
             None => {
@@ -846,6 +882,59 @@ mod tests {
 
     fn leaders(c: &ClusterState, topic: TopicId) -> Vec<Option<NodeId>> {
         c.leases[&topic].iter().map(|l| l.leader).collect()
+    }
+
+    #[test]
+    fn only_the_holder_at_its_epoch_sets_a_streams_replicas_and_they_outlive_a_takeover() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        register(&mut c, 2, 0);
+        assert!(c.stream(1).unwrap().replicas.is_empty(), "the default set");
+        let set = |epoch: u64, replicas: &[&str]| ClusterCommand::SetStreamReplicas {
+            stream: 1,
+            epoch,
+            replicas: replicas.iter().map(|r| r.to_string()).collect(),
+        };
+        assert_eq!(
+            c.apply(&set(1, &["a:1", "d:1", "c:1"])),
+            Ok(ClusterResult::StreamReplicasSet)
+        );
+        assert_eq!(c.stream(1).unwrap().replicas, vec!["a:1", "d:1", "c:1"]);
+        // A stale epoch (a fenced owner) and bad lists are refused; nothing changes.
+        assert_eq!(
+            c.apply(&set(0, &["x:1"])),
+            Err(ClusterRejection::StaleStreamEpoch {
+                stream: 1,
+                epoch: 0,
+                current: 1
+            })
+        );
+        assert!(matches!(
+            c.apply(&set(1, &[])),
+            Err(ClusterRejection::InvalidReplicas { stream: 1, .. })
+        ));
+        assert!(matches!(
+            c.apply(&set(1, &["a:1", ""])),
+            Err(ClusterRejection::InvalidReplicas { stream: 1, .. })
+        ));
+        assert!(matches!(
+            c.apply(&ClusterCommand::SetStreamReplicas {
+                stream: 9,
+                epoch: 1,
+                replicas: vec!["a:1".into()],
+            }),
+            Err(ClusterRejection::UnknownStream { stream: 9 })
+        ));
+        assert_eq!(c.stream(1).unwrap().replicas, vec!["a:1", "d:1", "c:1"]);
+        // Broker 1 dies: its stream moves on with the recorded set (the taker recovers from it).
+        c.apply(&ClusterCommand::ExpireBrokers {
+            by: 2,
+            now_ms: 5_000,
+        })
+        .unwrap();
+        let s = c.stream(1).unwrap();
+        assert_eq!((s.holder, s.epoch), (Some(2), 2));
+        assert_eq!(s.replicas, vec!["a:1", "d:1", "c:1"]);
     }
 
     #[test]

@@ -686,6 +686,7 @@ pub(crate) fn wal_op(node: &Node) -> Value {
                 "epoch": s.epoch,
                 "holder": s.holder,
                 "settled_lsn": s.settled_lsn,
+                "replicas": crate::takeover::stream_replicas(&node.config, id, &state),
             })
         })
         .collect();

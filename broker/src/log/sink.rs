@@ -86,6 +86,14 @@ impl WalSink {
         }
     }
 
+    /// A handle on the replicated stream's owner (for replica replacement), if replicated.
+    pub fn stream_owner(&self) -> Option<StreamOwner> {
+        match self {
+            WalSink::Local(_) => None,
+            WalSink::Replicated { owner, .. } => Some(owner.clone()),
+        }
+    }
+
     /// Whether `sync` waits for a write quorum of replicas (else one local fdatasync).
     pub fn is_replicated(&self) -> bool {
         matches!(self, WalSink::Replicated { .. })

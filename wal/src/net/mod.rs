@@ -37,8 +37,8 @@ pub mod store;
 
 pub use error::{NetError, OwnerError};
 pub use owner::{
-    OwnerConfig, OwnerStats, StreamOwner, CONNECT_TIMEOUT_MS_DEFAULT, RECOVER_TIMEOUT_MS_DEFAULT,
-    TICK_MS_DEFAULT, TICK_MS_MAX,
+    OwnerConfig, OwnerStats, Replacement, StreamOwner, CONNECT_TIMEOUT_MS_DEFAULT,
+    RECOVER_TIMEOUT_MS_DEFAULT, TICK_MS_DEFAULT, TICK_MS_MAX,
 };
 pub use server::{
     ReplicaServer, ReplicaServerConfig, ReplicaServerHandle, ReplicaStats, StreamStats,

@@ -193,6 +193,13 @@ struct State {
 
 struct Shared {
     cfg: OwnerConfig,
+    /// The address of each replica slot, then the joiner's (index R; empty while none).
+    addrs: parking_lot::Mutex<Vec<String>>,
+    /// Stops the link loop of each slot (index R: the joiner's).
+    loops: parking_lot::Mutex<Vec<CancellationToken>>,
+    /// Where `ReplaceReplica` and `ReplacementCaughtUp` go (see [`StreamOwner::replacements`]).
+    replace_tx: mpsc::UnboundedSender<Replacement>,
+    replace_rx: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Replacement>>>,
     epoch: Epoch,
     from_lsn: Lsn,
     started: Instant,
@@ -238,6 +245,26 @@ impl std::fmt::Debug for StreamOwner {
             .field("fenced", &s.fenced.load(Ordering::Relaxed))
             .finish()
     }
+}
+
+/// What the replacement of an unhealthy replica needs from the broker (see
+/// [`crate::replication::writer`], "Replacing a replica"): answer `Unhealthy` with
+/// [`StreamOwner::start_replace`] (a spare outside [`StreamOwner::replicas`] that is alive), and
+/// `CaughtUp` by recording [`StreamOwner::replicas`] with `new_addr` in `replica`'s place in
+/// metadata, then [`StreamOwner::finish_replace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replacement {
+    Unhealthy {
+        replica: u16,
+        addr: String,
+        unhealthy_ms: u64,
+    },
+    CaughtUp {
+        replica: u16,
+        old_addr: String,
+        new_addr: String,
+        durable_lsn: u64,
+    },
 }
 
 /// Counters of a stream owner, for `/metrics`.
@@ -287,6 +314,11 @@ impl StreamOwner {
             entry_bytes_max: cfg.replication.entry_bytes_max,
         };
         let mut out = Vec::new();
+        let (replace_tx, replace_rx) = mpsc::unbounded_channel();
+        let mut addrs = cfg.replicas.clone();
+        addrs.push(String::new());
+        let loops: Vec<CancellationToken> =
+            (0..=replicas).map(|_| CancellationToken::new()).collect();
         let mut recovery = Recovery::start(
             cfg.replication.clone(),
             Epoch(epoch),
@@ -313,7 +345,7 @@ impl StreamOwner {
             state: parking_lot::Mutex::new(State {
                 core: Core::Recovering(Box::new(recovery)),
                 out,
-                links: (0..replicas).map(|_| None).collect(),
+                links: (0..=replicas).map(|_| None).collect(),
                 broken: Vec::new(),
                 next_generation: 1,
                 recovered: None,
@@ -329,11 +361,20 @@ impl StreamOwner {
             notify: Notify::new(),
             cancel: CancellationToken::new(),
             limits,
+            addrs: parking_lot::Mutex::new(addrs),
+            loops: parking_lot::Mutex::new(loops),
+            replace_tx,
+            replace_rx: parking_lot::Mutex::new(Some(replace_rx)),
             cfg,
         });
         let mut tasks = Vec::with_capacity(replicas + 1);
         for r in 0..replicas {
-            tasks.push(tokio::spawn(link_loop(shared.clone(), ReplicaId(r as u16))));
+            let replica = ReplicaId(r as u16);
+            tasks.push(tokio::spawn(link_loop(
+                shared.clone(),
+                replica,
+                shared.loop_token(replica),
+            )));
         }
         tasks.push(tokio::spawn(tick_loop(shared.clone())));
         let owner = StreamOwner {
@@ -532,6 +573,105 @@ impl StreamOwner {
         }
     }
 
+    /// The replica set, in replica-id order (it changes with [`StreamOwner::finish_replace`]).
+    pub fn replicas(&self) -> Vec<String> {
+        let shared = &self.inner.shared;
+        let addrs = shared.addrs.lock();
+        addrs[..shared.cfg.replicas.len()].to_vec()
+    }
+
+    /// The replacement requests of this owner (once; `None` afterwards). Without a taker they
+    /// are dropped and no replica is ever replaced.
+    pub fn replacements(&self) -> Option<mpsc::UnboundedReceiver<Replacement>> {
+        self.inner.shared.replace_rx.lock().take()
+    }
+
+    /// Starts replacing `replica` with the WAL node at `new_addr` (outside the set): it is
+    /// connected as the joiner and caught up. `false` if the owner is not writing, another
+    /// replacement is under way, or the arguments are invalid.
+    pub fn start_replace(&self, replica: u16, new_addr: &str) -> bool {
+        let shared = &self.inner.shared;
+        let r = shared.cfg.replicas.len();
+        if usize::from(replica) >= r || new_addr.trim().is_empty() || shared.check_open().is_err() {
+            return false;
+        }
+        if shared.addrs.lock().iter().take(r).any(|a| a == new_addr) {
+            return false;
+        }
+        let joiner = ReplicaId(r as u16);
+        {
+            let mut st = shared.state.lock();
+            let Some(w) = st.core.writer() else {
+                return false;
+            };
+            if w.replacing().is_some() || !matches!(st.core, Core::Writing(_)) {
+                return false;
+            }
+            shared.handle(
+                &mut st,
+                OwnerEvent::ReplaceStart {
+                    replica: ReplicaId(replica),
+                },
+            );
+            if st.core.writer().and_then(|w| w.replacing()) != Some(ReplicaId(replica)) {
+                return false;
+            }
+        }
+        shared.addrs.lock()[r] = new_addr.to_string();
+        let token = shared.renew_loop_token(joiner);
+        self.inner
+            .tasks
+            .lock()
+            .push(tokio::spawn(link_loop(shared.clone(), joiner, token)));
+        true
+    }
+
+    /// Ends the replacement of `replica`: `recorded` once metadata holds the new set (the
+    /// joiner takes the slot, the old node gets nothing more), else it is abandoned (the joiner
+    /// is disconnected).
+    pub fn finish_replace(&self, replica: u16, recorded: bool) {
+        let shared = &self.inner.shared;
+        let r = shared.cfg.replicas.len();
+        let joiner = ReplicaId(r as u16);
+        let slot = ReplicaId(replica);
+        if usize::from(replica) >= r {
+            return;
+        }
+        let caught_up = shared
+            .state
+            .lock()
+            .core
+            .writer()
+            .is_some_and(|w| w.replacing() == Some(slot) && w.replacement_caught_up());
+        if recorded && !caught_up {
+            tracing::error!(
+                stream = shared.cfg.stream,
+                replica,
+                "WAL owner: finish_replace for a replacement that has not caught up; ignored"
+            );
+            return;
+        }
+        // Stop the joiner's connection first: its replies are no longer fed as the joiner's.
+        shared.stop_loop(joiner);
+        if !recorded {
+            shared.input(OwnerEvent::ReplaceAborted);
+            return;
+        }
+        // The old node's connection goes; replies it still had in flight are dropped (their
+        // link generation is gone).
+        shared.stop_loop(slot);
+        {
+            let mut addrs = shared.addrs.lock();
+            addrs[replica as usize] = std::mem::take(&mut addrs[r]);
+        }
+        shared.input(OwnerEvent::ReplaceDone { replica: slot });
+        let token = shared.renew_loop_token(slot);
+        self.inner
+            .tasks
+            .lock()
+            .push(tokio::spawn(link_loop(shared.clone(), slot, token)));
+    }
+
     /// Stops the owner: waiters and later calls fail with [`OwnerError::Closed`], connections
     /// close, and the background tasks have ended when this returns.
     pub async fn close(&self) {
@@ -546,6 +686,40 @@ impl StreamOwner {
 impl Shared {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The token of `replica`'s link loop (a child of the owner's).
+    fn loop_token(&self, replica: ReplicaId) -> CancellationToken {
+        let mut loops = self.loops.lock();
+        let token = self.cancel.child_token();
+        loops[replica.index()] = token.clone();
+        token
+    }
+
+    /// Stops `replica`'s link loop and a new token for the next one.
+    fn renew_loop_token(&self, replica: ReplicaId) -> CancellationToken {
+        self.stop_loop(replica);
+        self.loop_token(replica)
+    }
+
+    /// Stops `replica`'s link loop and reports its connection down now (its late replies are
+    /// dropped: the generation is gone).
+    fn stop_loop(&self, replica: ReplicaId) {
+        self.loops.lock()[replica.index()].cancel();
+        let wake = {
+            let mut st = self.state.lock();
+            match st.links[replica.index()].take() {
+                Some(link) => {
+                    link.cancel.cancel();
+                    self.count_up(&st);
+                    self.handle(&mut st, OwnerEvent::ReplicaDown { replica })
+                }
+                None => false,
+            }
+        };
+        if wake {
+            self.wake();
+        }
     }
 
     fn fenced_epoch(&self) -> Option<u64> {
@@ -646,6 +820,36 @@ impl Shared {
                     st.recovered = Some(entries);
                     wake = true;
                 }
+                OwnerCommand::ReplaceReplica {
+                    replica,
+                    unhealthy_since_ms,
+                } => {
+                    let addr = self.addrs.lock()[replica.index()].clone();
+                    tracing::warn!(
+                        stream = self.cfg.stream,
+                        %replica,
+                        %addr,
+                        unhealthy_ms = self.now_ms().saturating_sub(unhealthy_since_ms),
+                        "WAL owner: a replica is unhealthy; looking for a spare to replace it"
+                    );
+                    let _ = self.replace_tx.send(Replacement::Unhealthy {
+                        replica: replica.0,
+                        addr,
+                        unhealthy_ms: self.now_ms().saturating_sub(unhealthy_since_ms),
+                    });
+                }
+                OwnerCommand::ReplacementCaughtUp {
+                    replica,
+                    durable_lsn,
+                } => {
+                    let addrs = self.addrs.lock();
+                    let _ = self.replace_tx.send(Replacement::CaughtUp {
+                        replica: replica.0,
+                        old_addr: addrs[replica.index()].clone(),
+                        new_addr: addrs[self.cfg.replicas.len()].clone(),
+                        durable_lsn: durable_lsn.0,
+                    });
+                }
             }
         }
         wake
@@ -670,7 +874,9 @@ impl Shared {
     }
 
     fn count_up(&self, st: &State) {
-        let up = st.links.iter().filter(|l| l.is_some()).count();
+        // The joiner is not a member yet.
+        let members = self.cfg.replicas.len();
+        let up = st.links[..members].iter().filter(|l| l.is_some()).count();
         self.replicas_up.store(up, Ordering::Relaxed);
     }
 
@@ -722,11 +928,20 @@ impl Shared {
     fn replies(
         &self,
         replica: ReplicaId,
+        generation: u64,
         batch: &mut Vec<FromReplica>,
     ) -> Result<(), &'static str> {
         let mut result = Ok(());
         let wake = {
             let mut st = self.state.lock();
+            let current = st.links[replica.index()]
+                .as_ref()
+                .is_some_and(|l| l.generation == generation);
+            if !current {
+                // A connection replaced or stopped (a replaced replica): not this slot's any more.
+                batch.clear();
+                return Ok(());
+            }
             let mut wake = false;
             for msg in batch.drain(..) {
                 if let Err(why) = self.check_reply(&st.core, replica, &msg) {
@@ -809,22 +1024,22 @@ async fn tick_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Keeps replica `r` connected for as long as the owner lives.
-async fn link_loop(shared: Arc<Shared>, replica: ReplicaId) {
-    let addr = shared.cfg.replicas[replica.index()].clone();
+/// Keeps replica `r` connected until `token` (the slot's loop) or the owner stops.
+async fn link_loop(shared: Arc<Shared>, replica: ReplicaId, token: CancellationToken) {
+    let addr = shared.addrs.lock()[replica.index()].clone();
     let connect_timeout = Duration::from_millis(shared.cfg.connect_timeout_ms);
     let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
     let mut failures = 0u64;
     loop {
         let connected = tokio::select! {
-            _ = shared.cancel.cancelled() => return,
+            _ = token.cancelled() => return,
             c = tokio::time::timeout(connect_timeout, TcpStream::connect(addr.as_str())) => c,
         };
         match connected {
             Ok(Ok(socket)) => {
                 failures = 0;
                 let started = Instant::now();
-                run_link(&shared, replica, socket).await;
+                run_link(&shared, replica, socket, &token).await;
                 if started.elapsed() >= Duration::from_millis(CONNECTION_STABLE_MS) {
                     backoff_ms = RECONNECT_BACKOFF_MS_MIN;
                 }
@@ -844,7 +1059,7 @@ async fn link_loop(shared: Arc<Shared>, replica: ReplicaId) {
             }
         }
         tokio::select! {
-            _ = shared.cancel.cancelled() => return,
+            _ = token.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
         }
         backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
@@ -852,13 +1067,18 @@ async fn link_loop(shared: Arc<Shared>, replica: ReplicaId) {
 }
 
 /// One connection's life: up, read replies until it breaks, down.
-async fn run_link(shared: &Arc<Shared>, replica: ReplicaId, socket: TcpStream) {
+async fn run_link(
+    shared: &Arc<Shared>,
+    replica: ReplicaId,
+    socket: TcpStream,
+    token: &CancellationToken,
+) {
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
     let (mut rd, wr) = socket.into_split();
     let (queue, queue_rx) = mpsc::channel(link_queue_msgs(&shared.cfg.replication));
-    let cancel = shared.cancel.child_token();
+    let cancel = token.child_token();
     let hello = Message::Hello {
         stream: shared.cfg.stream,
     };
@@ -892,7 +1112,7 @@ async fn run_link(shared: &Arc<Shared>, replica: ReplicaId, socket: TcpStream) {
             }
         }
         if !batch.is_empty() {
-            if let Err(why) = shared.replies(replica, &mut batch) {
+            if let Err(why) = shared.replies(replica, generation, &mut batch) {
                 tracing::error!(stream = shared.cfg.stream, %replica, why, "WAL owner: a replica broke the protocol; reconnecting");
                 break;
             }

@@ -24,8 +24,14 @@
 //!
 //! A failed write or fdatasync stops the stream for good: the core gets `SyncFailed`, the store
 //! is never used again (the page cache may have dropped the failed pages: "fsyncgate"), its
-//! connections are closed and new ones refused, and [`ReplicaStats`] reports it. Replacing the
-//! replica is an operator's (membership) decision. Other streams go on.
+//! connections are closed and new ones refused, and [`ReplicaStats`] reports it. The stream's
+//! owner replaces the replica with a spare after `replace_after_ms`. Other streams go on.
+//!
+//! # Dropping a stream
+//!
+//! [`ReplicaServerHandle::drop_stream`] deletes an idle stream's directory (the caller decided
+//! that this node is no longer one of its replicas) and keeps its sealed epoch as a tombstone,
+//! from which a later store of that stream starts sealed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -239,6 +245,34 @@ impl std::fmt::Debug for ReplicaServerHandle {
 impl ReplicaServerHandle {
     pub fn stats(&self) -> ReplicaStats {
         self.shared.stats()
+    }
+
+    /// Deletes the directory of `stream` if no owner has connected to it since this server
+    /// started (its store is idle), keeping its sealed epoch as a tombstone (see
+    /// [`super::store::drop_stream_dir`]). `Ok(false)`: not deleted (unknown, in use, or
+    /// failed). Whether the stream's data may go is the caller's decision (metadata: this node
+    /// is no longer one of its replicas).
+    pub fn drop_stream(&self, stream: u64) -> Result<bool, NetError> {
+        let mut streams = self.shared.streams.lock();
+        let Some(slot) = streams.get_mut(&stream) else {
+            return Ok(false);
+        };
+        if !matches!(slot.state, SlotState::Idle(_)) {
+            return Ok(false);
+        }
+        let SlotState::Idle(opened) = std::mem::replace(&mut slot.state, SlotState::Gone) else {
+            unreachable!("checked")
+        };
+        let (store, state) = *opened;
+        drop(store);
+        let dir = stream_dir(&self.shared.cfg.dir, stream);
+        let dropped = super::store::drop_stream_dir(&dir, state.sealed_epoch);
+        streams.remove(&stream);
+        dropped.map(|()| true).map_err(|source| NetError::Io {
+            path: dir,
+            op: "drop stream directory",
+            source,
+        })
     }
 
     /// Streams whose store failed (for `/health`).
@@ -614,7 +648,15 @@ fn stream_thread(
 ) {
     let opened = match opened {
         Some(opened) => Ok(*opened),
-        None => StreamStore::open(cfg),
+        // A stream dropped here before starts sealed where it was.
+        None => match super::store::restore_tombstone(&cfg.dir) {
+            Ok(()) => StreamStore::open(cfg),
+            Err(e) => Err(WalError::Io {
+                path: super::store::tombstone_path(&cfg.dir),
+                op: "restore a dropped stream's seal",
+                source: e,
+            }),
+        },
     };
     let (store, state) = match opened {
         Ok(opened) => opened,

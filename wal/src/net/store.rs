@@ -137,6 +137,91 @@ pub fn decode_seal(bytes: &[u8]) -> Result<Epoch, &'static str> {
     Ok(Epoch(u64::from_le_bytes(epoch)))
 }
 
+/// Where the tombstone of a dropped stream is kept: next to its directory, named after it.
+/// It is a seal file holding the sealed epoch the directory had.
+pub fn tombstone_path(stream_dir: &Path) -> PathBuf {
+    stream_dir.with_extension("tombstone")
+}
+
+/// Writes `bytes` to `path` durably: a `.tmp` sibling written and fdatasync'ed, renamed over
+/// `path`, the parent directory fsync'ed.
+fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_parent(path)
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) => File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Deletes a (closed) stream directory, keeping its sealed epoch as a tombstone: the
+/// tombstone is durable before the directory goes, so a crash in between leaves both (the
+/// directory is dropped again by the next sweep). A replica that forgot a seal could let an
+/// older owner reach a write quorum again; with the tombstone a later store of the stream
+/// starts sealed at that epoch ([`restore_tombstone`]).
+pub fn drop_stream_dir(stream_dir: &Path, sealed_epoch: Epoch) -> io::Result<()> {
+    let tombstone = tombstone_path(stream_dir);
+    let kept = match fs::read(&tombstone) {
+        Ok(bytes) => decode_seal(&bytes).unwrap_or(Epoch::ZERO),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Epoch::ZERO,
+        Err(e) => return Err(e),
+    };
+    replace_durably(&tombstone, &encode_seal(sealed_epoch.max(kept)))?;
+    match fs::remove_dir_all(stream_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    sync_parent(stream_dir)
+}
+
+/// Before a stream store is created where no directory exists: if the stream was dropped
+/// here before, recreate its directory with the tombstone's seal (durably), then remove the
+/// tombstone. A no-op when the directory exists or there is no tombstone.
+pub fn restore_tombstone(stream_dir: &Path) -> io::Result<()> {
+    let tombstone = tombstone_path(stream_dir);
+    if stream_dir.exists() {
+        if tombstone.exists() {
+            // A crash between writing the tombstone and deleting the directory.
+            let bytes = fs::read(&tombstone)?;
+            let dropped = decode_seal(&bytes).unwrap_or(Epoch::ZERO);
+            let seal = stream_dir.join(SEAL_FILE);
+            let current = match fs::read(&seal) {
+                Ok(b) => decode_seal(&b).unwrap_or(Epoch::ZERO),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Epoch::ZERO,
+                Err(e) => return Err(e),
+            };
+            if dropped > current {
+                replace_durably(&seal, &encode_seal(dropped))?;
+            }
+            fs::remove_file(&tombstone)?;
+            sync_parent(&tombstone)?;
+        }
+        return Ok(());
+    }
+    let bytes = match fs::read(&tombstone) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let epoch =
+        decode_seal(&bytes).map_err(|reason| io::Error::new(io::ErrorKind::InvalidData, reason))?;
+    fs::create_dir_all(stream_dir)?;
+    sync_parent(stream_dir)?;
+    replace_durably(&stream_dir.join(SEAL_FILE), &encode_seal(epoch))?;
+    fs::remove_file(&tombstone)?;
+    sync_parent(&tombstone)
+}
+
 /// Where a stream store lives and its limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamStoreConfig {
@@ -359,6 +444,50 @@ fn io_error(path: &Path, op: &'static str, source: io::Error) -> WalError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_stream_comes_back_sealed_where_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = stream_dir(tmp.path(), 7);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(SEAL_FILE), encode_seal(Epoch(5))).unwrap();
+        fs::write(dir.join("00000000000000000001.wal"), b"entries").unwrap();
+        drop_stream_dir(&dir, Epoch(5)).unwrap();
+        assert!(!dir.exists());
+        let tombstone = tombstone_path(&dir);
+        assert_eq!(
+            tombstone.file_name().unwrap(),
+            "00000000000000000007.tombstone"
+        );
+        assert_eq!(decode_seal(&fs::read(&tombstone).unwrap()), Ok(Epoch(5)));
+        // A later drop never lowers the tombstone.
+        fs::create_dir_all(&dir).unwrap();
+        drop_stream_dir(&dir, Epoch(3)).unwrap();
+        assert_eq!(decode_seal(&fs::read(&tombstone).unwrap()), Ok(Epoch(5)));
+        // Recreated with the seal, and the tombstone is gone.
+        restore_tombstone(&dir).unwrap();
+        assert!(!tombstone.exists());
+        assert_eq!(
+            decode_seal(&fs::read(dir.join(SEAL_FILE)).unwrap()),
+            Ok(Epoch(5))
+        );
+        // A crash between the tombstone and the delete: the directory's seal is raised.
+        fs::write(dir.join(SEAL_FILE), encode_seal(Epoch(2))).unwrap();
+        fs::write(&tombstone, encode_seal(Epoch(6))).unwrap();
+        restore_tombstone(&dir).unwrap();
+        assert_eq!(
+            decode_seal(&fs::read(dir.join(SEAL_FILE)).unwrap()),
+            Ok(Epoch(6))
+        );
+        assert!(!tombstone.exists());
+        // Nothing to restore: a no-op.
+        let other = stream_dir(tmp.path(), 8);
+        restore_tombstone(&other).unwrap();
+        assert!(!other.exists());
+        // A damaged tombstone is an error, not a silent unsealed stream.
+        fs::write(tombstone_path(&other), b"junk").unwrap();
+        assert!(restore_tombstone(&other).is_err());
+    }
 
     #[test]
     fn seal_layout_round_trips_and_rejects_damage() {

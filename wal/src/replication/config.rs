@@ -22,6 +22,8 @@ pub const FETCH_BYTES_MAX_DEFAULT: u64 = 4 << 20;
 pub const FETCH_BYTES_MAX_CEILING: u64 = 64 << 20;
 /// Default `retransmit_timeout_ms`.
 pub const RETRANSMIT_TIMEOUT_MS_DEFAULT: u64 = 500;
+/// Default `replace_after_ms`: a replica unhealthy for a minute is replaced by a spare.
+pub const REPLACE_AFTER_MS_DEFAULT: u64 = 60_000;
 
 /// Configuration shared by [`crate::replication::Writer`] and [`crate::replication::Recovery`].
 /// (The replica core needs none: it answers what it is asked, bounded by the request.)
@@ -45,6 +47,9 @@ pub struct ReplicationConfig {
     pub fetch_bytes_max: u64,
     /// Resend to a replica after this long without progress.
     pub retransmit_timeout_ms: u64,
+    /// A replica that has not been healthy (connected and caught up, or making ack progress)
+    /// for this long is reported for replacement (`OwnerCommand::ReplaceReplica`); 0 never.
+    pub replace_after_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -58,6 +63,7 @@ impl Default for ReplicationConfig {
             entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
             fetch_bytes_max: FETCH_BYTES_MAX_DEFAULT,
             retransmit_timeout_ms: RETRANSMIT_TIMEOUT_MS_DEFAULT,
+            replace_after_ms: REPLACE_AFTER_MS_DEFAULT,
         }
     }
 }

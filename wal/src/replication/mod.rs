@@ -70,7 +70,8 @@
 //!   still meet the `W - f` survivors (`(W - f) + Q > R - f`). What breaks safety is a replica
 //!   coming back with an *empty* disk: it forgot its seal and its entries. A failed fdatasync
 //!   therefore stops the replica for good ([`ReplicaEvent::SyncFailed`]); replacing it is a
-//!   membership change (not in this module).
+//!   membership change within the epoch, driven by the [`Writer`] (see [`writer`], "Replacing
+//!   a replica": catch the spare up, record the new set, then switch).
 //!
 //! # Invariants
 //!

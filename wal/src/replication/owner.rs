@@ -44,6 +44,16 @@ pub enum OwnerEvent {
     /// metadata index, so they need not be kept or repaired any more. Precondition:
     /// `upto_lsn <= committed`.
     Trim { upto_lsn: Lsn },
+    /// From the driver, after `ReplaceReplica`: a spare node outside the set will be connected
+    /// as the joiner (`ReplicaId(R)`) to replace `replica`. Feed it before the joiner's
+    /// `ReplicaUp`. Ignored while another replacement is under way.
+    ReplaceStart { replica: ReplicaId },
+    /// From the driver, after `ReplacementCaughtUp`: metadata recorded the new replica set.
+    /// The joiner takes `replica`'s slot (`Down` until the driver reconnects the slot to it).
+    ReplaceDone { replica: ReplicaId },
+    /// From the driver: the replacement under way is given up (metadata refused it, or the
+    /// spare is gone). The replaced replica counts again.
+    ReplaceAborted,
 }
 
 impl OwnerEvent {
@@ -135,5 +145,19 @@ pub enum OwnerCommand {
         upto_lsn: Lsn,
         barrier_lsn: Lsn,
         entries: Vec<Entry>,
+    },
+    /// `replica` has not been healthy since `unhealthy_since_ms` (for `replace_after_ms`):
+    /// replace it with a spare if there is one (`ReplaceStart`). Repeated every
+    /// `replace_after_ms` while it stays unhealthy and no replacement is under way.
+    ReplaceReplica {
+        replica: ReplicaId,
+        unhealthy_since_ms: u64,
+    },
+    /// The joiner holds every entry the new set needs (up to `durable_lsn`): record the new
+    /// set in metadata, then feed `ReplaceDone` (or `ReplaceAborted`). Emitted once per
+    /// replacement.
+    ReplacementCaughtUp {
+        replica: ReplicaId,
+        durable_lsn: Lsn,
     },
 }

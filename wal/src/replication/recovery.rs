@@ -198,7 +198,11 @@ impl Recovery {
                 panic!("trim to {upto_lsn} before the stream is recovered")
             }
             _ if matches!(self.phase, Phase::Fenced) => {}
-            OwnerEvent::Flush | OwnerEvent::Ack { .. } => {}
+            OwnerEvent::Flush
+            | OwnerEvent::Ack { .. }
+            | OwnerEvent::ReplaceStart { .. }
+            | OwnerEvent::ReplaceDone { .. }
+            | OwnerEvent::ReplaceAborted => {}
             OwnerEvent::Tick { now_ms } => {
                 assert!(now_ms >= self.now_ms, "time went backwards");
                 self.now_ms = now_ms;

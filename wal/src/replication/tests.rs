@@ -1119,3 +1119,148 @@ fn a_zombie_cannot_commit_after_the_seal_quorum() {
         Some(&barrier(3, 2))
     );
 }
+
+fn commands_of(w: &mut Writer, event: OwnerEvent) -> Vec<OwnerCommand> {
+    let mut out = Vec::new();
+    w.handle(event, &mut out);
+    out
+}
+
+#[test]
+fn writer_replaces_a_dead_replica_in_the_safe_order() {
+    let (mut w, _) = fresh_writer(ReplicationConfig {
+        replace_after_ms: 1_000,
+        ..cfg()
+    });
+    assert_eq!(w.joiner_id(), r(3));
+    assert_eq!(commands_of(&mut w, owner_ack(0, 2, 1)), vec![]);
+    assert_eq!(commands_of(&mut w, owner_ack(1, 2, 1)), vec![committed(1)]);
+    commands_of(&mut w, OwnerEvent::ReplicaDown { replica: r(2) });
+    // Unhealthy since it last was caught up (never: 0 ms); reported once the period passed.
+    let early = commands_of(&mut w, OwnerEvent::Tick { now_ms: 999 });
+    assert!(!early
+        .iter()
+        .any(|c| matches!(c, OwnerCommand::ReplaceReplica { .. })));
+    let due = commands_of(&mut w, OwnerEvent::Tick { now_ms: 1_000 });
+    assert!(due.contains(&OwnerCommand::ReplaceReplica {
+        replica: r(2),
+        unhealthy_since_ms: 0
+    }));
+    // Once per period.
+    let again = commands_of(&mut w, OwnerEvent::Tick { now_ms: 1_500 });
+    assert!(!again
+        .iter()
+        .any(|c| matches!(c, OwnerCommand::ReplaceReplica { .. })));
+
+    // An event for the joiner before a replacement starts is ignored.
+    assert_eq!(
+        commands_of(&mut w, OwnerEvent::ReplicaUp { replica: r(3) }),
+        vec![]
+    );
+    assert_eq!(
+        commands_of(
+            &mut w,
+            OwnerEvent::Append {
+                payload: payload("a")
+            }
+        ),
+        vec![OwnerCommand::Appended { lsn: Lsn(2) }]
+    );
+    commands_of(&mut w, OwnerEvent::Flush);
+    commands_of(&mut w, owner_ack(0, 2, 2));
+    assert_eq!(commands_of(&mut w, owner_ack(1, 2, 2)), vec![committed(2)]);
+
+    // Start: the joiner is probed from the trim point once connected.
+    assert_eq!(
+        commands_of(&mut w, OwnerEvent::ReplaceStart { replica: r(2) }),
+        vec![]
+    );
+    assert_eq!(w.replacing(), Some(r(2)));
+    assert_eq!(
+        commands_of(&mut w, OwnerEvent::ReplicaUp { replica: r(3) }),
+        vec![send(
+            3,
+            append(2, (0, 0), 0, vec![barrier(1, 2), data(2, 2, "a")])
+        )]
+    );
+    // The replaced replica no longer counts past the target (2), nor does the joiner.
+    commands_of(
+        &mut w,
+        OwnerEvent::Append {
+            payload: payload("b"),
+        },
+    );
+    commands_of(&mut w, OwnerEvent::Flush);
+    let out = commands_of(&mut w, owner_ack(2, 2, 3));
+    assert!(!out
+        .iter()
+        .any(|c| matches!(c, OwnerCommand::Committed { .. })));
+    let out = commands_of(&mut w, owner_ack(0, 2, 3));
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, OwnerCommand::Committed { .. })),
+        "committed with the replaced replica's ack: {out:?}"
+    );
+    // The joiner caught up to the target: reported once.
+    let out = commands_of(&mut w, owner_ack(3, 2, 2));
+    assert!(out.contains(&OwnerCommand::ReplacementCaughtUp {
+        replica: r(2),
+        durable_lsn: Lsn(2)
+    }));
+    assert!(!out
+        .iter()
+        .any(|c| matches!(c, OwnerCommand::Committed { .. })));
+    assert!(w.replacement_caught_up());
+    let out = commands_of(&mut w, owner_ack(3, 2, 3));
+    assert!(!out.iter().any(|c| matches!(
+        c,
+        OwnerCommand::ReplacementCaughtUp { .. } | OwnerCommand::Committed { .. }
+    )));
+
+    // Recorded in metadata: the joiner takes slot 2 with what it acknowledged, and counts.
+    assert_eq!(
+        commands_of(&mut w, OwnerEvent::ReplaceDone { replica: r(2) }),
+        vec![]
+    );
+    assert_eq!(w.replacing(), None);
+    assert_eq!(w.acked_lsn(r(2)), Lsn(3));
+    assert_eq!(
+        commands_of(&mut w, owner_ack(3, 2, 3)),
+        vec![],
+        "the joiner is gone"
+    );
+    assert_eq!(commands_of(&mut w, owner_ack(2, 2, 3)), vec![committed(3)]);
+}
+
+#[test]
+fn an_aborted_replacement_lets_the_replica_count_again() {
+    let (mut w, _) = fresh_writer(ReplicationConfig {
+        replace_after_ms: 0,
+        ..cfg()
+    });
+    commands_of(&mut w, owner_ack(0, 2, 1));
+    assert_eq!(commands_of(&mut w, owner_ack(1, 2, 1)), vec![committed(1)]);
+    // replace_after_ms = 0: never reported.
+    commands_of(&mut w, OwnerEvent::ReplicaDown { replica: r(2) });
+    let out = commands_of(&mut w, OwnerEvent::Tick { now_ms: 1_000_000 });
+    assert!(!out
+        .iter()
+        .any(|c| matches!(c, OwnerCommand::ReplaceReplica { .. })));
+    commands_of(&mut w, OwnerEvent::ReplaceStart { replica: r(2) });
+    // A second start while one is under way is ignored; so is a done before the catch-up.
+    commands_of(&mut w, OwnerEvent::ReplaceStart { replica: r(1) });
+    assert_eq!(w.replacing(), Some(r(2)));
+    commands_of(
+        &mut w,
+        OwnerEvent::Append {
+            payload: payload("a"),
+        },
+    );
+    commands_of(&mut w, OwnerEvent::Flush);
+    commands_of(&mut w, owner_ack(0, 2, 2));
+    assert_eq!(commands_of(&mut w, owner_ack(2, 2, 2)), vec![]);
+    commands_of(&mut w, OwnerEvent::ReplaceAborted);
+    assert_eq!(w.replacing(), None);
+    // Replica 2's ack of 2 counts again with the next ack.
+    assert_eq!(commands_of(&mut w, owner_ack(0, 2, 2)), vec![committed(2)]);
+}

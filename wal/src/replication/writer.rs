@@ -31,6 +31,31 @@
 //! has this writer's epoch (Raft's "commit only entries of your own term"; the barrier is the
 //! first such entry). Entries of earlier epochs in the recovered tail become committed together
 //! with the barrier. Down replicas still count with what they acknowledged: it is on their disk.
+//!
+//! # Replacing a replica (a membership change within the epoch)
+//!
+//! A replica that is not *healthy* (connected and acknowledged up to the log's end, or making
+//! ack progress) for `replace_after_ms` is reported once per period with
+//! [`OwnerCommand::ReplaceReplica`]. The driver picks a spare node outside the replica set and
+//! feeds [`OwnerEvent::ReplaceStart`]; the spare is then driven as the *joiner*, addressed as
+//! `ReplicaId(R)` (one past the set), like any replica (probe from the trim point, pipeline),
+//! but its acks do not count toward W. The order is what keeps every recovery complete:
+//!
+//! 1. `ReplaceStart` caps what the leaving replica X counts at `committed`: every entry
+//!    committed from now on is on W replicas of the set without X. The *target* is
+//!    `committed`, or the end of the recovered tail if that is higher: tail entries were
+//!    committed by earlier owners, perhaps on exactly W replicas including X, before this
+//!    writer's barrier commits them again (the simulation found the crash that loses them
+//!    when the target stops at `committed`).
+//! 2. Once the joiner acknowledged (durably) up to the target, or the trim point passed it,
+//!    [`OwnerCommand::ReplacementCaughtUp`]: every committed entry is now on W replicas of the
+//!    new set (the joiner stands in for X in the quorums that counted X).
+//! 3. The driver records the new set in metadata, then feeds [`OwnerEvent::ReplaceDone`]: the
+//!    joiner takes X's slot (and counts), and X gets nothing more.
+//!
+//! Until step 3 the old set stays valid too (X's capped acks are real acks), so a crash
+//! between any two steps recovers from whichever set metadata holds. A failed metadata write
+//! feeds [`OwnerEvent::ReplaceAborted`]: the joiner is dropped and X counts again.
 
 use super::config::{ReplicationConfig, REPLICAS_MAX};
 use super::log::EntryLog;
@@ -56,6 +81,39 @@ struct Progress {
     acked_lsn: Lsn,
     /// When the outstanding probe was sent, or when the pipeline last made progress.
     timer_ms: u64,
+    /// The last time the replica was connected and caught up, or made ack progress.
+    healthy_ms: u64,
+    /// Acks count toward W only up to here (lowered while the replica is being replaced).
+    count_upto: Lsn,
+}
+
+impl Progress {
+    fn new(up: bool, next_lsn: Lsn, acked_lsn: Lsn, now_ms: u64) -> Progress {
+        Progress {
+            state: if up { State::Probe(None) } else { State::Down },
+            next_lsn,
+            acked_lsn,
+            timer_ms: now_ms,
+            healthy_ms: now_ms,
+            count_upto: Lsn(u64::MAX),
+        }
+    }
+
+    /// What this replica contributes to the commit count.
+    fn counted(&self) -> Lsn {
+        self.acked_lsn.min(self.count_upto)
+    }
+}
+
+/// A replacement under way (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Join {
+    /// The replica being replaced.
+    replaces: ReplicaId,
+    /// The joiner must hold every entry up to here before it may take the slot.
+    target: Lsn,
+    /// `ReplacementCaughtUp` was emitted.
+    reported: bool,
 }
 
 /// The writer core. See the module docs.
@@ -69,7 +127,11 @@ pub struct Writer {
     barrier_lsn: Lsn,
     committed: Lsn,
     now_ms: u64,
+    /// One per replica, then the joiner's (at index R; `Down` while no replacement is under way).
     progress: Vec<Progress>,
+    join: Option<Join>,
+    /// When `ReplaceReplica` was last reported, per replica.
+    replace_reported_ms: Vec<Option<u64>>,
     fenced: Option<Epoch>,
 }
 
@@ -97,16 +159,13 @@ impl Writer {
         }
         let barrier_lsn = log.last_lsn().next();
         log.push(Entry::barrier(barrier_lsn, epoch));
-        let progress = up
+        // Optimistic: most replicas hold the recovered tail already.
+        let mut progress: Vec<Progress> = up
             .iter()
-            .map(|&up| Progress {
-                state: if up { State::Probe(None) } else { State::Down },
-                // Optimistic: most replicas hold the recovered tail already.
-                next_lsn: barrier_lsn,
-                acked_lsn: settled_lsn,
-                timer_ms: now_ms,
-            })
+            .map(|&up| Progress::new(up, barrier_lsn, settled_lsn, now_ms))
             .collect();
+        // The joiner's slot.
+        progress.push(Progress::new(false, barrier_lsn, settled_lsn, now_ms));
         let mut w = Writer {
             cfg,
             epoch,
@@ -115,6 +174,8 @@ impl Writer {
             committed: settled_lsn,
             now_ms,
             progress,
+            join: None,
+            replace_reported_ms: vec![None; up.len()],
             fenced: None,
         };
         w.send_all(out);
@@ -154,9 +215,31 @@ impl Writer {
         self.log.bytes()
     }
 
-    /// What `replica` has acknowledged as durable.
+    /// What `replica` has acknowledged as durable (`ReplicaId(R)`: the joiner).
     pub fn acked_lsn(&self, replica: ReplicaId) -> Lsn {
         self.progress[replica.index()].acked_lsn
+    }
+
+    /// The replica being replaced, while a replacement is under way.
+    pub fn replacing(&self) -> Option<ReplicaId> {
+        self.join.map(|j| j.replaces)
+    }
+
+    /// Whether the joiner of the replacement under way caught up (`ReplacementCaughtUp` was
+    /// reported), so `ReplaceDone` may be fed.
+    pub fn replacement_caught_up(&self) -> bool {
+        self.join.is_some_and(|j| j.reported)
+    }
+
+    /// The id the joiner is addressed by: one past the replica set.
+    pub fn joiner_id(&self) -> ReplicaId {
+        ReplicaId(self.cfg.replicas)
+    }
+
+    /// Whether an event from `replica` concerns this writer: a replica of the set, or the
+    /// joiner while a replacement is under way.
+    fn knows(&self, replica: ReplicaId) -> bool {
+        replica.0 < self.cfg.replicas || (replica == self.joiner_id() && self.join.is_some())
     }
 
     pub fn is_fenced(&self) -> bool {
@@ -180,7 +263,7 @@ impl Writer {
                 epoch,
                 durable_lsn,
             } => {
-                if epoch == self.epoch {
+                if epoch == self.epoch && self.knows(replica) {
                     self.on_ack(replica, durable_lsn, out);
                 }
             }
@@ -189,14 +272,14 @@ impl Writer {
                 epoch,
                 reason,
             } => {
-                if epoch == self.epoch {
+                if epoch == self.epoch && self.knows(replica) {
                     self.on_nack(replica, reason, out);
                 }
             }
             // Late or duplicated replies to this epoch's recovery.
             OwnerEvent::Sealed { .. } | OwnerEvent::Fetched { .. } => {}
             OwnerEvent::Tick { now_ms } => self.on_tick(now_ms, out),
-            OwnerEvent::ReplicaUp { replica } => {
+            OwnerEvent::ReplicaUp { replica } if self.knows(replica) => {
                 let p = &mut self.progress[replica.index()];
                 if p.state == State::Down {
                     p.state = State::Probe(None);
@@ -204,10 +287,17 @@ impl Writer {
                     self.send(replica, out);
                 }
             }
-            OwnerEvent::ReplicaDown { replica } => {
+            OwnerEvent::ReplicaDown { replica } if self.knows(replica) => {
                 self.progress[replica.index()].state = State::Down;
             }
-            OwnerEvent::Trim { upto_lsn } => self.on_trim(upto_lsn),
+            OwnerEvent::ReplicaUp { .. } | OwnerEvent::ReplicaDown { .. } => {}
+            OwnerEvent::Trim { upto_lsn } => {
+                self.on_trim(upto_lsn);
+                self.check_joined(out);
+            }
+            OwnerEvent::ReplaceStart { replica } => self.on_replace_start(replica),
+            OwnerEvent::ReplaceDone { replica } => self.on_replace_done(replica),
+            OwnerEvent::ReplaceAborted => self.on_replace_aborted(),
         }
         self.check_invariants();
     }
@@ -223,8 +313,10 @@ impl Writer {
         }
     }
 
+    /// The replicas of the set, then the joiner while a replacement is under way.
     fn replicas(&self) -> impl Iterator<Item = ReplicaId> {
-        (0..self.cfg.replicas).map(ReplicaId)
+        let joiner = u16::from(self.join.is_some());
+        (0..self.cfg.replicas + joiner).map(ReplicaId)
     }
 
     fn on_append(&mut self, payload: Payload, out: &mut Vec<OwnerCommand>) {
@@ -336,6 +428,7 @@ impl Writer {
         if durable_lsn > p.acked_lsn {
             p.acked_lsn = durable_lsn;
             p.timer_ms = now;
+            p.healthy_ms = now;
         }
         let resume = p.acked_lsn.max(base).next();
         match p.state {
@@ -347,6 +440,7 @@ impl Writer {
             _ => {}
         }
         self.maybe_commit(out);
+        self.check_joined(out);
         self.send(r, out);
     }
 
@@ -387,9 +481,11 @@ impl Writer {
     fn maybe_commit(&mut self, out: &mut Vec<OwnerCommand>) {
         // On the stack: this runs on every ack.
         let mut acked = [Lsn::ZERO; REPLICAS_MAX as usize];
-        let acked = &mut acked[..self.progress.len()];
-        for (a, p) in acked.iter_mut().zip(&self.progress) {
-            *a = p.acked_lsn;
+        // The joiner (the last progress) never counts.
+        let members = usize::from(self.cfg.replicas);
+        let acked = &mut acked[..members];
+        for (a, p) in acked.iter_mut().zip(&self.progress[..members]) {
+            *a = p.counted();
         }
         acked.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_lsn = acked[usize::from(self.cfg.write_quorum) - 1];
@@ -427,6 +523,109 @@ impl Writer {
                 });
             }
             self.send(r, out);
+        }
+        self.check_health(now_ms, out);
+        if self.progress[self.joiner_id().index()].state != State::Down {
+            self.check_joined(out);
+        }
+    }
+
+    /// Marks caught-up replicas healthy and reports the ones that have not been for
+    /// `replace_after_ms` (once per period, one replacement at a time).
+    fn check_health(&mut self, now_ms: u64, out: &mut Vec<OwnerCommand>) {
+        let last = self.log.last_lsn();
+        let after = self.cfg.replace_after_ms;
+        for i in 0..usize::from(self.cfg.replicas) {
+            let p = &mut self.progress[i];
+            if p.state != State::Down && p.acked_lsn.max(self.log.base()) >= last {
+                p.healthy_ms = now_ms;
+            }
+            if after == 0 || self.join.is_some() {
+                continue;
+            }
+            let since = p.healthy_ms;
+            let reported_recently =
+                self.replace_reported_ms[i].is_some_and(|t| now_ms.saturating_sub(t) < after);
+            if now_ms.saturating_sub(since) >= after && !reported_recently {
+                self.replace_reported_ms[i] = Some(now_ms);
+                out.push(OwnerCommand::ReplaceReplica {
+                    replica: ReplicaId(i as u16),
+                    unhealthy_since_ms: since,
+                });
+            }
+        }
+    }
+
+    fn on_replace_start(&mut self, replica: ReplicaId) {
+        if self.join.is_some() || replica.0 >= self.cfg.replicas {
+            return;
+        }
+        // Everything that may be committed: what this writer committed, and the recovered
+        // tail below its barrier (committed by earlier owners, perhaps on exactly W replicas
+        // including the one leaving), even while the barrier itself is not committed yet.
+        let target = self.committed.max(self.barrier_lsn.prev());
+        // The leaving replica counts only for what is committed already.
+        self.progress[replica.index()].count_upto = self.committed;
+        let base = self.log.base();
+        let joiner = self.joiner_id().index();
+        // Down until the driver connects it; then probed from the trim point.
+        self.progress[joiner] = Progress::new(false, base.next(), base, self.now_ms);
+        self.join = Some(Join {
+            replaces: replica,
+            target,
+            reported: false,
+        });
+        tracing::info!(
+            epoch = self.epoch.0,
+            %replica,
+            target = target.0,
+            "WAL writer: replacing a replica"
+        );
+    }
+
+    /// Reports `ReplacementCaughtUp` once the joiner holds everything up to the target (or
+    /// the trim point passed it: what is settled is in object storage).
+    fn check_joined(&mut self, out: &mut Vec<OwnerCommand>) {
+        let base = self.log.base();
+        let joiner = &self.progress[self.joiner_id().index()];
+        let Some(join) = &mut self.join else {
+            return;
+        };
+        let durable = joiner.acked_lsn.max(base);
+        if !join.reported && durable >= join.target {
+            join.reported = true;
+            out.push(OwnerCommand::ReplacementCaughtUp {
+                replica: join.replaces,
+                durable_lsn: durable,
+            });
+        }
+    }
+
+    fn on_replace_done(&mut self, replica: ReplicaId) {
+        let Some(join) = self.join else {
+            return;
+        };
+        assert!(
+            join.replaces == replica && join.reported,
+            "ReplaceDone for {replica} before its joiner caught up"
+        );
+        let joiner = self.joiner_id().index();
+        let mut p = self.progress[joiner].clone();
+        // The driver reconnects the slot to the new node.
+        p.state = State::Down;
+        p.next_lsn = p.acked_lsn.max(self.log.base()).next();
+        p.healthy_ms = self.now_ms;
+        self.progress[replica.index()] = p;
+        self.progress[joiner].state = State::Down;
+        self.replace_reported_ms[replica.index()] = None;
+        self.join = None;
+    }
+
+    fn on_replace_aborted(&mut self) {
+        if let Some(join) = self.join.take() {
+            self.progress[join.replaces.index()].count_upto = Lsn(u64::MAX);
+            let joiner = self.joiner_id().index();
+            self.progress[joiner].state = State::Down;
         }
     }
 

@@ -37,6 +37,16 @@
 //! network heals, crashed replicas restart, one more owner recovers and writes, and every live
 //! replica must hold exactly the writer's log, durably; not getting there within a virtual-time
 //! budget is a liveness failure.
+//!
+//! **Replacement** (`spares > 0`): there are spare nodes outside the stream's replica set, and
+//! some replicas die for good (killed, or a faulty disk). An owner whose writer reports
+//! `ReplaceReplica` picks a live spare (the joiner), feeds `ReplaceStart`, and once the writer
+//! reports `ReplacementCaughtUp` records the new set in metadata (refused for a stale epoch),
+//! sometimes dies right after recording, and otherwise feeds `ReplaceDone`. Every new owner
+//! recovers from the set metadata holds. Messages travel between nodes; each owner maps its
+//! replica slots to nodes, so replies from a node that left its set are dropped. Permanent
+//! losses are bounded so that the recorded set never has more than `min(R - W, W - 1)` dead
+//! members (replacing one frees the budget), which keeps quorums reachable.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
@@ -61,6 +71,8 @@ pub struct SimConfig {
     /// Mutation for checking the oracle: a disk that sometimes reports an fdatasync done without
     /// persisting anything.
     pub lying_disk: bool,
+    /// Spare nodes outside the replica set; with any, replicas die for good and are replaced.
+    pub spares: u16,
 }
 
 /// What a run did, for the test to print and sanity-check.
@@ -82,6 +94,11 @@ pub struct Report {
     pub retransmits: u64,
     pub refused_full: u64,
     pub truncations: u64,
+    /// Replicas killed for good.
+    pub replicas_killed: u64,
+    /// Replacements recorded in metadata, and the ones refused (a stale epoch).
+    pub replacements: u64,
+    pub replacements_refused: u64,
 }
 
 /// Randomized per seed.
@@ -175,6 +192,18 @@ enum Ev {
         epoch: Epoch,
         replica: ReplicaId,
         forced: Option<bool>,
+    },
+    /// The owner of `epoch` found the spare `node` for its replica `slot`.
+    ReplaceStart {
+        epoch: Epoch,
+        slot: ReplicaId,
+        node: usize,
+    },
+    /// The owner of `epoch` records its new set (`node` in `slot`) in metadata.
+    RecordReplicas {
+        epoch: Epoch,
+        slot: ReplicaId,
+        node: usize,
     },
 }
 
@@ -317,6 +346,8 @@ impl OwnerCore {
 }
 
 struct OwnerNode {
+    /// The node of each replica slot, then the joiner's (`NO_NODE` while none).
+    slots: Vec<usize>,
     core: OwnerCore,
     alive: bool,
     fenced: bool,
@@ -324,6 +355,8 @@ struct OwnerNode {
     committed: Lsn,
     next_payload: u64,
 }
+
+const NO_NODE: usize = usize::MAX;
 
 /// A recovery as the oracle remembers it.
 struct RecoveredView {
@@ -349,6 +382,8 @@ struct Meta {
     uploaded: Lsn,
     store: BTreeMap<Lsn, Entry>,
     store_payloads: HashSet<Payload>,
+    /// The stream's replica set: a node per slot.
+    set: Vec<usize>,
 }
 
 struct Sim {
@@ -402,6 +437,11 @@ impl Sim {
             entry_bytes_max: 200,
             fetch_bytes_max: rng.gen_range(100..2048),
             retransmit_timeout_ms: rng.gen_range(30..150),
+            replace_after_ms: if cfg.spares > 0 {
+                rng.gen_range(100..2000)
+            } else {
+                0
+            },
         };
         rcfg.validate().expect("sim config");
         let p = Params {
@@ -425,7 +465,7 @@ impl Sim {
                 }
             }),
         };
-        let replicas = (0..cfg.replicas)
+        let replicas = (0..cfg.replicas + cfg.spares)
             .map(|_| ReplicaNode {
                 core: Replica::new(),
                 disk: Disk::default(),
@@ -437,6 +477,7 @@ impl Sim {
                 isolated_until: 0,
             })
             .collect();
+        let set_size = cfg.replicas;
         let faulty_budget = u64::from((cfg.replicas - cfg.write_quorum).min(cfg.write_quorum - 1));
         Sim {
             cfg,
@@ -448,7 +489,10 @@ impl Sim {
             queue: BinaryHeap::new(),
             replicas,
             owners: BTreeMap::new(),
-            meta: Meta::default(),
+            meta: Meta {
+                set: (0..usize::from(set_size)).collect(),
+                ..Meta::default()
+            },
             oracle: Oracle::default(),
             report: Report::default(),
             faulty_budget,
@@ -502,7 +546,11 @@ impl Sim {
                 if !self.link_up(epoch, replica) {
                     return Ok(());
                 }
-                self.owner_event(epoch, OwnerEvent::from_reply(replica, msg))?;
+                // From a node that is no longer one of the owner's: dropped.
+                let Some(slot) = self.slot_of(epoch, replica.index()) else {
+                    return Ok(());
+                };
+                self.owner_event(epoch, OwnerEvent::from_reply(slot, msg))?;
             }
             Ev::SyncDone {
                 replica,
@@ -564,6 +612,9 @@ impl Sim {
             } => {
                 let node = &self.replicas[replica.index()];
                 let up = forced.unwrap_or(node.alive && !node.stopped);
+                let Some(replica) = self.slot_of(epoch, replica.index()) else {
+                    return Ok(());
+                };
                 let ev = if up {
                     OwnerEvent::ReplicaUp { replica }
                 } else {
@@ -573,8 +624,138 @@ impl Sim {
                     self.owner_event(epoch, ev)?;
                 }
             }
+            Ev::ReplaceStart { epoch, slot, node } => self.replace_start(epoch, slot, node)?,
+            Ev::RecordReplicas { epoch, slot, node } => self.record_replicas(epoch, slot, node)?,
         }
         Ok(())
+    }
+
+    /// The slot of `node` in the owner of `epoch`'s set (or its joiner's).
+    fn slot_of(&self, epoch: Epoch, node: usize) -> Option<ReplicaId> {
+        let o = self.owners.get(&epoch)?;
+        o.slots
+            .iter()
+            .position(|&n| n == node)
+            .map(|i| ReplicaId(i as u16))
+    }
+
+    // ----- replacement -----
+
+    /// Dead members of the recorded set, plus the faulty disks still to come: what the
+    /// budget of permanent losses is checked against.
+    fn permanent_losses_allowed(&self) -> bool {
+        let limit = (self.cfg.replicas - self.cfg.write_quorum).min(self.cfg.write_quorum - 1);
+        let doomed = self
+            .meta
+            .set
+            .iter()
+            .filter(|&&n| self.replicas[n].stopped || self.replicas[n].fail_next_sync)
+            .count() as u64;
+        doomed < u64::from(limit)
+    }
+
+    fn on_replace_request(&mut self, epoch: Epoch, slot: ReplicaId) {
+        let Some(o) = self.owners.get(&epoch) else {
+            return;
+        };
+        if o.slots[usize::from(self.cfg.replicas)] != NO_NODE {
+            return; // one at a time
+        }
+        // Live spares outside the owner's set, as metadata's heartbeats would say.
+        let spares: Vec<usize> = (0..self.replicas.len())
+            .filter(|n| !o.slots.contains(n))
+            .filter(|&n| {
+                let node = &self.replicas[n];
+                node.alive && !node.stopped && !node.fail_next_sync
+            })
+            .collect();
+        if spares.is_empty() {
+            return;
+        }
+        let node = spares[self.rng.gen_range(0..spares.len())];
+        let d = self.rng.gen_range(0..20);
+        self.schedule(d, Ev::ReplaceStart { epoch, slot, node });
+    }
+
+    fn replace_start(&mut self, epoch: Epoch, slot: ReplicaId, node: usize) -> SimResult {
+        let joiner = usize::from(self.cfg.replicas);
+        let Some(o) = self.owners.get_mut(&epoch) else {
+            return Ok(());
+        };
+        if !o.alive || o.fenced || o.slots[joiner] != NO_NODE || o.slots.contains(&node) {
+            return Ok(());
+        }
+        o.slots[joiner] = node;
+        self.owner_event(epoch, OwnerEvent::ReplaceStart { replica: slot })?;
+        let started = self.owners[&epoch]
+            .core
+            .writer()
+            .and_then(|w| w.replacing())
+            == Some(slot);
+        if !started {
+            self.owners.get_mut(&epoch).expect("owner").slots[joiner] = NO_NODE;
+            return Ok(());
+        }
+        // The driver connects to the joiner.
+        self.schedule(
+            1,
+            Ev::Detector {
+                epoch,
+                replica: ReplicaId(node as u16),
+                forced: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn record_replicas(&mut self, epoch: Epoch, slot: ReplicaId, node: usize) -> SimResult {
+        let joiner = usize::from(self.cfg.replicas);
+        let Some(o) = self.owners.get(&epoch) else {
+            return Ok(());
+        };
+        if !o.alive || o.fenced || o.slots[joiner] != node {
+            return Ok(());
+        }
+        if epoch != self.meta.epoch {
+            // Metadata refuses a stale epoch: the owner gives the replacement up.
+            self.report.replacements_refused += 1;
+            self.owners.get_mut(&epoch).expect("owner").slots[joiner] = NO_NODE;
+            return self.owner_event(epoch, OwnerEvent::ReplaceAborted);
+        }
+        let mut set = o.slots[..joiner].to_vec();
+        set[slot.index()] = node;
+        self.meta.set = set;
+        self.report.replacements += 1;
+        if !self.healing && self.rng.gen_bool(0.2) {
+            // Dies between recording the set and switching to it.
+            self.failover(false);
+            return Ok(());
+        }
+        let o = self.owners.get_mut(&epoch).expect("owner");
+        o.slots[slot.index()] = node;
+        o.slots[joiner] = NO_NODE;
+        self.owner_event(epoch, OwnerEvent::ReplaceDone { replica: slot })?;
+        // The driver connects the slot to its new node.
+        self.schedule(
+            1,
+            Ev::Detector {
+                epoch,
+                replica: ReplicaId(node as u16),
+                forced: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn kill_replica_for_good(&mut self) {
+        let set = self.meta.set.clone();
+        let n = set[self.rng.gen_range(0..set.len())];
+        if !self.permanent_losses_allowed() || self.replicas[n].stopped {
+            return;
+        }
+        self.crash_replica(ReplicaId(n as u16));
+        self.replicas[n].stopped = true;
+        self.report.replicas_killed += 1;
     }
 
     // ----- network -----
@@ -807,9 +988,12 @@ impl Sim {
         let from = self.meta.uploaded.next();
         let mut out = std::mem::take(&mut self.ocmds);
         let rec = Recovery::start(self.rcfg.clone(), epoch, from, self.now, &mut out);
+        let mut slots = self.meta.set.clone();
+        slots.push(NO_NODE);
         self.owners.insert(
             epoch,
             OwnerNode {
+                slots,
                 core: OwnerCore::Recovering(rec),
                 alive: true,
                 fenced: false,
@@ -824,7 +1008,13 @@ impl Sim {
         let tick = self.p.tick_ms;
         self.schedule(tick, Ev::OwnerTick { epoch });
         // Replicas that are down right now: the detector says so shortly.
-        for r in (0..self.cfg.replicas).map(ReplicaId) {
+        for r in self
+            .meta
+            .set
+            .clone()
+            .into_iter()
+            .map(|n| ReplicaId(n as u16))
+        {
             let node = &self.replicas[r.index()];
             if !node.alive || node.stopped {
                 self.schedule(
@@ -867,9 +1057,28 @@ impl Sim {
                     {
                         self.schedule(0, Ev::CrashOwner { epoch });
                     }
-                    self.send(epoch, Ev::ToReplica { replica, msg }, replica)
+                    let node = self.owners[&epoch].slots[replica.index()];
+                    if node != NO_NODE {
+                        let to = ReplicaId(node as u16);
+                        self.send(epoch, Ev::ToReplica { replica: to, msg }, to)
+                    }
                 }
                 OwnerCommand::Retransmit { .. } => self.report.retransmits += 1,
+                OwnerCommand::ReplaceReplica { replica, .. } => {
+                    self.on_replace_request(epoch, replica)
+                }
+                OwnerCommand::ReplacementCaughtUp { replica, .. } => {
+                    let node = self.owners[&epoch].slots[usize::from(self.cfg.replicas)];
+                    let d = self.rng.gen_range(1..50);
+                    self.schedule(
+                        d,
+                        Ev::RecordReplicas {
+                            epoch,
+                            slot: replica,
+                            node,
+                        },
+                    );
+                }
                 OwnerCommand::Appended { .. } => self.report.appended += 1,
                 OwnerCommand::AppendRefused { reason } => {
                     if let AppendRefusal::Full { .. } = reason {
@@ -989,7 +1198,10 @@ impl Sim {
             }
             pick -= w;
         }
-        let r = ReplicaId(self.rng.gen_range(0..self.cfg.replicas));
+        if self.cfg.spares > 0 && self.rng.gen_bool(0.05) {
+            return self.kill_replica_for_good();
+        }
+        let r = ReplicaId(self.rng.gen_range(0..self.replicas.len() as u16));
         match fault {
             Fault::CrashReplica => self.crash_replica(r),
             Fault::IsolateReplica => {
@@ -1036,7 +1248,8 @@ impl Sim {
                 );
             }
             Fault::FaultyDisk => {
-                if self.faulty_budget > 0 && !self.replicas[r.index()].stopped {
+                let allowed = self.cfg.spares == 0 || self.permanent_losses_allowed();
+                if allowed && self.faulty_budget > 0 && !self.replicas[r.index()].stopped {
                     self.faulty_budget -= 1;
                     self.replicas[r.index()].fail_next_sync = true;
                 }
@@ -1124,7 +1337,7 @@ impl Sim {
         self.p.drop_p = 0.0;
         self.p.dup_p = 0.0;
         self.cut_links.clear();
-        for r in (0..self.cfg.replicas).map(ReplicaId) {
+        for r in (0..self.replicas.len() as u16).map(ReplicaId) {
             let node = &mut self.replicas[r.index()];
             node.isolated_until = 0;
             node.fail_next_sync = false;
@@ -1165,9 +1378,10 @@ impl Sim {
                     continue;
                 }
                 let last = w.last_lsn();
+                let slots = &o.slots;
                 let all_acked = (0..self.cfg.replicas)
                     .map(ReplicaId)
-                    .filter(|r| !self.replicas[r.index()].stopped)
+                    .filter(|r| !self.replicas[slots[r.index()]].stopped)
                     .all(|r| w.acked_lsn(r) == last);
                 if w.committed_lsn() == last && all_acked {
                     return self.check_final(epoch);
@@ -1181,7 +1395,9 @@ impl Sim {
         let OwnerCore::Writing(w) = &self.owners[&epoch].core else {
             unreachable!("checked by the caller")
         };
-        for (r, node) in self.replicas.iter().enumerate() {
+        let members = &self.owners[&epoch].slots[..usize::from(self.cfg.replicas)];
+        for &r in members {
+            let node = &self.replicas[r];
             if node.stopped {
                 continue;
             }

@@ -1,0 +1,251 @@
+"""t87 WAL replica replacement and stream-directory GC (issue 3).
+
+Three brokers (meta + broker roles) and four WAL nodes (meta + wal roles, so they
+read metadata for the garbage collection of stream directories): seven meta
+voters, `wal.peers` = the four WAL nodes, `wal.replicas` = 3 (R = 3, W = 2), so
+every stream starts on the first three and the fourth is a spare.
+
+- kill -9 one replica for good under an acks=all producer: every broker replaces
+  it with the spare (the admin API's `/v1/wal` shows the new replica sets), then
+  a second original replica is killed too and produce keeps working (with only
+  the original set it could not: one replica of three left); every acknowledged
+  record is read back at its acknowledged offset, dense;
+- the replaced node, restarted, deletes its stale stream directories (keeping a
+  tombstone of each seal), and the cluster still takes writes;
+- `wal.replicas` above the number of `wal.peers` is refused by name.
+"""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import harness
+from cluster import WalNode, wait_leaders
+from harness import Broker
+from t20_crash_test import Acked, count_lines, read_acks
+from t80_cluster_test import PARTITIONS, start_producer, stop_producer
+
+REPLACE_AFTER_MS = 1500
+
+
+class MetaWalNode(WalNode):
+    """A `strata start --roles meta,wal` process: a WAL replica that is also a meta voter."""
+
+    def __init__(self, binary: str, workdir: Path, node_id: int, env: dict):
+        super().__init__(binary, workdir, node_id)
+        self.meta_port = harness.free_port()
+        self.meta_peers = ""
+        self.wal_peers = ""
+        self.env = env
+
+    def command(self) -> list[str]:
+        return [self.binary, "start", "--node-id", str(self.node_id), "--data-dir", str(self.data_dir),
+                "--roles", "meta,wal", "--wal-listen", self.addr,
+            "--meta-listen", f"127.0.0.1:{self.meta_port}", "--meta-peers", self.meta_peers,
+            "--wal-peers", self.wal_peers]
+
+    def start(self, wait: bool = True) -> "MetaWalNode":
+        assert not self.alive()
+        self._err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(harness._deathsig_prefix() + self.command(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=self._err,
+                                     env=harness.clean_env(self.env), cwd=self.workdir)
+        if wait:
+            assert harness.wait_port(self.port, 30, self.proc), (
+                f"WAL node {self.node_id} did not listen:\n{harness.tail(self.stderr_path)}")
+        return self
+
+    def stream_dirs(self) -> set[int]:
+        root = self.data_dir / "wal" / "streams"
+        if not root.exists():
+            return set()
+        return {int(p.name) for p in root.iterdir() if p.is_dir() and re.fullmatch(r"\d{20}", p.name)}
+
+    def tombstones(self) -> set[int]:
+        root = self.data_dir / "wal" / "streams"
+        if not root.exists():
+            return set()
+        return {int(p.name.split(".")[0]) for p in root.glob("*.tombstone")}
+
+
+class ReplaceCluster:
+    def __init__(self, binary: str, workdir: Path, lease_ms: int = 3000):
+        workdir = Path(workdir)
+        env = {"STRATA_WAL_REPLICAS": "3",
+               "STRATA_WAL_REPLICA_REPLACE_AFTER_MS": str(REPLACE_AFTER_MS)}
+        self.object_store = f"fs://{workdir / 'objects'}"
+        self.wal = [MetaWalNode(binary, workdir / f"wal{i}", 10 + i, env) for i in range(1, 5)]
+        broker_meta = {i: harness.free_port() for i in range(1, 4)}
+        meta_peers = ",".join([f"{i}@127.0.0.1:{p}" for i, p in broker_meta.items()]
+                              + [f"{w.node_id}@127.0.0.1:{w.meta_port}" for w in self.wal])
+        wal_peers = ",".join(w.addr for w in self.wal)
+        for w in self.wal:
+            w.meta_peers, w.wal_peers = meta_peers, wal_peers
+        self.brokers = [
+            Broker(binary, workdir / f"node{i}", object_store=self.object_store, node_id=i,
+                   env={"STRATA_META_BROKER_LEASE_MS": str(lease_ms),
+                        "STRATA_META_HEARTBEAT_INTERVAL_MS": str(max(100, lease_ms // 6)), **env},
+                   extra_args=["--roles", "meta,broker", "--meta-listen", f"127.0.0.1:{broker_meta[i]}",
+                               "--meta-peers", meta_peers, "--wal-peers", wal_peers])
+            for i in range(1, 4)]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(b.bootstrap for b in self.brokers if b.alive())
+
+    def start(self, timeout: float = 180) -> "ReplaceCluster":
+        for w in self.wal:
+            w.start()
+        for b in self.brokers:
+            b.start(wait=False)
+        for b in self.brokers:
+            b.wait_ready(timeout)
+            b._ports_fixed = True
+        return self
+
+    def leaders(self, topic: str, partitions: int) -> dict[int, int]:
+        adm = harness.admin_client(self.bootstrap)
+        t = adm.list_topics(topic=topic, timeout=10).topics[topic]
+        return {p: t.partitions[p].leader for p in range(partitions) if p in t.partitions}
+
+    def streams(self) -> dict[int, dict]:
+        """Every WAL stream in metadata, as a broker's admin API shows it."""
+        status, body = next(b for b in self.brokers if b.alive()).get("/v1/wal")
+        assert status == 200, body
+        return {s["stream"]: s for s in json.loads(body)["streams"]}
+
+    def stop(self):
+        for b in self.brokers:
+            if b.alive():
+                rc = b.stop(timeout=30, check=False)
+                if rc is None or b.alive():
+                    b.kill9()
+        for w in self.wal:
+            w.stop()
+
+    def logs(self) -> str:
+        out = [f"--- node {b.node_id} stderr ---\n{b.stderr_tail(30)}" for b in self.brokers]
+        out += [f"--- wal {w.node_id} stderr ---\n{harness.tail(w.stderr_path, 20)}" for w in self.wal]
+        return "\n".join(out)
+
+
+@pytest.fixture
+def cluster(strata_bin, tmp_path):
+    c = ReplaceCluster(strata_bin, tmp_path)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        print(c.logs())
+
+
+def wait_replaced(c: ReplaceCluster, gone: str, spare: str, timeout: float = 90) -> dict[int, dict]:
+    """Until every broker's stream lists `spare` instead of `gone`."""
+    brokers = {b.node_id for b in c.brokers}
+
+    def done():
+        streams = c.streams()
+        if all(i in streams and spare in streams[i]["replicas"] and gone not in streams[i]["replicas"]
+               for i in brokers):
+            return streams
+        return None
+    return harness.eventually(done, timeout, what=f"every stream to replace {gone} with {spare}")
+
+
+def verify(c: ReplaceCluster, topic: str, acked: Acked, tag: str):
+    hw = harness.watermarks(c.bootstrap, topic, PARTITIONS)
+    parts = harness.consume(c.bootstrap, topic, PARTITIONS, end={p: hw[p][1] for p in hw})
+    harness.assert_dense(parts)
+    seen: dict[bytes, set] = {}
+    for p, recs in parts.items():
+        for r in recs:
+            seen.setdefault(r.value, set()).add((p, r.offset))
+    lost = [(v, po) for v, po in acked.by_value.items() if po not in seen.get(v, ())]
+    assert not lost, (f"{tag}: {len(lost)} of {len(acked.by_value)} acknowledged records are not at their "
+                      f"acknowledged offset, e.g. {[(v, po, seen.get(v)) for v, po in lost[:5]]}")
+    print(f"{tag}: {len(acked.by_value)} acknowledged records verified")
+
+
+@pytest.mark.timeout(900)
+def test_a_dead_replica_is_replaced_and_a_second_loss_is_survived(cluster, tmp_path):
+    c = cluster
+    first, second, third, spare = (w.addr for w in c.wal)
+    before = c.streams()
+    for i in (1, 2, 3):
+        assert before[i]["replicas"] == [first, second, third], before[i]
+
+    topic = "walreplace"
+    harness.create_topic(c.bootstrap, topic, PARTITIONS)
+    leaders = wait_leaders(c, topic, PARTITIONS)
+    assert len(set(leaders.values())) > 1, f"partitions should spread over brokers: {leaders}"
+
+    prod, ack_file, log_path = start_producer(c.bootstrap, topic, tmp_path, "replace", 0)
+    try:
+        harness.eventually(lambda: count_lines(ack_file) >= 200, 60, what="the producer's first acks")
+        c.wal[0].kill9()
+        streams = wait_replaced(c, first, spare)
+        for i in (1, 2, 3):
+            assert streams[i]["replicas"] == [spare, second, third], streams[i]
+        # The new set is what the owners write to: a second original replica dies, and writes
+        # still reach W = 2 (the spare and the third). With the original set only one was left.
+        c.wal[1].kill9()
+        at_kill = count_lines(ack_file)
+        harness.eventually(lambda: count_lines(ack_file) >= at_kill + 500, 90,
+                           what="acks to continue with two original replicas dead")
+    finally:
+        errors = stop_producer(prod, log_path)
+    assert errors == 0, f"the producer saw {errors} delivery errors"
+    acked = Acked()
+    acked.add(read_acks(ack_file))
+    assert len(acked.by_value) >= 700
+    verify(c, topic, acked, "after replacing a WAL replica and losing another")
+    # Replaced, not just told: the brokers' counters say so.
+    replaced = sum(b.metrics().sum("strata_wal_replicas_replaced_total") for b in c.brokers)
+    assert replaced >= 3, f"expected each broker's stream to replace one replica, got {replaced}"
+
+
+@pytest.mark.timeout(900)
+def test_the_replaced_node_deletes_its_stale_stream_directories(cluster, tmp_path):
+    c = cluster
+    first, _, _, spare = (w.addr for w in c.wal)
+    topic = "walgc"
+    harness.create_topic(c.bootstrap, topic, PARTITIONS)
+    wait_leaders(c, topic, PARTITIONS)
+    recs = [harness.Rec(partition=i % PARTITIONS, key=None, value=f"before-{i}".encode()) for i in range(300)]
+    harness.produce(c.bootstrap, topic, recs)
+    victim = c.wal[0]
+    held = victim.stream_dirs()
+    assert {1, 2, 3} <= held, f"the first replica should hold every broker's stream: {held}"
+
+    victim.kill9()
+    wait_replaced(c, first, spare)
+    # Everything acknowledged so far goes to object storage (the index): the old copy is stale.
+    harness.eventually(lambda: all(c.streams()[i]["settled_lsn"] > 0 for i in (1, 2, 3)), 120,
+                       what="every stream to upload")
+
+    victim.start()
+    harness.eventually(lambda: not ({1, 2, 3} & victim.stream_dirs()), 60,
+                       what="the replaced node to delete its stale stream directories")
+    assert {1, 2, 3} <= victim.tombstones(), "each dropped stream keeps its seal as a tombstone"
+    assert "no longer one of its replicas" in victim.stderr_path.read_text(errors="replace")
+
+    # The cluster keeps working, and everything is still there.
+    more = [harness.Rec(partition=i % PARTITIONS, key=None, value=f"after-{i}".encode()) for i in range(300)]
+    harness.produce(c.bootstrap, topic, more)
+    hw = harness.watermarks(c.bootstrap, topic, PARTITIONS)
+    parts = harness.consume(c.bootstrap, topic, PARTITIONS, end={p: hw[p][1] for p in hw})
+    harness.assert_dense(parts)
+    values = {r.value for rs in parts.values() for r in rs}
+    assert {r.value for r in recs + more} <= values
+
+
+def test_more_replicas_than_peers_is_refused_by_name(strata_bin, tmp_path):
+    b = Broker(strata_bin, tmp_path / "bad", env={"STRATA_WAL_REPLICAS": "3"},
+               extra_args=["--wal-peers", "127.0.0.1:1,127.0.0.1:2"])
+    with pytest.raises(harness.BrokerDied) as died:
+        b.start(timeout=30)
+    assert "wal.replicas" in str(died.value) and "1..=2" in str(died.value), str(died.value)
