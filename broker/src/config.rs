@@ -348,6 +348,21 @@ pub struct TieringSection {
     pub retention_check_interval_ms: u64,
     /// How long an object stays in the store after the index stopped referencing it.
     pub garbage_grace_ms: u64,
+    /// Bound on each attempt of an object-store request (a multipart upload: each part).
+    pub store_request_timeout_ms: u64,
+    /// Retries (with backoff and jitter) after a request's first attempt failed temporarily.
+    pub store_retries_max: u32,
+}
+
+impl TieringSection {
+    /// The object store's timeouts and retry policy from these settings.
+    pub fn store_config(&self) -> strata_tiering::StoreConfig {
+        strata_tiering::StoreConfig {
+            request_timeout_ms: self.store_request_timeout_ms,
+            retry_attempts_max: self.store_retries_max as usize,
+            ..Default::default()
+        }
+    }
 }
 
 /// The read cache for object-storage data (memory + disk under `tiering.cache_dir`), in two
@@ -605,6 +620,8 @@ impl Default for TieringSection {
             retention_bytes: -1,
             retention_check_interval_ms: 5000,
             garbage_grace_ms: 60_000,
+            store_request_timeout_ms: 30_000,
+            store_retries_max: 4,
         }
     }
 }
@@ -996,6 +1013,12 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
     }
     if f.tiering.flush_interval_ms == 0 {
         return Err(bad("tiering.flush_interval_ms", "must be positive"));
+    }
+    if f.tiering.store_request_timeout_ms < 100 {
+        return Err(bad(
+            "tiering.store_request_timeout_ms",
+            "must be at least 100",
+        ));
     }
     if f.tiering.flush_bytes_max < 1024 {
         return Err(bad("tiering.flush_bytes_max", "must be at least 1024"));

@@ -213,7 +213,8 @@ def test_full_wal_answers_retriable_storage_error_then_recovers(broker_factory, 
 
 @pytest.mark.timeout(180)
 def test_blackholed_store_heals(broker_factory, seaweed, s3_bucket, proxy):
-    b = start_broker(broker_factory, seaweed, s3_bucket, proxy)
+    # Each attempt is bounded by tiering.store_request_timeout_ms (default 30 s; 3 s here).
+    b = start_broker(broker_factory, seaweed, s3_bucket, proxy, STRATA_TIERING_STORE_REQUEST_TIMEOUT_MS="3000")
     topic = "blackhole"
     harness.create_topic(b.bootstrap, topic, PARTITIONS)
     before_uploaded = uploaded_offsets(b, topic)
@@ -227,7 +228,7 @@ def test_blackholed_store_heals(broker_factory, seaweed, s3_bucket, proxy):
     assert uploaded_nothing_beyond(b, topic, before_uploaded), f"uploaded during the blackhole: {b.topic(topic)}"
 
     proxy.set_mode("pass")
-    # A held attempt ends on the store's request timeout (30 s), then the retry goes through.
+    # A held attempt ends on the store's request timeout, then the retry goes through.
     b.wait_uploaded(topic, total=a.count(), timeout=75)
     assert b.metrics().sum("strata_object_store_retries_total") >= 1
 
