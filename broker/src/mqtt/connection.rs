@@ -21,7 +21,10 @@ use super::router::{ConnHandle, ConnectOutcome, ConnectRequest, RouterMsg, SubOp
 use super::session::{AckOutcome, OutPublish, Session};
 use super::wire::{self, CloseCode, Codec, ConnCode, Inbound, Outbound, Proto, SubResult};
 use super::{topic, Delivery, Message};
-use super::{CONNECT_TIMEOUT_SECS, CONN_QUEUE_MAX, INBOUND_INFLIGHT_MAX, OUTBOUND_INFLIGHT_MAX};
+use super::{
+    CONNECT_TIMEOUT_SECS, CONN_QUEUE_BATCHES_MAX, CONN_QUEUE_MAX, INBOUND_INFLIGHT_MAX,
+    OUTBOUND_INFLIGHT_MAX,
+};
 use crate::node::Node;
 use bytes::BytesMut;
 use futures::stream::FuturesOrdered;
@@ -144,19 +147,55 @@ pub type ByteReader = Box<dyn AsyncRead + Send + Unpin>;
 /// A connection's byte stream, write side.
 pub type ByteWriter = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// The byte stream halves and buffers.
+/// Bytes reserved for a socket read while the client sends little (a PINGREQ, an ack)...
+const READ_BYTES_MIN: usize = 512;
+/// ... and at most, doubled while reads fill what was reserved (a publisher streaming).
+const READ_BYTES_MAX: usize = 64 * 1024;
+/// An empty read or write buffer larger than this is given back once traffic is light again,
+/// so an idle connection holds next to nothing (10,000 idle clients are the common case).
+const BUF_KEEP_BYTES: usize = 4 * 1024;
+
+/// The byte stream halves and buffers. Both buffers start empty and grow on demand.
 struct Io {
     rd: ByteReader,
     wr: ByteWriter,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Bytes to reserve for the next read (between the two bounds above).
+    read_hint: usize,
     codec: Codec,
 }
 
 impl Io {
+    fn new(rd: ByteReader, wr: ByteWriter, codec: Codec) -> Io {
+        Io {
+            rd,
+            wr,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            read_hint: READ_BYTES_MIN,
+            codec,
+        }
+    }
+
     /// Reads more bytes; `Ok(false)` on EOF.
     async fn fill(&mut self) -> Result<bool, std::io::Error> {
-        Ok(self.rd.read_buf(&mut self.rbuf).await? > 0)
+        self.rbuf.reserve(self.read_hint);
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let n = self.rd.read_buf(&mut self.rbuf).await?;
+        self.read_hint = if n == spare {
+            (self.read_hint * 2).min(READ_BYTES_MAX)
+        } else if n < READ_BYTES_MIN {
+            READ_BYTES_MIN
+        } else {
+            self.read_hint
+        };
+        if n < READ_BYTES_MIN && self.rbuf.len() == n && self.rbuf.capacity() > BUF_KEEP_BYTES {
+            // A small read into a buffer grown for a burst: move it to a small one.
+            let small = BytesMut::from(&self.rbuf[..]);
+            self.rbuf = small;
+        }
+        Ok(n > 0)
     }
 
     /// Queues a packet; `Ok(false)` when it was not sent (see [`Codec::encode`]).
@@ -170,17 +209,24 @@ impl Io {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let buf = self.wbuf.split();
-        match tokio::time::timeout(WRITE_TIMEOUT, self.wr.write_all(&buf)).await {
+        let written = self.wbuf.len();
+        let result = match tokio::time::timeout(WRITE_TIMEOUT, self.wr.write_all(&self.wbuf)).await
+        {
             Ok(r) => r.map_err(CloseReason::from),
             Err(_) => Err(CloseReason::WriteTimeout),
+        };
+        self.wbuf.clear();
+        // A busy connection keeps its (reused) buffer; a small write gives a big one back.
+        if written <= BUF_KEEP_BYTES && self.wbuf.capacity() > BUF_KEEP_BYTES {
+            self.wbuf = BytesMut::new();
         }
+        result
     }
 }
 
-/// Packets queued for one write before the loop flushes (and looks at its socket again).
+/// Bytes queued for one write before the loop flushes (and looks at its socket again); a
+/// delivery batch from the router is written whole.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
-const WRITE_BATCH_PACKETS: usize = 256;
 
 /// A publish waiting for its durable append.
 type PendingAppend =
@@ -195,13 +241,7 @@ pub async fn connection(
 ) -> Result<(), CloseReason> {
     let max_in = shared.node.config.file.mqtt.packet_bytes_max;
     let _open = shared.node.metrics.mqtt.connection(); // metrics: open until this task ends
-    let mut io = Io {
-        rd,
-        wr,
-        rbuf: BytesMut::with_capacity(8 * 1024),
-        wbuf: BytesMut::with_capacity(8 * 1024),
-        codec: Codec::new(max_in),
-    };
+    let mut io = Io::new(rd, wr, Codec::new(max_in));
 
     // CONNECT first, within a deadline.
     let deadline = Instant::now() + Duration::from_secs(CONNECT_TIMEOUT_SECS);
@@ -263,14 +303,13 @@ pub async fn connection(
     }
 
     // Credentials, before the session is touched: a refused CONNECT takes nothing over.
-    let verdict = shared
-        .auth
-        .authenticate(
-            &shared.node,
-            connect.username.as_deref(),
-            connect.password.as_ref(),
-        )
-        .await;
+    // Boxed (like the will below): rare, large futures stay out of the connection task.
+    let verdict = Box::pin(shared.auth.authenticate(
+        &shared.node,
+        connect.username.as_deref(),
+        connect.password.as_ref(),
+    ))
+    .await;
     let refused = match verdict {
         super::auth::Verdict::Allowed(user) => Ok(user),
         super::auth::Verdict::BadCredentials => {
@@ -323,7 +362,7 @@ pub async fn connection(
         (proto == Proto::V5 && expiry_secs != connect.session_expiry_secs).then_some(expiry_secs);
 
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let (dtx, mut drx) = mpsc::channel::<Delivery>(CONN_QUEUE_MAX);
+    let (dtx, mut drx) = super::router::delivery_queue(CONN_QUEUE_BATCHES_MAX, CONN_QUEUE_MAX);
     let (kick_tx, mut kick_rx) = oneshot::channel();
     let (reply_tx, reply_rx) = oneshot::channel();
     let sent = shared
@@ -437,8 +476,12 @@ pub async fn connection(
     };
     let mut data_signal = shared.ingest.tailers.data_signal();
     let mut signal_open = true;
-    let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
-    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only persistent sessions report progress: no timer for the others.
+    let mut progress_tick = conn.persistent.is_some().then(|| {
+        let mut t = tokio::time::interval(PROGRESS_INTERVAL);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let keep_alive =
         (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
     let mut last_packet = Instant::now();
@@ -487,7 +530,9 @@ pub async fn connection(
                     p.pump_needed = true;
                 }
             }
-            _ = progress_tick.tick(), if is_persistent => conn.report_progress().await,
+            _ = async { progress_tick.as_mut()?.tick().await; Some(()) }, if progress_tick.is_some() => {
+                conn.report_progress().await
+            }
             _ = tokio::time::sleep_until(retry_at.unwrap_or(ka_deadline)), if retry_at.is_some() => {
                 if let Some(p) = conn.persistent.as_mut() {
                     p.retry_at = None;
@@ -519,19 +564,17 @@ pub async fn connection(
                     }
                 }
             }
-            Some(d) = drx.recv() => {
-                if let Err(e) = conn.deliver(d, &mut io) {
+            Some(batch) = drx.recv(), if conn.may_take_deliveries() => {
+                if let Err(e) = conn.deliver_batch(batch, &mut io) {
                     break Err(e);
                 }
                 // Drain what else is queued into the same write: a fan-out subscriber keeps
                 // up with the router instead of paying one syscall per message.
-                let mut more = 0;
-                while more < WRITE_BATCH_PACKETS && io.wbuf.len() < WRITE_BATCH_BYTES {
-                    let Ok(d) = drx.try_recv() else { break };
-                    if let Err(e) = conn.deliver(d, &mut io) {
+                while io.wbuf.len() < WRITE_BATCH_BYTES && conn.may_take_deliveries() {
+                    let Some(batch) = drx.try_recv() else { break };
+                    if let Err(e) = conn.deliver_batch(batch, &mut io) {
                         break 'conn Err(e);
                     }
-                    more += 1;
                 }
             }
             _ = &mut kick_rx => break Err(CloseReason::TakenOver),
@@ -578,7 +621,7 @@ pub async fn connection(
             let delay = connect.will_delay_secs.min(final_expiry);
             let taken_over = matches!(result, Err(CloseReason::TakenOver));
             if delay == 0 {
-                publish_will(&shared, will).await;
+                Box::pin(publish_will(&shared, will)).await;
             } else if !taken_over {
                 let s = shared.clone();
                 let cid = client_id.clone();
@@ -1046,6 +1089,20 @@ impl Conn<'_> {
         Ok(())
     }
 
+    /// Whether to take another batch from the router's queue: not while QoS 1/2 deliveries
+    /// wait behind the client's window, so they back up in that bounded queue (where the
+    /// router counts what it drops) instead of overflowing the session's.
+    fn may_take_deliveries(&self) -> bool {
+        self.session.waiting() + super::ROUTE_BATCH_MAX <= CONN_QUEUE_MAX
+    }
+
+    fn deliver_batch(&mut self, batch: Vec<Delivery>, io: &mut Io) -> Result<(), CloseReason> {
+        for d in batch {
+            self.deliver(d, io)?;
+        }
+        Ok(())
+    }
+
     fn deliver(&mut self, d: Delivery, io: &mut Io) -> Result<(), CloseReason> {
         let origin = d.origin;
         match self.session.deliver(d) {
@@ -1054,6 +1111,12 @@ impl Conn<'_> {
             Err(()) => {
                 // A persistent session's message stays open in its cursor (read again after
                 // a reconnect); the queue is sized so that this does not happen.
+                self.shared
+                    .node
+                    .metrics
+                    .mqtt
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     client_id = self.client_id,
                     ?origin,
@@ -1081,14 +1144,16 @@ impl Conn<'_> {
             if !p.pump_needed || p.retry_at.is_some() || waiting >= PUMP_LOW {
                 return Ok(());
             }
-            let got = replay::pump(
+            // Boxed: reading from object storage is a large future, and every connection
+            // task (most never read a cursor) would otherwise carry its size while idle.
+            let got = Box::pin(replay::pump(
                 &self.shared.node,
                 &p.topics,
                 &p.subs,
                 self.client_id,
                 &mut p.cursors,
                 PUMP_QUEUE_MAX - waiting,
-            )
+            ))
             .await;
             p.pump_needed = got.more;
             if got.failed {

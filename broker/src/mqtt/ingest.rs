@@ -57,7 +57,9 @@ impl Ingest {
         let logs = match node.registry.topic(kafka_topic) {
             Some(t) => t,
             None => {
-                self.create_topic(kafka_topic).await?;
+                // Boxed: the metadata write is a large future, and every connection task
+                // would otherwise carry its size even when no topic is ever created.
+                Box::pin(self.create_topic(kafka_topic)).await?;
                 node.registry
                     .topic(kafka_topic)
                     .ok_or_else(|| IngestError::TopicCreate {

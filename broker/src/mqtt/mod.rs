@@ -94,8 +94,15 @@ use tokio::sync::{mpsc, watch};
 pub const PACKET_BYTES_LIMIT: u32 = 268_435_455;
 /// Router input queue (connections and tailers wait when it is full).
 pub const ROUTER_QUEUE_MAX: usize = 8192;
-/// Deliveries queued for one connection (beyond: dropped and counted).
+/// Deliveries queued for one connection (beyond: dropped and counted in
+/// `strata_mqtt_dropped_total`).
 pub const CONN_QUEUE_MAX: usize = 1024;
+/// Batches queued for one connection (the router hands over a connection's share of each
+/// routed batch as one); beyond: dropped and counted like the above.
+pub const CONN_QUEUE_BATCHES_MAX: usize = 64;
+/// Messages the router takes from a tailer at once (one routed batch): a connection gets at
+/// most this many deliveries in one batch, a quarter of its queue, so bursts fit.
+pub const ROUTE_BATCH_MAX: usize = 256;
 /// Outbound QoS 1/2 messages unacknowledged per connection (capped further by the client's
 /// Receive Maximum).
 pub const OUTBOUND_INFLIGHT_MAX: u16 = 128;
@@ -203,7 +210,13 @@ pub fn start(
     let (store, store_thread) = store_writer.map_or((None, None), |(tx, h)| (Some(tx), h));
     let (retained_log, retained_thread) =
         retained_writer.map_or((None, None), |(tx, h)| (Some(tx), h));
-    tokio::spawn(router::run(router_rx, core, store, retained_log));
+    tokio::spawn(router::run(
+        router_rx,
+        core,
+        store,
+        retained_log,
+        node.metrics.clone(),
+    ));
     let tailers = Arc::new(tailer::Tailers::new(
         node.clone(),
         mapping.kafka_topics(),

@@ -6,10 +6,11 @@
 //! topic, whoever wrote it).
 //!
 //! Two kinds of session:
-//! - *ephemeral* (MQTT 5 Session Expiry Interval 0, 3.1.1 `clean_session = 1`): the router
-//!   pushes each routed message to the connection's bounded queue with `try_send` — it never
-//!   waits on a slow client; a full queue drops the delivery and counts it. The session ends
-//!   with its connection.
+//! - *ephemeral* (MQTT 5 Session Expiry Interval 0, 3.1.1 `clean_session = 1`): the tailers
+//!   hand over messages in batches (one per tail read, at most `ROUTE_BATCH_MAX`); the router
+//!   gives each connection its deliveries of a batch as one item of its bounded queue
+//!   ([`DeliveryTx::offer`]) — it never waits on a slow client; what does not fit is dropped
+//!   and counted (`strata_mqtt_dropped_total`). The session ends with its connection.
 //! - *persistent* (expiry > 0, 3.1.1 `clean_session = 0`): not routed here. Its connection
 //!   reads the partitions itself from the session's cursors (`replay.rs`), so nothing is
 //!   dropped and what was published while it was away is read from the log when it returns.
@@ -28,6 +29,7 @@ use super::store::{CursorMark, SessionRecord, StoreOp, StoredSub};
 use super::topic;
 use super::{Delivery, Message};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use strata_types::PartitionKey;
 use tokio::sync::{mpsc, oneshot};
@@ -90,7 +92,88 @@ pub fn best_match(
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: u64,
-    pub tx: mpsc::Sender<Delivery>,
+    pub tx: DeliveryTx,
+}
+
+/// The router's end of one connection's delivery queue. Deliveries travel in batches (all of
+/// a routed batch of messages that one connection gets, in order), so a fan-out to many
+/// subscribers costs one queue operation and one wake-up per connection and batch, not per
+/// message. The queue is bounded twice: in batches (the channel) and in messages
+/// (`messages_max`, counted across the batches it holds).
+#[derive(Debug, Clone)]
+pub struct DeliveryTx {
+    tx: mpsc::Sender<Vec<Delivery>>,
+    queued: Arc<AtomicUsize>,
+    messages_max: usize,
+}
+
+/// The connection's end of its delivery queue.
+#[derive(Debug)]
+pub struct DeliveryRx {
+    rx: mpsc::Receiver<Vec<Delivery>>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A delivery queue of at most `batches_max` batches holding at most `messages_max`
+/// deliveries.
+pub fn delivery_queue(batches_max: usize, messages_max: usize) -> (DeliveryTx, DeliveryRx) {
+    assert!(batches_max > 0 && messages_max > 0);
+    let (tx, rx) = mpsc::channel(batches_max);
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        DeliveryTx {
+            tx,
+            queued: queued.clone(),
+            messages_max,
+        },
+        DeliveryRx { rx, queued },
+    )
+}
+
+impl DeliveryTx {
+    /// Queues what fits of `batch` without waiting; returns how many deliveries were dropped
+    /// (the tail of the batch beyond the room left, or all of it when the connection is gone
+    /// or holds `batches_max` batches already). The router never waits on a slow client.
+    pub fn offer(&self, mut batch: Vec<Delivery>) -> usize {
+        let n = batch.len();
+        if n == 0 {
+            return 0;
+        }
+        // Only the router adds, and the connection only takes away: the room seen here can
+        // only grow before the add below.
+        let room = self
+            .messages_max
+            .saturating_sub(self.queued.load(Ordering::Acquire));
+        if room == 0 {
+            return n;
+        }
+        batch.truncate(room);
+        let kept = batch.len();
+        self.queued.fetch_add(kept, Ordering::AcqRel);
+        match self.tx.try_send(batch) {
+            Ok(()) => n - kept,
+            Err(_) => {
+                self.queued.fetch_sub(kept, Ordering::AcqRel);
+                n
+            }
+        }
+    }
+}
+
+impl DeliveryRx {
+    /// The next batch, waiting for one; `None` once the router dropped its end.
+    pub async fn recv(&mut self) -> Option<Vec<Delivery>> {
+        let batch = self.rx.recv().await?;
+        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        Some(batch)
+    }
+
+    /// The next batch if one is queued.
+    pub fn try_recv(&mut self) -> Option<Vec<Delivery>> {
+        let batch = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        Some(batch)
+    }
 }
 
 #[derive(Debug)]
@@ -582,6 +665,29 @@ impl RouterCore {
     /// connected member in turn (round robin), persistent or not.
     pub fn route(&mut self, msg: &Arc<Message>) -> Vec<(ConnHandle, Delivery)> {
         let mut out = Vec::new();
+        self.route_each(msg, |conn, d| out.push((conn.clone(), d)));
+        out
+    }
+
+    /// [`RouterCore::route`] for a batch of messages: per connection, its deliveries in
+    /// message order (one queue operation per connection, however many messages).
+    pub fn route_batch(&mut self, msgs: &[Arc<Message>]) -> Vec<(ConnHandle, Vec<Delivery>)> {
+        let mut out: Vec<(ConnHandle, Vec<Delivery>)> = Vec::new();
+        let mut index: HashMap<u64, usize> = HashMap::new();
+        for msg in msgs {
+            self.route_each(msg, |conn, d| {
+                let i = *index.entry(conn.id).or_insert_with(|| {
+                    out.push((conn.clone(), Vec::new()));
+                    out.len() - 1
+                });
+                out[i].1.push(d);
+            });
+        }
+        out
+    }
+
+    /// Calls `deliver` with every delivery of `msg` (see [`RouterCore::route`]).
+    fn route_each(&mut self, msg: &Arc<Message>, mut deliver: impl FnMut(&ConnHandle, Delivery)) {
         for ((group, filter), g) in self.shared.iter_mut() {
             if !topic::matches(filter, &msg.topic) {
                 continue;
@@ -597,8 +703,8 @@ impl RouterCore {
                 let Some(opts) = entry.subs.get(&key) else {
                     continue;
                 };
-                out.push((
-                    conn.clone(),
+                deliver(
+                    conn,
                     Delivery {
                         message: msg.clone(),
                         qos: msg.qos.min(opts.qos),
@@ -607,7 +713,7 @@ impl RouterCore {
                         origin: None,
                         sub_ids: opts.sub_id.into_iter().collect(),
                     },
-                ));
+                );
                 g.next = (i + 1) % n;
                 break;
             }
@@ -619,8 +725,8 @@ impl RouterCore {
             }
             let own = msg.publisher.as_deref() == Some(client_id.as_str());
             if let Some((opts, sub_ids)) = best_match(&entry.subs, &msg.topic, own) {
-                out.push((
-                    conn.clone(),
+                deliver(
+                    conn,
                     Delivery {
                         message: msg.clone(),
                         qos: msg.qos.min(opts.qos),
@@ -629,10 +735,9 @@ impl RouterCore {
                         origin: None,
                         sub_ids,
                     },
-                ));
+                );
             }
         }
-        out
     }
 }
 
@@ -667,8 +772,8 @@ pub enum RouterMsg {
     /// A durable publish with RETAIN set; the sender waits for it to be in the retained log
     /// (`true`: durable, or nothing to store).
     Retain(Arc<Message>, Option<oneshot::Sender<bool>>),
-    /// A message appended to a partition MQTT reads.
-    Route(Arc<Message>),
+    /// Messages appended to a partition MQTT reads, in offset order (a tailer's read).
+    Route(Vec<Arc<Message>>),
     /// `$SYS` statistics: retained in memory only, and routed live.
     Sys(Vec<Arc<Message>>),
     /// The node stops: hand every changed session to the session log, close the logs' queues
@@ -685,7 +790,26 @@ pub async fn run(
     mut core: RouterCore,
     store: Option<mpsc::Sender<Vec<StoreOp>>>,
     retained_log: Option<mpsc::UnboundedSender<super::retained::RetainOp>>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
+    // Hands each connection its share of a routed batch; counts what a full queue dropped.
+    let hand_over = |core: &mut RouterCore, batches: Vec<(ConnHandle, Vec<Delivery>)>| {
+        for (conn, batch) in batches {
+            let dropped = conn.tx.offer(batch);
+            if dropped > 0 {
+                core.dropped += dropped as u64;
+                metrics
+                    .mqtt
+                    .dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                tracing::debug!(
+                    conn = conn.id,
+                    dropped,
+                    "client queue full; deliveries dropped"
+                );
+            }
+        }
+    };
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(FLUSH_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_expiry_ms = 0i64;
@@ -782,22 +906,19 @@ pub async fn run(
             }
             RouterMsg::Shutdown(_) => {}
             RouterMsg::Sys(msgs) => {
-                for msg in msgs {
+                for msg in &msgs {
                     core.retain(msg.clone());
-                    for (conn, delivery) in core.route(&msg) {
-                        if conn.tx.try_send(delivery).is_err() {
-                            core.dropped += 1;
-                        }
-                    }
                 }
+                let batches = core.route_batch(&msgs);
+                hand_over(&mut core, batches);
             }
-            RouterMsg::Route(msg) => {
-                for (conn, delivery) in core.route(&msg) {
-                    if conn.tx.try_send(delivery).is_err() {
-                        core.dropped += 1;
-                        tracing::debug!(conn = conn.id, topic = %msg.topic, "client queue full; delivery dropped");
-                    }
-                }
+            RouterMsg::Route(msgs) => {
+                let batches = core.route_batch(&msgs);
+                hand_over(&mut core, batches);
+                // Let the connections just woken write before the next batch is routed: with
+                // tokio's budget the router could otherwise route 128 batches in one go and
+                // overflow queues of clients that keep up (the broker may have one core).
+                tokio::task::yield_now().await;
             }
         }
         if urgent {
@@ -839,8 +960,8 @@ mod tests {
         })
     }
 
-    fn conn(id: u64) -> (ConnHandle, mpsc::Receiver<Delivery>) {
-        let (tx, rx) = mpsc::channel(8);
+    fn conn(id: u64) -> (ConnHandle, DeliveryRx) {
+        let (tx, rx) = delivery_queue(8, 64);
         (ConnHandle { id, tx }, rx)
     }
 
@@ -1116,5 +1237,94 @@ mod tests {
         // MQTT 5 DISCONNECT may lower the interval; 0 ends the session now.
         r.disconnect("connected", 2, 0, None, 0);
         assert_eq!(r.sessions_len(), 1);
+    }
+
+    #[test]
+    fn route_batch_gives_each_connection_its_deliveries_in_order() {
+        let mut r = RouterCore::default();
+        let (c1, _rx1) = conn(1);
+        let (c2, _rx2) = conn(2);
+        let (k1, _) = oneshot::channel();
+        let (k2, _) = oneshot::channel();
+        r.connect("a", true, 0, c1, k1);
+        r.connect("b", true, 0, c2, k2);
+        r.subscribe("a", 1, &[("t/#".into(), opts(0))]);
+        r.subscribe("b", 2, &[("t/1".into(), opts(1))]);
+        let msgs: Vec<_> = (0..5)
+            .map(|i| msg(&format!("t/{}", i % 2), &i.to_string(), 1, false))
+            .collect();
+        let mut got: Vec<(u64, Vec<(String, u8)>)> = r
+            .route_batch(&msgs)
+            .into_iter()
+            .map(|(c, ds)| {
+                let seen = ds
+                    .iter()
+                    .map(|d| (String::from_utf8_lossy(&d.message.payload).into(), d.qos))
+                    .collect();
+                (c.id, seen)
+            })
+            .collect();
+        got.sort();
+        let p = |v: &[(&str, u8)]| -> Vec<(String, u8)> {
+            v.iter().map(|(s, q)| (s.to_string(), *q)).collect()
+        };
+        assert_eq!(
+            got,
+            vec![
+                (1, p(&[("0", 0), ("1", 0), ("2", 0), ("3", 0), ("4", 0)])),
+                (2, p(&[("1", 1), ("3", 1)])),
+            ]
+        );
+        assert!(r.route_batch(&[msg("other", "p", 0, false)]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn delivery_queue_bounds_messages_and_batches() {
+        let d = |i: usize| Delivery {
+            message: msg("t", &i.to_string(), 0, false),
+            qos: 0,
+            retain: false,
+            dup: false,
+            origin: None,
+            sub_ids: vec![],
+        };
+        let batch = |r: std::ops::Range<usize>| r.map(d).collect::<Vec<_>>();
+        // (batches_max, messages_max, offered batch sizes, dropped per offer)
+        let cases: [(usize, usize, &[usize], &[usize]); 4] = [
+            (4, 10, &[3, 3, 3], &[0, 0, 0]),
+            (4, 10, &[6, 6, 1], &[0, 2, 1]), // the tail beyond the room left goes
+            (2, 100, &[1, 1, 1], &[0, 0, 1]), // at most two batches queued
+            (4, 10, &[0, 10, 1], &[0, 0, 1]),
+        ];
+        for (batches_max, messages_max, sizes, dropped) in cases {
+            let (tx, mut rx) = delivery_queue(batches_max, messages_max);
+            let mut next = 0;
+            let mut kept = Vec::new();
+            let mut got_dropped = Vec::new();
+            for &n in sizes {
+                let b = batch(next..next + n);
+                let lost = tx.offer(b);
+                kept.extend(next..next + n - lost);
+                got_dropped.push(lost);
+                next += n;
+            }
+            assert_eq!(got_dropped, dropped, "case {sizes:?}");
+            let mut seen = Vec::new();
+            while let Some(b) = rx.try_recv() {
+                seen.extend(b.iter().map(|d| {
+                    String::from_utf8_lossy(&d.message.payload)
+                        .parse::<usize>()
+                        .unwrap()
+                }));
+            }
+            assert_eq!(seen, kept, "case {sizes:?}");
+            // Taken out: room again.
+            assert_eq!(tx.offer(batch(0..1)), 0);
+            assert_eq!(rx.recv().await.map(|b| b.len()), Some(1));
+        }
+        // The connection gone: everything offered is dropped.
+        let (tx, rx) = delivery_queue(4, 10);
+        drop(rx);
+        assert_eq!(tx.offer(batch(0..3)), 3);
     }
 }

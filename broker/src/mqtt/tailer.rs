@@ -18,6 +18,7 @@
 
 use super::mapping;
 use super::router::RouterMsg;
+use super::ROUTE_BATCH_MAX;
 use crate::log::partition::{PartitionLog, TailRead};
 use crate::node::Node;
 use parking_lot::Mutex;
@@ -147,8 +148,14 @@ async fn tail(
         loop {
             match log.read(next, READ_BYTES_MAX) {
                 TailRead::Data(chunks) => {
+                    // One routed batch for the whole read (a group commit of one-record
+                    // publishes is many tail batches), cut at ROUTE_BATCH_MAX messages.
+                    let mut out = Vec::new();
                     for data in chunks {
-                        next = route_chunk(&data, next, &router).await;
+                        next = route_chunk(&data, next, &router, &mut out).await;
+                    }
+                    if !out.is_empty() && router.send(RouterMsg::Route(out)).await.is_err() {
+                        return;
                     }
                 }
                 TailRead::AtEnd => break,
@@ -179,9 +186,15 @@ async fn tail(
     }
 }
 
-/// Routes the records of `data` (whole batches) at or after `next`; returns the offset after
+/// Decodes the records of `data` (whole batches) at or after `next` into `out`, handing `out`
+/// to the router whenever it holds [`ROUTE_BATCH_MAX`] messages; returns the offset after
 /// the last batch.
-async fn route_chunk(data: &[u8], mut next: i64, router: &mpsc::Sender<RouterMsg>) -> i64 {
+async fn route_chunk(
+    data: &[u8],
+    mut next: i64,
+    router: &mpsc::Sender<RouterMsg>,
+    out: &mut Vec<Arc<super::Message>>,
+) -> i64 {
     for item in Batches::new(data) {
         let Ok((header, pos)) = item else {
             // The tail holds only batches the produce path checked; stop reading this chunk.
@@ -197,7 +210,11 @@ async fn route_chunk(data: &[u8], mut next: i64, router: &mpsc::Sender<RouterMsg
             Ok(records) => {
                 for record in records.iter().filter(|r| r.offset >= next) {
                     if let Some(msg) = mapping::decode_record(record) {
-                        if router.send(RouterMsg::Route(Arc::new(msg))).await.is_err() {
+                        out.push(Arc::new(msg));
+                    }
+                    if out.len() >= ROUTE_BATCH_MAX {
+                        let batch = std::mem::take(out);
+                        if router.send(RouterMsg::Route(batch)).await.is_err() {
                             return end;
                         }
                     }
