@@ -60,12 +60,58 @@ pub struct Shared {
     pub ingest: Ingest,
     pub router: mpsc::Sender<RouterMsg>,
     pub next_conn_id: AtomicU64,
-    /// Delayed wills (MQTT 5 Will Delay Interval) by client id: aborted by a reconnect.
-    pub wills: parking_lot::Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Delayed wills and the connection owning each client id ([`Wills`]).
+    pub wills: parking_lot::Mutex<Wills>,
     /// PUBLISH packets received from clients (for `$SYS`).
     pub received: AtomicU64,
     /// PUBLISH packets sent to clients (for `$SYS`).
     pub sent: AtomicU64,
+}
+
+/// Delayed wills (MQTT 5 Will Delay Interval) and the newest connection of each client id,
+/// under one lock: a reconnect and the previous connection's close may run in either order
+/// (the old connection can notice its dead socket after the new one connected), and whichever
+/// comes second sees the other — so a reconnect always cancels the delayed will.
+#[derive(Default)]
+pub struct Wills {
+    /// Delayed wills by client id: aborted by a reconnect.
+    pending: HashMap<String, tokio::task::AbortHandle>,
+    /// The newest accepted connection of each connected client id.
+    owner: HashMap<String, u64>,
+}
+
+impl Wills {
+    /// Connection `conn_id` of `client_id` was accepted: it owns the id, and a delayed will of
+    /// an earlier connection is cancelled.
+    fn connected(&mut self, client_id: &str, conn_id: u64) {
+        self.owner.insert(client_id.to_string(), conn_id);
+        if let Some(pending) = self.pending.remove(client_id) {
+            pending.abort();
+        }
+    }
+
+    /// Connection `conn_id` of `client_id` closed. True when no newer connection took the id
+    /// meanwhile (the id is given up); false when one did (no delayed will then).
+    fn closed(&mut self, client_id: &str, conn_id: u64) -> bool {
+        if self.owner.get(client_id) == Some(&conn_id) {
+            self.owner.remove(client_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Schedules `task` as `client_id`'s delayed will, replacing (aborting) an older one.
+    fn delay(&mut self, client_id: &str, task: tokio::task::AbortHandle) {
+        if let Some(old) = self.pending.insert(client_id.to_string(), task) {
+            old.abort();
+        }
+    }
+
+    /// Takes `client_id`'s delayed will when it is still pending (its delay ran out).
+    fn take(&mut self, client_id: &str) -> bool {
+        self.pending.remove(client_id).is_some()
+    }
 }
 
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
@@ -439,9 +485,7 @@ pub async fn connection(
     io.push(ack)?;
     io.flush().await?;
     // A reconnect within the Will Delay Interval cancels the previous connection's will.
-    if let Some(pending) = shared.wills.lock().remove(&client_id) {
-        pending.abort();
-    }
+    shared.wills.lock().connected(&client_id, conn_id);
     if let Some(m) = connect.max_packet_size {
         io.codec.set_max_outbound(m);
     }
@@ -614,35 +658,35 @@ pub async fn connection(
             cursors: conn.persistent.as_ref().map(|p| p.cursors.marks()),
         })
         .await;
-    if !conn.clean_disconnect {
-        if let Some(will) = connect.will {
-            // MQTT 5 Will Delay Interval: published after the delay or at session end,
-            // whichever is first, unless the client connects again before.
-            let delay = connect.will_delay_secs.min(final_expiry);
+    let will = connect.will.filter(|_| !conn.clean_disconnect);
+    // MQTT 5 Will Delay Interval: published after the delay or at session end, whichever is
+    // first, unless the client connects again before.
+    let delay = connect.will_delay_secs.min(final_expiry);
+    match will {
+        Some(will) if delay == 0 => {
+            shared.wills.lock().closed(&client_id, conn_id);
+            Box::pin(publish_will(&shared, will)).await;
+        }
+        Some(will) => {
+            let mut wills = shared.wills.lock();
+            // Checked and scheduled under the lock a reconnect takes (see `Wills`).
+            let last = wills.closed(&client_id, conn_id);
             let taken_over = matches!(result, Err(CloseReason::TakenOver));
-            if delay == 0 {
-                Box::pin(publish_will(&shared, will)).await;
-            } else if !taken_over {
+            if last && !taken_over {
                 let s = shared.clone();
                 let cid = client_id.clone();
                 let task = tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-                    let mine = {
-                        let mut wills = s.wills.lock();
-                        wills.remove(&cid).is_some()
-                    };
+                    let mine = s.wills.lock().take(&cid);
                     if mine {
                         publish_will(&s, will).await;
                     }
                 });
-                let old = shared
-                    .wills
-                    .lock()
-                    .insert(client_id.clone(), task.abort_handle());
-                if let Some(old) = old {
-                    old.abort();
-                }
+                wills.delay(&client_id, task.abort_handle());
             }
+        }
+        None => {
+            shared.wills.lock().closed(&client_id, conn_id);
         }
     }
     tracing::debug!(client_id, conn_id, "mqtt client gone");
@@ -1214,5 +1258,52 @@ impl Conn<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Wills;
+
+    fn pending_task() -> tokio::task::JoinHandle<()> {
+        tokio::spawn(std::future::pending::<()>())
+    }
+
+    /// The old connection closes first: its delayed will is scheduled, and the reconnect
+    /// cancels it.
+    #[tokio::test]
+    async fn a_reconnect_after_the_close_cancels_the_delayed_will() {
+        let mut wills = Wills::default();
+        wills.connected("c", 1);
+        assert!(wills.closed("c", 1), "the only connection gives the id up");
+        let will = pending_task();
+        wills.delay("c", will.abort_handle());
+        wills.connected("c", 2);
+        assert!(will.await.unwrap_err().is_cancelled());
+        assert!(!wills.take("c"), "nothing left to publish");
+    }
+
+    /// The new connection is accepted before the old one notices its dead socket: the old
+    /// one's close sees it and schedules no will.
+    #[tokio::test]
+    async fn a_close_after_the_reconnect_schedules_no_will() {
+        let mut wills = Wills::default();
+        wills.connected("c", 1);
+        wills.connected("c", 2);
+        assert!(!wills.closed("c", 1), "a newer connection owns the id");
+        assert!(wills.closed("c", 2));
+        assert!(wills.owner.is_empty() && wills.pending.is_empty());
+    }
+
+    /// A newer delayed will replaces (aborts) an older one of the same id.
+    #[tokio::test]
+    async fn a_newer_delayed_will_replaces_the_older() {
+        let mut wills = Wills::default();
+        let (old, new) = (pending_task(), pending_task());
+        wills.delay("c", old.abort_handle());
+        wills.delay("c", new.abort_handle());
+        assert!(old.await.unwrap_err().is_cancelled());
+        assert!(wills.take("c"));
+        new.abort();
     }
 }
