@@ -280,19 +280,25 @@ def test_consumer_reauthenticates_until_user_deleted(reauth, strata_bin):
         assert metrics.sum("strata_kafka_sessions_expired_total") == 0
         assert metrics.sum("strata_kafka_auth_failures_total") == 0
 
-        # Delete alice: her next re-authentication is refused and the client says so.
+        # The consumer leaves while alice still exists (closed after her deletion, librdkafka
+        # retries its LeaveGroup against refused logins until its own timeout).
+        c.close()
+        c = None
+
+        # Delete alice: her producer's next re-authentication is refused and the client says so.
         env = {"STRATA_KAFKA_SASL_MECHANISM": MECH, "STRATA_KAFKA_SASL_USER": "admin",
                "STRATA_KAFKA_SASL_PASSWORD": ADMIN_PW}
         r = _cli(strata_bin, ["user", "delete", "alice", "--bootstrap", b.bootstrap], env=env)
         assert r.returncode == 0, r.stderr
 
         def refused():
-            c.poll(0.2)
+            p.poll(0.2)
             return any(e.code() == KafkaError._AUTHENTICATION for e in errors)
         harness.eventually(refused, 60, interval=0, what="alice's re-authentication refused")
         assert b.metrics().sum("strata_kafka_auth_failures_total") >= 1
     finally:
-        c.close()
+        if c is not None:
+            c.close()
         p.purge()
         p.flush(5)
     b.assert_alive()
