@@ -1,4 +1,7 @@
-"""Wait until a SeaweedFS S3 endpoint answers a signed HEAD for BUCKET.
+"""Wait until a SeaweedFS S3 endpoint answers a signed HEAD for BUCKET and takes a write to it.
+
+The bucket's first write makes SeaweedFS grow a volume for its collection, which can take
+seconds on a busy machine; doing it here keeps that out of the tests' 5 s start-up probes.
 
 Usage: wait_s3.py PORT BUCKET TIMEOUT_SECONDS   (exit 0 when ready, 1 otherwise)
 """
@@ -18,10 +21,16 @@ def main():
     last = None
     while time.monotonic() < deadline:
         try:
-            status, _ = harness.s3_request(f"127.0.0.1:{port}", "HEAD", bucket, "", {}, b"")
+            host = f"127.0.0.1:{port}"
+            status, _ = harness.s3_request(host, "HEAD", bucket, "", {}, b"")
             if status == 200:
-                return 0
-            last = f"HTTP {status}"
+                status, _ = harness.s3_request(host, "PUT", bucket, ".wait-s3-warmup", {}, b"x")
+                if status == 200:
+                    harness.s3_request(host, "DELETE", bucket, ".wait-s3-warmup", {}, b"")
+                    return 0
+                last = f"warm-up PUT: HTTP {status}"
+            else:
+                last = f"HTTP {status}"
         except (OSError, http.client.HTTPException) as e:
             last = repr(e)
         time.sleep(0.25)
