@@ -92,6 +92,26 @@ enum Step<T> {
     Retry(String),
 }
 
+/// The reply of a read-only call, or the retry step that names why there is none: a read
+/// changes nothing, so any failure may be tried again.
+fn read_reply<T, R>(
+    answer: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+    remaining: Duration,
+) -> Result<T, Step<R>> {
+    match answer {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) => Err(Step::Retry(format!(
+            "{:?}: {}",
+            status.code(),
+            status.message()
+        ))),
+        Err(_) => Err(Step::Retry(format!(
+            "no answer within {} ms",
+            remaining.as_millis()
+        ))),
+    }
+}
+
 impl RemoteMeta {
     /// `addrs`: meta gRPC addresses ("host:port", the `meta.listen` of members). No I/O here.
     ///
@@ -199,22 +219,11 @@ impl RemoteMeta {
         self.on_leader(|channel, addr, remaining| async move {
             let mut client = meta_client(channel);
             let request = with_timeout(pb::ReadIndexRequest {}, remaining);
-            let reply = match tokio::time::timeout(remaining, client.read_index(request)).await {
-                Ok(Ok(reply)) => reply.into_inner(),
-                // A read point changes nothing: it may be asked again, anywhere.
-                Ok(Err(status)) => {
-                    return Ok(Step::Retry(format!(
-                        "{:?}: {}",
-                        status.code(),
-                        status.message()
-                    )))
-                }
-                Err(_) => {
-                    return Ok(Step::Retry(format!(
-                        "no answer within {} ms",
-                        remaining.as_millis()
-                    )))
-                }
+            // A read point changes nothing: it may be asked again, anywhere.
+            let answer = tokio::time::timeout(remaining, client.read_index(request)).await;
+            let reply = match read_reply(answer, remaining) {
+                Ok(reply) => reply,
+                Err(retry) => return Ok(retry),
             };
             step(grpc::remote_read_index_outcome(reply), addr)
         })
@@ -237,24 +246,12 @@ impl RemoteMeta {
             .on_leader(|channel, addr, remaining| async move {
                 let mut client = meta_client(channel);
                 let request = with_timeout(pb::ReadStateRequest { known_applied }, remaining);
-                let reply = match tokio::time::timeout(remaining, client.read_state(request)).await
-                {
-                    Ok(Ok(reply)) => reply.into_inner(),
-                    // A read changes nothing: whatever went wrong, it may be tried again
-                    // (a node of an older build without ReadState included: others may have it).
-                    Ok(Err(status)) => {
-                        return Ok(Step::Retry(format!(
-                            "{:?}: {}",
-                            status.code(),
-                            status.message()
-                        )))
-                    }
-                    Err(_) => {
-                        return Ok(Step::Retry(format!(
-                            "no answer within {} ms",
-                            remaining.as_millis()
-                        )))
-                    }
+                // A read changes nothing: whatever went wrong, it may be tried again (a node
+                // of an older build without ReadState included: others may have it).
+                let answer = tokio::time::timeout(remaining, client.read_state(request)).await;
+                let reply = match read_reply(answer, remaining) {
+                    Ok(reply) => reply,
+                    Err(retry) => return Ok(retry),
                 };
                 // Decoding a large state takes a while: off the async threads.
                 let outcome = tokio::task::spawn_blocking(move || {
