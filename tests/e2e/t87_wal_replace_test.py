@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from cluster import WalNode, wait_leaders
+from cluster import Cluster, WalNode, wait_leaders
 from harness import Broker
 from t20_crash_test import Acked, count_lines, read_acks
 from t80_cluster_test import PARTITIONS, start_producer, stop_producer
@@ -71,7 +71,9 @@ class MetaWalNode(WalNode):
         return {int(p.name.split(".")[0]) for p in root.glob("*.tombstone")}
 
 
-class ReplaceCluster:
+class ReplaceCluster(Cluster):
+    """3 meta+broker nodes and 4 meta+WAL nodes (R=3 of 4 WAL peers); the rest is `Cluster`'s."""
+
     def __init__(self, binary: str, workdir: Path, lease_ms: int = 3000):
         workdir = Path(workdir)
         env = {"STRATA_WAL_REPLICAS": "3",
@@ -92,44 +94,14 @@ class ReplaceCluster:
                                "--meta-peers", meta_peers, "--wal-peers", wal_peers])
             for i in range(1, 4)]
 
-    @property
-    def bootstrap(self) -> str:
-        return ",".join(b.bootstrap for b in self.brokers if b.alive())
-
     def start(self, timeout: float = 180) -> "ReplaceCluster":
-        for w in self.wal:
-            w.start()
-        for b in self.brokers:
-            b.start(wait=False)
-        for b in self.brokers:
-            b.wait_ready(timeout)
-            b._ports_fixed = True
-        return self
-
-    def leaders(self, topic: str, partitions: int) -> dict[int, int]:
-        adm = harness.admin_client(self.bootstrap)
-        t = adm.list_topics(topic=topic, timeout=10).topics[topic]
-        return {p: t.partitions[p].leader for p in range(partitions) if p in t.partitions}
+        return super().start(timeout)
 
     def streams(self) -> dict[int, dict]:
         """Every WAL stream in metadata, as a broker's admin API shows it."""
         status, body = next(b for b in self.brokers if b.alive()).get("/v1/wal")
         assert status == 200, body
         return {s["stream"]: s for s in json.loads(body)["streams"]}
-
-    def stop(self):
-        for b in self.brokers:
-            if b.alive():
-                rc = b.stop(timeout=30, check=False)
-                if rc is None or b.alive():
-                    b.kill9()
-        for w in self.wal:
-            w.stop()
-
-    def logs(self) -> str:
-        out = [f"--- node {b.node_id} stderr ---\n{b.stderr_tail(30)}" for b in self.brokers]
-        out += [f"--- wal {w.node_id} stderr ---\n{harness.tail(w.stderr_path, 20)}" for w in self.wal]
-        return "\n".join(out)
 
 
 @pytest.fixture
