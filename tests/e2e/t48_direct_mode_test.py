@@ -33,6 +33,8 @@ import pytest
 import harness
 import kwire
 from harness import Rec
+from t35_idempotent_producer_test import init_pid
+from t35_idempotent_producer_test import produce as produce_idem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
 from s3_fault_proxy import S3FaultProxy  # noqa: E402
@@ -376,17 +378,6 @@ def test_compaction_and_time_lookups_read_relative_blocks(broker_factory):
 
 # --------------------------------------------------------------------------------------
 # idempotent producers
-
-
-def init_pid(port: int, version: int = 1, **kw) -> tuple[int, int, int]:
-    return kwire.parse_init_producer_id(kwire.roundtrip(port, kwire.init_producer_id_request(version, **kw)), version)
-
-
-def produce_idem(port: int, topic: str, pid: int, epoch: int, seq: int, count: int) -> tuple[int, int]:
-    """One idempotent batch of `count` records -> (error_code, base_offset)."""
-    batch = kwire.record_batch([(None, b"%d-%d-%d" % (epoch, seq, i)) for i in range(count)], 1_700_000_000_000,
-                               producer_id=pid, producer_epoch=epoch, base_sequence=seq)
-    return kwire.parse_produce_first(kwire.roundtrip(port, kwire.produce_request(7, topic, 0, batch)))
 
 
 def test_idempotent_confluent_producer_on_direct_topic(broker_factory):
