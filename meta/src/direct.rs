@@ -28,15 +28,11 @@
 //! apply assigns direct offsets, so the producer state lives here ([`DirectProducers`], part of
 //! [`MetaState`], hence in every snapshot). A block whose batches carry producer ids
 //! (`producer_batches`; the writer gives each idempotent produce its own block) is checked at
-//! apply time with the rules of the WAL topics' sequencer (`broker/src/log/producer.rs`):
-//!
-//! - unknown producer on the partition: accepted with any epoch and sequence;
-//! - an older epoch than the producer's: refused (`StaleEpoch`);
-//! - the same epoch and the same first and last sequence as one of the last
-//!   [`DIRECT_PRODUCER_BATCHES_CACHED`] batches: a duplicate, answered with the ORIGINAL base
-//!   offset and not indexed again;
-//! - the same epoch: the first sequence must follow the last one (wrapping), else `OutOfOrder`;
-//! - a newer epoch must start at sequence 0 (`NewEpochNotAtZero`) and replaces the entry.
+//! apply time with the rules of the WAL topics' sequencer, one pure check for both
+//! (`strata_types::sequence::check`): unknown producer accepted, older epoch `StaleEpoch`, one of
+//! the last [`DIRECT_PRODUCER_BATCHES_CACHED`] batches a duplicate answered with the ORIGINAL
+//! base offset and not indexed again, same epoch the next sequence or `OutOfOrder`, a newer
+//! epoch from 0 or `NewEpochNotAtZero` (it replaces the entry).
 //!
 //! A block is all or nothing: all its batches duplicates → the first one's original offset; a
 //! mix of duplicates and new batches → `PartialDuplicate`. A skipped block (duplicate or
@@ -60,6 +56,7 @@
 use super::{CommandResult, MetaState, Rejection};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use strata_types::sequence::{self, ProducerBatch, SeqBatch, SeqOutcome, SequenceError};
 use strata_types::{BlockLocation, TopicId};
 
 /// The topic config that names the storage mode (the broker's vocabulary; metadata reads it
@@ -111,9 +108,14 @@ pub struct DirectProducerBatch {
 }
 
 impl DirectProducerBatch {
-    /// Records (offsets) the batch spans, from its sequence numbers.
-    fn records(&self) -> i64 {
-        (i64::from(self.last_seq) - i64::from(self.first_seq)).rem_euclid(1 << 31) + 1
+    /// The batch's idempotence fields, for the sequence check.
+    fn ids(&self) -> ProducerBatch {
+        ProducerBatch {
+            producer_id: self.producer_id,
+            epoch: self.epoch,
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+        }
     }
 }
 
@@ -123,37 +125,12 @@ pub enum DirectSkip {
     /// Every batch was committed before: its base offset is the original one.
     #[error("duplicate of a committed batch")]
     Duplicate,
-    #[error("producer {producer_id}: epoch {epoch} is older than its current epoch {current}")]
-    StaleEpoch {
-        producer_id: i64,
-        epoch: i16,
-        current: i16,
-    },
-    #[error("producer {producer_id}: sequence {got}, expected {expected}")]
-    OutOfOrder {
-        producer_id: i64,
-        expected: i32,
-        got: i32,
-    },
-    #[error("producer {producer_id}: new epoch {epoch} starts at sequence {got}, not 0")]
-    NewEpochNotAtZero {
-        producer_id: i64,
-        epoch: i16,
-        got: i32,
-    },
-    #[error("the block mixes batches already committed with new ones")]
-    PartialDuplicate,
+    /// Refused by the sequence rules (`PartialDuplicate`: duplicates mixed with new batches).
+    #[error(transparent)]
+    Sequence(SequenceError),
     /// A retried commit whose first apply refused this block (the reason is not kept).
     #[error("producer {producer_id}: the batch was refused by an earlier apply of this commit")]
     RefusedEarlier { producer_id: i64 },
-}
-
-/// One batch remembered for a producer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct SeqBatch {
-    first_seq: i32,
-    last_seq: i32,
-    base_offset: i64,
 }
 
 /// What a direct partition knows about one producer.
@@ -264,56 +241,21 @@ fn step(
         batches: vec![meta],
         last_seen_ms: now_ms,
     };
-    let Some(entry) = current else {
-        return Ok(Step::Next(fresh()));
-    };
-    if batch.epoch < entry.epoch {
-        return Err(DirectSkip::StaleEpoch {
-            producer_id: batch.producer_id,
-            epoch: batch.epoch,
-            current: entry.epoch,
-        });
-    }
-    if batch.epoch > entry.epoch {
-        if batch.first_seq != 0 {
-            return Err(DirectSkip::NewEpochNotAtZero {
-                producer_id: batch.producer_id,
-                epoch: batch.epoch,
-                got: batch.first_seq,
-            });
-        }
-        return Ok(Step::Next(fresh()));
-    }
-    if let Some(dup) = entry
-        .batches
-        .iter()
-        .find(|m| m.first_seq == batch.first_seq && m.last_seq == batch.last_seq)
+    match sequence::check(current.map(|e| (e.epoch, &e.batches[..])), &batch.ids())
+        .map_err(DirectSkip::Sequence)?
     {
-        return Ok(Step::Duplicate(dup.base_offset));
+        SeqOutcome::Fresh => Ok(Step::Next(fresh())),
+        SeqOutcome::Duplicate { base_offset } => Ok(Step::Duplicate(base_offset)),
+        SeqOutcome::Follows => {
+            let mut next = current.expect("a follower has an entry").clone();
+            if next.batches.len() == DIRECT_PRODUCER_BATCHES_CACHED {
+                next.batches.remove(0);
+            }
+            next.batches.push(meta);
+            next.last_seen_ms = next.last_seen_ms.max(now_ms);
+            Ok(Step::Next(next))
+        }
     }
-    let last = entry
-        .batches
-        .last()
-        .expect("a producer entry is never empty");
-    let expected = if last.last_seq == i32::MAX {
-        0
-    } else {
-        last.last_seq + 1
-    };
-    if batch.first_seq != expected {
-        return Err(DirectSkip::OutOfOrder {
-            producer_id: batch.producer_id,
-            expected,
-            got: batch.first_seq,
-        });
-    }
-    let mut next = entry.clone();
-    if next.batches.len() == DIRECT_PRODUCER_BATCHES_CACHED {
-        next.batches.remove(0);
-    }
-    next.batches.push(meta);
-    next.last_seen_ms = next.last_seen_ms.max(now_ms);
-    Ok(Step::Next(next))
 }
 
 /// The verdict on one block of producer batches.
@@ -455,7 +397,7 @@ impl MetaState {
             match step(current, batch, base_offset + batch.offset_delta, now_ms)? {
                 Step::Duplicate(original) => {
                     duplicates += 1;
-                    duplicate_records += batch.records();
+                    duplicate_records += batch.ids().records();
                     first_duplicate.get_or_insert(original);
                 }
                 Step::Next(entry) => next.push((pkey, entry)),
@@ -468,7 +410,7 @@ impl MetaState {
             {
                 Ok(Verdict::Duplicate(original))
             }
-            Some(_) => Err(DirectSkip::PartialDuplicate),
+            Some(_) => Err(DirectSkip::Sequence(SequenceError::PartialDuplicate)),
             None => Ok(Verdict::Append(next)),
         }
     }

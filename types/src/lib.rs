@@ -6,10 +6,13 @@
 //! - [`names`]: validated topic names and ids.
 //! - [`batch`]: a zero-copy view of Kafka record batches (magic v2) as they are stored verbatim.
 //! - [`index`]: the object-index entry that says which object holds which offsets of a partition.
+//! - [`sequence`]: Kafka's idempotent-producer sequence rules, shared by the WAL topics'
+//!   sequencer and metadata's direct commits.
 
 pub mod batch;
 pub mod index;
 pub mod names;
+pub mod sequence;
 
 pub use index::BlockLocation;
 pub use names::{NameError, PartitionKey, TopicId, TopicName};

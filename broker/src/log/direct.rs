@@ -608,39 +608,8 @@ fn block_runs(msgs: &[DirectMsg], members: &[(usize, usize)]) -> Vec<Vec<(usize,
 
 /// The produce error for a block metadata refused (Kafka's codes, as the WAL topics answer).
 fn refusal(skip: DirectSkip) -> AppendError {
-    use super::producer::SequenceError as E;
     match skip {
-        DirectSkip::StaleEpoch {
-            producer_id,
-            epoch,
-            current,
-        } => E::StaleEpoch {
-            producer_id,
-            epoch,
-            current,
-        }
-        .into(),
-        DirectSkip::OutOfOrder {
-            producer_id,
-            expected,
-            got,
-        } => E::OutOfOrder {
-            producer_id,
-            expected,
-            got,
-        }
-        .into(),
-        DirectSkip::NewEpochNotAtZero {
-            producer_id,
-            epoch,
-            got,
-        } => E::NewEpochNotAtZero {
-            producer_id,
-            epoch,
-            got,
-        }
-        .into(),
-        DirectSkip::PartialDuplicate => E::PartialDuplicate.into(),
+        DirectSkip::Sequence(e) => e.into(),
         // A retried commit refused this block the first time; the reason is gone. A retriable
         // error: the producer resends, and the new commit checks the batch afresh.
         DirectSkip::RefusedEarlier { .. } | DirectSkip::Duplicate => AppendError::ObjectStore,
@@ -725,6 +694,7 @@ mod tests {
             now_ms: 0,
             cluster_id: None,
             auth_secret: None,
+            peer_addr: None,
         }));
         let (direct, wal) = (TopicId::random(), TopicId::random());
         for (name, id, mode) in [("d", direct, "direct"), ("w", wal, "wal")] {

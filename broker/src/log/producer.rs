@@ -8,18 +8,13 @@
 //! already wrote (a *duplicate*: answered with the original offset, not written again) from a
 //! batch that would leave a hole (a *gap*: refused, and the client resends in order).
 //!
-//! # Rules, for a batch with `producer_id >= 0`
+//! # Rules
 //!
-//! - **Unknown producer** on this partition: accepted with any epoch and sequence. This is
-//!   Kafka's behaviour once producer state is gone (expired, evicted, or not recoverable after a
-//!   restart): the broker cannot tell a gap from a fresh start, so it trusts the producer.
-//! - **Older epoch** than the producer's current one: refused (`StaleEpoch`).
-//! - **Same epoch, same first and last sequence as one of the last [`PRODUCER_BATCHES_CACHED`]
-//!   batches**: a duplicate; nothing is written and the original base offset is answered.
-//! - **Same epoch**: the first sequence must be the last one written + 1 (wrapping), else
-//!   `OutOfOrder`.
-//! - **Newer epoch** (after the producer re-initialised, KIP-360): must start at sequence 0, else
-//!   `NewEpochNotAtZero`; it replaces the producer's cached batches.
+//! The verdict on one batch is `strata_types::sequence::check` (unknown producer: accepted;
+//! older epoch: `StaleEpoch`; a remembered batch: duplicate; same epoch: the next sequence or
+//! `OutOfOrder`; newer epoch: from 0 or `NewEpochNotAtZero`), the rules metadata's direct
+//! commits apply too. This module keeps the last [`PRODUCER_BATCHES_CACHED`] batches per
+//! producer that the check runs against.
 //!
 //! A produce request may carry several batches for one partition; they are checked in order,
 //! each against the state the earlier ones leave behind, and the request is all or nothing (it is
@@ -43,7 +38,8 @@
 //! are accepted as above). Memory is therefore bounded by partitions × that cap × about 150 bytes.
 
 use std::collections::HashMap;
-use strata_types::batch::{BatchHeader, Batches};
+use strata_types::batch::Batches;
+use strata_types::sequence::{self, SeqBatch, SeqOutcome};
 use strata_types::PartitionKey;
 
 /// Batches remembered per producer and partition for duplicate detection. Kafka keeps 5, which
@@ -55,71 +51,11 @@ pub const PRODUCERS_PER_PARTITION_MAX: usize = 1_000;
 /// `producer.id.expiration.ms` default: 1 day; its older `transactional.id.expiration.ms`: 7 days).
 pub const PRODUCER_ID_EXPIRATION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
-/// The idempotence fields of one record batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProducerBatch {
-    pub producer_id: i64,
-    pub epoch: i16,
-    pub first_seq: i32,
-    /// Sequence of the batch's last record (wrapped past `i32::MAX`).
-    pub last_seq: i32,
-}
-
-impl ProducerBatch {
-    /// The idempotence fields of a batch, or `None` if it has no producer id (not idempotent).
-    pub fn from_header(header: &BatchHeader) -> Option<Self> {
-        (header.producer_id >= 0).then(|| Self {
-            producer_id: header.producer_id,
-            epoch: header.producer_epoch,
-            first_seq: header.base_sequence,
-            last_seq: add_seq(header.base_sequence, header.last_offset_delta),
-        })
-    }
-}
-
-/// `seq + n` in Kafka's sequence space, which wraps from `i32::MAX` to 0.
-pub fn add_seq(seq: i32, n: i32) -> i32 {
-    debug_assert!(seq >= 0 && n >= 0);
-    if seq > i32::MAX - n {
-        n - (i32::MAX - seq) - 1
-    } else {
-        seq + n
-    }
-}
-
-/// Why a batch was refused. Each maps to one Kafka error code (`kafka::errors::append`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SequenceError {
-    #[error("producer {producer_id}: epoch {epoch} is older than its current epoch {current}")]
-    StaleEpoch {
-        producer_id: i64,
-        epoch: i16,
-        current: i16,
-    },
-    #[error("producer {producer_id}: sequence {got}, expected {expected}")]
-    OutOfOrder {
-        producer_id: i64,
-        expected: i32,
-        got: i32,
-    },
-    #[error("producer {producer_id}: new epoch {epoch} starts at sequence {got}, not 0")]
-    NewEpochNotAtZero {
-        producer_id: i64,
-        epoch: i16,
-        got: i32,
-    },
-    #[error("the request mixes batches already written with new ones")]
-    PartialDuplicate,
-}
+pub use strata_types::sequence::{add_seq, ProducerBatch, SequenceError};
 
 /// One batch remembered for a producer. The epoch is the producer entry's (a new epoch clears
 /// the batches of the old one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct BatchMeta {
-    first_seq: i32,
-    last_seq: i32,
-    base_offset: i64,
-}
+type BatchMeta = SeqBatch;
 
 /// What a partition knows about one producer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,44 +158,15 @@ fn step(
         last_seq: batch.last_seq,
         base_offset,
     };
-    let Some(entry) = current else {
-        return Ok(Step::Next(ProducerEntry::new(batch.epoch, meta, now_ms)));
-    };
-    if batch.epoch < entry.epoch {
-        return Err(SequenceError::StaleEpoch {
-            producer_id: batch.producer_id,
-            epoch: batch.epoch,
-            current: entry.epoch,
-        });
-    }
-    if batch.epoch > entry.epoch {
-        if batch.first_seq != 0 {
-            return Err(SequenceError::NewEpochNotAtZero {
-                producer_id: batch.producer_id,
-                epoch: batch.epoch,
-                got: batch.first_seq,
-            });
+    match sequence::check(current.map(|e| (e.epoch, e.cached())), batch)? {
+        SeqOutcome::Fresh => Ok(Step::Next(ProducerEntry::new(batch.epoch, meta, now_ms))),
+        SeqOutcome::Duplicate { base_offset } => Ok(Step::Duplicate(base_offset)),
+        SeqOutcome::Follows => {
+            let mut next = current.expect("a follower has an entry").clone();
+            next.push(meta, now_ms);
+            Ok(Step::Next(next))
         }
-        return Ok(Step::Next(ProducerEntry::new(batch.epoch, meta, now_ms)));
     }
-    if let Some(dup) = entry
-        .cached()
-        .iter()
-        .find(|m| m.first_seq == batch.first_seq && m.last_seq == batch.last_seq)
-    {
-        return Ok(Step::Duplicate(dup.base_offset));
-    }
-    let expected = add_seq(entry.last_seq(), 1);
-    if batch.first_seq != expected {
-        return Err(SequenceError::OutOfOrder {
-            producer_id: batch.producer_id,
-            expected,
-            got: batch.first_seq,
-        });
-    }
-    let mut next = entry.clone();
-    next.push(meta, now_ms);
-    Ok(Step::Next(next))
 }
 
 /// The producers of one partition.
