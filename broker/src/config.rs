@@ -158,6 +158,9 @@ pub struct KafkaSection {
     pub tls_client_auth: String,
     /// PEM bundle of the CAs client certificates must chain to (with `tls_client_auth`).
     pub tls_client_ca: Option<PathBuf>,
+    /// PEM file of certificate revocation lists (X.509 CRLs) for client certificates; re-read
+    /// when it changes (checked at most every 10 s, at new connections).
+    pub tls_client_crl: Option<PathBuf>,
     /// Kafka's `ssl.principal.mapping.rules`: `RULE:pattern/replacement/[LU]` or `DEFAULT`,
     /// first match wins; maps a client certificate's subject DN to the principal's name.
     #[serde(deserialize_with = "one_or_list")]
@@ -574,6 +577,7 @@ impl Default for KafkaSection {
             tls_key_file: None,
             tls_client_auth: "none".into(),
             tls_client_ca: None,
+            tls_client_crl: None,
             tls_principal_mapping: vec!["DEFAULT".into()],
             connections_max_reauth_ms: 0,
             sasl_mechanisms: Vec::new(),

@@ -84,3 +84,30 @@ def make_client_cert(ca_dir: Path, name: str, cn: str, ou: str | None = None,
     cert_path.write_bytes(cert.public_bytes(_PEM))
     _write_key(key_path, key)
     return cert_path, key_path, subject.rfc4514_string()
+
+
+def make_crl(ca_dir: Path, revoked: list[Path], name: str = "crl.pem") -> Path:
+    """A CRL signed by the CA `make_certs` left in `ca_dir`, revoking the certificates in the PEM
+    files `revoked`; written to `ca_dir / name` (replacing it atomically)."""
+    ca_dir = Path(ca_dir)
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+               .last_update(now - datetime.timedelta(minutes=1))
+               .next_update(now + datetime.timedelta(days=1))
+               # RFC 5280 requires a CRL number (webpki refuses a CRL without one).
+               .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   ca_key.public_key()), critical=False))
+    for path in revoked:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+            .revocation_date(now - datetime.timedelta(minutes=1)).build())
+    crl = builder.sign(ca_key, hashes.SHA256())
+    out = ca_dir / name
+    tmp = ca_dir / f".{name}.tmp"
+    tmp.write_bytes(crl.public_bytes(_PEM))
+    tmp.replace(out)
+    return out

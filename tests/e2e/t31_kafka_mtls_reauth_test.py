@@ -4,7 +4,8 @@ against `kafka.tls_client_ca`; the subject — Kafka's `User:CN=…,OU=…` or w
 wins), KIP-368 re-authentication (`kafka.connections_max_reauth_ms`: confluent-kafka keeps
 consuming across several session lifetimes, a deleted user is refused at its next
 re-authentication, an expired session is closed at its next request), the
-`*_authorized_operations` of Metadata / DescribeCluster / DescribeGroups, and the bad
+client certificates revoked by `kafka.tls_client_crl` (and the file re-read when it changes),
+the `*_authorized_operations` of Metadata / DescribeCluster / DescribeGroups, and the bad
 configurations refused at start."""
 
 import json
@@ -19,7 +20,7 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
                                    NewTopic, ResourcePatternType, ResourceType)
 
 import harness
-from certs import make_certs, make_client_cert
+from certs import make_certs, make_client_cert, make_crl
 from harness import BrokerDied
 
 ADMIN_PW = "adm1n-pass"
@@ -196,6 +197,42 @@ def test_sasl_user_wins_over_certificate(broker_factory, strata_bin, tmp_path):
     assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
 
 
+def _kcat_metadata(boot, ca, cert):
+    """Whether kcat with the client certificate `cert` gets the cluster's metadata."""
+    r = harness.kcat(["-b", boot, "-X", "security.protocol=SSL", "-X", f"ssl.ca.location={ca}",
+                      "-X", f"ssl.certificate.location={cert[0]}",
+                      "-X", f"ssl.key.location={cert[1]}", "-L", "-J", "-m", "5"], timeout=60)
+    return r.returncode == 0
+
+
+def test_mtls_crl_revokes_and_is_reloaded(broker_factory, tmp_path):
+    ca, cert, key = make_certs(tmp_path / "tls")
+    alice = make_client_cert(ca.parent, "alice", "alice")
+    bob = make_client_cert(ca.parent, "bob", "bob")
+    carol = make_client_cert(ca.parent, "carol", "carol")
+    crl = make_crl(ca.parent, [alice[0]])
+    b = broker_factory(config={"kafka": {
+        "tls_cert_file": str(cert), "tls_key_file": str(key),
+        "tls_client_auth": "required", "tls_client_ca": str(ca), "tls_client_crl": str(crl)}})
+    boot = b.bootstrap
+    assert _kcat_metadata(boot, ca, bob)
+    _refused({"bootstrap.servers": boot, **_ssl(ca, alice[0], alice[1])})
+    # The CA revokes bob too: new connections see the new list without a restart.
+    make_crl(ca.parent, [alice[0], bob[0]])
+    harness.eventually(lambda: not _kcat_metadata(boot, ca, bob), 60,
+                       what="bob's revocation to take effect")
+    assert _kcat_metadata(boot, ca, carol)
+    # A CRL file that no longer parses is not a reason to let revoked certificates in.
+    crl.write_text("-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n")
+    # The file is looked at by new connections: each poll makes one (carol stays welcome).
+    harness.eventually(lambda: _kcat_metadata(boot, ca, carol)
+                       and "not reloaded" in b.stdout_text() + b.stderr_tail(400), 60,
+                       interval=1, what="the broken CRL to be noticed")
+    _refused({"bootstrap.servers": boot, **_ssl(ca, bob[0], bob[1])})
+    assert _kcat_metadata(boot, ca, carol)
+    b.assert_alive()
+
+
 @pytest.mark.parametrize("kafka,key,text", [
     ({"tls_client_auth": "sometimes"}, "kafka.tls_client_auth", "unknown value"),
     ({"TLS": 1, "tls_client_auth": "required"}, "kafka.tls_client_ca", "required with"),
@@ -210,6 +247,11 @@ def test_sasl_user_wins_over_certificate(broker_factory, strata_bin, tmp_path):
      "rule 0"),
     ({"TLS": 1, "tls_principal_mapping": "CN"}, "kafka.tls_principal_mapping",
      "expected DEFAULT or RULE"),
+    ({"TLS": 1, "tls_client_auth": "required", "tls_client_ca": "CA", "tls_client_crl": "BAD"},
+     "kafka.tls_client_crl", "no X509 CRL"),
+    ({"TLS": 1, "tls_client_auth": "required", "tls_client_ca": "CA",
+      "tls_client_crl": "MISSING"}, "kafka.tls_client_crl", "cannot read"),
+    ({"TLS": 1, "tls_client_crl": "CA"}, "kafka.tls_client_crl", "kafka.tls_client_auth is none"),
 ])
 def test_bad_mtls_config(broker_factory, tmp_path, kafka, key, text):
     ca, cert, tls_key = make_certs(tmp_path / "tls")

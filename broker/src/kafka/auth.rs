@@ -18,6 +18,11 @@
 //! `WebPkiClientVerifier` checks client certificates against `kafka.tls_client_ca`. Without
 //! SASL the connection's principal is the certificate's subject mapped by
 //! `kafka.tls_principal_mapping` (`kafka::principal`); with SASL the SASL user wins.
+//! `kafka.tls_client_crl` adds certificate revocation lists: a revoked client certificate (or
+//! one whose issuer has no CRL in the file: fail closed) fails the handshake. The file is
+//! re-read when its modification time or size changes, checked at a new connection at most
+//! every [`CRL_CHECK_INTERVAL`], so a CA publishing a new CRL needs no restart; a file that no
+//! longer parses is logged and the last good lists stay in force.
 //!
 //! *Re-authentication (KIP-368).* With `kafka.connections_max_reauth_ms` > 0, SaslAuthenticate
 //! v1+ answers that `session_lifetime_ms` (SCRAM and PLAIN credentials carry no lifetime of
@@ -96,8 +101,11 @@ pub fn mechanism_from_code(code: i8) -> Option<ScramMechanism> {
 /// The validated security settings of the Kafka listener.
 #[derive(Clone)]
 pub struct Security {
-    /// Present when the listener speaks TLS.
+    /// Present when the listener speaks TLS (with `kafka.tls_client_crl`, as at start-up: see
+    /// [`Security::acceptor`]).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `kafka.tls_client_crl`: rebuilds the acceptor when the CRL file changes.
+    crl: Option<Arc<CrlReload>>,
     /// Empty: no authentication.
     pub mechanisms: Vec<Mechanism>,
     /// Client certificates: not asked for, verified when sent, or required.
@@ -170,9 +178,19 @@ impl Security {
                             .into(),
                     ));
                 }
-                Some(client_verifier(ca, mode == ClientAuth::Requested)?)
+                let crls = match &k.tls_client_crl {
+                    Some(path) => Some(read_crls(path)?),
+                    None => None,
+                };
+                Some(client_verifier(ca, mode == ClientAuth::Requested, crls)?)
             }
         };
+        if k.tls_client_crl.is_some() && verifier.is_none() {
+            return Err((
+                "kafka.tls_client_crl",
+                "set, but kafka.tls_client_auth is none: no client certificate is checked".into(),
+            ));
+        }
         let principal_mapping = super::principal::PrincipalMapping::parse(&k.tls_principal_mapping)
             .map_err(|e| ("kafka.tls_principal_mapping", e))?;
         let tls = match (&k.tls_cert_file, &k.tls_key_file) {
@@ -190,6 +208,21 @@ impl Security {
                 ))
             }
             (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, verifier)?),
+        };
+        let crl = match (&tls, &k.tls_client_crl, &k.tls_client_ca) {
+            (Some(acceptor), Some(crl), Some(ca)) => Some(Arc::new(CrlReload {
+                cert: k.tls_cert_file.clone().unwrap_or_default(),
+                key: k.tls_key_file.clone().unwrap_or_default(),
+                ca: ca.clone(),
+                optional: client_auth == ClientAuth::Requested,
+                crl: crl.clone(),
+                state: parking_lot::Mutex::new(CrlState {
+                    acceptor: acceptor.clone(),
+                    stamp: file_stamp(crl),
+                    checked: Instant::now(),
+                }),
+            })),
+            _ => None,
         };
         let mut mechanisms = Vec::new();
         for name in &k.sasl_mechanisms {
@@ -217,6 +250,7 @@ impl Security {
             .then(|| Duration::from_millis(k.connections_max_reauth_ms));
         Ok(Self {
             tls,
+            crl,
             mechanisms,
             client_auth,
             principal_mapping,
@@ -245,13 +279,99 @@ impl Security {
     pub fn sasl_enabled(&self) -> bool {
         !self.mechanisms.is_empty()
     }
+
+    /// The TLS acceptor for a new connection: the start-up one, or with `kafka.tls_client_crl`
+    /// the one built from the CRL file as it is now (re-read when it changed).
+    pub fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        match &self.crl {
+            Some(crl) => Some(crl.current()),
+            None => self.tls.clone(),
+        }
+    }
+}
+
+/// How often a new connection may look at the CRL file's modification time.
+pub const CRL_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The listener's TLS settings with a CRL file, to rebuild the acceptor when the file changes.
+struct CrlReload {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
+    optional: bool,
+    crl: std::path::PathBuf,
+    state: parking_lot::Mutex<CrlState>,
+}
+
+struct CrlState {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The CRL file's (modification time, size) the acceptor was built from.
+    stamp: Option<(std::time::SystemTime, u64)>,
+    checked: Instant,
+}
+
+impl CrlReload {
+    fn current(&self) -> tokio_rustls::TlsAcceptor {
+        let mut state = self.state.lock();
+        if state.checked.elapsed() >= CRL_CHECK_INTERVAL {
+            state.checked = Instant::now();
+            let stamp = file_stamp(&self.crl);
+            if stamp != state.stamp {
+                state.stamp = stamp;
+                match self.rebuild() {
+                    Ok(acceptor) => {
+                        tracing::info!(crl = %self.crl.display(), "client certificate revocation lists reloaded");
+                        state.acceptor = acceptor;
+                    }
+                    Err((key, err)) => tracing::error!(
+                        key,
+                        %err,
+                        "client certificate revocation lists not reloaded; the previous ones stay in force"
+                    ),
+                }
+            }
+        }
+        state.acceptor.clone()
+    }
+
+    fn rebuild(&self) -> Result<tokio_rustls::TlsAcceptor, (&'static str, String)> {
+        let crls = read_crls(&self.crl)?;
+        let verifier = client_verifier(&self.ca, self.optional, Some(crls))?;
+        tls_acceptor(&self.cert, &self.key, Some(verifier))
+    }
+}
+
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The X.509 CRLs in the PEM file `path` (`kafka.tls_client_crl`); at least one.
+fn read_crls(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, (&'static str, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateRevocationListDer;
+    const KEY: &str = "kafka.tls_client_crl";
+    let pem =
+        std::fs::read(path).map_err(|e| (KEY, format!("cannot read {}: {e}", path.display())))?;
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| (KEY, format!("bad PEM in {}: {e}", path.display())))?;
+    if crls.is_empty() {
+        return Err((KEY, format!("no X509 CRL in {}", path.display())));
+    }
+    Ok(crls)
 }
 
 /// A rustls verifier of client certificates chaining to the CAs in `ca` (a PEM bundle);
-/// `optional`: a client may send none.
+/// `optional`: a client may send none; `crls`: revocation lists every certificate of the chain
+/// is checked against (an issuer without one fails: the operator asked for revocation checks).
 fn client_verifier(
     ca: &std::path::Path,
     optional: bool,
+    crls: Option<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, (&'static str, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
@@ -280,7 +400,16 @@ fn client_verifier(
     } else {
         builder
     };
-    builder.build().map_err(|e| (KEY, e.to_string()))
+    let builder = match crls {
+        Some(crls) => builder.with_crls(crls),
+        None => builder,
+    };
+    builder.build().map_err(|e| match e {
+        rustls::server::VerifierBuilderError::InvalidCrl(e) => {
+            ("kafka.tls_client_crl", format!("not a usable CRL: {e:?}"))
+        }
+        e => (KEY, e.to_string()),
+    })
 }
 
 pub(crate) fn load_tls(

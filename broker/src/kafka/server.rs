@@ -55,7 +55,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Rece
                     .kafka_connections_open
                     .fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
-                let result = match node.config.kafka_security.tls.clone() {
+                let result = match node.config.kafka_security.acceptor() {
                     // Plain TCP splits into owned halves (no lock between reader and writer).
                     None => {
                         let (rd, wr) = stream.into_split();
