@@ -3,6 +3,7 @@
 //! | method | path | |
 //! |---|---|---|
 //! | GET | `/v1/topics` | `{"topics":[{"name","partitions","storage_mode"}]}` |
+//! | POST | `/v1/producers` | `{"producer_id", "producer_epoch"}` for idempotent produces |
 //! | POST | `/v1/topics/{topic}/records` | produce ([`crate::produce`]), `direct` topics only |
 //! | GET | `/v1/topics/{topic}/partitions/{p}/records` | fetch ([`crate::fetch`]) |
 //!
@@ -105,6 +106,10 @@ async fn dispatch(
         ["v1", "topics"] => {
             allow(&method, Method::GET)?;
             list_topics(app).await
+        }
+        ["v1", "producers"] => {
+            allow(&method, Method::POST)?;
+            crate::produce::init_producer(app).await
         }
         ["v1", "topics", topic, "records"] => {
             allow(&method, Method::POST)?;

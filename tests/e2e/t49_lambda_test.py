@@ -254,6 +254,50 @@ def test_lambda_produce_fetch_and_a_kafka_consumer_agree(env):
     harness.eventually(wal_visible, 60, what="the WAL topic's records uploaded and fetched through the Lambda")
 
 
+def test_lambda_idempotent_produce(env):
+    """A client that retries through the HTTP API gets no duplicates: producer ids from
+    `POST /v1/producers`, per-partition sequences checked by metadata at commit."""
+    b, function = env
+    harness.create_topic(b.bootstrap, "idem", 2, config=DIRECT)
+    fn = function()
+    status, p1 = fn.http("POST", "/v1/producers")
+    assert status == 200 and p1["producer_epoch"] == 0, p1
+    status, p2 = fn.http("POST", "/v1/producers")
+    assert status == 200 and p2["producer_id"] != p1["producer_id"], (p1, p2)
+    pid = p1["producer_id"]
+
+    def send(records, sequences, producer_id=pid, epoch=0):
+        body = {"records": records,
+                "producer": {"id": producer_id, "epoch": epoch, "sequences": sequences}}
+        return fn.http("POST", "/v1/topics/idem/records", body=body)
+
+    first = [{"value": f"a{i}", "partition": i % 2} for i in range(6)]
+    status, got = send(first, {"0": 0, "1": 0})
+    assert status == 200 and got["duplicate"] is False, got
+    assert got["next_sequences"] == {"0": 3, "1": 3}, got
+    # The same request again (a client retrying after a lost answer): the original offsets,
+    # nothing written twice.
+    status, again = send(first, {"0": 0, "1": 0})
+    assert status == 200 and again["duplicate"] is True, again
+    assert again["offsets"] == got["offsets"]
+    # The next request follows on; another producer interleaves freely.
+    status, nxt = send([{"value": "b0", "partition": 0}], {"0": 3})
+    assert status == 200 and nxt["offsets"] == [{"partition": 0, "offset": 3}], nxt
+    status, other = send([{"value": "c0", "partition": 0}], {"0": 0}, producer_id=p2["producer_id"])
+    assert status == 200 and other["offsets"] == [{"partition": 0, "offset": 4}], other
+    # A gap is refused with 409 and writes nothing; so is a sequence for an unwritten partition.
+    status, gap = send([{"value": "lost", "partition": 0}], {"0": 9})
+    assert status == 409 and "expected 4" in gap["error"], gap
+    status, bad = send([{"value": "x", "partition": 0}], {"0": 4, "1": 3})
+    assert status == 400 and "exactly the partitions" in bad["error"], bad
+    status, bad = send([{"value": "x", "partition": 0}], {"zero": 4})
+    assert status == 400 and "not a partition number" in bad["error"], bad
+    # A stock Kafka consumer sees each record once, in order.
+    consumed = harness.consume(b.bootstrap, "idem", 2)
+    assert [r.value for r in consumed[0]] == [b"a0", b"a2", b"a4", b"b0", b"c0"]
+    assert [r.value for r in consumed[1]] == [b"a1", b"a3", b"a5"]
+
+
 @pytest.mark.timeout(600)
 def test_lambda_refusals(env, seaweed):
     b, function = env

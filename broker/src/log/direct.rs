@@ -487,30 +487,6 @@ pub async fn put_until(
     }
 }
 
-/// Proposes `CommitDirect` through `write` for blocks without producer ids (see
-/// [`commit_outcome_until`]): the assigned base offsets, one per block, or the reason there are
-/// none. Used by the Lambda entry points (a remote metadata client).
-pub async fn commit_until<W, F>(
-    write: W,
-    key: &str,
-    size: u64,
-    blocks: Vec<DirectBlock>,
-    deadline: Instant,
-) -> Result<Vec<i64>, String>
-where
-    W: Fn(Command) -> F,
-    F: std::future::Future<Output = Result<CommandResult, strata_meta::MetaError>>,
-{
-    let committed = commit_outcome_until(write, key, size, blocks, deadline).await?;
-    if !committed.skipped.is_empty() {
-        return Err(format!(
-            "metadata skipped blocks of a commit without producer ids: {:?}",
-            committed.skipped
-        ));
-    }
-    Ok(committed.base_offsets)
-}
-
 /// What metadata answered a `CommitDirect`: a base offset per block (the original one for a
 /// duplicate, -1 for a refused block) and the blocks it did not index, with why.
 #[derive(Debug)]
@@ -520,8 +496,8 @@ pub struct DirectCommitted {
 }
 
 /// Proposes `CommitDirect` through `write`, retrying (the same key, so a retry after a lost
-/// reply answers the first offsets) until `deadline`. Shared by the [`DirectWriter`] and,
-/// through [`commit_until`], the Lambda entry points.
+/// reply answers the first offsets) until `deadline`. Shared by the [`DirectWriter`] and the
+/// Lambda entry points.
 pub async fn commit_outcome_until<W, F>(
     write: W,
     key: &str,
