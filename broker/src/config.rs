@@ -53,6 +53,7 @@ pub struct FileConfig {
     pub meta: MetaSection,
     pub mqtt: MqttSection,
     pub log: LogSection,
+    pub telemetry: TelemetrySection,
     pub direct: DirectSection,
     pub cluster: ClusterSection,
     pub broker: BrokerSection,
@@ -124,6 +125,48 @@ impl Default for LogSection {
         Self {
             format: "text".into(),
         }
+    }
+}
+
+/// OTLP trace export (`telemetry.rs`). Off unless `otlp_endpoint` is set.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// OTLP/HTTP collector base URL (`http://host:4318`; `/v1/traces` is appended unless the
+    /// URL already ends with it). Unset: no exporter, no export task.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of every exported span.
+    pub otlp_service_name: String,
+    /// Share of traces kept, 0..=1 (parent-based: a child follows its root's decision).
+    #[serde(deserialize_with = "number_or_string")]
+    pub trace_sample_ratio: f64,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_service_name: "strata".into(),
+            trace_sample_ratio: 1.0,
+        }
+    }
+}
+
+/// A float from TOML, or from the environment, where values that are not integers or
+/// booleans arrive as strings (`STRATA_TELEMETRY_TRACE_SAMPLE_RATIO=0.5`).
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(f64),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Number(n) => Ok(n),
+        Either::Text(t) => t
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| serde::de::Error::custom(format!("`{t}` is not a number"))),
     }
 }
 
@@ -555,6 +598,7 @@ impl Default for FileConfig {
             meta: MetaSection::default(),
             mqtt: MqttSection::default(),
             log: LogSection::default(),
+            telemetry: TelemetrySection::default(),
             direct: DirectSection::default(),
             cluster: ClusterSection::default(),
             broker: BrokerSection::default(),
@@ -662,6 +706,8 @@ pub struct NodeConfig {
     pub wal_quorum: Option<(u16, u16)>,
     /// `log.format`.
     pub log_format: LogFormat,
+    /// `telemetry.*`, when `telemetry.otlp_endpoint` is set.
+    pub telemetry: Option<crate::telemetry::OtlpConfig>,
     pub file: FileConfig,
 }
 
@@ -705,6 +751,7 @@ pub struct Overrides {
     pub wal_listen: Option<String>,
     pub wal_peers: Option<String>,
     pub log_format: Option<String>,
+    pub otlp_endpoint: Option<String>,
 }
 
 const SECTIONS: &[&str] = &[
@@ -717,6 +764,7 @@ const SECTIONS: &[&str] = &[
     "meta",
     "mqtt",
     "log",
+    "telemetry",
     "direct",
     "cluster",
     "broker",
@@ -904,6 +952,13 @@ fn bad(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::BadValue {
         key: key.to_string(),
         message: message.into(),
+    }
+    if let Some(v) = &o.otlp_endpoint {
+        set(
+            Some("telemetry"),
+            "otlp_endpoint",
+            toml::Value::String(v.clone()),
+        );
     }
 }
 
@@ -1176,8 +1231,11 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
             ))
         }
     };
+    let telemetry =
+        crate::telemetry::OtlpConfig::from_section(&f.telemetry).map_err(|(k, m)| bad(k, m))?;
     Ok(NodeConfig {
         log_format,
+        telemetry,
         roles,
         meta_peers,
         meta_listen,
@@ -1436,8 +1494,28 @@ mod tests {
             ),
             ("[kafka\n", &[], "c.toml"),
             ("roles = [\"broker\"]\n", &[], "needs meta.peers"),
+            (
+                "roles = [\"meta\", \"broker\"]\n[meta]\npeers = [\"2@127.0.0.1:1228\"]\n",
+                &[],
+                "node 1 is not in the list (a meta node that joins",
+            ),
             ("[log]\nformat = \"xml\"\n", &[], "log.format"),
             ("", &[("STRATA_LOG_FORMAT", "yaml")], "log.format"),
+            (
+                "[telemetry]\ntrace_sample_ratio = 1.5\n",
+                &[],
+                "telemetry.trace_sample_ratio",
+            ),
+            (
+                "",
+                &[("STRATA_TELEMETRY_TRACE_SAMPLE_RATIO", "-0.1")],
+                "telemetry.trace_sample_ratio",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"collector:4318\"\n",
+                &[],
+                "telemetry.otlp_endpoint",
+            ),
             (
                 "[mqtt]\nquic_listen = \"127.0.0.1:14567\"\n",
                 &[],

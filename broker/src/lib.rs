@@ -20,4 +20,5 @@ pub mod node;
 pub mod producer_ids;
 pub mod records;
 pub mod takeover;
+pub mod telemetry;
 pub mod topic_configs;

@@ -461,6 +461,9 @@ struct StartArgs {
     /// Log lines on stderr: text or json (`log.format`).
     #[arg(long)]
     log_format: Option<String>,
+    /// Export traces over OTLP/HTTP to this collector URL (`telemetry.otlp_endpoint`).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 /// Exit codes: 0 clean stop, 1 bad environment, 2 bad configuration, 3 corrupt local data.
@@ -573,6 +576,7 @@ fn start(args: StartArgs) -> ExitCode {
         wal_listen: args.wal_listen,
         wal_peers: args.wal_peers,
         log_format: args.log_format,
+        otlp_endpoint: args.otlp_endpoint,
     };
     let config = match config::load(args.config.as_deref(), std::env::vars(), &overrides) {
         Ok(c) => c,
@@ -581,12 +585,18 @@ fn start(args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format);
     let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(strata_broker::node::run(config)) {
+    // The OTLP batch processor's task runs on the runtime; its final flush after `block_on`.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        strata_broker::telemetry::init(config.log_format, config.telemetry.as_ref())
+    };
+    let result = runtime.block_on(strata_broker::node::run(config));
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("strata: error: {err}");
@@ -890,26 +900,5 @@ fn export_parquet(args: ExportParquetArgs) -> ExitCode {
             eprintln!("strata: error: {err}");
             ExitCode::from(err.exit_code())
         }
-    }
-}
-
-fn init_tracing(format: config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match format {
-        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        // One JSON object per line: timestamp, level, message and the event's fields at the
-        // top level (what log shippers index), no ANSI colours.
-        config::LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_ansi(false)
-            .init(),
     }
 }

@@ -98,6 +98,7 @@ pub async fn dispatch(
         .map_err(malformed)?;
     let mut request = RequestKind::decode(api_key, &mut frame, version).map_err(malformed)?;
     let correlation_id = header.correlation_id;
+    super::trace::record_request(&request);
     // ACLs (`acl_handlers`): refuse outright, or narrow the request and answer the rest later.
     let denied = match super::acl_handlers::gate(node, authz, &mut request, version) {
         super::acl_handlers::Gate::Pass(denied) => denied,
@@ -125,6 +126,7 @@ pub async fn dispatch(
                 let (resp, records) = fetch(&node, req).await;
                 let mut body = ResponseKind::Fetch(resp);
                 super::acl_handlers::finish(&node, &authz, denied, &mut body);
+                super::trace::record_response(&body);
                 return Some(super::frame::encode_fetch(
                     version,
                     correlation_id,
@@ -224,6 +226,7 @@ pub(super) fn encode(
     correlation_id: i32,
     body: &ResponseKind,
 ) -> BytesMut {
+    super::trace::record_response(body);
     let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
@@ -615,7 +618,7 @@ async fn produce(
 }
 
 /// Checks a partition's record batches and copies them out for offset assignment.
-fn validate(
+pub(crate) fn validate(
     node: &Node,
     log: Arc<PartitionLog>,
     records: Bytes,

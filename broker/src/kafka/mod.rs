@@ -11,4 +11,5 @@ pub mod handlers;
 pub mod principal;
 pub mod scram;
 pub mod server;
+pub mod trace;
 pub mod versions;

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
 
 /// A response still being computed; `None` when the request gets no response (acks=0).
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
@@ -179,8 +180,18 @@ where
         Metrics::inc(&node.metrics.kafka_requests_total);
         let arrived = Instant::now();
         authz.refresh(&node, session.principal.as_deref(), peer);
-        match handlers::dispatch(&node, frame, &authz).await {
+        // The request's trace span lasts until its response is ready (`trace.rs`).
+        let span = super::trace::request_span(&frame);
+        match handlers::dispatch(&node, frame, &authz)
+            .instrument(span.clone())
+            .await
+        {
             Ok(response) => {
+                let response: ResponseFuture = if span.is_disabled() {
+                    response
+                } else {
+                    Box::pin(response.instrument(span))
+                };
                 if tx.send((response, api_key, arrived)).await.is_err() {
                     break Ok(()); // the writer failed: the peer is gone
                 }

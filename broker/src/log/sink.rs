@@ -65,6 +65,8 @@ impl WalSink {
 
     /// Makes every appended entry durable. Blocks the calling (sequencer) thread.
     pub fn sync(&mut self) -> Result<(), SinkError> {
+        let _span =
+            crate::telemetry::wal_sync_span(self.is_replicated(), || self.last_lsn()).entered();
         match self {
             WalSink::Local(wal) => wal.sync().map_err(|e| SinkError::Failed(e.to_string())),
             WalSink::Replicated { owner, appended } => {

@@ -215,7 +215,12 @@ impl Uploader {
 
     async fn put_with_retry(&self, key: &str, object: bytes::Bytes, final_round: bool) -> bool {
         let attempts_max = if final_round { 5 } else { 20 };
-        put_with_retry(&self.store, &self.metrics, key, object, attempts_max).await
+        let span = crate::telemetry::upload_span(key, object.len());
+        tracing::Instrument::instrument(
+            put_with_retry(&self.store, &self.metrics, key, object, attempts_max),
+            span,
+        )
+        .await
     }
 }
 

@@ -52,6 +52,7 @@ impl Ingest {
         &self,
         msg: &Message,
     ) -> Result<impl Future<Output = Result<i64, IngestError>> + Send + 'static, IngestError> {
+        let _span = crate::telemetry::mqtt_publish_span(&msg.topic, msg.payload.len());
         let node = &self.node;
         let kafka_topic = self.mapping.kafka_topic_for(&msg.topic);
         let logs = match node.registry.topic(kafka_topic) {
