@@ -213,12 +213,12 @@ pub fn live_brokers(node: &Node) -> Vec<BrokerAddr> {
 }
 
 /// The broker clients are told is the controller (Metadata, DescribeCluster): the meta leader
-/// when it is one of `live`, else the first live broker, else this broker.
+/// when it is one of `live`, else this broker (every broker serves the admin requests; a
+/// broker metadata still lists as alive may be one that died and has not expired yet).
 pub fn controller_id(node: &Node, live: &[BrokerAddr]) -> i32 {
     node.meta
         .leader()
         .and_then(|l| live.iter().find(|b| b.node_id as u64 == l))
-        .or(live.first())
         .map_or(node.config.node_id as i32, |b| b.node_id)
 }
 

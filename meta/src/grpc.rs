@@ -934,6 +934,11 @@ impl pb::meta_server::Meta for MetaGrpc {
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::MembershipReply>, Status> {
         let req = request.into_inner();
+        if !req.remove_learner_ids.is_empty() {
+            let ids: BTreeSet<NodeId> = req.remove_learner_ids.into_iter().collect();
+            let wait = std::time::Duration::from_millis(leader::DEMOTION_WAIT_MS);
+            return membership_reply(leader::remove_learners(&self.raft, ids, wait).await);
+        }
         let voters: BTreeSet<NodeId> = req.voter_ids.into_iter().collect();
         let result = leader::change_membership(&self.raft, voters, req.retain).await;
         membership_reply(result)

@@ -16,6 +16,9 @@ use openraft::{BasicNode, ChangeMembers, StoredMembership};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+/// How long removing a demoted voter waits for it to hear of its demotion (a few heartbeats).
+pub(crate) const DEMOTION_WAIT_MS: u64 = 3_000;
+
 /// The outcome of trying a leader call on one node.
 #[derive(Debug)]
 pub(crate) enum Attempt<T> {
@@ -190,6 +193,139 @@ pub(crate) async fn change_membership(
             response.membership,
         ))),
         Err(e) => membership_change_error(e),
+    }
+}
+
+/// Removes the learners `ids` from the group (they no longer receive the log). First waits
+/// up to `wait` until each has the membership entry now in force: a voter that was just
+/// demoted to learner then knows it no longer votes, because the leader stops replicating to
+/// a removed node at once (openraft 0.9) and it would never hear of its demotion otherwise.
+pub(crate) async fn remove_learners(
+    raft: &MetaRaft,
+    ids: BTreeSet<NodeId>,
+    wait: Duration,
+) -> Result<Attempt<MembershipView>, MetaError> {
+    let (leads, membership_index) = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        (
+            m.state == openraft::ServerState::Leader,
+            m.membership_config
+                .log_id()
+                .as_ref()
+                .map_or(0, |id| id.index),
+        )
+    };
+    if leads {
+        // A learner that is down never catches up: removing it anyway is the point.
+        let _ = raft
+            .wait(Some(wait))
+            .metrics(
+                |m| {
+                    ids.iter().all(|id| {
+                        m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(id))
+                            .is_some_and(|matched| {
+                                matched.is_some_and(|l| l.index >= membership_index)
+                            })
+                    })
+                },
+                "removed meta voters have their demotion",
+            )
+            .await;
+    }
+    match raft
+        .change_membership(ChangeMembers::RemoveNodes(ids), false)
+        .await
+    {
+        Ok(response) => Ok(Attempt::Done(view_after(
+            raft,
+            Some(response.log_id),
+            response.membership,
+        ))),
+        Err(e) => membership_change_error(e),
+    }
+}
+
+/// What a node is in a membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Voter,
+    Learner,
+    Outside,
+}
+
+impl MembershipView {
+    pub(crate) fn role_of(&self, node_id: NodeId) -> Role {
+        if self.voters.contains_key(&node_id) {
+            Role::Voter
+        } else if self.learners.contains_key(&node_id) {
+            Role::Learner
+        } else {
+            Role::Outside
+        }
+    }
+}
+
+/// Logs every change of this node's role in the membership it applied, until raft stops: an
+/// operator sees in a node's own log when it was added, promoted, demoted or removed. A voter
+/// removed from the group never hears of the final membership (replication to it stops at
+/// once); it stays a candidate whose vote requests the others refuse (their leader lease and
+/// longer logs), so it cannot disrupt them. [`remove_learners`] avoids that state for voters
+/// removed through `MetaNode::remove_voter`.
+pub(crate) async fn log_role_changes(
+    node_id: NodeId,
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+) {
+    let mut last: Option<(Role, u64)> = None;
+    loop {
+        let view = MembershipView::from_stored(&metrics.borrow_and_update().membership_config);
+        // A joint configuration is a change in flight: wait for its final form.
+        if !view.joint {
+            let role = view.role_of(node_id);
+            let changed = match last {
+                Some((was, _)) => was != role,
+                None => role != Role::Outside,
+            };
+            if changed {
+                let was = last.map(|(r, _)| r);
+                let voters: Vec<NodeId> = view.voters.keys().copied().collect();
+                match role {
+                    Role::Voter => tracing::info!(
+                        node_id,
+                        membership_log_index = view.log_index,
+                        ?voters,
+                        "this meta node is a voter of the meta group"
+                    ),
+                    Role::Learner if was == Some(Role::Voter) => tracing::warn!(
+                        node_id,
+                        membership_log_index = view.log_index,
+                        ?voters,
+                        "this meta node was removed from the meta voters: it no longer votes \
+                         or campaigns; stop it once it is removed from the group"
+                    ),
+                    Role::Learner => tracing::info!(
+                        node_id,
+                        membership_log_index = view.log_index,
+                        ?voters,
+                        "this meta node is a learner of the meta group (receives the log, \
+                         does not vote)"
+                    ),
+                    Role::Outside => tracing::warn!(
+                        node_id,
+                        membership_log_index = view.log_index,
+                        ?voters,
+                        "this meta node is no longer a member of the meta group: it serves \
+                         stale metadata; stop it"
+                    ),
+                }
+            }
+            last = Some((role, view.log_index));
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -163,6 +163,32 @@ impl Peers {
         let request = pb::ChangeMembershipRequest {
             voter_ids: voters.into_iter().collect(),
             retain,
+            remove_learner_ids: Vec::new(),
+        };
+        let reply = unary(
+            leader,
+            timeout,
+            client.change_membership(with_timeout(request, timeout)),
+        )
+        .await?;
+        grpc::membership_outcome(reply, leader, None).map_err(CallError::Failed)
+    }
+}
+
+impl Peers {
+    /// Asks `leader` to remove learners from the group.
+    pub(crate) async fn remove_learners(
+        &self,
+        leader: NodeId,
+        addr: String,
+        ids: BTreeSet<NodeId>,
+        timeout: Duration,
+    ) -> Result<Attempt<MembershipView>, CallError> {
+        let mut client = self.meta_client(leader, &addr)?;
+        let request = pb::ChangeMembershipRequest {
+            voter_ids: Vec::new(),
+            retain: false,
+            remove_learner_ids: ids.into_iter().collect(),
         };
         let reply = unary(
             leader,

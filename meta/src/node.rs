@@ -326,6 +326,7 @@ impl MetaNode {
             routes,
         } = cluster;
         let node = Self::start(dir, node_id, &config, Some((listener, routes))).await?;
+        tokio::spawn(leader::log_role_changes(node_id, node.inner.raft.metrics()));
         match node.join(&peers).await {
             Ok(()) => Ok(node),
             Err(e) => {
@@ -770,6 +771,66 @@ impl MetaNode {
                         voters.clone(),
                         retain,
                         self.inner.rpc_timeout,
+                    )
+                },
+            )
+            .await?;
+        Ok(view)
+    }
+
+    /// Removes voter `node_id` from the group in two membership changes: it is demoted to a
+    /// learner (so it hears that it no longer votes and stops campaigning), then removed as a
+    /// learner (so the leader stops sending it the log). The voter set is read after a
+    /// [`MetaNode::sync`]; a change already in flight, an id that is not a voter and the last
+    /// voter are refused with [`MetaError::Membership`]. Returns the final membership.
+    pub async fn remove_voter(&self, node_id: NodeId) -> Result<MembershipView, MetaError> {
+        self.sync().await?;
+        let view = self.membership();
+        let refused = |reason: String| MetaError::Membership {
+            reason,
+            retryable: false,
+        };
+        if view.joint {
+            return Err(MetaError::Membership {
+                reason: "another membership change is in flight".into(),
+                retryable: true,
+            });
+        }
+        if !view.voters.contains_key(&node_id) {
+            return Err(refused(format!("node {node_id} is not a meta voter")));
+        }
+        if view.voters.len() == 1 {
+            return Err(refused(format!(
+                "node {node_id} is the only meta voter; a meta group needs one"
+            )));
+        }
+        let remaining: BTreeSet<NodeId> = view
+            .voters
+            .keys()
+            .copied()
+            .filter(|id| *id != node_id)
+            .collect();
+        self.change_membership(remaining, true).await?;
+        self.remove_learners([node_id]).await
+    }
+
+    /// Removes learners from the group (see [`MetaNode::remove_voter`] for a voter).
+    pub async fn remove_learners(
+        &self,
+        ids: impl IntoIterator<Item = NodeId>,
+    ) -> Result<MembershipView, MetaError> {
+        let ids: BTreeSet<NodeId> = ids.into_iter().collect();
+        let raft = &self.inner.raft;
+        let wait = Duration::from_millis(leader::DEMOTION_WAIT_MS);
+        let (view, _) = self
+            .on_leader(
+                || leader::remove_learners(raft, ids.clone(), wait),
+                |id, addr| {
+                    self.inner.peers.remove_learners(
+                        id,
+                        addr,
+                        ids.clone(),
+                        self.inner.rpc_timeout + wait,
                     )
                 },
             )
