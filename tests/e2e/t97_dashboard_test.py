@@ -1,8 +1,8 @@
 """t97 the web dashboard: headless Chromium (Debian's /usr/bin/chromium, driven by
 playwright-core through tools/dashboard.js) loads the page from the admin listener and shows
 a topic the test created, with its message count, its partitions, the node and a consumer
-group; names are inserted as text (a topic-like name with markup stays text). A screenshot
-goes to the test's tmp dir."""
+group; names are inserted as text (a topic-like name with markup stays text). The MQTT page
+(nav link, `#mqtt`) lists a connected paho client. Screenshots go to the test's tmp dir."""
 
 from __future__ import annotations
 
@@ -68,3 +68,36 @@ def test_dashboard_inserts_names_as_text(broker, tmp_path):
     seen = run_dashboard(broker, "plain", 1, tmp_path / "escaped.png")
     assert evil in seen["groups"], seen
     assert seen["title"] == "StrataMQ", "the group id's markup did not run"
+
+
+def test_dashboard_mqtt_page_lists_a_connected_client(broker, tmp_path):
+    paho = pytest.importorskip("paho.mqtt.client")
+    import queue
+    acks: queue.Queue = queue.Queue()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="dash-mqtt-1",
+                    protocol=paho.MQTTv5)
+    c.on_connect = lambda *args: acks.put(args)
+    c.connect("127.0.0.1", broker.mqtt_port, keepalive=45)
+    c.loop_start()
+    try:
+        acks.get(timeout=20)
+        node = shutil.which("node")
+        assert node, "node (Node.js 20) is needed for the dashboard test"
+        shot = tmp_path / "dashboard-mqtt.png"
+        p = subprocess.run([node, str(HERE / "tools" / "dashboard_mqtt.js"), broker.admin_url + "/",
+                            "dash-mqtt-1", str(shot)],
+                           capture_output=True, text=True, timeout=120, cwd=HERE)
+        assert p.returncode == 0, f"dashboard_mqtt.js exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
+        seen = json.loads(p.stdout.strip().splitlines()[-1])
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    print(f"dashboard MQTT screenshot: {shot}")
+    (row,) = [r for r in seen["rows"] if r[0] == "dash-mqtt-1"]
+    assert row[1:5] == ["connected", "–", "5.0", "tcp"], row
+    assert row[7] == "45s", row
+    assert "1 connections" in seen["summary"], seen
+    assert seen["nav"] == ["Overview", "MQTT"] and seen["active"] == "MQTT", seen
+    assert seen["overview_hidden"] and seen["hash"] == "#mqtt", seen
+    assert seen["errors"] == [], seen["errors"]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

@@ -15,7 +15,7 @@ use crate::groups::core::MemberRef;
 use crate::groups::{GroupError, GroupState};
 use crate::node::Node;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -24,6 +24,9 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use strata_meta::acl::{
+    AclBinding, AclBindingFilter, AclOperation, AclPermission, PatternType, ResourceType,
+};
 use strata_meta::state::OffsetCommit;
 use strata_meta::{Command, CommandResult, MetaState, Rejection};
 use strata_types::{PartitionKey, TopicId, TopicName};
@@ -178,7 +181,7 @@ pub(crate) async fn describe_topic(
 }
 
 /// Parses a request body as a JSON object; the error names what is wrong with it.
-fn json_object(body: &[u8]) -> ApiResult<Map<String, Value>> {
+pub(super) fn json_object(body: &[u8]) -> ApiResult<Map<String, Value>> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_field(
             "body",
@@ -214,7 +217,7 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 /// Refuses fields a request does not know (a typo should not be silently ignored).
-fn only_fields(body: &Map<String, Value>, known: &[&'static str]) -> ApiResult<()> {
+pub(super) fn only_fields(body: &Map<String, Value>, known: &[&'static str]) -> ApiResult<()> {
     for key in body.keys() {
         if !known.contains(&key.as_str()) {
             return Err(ApiError::new(
@@ -1287,6 +1290,12 @@ pub(crate) async fn drain_node(
         )
     })?;
     let body = json_object(&body)?;
+    Ok(Json(drain_op(&node, id, body).await?))
+}
+
+/// Sets broker `id`'s draining flag from the fields of a `POST /v1/cluster/nodes/{id}/drain`
+/// body (gRPC `DrainNode` sends the same object).
+pub(crate) async fn drain_op(node: &Node, id: u64, body: Map<String, Value>) -> ApiResult<Value> {
     only_fields(&body, &["draining"])?;
     let draining = match body.get("draining") {
         Some(Value::Bool(b)) => *b,
@@ -1304,11 +1313,11 @@ pub(crate) async fn drain_node(
     };
     match node.meta.write(Command::Cluster(cmd)).await {
         Ok(CommandResult::Cluster(strata_meta::ClusterResult::DrainSet { moves })) => {
-            Ok(Json(serde_json::json!({
+            Ok(serde_json::json!({
                 "node_id": id,
                 "draining": draining,
                 "moves_planned": moves,
-            })))
+            }))
         }
         Ok(CommandResult::Rejected(Rejection::Cluster(
             strata_meta::ClusterRejection::NotRegistered { .. },
@@ -1324,6 +1333,349 @@ pub(crate) async fn drain_node(
         )),
         Err(err) => Err(meta_unavailable(err)),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ACLs
+
+/// The fields of a binding and of a filter, as the JSON API and the query string name them.
+const ACL_FIELDS: &[&str] = &[
+    "resource_type",
+    "resource_name",
+    "pattern_type",
+    "principal",
+    "host",
+    "operation",
+    "permission",
+];
+
+const RESOURCE_TYPES: &[ResourceType] = &[
+    ResourceType::Any,
+    ResourceType::Topic,
+    ResourceType::Group,
+    ResourceType::Cluster,
+    ResourceType::TransactionalId,
+];
+const PATTERN_TYPES: &[PatternType] = &[
+    PatternType::Any,
+    PatternType::Match,
+    PatternType::Literal,
+    PatternType::Prefixed,
+];
+const OPERATIONS: &[AclOperation] = &[
+    AclOperation::Any,
+    AclOperation::All,
+    AclOperation::Read,
+    AclOperation::Write,
+    AclOperation::Create,
+    AclOperation::Delete,
+    AclOperation::Alter,
+    AclOperation::Describe,
+    AclOperation::ClusterAction,
+    AclOperation::DescribeConfigs,
+    AclOperation::AlterConfigs,
+    AclOperation::IdempotentWrite,
+];
+const PERMISSIONS: &[AclPermission] = &[
+    AclPermission::Any,
+    AclPermission::Deny,
+    AclPermission::Allow,
+];
+
+/// A binding as the JSON API shows it (Kafka's names: `Topic`, `Literal`, `Read`, `Allow`).
+fn acl_json(b: &AclBinding) -> Value {
+    serde_json::json!({
+        "resource_type": b.resource_type.name(),
+        "resource_name": b.resource_name,
+        "pattern_type": b.pattern_type.name(),
+        "principal": b.principal,
+        "host": b.host,
+        "operation": b.operation.name(),
+        "permission": b.permission.name(),
+    })
+}
+
+/// A string field of an ACL request; `None` when absent (or null).
+fn acl_string(body: &Map<String, Value>, field: &'static str) -> ApiResult<Option<String>> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::bad_field(
+            field,
+            format!("`{field}` must be a string, not {}", json_kind(other)),
+        )),
+    }
+}
+
+/// A named value of an ACL request (Kafka's names, case, `-` and `_` ignored), one of
+/// `accepted`; `None` when absent.
+fn acl_choice<T: Copy + PartialEq + std::fmt::Display>(
+    body: &Map<String, Value>,
+    field: &'static str,
+    accepted: &[T],
+    parse: fn(&str) -> Option<T>,
+) -> ApiResult<Option<T>> {
+    let Some(s) = acl_string(body, field)? else {
+        return Ok(None);
+    };
+    match parse(&s).filter(|v| accepted.contains(v)) {
+        Some(v) => Ok(Some(v)),
+        None => {
+            let names: Vec<String> = accepted.iter().map(ToString::to_string).collect();
+            Err(ApiError::bad_field(
+                field,
+                format!("`{field}` must be one of {}; got `{s}`", names.join(", ")),
+            ))
+        }
+    }
+}
+
+/// A DescribeAcls / DeleteAcls filter from a JSON object (or the query string): absent fields
+/// match everything, as Kafka's `Any` and null do.
+pub(crate) fn acl_filter(body: &Map<String, Value>) -> ApiResult<AclBindingFilter> {
+    only_fields(body, ACL_FIELDS)?;
+    let f = AclBindingFilter {
+        resource_type: acl_choice(body, "resource_type", RESOURCE_TYPES, ResourceType::parse)?
+            .unwrap_or(ResourceType::Any),
+        pattern_type: acl_choice(body, "pattern_type", PATTERN_TYPES, PatternType::parse)?
+            .unwrap_or(PatternType::Any),
+        resource_name: acl_string(body, "resource_name")?,
+        principal: acl_string(body, "principal")?,
+        host: acl_string(body, "host")?,
+        operation: acl_choice(body, "operation", OPERATIONS, AclOperation::parse)?
+            .unwrap_or(AclOperation::Any),
+        permission: acl_choice(body, "permission", PERMISSIONS, AclPermission::parse)?
+            .unwrap_or(AclPermission::Any),
+    };
+    f.validate()
+        .map_err(|m| ApiError::bad_field("principal", m))?;
+    Ok(f)
+}
+
+/// A new binding from a `POST /v1/acls` body: `pattern_type` defaults to `Literal`, `host` to
+/// `*`; the checks are Kafka's ([`AclBinding::validate`]), each error naming its field.
+pub(crate) fn acl_binding(body: &Map<String, Value>) -> ApiResult<AclBinding> {
+    only_fields(body, ACL_FIELDS)?;
+    fn required<T>(v: Option<T>, field: &'static str) -> ApiResult<T> {
+        v.ok_or_else(|| ApiError::bad_field(field, format!("`{field}` is required")))
+    }
+    let concrete = |all: usize| 1..all;
+    let b = AclBinding {
+        resource_type: required(
+            acl_choice(
+                body,
+                "resource_type",
+                &RESOURCE_TYPES[concrete(RESOURCE_TYPES.len())],
+                ResourceType::parse,
+            )?,
+            "resource_type",
+        )?,
+        pattern_type: acl_choice(
+            body,
+            "pattern_type",
+            &PATTERN_TYPES[2..],
+            PatternType::parse,
+        )?
+        .unwrap_or(PatternType::Literal),
+        resource_name: required(acl_string(body, "resource_name")?, "resource_name")?,
+        principal: required(acl_string(body, "principal")?, "principal")?,
+        host: acl_string(body, "host")?.unwrap_or_else(|| strata_meta::acl::WILDCARD.into()),
+        operation: required(
+            acl_choice(
+                body,
+                "operation",
+                &OPERATIONS[concrete(OPERATIONS.len())],
+                AclOperation::parse,
+            )?,
+            "operation",
+        )?,
+        permission: required(
+            acl_choice(
+                body,
+                "permission",
+                &PERMISSIONS[concrete(PERMISSIONS.len())],
+                AclPermission::parse,
+            )?,
+            "permission",
+        )?,
+    };
+    if let Err(m) = strata_meta::acl::parse_principal(&b.principal) {
+        return Err(ApiError::bad_field("principal", m));
+    }
+    b.validate().map_err(|m| {
+        let field = if m.starts_with("host") || m.starts_with("the host") {
+            "host"
+        } else if m.starts_with("principal") {
+            "principal"
+        } else {
+            "resource_name"
+        };
+        ApiError::bad_field(field, m)
+    })?;
+    Ok(b)
+}
+
+/// ACLs are written over the admin API only on a loopback admin listener (as users are).
+fn acls_writable(node: &Node) -> ApiResult<()> {
+    if node.config.admin_listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "ACLs are managed over the admin API only on a loopback admin.listen; use \
+         `strata acl` over the Kafka protocol",
+    ))
+}
+
+/// The query string as a JSON object of strings (a repeated key keeps its last value).
+fn query_object(query: Vec<(String, String)>) -> Map<String, Value> {
+    query
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
+}
+
+/// `GET /v1/acls?resource_type=&resource_name=&pattern_type=&principal=&host=&operation=&permission=`:
+/// the bindings the filter matches (DescribeAcls semantics; no parameter: all).
+pub(crate) async fn list_acls(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<Vec<Value>>> {
+    Ok(Json(list_acls_op(&node, &query_object(query))?))
+}
+
+/// The bindings a filter matches (`GET /v1/acls`, gRPC `ListAcls`), in the set's order.
+pub(crate) fn list_acls_op(node: &Node, filter: &Map<String, Value>) -> ApiResult<Vec<Value>> {
+    let f = acl_filter(filter)?;
+    let state = node.meta.read();
+    Ok(state.acls().describe(&f).iter().map(acl_json).collect())
+}
+
+/// `POST /v1/acls` `{resource_type, resource_name, pattern_type?, principal, host?, operation,
+/// permission}`: creates one binding; 201 with it (200 when it already existed).
+pub(crate) async fn create_acl(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    acls_writable(&node)?;
+    let body = json_object(&body)?;
+    let (created, acl) = create_acl_op(&node, &body).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(acl)))
+}
+
+/// Creates one binding (`POST /v1/acls`, gRPC `CreateAcl`) through the metadata command Kafka's
+/// CreateAcls writes; whether it is new, and the binding.
+pub(crate) async fn create_acl_op(
+    node: &Node,
+    body: &Map<String, Value>,
+) -> ApiResult<(bool, Value)> {
+    acls_writable(node)?;
+    let b = acl_binding(body)?;
+    let existed = node.meta.read().acls().iter().any(|a| *a == b);
+    match node
+        .meta
+        .write(Command::CreateAcls {
+            acls: vec![b.clone()],
+        })
+        .await
+    {
+        Ok(CommandResult::AclsCreated(outcomes)) => match outcomes.into_iter().next().flatten() {
+            None => Ok((!existed, acl_json(&b))),
+            Some(reason) => Err(ApiError::conflict("refused", reason)),
+        },
+        Ok(other) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected metadata answer {other:?}"),
+        )),
+        Err(err) => Err(meta_unavailable(err)),
+    }
+}
+
+/// `DELETE /v1/acls` with a filter as a JSON body or as query parameters (the fields of
+/// `GET /v1/acls`; at least one, `resource_type=Any` for every ACL): removes what it matches
+/// and answers `{"deleted": [bindings]}`.
+pub(crate) async fn delete_acls(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    acls_writable(&node)?;
+    let has_body = !body.iter().all(u8::is_ascii_whitespace);
+    let filter = match (has_body, query.is_empty()) {
+        (true, true) => json_object(&body)?,
+        (false, _) => query_object(query),
+        (true, false) => {
+            return Err(ApiError::bad_field(
+                "body",
+                "give the filter either as a JSON body or as query parameters, not both",
+            ))
+        }
+    };
+    Ok(Json(delete_acls_op(&node, &filter).await?))
+}
+
+/// Removes the bindings a filter matches (`DELETE /v1/acls`, gRPC `DeleteAcls`) through the
+/// metadata command Kafka's DeleteAcls writes. An empty filter is refused: deleting every ACL
+/// takes an explicit `resource_type` of `Any`.
+pub(crate) async fn delete_acls_op(node: &Node, filter: &Map<String, Value>) -> ApiResult<Value> {
+    acls_writable(node)?;
+    if filter.values().all(Value::is_null) {
+        return Err(ApiError::bad_field(
+            "resource_type",
+            format!(
+                "the filter is empty; give at least one of {} (resource_type=Any matches every ACL)",
+                ACL_FIELDS.join(", ")
+            ),
+        ));
+    }
+    let f = acl_filter(filter)?;
+    match node
+        .meta
+        .write(Command::DeleteAcls { filters: vec![f] })
+        .await
+    {
+        Ok(CommandResult::AclsDeleted(outcomes)) => match outcomes.into_iter().next() {
+            Some(Ok(removed)) => Ok(serde_json::json!({
+                "deleted": removed.iter().map(acl_json).collect::<Vec<_>>(),
+            })),
+            Some(Err(reason)) => Err(ApiError::bad_field("principal", reason)),
+            None => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no answer for the filter",
+            )),
+        },
+        Ok(other) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected metadata answer {other:?}"),
+        )),
+        Err(err) => Err(meta_unavailable(err)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT
+
+/// `GET /v1/mqtt/clients`: this node's MQTT clients (connected, and offline persistent
+/// sessions with their expiry) and counts.
+pub(crate) async fn mqtt_clients(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {
+    Ok(Json(mqtt_clients_op(&node).await?))
+}
+
+/// The MQTT clients of this node (`GET /v1/mqtt/clients`, gRPC `ListMqttClients`).
+pub(crate) async fn mqtt_clients_op(node: &Node) -> ApiResult<Value> {
+    node.mqtt_clients
+        .list(node.config.node_id, crate::log::sequencer::now_ms())
+        .await
+        .map_err(|m| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m))
 }
 
 #[cfg(test)]

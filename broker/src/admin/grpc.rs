@@ -13,7 +13,7 @@
 //! The node is built after metadata opens (the meta gRPC server, and so this service, start
 //! first): until [`AdminService::set_node`] is called every RPC answers UNAVAILABLE.
 
-use super::{api, ApiError};
+use super::{api, meta_voters, ApiError};
 use crate::node::Node;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
@@ -54,7 +54,8 @@ impl AdminService {
     /// The tonic routes to serve beside the meta services: the Admin service and gRPC server
     /// reflection (v1 and v1alpha) describing it.
     pub fn routes(&self) -> tonic::service::Routes {
-        let mut routes = tonic::service::Routes::new(AdminServer::new(self.clone()));
+        let mut routes = tonic::service::Routes::new(AdminServer::new(self.clone()))
+            .add_service(crate::peer::PeerService::new(self.node.clone()));
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -207,6 +208,42 @@ fn upsert_user_body(r: pb::UpsertUserRequest) -> Map<String, Value> {
     body
 }
 
+/// The JSON filter of `GET`/`DELETE /v1/acls` for an `AclFilter` (unset fields left out).
+fn acl_filter_body(f: pb::AclFilter) -> Map<String, Value> {
+    let fields = [
+        ("resource_type", f.resource_type),
+        ("resource_name", f.resource_name),
+        ("pattern_type", f.pattern_type),
+        ("principal", f.principal),
+        ("host", f.host),
+        ("operation", f.operation),
+        ("permission", f.permission),
+    ];
+    fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), Value::from(v?))))
+        .collect()
+}
+
+/// The JSON body of `POST /v1/acls` for an `Acl` (empty fields left out: defaults or
+/// "required" errors, as over HTTP).
+fn create_acl_body(a: pb::Acl) -> Map<String, Value> {
+    let fields = [
+        ("resource_type", a.resource_type),
+        ("resource_name", a.resource_name),
+        ("pattern_type", a.pattern_type),
+        ("principal", a.principal),
+        ("host", a.host),
+        ("operation", a.operation),
+        ("permission", a.permission),
+    ];
+    fields
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
+        .collect()
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn get_cluster(
@@ -313,6 +350,39 @@ impl Admin for AdminService {
         ok(api::wal_op(&*self.node()?))
     }
 
+    async fn get_meta(
+        &self,
+        _: Request<pb::GetMetaRequest>,
+    ) -> Result<Response<pb::MetaGroup>, Status> {
+        ok(meta_voters::meta_op(&*self.node()?).map_err(status)?)
+    }
+
+    async fn add_meta_voter(
+        &self,
+        request: Request<pb::AddMetaVoterRequest>,
+    ) -> Result<Response<pb::MetaVoterChange>, Status> {
+        let node = self.node()?;
+        let r = request.into_inner();
+        let mut body = Map::new();
+        body.insert("node_id".into(), Value::from(r.node_id));
+        body.insert("address".into(), Value::from(r.address));
+        ok(meta_voters::add_voter_op(&node, body)
+            .await
+            .map_err(status)?)
+    }
+
+    async fn remove_meta_voter(
+        &self,
+        request: Request<pb::RemoveMetaVoterRequest>,
+    ) -> Result<Response<pb::MetaVoterChange>, Status> {
+        let node = self.node()?;
+        ok(
+            meta_voters::remove_voter_op(&node, request.into_inner().node_id)
+                .await
+                .map_err(status)?,
+        )
+    }
+
     async fn list_users(
         &self,
         _: Request<pb::ListUsersRequest>,
@@ -340,6 +410,55 @@ impl Admin for AdminService {
         ok(api::delete_user_op(&node, &request.into_inner().name)
             .await
             .map_err(status)?)
+    }
+
+    async fn list_acls(
+        &self,
+        request: Request<pb::AclFilter>,
+    ) -> Result<Response<pb::ListAclsResponse>, Status> {
+        let node = self.node()?;
+        let filter = acl_filter_body(request.into_inner());
+        let acls = api::list_acls_op(&node, &filter).map_err(status)?;
+        Ok(Response::new(pb::ListAclsResponse { acls: typed(acls)? }))
+    }
+
+    async fn create_acl(&self, request: Request<pb::Acl>) -> Result<Response<pb::Acl>, Status> {
+        let node = self.node()?;
+        let body = create_acl_body(request.into_inner());
+        let (_, acl) = api::create_acl_op(&node, &body).await.map_err(status)?;
+        ok(acl)
+    }
+
+    async fn delete_acls(
+        &self,
+        request: Request<pb::AclFilter>,
+    ) -> Result<Response<pb::DeleteAclsResponse>, Status> {
+        let node = self.node()?;
+        let filter = acl_filter_body(request.into_inner());
+        ok(api::delete_acls_op(&node, &filter).await.map_err(status)?)
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let node = self.node()?;
+        let request = request.into_inner();
+        let mut body = Map::new();
+        if let Some(draining) = request.draining {
+            body.insert("draining".into(), Value::Bool(draining));
+        }
+        ok(api::drain_op(&node, request.node_id, body)
+            .await
+            .map_err(status)?)
+    }
+
+    async fn list_mqtt_clients(
+        &self,
+        _: Request<pb::ListMqttClientsRequest>,
+    ) -> Result<Response<pb::ListMqttClientsResponse>, Status> {
+        let node = self.node()?;
+        ok(api::mqtt_clients_op(&node).await.map_err(status)?)
     }
 }
 
@@ -459,6 +578,43 @@ mod tests {
             reset("latest", Some(1), None),
             Some(json!({"offset": 1, "to": "latest"}))
         );
+    }
+
+    #[test]
+    fn acl_requests_become_the_http_bodies() {
+        let filter = acl_filter_body(pb::AclFilter {
+            resource_type: Some("topic".into()),
+            principal: Some("User:a".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            Value::Object(filter),
+            json!({"resource_type": "topic", "principal": "User:a"})
+        );
+        assert!(acl_filter_body(pb::AclFilter::default()).is_empty());
+        let body = create_acl_body(pb::Acl {
+            resource_type: "Topic".into(),
+            resource_name: "t".into(),
+            principal: "User:a".into(),
+            operation: "Read".into(),
+            permission: "Allow".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            Value::Object(body),
+            json!({"resource_type": "Topic", "resource_name": "t", "principal": "User:a",
+                   "operation": "Read", "permission": "Allow"})
+        );
+        let acl: pb::Acl = typed(json!({"resource_type": "Topic", "host": "*"})).unwrap();
+        assert_eq!(acl.host, "*");
+        let clients: pb::ListMqttClientsResponse = typed(json!({
+            "node_id": 1, "enabled": true, "connections": 1,
+            "clients": [{"client_id": "c", "connected": true, "protocol": "5.0",
+                         "keep_alive_secs": 30, "expires_ms": null, "session_expiry_secs": null}],
+        }))
+        .unwrap();
+        assert_eq!(clients.clients[0].keep_alive_secs, Some(30));
+        assert_eq!(clients.clients[0].session_expiry_secs, None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod api;
 pub mod grpc;
+mod meta_voters;
 mod ui;
 
 use crate::node::Node;
@@ -53,6 +54,9 @@ fn router(node: Arc<Node>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/cluster", get(api::cluster))
         .route("/v1/cluster/nodes/{id}/drain", post(api::drain_node))
+        .route("/v1/meta", get(meta_voters::meta))
+        .route("/v1/meta/voters", post(meta_voters::add_voter))
+        .route("/v1/meta/voters/{id}", delete(meta_voters::remove_voter))
         .route("/v1/topics", get(api::topics).post(api::create_topic))
         .route(
             "/v1/topics/{name}",
@@ -67,6 +71,13 @@ fn router(node: Arc<Node>) -> Router {
         .route("/v1/wal", get(api::wal))
         .route("/v1/users", get(api::users).post(api::upsert_user))
         .route("/v1/users/{name}", delete(api::delete_user))
+        .route(
+            "/v1/acls",
+            get(api::list_acls)
+                .post(api::create_acl)
+                .delete(api::delete_acls),
+        )
+        .route("/v1/mqtt/clients", get(api::mqtt_clients))
         .route("/", get(ui::index))
         .route("/ui/{file}", get(ui::asset))
         .fallback(not_found)

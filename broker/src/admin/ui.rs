@@ -1,6 +1,7 @@
 //! The web dashboard: one HTML page, one script and one style sheet, embedded in the binary
 //! (`include_str!`, no build chain). The page polls the JSON API (`/v1/cluster`, `/v1/topics`,
-//! `/v1/groups`, `/v1/storage`) and computes rates in the browser from two polls. Every piece
+//! `/v1/groups`, `/v1/storage`, `/v1/mqtt/clients`) and computes rates in the browser from two
+//! polls. Two views chosen by the URL's hash: the overview, and MQTT clients (`#mqtt`). Every piece
 //! of text it inserts into the DOM goes through `textContent` (see `ui/app.js`).
 
 use super::ApiError;

@@ -1,5 +1,5 @@
-//! `strata cluster status` and `strata group list|describe|reset-offsets`, over the admin
-//! HTTP API, and the table forms of `strata topic list|describe`.
+//! `strata cluster status`, `strata group list|describe|reset-offsets` and `strata mqtt
+//! clients`, over the admin HTTP API, and the table forms of `strata topic list|describe`.
 
 use super::{cell, print_json, print_table, AdminHttp, CliError, Output};
 use serde_json::Value;
@@ -109,6 +109,77 @@ pub async fn cluster_status(admin: &str, output: Output) -> Result<(), CliError>
             "LEASE-EXPIRES",
         ],
         &["PARTITIONS"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `strata mqtt clients`: the node's MQTT clients (connected, and offline persistent sessions).
+pub async fn mqtt_clients(admin: &str, output: Output) -> Result<(), CliError> {
+    let m = AdminHttp::new(admin)?.get("/v1/mqtt/clients").await?;
+    if output == Output::Json {
+        print_json(&m);
+        return Ok(());
+    }
+    if m["enabled"].as_bool() != Some(true) {
+        println!("MQTT is not running on node {}", cell(&m["node_id"]));
+        return Ok(());
+    }
+    println!(
+        "node {}  {} connections  {} sessions ({} offline)  {} in flight",
+        cell(&m["node_id"]),
+        cell(&m["connections"]),
+        cell(&m["sessions"]),
+        cell(&m["offline_sessions"]),
+        cell(&m["inflight"])
+    );
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = m["clients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let connected = c["connected"].as_bool() == Some(true);
+            vec![
+                cell(&c["client_id"]),
+                if connected { "connected" } else { "offline" }.into(),
+                cell(&c["username"]),
+                cell(&c["protocol"]),
+                cell(&c["transport"]),
+                cell(&c["peer"]),
+                c["connected_ms"]
+                    .as_i64()
+                    .map_or("-".into(), |t| ms_ago(now, t)),
+                cell(&c["keep_alive_secs"]),
+                cell(&c["subscriptions"]),
+                cell(&c["inflight"]),
+                if c["persistent"].as_bool() != Some(true) {
+                    "-".into()
+                } else if let Some(t) = c["expires_ms"].as_i64() {
+                    ms_ago(now, t)
+                } else if c["session_expiry_secs"].is_null() {
+                    "never".into()
+                } else {
+                    format!("{}s after disconnect", cell(&c["session_expiry_secs"]))
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "CLIENT-ID",
+            "STATE",
+            "USER",
+            "PROTOCOL",
+            "TRANSPORT",
+            "PEER",
+            "CONNECTED",
+            "KEEP-ALIVE",
+            "SUBS",
+            "INFLIGHT",
+            "EXPIRES",
+        ],
+        &["KEEP-ALIVE", "SUBS", "INFLIGHT"],
         &rows,
     );
     Ok(())

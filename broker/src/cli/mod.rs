@@ -11,6 +11,7 @@ pub mod acl;
 pub mod admin;
 pub mod bench_mqtt;
 pub mod meta;
+pub mod meta_voters;
 pub mod records;
 pub mod user;
 
@@ -104,6 +105,23 @@ impl AdminHttp {
         })
     }
 
+    /// A client whose requests wait up to `timeout` (30 s for [`AdminHttp::new`]).
+    pub fn with_timeout(base: &str, timeout: std::time::Duration) -> Result<Self, CliError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| CliError::Remote(format!("cannot build an HTTP client: {e}")))?;
+        Ok(AdminHttp {
+            base: base.to_string(),
+            http,
+        })
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<serde_json::Value, CliError> {
+        self.send(self.http.delete(format!("{}{path}", self.base)), path)
+            .await
+    }
+
     pub async fn get(&self, path: &str) -> Result<serde_json::Value, CliError> {
         self.send(self.http.get(format!("{}{path}", self.base)), path)
             .await
@@ -134,7 +152,7 @@ impl AdminHttp {
                  set --admin or STRATA_ADMIN)"
                     .to_string()
             } else if e.is_timeout() {
-                "no answer within 30 s".to_string()
+                "no answer in time".to_string()
             } else {
                 e.to_string()
             };

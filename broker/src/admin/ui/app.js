@@ -140,16 +140,57 @@ function renderStorage(s) {
       el("td", { class: "num" }, bytes(t.bytes)))));
 }
 
+function renderMqtt(m) {
+  const now = Date.now();
+  document.getElementById("mqtt-summary").textContent = m.enabled
+    ? "node " + m.node_id + " · " + num(m.connections) + " connections · " + num(m.sessions) +
+      " sessions (" + num(m.offline_sessions) + " offline) · " + num(m.inflight) + " in flight"
+    : "MQTT is not running on this node";
+  fill(document.querySelector("#mqtt-clients tbody"), m.clients.map((c) =>
+    el("tr", { "data-client": c.client_id, class: c.connected ? "" : "muted" },
+      el("td", { class: "client-id" }, c.client_id),
+      el("td", { class: c.connected ? "good" : "" }, c.connected ? "connected" : "offline"),
+      el("td", {}, c.username == null ? "–" : c.username),
+      el("td", {}, c.protocol || "–"),
+      el("td", {}, c.transport || "–"),
+      el("td", {}, c.peer || "–"),
+      el("td", {}, c.connected_ms == null ? "–" : duration(now - c.connected_ms) + " ago"),
+      el("td", { class: "num" }, c.keep_alive_secs == null ? "–" : c.keep_alive_secs + "s"),
+      el("td", { class: "num" }, num(c.subscriptions)),
+      el("td", { class: "num" }, num(c.inflight)),
+      el("td", {}, !c.persistent ? "ends with the connection"
+        : c.session_expiry_secs == null ? "never"
+        : c.expires_in_ms == null ? c.session_expiry_secs + "s after disconnect"
+        : "in " + duration(c.expires_in_ms)))));
+  document.getElementById("mqtt-empty").hidden = m.clients.length > 0;
+}
+
+// Two views: the overview and MQTT, chosen by the URL's hash (#mqtt).
+function view() {
+  return location.hash === "#mqtt" ? "mqtt" : "overview";
+}
+
+function showView() {
+  const v = view();
+  document.getElementById("view-overview").hidden = v !== "overview";
+  document.getElementById("view-mqtt").hidden = v !== "mqtt";
+  for (const a of document.querySelectorAll("nav a")) {
+    a.classList.toggle("active", a.dataset.view === v);
+  }
+}
+
 async function poll() {
   const status = document.getElementById("status");
   try {
-    const [cluster, topics, groups, storage] = await Promise.all([
+    const [cluster, topics, groups, storage, mqtt] = await Promise.all([
       getJson("/v1/cluster"), getJson("/v1/topics"), getJson("/v1/groups"), getJson("/v1/storage"),
+      getJson("/v1/mqtt/clients"),
     ]);
     renderCluster(cluster);
     renderTopics(topics);
     renderGroups(groups);
     renderStorage(storage);
+    renderMqtt(mqtt);
     status.textContent = "updated " + new Date().toLocaleTimeString();
     status.className = "muted";
     document.body.dataset.loaded = "true";
@@ -160,5 +201,7 @@ async function poll() {
 }
 
 document.getElementById("detail-close").addEventListener("click", () => { selected = null; renderDetail(null); });
+window.addEventListener("hashchange", showView);
+showView();
 poll();
 setInterval(poll, POLL_MS);
