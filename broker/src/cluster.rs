@@ -53,6 +53,23 @@ pub enum RegisterError {
     Meta(String),
 }
 
+/// The broker-to-broker gRPC address this broker advertises (`BrokerInfo::peer_addr`): the
+/// gRPC listener on `meta.listen` serves the Peer service beside Admin (and the meta services
+/// on a member). A member advertises its own `meta.peers` entry (the address the other members
+/// already reach it at); any other broker its Kafka advertised host with `meta.listen`'s port.
+/// `None` when the port is not known before binding (port 0).
+pub fn peer_addr(
+    node_id: u64,
+    meta_peers: &[(u64, String)],
+    kafka_advertised: &(String, u16),
+    meta_listen: std::net::SocketAddr,
+) -> Option<String> {
+    if let Some((_, addr)) = meta_peers.iter().find(|(id, _)| *id == node_id) {
+        return Some(addr.clone());
+    }
+    (meta_listen.port() != 0).then(|| format!("{}:{}", kafka_advertised.0, meta_listen.port()))
+}
+
 pub fn now_ms() -> i64 {
     crate::log::sequencer::now_ms()
 }
@@ -65,6 +82,7 @@ pub async fn register(
     lease_ms: u64,
     wait: Duration,
     cluster_id: &str,
+    peer_addr: Option<String>,
 ) -> Result<Registration, RegisterError> {
     let started = tokio::time::Instant::now();
     let mut logged = false;
@@ -77,6 +95,7 @@ pub async fn register(
             now_ms: now_ms(),
             cluster_id: Some(cluster_id.to_owned()),
             auth_secret: Some(fresh_auth_secret()),
+            peer_addr: peer_addr.clone(),
         };
         let waited = started.elapsed();
         match meta.write(strata_meta::Command::Cluster(cmd)).await {

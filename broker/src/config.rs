@@ -262,6 +262,10 @@ pub struct MqttSection {
     pub keep_alive_max_secs: Option<u16>,
     /// Interval of the `$SYS/broker/...` statistics publishes (seconds); 0: off.
     pub sys_interval_secs: u64,
+    /// How often this broker uploads a snapshot of its persistent sessions to the object
+    /// store (`mqtt/sessions/<node_id>`, only when they changed), so another broker can take
+    /// them over when this one dies (`mqtt::cluster_sessions`); 0: off.
+    pub session_snapshot_interval_ms: u64,
     /// `none` (any client connects) or `password` (CONNECT must carry a user name and a
     /// password; checked against `users`, then the SCRAM users in metadata; `mqtt::auth`).
     pub auth: String,
@@ -334,6 +338,7 @@ impl Default for MqttSection {
             tls_key_file: None,
             keep_alive_max_secs: None,
             sys_interval_secs: 10,
+            session_snapshot_interval_ms: 2000,
             auth: "none".into(),
             users: Vec::new(),
             acl: Vec::new(),
@@ -946,19 +951,19 @@ fn apply_overrides(table: &mut toml::Table, o: &Overrides) {
     if let Some(v) = &o.log_format {
         set(Some("log"), "format", toml::Value::String(v.clone()));
     }
-}
-
-fn bad(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::BadValue {
-        key: key.to_string(),
-        message: message.into(),
-    }
     if let Some(v) = &o.otlp_endpoint {
         set(
             Some("telemetry"),
             "otlp_endpoint",
             toml::Value::String(v.clone()),
         );
+    }
+}
+
+fn bad(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.to_string(),
+        message: message.into(),
     }
 }
 
@@ -1162,10 +1167,21 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         parse_addr("meta.peers", addr)?;
         meta_peers.push((id, addr.to_string()));
     }
-    if !meta_peers.is_empty() && roles.meta && !meta_peers.iter().any(|(id, _)| *id == f.node_id) {
+    // A meta-only node missing from the list joins a running group: it serves `meta.listen`
+    // and waits until `strata cluster meta add` adds it. A broker cannot wait: it needs
+    // metadata to register.
+    if !meta_peers.is_empty()
+        && roles.meta
+        && roles.broker
+        && !meta_peers.iter().any(|(id, _)| *id == f.node_id)
+    {
         return Err(bad(
             "meta.peers",
-            format!("node {} is not in the list", f.node_id),
+            format!(
+                "node {} is not in the list (a meta node that joins a running group starts \
+                 with roles = [\"meta\"] and is added with `strata cluster meta add`)",
+                f.node_id
+            ),
         ));
     }
     for peer in &f.wal.peers {
@@ -1284,6 +1300,14 @@ fn validate_mqtt(m: &MqttSection) -> Result<(), ConfigError> {
             "must be positive (leave it unset for no limit)",
         ));
     }
+    if m.session_snapshot_interval_ms != 0
+        && !(100..=3_600_000).contains(&m.session_snapshot_interval_ms)
+    {
+        return Err(bad(
+            "mqtt.session_snapshot_interval_ms",
+            "must be in 100..=3600000 (or 0 for no snapshots)",
+        ));
+    }
     if m.session_expiry_max_secs == Some(0) {
         return Err(bad(
             "mqtt.session_expiry_max_secs",
@@ -1368,6 +1392,23 @@ mod tests {
         assert_eq!(c.wal_dir, PathBuf::from("./strata-data/wal"));
         assert!(c.file.kafka.auto_create_topics);
         assert_eq!(c.message_bytes_max, 1024 * 1024 + 12);
+    }
+
+    #[test]
+    fn mqtt_session_snapshot_interval_is_checked() {
+        for ok in ["0", "100", "2000"] {
+            let text = format!("[mqtt]\nsession_snapshot_interval_ms = {ok}\n");
+            assert!(load_str(&text, &[], &Overrides::default()).is_ok(), "{ok}");
+        }
+        for bad in ["1", "99", "3600001"] {
+            let text = format!("[mqtt]\nsession_snapshot_interval_ms = {bad}\n");
+            let err = load_str(&text, &[], &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("mqtt.session_snapshot_interval_ms"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

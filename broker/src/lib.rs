@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod moves;
 pub mod mqtt;
 pub mod node;
+pub mod peer;
 pub mod producer_ids;
 pub mod records;
 pub mod takeover;

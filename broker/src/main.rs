@@ -64,6 +64,14 @@ enum MqttCommand {
     /// Read a password from the first line of stdin and print its PHC argon2id hash, for a
     /// `[[mqtt.users]]` entry's `password_hash`.
     HashPassword,
+    /// This node's MQTT clients: connected ones and offline persistent sessions (over the
+    /// admin API).
+    Clients {
+        #[command(flatten)]
+        admin: AdminArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +257,9 @@ enum TopicCommand {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
+    /// The meta (raft) group: its members, leader and log positions; `add ID@HOST:PORT` and
+    /// `remove ID` change its voters at run time.
+    Meta(cli::meta_voters::MetaArgs),
     /// This node, the brokers (alive, leases, partitions led), the meta leader and the WAL.
     Status {
         #[command(flatten)]
@@ -481,6 +492,9 @@ fn main() -> ExitCode {
         Commands::User(cmd) => user(cmd),
         Commands::Meta(MetaCommand::Restore { args, output }) => meta_restore(args, output.output),
         Commands::Mqtt(MqttCommand::HashPassword) => mqtt_hash_password(),
+        Commands::Mqtt(MqttCommand::Clients { admin, output }) => {
+            run_cli(cli::admin::mqtt_clients(&admin.admin, output.output))
+        }
         Commands::Acl(cmd) => match cmd {
             AclCommand::Add { args, output } => run_cli(cli::acl::add(args, output.output)),
             AclCommand::List { args, output } => run_cli(cli::acl::list(args, output.output)),
@@ -774,6 +788,7 @@ fn cluster(cmd: ClusterCommand) -> ExitCode {
         ClusterCommand::Status { admin, output } => {
             run_cli(cli::admin::cluster_status(&admin.admin, output.output))
         }
+        ClusterCommand::Meta(args) => run_cli(cli::meta_voters::run(args)),
         ClusterCommand::Drain {
             node,
             undo,

@@ -100,6 +100,13 @@ pub struct Node {
     pub shutting_down: AtomicBool,
     /// Keys the decoy SCRAM credentials of unknown users (`crate::cluster::decoy_secret`).
     pub decoy_secret: [u8; 32],
+    /// Channels to other brokers' Peer service (`peer::client`).
+    pub peers: crate::peer::client::Peers,
+    /// The MQTT clients the admin API lists (`mqtt::clients`).
+    pub mqtt_clients: crate::mqtt::clients::MqttClients,
+    /// MQTT sessions across brokers: the Peer service's `TakeSession` and dead brokers'
+    /// snapshots (`mqtt::cluster_sessions`).
+    pub mqtt_sessions: crate::mqtt::cluster_sessions::LocalSessions,
 }
 
 impl Node {
@@ -163,6 +170,12 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         config.file.meta.broker_lease_ms,
         Duration::from_millis(config.file.meta.stream_wait_ms),
         &cluster_id,
+        crate::cluster::peer_addr(
+            config.node_id,
+            &config.meta_peers,
+            &config.kafka_advertised,
+            config.meta_listen,
+        ),
     )
     .await
     .map_err(|e| StartError::Cluster {
@@ -271,6 +284,9 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         metrics: metrics.clone(),
         shutting_down: AtomicBool::new(false),
         decoy_secret: crate::cluster::decoy_secret(&meta),
+        peers: Default::default(),
+        mqtt_sessions: Default::default(),
+        mqtt_clients: Default::default(),
         config,
     });
 

@@ -173,6 +173,7 @@ mod tests {
             now_ms,
             cluster_id: None,
             auth_secret: None,
+            peer_addr: None,
         })
     }
 

@@ -95,6 +95,10 @@ pub struct BrokerInfo {
     /// Drained: gets no new partitions; the ones it leads move away.
     #[serde(default)]
     pub draining: bool,
+    /// Advertised broker-to-broker gRPC address (`host:port`, the `strata.peer.v1.Peer`
+    /// service); `None` from a broker that registered before it was recorded.
+    #[serde(default)]
+    pub peer_addr: Option<String>,
 }
 
 /// One broker's WAL stream.
@@ -151,6 +155,9 @@ pub enum ClusterCommand {
         /// that the user does not exist).
         #[serde(default)]
         auth_secret: Option<String>,
+        /// Advertised broker-to-broker gRPC address (`host:port`).
+        #[serde(default)]
+        peer_addr: Option<String>,
     },
     Heartbeat {
         node_id: NodeId,
@@ -319,8 +326,10 @@ impl ClusterState {
                 now_ms,
                 cluster_id,
                 auth_secret,
+                peer_addr,
             } => {
-                let result = self.register(*node_id, kafka_addr, rack, *lease_ms, *now_ms)?;
+                let result =
+                    self.register(*node_id, kafka_addr, rack, *lease_ms, *now_ms, peer_addr)?;
                 if self.cluster_id.is_none() {
                     self.cluster_id = cluster_id.clone();
                 }
@@ -491,6 +500,7 @@ impl ClusterState {
         rack: &Option<String>,
         lease_ms: u64,
         now_ms: i64,
+        peer_addr: &Option<String>,
     ) -> Result<ClusterResult, ClusterRejection> {
         let invalid = |reason: &str| ClusterRejection::InvalidBroker {
             node_id,
@@ -498,6 +508,12 @@ impl ClusterState {
         };
         if kafka_addr.is_empty() || kafka_addr.len() > ADDR_BYTES_MAX {
             return Err(invalid("the advertised address is empty or too long"));
+        }
+        if peer_addr
+            .as_ref()
+            .is_some_and(|a| a.is_empty() || a.len() > ADDR_BYTES_MAX)
+        {
+            return Err(invalid("the advertised peer address is empty or too long"));
         }
         if lease_ms == 0 || lease_ms > LEASE_MS_MAX {
             return Err(invalid("the lease length is outside 1..=600000 ms"));
@@ -519,6 +535,7 @@ impl ClusterState {
                 heartbeat_ms: now_ms,
                 alive: true,
                 draining,
+                peer_addr: peer_addr.clone(),
             },
         );
         let stream = self.streams.entry(node_id).or_insert(StreamInfo {
@@ -876,6 +893,7 @@ mod tests {
             now_ms,
             cluster_id: None,
             auth_secret: None,
+            peer_addr: None,
         })
         .unwrap()
     }
@@ -1129,13 +1147,60 @@ mod tests {
                 now_ms: 0,
                 cluster_id: None,
                 auth_secret: None,
+                peer_addr: None,
             });
             assert!(
                 matches!(r, Err(ClusterRejection::InvalidBroker { .. })),
                 "{r:?}"
             );
         }
+        // An empty peer address is refused too.
+        let r = c.apply(&ClusterCommand::RegisterBroker {
+            node_id: 1,
+            kafka_addr: "h:1".into(),
+            rack: None,
+            lease_ms: 1000,
+            now_ms: 0,
+            cluster_id: None,
+            auth_secret: None,
+            peer_addr: Some(String::new()),
+        });
+        assert!(
+            matches!(r, Err(ClusterRejection::InvalidBroker { .. })),
+            "{r:?}"
+        );
         assert!(c.broker(1).is_none());
+    }
+
+    /// Commands and brokers recorded before `peer_addr` existed still decode (raft logs and
+    /// snapshots); a registration records the address.
+    #[test]
+    fn peer_addr_is_optional_on_the_wire_and_recorded() {
+        let old = r#"{"RegisterBroker":{"node_id":1,"kafka_addr":"h:1","rack":null,"lease_ms":1000,"now_ms":0}}"#;
+        let cmd: ClusterCommand = serde_json::from_str(old).unwrap();
+        assert!(matches!(
+            cmd,
+            ClusterCommand::RegisterBroker {
+                peer_addr: None,
+                ..
+            }
+        ));
+        let old_broker = r#"{"node_id":1,"kafka_addr":"h:1","rack":null,"lease_ms":1000,"registered_ms":0,"heartbeat_ms":0,"alive":true}"#;
+        let b: BrokerInfo = serde_json::from_str(old_broker).unwrap();
+        assert_eq!(b.peer_addr, None);
+        let mut c = ClusterState::default();
+        c.apply(&ClusterCommand::RegisterBroker {
+            node_id: 2,
+            kafka_addr: "h:2".into(),
+            rack: None,
+            lease_ms: 1000,
+            now_ms: 0,
+            cluster_id: None,
+            auth_secret: None,
+            peer_addr: Some("h:1228".into()),
+        })
+        .unwrap();
+        assert_eq!(c.broker(2).unwrap().peer_addr.as_deref(), Some("h:1228"));
     }
 
     /// Through `MetaState::apply`: an object commit under a stale stream epoch changes
@@ -1154,6 +1219,7 @@ mod tests {
                 now_ms,
                 cluster_id: Some(format!("c{node}")),
                 auth_secret: None,
+                peer_addr: None,
             })
         };
         m.apply(&reg(1, 0));
@@ -1523,6 +1589,7 @@ mod tests {
                     now_ms: now,
                     cluster_id: None,
                     auth_secret: None,
+                    peer_addr: None,
                 },
                 2 => ClusterCommand::Heartbeat {
                     node_id: node,

@@ -1984,6 +1984,7 @@ mod tests {
             now_ms: 0,
             cluster_id: None,
             auth_secret: None,
+            peer_addr: None,
         }));
         m.apply(&create("a", 1, 1));
         m.apply(&grow("a", 3));

@@ -239,6 +239,7 @@ mod tests {
             now_ms: 0,
             cluster_id: None,
             auth_secret: None,
+            peer_addr: None,
         }));
         let id = TopicId::random();
         state.apply(&Command::CreateTopic {

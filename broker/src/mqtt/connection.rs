@@ -15,6 +15,7 @@
 //! packet, takeover) or with MQTT 5 reason 0x04 publishes its will, through the same durable
 //! path as any publish.
 
+use super::clients::Transport;
 use super::ingest::{Ingest, IngestError};
 use super::replay::{self, Cursors};
 use super::router::{ConnHandle, ConnectOutcome, ConnectRequest, RouterMsg, SubOptions};
@@ -112,6 +113,13 @@ impl Wills {
     fn take(&mut self, client_id: &str) -> bool {
         self.pending.remove(client_id).is_some()
     }
+
+    /// The client connected at another broker: its delayed will here is not sent.
+    pub fn cancel(&mut self, client_id: &str) {
+        if let Some(pending) = self.pending.remove(client_id) {
+            pending.abort();
+        }
+    }
 }
 
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
@@ -127,8 +135,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: watch::
             async move {
                 let _ = stream.set_nodelay(true);
                 let (rd, wr) = stream.into_split();
-                if let Err(reason) = connection(shared, Box::new(rd), Box::new(wr), shutdown).await
-                {
+                let task = connection(shared, Box::new(rd), Box::new(wr), shutdown);
+                if let Err(reason) = super::clients::scoped(Transport::Tcp, peer, task).await {
                     tracing::info!(%peer, %reason, "mqtt connection closed");
                 }
             }
@@ -407,6 +415,21 @@ pub async fn connection(
     let expiry_told =
         (proto == Proto::V5 && expiry_secs != connect.session_expiry_secs).then_some(expiry_secs);
 
+    // The client id is connected once cluster-wide: other brokers hand over (and close) what
+    // they hold of it, dead brokers' snapshots are read (`cluster_sessions`). An id we just
+    // assigned is new everywhere.
+    let remote = if assigned.is_none() {
+        Box::pin(super::cluster_sessions::gather(
+            &shared.node,
+            &shared.node.mqtt_sessions.snapshots,
+            &client_id,
+            connect.clean_start,
+        ))
+        .await
+    } else {
+        Default::default()
+    };
+
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (dtx, mut drx) = super::router::delivery_queue(CONN_QUEUE_BATCHES_MAX, CONN_QUEUE_MAX);
     let (kick_tx, mut kick_rx) = oneshot::channel();
@@ -423,6 +446,7 @@ pub async fn connection(
             },
             kick: kick_tx,
             reply: reply_tx,
+            remote,
         }))
         .await;
     let outcome = match (sent, reply_rx.await) {
@@ -486,6 +510,9 @@ pub async fn connection(
     io.flush().await?;
     // A reconnect within the Will Delay Interval cancels the previous connection's will.
     shared.wills.lock().connected(&client_id, conn_id);
+    let username = user.clone().or_else(|| connect.username.clone());
+    let clients = &shared.node.mqtt_clients; // the admin API's list, until `listed` drops
+    let listed = clients.register(conn_id, &client_id, username, proto, keep_alive_secs);
     if let Some(m) = connect.max_packet_size {
         io.codec.set_max_outbound(m);
     }
@@ -534,6 +561,7 @@ pub async fn connection(
     let mut inflight = shared.node.metrics.mqtt.inflight(); // metrics: this connection's share
     let result: Result<(), CloseReason> = 'conn: loop {
         inflight.set((conn.session.inflight_out() + conn.inbound_open()) as u64);
+        listed.set_inflight((conn.session.inflight_out() + conn.inbound_open()) as u64);
         // Handle every complete packet already buffered, unless at the inbound window.
         while conn.may_read() {
             match io.codec.decode(&mut io.rbuf) {

@@ -5,27 +5,42 @@
 //! sequencer. It returns as soon as the append is queued — so a connection's publishes keep
 //! their order in the partition — with a future that resolves once the batch is durable (then
 //! a QoS 1/2 publish may be acknowledged) or failed.
+//!
+//! A publish whose partition another broker leads is forwarded: it joins that partition's
+//! forwarder queue (bounded, [`FORWARD_QUEUE_MAX`]; in publish order), whose task sends what is
+//! queued — at most [`FORWARD_BATCH_MAX`] one-record batches back to back — as one `Append` to
+//! the leader (`peer::client`, which re-resolves the leader and retries on NOT_LEADER or an
+//! unreachable leader for a bounded time). The publish's future resolves once the leader
+//! answered durable; a failure fails the publish like a local storage error (never a silent
+//! drop). A forwarded batch retried after a broken connection may be stored twice (QoS 1 is
+//! at least once).
 
 use super::mapping::{self, Mapping};
 use super::tailer::Tailers;
 use super::Message;
 use crate::log::sequencer::{AppendError, AppendRequest, BatchSpan};
 use crate::node::Node;
-use std::collections::BTreeMap;
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use strata_meta::{Command, CommandResult, Rejection};
-use strata_types::{TopicId, TopicName};
-use tokio::sync::oneshot;
+use strata_types::{PartitionKey, TopicId, TopicName};
+use tokio::sync::{mpsc, oneshot};
+
+/// Publishes queued per forwarded partition (beyond: the connection waits).
+pub const FORWARD_QUEUE_MAX: usize = 1024;
+/// One-record batches sent in one `Append`.
+pub const FORWARD_BATCH_MAX: usize = 256;
+/// Bytes sent in one `Append` (at least one batch).
+pub const FORWARD_BYTES_MAX: usize = 1024 * 1024;
 
 /// Why a publish could not be stored. Mapped to reason codes in `wire::publish_error_code`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
     #[error("kafka topic `{topic}` could not be created: {reason}")]
     TopicCreate { topic: String, reason: String },
-    #[error("this broker does not lead partition {partition} of `{topic}`")]
-    NotLeader { topic: String, partition: usize },
     #[error("message of {size} bytes exceeds kafka.message_bytes_max ({max})")]
     TooLarge { size: usize, max: u32 },
     #[error("record encoding failed: {0}")]
@@ -37,12 +52,32 @@ pub enum IngestError {
     /// Refused by an `[[mqtt.acl]]` rule (`mqtt::auth`); never appended.
     #[error("not authorized by the MQTT ACL")]
     NotAuthorized,
+    /// The partition's leader (another broker) did not store it.
+    #[error("forwarding to the leader of partition {partition} of `{topic}` failed: {reason}")]
+    Forward {
+        topic: String,
+        partition: usize,
+        reason: String,
+    },
+}
+
+/// One forwarded publish: its batch and who waits for its offset.
+struct Forwarded {
+    data: Bytes,
+    done: oneshot::Sender<Result<i64, IngestError>>,
+}
+
+/// The forwarder queues, one per partition led elsewhere that this broker published to.
+#[derive(Default)]
+pub struct Forwarders {
+    queues: parking_lot::Mutex<HashMap<PartitionKey, mpsc::Sender<Forwarded>>>,
 }
 
 pub struct Ingest {
     pub node: Arc<Node>,
     pub mapping: Mapping,
     pub tailers: Arc<Tailers>,
+    pub forwarders: Forwarders,
 }
 
 impl Ingest {
@@ -71,12 +106,6 @@ impl Ingest {
         };
         let index = mapping::partition_for(msg.topic.as_bytes(), logs.partitions.len());
         let log = logs.partitions[index].clone();
-        if !node.registry.leads(&log.key) {
-            return Err(IngestError::NotLeader {
-                topic: kafka_topic.to_string(),
-                partition: index,
-            });
-        }
         let now = crate::log::sequencer::now_ms();
         let data = mapping::encode_batch(msg, now).map_err(IngestError::Encode)?;
         if data.len() > node.config.message_bytes_max as usize {
@@ -85,33 +114,58 @@ impl Ingest {
                 max: node.config.message_bytes_max,
             });
         }
-        let item = AppendRequest {
-            log,
-            data,
-            batches: vec![BatchSpan {
-                start: 0,
-                offset_count: 1,
-                producer: None,
-            }],
-            max_timestamp: now,
-        };
-        let (tx, rx) = oneshot::channel();
-        if node.shutting_down.load(Ordering::Acquire)
-            // WAL topics to the sequencer, direct topics to the direct writer.
-            || crate::log::direct::route(node, vec![item], tx).await.is_err()
-        {
+        if !node.registry.leads(&log.key) {
+            let rx = self
+                .forward(log.key, kafka_topic, index, data.freeze())
+                .await?;
+            return Ok(futures::future::Either::Left(async move {
+                rx.await.unwrap_or(Err(AppendError::ShuttingDown.into()))
+            }));
+        }
+        Ok(futures::future::Either::Right(
+            append_local(node, log, data, now).await?,
+        ))
+    }
+
+    /// Queues a publish for the partition's leader elsewhere (see the module docs).
+    async fn forward(
+        &self,
+        key: PartitionKey,
+        topic: &str,
+        index: usize,
+        data: Bytes,
+    ) -> Result<oneshot::Receiver<Result<i64, IngestError>>, IngestError> {
+        if self.node.shutting_down.load(Ordering::Acquire) {
             return Err(AppendError::ShuttingDown.into());
         }
-        Ok(async move {
-            match rx.await {
-                Ok(results) => match results.into_iter().next() {
-                    Some(Ok(offset)) => Ok(offset),
-                    Some(Err(e)) => Err(e.into()),
-                    None => Err(AppendError::ShuttingDown.into()),
-                },
-                Err(_) => Err(AppendError::ShuttingDown.into()),
+        let (done, rx) = oneshot::channel();
+        let mut item = Forwarded { data, done };
+        for _ in 0..2 {
+            let tx = {
+                let mut queues = self.forwarders.queues.lock();
+                let tx = queues.entry(key).or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(FORWARD_QUEUE_MAX);
+                    tokio::spawn(forward_loop(
+                        self.node.clone(),
+                        key,
+                        topic.to_owned(),
+                        index,
+                        rx,
+                    ));
+                    tx
+                });
+                if tx.is_closed() {
+                    queues.remove(&key);
+                    continue;
+                }
+                tx.clone()
+            };
+            match tx.send(item).await {
+                Ok(()) => return Ok(rx),
+                Err(mpsc::error::SendError(back)) => item = back,
             }
-        })
+        }
+        Err(AppendError::ShuttingDown.into())
     }
 
     /// Creates a Kafka topic MQTT maps to, with `kafka.default_partitions`; one created
@@ -146,5 +200,168 @@ impl Ingest {
             Ok(other) => Err(fail(format!("unexpected {other:?}"))),
             Err(err) => Err(fail(err.to_string())),
         }
+    }
+}
+
+/// Queues a one-record batch on the local path (the sequencer, or the direct writer); the
+/// future resolves to its offset once durable.
+async fn append_local(
+    node: &Node,
+    log: Arc<crate::log::partition::PartitionLog>,
+    data: BytesMut,
+    now: i64,
+) -> Result<impl Future<Output = Result<i64, IngestError>> + Send + 'static, IngestError> {
+    let item = AppendRequest {
+        log,
+        data,
+        batches: vec![BatchSpan {
+            start: 0,
+            offset_count: 1,
+            producer: None,
+        }],
+        max_timestamp: now,
+    };
+    let (tx, rx) = oneshot::channel();
+    if node.shutting_down.load(Ordering::Acquire)
+        // WAL topics to the sequencer, direct topics to the direct writer.
+        || crate::log::direct::route(node, vec![item], tx).await.is_err()
+    {
+        return Err(AppendError::ShuttingDown.into());
+    }
+    Ok(async move {
+        match rx.await {
+            Ok(results) => match results.into_iter().next() {
+                Some(Ok(offset)) => Ok(offset),
+                Some(Err(e)) => Err(e.into()),
+                None => Err(AppendError::ShuttingDown.into()),
+            },
+            Err(_) => Err(AppendError::ShuttingDown.into()),
+        }
+    })
+}
+
+/// Takes what is queued for one forwarded partition at once (up to the batch bounds), sends it
+/// as one `Append`, and answers each publish with its offset. When the partition is led here
+/// now, what it holds and what is queued take the local path, in order, and the task ends
+/// (later publishes go the local way; a new forwarder starts if the partition moves again).
+async fn forward_loop(
+    node: Arc<Node>,
+    key: PartitionKey,
+    topic: String,
+    index: usize,
+    mut rx: mpsc::Receiver<Forwarded>,
+) {
+    let mut items: Vec<Forwarded> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        items.clear();
+        let mut bytes = first.data.len();
+        items.push(first);
+        while items.len() < FORWARD_BATCH_MAX && bytes < FORWARD_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(next) => {
+                    bytes += next.data.len();
+                    items.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let records = join(&items);
+        let result = crate::peer::client::append(&node, key, &topic, records).await;
+        if matches!(result, Err(crate::peer::client::PeerError::Local)) {
+            rx.close();
+            while let Ok(more) = rx.try_recv() {
+                items.push(more);
+            }
+            for item in items.drain(..) {
+                let answer = match node.registry.partition(&key) {
+                    Some(log) => {
+                        let now = crate::log::sequencer::now_ms();
+                        match append_local(&node, log, BytesMut::from(&item.data[..]), now).await {
+                            Ok(done) => done.await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    None => Err(AppendError::ShuttingDown.into()),
+                };
+                let _ = item.done.send(answer);
+            }
+            return;
+        }
+        let answers = offsets(&result, items.len());
+        for (item, answer) in items.drain(..).zip(answers) {
+            let _ = item
+                .done
+                .send(answer.map_err(|reason| IngestError::Forward {
+                    topic: topic.clone(),
+                    partition: index,
+                    reason,
+                }));
+        }
+        if node.shutting_down.load(Ordering::Acquire) {
+            break;
+        }
+    }
+}
+
+/// The batches back to back (one Produce record set).
+fn join(items: &[Forwarded]) -> Bytes {
+    if let [one] = items {
+        return one.data.clone();
+    }
+    let mut all = BytesMut::with_capacity(items.iter().map(|i| i.data.len()).sum());
+    for i in items {
+        all.extend_from_slice(&i.data);
+    }
+    all.freeze()
+}
+
+/// Each of `n` one-record batches appended together at `base` gets `base + i`.
+fn offsets(
+    result: &Result<i64, crate::peer::client::PeerError>,
+    n: usize,
+) -> Vec<Result<i64, String>> {
+    match result {
+        Ok(base) => (0..n as i64).map(|i| Ok(base + i)).collect(),
+        Err(e) => vec![Err(e.to_string()); n],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::client::PeerError;
+
+    #[test]
+    fn forwarded_publishes_get_consecutive_offsets_or_all_fail() {
+        assert_eq!(offsets(&Ok(40), 3), vec![Ok(40), Ok(41), Ok(42)]);
+        let failed = offsets(
+            &Err(PeerError::Unavailable {
+                waited_ms: 20_000,
+                last: "broker 2 is not the leader".into(),
+            }),
+            2,
+        );
+        assert_eq!(failed.len(), 2);
+        assert!(failed
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().contains("not the leader")));
+    }
+
+    #[test]
+    fn queued_batches_are_joined_in_order() {
+        let (a, _) = oneshot::channel();
+        let (b, _) = oneshot::channel();
+        let items = vec![
+            Forwarded {
+                data: Bytes::from_static(b"ab"),
+                done: a,
+            },
+            Forwarded {
+                data: Bytes::from_static(b"cd"),
+                done: b,
+            },
+        ];
+        assert_eq!(join(&items), Bytes::from_static(b"abcd"));
+        assert_eq!(join(&items[..1]), Bytes::from_static(b"ab"));
     }
 }

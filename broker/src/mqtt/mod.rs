@@ -25,9 +25,21 @@
 //!   sent mark) and the read from them through `log::reader`.
 //! - `store` — the session log on local disk (`<data_dir>/mqtt/sessions.log`, CRC-framed,
 //!   batched fdatasync, rewritten when it grows).
+//! - `cluster_sessions` — sessions across brokers: at CONNECT, `TakeSession` from every other
+//!   live broker (Peer service) and dead brokers' snapshots in the object store
+//!   (`mqtt/sessions/<node_id>`, PUT every `mqtt.session_snapshot_interval_ms` when changed);
+//!   the takeover generation rule (highest wins, stale copies never resume).
 //! - `tailer` — follows the MQTT-mapped partitions and feeds the router: delivery is driven by
 //!   stored records, whichever protocol wrote them.
 //! - `ingest` — publish → Kafka record → sequencer; `mapping` — rules, partitioner, record layout.
+//!
+//! *Across brokers* (`crate::peer`, gRPC on every broker's `meta.listen`, advertised as
+//! `BrokerInfo::peer_addr`): a publish whose partition another broker leads goes to that
+//! leader's `Peer.Append` (ingest's per-partition forwarder, acknowledged once the leader made
+//! it durable, retried across a failover for a bounded time, else failed like a storage error);
+//! the tailer follows partitions led elsewhere through the leader's `Peer.Tail` stream and
+//! re-subscribes from its next offset when the leader changes; persistent sessions read those
+//! partitions through `Peer.Read`. So a subscriber on any broker gets every publish.
 //! - `topic` — topic names, filters and `$share/<group>/<filter>`.
 //! - `auth` — `mqtt.auth` (passwords: `[[mqtt.users]]` hashes, then the Kafka SCRAM users),
 //!   `[[mqtt.acl]]` rules, per-connection publish rate limits (token buckets).
@@ -36,8 +48,10 @@
 //! cursors, not copies: every MQTT publish is stored (a mapped Kafka topic, or
 //! `mqtt.default_kafka_topic` for the rest), so what a client missed is re-read from the log,
 //! also after kill -9 (cursors persisted in batches: a restart may redeliver, with DUP where
-//! the sent mark was persisted, never lose). Sessions live in the log of the node that
-//! served them: a client that fails over to another broker starts without its session.
+//! the sent mark was persisted, never lose). A client id is connected once cluster-wide: a
+//! CONNECT on another broker takes the session over (the old connection gets DISCONNECT
+//! 0x8E) and brings it along; a client whose broker died resumes from that broker's last
+//! snapshot (an older cursor redelivers, never loses; `cluster_sessions`).
 //!
 //! *Boundary:* bytes from the network are never `unwrap`ped; a packet that does not decode
 //! closes only its own connection (MQTT 5: with a DISCONNECT or CONNACK reason code first).
@@ -59,14 +73,17 @@
 //! each has its own `mqtt.connections_max` bound. Retained messages: `retained`
 //! (`<data_dir>/mqtt/retained.log`), PUBACK after their fsync.
 //!
-//! Not in this version: sessions that follow a client to another broker (the session
-//! log is per node), reading partitions led by another broker, shared subscriptions for
+//! Not in this version: inbound QoS 2 packet ids awaiting PUBREL are not part of a stored or
+//! moved session (a PUBLISH re-sent after a reconnect, on this broker or another, is stored
+//! again), shared subscriptions for
 //! offline members (a shared subscription is served live by the router, never from cursors),
 //! No Local for retained messages sent at subscribe time, MQTT 5 enhanced authentication
 //! (AUTH packets). `$SYS` topics are
 //! retained in memory and routed live, not stored in a partition.
 
 pub mod auth;
+pub mod clients;
+pub mod cluster_sessions;
 pub mod connection;
 pub mod ingest;
 pub mod mapping;
@@ -176,7 +193,8 @@ pub fn start(
     let cfg = node.config.file.mqtt.clone();
     let mapping = mapping::Mapping::new(cfg.kafka_mapping.clone(), cfg.default_kafka_topic.clone());
     let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE_MAX);
-    // Persistent sessions come back from the session log; without it they live in memory.
+    node.mqtt_clients.set_router(router_tx.clone()); // the admin API's client list
+                                                     // Persistent sessions come back from the session log; without it they live in memory.
     let sessions_dir = node.config.data_dir.join("mqtt");
     let (core, store_writer) = match store::SessionStore::open(&sessions_dir) {
         Ok((st, records)) => {
@@ -258,6 +276,7 @@ pub fn start(
             node: node.clone(),
             mapping,
             tailers,
+            forwarders: Default::default(),
         },
         router: router_tx,
         node,
@@ -266,6 +285,19 @@ pub fn start(
         received: Default::default(),
         sent: Default::default(),
     });
+    // Other brokers take sessions from here (`TakeSession`); snapshots for dead-broker takeover.
+    shared
+        .node
+        .mqtt_sessions
+        .set(shared.router.clone(), &shared);
+    if cfg.session_snapshot_interval_ms > 0 {
+        tokio::spawn(cluster_sessions::run_snapshots(
+            shared.node.clone(),
+            shared.router.clone(),
+            Duration::from_millis(cfg.session_snapshot_interval_ms),
+            shutdown.clone(),
+        ));
+    }
     if cfg.sys_interval_secs > 0 {
         tokio::spawn(sys::run(
             shared.clone(),
@@ -313,6 +345,10 @@ async fn stop(
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The last snapshot, with the cursors the connections just handed in.
+    if shared.node.config.file.mqtt.session_snapshot_interval_ms > 0 {
+        cluster_sessions::upload(&shared.node, &shared.router, true).await;
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     if shared

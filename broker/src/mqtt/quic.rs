@@ -23,6 +23,7 @@
 //! Each listener has its own `mqtt.connections_max` bound: a QUIC connection past it is
 //! refused before its handshake (a QUIC `CONNECTION_REFUSED`).
 
+use super::clients::Transport;
 use super::connection::{self, Shared};
 use crate::config::NodeConfig;
 use quinn::crypto::rustls::QuicServerConfig;
@@ -178,9 +179,8 @@ async fn handle(shared: Arc<Shared>, incoming: Incoming, shutdown: watch::Receiv
     // Resolves once the client acknowledged all we sent on the stream (or stopped it, or the
     // connection is gone); created now because the connection task takes the stream.
     let delivered = send.stopped();
-    if let Err(reason) =
-        connection::connection(shared, Box::new(recv), Box::new(send), shutdown).await
-    {
+    let task = connection::connection(shared, Box::new(recv), Box::new(send), shutdown);
+    if let Err(reason) = super::clients::scoped(Transport::Quic, peer, task).await {
         tracing::info!(%peer, %reason, "mqtt quic connection closed");
     }
     // The send stream was dropped with the connection task, which finished it.

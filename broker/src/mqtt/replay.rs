@@ -17,7 +17,11 @@
 //!
 //! Partitions that appear while a session exists (a topic created by its first publish) are
 //! read from their log start; at a new session's creation the existing ones start at their end.
-//! Only partitions this broker leads are read.
+//! Partitions this broker leads are read through `log::reader`; the others through their
+//! leader's `Peer.Read` (`peer::client::read`, one attempt: a failure is retried at the next
+//! pump), skipped without a call while the high watermark their remote tailer last reported
+//! (`Peers::hw`) says there is nothing new. A new session's cursor on a remote partition whose
+//! end is not known yet is [`AT_END`] until the first read asks the leader for it.
 
 use super::router::{best_match, SubOptions};
 use super::store::CursorMark;
@@ -31,6 +35,8 @@ use strata_types::PartitionKey;
 
 /// Bytes read from one partition per pump step.
 pub const PUMP_READ_BYTES: usize = 256 * 1024;
+/// A cursor that starts at the partition's end, which is not known yet (a remote partition).
+pub const AT_END: i64 = i64::MAX;
 
 #[derive(Debug, Clone)]
 struct Cursor {
@@ -97,10 +103,13 @@ impl Cursors {
 
     /// A new session: every partition that exists now starts at its end.
     pub fn start_at_end(&mut self, node: &Node, topics: &[String]) {
-        for log in led_partitions(node, topics) {
-            self.map
-                .entry(log.key)
-                .or_insert_with(|| Cursor::at(log.high_watermark()));
+        for (log, _, local) in mqtt_partitions(node, topics) {
+            let end = if local {
+                log.high_watermark()
+            } else {
+                node.peers.hw(&log.key).unwrap_or(AT_END)
+            };
+            self.map.entry(log.key).or_insert_with(|| Cursor::at(end));
         }
         self.dirty = true;
     }
@@ -143,18 +152,26 @@ impl Cursors {
     }
 }
 
-fn led_partitions(node: &Node, topics: &[String]) -> Vec<Arc<crate::log::partition::PartitionLog>> {
+/// Every partition of the MQTT topics: its log, its topic's name, and whether it is led here.
+fn mqtt_partitions(
+    node: &Node,
+    topics: &[String],
+) -> Vec<(Arc<crate::log::partition::PartitionLog>, String, bool)> {
     let mut out = Vec::new();
     for name in topics {
         if let Some(t) = node.registry.topic(name) {
             for log in &t.partitions {
-                if node.registry.leads(&log.key) {
-                    out.push(log.clone());
-                }
+                out.push((log.clone(), name.clone(), node.registry.leads(&log.key)));
             }
         }
     }
     out
+}
+
+/// Whether a remote partition needs a read: its end is not known, or the last reported high
+/// watermark is past the cursor.
+pub fn remote_has_news(read: i64, reported_hw: Option<i64>) -> bool {
+    read == AT_END || reported_hw.is_none_or(|hw| read < hw)
 }
 
 /// Reads from the cursors: at most `room` deliveries for the messages matching `subs`, at
@@ -168,45 +185,100 @@ pub async fn pump(
     room: usize,
 ) -> Pumped {
     let mut out = Pumped::default();
-    for log in led_partitions(node, topics) {
+    for (log, topic, local) in mqtt_partitions(node, topics) {
         let key = log.key;
-        let offsets = log.offsets();
-        let hw = offsets.high_watermark;
-        let cur = cursors.map.entry(key).or_insert_with(|| {
-            // A partition that appeared while this session existed: all of it is new.
-            Cursor::at(offsets.log_start_offset)
-        });
-        if cur.read >= hw {
-            continue;
-        }
-        cursors.dirty = true;
-        if subs.is_empty() {
-            // Nothing can match: skip without reading.
-            cur.read = hw;
-            continue;
-        }
-        if out.deliveries.len() >= room {
-            out.more = true;
-            break;
-        }
-        let chunks = match node.reader.read(&log, cur.read, PUMP_READ_BYTES).await {
-            Ok(chunks) => chunks,
-            Err(ReadError::OutOfRange { .. }) => {
-                let to = if cur.read < offsets.log_start_offset {
-                    offsets.log_start_offset
+        let (chunks, hw) = if local {
+            let offsets = log.offsets();
+            let hw = offsets.high_watermark;
+            let cur = cursors.map.entry(key).or_insert_with(|| {
+                // A partition that appeared while this session existed: all of it is new.
+                Cursor::at(offsets.log_start_offset)
+            });
+            if cur.read == AT_END {
+                cur.read = hw;
+                cursors.dirty = true;
+            }
+            if cur.read >= hw {
+                continue;
+            }
+            cursors.dirty = true;
+            if subs.is_empty() {
+                // Nothing can match: skip without reading.
+                cur.read = hw;
+                continue;
+            }
+            if out.deliveries.len() >= room {
+                out.more = true;
+                break;
+            }
+            match node.reader.read(&log, cur.read, PUMP_READ_BYTES).await {
+                Ok(chunks) => (chunks, hw),
+                Err(ReadError::OutOfRange { .. }) => {
+                    let to = if cur.read < offsets.log_start_offset {
+                        offsets.log_start_offset
+                    } else {
+                        hw
+                    };
+                    tracing::warn!(partition = ?key, from = cur.read, to, "mqtt session cursor out of range (retention or a new log); skipped ahead");
+                    cur.read = to;
+                    out.more = true;
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(partition = ?key, offset = cur.read, %err, "mqtt session read failed; will retry");
+                    out.failed = true;
+                    continue;
+                }
+            }
+        } else {
+            // Led elsewhere: the leader's Read (see the module docs).
+            let cur = cursors.map.entry(key).or_insert_with(|| Cursor::at(0));
+            if !remote_has_news(cur.read, node.peers.hw(&key)) {
+                continue;
+            }
+            if out.deliveries.len() >= room {
+                out.more = true;
+                break;
+            }
+            let from = if cur.read == AT_END || subs.is_empty() {
+                -1
+            } else {
+                cur.read
+            };
+            let read = crate::peer::client::read(node, key, &topic, from, PUMP_READ_BYTES).await;
+            let r = match read {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::warn!(partition = ?key, offset = cur.read, %err, "mqtt session read from the leader failed; will retry");
+                    out.failed = true;
+                    continue;
+                }
+            };
+            node.peers.note_hw(key, r.high_watermark);
+            if from < 0 {
+                // The end asked for, or nothing can match: skip to the end without reading.
+                if cur.read != r.high_watermark {
+                    cur.read = r.high_watermark;
+                    cursors.dirty = true;
+                }
+                continue;
+            }
+            cursors.dirty = true;
+            if r.out_of_range {
+                let to = if cur.read < r.log_start_offset {
+                    r.log_start_offset
                 } else {
-                    hw
+                    r.high_watermark
                 };
-                tracing::warn!(partition = ?key, from = cur.read, to, "mqtt session cursor out of range (retention or a new log); skipped ahead");
+                tracing::warn!(partition = ?key, from = cur.read, to, "mqtt session cursor out of range on the leader; skipped ahead");
                 cur.read = to;
                 out.more = true;
                 continue;
             }
-            Err(err) => {
-                tracing::warn!(partition = ?key, offset = cur.read, %err, "mqtt session read failed; will retry");
-                out.failed = true;
-                continue;
-            }
+            (r.chunks, r.high_watermark)
+        };
+        let Some(cur) = cursors.map.get_mut(&key) else {
+            continue;
         };
         'chunks: for data in chunks {
             for item in Batches::new(&data) {
@@ -282,6 +354,19 @@ mod tests {
             topic: TopicId(uuid::Uuid::from_u128(1)),
             partition: p,
         }
+    }
+
+    #[test]
+    fn remote_partitions_are_read_only_with_news() {
+        // End unknown: ask the leader.
+        assert!(remote_has_news(AT_END, Some(5)));
+        assert!(remote_has_news(AT_END, None));
+        // No high watermark reported yet: read.
+        assert!(remote_has_news(3, None));
+        // Behind the reported high watermark: read; at it: skip.
+        assert!(remote_has_news(3, Some(4)));
+        assert!(!remote_has_news(4, Some(4)));
+        assert!(!remote_has_news(9, Some(4)));
     }
 
     #[test]

@@ -20,7 +20,12 @@
 //!   cursor progress in batches every [`FLUSH_INTERVAL_MS`] — so a restart resumes it.
 //!
 //! Sessions are keyed by client id. A second connection with the same id takes the session
-//! over: the older connection is told to go (MQTT 5: DISCONNECT 0x8E).
+//! over: the older connection is told to go (MQTT 5: DISCONNECT 0x8E). Across brokers
+//! (`cluster_sessions`) the same happens through [`RouterMsg::Take`] on the old broker and
+//! [`Remote`] on the new one; every session carries a takeover *generation*, and the copy with
+//! the highest wins ([`RouterCore::connect_with`]). Ended sessions leave a tombstone (their
+//! generation) and sessions handed to another broker a moved copy, both bounded, both in the
+//! snapshot [`RouterCore::export`] gives.
 //!
 //! Matching is a scan of the connected sessions' filters per message. Shared subscriptions,
 //! No Local and subscription identifiers plug in at [`RouterCore::route`].
@@ -47,6 +52,14 @@ pub const EXPIRY_NEVER: u32 = u32::MAX;
 /// A connect taking over a live persistent session waits this long at most for the old
 /// connection's final cursors.
 pub const TAKEOVER_WAIT_MS: i64 = 2000;
+/// Tombstones kept at most (the oldest go first).
+pub const TOMBSTONES_MAX: usize = 100_000;
+/// A tombstone is kept this long after its session ended.
+pub const TOMBSTONE_KEEP_MS: i64 = 24 * 3600 * 1000;
+/// Another broker's `TakeSession` waits this long at most for the live connection's final
+/// cursors (then the last reported ones go): well within the asker's own timeout
+/// (`cluster_sessions::TAKE_TIMEOUT_MS`).
+pub const TAKE_WAIT_MS: i64 = 500;
 
 /// What a subscription asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +201,9 @@ struct SessionEntry {
     cursors: Vec<(PartitionKey, CursorMark)>,
     /// When the last connection ended (wall clock, ms).
     disconnected_ms: Option<i64>,
+    /// Takeover generation (see `cluster_sessions`): above every generation this client id
+    /// had anywhere when this session was created or taken over.
+    generation: u64,
 }
 
 impl SessionEntry {
@@ -213,8 +229,89 @@ impl SessionEntry {
                 .collect(),
             cursors: self.cursors.clone(),
             disconnected_ms: self.disconnected_ms,
+            generation: self.generation,
         }
     }
+
+    /// A stored or imported session, disconnected (its connection is elsewhere or gone).
+    fn from_record(r: SessionRecord, now_ms: i64) -> SessionEntry {
+        let subs = r
+            .subs
+            .into_iter()
+            .filter(|s| topic::validate_filter(&s.filter).is_ok())
+            .map(|s| {
+                (
+                    s.filter,
+                    SubOptions {
+                        qos: s.qos.min(2),
+                        retain_as_published: s.retain_as_published,
+                        retain_handling: s.retain_handling.min(2),
+                        sub_id: s.sub_id,
+                        no_local: s.no_local,
+                    },
+                )
+            })
+            .collect();
+        SessionEntry {
+            conn: None,
+            kick: None,
+            subs,
+            expiry_secs: r.expiry_secs.max(1),
+            cursors: r.cursors,
+            disconnected_ms: Some(r.disconnected_ms.unwrap_or(now_ms)),
+            generation: r.generation,
+        }
+    }
+}
+
+/// What a client id's session was, at most [`TOMBSTONE_KEEP_MS`] after it ended here: its
+/// generation, so an older copy of it (in a dead broker's snapshot, or the session log of a
+/// broker that was down) cannot come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    pub generation: u64,
+    pub ended_ms: i64,
+}
+
+/// What other brokers know of a client id, gathered before its connect reaches the router
+/// (`cluster_sessions::gather`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Remote {
+    /// The newest unexpired copy of the session found elsewhere (none for a clean start).
+    pub best: Option<SessionRecord>,
+    /// The highest generation seen elsewhere, with or without a session.
+    pub generation_max: u64,
+}
+
+/// What a `TakeSession` from another broker gets: the generation this broker had for the
+/// client id (0: none) and the session, unless the asker starts clean or it expired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub generation: u64,
+    pub state: Option<SessionRecord>,
+}
+
+/// Another broker takes a client id's session (its client connected there).
+#[derive(Debug)]
+pub struct TakeRequest {
+    pub client_id: String,
+    pub clean_start: bool,
+    pub reply: oneshot::Sender<Taken>,
+}
+
+/// A request waiting for a live connection's final cursors.
+#[derive(Debug)]
+enum Parked {
+    Connect(ConnectRequest),
+    Take(TakeRequest),
+}
+
+/// This broker's persistent sessions and tombstones, for the object store
+/// (`cluster_sessions::Snapshot`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionsExport {
+    pub sessions: Vec<SessionRecord>,
+    pub tombstones: Vec<(String, Tombstone)>,
 }
 
 /// The routing state. Pure: no IO, no clock (`now_ms` comes in).
@@ -224,9 +321,20 @@ pub struct RouterCore {
     retained: BTreeMap<String, Arc<Message>>,
     /// Client ids whose stored form changed since the last [`RouterCore::take_ops`].
     dirty: HashSet<String>,
-    /// Connects taking over a live persistent session, parked until the old connection has
-    /// reported its final cursors (so the new one does not repeat what was acknowledged).
-    parked: HashMap<String, (ConnectRequest, i64)>,
+    /// Connects (here or, [`Parked::Take`], at another broker) taking over a live persistent
+    /// session, parked until the old connection has reported its final cursors (so the new
+    /// one does not repeat what was acknowledged).
+    parked: HashMap<String, (Parked, i64)>,
+    /// Generations of sessions that ended here (bounded: [`TOMBSTONES_MAX`],
+    /// [`TOMBSTONE_KEEP_MS`]).
+    tombstones: HashMap<String, Tombstone>,
+    /// Sessions handed to another broker (`TakeSession`), kept with their tombstone: if the
+    /// asker never got the answer (it timed out, or died before writing a snapshot), the next
+    /// connect — here or elsewhere — still finds this copy. One the asker did get is
+    /// superseded by its higher generation.
+    moved: HashMap<String, SessionRecord>,
+    /// Something a snapshot holds changed since the last [`RouterCore::export`].
+    export_changed: bool,
     /// Shared subscriptions by `(group, filter)`: their members (client ids, in subscribe
     /// order) and the member the next message goes to.
     shared: BTreeMap<(String, String), SharedGroup>,
@@ -260,6 +368,8 @@ pub struct ConnectRequest {
     pub conn: ConnHandle,
     pub kick: oneshot::Sender<()>,
     pub reply: oneshot::Sender<ConnectOutcome>,
+    /// What the other brokers had (empty on a single broker).
+    pub remote: Remote,
 }
 
 /// The outcome of a connect.
@@ -280,40 +390,19 @@ impl RouterCore {
     pub fn from_records(records: Vec<SessionRecord>, now_ms: i64) -> RouterCore {
         let mut core = RouterCore::default();
         for r in records {
-            let subs = r
-                .subs
-                .into_iter()
-                .filter(|s| topic::validate_filter(&s.filter).is_ok())
-                .map(|s| {
-                    (
-                        s.filter,
-                        SubOptions {
-                            qos: s.qos.min(2),
-                            retain_as_published: s.retain_as_published,
-                            retain_handling: s.retain_handling.min(2),
-                            sub_id: s.sub_id,
-                            no_local: s.no_local,
-                        },
-                    )
-                })
-                .collect();
-            let subs: BTreeMap<String, SubOptions> = subs;
-            for filter in subs.keys() {
-                core.join_shared(&r.client_id, filter);
-            }
-            core.sessions.insert(
-                r.client_id,
-                SessionEntry {
-                    conn: None,
-                    kick: None,
-                    subs,
-                    expiry_secs: r.expiry_secs.max(1),
-                    cursors: r.cursors,
-                    disconnected_ms: Some(r.disconnected_ms.unwrap_or(now_ms)),
-                },
-            );
+            let id = r.client_id.clone();
+            core.install(&id, SessionEntry::from_record(r, now_ms));
         }
         core
+    }
+
+    /// Puts `entry` under `client_id` (replacing nothing: the caller removed any older one).
+    fn install(&mut self, client_id: &str, entry: SessionEntry) {
+        debug_assert!(!self.sessions.contains_key(client_id));
+        for filter in entry.subs.keys() {
+            self.join_shared(client_id, filter);
+        }
+        self.sessions.insert(client_id.to_string(), entry);
     }
 
     /// A connect: answered now, or — when it takes over a live persistent session — once the
@@ -324,19 +413,182 @@ impl RouterCore {
                 if let Some(old) = entry.kick.take() {
                     let _ = old.send(());
                 }
-                // A connect parked earlier for the same id loses (its reply is dropped).
-                self.parked.insert(req.client_id.clone(), (req, now_ms));
+                // A request parked earlier for the same id loses (its reply is dropped).
+                self.parked
+                    .insert(req.client_id.clone(), (Parked::Connect(req), now_ms));
                 return;
             }
         }
-        let outcome = self.connect(
+        self.answer_connect(req, now_ms);
+    }
+
+    fn answer_connect(&mut self, req: ConnectRequest, now_ms: i64) {
+        let outcome = self.connect_with(
             &req.client_id,
             req.clean_start,
             req.expiry_secs,
             req.conn,
             req.kick,
+            &req.remote,
+            now_ms,
         );
         let _ = req.reply.send(outcome);
+    }
+
+    /// Another broker takes `client_id`'s session: a live connection here is told to go
+    /// (MQTT 5: DISCONNECT 0x8E) and, when persistent, its final cursors are waited for
+    /// (like a local takeover); then the session is forgotten here and handed over.
+    pub fn request_take(&mut self, req: TakeRequest, now_ms: i64) {
+        if let Some(entry) = self.sessions.get_mut(&req.client_id) {
+            if let Some(old) = entry.kick.take() {
+                let _ = old.send(());
+                if entry.persistent() && !req.clean_start {
+                    self.parked
+                        .insert(req.client_id.clone(), (Parked::Take(req), now_ms));
+                    return;
+                }
+            }
+        }
+        let taken = self.take(&req.client_id, req.clean_start, now_ms);
+        let _ = req.reply.send(taken);
+    }
+
+    /// Forgets `client_id`'s session and returns it (see [`Taken`]). Its stored form is
+    /// deleted; a tombstone keeps its generation.
+    pub fn take(&mut self, client_id: &str, clean_start: bool, now_ms: i64) -> Taken {
+        let Some(entry) = self.sessions.get(client_id) else {
+            return Taken {
+                generation: self.tombstones.get(client_id).map_or(0, |t| t.generation),
+                state: self
+                    .moved
+                    .get(client_id)
+                    .filter(|m| !clean_start && !super::cluster_sessions::expired(m, now_ms))
+                    .cloned(),
+            };
+        };
+        let expired = entry.conn.is_none() && Self::expired(entry, now_ms);
+        let state = (entry.persistent() && !clean_start && !expired).then(|| {
+            let mut r = entry.record(client_id);
+            // A session still connected here (its connection did not end in time) counts as
+            // disconnected now.
+            r.disconnected_ms.get_or_insert(now_ms);
+            r
+        });
+        let generation = entry.generation;
+        let was_persistent = entry.persistent();
+        self.end_session(client_id, now_ms);
+        if was_persistent {
+            self.dirty.insert(client_id.to_string());
+        }
+        if let Some(s) = &state {
+            self.tombstones.insert(
+                client_id.to_string(),
+                Tombstone {
+                    generation,
+                    ended_ms: now_ms,
+                },
+            );
+            self.moved.insert(client_id.to_string(), s.clone());
+            self.export_changed = true;
+        }
+        Taken { generation, state }
+    }
+
+    fn expired(entry: &SessionEntry, now_ms: i64) -> bool {
+        entry.expiry_secs != EXPIRY_NEVER
+            && entry
+                .disconnected_ms
+                .is_some_and(|d| d.saturating_add(i64::from(entry.expiry_secs) * 1000) <= now_ms)
+    }
+
+    /// Removes a session that ended, leaving a tombstone when an older copy of it may exist
+    /// elsewhere (generation above 1: it was created over one).
+    fn end_session(&mut self, client_id: &str, now_ms: i64) {
+        if let Some(generation) = self.sessions.get(client_id).map(|e| e.generation) {
+            self.remove_session(client_id);
+            if generation > 1 {
+                self.tombstones.insert(
+                    client_id.to_string(),
+                    Tombstone {
+                        generation,
+                        ended_ms: now_ms,
+                    },
+                );
+                self.export_changed = true;
+            }
+        }
+    }
+
+    /// Drops tombstones older than [`TOMBSTONE_KEEP_MS`], and the oldest beyond
+    /// [`TOMBSTONES_MAX`].
+    fn prune_tombstones(&mut self, now_ms: i64) {
+        let before = self.tombstones.len();
+        self.tombstones
+            .retain(|_, t| now_ms - t.ended_ms < TOMBSTONE_KEEP_MS);
+        if self.tombstones.len() > TOMBSTONES_MAX {
+            let mut by_age: Vec<(i64, String)> = self
+                .tombstones
+                .iter()
+                .map(|(id, t)| (t.ended_ms, id.clone()))
+                .collect();
+            by_age.sort();
+            let extra = self.tombstones.len() - TOMBSTONES_MAX;
+            for (_, id) in by_age.into_iter().take(extra) {
+                self.tombstones.remove(&id);
+            }
+        }
+        let moved = self.moved.len();
+        let tombstones = &self.tombstones;
+        self.moved.retain(|id, m| {
+            tombstones.contains_key(id) && !super::cluster_sessions::expired(m, now_ms)
+        });
+        if self.tombstones.len() != before || self.moved.len() != moved {
+            self.export_changed = true;
+        }
+    }
+
+    /// The persistent sessions and tombstones, when they changed since the last call (or
+    /// `force`): what this broker's snapshot in the object store holds.
+    pub fn export(&mut self, force: bool) -> Option<SessionsExport> {
+        if !self.export_changed && self.dirty.is_empty() && !force {
+            return None;
+        }
+        self.export_changed = false;
+        let mut sessions: Vec<SessionRecord> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.persistent())
+            .map(|(id, e)| e.record(id))
+            .chain(
+                self.moved
+                    .iter()
+                    .filter(|(id, _)| !self.sessions.contains_key(*id))
+                    .map(|(_, m)| m.clone()),
+            )
+            .collect();
+        sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let mut tombstones: Vec<(String, Tombstone)> = self
+            .tombstones
+            .iter()
+            .map(|(id, t)| (id.clone(), *t))
+            .collect();
+        tombstones.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(SessionsExport {
+            sessions,
+            tombstones,
+        })
+    }
+
+    /// Tombstones from this broker's own last snapshot (a restart keeps them).
+    pub fn restore_tombstones(&mut self, tombstones: Vec<(String, Tombstone)>) {
+        for (id, t) in tombstones {
+            if !self.sessions.contains_key(&id) {
+                let e = self.tombstones.entry(id).or_insert(t);
+                if t.generation > e.generation {
+                    *e = t;
+                }
+            }
+        }
     }
 
     /// Answers parked connects whose old connection did not end in time.
@@ -344,27 +596,32 @@ impl RouterCore {
         let stale: Vec<String> = self
             .parked
             .iter()
-            .filter(|(_, (_, since))| now_ms - since >= TAKEOVER_WAIT_MS)
+            .filter(|(_, (parked, since))| {
+                let wait = match parked {
+                    Parked::Connect(_) => TAKEOVER_WAIT_MS,
+                    Parked::Take(_) => TAKE_WAIT_MS,
+                };
+                now_ms - since >= wait
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
-            self.unpark(&id);
+            self.unpark(&id, now_ms);
         }
     }
 
-    fn unpark(&mut self, client_id: &str) {
-        if let Some((req, _)) = self.parked.remove(client_id) {
-            let outcome = self.connect(
-                &req.client_id,
-                req.clean_start,
-                req.expiry_secs,
-                req.conn,
-                req.kick,
-            );
-            let _ = req.reply.send(outcome);
+    fn unpark(&mut self, client_id: &str, now_ms: i64) {
+        match self.parked.remove(client_id) {
+            Some((Parked::Connect(req), _)) => self.answer_connect(req, now_ms),
+            Some((Parked::Take(req), _)) => {
+                let taken = self.take(&req.client_id, req.clean_start, now_ms);
+                let _ = req.reply.send(taken);
+            }
+            None => {}
         }
     }
 
+    /// [`RouterCore::connect_with`] on a single broker (nothing known elsewhere).
     pub fn connect(
         &mut self,
         client_id: &str,
@@ -373,6 +630,74 @@ impl RouterCore {
         conn: ConnHandle,
         kick: oneshot::Sender<()>,
     ) -> ConnectOutcome {
+        self.connect_with(
+            client_id,
+            clean_start,
+            expiry_secs,
+            conn,
+            kick,
+            &Remote::default(),
+            0,
+        )
+    }
+
+    /// A connect, given what other brokers had (`remote`). The generation rule: the session
+    /// continues from the newest copy — here or `remote.best`, whichever has the higher
+    /// generation — and the connect gives it a generation above every one seen. A copy here
+    /// that is older than one seen elsewhere is stale (this broker was down or cut off while
+    /// the client moved on) and is dropped, never resumed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn connect_with(
+        &mut self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_secs: u32,
+        conn: ConnHandle,
+        kick: oneshot::Sender<()>,
+        remote: &Remote,
+        now_ms: i64,
+    ) -> ConnectOutcome {
+        let local_generation = self
+            .sessions
+            .get(client_id)
+            .map(|e| e.generation)
+            .or_else(|| self.tombstones.get(client_id).map(|t| t.generation))
+            .unwrap_or(0);
+        // A copy handed to another broker that nobody newer has: the asker never took it.
+        let own_copy = self
+            .moved
+            .get(client_id)
+            .filter(|m| {
+                !clean_start
+                    && !self.sessions.contains_key(client_id)
+                    && m.generation >= remote.generation_max
+                    && !super::cluster_sessions::expired(m, now_ms)
+            })
+            .cloned();
+        let import = remote
+            .best
+            .as_ref()
+            .filter(|b| !clean_start && b.generation > local_generation)
+            .or(own_copy.as_ref());
+        if import.is_some() || remote.generation_max > local_generation {
+            if let Some(stale) = self.sessions.get_mut(client_id) {
+                if let Some(old) = stale.kick.take() {
+                    let _ = old.send(());
+                }
+                let was_persistent = stale.persistent();
+                self.remove_session(client_id);
+                if was_persistent {
+                    self.dirty.insert(client_id.to_string());
+                }
+            }
+        }
+        if let Some(best) = import {
+            if self.sessions.len() >= SESSIONS_MAX {
+                return ConnectOutcome::Busy;
+            }
+            self.install(client_id, SessionEntry::from_record(best.clone(), now_ms));
+        }
+        let generation = local_generation.max(remote.generation_max) + 1;
         let existed = self.sessions.contains_key(client_id);
         if !existed && self.sessions.len() >= SESSIONS_MAX {
             return ConnectOutcome::Busy;
@@ -387,7 +712,12 @@ impl RouterCore {
                 expiry_secs,
                 cursors: Vec::new(),
                 disconnected_ms: None,
+                generation,
             });
+        entry.generation = generation;
+        if self.tombstones.remove(client_id).is_some() | self.moved.remove(client_id).is_some() {
+            self.export_changed = true;
+        }
         if let Some(old) = entry.kick.take() {
             let _ = old.send(()); // session takeover: the old connection goes
         }
@@ -453,12 +783,12 @@ impl RouterCore {
             entry.disconnected_ms = Some(now_ms);
             self.dirty.insert(client_id.to_string());
         } else {
-            self.remove_session(client_id);
+            self.end_session(client_id, now_ms);
             if was_persistent {
                 self.dirty.insert(client_id.to_string());
             }
         }
-        self.unpark(client_id);
+        self.unpark(client_id, now_ms);
     }
 
     /// A persistent session's connection reports its committed cursors.
@@ -483,19 +813,14 @@ impl RouterCore {
         let gone: Vec<String> = self
             .sessions
             .iter()
-            .filter(|(_, e)| {
-                e.conn.is_none()
-                    && e.expiry_secs != EXPIRY_NEVER
-                    && e.disconnected_ms.is_some_and(|d| {
-                        d.saturating_add(i64::from(e.expiry_secs) * 1000) <= now_ms
-                    })
-            })
+            .filter(|(_, e)| e.conn.is_none() && Self::expired(e, now_ms))
             .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
-            self.remove_session(id);
+            self.end_session(id, now_ms);
             self.dirty.insert(id.clone());
         }
+        self.prune_tombstones(now_ms);
         gone.len()
     }
 
@@ -779,6 +1104,18 @@ pub enum RouterMsg {
     /// The node stops: hand every changed session to the session log, close the logs' queues
     /// and answer. The router ends.
     Shutdown(oneshot::Sender<()>),
+    /// Another broker takes a session (`cluster_sessions`, the Peer service's `TakeSession`).
+    Take(TakeRequest),
+    /// The persistent sessions and tombstones for this broker's snapshot, when changed since
+    /// the last export (or `force`).
+    Export {
+        force: bool,
+        reply: oneshot::Sender<Option<SessionsExport>>,
+    },
+    /// Tombstones from this broker's last snapshot, read at start.
+    RestoreTombstones(Vec<(String, Tombstone)>),
+    /// Every session, for the admin API's client list (`clients.rs`).
+    Sessions(oneshot::Sender<Vec<super::clients::SessionView>>),
 }
 
 /// The router task: owns a [`RouterCore`] until every sender is gone. Every
@@ -847,6 +1184,7 @@ pub async fn run(
         let urgent = matches!(
             msg,
             RouterMsg::Connect(_)
+                | RouterMsg::Take(_)
                 | RouterMsg::Disconnect { .. }
                 | RouterMsg::Subscribe { .. }
                 | RouterMsg::Unsubscribe { .. }
@@ -905,6 +1243,24 @@ pub async fn run(
                 }
             }
             RouterMsg::Shutdown(_) => {}
+            RouterMsg::Sessions(reply) => {
+                let sessions = core
+                    .sessions
+                    .iter()
+                    .map(|(id, e)| super::clients::SessionView {
+                        client_id: id.clone(),
+                        conn_id: e.conn.as_ref().map(|c| c.id),
+                        subscriptions: e.subs.len(),
+                        expiry_secs: e.expiry_secs,
+                        disconnected_ms: e.disconnected_ms,
+                    });
+                let _ = reply.send(sessions.collect());
+            }
+            RouterMsg::Take(req) => core.request_take(req, crate::log::sequencer::now_ms()),
+            RouterMsg::Export { force, reply } => {
+                let _ = reply.send(core.export(force));
+            }
+            RouterMsg::RestoreTombstones(t) => core.restore_tombstones(t),
             RouterMsg::Sys(msgs) => {
                 for msg in &msgs {
                     core.retain(msg.clone());
@@ -932,12 +1288,16 @@ pub async fn run(
 /// changed for the next tick.
 fn flush(core: &mut RouterCore, store: Option<&mpsc::Sender<Vec<StoreOp>>>) {
     let Some(store) = store else {
+        if !core.dirty.is_empty() {
+            core.export_changed = true;
+        }
         core.dirty.clear();
         return;
     };
     if core.dirty.is_empty() {
         return;
     }
+    core.export_changed = true;
     let ops = core.take_ops();
     if let Err(mpsc::error::TrySendError::Full(ops)) = store.try_send(ops) {
         core.redirty(&ops);
@@ -1139,6 +1499,109 @@ mod tests {
     }
 
     #[test]
+    fn sessions_move_between_brokers_by_generation() {
+        use crate::mqtt::cluster_sessions::merge;
+        // Broker A: a connected persistent session.
+        let mut a = RouterCore::default();
+        let (c1, _rx1) = conn(1);
+        let (k1, mut kicked1) = oneshot::channel();
+        a.connect("m", false, EXPIRY_NEVER, c1, k1);
+        a.subscribe("m", 1, &[("s/#".into(), opts(1))]);
+        // Broker B asks for it: A tells the connection to go and waits for its final cursors.
+        let (reply, mut answer) = oneshot::channel();
+        let take = |reply| TakeRequest {
+            client_id: "m".into(),
+            clean_start: false,
+            reply,
+        };
+        a.request_take(take(reply), 0);
+        assert!(
+            kicked1.try_recv().is_ok(),
+            "the connection on A is told to go"
+        );
+        assert!(answer.try_recv().is_err(), "parked until it ends");
+        let last = vec![(key(0), CursorMark { next: 5, sent: 6 })];
+        a.disconnect("m", 1, EXPIRY_NEVER, Some(last.clone()), 10);
+        let taken = answer.try_recv().unwrap();
+        assert_eq!(taken.generation, 1);
+        let state = taken.state.clone().unwrap();
+        assert_eq!(state.cursors, last, "the final cursors travel");
+        assert_eq!(a.sessions_len(), 0, "A forgot it");
+        assert_eq!(a.take_ops(), vec![StoreOp::Delete("m".into())]);
+        // A live connection that does not end in time: the take is answered after the wait.
+        let mut slow = RouterCore::default();
+        let (cs, _rxs) = conn(9);
+        let (ks, _) = oneshot::channel();
+        slow.connect("m", false, EXPIRY_NEVER, cs, ks);
+        let (reply, mut late) = oneshot::channel();
+        slow.request_take(take(reply), 0);
+        slow.unpark_stale(TAKE_WAIT_MS - 1);
+        assert!(late.try_recv().is_err());
+        slow.unpark_stale(TAKE_WAIT_MS);
+        assert!(late.try_recv().unwrap().state.is_some());
+
+        // B installs it above every generation seen.
+        let mut b = RouterCore::default();
+        let remote = merge([taken.into()], false, 20);
+        let (c2, _rx2) = conn(2);
+        let (k2, _) = oneshot::channel();
+        let (present, resume) =
+            accepted(b.connect_with("m", false, EXPIRY_NEVER, c2, k2, &remote, 20));
+        let resume = resume.unwrap();
+        assert!(present && !resume.fresh);
+        assert_eq!(resume.cursors, last);
+        assert_eq!(resume.subs.keys().collect::<Vec<_>>(), vec!["s/#"]);
+        assert_eq!(b.export(false).unwrap().sessions[0].generation, 2);
+        b.take_ops(); // the session log took the change
+        assert_eq!(b.export(false), None, "nothing changed since");
+
+        // A's answer was lost: A still has the moved copy for whoever asks next.
+        let again = a.take("m", false, 30);
+        assert_eq!((again.generation, again.state), (1, Some(state.clone())));
+        assert_eq!(a.take("m", true, 30).state, None, "not for a clean start");
+
+        // A restarted with a stale copy (generation 1, from its session log): a connect there
+        // that learns of B's generation 2 resumes B's cursors, not its own.
+        let mut a2 = RouterCore::from_records(vec![state.clone()], 40);
+        let moved_on = vec![(key(0), CursorMark { next: 9, sent: 9 })];
+        b.disconnect("m", 2, EXPIRY_NEVER, Some(moved_on.clone()), 50);
+        let remote = merge([b.take("m", false, 60).into()], false, 60);
+        let (c3, _rx3) = conn(3);
+        let (k3, _) = oneshot::channel();
+        let (present, resume) =
+            accepted(a2.connect_with("m", false, EXPIRY_NEVER, c3, k3, &remote, 60));
+        assert!(present);
+        assert_eq!(resume.unwrap().cursors, moved_on);
+        assert_eq!(a2.export(true).unwrap().sessions[0].generation, 3);
+
+        // A stale copy never resumes over a newer generation that ended (a tombstone).
+        let mut c = RouterCore::from_records(vec![state], 0);
+        let ended = Remote {
+            best: None,
+            generation_max: 4,
+        };
+        let (c4, _rx4) = conn(4);
+        let (k4, _) = oneshot::channel();
+        let (present, resume) =
+            accepted(c.connect_with("m", false, EXPIRY_NEVER, c4, k4, &ended, 70));
+        assert!(!present);
+        let resume = resume.unwrap();
+        assert!(resume.fresh && resume.subs.is_empty());
+        // It ends after a clean connect: its tombstone keeps generation 6.
+        let (c5, _rx5) = conn(5);
+        let (k5, _) = oneshot::channel();
+        c.connect("m", true, 0, c5, k5);
+        c.disconnect("m", 5, 0, None, 80);
+        assert_eq!(
+            c.take("m", false, 90),
+            Taken {
+                generation: 6,
+                state: None
+            }
+        );
+    }
+
+    #[test]
     fn takeover_of_a_persistent_session_waits_for_the_final_cursors() {
         let mut r = RouterCore::default();
         let (c1, _rx1) = conn(1);
@@ -1154,6 +1617,7 @@ mod tests {
             conn,
             kick,
             reply,
+            remote: Remote::default(),
         };
         r.request_connect(req(c2, k2, reply), 0);
         assert!(kicked1.try_recv().is_ok());

@@ -21,8 +21,9 @@
 //! writes them and makes them durable with one fdatasync per batch: cursors advance in
 //! batches, never one fsync per acknowledgement. The router decides what to write and when.
 //!
-//! *Boundary:* the file is local to the node. A client that reconnects to another broker
-//! (failover) finds no session there.
+//! *Boundary:* the file is local to the node. What another broker learns of these sessions
+//! it learns from this broker (the Peer service's `TakeSession`) or from this broker's
+//! snapshot in the object store (`cluster_sessions`), never from this file.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -73,6 +74,11 @@ pub struct SessionRecord {
     pub cursors: Vec<(PartitionKey, CursorMark)>,
     /// When its last connection ended (wall clock, ms); `None` while connected.
     pub disconnected_ms: Option<i64>,
+    /// Takeover generation: every connect that creates or takes over the session picks one
+    /// above every generation it saw for the client id, cluster-wide; the highest wins
+    /// (`mqtt::cluster_sessions`). 0 in logs written before it was recorded.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// A change to the stored sessions.
@@ -305,6 +311,7 @@ mod tests {
                 },
             )],
             disconnected_ms: Some(1_700_000_000_000),
+            generation: 4,
         }
     }
 

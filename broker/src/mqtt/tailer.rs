@@ -12,6 +12,13 @@
 //! running, possibly by its first MQTT publish). A partition log replaced by the registry (led
 //! at a new lease epoch) gets a new tailer at its high watermark.
 //!
+//! Partitions another broker leads are followed through that leader's `Peer.Tail` stream
+//! (`peer`): the same batches, pushed on the leader's high-watermark notification, routed the
+//! same way. When the leader changes (the stream ends with NOT_LEADER or breaks, or metadata
+//! names another leader) the follower re-subscribes from the offset after the last batch it
+//! routed, so nothing is skipped or repeated across a failover. A partition that moves here
+//! (or away) is followed on from the position its previous follower reached.
+//!
 //! Each tailer also bumps one shared counter ([`Tailers::data_signal`]) whenever its
 //! partition's high watermark moves: persistent sessions, which read the partitions from their
 //! own cursors, wait on it instead of on every partition.
@@ -21,8 +28,10 @@ use super::router::RouterMsg;
 use super::ROUTE_BATCH_MAX;
 use crate::log::partition::{PartitionLog, TailRead};
 use crate::node::Node;
+use crate::peer::client::{backoff, resolve, Leader};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use strata_types::batch::Batches;
 use strata_types::PartitionKey;
@@ -34,8 +43,38 @@ const READ_BYTES_MAX: usize = 1024 * 1024;
 
 #[derive(Debug)]
 struct Running {
-    log: Arc<PartitionLog>,
+    /// The local log followed, or `None` for a partition followed from its remote leader.
+    log: Option<Arc<PartitionLog>>,
+    /// The next offset to route (negative until a remote follower learned its start).
+    next: Arc<AtomicI64>,
     task: JoinHandle<()>,
+}
+
+/// Where a new follower starts: the position its predecessor reached, else the high watermark
+/// at startup (negative for a remote one: the leader's), else the log start.
+pub fn start_offset(handoff: Option<i64>, at_startup: bool, local: Option<(i64, i64)>) -> i64 {
+    match (handoff.filter(|p| *p >= 0), local) {
+        (Some(p), _) => p,
+        (None, Some((log_start, hw))) => {
+            if at_startup {
+                hw
+            } else {
+                log_start
+            }
+        }
+        (None, None) => {
+            if at_startup {
+                -1
+            } else {
+                0
+            }
+        }
+    }
+}
+
+/// Where a remote follower continues after an event: never backwards.
+pub fn next_after_event(current: i64, event_next: i64) -> i64 {
+    current.max(event_next)
 }
 
 /// The set of running tailers, kept in step with the registry by [`Tailers::sync`].
@@ -81,44 +120,63 @@ impl Tailers {
         let at_startup = !*first;
         *first = true;
         let mut running = self.running.lock();
-        let mut wanted: HashMap<PartitionKey, Arc<PartitionLog>> = HashMap::new();
+        // Led here: the local log; led elsewhere: the topic's name (followed remotely).
+        let mut wanted: HashMap<PartitionKey, (Option<Arc<PartitionLog>>, String)> = HashMap::new();
         for name in &self.topics {
             let Some(topic) = self.node.registry.topic(name) else {
                 continue;
             };
             for log in &topic.partitions {
-                if self.node.registry.leads(&log.key) {
-                    wanted.insert(log.key, log.clone());
-                }
+                let local = self.node.registry.leads(&log.key).then(|| log.clone());
+                wanted.insert(log.key, (local, topic.name.to_string()));
             }
         }
+        let mut handoff: HashMap<PartitionKey, i64> = HashMap::new();
         running.retain(|key, r| {
-            let keep = wanted
-                .get(key)
-                .is_some_and(|log| Arc::ptr_eq(log, &r.log) && !r.task.is_finished());
+            let keep = wanted.get(key).is_some_and(|(log, _)| {
+                let same = match (log, &r.log) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                same && !r.task.is_finished()
+            });
             if !keep {
                 r.task.abort();
+                handoff.insert(*key, r.next.load(Ordering::Acquire));
             }
             keep
         });
-        for (key, log) in wanted {
+        for (key, (log, topic)) in wanted {
             if running.contains_key(&key) {
                 continue;
             }
-            let offsets = log.offsets();
-            let start = if at_startup {
-                offsets.high_watermark
-            } else {
-                offsets.log_start_offset
+            let local = log.as_ref().map(|l| {
+                let o = l.offsets();
+                (o.log_start_offset, o.high_watermark)
+            });
+            let start = start_offset(handoff.get(&key).copied(), at_startup, local);
+            let next = Arc::new(AtomicI64::new(start));
+            let task = match &log {
+                Some(log) => tokio::spawn(tail(
+                    log.clone(),
+                    start.max(0),
+                    next.clone(),
+                    self.router.clone(),
+                    self.data.clone(),
+                    self.shutdown.clone(),
+                )),
+                None => tokio::spawn(tail_remote(
+                    self.node.clone(),
+                    key,
+                    topic,
+                    next.clone(),
+                    self.router.clone(),
+                    self.data.clone(),
+                    self.shutdown.clone(),
+                )),
             };
-            let task = tokio::spawn(tail(
-                log.clone(),
-                start,
-                self.router.clone(),
-                self.data.clone(),
-                self.shutdown.clone(),
-            ));
-            running.insert(key, Running { log, task });
+            running.insert(key, Running { log, next, task });
         }
     }
 
@@ -134,6 +192,7 @@ impl Tailers {
 async fn tail(
     log: Arc<PartitionLog>,
     mut next: i64,
+    position: Arc<AtomicI64>,
     router: mpsc::Sender<RouterMsg>,
     data: Arc<watch::Sender<u64>>,
     mut shutdown: watch::Receiver<bool>,
@@ -154,6 +213,7 @@ async fn tail(
                     for data in chunks {
                         next = route_chunk(&data, next, &router, &mut out).await;
                     }
+                    position.store(next, Ordering::Release);
                     if !out.is_empty() && router.send(RouterMsg::Route(out)).await.is_err() {
                         return;
                     }
@@ -172,6 +232,7 @@ async fn tail(
                     }
                     tracing::debug!(partition = ?log.key, from = next, to = skip_to, "mqtt tailer skipped");
                     next = skip_to;
+                    position.store(next, Ordering::Release);
                 }
             }
             if router.is_closed() {
@@ -183,6 +244,103 @@ async fn tail(
             _ = shutdown.changed() => return,
         }
         data.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Follows a partition another broker leads through its `Peer.Tail` stream, from `next` (or
+/// the leader's high watermark while `next` is negative), re-subscribing at the next offset
+/// whenever the stream ends or metadata names another leader. Until aborted or shut down.
+async fn tail_remote(
+    node: Arc<Node>,
+    key: PartitionKey,
+    topic: String,
+    next: Arc<AtomicI64>,
+    router: mpsc::Sender<RouterMsg>,
+    data: Arc<watch::Sender<u64>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        if *shutdown.borrow() || router.is_closed() {
+            return;
+        }
+        let mut changes = node.meta.subscribe();
+        changes.borrow_and_update();
+        let leader = resolve(
+            &node.meta.read(),
+            node.config.node_id,
+            key.topic,
+            key.partition,
+        );
+        let stream = match &leader {
+            Leader::Remote { node_id, addr } => match node.peers.client(addr) {
+                Ok(mut client) => {
+                    let req = crate::peer::pb::TailRequest {
+                        topic: topic.clone(),
+                        partition: key.partition,
+                        from_offset: next.load(Ordering::Acquire),
+                    };
+                    match client.tail(req).await {
+                        Ok(resp) => Some(resp.into_inner()),
+                        Err(status) => {
+                            tracing::debug!(partition = ?key, leader = node_id, %status, "mqtt remote tail refused; retrying");
+                            None
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(partition = ?key, %err, "mqtt remote tail: no client");
+                    None
+                }
+            },
+            // Led here soon (`sync` switches to a local tailer) or nobody leads: wait.
+            Leader::Local | Leader::Unknown => None,
+        };
+        let Some(mut stream) = stream else {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(backoff(attempt)) => {}
+                _ = shutdown.changed() => return,
+            }
+            attempt = attempt.saturating_add(1);
+            continue;
+        };
+        loop {
+            tokio::select! {
+                msg = stream.message() => match msg {
+                    Ok(Some(event)) => {
+                        attempt = 0;
+                        let mut at = next.load(Ordering::Acquire);
+                        if at < 0 {
+                            at = event.next_offset.min(event.base_offset);
+                        }
+                        if !event.records.is_empty() {
+                            let mut out = Vec::new();
+                            at = route_chunk(&event.records, at, &router, &mut out).await;
+                            if !out.is_empty() && router.send(RouterMsg::Route(out)).await.is_err() {
+                                return;
+                            }
+                        }
+                        next.store(next_after_event(at, event.next_offset), Ordering::Release);
+                        node.peers.note_hw(key, event.high_watermark);
+                        data.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(partition = ?key, %status, "mqtt remote tail ended; re-subscribing");
+                        break;
+                    }
+                },
+                changed = changes.changed() => {
+                    if changed.is_err() { return; }
+                    let now = resolve(&node.meta.read(), node.config.node_id, key.topic, key.partition);
+                    if now != leader {
+                        break;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 
@@ -227,4 +385,34 @@ async fn route_chunk(
         next = end;
     }
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_follower_starts_where_its_predecessor_stopped() {
+        // A partition moving here or away: the predecessor's position wins.
+        assert_eq!(start_offset(Some(42), true, Some((0, 50))), 42);
+        assert_eq!(start_offset(Some(42), false, None), 42);
+        // A remote predecessor that never learned its start does not count.
+        assert_eq!(start_offset(Some(-1), false, Some((3, 9))), 3);
+        // At startup: the high watermark (the leader's, asked with -1, for a remote one).
+        assert_eq!(start_offset(None, true, Some((3, 9))), 9);
+        assert_eq!(start_offset(None, true, None), -1);
+        // A partition that appeared later: from its log start.
+        assert_eq!(start_offset(None, false, Some((3, 9))), 3);
+        assert_eq!(start_offset(None, false, None), 0);
+    }
+
+    #[test]
+    fn a_remote_follower_never_moves_backwards() {
+        // The first event after subscribing with -1 sets the position.
+        assert_eq!(next_after_event(-1, 17), 17);
+        // Records routed past what the event says (a batch ending later) keep their end.
+        assert_eq!(next_after_event(20, 18), 20);
+        // A skip ahead (retention) moves forward.
+        assert_eq!(next_after_event(5, 30), 30);
+    }
 }

@@ -12,6 +12,7 @@
 //! *Boundary:* an upgrade request for another path or without the `mqtt` subprotocol gets an
 //! HTTP error reply; a TLS handshake that fails closes only that socket.
 
+use super::clients::Transport;
 use super::connection::{self, Shared};
 use crate::config::NodeConfig;
 use futures::{SinkExt, StreamExt};
@@ -164,9 +165,8 @@ pub async fn serve_tls(
                         }
                     };
                 let (rd, wr) = tokio::io::split(tls);
-                if let Err(reason) =
-                    connection::connection(shared, Box::new(rd), Box::new(wr), shutdown).await
-                {
+                let task = connection::connection(shared, Box::new(rd), Box::new(wr), shutdown);
+                if let Err(reason) = super::clients::scoped(Transport::Tls, peer, task).await {
                     tracing::info!(%peer, %reason, "mqtt tls connection closed");
                 }
             }
@@ -192,9 +192,8 @@ pub async fn serve_ws(shared: Arc<Shared>, listener: TcpListener, shutdown: watc
                     return;
                 };
                 let (rd, wr) = tokio::io::split(pipe);
-                if let Err(reason) =
-                    connection::connection(shared, Box::new(rd), Box::new(wr), shutdown).await
-                {
+                let task = connection::connection(shared, Box::new(rd), Box::new(wr), shutdown);
+                if let Err(reason) = super::clients::scoped(Transport::Ws, peer, task).await {
                     tracing::info!(%peer, %reason, "mqtt websocket connection closed");
                 }
             }

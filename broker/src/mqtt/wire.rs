@@ -238,7 +238,7 @@ pub fn publish_error_code(e: &IngestError) -> u8 {
     match e {
         IngestError::Append(AppendError::WalFull) => 0x97, // Quota exceeded
         IngestError::TooLarge { .. } => 0x95,              // Packet too large
-        IngestError::NotLeader { .. } | IngestError::Append(AppendError::Fenced) => 0x83,
+        IngestError::Forward { .. } | IngestError::Append(AppendError::Fenced) => 0x83,
         IngestError::Append(AppendError::TooLarge) => 0x95,
         IngestError::NotAuthorized => 0x87, // Not authorized (an ACL)
         _ => 0x80,                          // Unspecified error
