@@ -42,8 +42,28 @@ pub fn plain_record(
     }
 }
 
-/// Encodes `records` as one uncompressed v2 record batch.
+/// Encodes `records` as one uncompressed v2 record batch (two where an idempotent producer's
+/// sequence wraps past `i32::MAX`).
+///
+/// kafka-protocol's encoder starts a new batch wherever `offset - sequence` changes. Records
+/// without a producer id all carry sequence -1, which would make one batch per record; they
+/// are given sequences that keep them in one batch whose base sequence is -1 (the only
+/// sequence written).
 pub fn encode_batch(records: &[Record]) -> Result<BytesMut, String> {
+    let numbered: Vec<Record>;
+    let records = match records {
+        [first, _, ..] if records.iter().all(|r| r.producer_id < 0) => {
+            numbered = records
+                .iter()
+                .map(|r| Record {
+                    sequence: (r.offset - first.offset) as i32 - 1,
+                    ..r.clone()
+                })
+                .collect();
+            &numbered[..]
+        }
+        _ => records,
+    };
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
@@ -168,6 +188,27 @@ mod tests {
         )
         .unwrap();
         buf.to_vec()
+    }
+
+    #[test]
+    fn plain_records_encode_as_one_batch_without_a_sequence() {
+        use strata_types::batch::BatchHeader;
+        let records: Vec<Record> = (0..3)
+            .map(|i| {
+                plain_record(
+                    i,
+                    1_700_000_000_000 + i,
+                    None,
+                    Some(Bytes::from(vec![b'v'; 10])),
+                    IndexMap::new(),
+                )
+            })
+            .collect();
+        let buf = encode_batch(&records).unwrap();
+        let h = BatchHeader::parse(&buf).unwrap();
+        assert_eq!((h.size, h.records_count), (buf.len(), 3), "one batch");
+        assert_eq!((h.producer_id, h.base_sequence), (-1, -1));
+        assert_eq!(h.last_offset_delta, 2);
     }
 
     #[test]

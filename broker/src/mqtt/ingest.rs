@@ -12,20 +12,31 @@
 //! the leader (`peer::client`, which re-resolves the leader and retries on NOT_LEADER or an
 //! unreachable leader for a bounded time). The publish's future resolves once the leader
 //! answered durable; a failure fails the publish like a local storage error (never a silent
-//! drop). A forwarded batch retried after a broken connection may be stored twice (QoS 1 is
-//! at least once).
+//! drop).
+//!
+//! A forwarder is an idempotent Kafka producer: it takes a producer id from this node's
+//! allocator (`producer_ids`) and sends what it joined as ONE record batch stamped with the id,
+//! epoch 0 and its next sequence for the partition. A retry of an `Append` whose answer was
+//! lost (a broken connection, a timeout, a leader change: the producer state moves with the
+//! partition's WAL) is then recognised by the leader's sequencer as a duplicate and answered
+//! with the original offsets — a forwarded publish is stored once. When an `Append` finally
+//! fails, its outcome is unknown: the forwarder drops its producer id and takes a fresh one
+//! (an unknown producer starts at any sequence), so the next batch is not refused as a gap.
 
 use super::mapping::{self, Mapping};
 use super::tailer::Tailers;
 use super::Message;
 use crate::log::sequencer::{AppendError, AppendRequest, BatchSpan};
 use crate::node::Node;
+use crate::records;
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::Record;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use strata_meta::{Command, CommandResult, Rejection};
+use strata_types::sequence::add_seq;
 use strata_types::{PartitionKey, TopicId, TopicName};
 use tokio::sync::{mpsc, oneshot};
 
@@ -61,9 +72,11 @@ pub enum IngestError {
     },
 }
 
-/// One forwarded publish: its batch and who waits for its offset.
+/// One forwarded publish: its record (offset 0, no producer id), its size as a one-record
+/// batch, and who waits for its offset.
 struct Forwarded {
-    data: Bytes,
+    record: Record,
+    size: usize,
     done: oneshot::Sender<Result<i64, IngestError>>,
 }
 
@@ -107,7 +120,9 @@ impl Ingest {
         let index = mapping::partition_for(msg.topic.as_bytes(), logs.partitions.len());
         let log = logs.partitions[index].clone();
         let now = crate::log::sequencer::now_ms();
-        let data = mapping::encode_batch(msg, now).map_err(IngestError::Encode)?;
+        let record = mapping::record(msg, now);
+        let data =
+            records::encode_batch(std::slice::from_ref(&record)).map_err(IngestError::Encode)?;
         if data.len() > node.config.message_bytes_max as usize {
             return Err(IngestError::TooLarge {
                 size: data.len(),
@@ -116,7 +131,7 @@ impl Ingest {
         }
         if !node.registry.leads(&log.key) {
             let rx = self
-                .forward(log.key, kafka_topic, index, data.freeze())
+                .forward(log.key, kafka_topic, index, record, data.len())
                 .await?;
             return Ok(futures::future::Either::Left(async move {
                 rx.await.unwrap_or(Err(AppendError::ShuttingDown.into()))
@@ -133,13 +148,14 @@ impl Ingest {
         key: PartitionKey,
         topic: &str,
         index: usize,
-        data: Bytes,
+        record: Record,
+        size: usize,
     ) -> Result<oneshot::Receiver<Result<i64, IngestError>>, IngestError> {
         if self.node.shutting_down.load(Ordering::Acquire) {
             return Err(AppendError::ShuttingDown.into());
         }
         let (done, rx) = oneshot::channel();
-        let mut item = Forwarded { data, done };
+        let mut item = Forwarded { record, size, done };
         for _ in 0..2 {
             let tx = {
                 let mut queues = self.forwarders.queues.lock();
@@ -252,21 +268,36 @@ async fn forward_loop(
     mut rx: mpsc::Receiver<Forwarded>,
 ) {
     let mut items: Vec<Forwarded> = Vec::new();
+    let mut producer: Option<ForwardProducer> = None;
     while let Some(first) = rx.recv().await {
         items.clear();
-        let mut bytes = first.data.len();
+        let mut bytes = first.size;
         items.push(first);
         while items.len() < FORWARD_BATCH_MAX && bytes < FORWARD_BYTES_MAX {
             match rx.try_recv() {
                 Ok(next) => {
-                    bytes += next.data.len();
+                    bytes += next.size;
                     items.push(next);
                 }
                 Err(_) => break,
             }
         }
-        let records = join(&items);
-        let result = crate::peer::client::append(&node, key, &topic, records).await;
+        if producer.is_none() {
+            match node.producer_ids.next().await {
+                Ok(id) => producer = Some(ForwardProducer::new(id)),
+                // No id (metadata unavailable): the batch goes without one, at least once.
+                Err(err) => {
+                    tracing::warn!(%err, topic, partition = index, "forwarding without a producer id")
+                }
+            }
+        }
+        let result = match join(&items, producer.as_ref()) {
+            Ok(records) => crate::peer::client::append(&node, key, &topic, records).await,
+            Err(e) => Err(crate::peer::client::PeerError::Refused {
+                code: 2,
+                message: format!("record encoding failed: {e}"),
+            }),
+        };
         if matches!(result, Err(crate::peer::client::PeerError::Local)) {
             rx.close();
             while let Ok(more) = rx.try_recv() {
@@ -276,9 +307,13 @@ async fn forward_loop(
                 let answer = match node.registry.partition(&key) {
                     Some(log) => {
                         let now = crate::log::sequencer::now_ms();
-                        match append_local(&node, log, BytesMut::from(&item.data[..]), now).await {
-                            Ok(done) => done.await,
-                            Err(e) => Err(e),
+                        let data = records::encode_batch(std::slice::from_ref(&item.record));
+                        match data {
+                            Ok(data) => match append_local(&node, log, data, now).await {
+                                Ok(done) => done.await,
+                                Err(e) => Err(e),
+                            },
+                            Err(e) => Err(IngestError::Encode(e)),
                         }
                     }
                     None => Err(AppendError::ShuttingDown.into()),
@@ -287,6 +322,7 @@ async fn forward_loop(
             }
             return;
         }
+        producer = producer.and_then(|p| p.after(result.is_ok(), items.len()));
         let answers = offsets(&result, items.len());
         for (item, answer) in items.drain(..).zip(answers) {
             let _ = item
@@ -303,16 +339,46 @@ async fn forward_loop(
     }
 }
 
-/// The batches back to back (one Produce record set).
-fn join(items: &[Forwarded]) -> Bytes {
-    if let [one] = items {
-        return one.data.clone();
+/// A forwarder's idempotent-producer identity for its partition (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ForwardProducer {
+    id: i64,
+    /// Sequence of the next batch's first record.
+    next_seq: i32,
+}
+
+impl ForwardProducer {
+    fn new(id: i64) -> Self {
+        Self { id, next_seq: 0 }
     }
-    let mut all = BytesMut::with_capacity(items.iter().map(|i| i.data.len()).sum());
-    for i in items {
-        all.extend_from_slice(&i.data);
+
+    /// After an `Append` of `records` records: the same producer further on when it was
+    /// stored, none (take a fresh id) when its outcome is unknown.
+    fn after(self, stored: bool, records: usize) -> Option<Self> {
+        stored.then(|| Self {
+            id: self.id,
+            next_seq: add_seq(self.next_seq, records as i32),
+        })
     }
-    all.freeze()
+}
+
+/// The forwarded records as one batch (offsets 0.., stamped with `producer` when there is one).
+fn join(items: &[Forwarded], producer: Option<&ForwardProducer>) -> Result<Bytes, String> {
+    let all: Vec<Record> = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let mut r = item.record.clone();
+            r.offset = i as i64;
+            if let Some(p) = producer {
+                r.producer_id = p.id;
+                r.producer_epoch = 0;
+                r.sequence = add_seq(p.next_seq, i as i32);
+            }
+            r
+        })
+        .collect();
+    records::encode_batch(&all).map(BytesMut::freeze)
 }
 
 /// Each of `n` one-record batches appended together at `base` gets `base + i`.
@@ -347,21 +413,65 @@ mod tests {
             .all(|r| r.as_ref().unwrap_err().contains("not the leader")));
     }
 
+    fn item(value: &'static [u8]) -> Forwarded {
+        let (done, _) = oneshot::channel();
+        let record = records::plain_record(
+            0,
+            1_700_000_000_000,
+            Some(Bytes::from_static(b"t")),
+            Some(Bytes::from_static(value)),
+            Default::default(),
+        );
+        Forwarded {
+            record,
+            size: 80,
+            done,
+        }
+    }
+
     #[test]
-    fn queued_batches_are_joined_in_order() {
-        let (a, _) = oneshot::channel();
-        let (b, _) = oneshot::channel();
-        let items = vec![
-            Forwarded {
-                data: Bytes::from_static(b"ab"),
-                done: a,
-            },
-            Forwarded {
-                data: Bytes::from_static(b"cd"),
-                done: b,
-            },
-        ];
-        assert_eq!(join(&items), Bytes::from_static(b"abcd"));
-        assert_eq!(join(&items[..1]), Bytes::from_static(b"ab"));
+    fn queued_records_are_joined_into_one_idempotent_batch() {
+        use strata_types::batch::{verify_crc, BatchHeader, Batches};
+        let items = vec![item(b"a"), item(b"b"), item(b"c")];
+        let p = ForwardProducer {
+            id: 77,
+            next_seq: 10,
+        };
+        let batch = join(&items, Some(&p)).unwrap();
+        let h = BatchHeader::parse(&batch).unwrap();
+        verify_crc(&batch, &h).unwrap();
+        assert_eq!((h.size, h.records_count), (batch.len(), 3), "one batch");
+        assert_eq!((h.producer_id, h.producer_epoch), (77, 0));
+        assert_eq!((h.base_sequence, h.last_offset_delta), (10, 2));
+        // Where the sequence wraps the encoder starts a second batch (at sequence 0): still
+        // one request of at most 5 batches, which the sequencer deduplicates as a whole.
+        let wrapped = ForwardProducer {
+            id: 77,
+            next_seq: i32::MAX - 1,
+        };
+        let batch = join(&items, Some(&wrapped)).unwrap();
+        let seqs: Vec<(i32, i32)> = Batches::new(&batch)
+            .map(|b| {
+                let (h, _) = b.unwrap();
+                (h.base_sequence, h.records_count)
+            })
+            .collect();
+        assert_eq!(seqs, [(i32::MAX - 1, 2), (0, 1)]);
+        // Without a producer id: the same records, not idempotent.
+        let plain = BatchHeader::parse(&join(&items, None).unwrap()).unwrap();
+        assert_eq!((plain.producer_id, plain.records_count), (-1, 3));
+    }
+
+    #[test]
+    fn a_forwarder_moves_on_when_stored_and_starts_afresh_when_unsure() {
+        let p = ForwardProducer::new(5);
+        let p = p.after(true, 3).unwrap();
+        assert_eq!(p, ForwardProducer { id: 5, next_seq: 3 });
+        let wrapped = ForwardProducer {
+            id: 5,
+            next_seq: i32::MAX,
+        };
+        assert_eq!(wrapped.after(true, 2).unwrap().next_seq, 1);
+        assert_eq!(p.after(false, 3), None, "an unknown outcome drops the id");
     }
 }

@@ -115,6 +115,11 @@ pub fn partition_for(key: &[u8], partitions: usize) -> usize {
 
 /// One record batch (v2, uncompressed, no producer id) holding `msg`, timestamped `now_ms`.
 pub fn encode_batch(msg: &Message, now_ms: i64) -> Result<BytesMut, String> {
+    records::encode_batch(std::slice::from_ref(&record(msg, now_ms)))
+}
+
+/// The Kafka record `msg` is stored as (offset 0, no producer id), timestamped `now_ms`.
+pub fn record(msg: &Message, now_ms: i64) -> Record {
     let mut headers = IndexMap::new();
     // User properties first, then ours, so ours win on a (misbehaving) name clash.
     for (k, v) in &msg.user_properties {
@@ -155,14 +160,13 @@ pub fn encode_batch(msg: &Message, now_ms: i64) -> Result<BytesMut, String> {
             headers.insert(StrBytes::from_static_str(name), Some(v));
         }
     }
-    let record = records::plain_record(
+    records::plain_record(
         0,
         now_ms,
         Some(Bytes::copy_from_slice(msg.topic.as_bytes())),
         Some(msg.payload.clone()),
         headers,
-    );
-    records::encode_batch(std::slice::from_ref(&record))
+    )
 }
 
 /// The MQTT message a stored record stands for, or `None` when its key is not a valid MQTT
