@@ -20,6 +20,7 @@ Kafka topic so every broker leads some of its partitions.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import queue
 import sys
@@ -47,12 +48,13 @@ kafka_topic = "{TOPIC}"
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(strata_bin, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("t88")
+@contextlib.contextmanager
+def mqtt_cluster(strata_bin, tmp: Path, **cluster_kw):
+    """A 3-broker cluster (`cluster.Cluster(**cluster_kw)`) whose brokers all map `sensors/#`
+    to the Kafka topic `sensors`, created with PARTITIONS partitions led across the brokers."""
     cfg = tmp / "mqtt.toml"
     cfg.write_text(CONFIG)
-    c = Cluster(strata_bin, tmp, brokers=3, wal_nodes=3, lease_ms=3000)
+    c = Cluster(strata_bin, tmp, brokers=3, **cluster_kw)
     for b in c.brokers:
         b.extra_args += ["--config", str(cfg)]
     try:
@@ -63,6 +65,13 @@ def cluster(strata_bin, tmp_path_factory):
     finally:
         c.stop()
         print(c.logs())
+
+
+@pytest.fixture(scope="module")
+def cluster(strata_bin, tmp_path_factory):
+    with mqtt_cluster(strata_bin, tmp_path_factory.mktemp("t88"), wal_nodes=3,
+                      lease_ms=3000) as c:
+        yield c
 
 
 def publish_all(client: Client, payload_tag: str, topics=MQTT_TOPICS, per_topic: int = 2) -> set:

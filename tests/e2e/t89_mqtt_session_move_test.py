@@ -24,42 +24,24 @@ import uuid
 import pytest
 
 import harness
-from cluster import Cluster, wait_leaders
 
 paho = pytest.importorskip("paho.mqtt.client")
 from paho.mqtt.client import MQTTv311, MQTTv5  # noqa: E402
+from cluster import wait_leaders  # noqa: E402
 from t95_mqtt_test import WAIT  # noqa: E402
 from t98_mqtt_sessions_test import NEVER, Sess, persistent, publisher  # noqa: E402
+from t88_mqtt_cluster_test import TOPIC, PARTITIONS, mqtt_cluster  # noqa: E402
 
-TOPIC = "sensors"
-PARTITIONS = 6
 LEASE_MS = 3000
-
-CONFIG = f"""
-[[mqtt.kafka_mapping]]
-filter = "sensors/#"
-kafka_topic = "{TOPIC}"
-"""
 
 
 @pytest.fixture(scope="module")
 def cluster(strata_bin, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("t89")
-    cfg = tmp / "mqtt.toml"
-    cfg.write_text(CONFIG)
-    c = Cluster(strata_bin, tmp, brokers=3, lease_ms=LEASE_MS, combined=True,
-                env={"STRATA_MQTT_SESSION_SNAPSHOT_INTERVAL_MS": "200",
-                     "STRATA_TIERING_FLUSH_INTERVAL_MS": "200"})
-    for b in c.brokers:
-        b.extra_args += ["--config", str(cfg)]
-    try:
-        c.start()
-        harness.create_topic(c.bootstrap, TOPIC, PARTITIONS)
-        wait_leaders(c, TOPIC, PARTITIONS)
+    env = {"STRATA_MQTT_SESSION_SNAPSHOT_INTERVAL_MS": "200",
+           "STRATA_TIERING_FLUSH_INTERVAL_MS": "200"}
+    with mqtt_cluster(strata_bin, tmp_path_factory.mktemp("t89"), lease_ms=LEASE_MS,
+                      combined=True, env=env) as c:
         yield c
-    finally:
-        c.stop()
-        print(c.logs())
 
 
 def reason(rc) -> int:
