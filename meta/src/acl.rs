@@ -129,6 +129,22 @@ pub struct AclBinding {
     pub permission: AclPermission,
 }
 
+impl AclBinding {
+    /// The binding as the admin API and `strata acl list --output json` show it, with Kafka's
+    /// names (`Topic`, `Literal`, `Read`, `Allow`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "resource_type": self.resource_type.name(),
+            "resource_name": self.resource_name,
+            "pattern_type": self.pattern_type.name(),
+            "principal": self.principal,
+            "host": self.host,
+            "operation": self.operation.name(),
+            "permission": self.permission.name(),
+        })
+    }
+}
+
 /// A DescribeAcls / DeleteAcls filter: `None` strings and `Any` values match everything.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AclBindingFilter {

@@ -116,6 +116,24 @@ pub(crate) async fn read_index(raft: &MetaRaft) -> Result<Attempt<u64>, MetaErro
     }
 }
 
+/// The membership a `change_membership` call left in force, or why it did not apply.
+fn membership_changed(
+    raft: &MetaRaft,
+    changed: Result<
+        openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    >,
+) -> Result<Attempt<MembershipView>, MetaError> {
+    match changed {
+        Ok(response) => Ok(Attempt::Done(view_after(
+            raft,
+            Some(response.log_id),
+            response.membership,
+        ))),
+        Err(e) => membership_change_error(e),
+    }
+}
+
 fn membership_change_error(
     e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
 ) -> Result<Attempt<MembershipView>, MetaError> {
@@ -183,17 +201,10 @@ pub(crate) async fn change_membership(
     voters: BTreeSet<NodeId>,
     retain: bool,
 ) -> Result<Attempt<MembershipView>, MetaError> {
-    match raft
+    let changed = raft
         .change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
-        .await
-    {
-        Ok(response) => Ok(Attempt::Done(view_after(
-            raft,
-            Some(response.log_id),
-            response.membership,
-        ))),
-        Err(e) => membership_change_error(e),
-    }
+        .await;
+    membership_changed(raft, changed)
 }
 
 /// Removes the learners `ids` from the group (they no longer receive the log). First waits
@@ -235,17 +246,10 @@ pub(crate) async fn remove_learners(
             )
             .await;
     }
-    match raft
+    let changed = raft
         .change_membership(ChangeMembers::RemoveNodes(ids), false)
-        .await
-    {
-        Ok(response) => Ok(Attempt::Done(view_after(
-            raft,
-            Some(response.log_id),
-            response.membership,
-        ))),
-        Err(e) => membership_change_error(e),
-    }
+        .await;
+    membership_changed(raft, changed)
 }
 
 /// What a node is in a membership.
@@ -339,17 +343,10 @@ pub(crate) async fn set_addresses(
         .into_iter()
         .map(|(id, addr)| (id, BasicNode::new(addr)))
         .collect();
-    match raft
+    let changed = raft
         .change_membership(ChangeMembers::SetNodes(nodes), true)
-        .await
-    {
-        Ok(response) => Ok(Attempt::Done(view_after(
-            raft,
-            Some(response.log_id),
-            response.membership,
-        ))),
-        Err(e) => membership_change_error(e),
-    }
+        .await;
+    membership_changed(raft, changed)
 }
 
 fn view_after(

@@ -21,9 +21,7 @@ Kafka topic so every broker leads some of its partitions.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import queue
-import sys
 import uuid
 from pathlib import Path
 
@@ -36,7 +34,6 @@ paho = pytest.importorskip("paho.mqtt.client")
 from paho.mqtt.client import MQTTv311, MQTTv5  # noqa: E402
 from t95_mqtt_test import WAIT, Client  # noqa: E402
 
-PROTO_DIR = Path(__file__).resolve().parents[2] / "broker" / "proto"
 TOPIC = "sensors"
 PARTITIONS = 6
 MQTT_TOPICS = [f"sensors/dev{i}" for i in range(60)]
@@ -163,18 +160,7 @@ def test_persistent_session_gets_what_was_published_on_another_broker(cluster):
 @pytest.fixture(scope="module")
 def peer_pb(tmp_path_factory):
     """(peer_pb2, peer_pb2_grpc, grpc) generated from broker/proto/peer.proto."""
-    grpc = pytest.importorskip("grpc")
-    from grpc_tools import protoc
-
-    out = tmp_path_factory.mktemp("peer_stubs")
-    rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      str(PROTO_DIR / "peer.proto")])
-    assert rc == 0, "grpc_tools.protoc failed on peer.proto"
-    sys.path.insert(0, str(out))
-    try:
-        return importlib.import_module("peer_pb2"), importlib.import_module("peer_pb2_grpc"), grpc
-    finally:
-        sys.path.remove(str(out))
+    return harness.grpc_stubs("peer", tmp_path_factory.mktemp("peer_stubs"))
 
 
 def peer_stub(peer_pb, b):

@@ -7,37 +7,22 @@ bad argument naming the field, a reset refused while the group has live members)
 when `meta.listen` is taken; and a 3-node cluster where GetCluster lists all three brokers.
 """
 
-import importlib
 import json
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import harness
 from cluster import Cluster
 
-PROTO_DIR = Path(__file__).resolve().parents[2] / "broker" / "proto"
 
 
 @pytest.fixture(scope="module")
 def pb(tmp_path_factory):
     """(admin_pb2, admin_pb2_grpc, grpc) generated from broker/proto/admin.proto."""
-    grpc = pytest.importorskip("grpc")
-    from grpc_tools import protoc
-
-    out = tmp_path_factory.mktemp("admin_stubs")
-    rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      str(PROTO_DIR / "admin.proto")])
-    assert rc == 0, "grpc_tools.protoc failed on admin.proto"
-    sys.path.insert(0, str(out))
-    try:
-        return importlib.import_module("admin_pb2"), importlib.import_module("admin_pb2_grpc"), grpc
-    finally:
-        sys.path.remove(str(out))
+    return harness.grpc_stubs("admin", tmp_path_factory.mktemp("admin_stubs"))
 
 
 def meta_addr(b: harness.Broker) -> str:

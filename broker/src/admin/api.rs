@@ -1382,19 +1382,6 @@ const PERMISSIONS: &[AclPermission] = &[
     AclPermission::Allow,
 ];
 
-/// A binding as the JSON API shows it (Kafka's names: `Topic`, `Literal`, `Read`, `Allow`).
-fn acl_json(b: &AclBinding) -> Value {
-    serde_json::json!({
-        "resource_type": b.resource_type.name(),
-        "resource_name": b.resource_name,
-        "pattern_type": b.pattern_type.name(),
-        "principal": b.principal,
-        "host": b.host,
-        "operation": b.operation.name(),
-        "permission": b.permission.name(),
-    })
-}
-
 /// A string field of an ACL request; `None` when absent (or null).
 fn acl_string(body: &Map<String, Value>, field: &'static str) -> ApiResult<Option<String>> {
     match body.get(field) {
@@ -1549,7 +1536,12 @@ pub(crate) async fn list_acls(
 pub(crate) fn list_acls_op(node: &Node, filter: &Map<String, Value>) -> ApiResult<Vec<Value>> {
     let f = acl_filter(filter)?;
     let state = node.meta.read();
-    Ok(state.acls().describe(&f).iter().map(acl_json).collect())
+    Ok(state
+        .acls()
+        .describe(&f)
+        .iter()
+        .map(AclBinding::to_json)
+        .collect())
 }
 
 /// `POST /v1/acls` `{resource_type, resource_name, pattern_type?, principal, host?, operation,
@@ -1586,7 +1578,7 @@ pub(crate) async fn create_acl_op(
         .await
     {
         Ok(CommandResult::AclsCreated(outcomes)) => match outcomes.into_iter().next().flatten() {
-            None => Ok((!existed, acl_json(&b))),
+            None => Ok((!existed, b.to_json())),
             Some(reason) => Err(ApiError::conflict("refused", reason)),
         },
         Ok(other) => Err(ApiError::new(
@@ -1643,7 +1635,7 @@ pub(crate) async fn delete_acls_op(node: &Node, filter: &Map<String, Value>) -> 
     {
         Ok(CommandResult::AclsDeleted(outcomes)) => match outcomes.into_iter().next() {
             Some(Ok(removed)) => Ok(serde_json::json!({
-                "deleted": removed.iter().map(acl_json).collect::<Vec<_>>(),
+                "deleted": removed.iter().map(AclBinding::to_json).collect::<Vec<_>>(),
             })),
             Some(Err(reason)) => Err(ApiError::bad_field("principal", reason)),
             None => Err(ApiError::new(

@@ -238,20 +238,7 @@ fn print(bindings: &[AclBinding], output: Output) {
             );
         }
         Output::Json => {
-            let v: Vec<serde_json::Value> = bindings
-                .iter()
-                .map(|b| {
-                    serde_json::json!({
-                        "resource_type": b.resource_type.name(),
-                        "resource_name": b.resource_name,
-                        "pattern_type": b.pattern_type.name(),
-                        "principal": b.principal,
-                        "host": b.host,
-                        "operation": b.operation.name(),
-                        "permission": b.permission.name(),
-                    })
-                })
-                .collect();
+            let v: Vec<serde_json::Value> = bindings.iter().map(AclBinding::to_json).collect();
             super::print_json(&v);
         }
     }
