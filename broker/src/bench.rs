@@ -9,6 +9,7 @@
 
 pub mod mqtt;
 
+use crate::progress::{Progress, Unit};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
@@ -28,6 +29,11 @@ pub fn disk(dir: &Path, seconds: u64) -> std::io::Result<DiskReport> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(".strata-bench-disk");
     let budget = Duration::from_secs(seconds.max(1));
+    let progress = Progress::start(
+        "bench disk: fdatasync of 4 KiB writes",
+        Unit::Count("fsyncs"),
+        None,
+    );
 
     let mut file = OpenOptions::new()
         .create(true)
@@ -42,6 +48,7 @@ pub fn disk(dir: &Path, seconds: u64) -> std::io::Result<DiskReport> {
         file.write_all(&block)?;
         file.sync_data()?;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
+        progress.add(1);
     }
     samples.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
@@ -52,6 +59,11 @@ pub fn disk(dir: &Path, seconds: u64) -> std::io::Result<DiskReport> {
         .write(true)
         .truncate(true)
         .open(&path)?;
+    progress.phase(
+        "bench disk: fsynced sequential 1 MiB writes",
+        Unit::Bytes,
+        None,
+    );
     let chunk = vec![0xa5u8; 1024 * 1024];
     let mut written = 0u64;
     let start = Instant::now();
@@ -59,8 +71,10 @@ pub fn disk(dir: &Path, seconds: u64) -> std::io::Result<DiskReport> {
         file.write_all(&chunk)?;
         file.sync_data()?;
         written += chunk.len() as u64;
+        progress.add(chunk.len() as u64);
     }
     let secs = start.elapsed().as_secs_f64();
+    progress.finish();
     drop(file);
     std::fs::remove_file(&path)?;
     Ok(DiskReport {
@@ -104,16 +118,27 @@ pub async fn store_read(
         })
         .collect();
     let gets = ranges.len() as u64;
+    let progress = Progress::start(
+        format!("bench store-read: {prefix}"),
+        Unit::Bytes,
+        Some(objects.iter().map(|o| o.size).sum()),
+    );
+    let counter = progress.counter();
     let start = Instant::now();
-    let bytes: u64 =
-        stream::iter(ranges)
-            .map(|(key, range)| async move {
-                store.get_range(&key, range).await.map(|b| b.len() as u64)
-            })
-            .buffer_unordered(concurrency.max(1))
-            .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
-            .await?;
+    let bytes: u64 = stream::iter(ranges)
+        .map(|(key, range)| {
+            let counter = counter.clone();
+            async move {
+                let n = store.get_range(&key, range).await?.len() as u64;
+                counter.add(n);
+                Ok::<u64, strata_tiering::TieringError>(n)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+        .await?;
     let seconds = start.elapsed().as_secs_f64();
+    progress.finish();
     Ok(StoreReadReport {
         objects: objects.len(),
         bytes,

@@ -19,6 +19,7 @@ pub mod mqtt;
 pub mod node;
 pub mod peer;
 pub mod producer_ids;
+pub mod progress;
 pub mod records;
 pub mod takeover;
 pub mod telemetry;

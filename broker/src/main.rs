@@ -275,6 +275,13 @@ enum ClusterCommand {
         /// Stop draining it (moves not yet completed are called off).
         #[arg(long)]
         undo: bool,
+        /// Wait until the broker leads no partition, with a progress line on stderr; exit 1
+        /// when the moves stall or take longer than --timeout-secs.
+        #[arg(long, conflicts_with = "undo")]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value_t = 300, requires = "wait")]
+        timeout_secs: u64,
         #[command(flatten)]
         admin: AdminArg,
         #[command(flatten)]
@@ -792,10 +799,13 @@ fn cluster(cmd: ClusterCommand) -> ExitCode {
         ClusterCommand::Drain {
             node,
             undo,
+            wait,
+            timeout_secs,
             admin,
             output,
         } => run_cli(async move {
-            cli::admin::cluster_drain(&admin.admin, node, undo, output.output).await
+            let wait = wait.then(|| std::time::Duration::from_secs(timeout_secs));
+            cli::admin::cluster_drain(&admin.admin, node, undo, wait, output.output).await
         }),
     }
 }

@@ -17,6 +17,7 @@ joins, failover timing, and scale to zero.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -109,8 +110,8 @@ def led_by(c: Cluster, topic: str) -> dict[int, int]:
     return out
 
 
-def cli(strata_bin: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([strata_bin, *args], capture_output=True, text=True, timeout=60,
+def cli(strata_bin: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([strata_bin, *args], capture_output=True, text=True, timeout=timeout,
                           env=harness.clean_env())
 
 
@@ -158,10 +159,16 @@ def test_drain_and_join_move_partitions_without_copying_history(strata_bin, tmp_
             status, body = post(c.brokers[0], "/v1/cluster/nodes/x/drain", b'{"draining": true}')
             assert status == 400, (status, body)
 
-            r = cli(strata_bin, "cluster", "drain", "3", "--admin", c.brokers[0].admin_url)
-            assert r.returncode == 0, r
-            assert "draining" in r.stdout, r.stdout
+            # `--wait` follows the moves (progress on stderr) and returns once broker 3 leads
+            # nothing, by the admin API's count.
+            led3 = led_by(c, topic).get(3, 0)
             drained_at = time.monotonic()
+            r = cli(strata_bin, "cluster", "drain", "3", "--wait", "--timeout-secs", "120",
+                    "--admin", c.brokers[0].admin_url, timeout=180)
+            assert r.returncode == 0, r
+            m = re.search(r"broker 3 is drained: (\d+) partition\(s\) moved", r.stdout)
+            assert m and int(m.group(1)) == led3, (led3, r.stdout)
+            assert f"drain broker 3: {led3}/{led3} partitions moved (100 %)" in r.stderr, r.stderr
             harness.eventually(lambda: led_by(c, topic).get(3, 0) == 0, 120,
                                what="every partition to leave broker 3")
             print(f"drain: every partition left broker 3 in {time.monotonic() - drained_at:.1f} s; "

@@ -34,6 +34,16 @@ def test_qos1_delivers_every_message(broker, strata_bin):
     assert r["msgs_per_s"] > 0 and r["publish_seconds"] <= r["seconds"] + 1
 
 
+def test_progress_goes_to_stderr_and_ends_at_the_total(broker, strata_bin):
+    res = bench(strata_bin, "--addr", f"127.0.0.1:{broker.mqtt_port}", "--mode", "fanout",
+                "--messages", "300", "--subscribers", "4", "--payload-bytes", "64")
+    r = ok_report(res)  # stdout is still exactly the JSON report
+    lines = [line for line in res.stderr.splitlines() if line.startswith("bench mqtt fanout: ")]
+    assert lines, res.stderr
+    # The last line is the final state: every delivery of the report, out of the expected total.
+    assert lines[-1].startswith(f"bench mqtt fanout: {r['delivered']}/1200 messages delivered (100 %)"), lines
+
+
 def test_fanout_counts_deliveries_of_every_subscriber(broker, strata_bin):
     r = ok_report(bench(strata_bin, "--addr", f"127.0.0.1:{broker.mqtt_port}", "--mode", "fanout",
                         "--messages", "400", "--subscribers", "5", "--payload-bytes", "64"))

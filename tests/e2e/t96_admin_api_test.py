@@ -431,6 +431,35 @@ def test_cli_cluster_and_group_commands(broker, strata_bin):
     assert gone.returncode == 1 and "nope" in gone.stderr, gone.stderr
 
 
+def test_cli_drain_wait_fails_when_nothing_can_take_the_partitions(broker, strata_bin):
+    """A lone broker cannot be drained: `--wait` says so (exit 1) instead of waiting forever,
+    and `--undo` brings it back."""
+    admin = ["--admin", broker.admin_url]
+    call(broker, "POST", "/v1/topics", {"name": "stay", "partitions": 2})
+    res = strata(strata_bin, "cluster", "drain", "1", "--wait", "--timeout-secs", "60", *admin, ok=False)
+    assert res.returncode == 1, res
+    assert "broker 1 still leads 2 partition(s) and no move is planned" in res.stderr, res.stderr
+    # The progress line was written (its final state: nothing moved).
+    assert "drain broker 1: 0/2 partitions moved (0 %)" in res.stderr, res.stderr
+    c = json.loads(strata(strata_bin, "cluster", "status", *admin, "-o", "json").stdout)
+    assert c["brokers"][0]["draining"] is True
+    undone = json.loads(strata(strata_bin, "cluster", "drain", "1", "--undo", *admin, "-o", "json").stdout)
+    assert undone["draining"] is False, undone
+    # --wait with --undo is a usage error naming both flags.
+    bad = strata(strata_bin, "cluster", "drain", "1", "--undo", "--wait", *admin, ok=False)
+    assert bad.returncode == 2 and "--undo" in bad.stderr and "--wait" in bad.stderr, bad.stderr
+
+
+def test_bench_disk_reports_json_with_progress_on_stderr(strata_bin, tmp_path):
+    res = strata(strata_bin, "bench", "disk", "--dir", str(tmp_path / "probe"), "--seconds", "1")
+    r = json.loads(res.stdout)
+    assert r["fsync_4k_samples"] > 0 and r["seq_bytes"] > 0, r
+    assert 0 < r["fsync_4k_p50_us"] <= r["fsync_4k_p99_us"], r
+    assert "bench disk: fdatasync of 4 KiB writes: " in res.stderr, res.stderr
+    assert "bench disk: fsynced sequential 1 MiB writes: " in res.stderr, res.stderr
+    assert list((tmp_path / "probe").iterdir()) == [], "the scratch file is removed"
+
+
 def test_cli_produce_and_consume(broker, strata_bin):
     boot = ["--bootstrap", broker.bootstrap]
     harness.create_topic(broker.bootstrap, "lines", 3)

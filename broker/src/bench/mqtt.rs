@@ -25,6 +25,7 @@
 //! Payloads start with the message's sequence number (8 bytes, big-endian); in `latency` mode
 //! the send time follows (nanoseconds since the run's start, 8 bytes), then zero filler.
 
+use crate::progress::{Counter, Progress, Unit};
 use bytes::{Buf, BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -473,6 +474,8 @@ struct SubPlan {
     lossy: bool,
     /// Latency mode: the run's clock origin and the warm-up to skip (ns).
     clock: Option<(Instant, u64)>,
+    /// Deliveries are added here once per read (the progress line on stderr).
+    progress: Counter,
 }
 
 async fn subscriber(mut c: Client, plan: SubPlan) -> Result<SubStats> {
@@ -516,6 +519,7 @@ async fn subscriber(mut c: Client, plan: SubPlan) -> Result<SubStats> {
         }
         if stats.received > before {
             stats.last = Some(now);
+            plan.progress.add(stats.received - before);
         }
         if !acks.is_empty() {
             c.stream.write_all(&acks).await?;
@@ -610,6 +614,11 @@ pub struct Qos1Report {
 }
 
 async fn qos1(cfg: &MqttBench) -> Result<Qos1Report> {
+    let progress = Progress::start(
+        "bench mqtt qos1",
+        Unit::Count("messages delivered"),
+        Some(cfg.messages),
+    );
     let tag = run_tag();
     let topic = format!("{}/{tag}", cfg.topic);
     let mut sub = Client::connect(cfg.addr, &format!("sb-{tag}-s"), cfg.keep_alive_secs).await?;
@@ -621,6 +630,7 @@ async fn qos1(cfg: &MqttBench) -> Result<Qos1Report> {
         stall_ms: cfg.stall_ms,
         lossy: false,
         clock: None,
+        progress: progress.counter(),
     };
     let start = Instant::now();
     let sub_task = tokio::spawn(subscriber(sub, plan));
@@ -691,6 +701,7 @@ async fn qos1(cfg: &MqttBench) -> Result<Qos1Report> {
         .await
         .map_err(|e| MqttBenchError::Protocol(format!("subscriber task: {e}")))??;
     publ.disconnect().await;
+    progress.finish();
     let seconds = stats
         .last
         .map(|t| t.duration_since(start).as_secs_f64())
@@ -727,6 +738,11 @@ pub struct FanoutReport {
 }
 
 async fn fanout(cfg: &MqttBench) -> Result<FanoutReport> {
+    let progress = Progress::start(
+        "bench mqtt fanout",
+        Unit::Count("messages delivered"),
+        Some(cfg.messages * cfg.subscribers as u64),
+    );
     let tag = run_tag();
     let topic = format!("{}/{tag}", cfg.topic);
     let setups = (0..cfg.subscribers).map(|i| {
@@ -752,6 +768,7 @@ async fn fanout(cfg: &MqttBench) -> Result<FanoutReport> {
                     stall_ms: cfg.stall_ms,
                     lossy: true,
                     clock: None,
+                    progress: progress.counter(),
                 },
             ))
         })
@@ -784,6 +801,7 @@ async fn fanout(cfg: &MqttBench) -> Result<FanoutReport> {
         last = last.max(stats.last.unwrap_or(start));
     }
     publ.disconnect().await;
+    progress.finish();
     let expected = cfg.messages * cfg.subscribers as u64;
     let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
     Ok(FanoutReport {
@@ -828,6 +846,11 @@ async fn latency(cfg: &MqttBench) -> Result<LatencyReport> {
     sub.subscribe(&topic, cfg.qos).await?;
     let publ = Client::connect(cfg.addr, &format!("sb-{tag}-p"), cfg.keep_alive_secs).await?;
     let total = (cfg.rate_per_s as f64 * cfg.seconds).ceil() as u64;
+    let progress = Progress::start(
+        "bench mqtt latency",
+        Unit::Count("messages delivered"),
+        Some(total),
+    );
     let origin = Instant::now();
     let warmup_ns = (cfg.warmup_secs * 1e9) as u64;
     let sub_task = tokio::spawn(subscriber(
@@ -838,6 +861,7 @@ async fn latency(cfg: &MqttBench) -> Result<LatencyReport> {
             stall_ms: cfg.stall_ms,
             lossy: cfg.qos == 0,
             clock: Some((origin, warmup_ns)),
+            progress: progress.counter(),
         },
     ));
 
@@ -925,6 +949,7 @@ async fn latency(cfg: &MqttBench) -> Result<LatencyReport> {
         }
     }
     let _ = wr.write_all(&[0xe0, 0x00]).await;
+    progress.finish();
     let mut lat = stats.latencies_ns;
     lat.sort_unstable();
     let pct = |p: f64| {
@@ -995,15 +1020,21 @@ async fn idle(cfg: &MqttBench, on_ready: &mut dyn FnMut(&serde_json::Value)) -> 
     use futures::stream::{self, StreamExt, TryStreamExt};
     ensure_fds(cfg.connections)?;
     let tag = run_tag();
+    let progress = Progress::start(
+        "bench mqtt idle",
+        Unit::Count("connections subscribed"),
+        Some(cfg.connections as u64),
+    );
     let start = Instant::now();
     let clients: Vec<Client> = stream::iter(0..cfg.connections)
         .map(|i| {
-            let tag = &tag;
+            let (tag, counter) = (&tag, progress.counter());
             async move {
                 let mut c =
                     Client::connect(cfg.addr, &format!("sb-{tag}-i{i}"), cfg.keep_alive_secs)
                         .await?;
                 c.subscribe(&format!("{}/{tag}/{i}", cfg.topic), 1).await?;
+                counter.add(1);
                 Ok::<_, MqttBenchError>(c)
             }
         })
@@ -1011,6 +1042,7 @@ async fn idle(cfg: &MqttBench, on_ready: &mut dyn FnMut(&serde_json::Value)) -> 
         .try_collect()
         .await?;
     let connect_seconds = start.elapsed().as_secs_f64();
+    progress.finish();
     on_ready(&serde_json::json!({
         "ready": true,
         "connections": clients.len(),

@@ -185,26 +185,45 @@ pub async fn mqtt_clients(admin: &str, output: Output) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `strata cluster drain NODE [--undo]`: sets the broker's draining flag; its partitions then
-/// move to the other live brokers in the background (watch `strata cluster status`).
+/// `strata cluster drain NODE [--undo] [--wait]`: sets the broker's draining flag; its
+/// partitions then move to the other live brokers in the background. `--wait` follows the moves
+/// (a progress line on stderr) until the broker leads nothing, and fails when they stall.
 pub async fn cluster_drain(
     admin: &str,
     node: u64,
     undo: bool,
+    wait: Option<std::time::Duration>,
     output: Output,
 ) -> Result<(), CliError> {
-    let r = AdminHttp::new(admin)?
+    let http = AdminHttp::new(admin)?;
+    let r = http
         .post(
             &format!("/v1/cluster/nodes/{node}/drain"),
             &serde_json::json!({ "draining": !undo }),
         )
         .await?;
+    let waited = match wait {
+        Some(timeout) if !undo => Some(wait_drained(&http, node, timeout).await?),
+        _ => None,
+    };
     if output == Output::Json {
+        let mut r = r;
+        if let Some(w) = &waited {
+            r["drained"] = serde_json::json!(true);
+            r["partitions_moved"] = serde_json::json!(w.moved);
+            r["wait_ms"] = serde_json::json!(w.elapsed.as_millis() as u64);
+        }
         print_json(&r);
         return Ok(());
     }
     if undo {
         println!("broker {node} is no longer draining");
+    } else if let Some(w) = waited {
+        println!(
+            "broker {node} is drained: {} partition(s) moved in {:.1} s",
+            w.moved,
+            w.elapsed.as_secs_f64()
+        );
     } else {
         println!(
             "broker {node} is draining: {} partition move(s) planned",
@@ -212,6 +231,80 @@ pub async fn cluster_drain(
         );
     }
     Ok(())
+}
+
+/// Poll interval of `drain --wait`.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// `drain --wait` gives up when the broker still leads partitions and no move has been planned
+/// for this long (no other live broker to take them).
+const DRAIN_STUCK: std::time::Duration = std::time::Duration::from_secs(5);
+
+struct Drained {
+    moved: u64,
+    elapsed: std::time::Duration,
+}
+
+/// One broker's row of `/v1/cluster`: (partitions it leads, moves planned away from it), or
+/// `None` when it is no longer a live broker (its partitions failed over).
+fn drain_row(cluster: &Value, node: u64) -> Option<(u64, u64)> {
+    cluster["brokers"]
+        .as_array()?
+        .iter()
+        .find(|b| b["id"].as_u64() == Some(node) && b["alive"].as_bool() == Some(true))
+        .map(|b| {
+            (
+                b["partitions_led"].as_u64().unwrap_or(0),
+                b["moves_planned"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+async fn wait_drained(
+    http: &AdminHttp,
+    node: u64,
+    timeout: std::time::Duration,
+) -> Result<Drained, CliError> {
+    use strata_broker::progress::{Progress, Unit};
+    let start = std::time::Instant::now();
+    let first = http.get("/v1/cluster").await?;
+    let initial = drain_row(&first, node).map_or(0, |(led, _)| led);
+    let progress = Progress::start(
+        format!("drain broker {node}"),
+        Unit::Count("partitions moved"),
+        Some(initial),
+    );
+    let mut unplanned_since: Option<std::time::Instant> = None;
+    loop {
+        let c = http.get("/v1/cluster").await?;
+        let (led, planned) = drain_row(&c, node).unwrap_or((0, 0));
+        progress.set(initial.saturating_sub(led));
+        if led == 0 {
+            progress.finish();
+            return Ok(Drained {
+                moved: initial,
+                elapsed: start.elapsed(),
+            });
+        }
+        if planned == 0 {
+            let since = *unplanned_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= DRAIN_STUCK {
+                return Err(CliError::Remote(format!(
+                    "broker {node} still leads {led} partition(s) and no move is planned for \
+                     them (is another broker alive and not draining? see `strata cluster status`)"
+                )));
+            }
+        } else {
+            unplanned_since = None;
+        }
+        if start.elapsed() >= timeout {
+            return Err(CliError::Remote(format!(
+                "broker {node} still leads {led} partition(s) after {} s ({planned} move(s) under \
+                 way); it keeps draining: follow it with `strata cluster status`",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
 }
 
 /// `strata group list`.
