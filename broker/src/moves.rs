@@ -16,6 +16,21 @@
 //!    stream later has nothing of P to add, and a recovery of A's stream skips P's entries (they
 //!    end at or below the index's end).
 //!
+//! Idempotent producers move with the partition: after the barrier, P's producers' state in
+//! the sequencer is final; it is read there (`SeqMsg::ExportProducers`: for each producer its
+//! epoch and last batches' sequences and offsets) and carried by the same `CompleteMove`
+//! (`producers`), which metadata keeps in P's lease as its `handover`. B's registry opens P's
+//! log with it and B's sequencer adopts it before the first append there, so a client retrying
+//! a batch A wrote gets its original offset (a duplicate), and a gap gets
+//! OUT_OF_ORDER_SEQUENCE_NUMBER, as if P had never moved. Why metadata and not the Peer gRPC:
+//! the handover then commits atomically with the leadership change, in the one raft write the
+//! move makes anyway (nothing per produce) — there is no window where B leads P without it,
+//! no second message to lose or retry, and it survives a restart of B (its registry reopens P
+//! with it while nothing was written since) and B's death (whoever recovers B's stream adopts
+//! it when the recovered tail reaches back to the move, `takeover.rs`). The cost is a bounded
+//! blob per moved partition (at most 1,000 producers × 5 batches) in the metadata state, until
+//! the partition's next move replaces it.
+//!
 //! A refused completion (the drain was undone, the target left, the lease moved on) unseals P;
 //! a tail that does not reach the object store in time unseals it too, and the next round
 //! tries again. Partitions move in batches: every planned partition is sealed at once, one
@@ -38,6 +53,7 @@ use std::time::{Duration, Instant};
 use strata_meta::{
     ClusterCommand, ClusterRejection, ClusterResult, Command, CommandResult, Rejection,
 };
+use strata_types::sequence::HandedProducer;
 use strata_types::PartitionKey;
 use tokio::sync::{oneshot, watch};
 
@@ -139,17 +155,41 @@ async fn move_planned(node: &Node) -> usize {
             return 0;
         }
     };
+    let producers = match export_producers(node, logs.iter().map(|(l, _)| l.key).collect()).await {
+        Ok(producers) => producers,
+        Err(err) => {
+            tracing::warn!(%err, partitions = logs.len(), "planned move postponed");
+            for (log, _) in &logs {
+                log.set_sealed(false);
+            }
+            return 0;
+        }
+    };
     let mut moved = 0;
-    for (log, epoch) in &logs {
+    for ((log, epoch), producers) in logs.iter().zip(producers) {
         let end_offset = ends[&log.key];
-        let cmd = ClusterCommand::CompleteMove {
-            topic: log.key.topic,
-            partition: log.key.partition,
-            from: node.config.node_id,
-            epoch: *epoch,
-            end_offset,
+        let handed = producers.len();
+        let complete = |producers| {
+            Command::Cluster(ClusterCommand::CompleteMove {
+                topic: log.key.topic,
+                partition: log.key.partition,
+                from: node.config.node_id,
+                epoch: *epoch,
+                end_offset,
+                producers,
+            })
         };
-        match node.meta.write(Command::Cluster(cmd)).await {
+        let mut result = node.meta.write(complete(Some(producers))).await;
+        if let Ok(CommandResult::Rejected(Rejection::Cluster(
+            err @ ClusterRejection::InvalidHandover { .. },
+        ))) = &result
+        {
+            // Never expected (the sequencer's state is what a handover carries): move
+            // without it rather than not at all; its producers are unknown on the target.
+            tracing::error!(%err, "producer handover refused; moving the partition without it");
+            result = node.meta.write(complete(None)).await;
+        }
+        match result {
             Ok(CommandResult::Cluster(ClusterResult::MoveCompleted { leader, epoch })) => {
                 moved += 1;
                 tracing::info!(
@@ -158,6 +198,7 @@ async fn move_planned(node: &Node) -> usize {
                     to = leader,
                     epoch,
                     end_offset,
+                    producers = handed,
                     "partition moved"
                 );
             }
@@ -228,6 +269,22 @@ async fn seal_and_upload(
         node.seq_shared.flush_wanted.notify_one();
         tokio::time::sleep(Duration::from_millis(UPLOAD_POLL_MS)).await;
     }
+}
+
+/// The idempotent producers' state of each of `keys` (sealed, after the barrier: final), in
+/// order.
+async fn export_producers(
+    node: &Node,
+    keys: Vec<PartitionKey>,
+) -> Result<Vec<Vec<HandedProducer>>, String> {
+    let (reply, answered) = oneshot::channel();
+    node.seq_tx
+        .send(SeqMsg::ExportProducers { keys, reply })
+        .await
+        .map_err(|_| "the sequencer stopped".to_string())?;
+    answered
+        .await
+        .map_err(|_| "the sequencer stopped".to_string())
 }
 
 /// Waits until everything queued to the sequencer before now is published (or refused).
@@ -358,7 +415,7 @@ pub async fn deregister(node: &Node) {
 mod tests {
     use crate::log::partition::PartitionLog;
     use crate::log::producer::test_batches::batch;
-    use crate::log::producer::{ProducerBatch, ProducerStates};
+    use crate::log::producer::{ProducerBatch, ProducerStates, SequenceError};
     use crate::log::sequencer::{
         self, AppendError, AppendRequest, AppendResult, BatchSpan, SeqMsg, SeqShared,
         SequencerConfig,
@@ -367,12 +424,18 @@ mod tests {
     use bytes::BytesMut;
     use std::sync::Arc;
     use strata_types::batch::BatchHeader;
+    use strata_types::sequence::Handover;
     use strata_types::{PartitionKey, TopicId, TopicName};
     use strata_wal::{Wal, WalConfig};
     use tokio::sync::{mpsc, oneshot};
 
     fn request(log: &Arc<PartitionLog>) -> AppendRequest {
-        let b = batch(-1, 0, 0, 3);
+        idempotent(log, -1, 0, 3)
+    }
+
+    /// An append of one batch of `count` records from producer `pid` (epoch 0) at `seq`.
+    fn idempotent(log: &Arc<PartitionLog>, pid: i64, seq: i32, count: i32) -> AppendRequest {
+        let b = batch(pid, 0, seq, count);
         let header = BatchHeader::parse(&b).unwrap();
         AppendRequest {
             log: log.clone(),
@@ -390,6 +453,99 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         tx.blocking_send(SeqMsg::Append { items, reply }).unwrap();
         rx.blocking_recv().unwrap()
+    }
+
+    fn start_sequencer(
+        dir: &std::path::Path,
+    ) -> (mpsc::Sender<SeqMsg>, std::thread::JoinHandle<()>) {
+        let (wal, _) = Wal::open(WalConfig::new(dir)).unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let thread = sequencer::spawn(
+            crate::log::sink::WalSink::Local(wal),
+            ProducerStates::default(),
+            rx,
+            Arc::new(SeqShared::default()),
+            Arc::new(Metrics::default()),
+            SequencerConfig {
+                group_commit_bytes_max: 1 << 20,
+                flush_bytes_max: 1 << 30,
+            },
+        )
+        .unwrap();
+        (tx, thread)
+    }
+
+    /// The handover of a planned move: the leaving broker's sequencer exports the sealed
+    /// partition's producers, the new leader's adopts them with the partition's new log. A
+    /// retry of a batch written before the move is a duplicate (its original offset, nothing
+    /// written), a gap is out of order, and the producer continues where it was; without the
+    /// handover the new leader would have written the retry again.
+    #[test]
+    fn the_new_leader_answers_retries_of_batches_written_before_the_move() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let (a, a_thread) = start_sequencer(dirs[0].path());
+        let (b, b_thread) = start_sequencer(dirs[1].path());
+        let key = PartitionKey {
+            topic: TopicId::from_bytes([9; 16]),
+            partition: 3,
+        };
+        let name = TopicName::new("t").unwrap();
+        let on_a = Arc::new(PartitionLog::new(key, name.clone(), 0, 0));
+        assert_eq!(send(&a, vec![idempotent(&on_a, 7, 0, 2)]), vec![Ok(0)]);
+        assert_eq!(send(&a, vec![request(&on_a)]), vec![Ok(2)]);
+        assert_eq!(send(&a, vec![idempotent(&on_a, 7, 2, 3)]), vec![Ok(5)]);
+        assert_eq!(send(&a, vec![idempotent(&on_a, 8, 40, 1)]), vec![Ok(8)]);
+        // Seal, barrier, export (what `move_planned` does).
+        on_a.set_sealed(true);
+        assert_eq!(send(&a, Vec::new()), vec![]);
+        let end_offset = on_a.high_watermark();
+        assert_eq!(end_offset, 9);
+        let (reply, rx) = oneshot::channel();
+        a.blocking_send(SeqMsg::ExportProducers {
+            keys: vec![key],
+            reply,
+        })
+        .unwrap();
+        let mut exported = rx.blocking_recv().unwrap();
+        let producers = exported.pop().unwrap();
+        assert_eq!(
+            producers.iter().map(|p| p.producer_id).collect::<Vec<_>>(),
+            vec![7, 8]
+        );
+        let handover = Handover {
+            end_offset,
+            producers,
+        };
+        handover.validate().unwrap();
+
+        // B opens the partition where the index ends, with the handover (the registry does).
+        let on_b = Arc::new(PartitionLog::new(key, name, 0, end_offset));
+        on_b.set_handover(handover);
+        // Retries of batches A wrote: the original offsets, nothing written.
+        assert_eq!(send(&b, vec![idempotent(&on_b, 7, 2, 3)]), vec![Ok(5)]);
+        assert_eq!(send(&b, vec![idempotent(&on_b, 7, 0, 2)]), vec![Ok(0)]);
+        assert_eq!(send(&b, vec![idempotent(&on_b, 8, 40, 1)]), vec![Ok(8)]);
+        assert_eq!(
+            on_b.high_watermark(),
+            end_offset,
+            "no retry was written again"
+        );
+        // A gap is refused, as on A.
+        assert_eq!(
+            send(&b, vec![idempotent(&on_b, 7, 6, 1)]),
+            vec![Err(AppendError::Sequence(SequenceError::OutOfOrder {
+                producer_id: 7,
+                expected: 5,
+                got: 6
+            }))]
+        );
+        // The producers continue where they were.
+        assert_eq!(send(&b, vec![idempotent(&on_b, 7, 5, 1)]), vec![Ok(9)]);
+        assert_eq!(send(&b, vec![idempotent(&on_b, 8, 41, 2)]), vec![Ok(10)]);
+        assert_eq!(on_b.high_watermark(), 12);
+        drop((a, b));
+        a_thread.join().unwrap();
+        b_thread.join().unwrap();
     }
 
     /// A sealed partition takes no append; an empty append (the barrier) is answered; the

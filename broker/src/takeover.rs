@@ -9,6 +9,11 @@
 //! broker: from then on it cannot get a write quorum, so nothing it acknowledges afterwards can
 //! exist. Everything it did acknowledge is on a quorum and comes back in the recovered tail.
 //!
+//! The sequencer adopts the tail's idempotent producers before the release. If a planned move
+//! handed the partition to the dead broker and the tail reaches back to that move, the
+//! move's handover (kept in the lease) is adopted after the tail: producers the dead broker
+//! never saw keep the sequences they had before the move (`moves.rs`).
+//!
 //! A recovery that fails (replicas unreachable, object store down) is retried; metadata keeps
 //! the stream with this broker, and if this broker dies too, the stream moves on with the next
 //! expiry. Recovery is idempotent: entries already in the index are skipped.
@@ -121,6 +126,9 @@ async fn upload_tail(
     let mut by_partition: BTreeMap<PartitionKey, Vec<WalEntry>> = BTreeMap::new();
     // Every batch of the tail, uploaded before or not, for the producers' state.
     let mut batches: Vec<(PartitionKey, Bytes)> = Vec::new();
+    // The producers' state planned moves handed to the dead broker, for the partitions whose
+    // tail reaches back to the move (it holds everything written since).
+    let mut handovers: Vec<(PartitionKey, strata_types::sequence::Handover)> = Vec::new();
     {
         let state = node.meta.read();
         let mut next: BTreeMap<PartitionKey, i64> = BTreeMap::new();
@@ -132,6 +140,15 @@ async fn upload_tail(
                 continue;
             }
             batches.push((key, entry.batches.clone()));
+            if let Some(h) = state
+                .cluster()
+                .lease(key.topic, key.partition)
+                .and_then(|l| l.handover.as_ref())
+                .filter(|h| entry.base_offset <= h.end_offset)
+                .filter(|_| !handovers.iter().any(|(k, _)| *k == key))
+            {
+                handovers.push((key, h.clone()));
+            }
             let expected = next
                 .entry(key)
                 .or_insert_with(|| state.indexed_end(key.topic, key.partition));
@@ -202,10 +219,17 @@ async fn upload_tail(
         Metrics::add(&node.metrics.object_bytes_uploaded_total, size);
     }
     // The sequencer learns the tail's producers before the partitions become writable here
-    // (the release below): it takes messages in order.
+    // (the release below): it takes messages in order. A move's handover comes after the tail:
+    // it replaces only entries older than the move (see `ProducerStates::adopt`).
     if !batches.is_empty() {
         node.seq_tx
             .send(crate::log::sequencer::SeqMsg::AdoptProducers { batches })
+            .await
+            .map_err(|_| "the sequencer stopped".to_string())?;
+    }
+    for (key, handover) in handovers {
+        node.seq_tx
+            .send(crate::log::sequencer::SeqMsg::AdoptHandover { key, handover })
             .await
             .map_err(|_| "the sequencer stopped".to_string())?;
     }

@@ -67,6 +67,11 @@
 //! Targets are kept valid after every membership change: a target is always an alive,
 //! non-draining broker other than the leader, on a lease whose leader is alive and that is not
 //! pending; expiry and deregistration clear what no longer holds, and a draining broker's
+//!   The command also carries the partition's idempotent producers at `end_offset` (`producers`,
+//!   absent in commands from older brokers): they are validated (a bad handover is refused with
+//!   `InvalidHandover`) and kept in the lease (`handover`) until the next move, so the new leader
+//!   — or whoever takes the partition over if it dies before writing — answers retries of
+//!   batches written before the move as duplicates and gaps as out of order.
 //! partitions get (new) targets as soon as an eligible broker exists.
 
 use serde::{Deserialize, Serialize};
@@ -75,6 +80,7 @@ use strata_types::TopicId;
 
 /// Node ids of brokers, meta nodes and WAL streams share one space.
 pub type NodeId = u64;
+use strata_types::sequence::{HandedProducer, Handover};
 
 /// Longest lease a broker may ask for.
 pub const LEASE_MS_MAX: u64 = 10 * 60 * 1000;
@@ -149,6 +155,10 @@ pub enum ClusterCommand {
         /// cluster's, so every broker tells clients the same.
         #[serde(default)]
         cluster_id: Option<String>,
+    /// The idempotent producers' state the last planned move handed over (`CompleteMove`):
+    /// whoever opens the partition's log at `end_offset` adopts it. Replaced by the next move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
         /// A random secret this broker would use to key the decoy SCRAM credentials of unknown
         /// users; the first one registered becomes the cluster's, so an unknown user gets the
         /// same salt from every broker and across restarts (a changing salt would tell a prober
@@ -195,7 +205,9 @@ pub enum ClusterCommand {
         to: NodeId,
     },
     /// The leader `from` finished a planned move: everything it acknowledged for the
-    /// partition under `epoch` is in the index, which ends at `end_offset`.
+    /// partition under `epoch` is in the index, which ends at `end_offset`. `producers`: the
+    /// partition's idempotent producers at `end_offset`, for the new leader (`None` from a
+    /// broker that did not send them).
     CompleteMove {
         topic: TopicId,
         partition: u32,
@@ -233,6 +245,8 @@ pub enum ClusterResult {
     StreamReleased,
     StreamReplicasSet,
     /// The broker's draining flag is set; `moves` partitions got a target.
+        #[serde(default)]
+        producers: Option<Vec<HandedProducer>>,
     DrainSet {
         moves: u32,
     },
@@ -308,6 +322,12 @@ impl ClusterState {
         let result = self.apply_inner(cmd, indexed_end);
         if result.is_ok() && !matches!(cmd, ClusterCommand::Heartbeat { .. }) {
             self.plan_targets();
+    #[error("partition {partition} of topic {topic}: invalid producer handover: {reason}")]
+    InvalidHandover {
+        topic: TopicId,
+        partition: u32,
+        reason: String,
+    },
         }
         result
     }
@@ -438,14 +458,21 @@ impl ClusterState {
                 from,
                 epoch,
                 end_offset,
-            } => self.complete_move(*topic, *partition, *from, *epoch, *end_offset, indexed_end),
+                producers,
+            } => self.complete_move(
+                (*topic, *partition),
+                *from,
+                *epoch,
+                *end_offset,
+                producers.as_ref(),
+                indexed_end,
+            ),
         }
     }
 
     fn complete_move(
         &mut self,
-        topic: TopicId,
-        partition: u32,
+        (topic, partition): (TopicId, u32),
         from: NodeId,
         epoch: i32,
         end_offset: i64,
@@ -528,8 +555,20 @@ impl ClusterState {
             node_id,
             BrokerInfo {
                 node_id,
+        producers: Option<&Vec<HandedProducer>>,
                 kafka_addr: kafka_addr.to_owned(),
                 rack: rack.clone(),
+        let handover = producers.map(|p| Handover {
+            end_offset,
+            producers: p.clone(),
+        });
+        if let Some(Err(reason)) = handover.as_ref().map(Handover::validate) {
+            return Err(ClusterRejection::InvalidHandover {
+                topic,
+                partition,
+                reason,
+            });
+        }
                 lease_ms,
                 registered_ms,
                 heartbeat_ms: now_ms,
@@ -566,6 +605,7 @@ impl ClusterState {
 
     /// Marks `node` dead and moves what it held to the least loaded live broker.
     fn expire(&mut self, node: NodeId) {
+        lease.handover = handover;
         if let Some(b) = self.brokers.get_mut(&node) {
             b.alive = false;
         }
@@ -1490,6 +1530,7 @@ mod tests {
         let target = c.leases[&t][0].target.unwrap();
         // The target dies: the lease gets the other eligible broker.
         c.apply(&ClusterCommand::DeregisterBroker {
+                        producers: None,
             node_id: target,
             now_ms: 1,
         })
@@ -1527,6 +1568,80 @@ mod tests {
             .map(|l| l.leader.unwrap())
             .collect();
         let mut sorted = from.clone();
+    /// `CompleteMove` carries the partition's producers into its lease; a bad handover is
+    /// refused; a command or lease from before the field existed still decodes.
+    #[test]
+    fn complete_move_keeps_the_producers_handover_in_the_lease() {
+        use strata_types::sequence::{HandedProducer, SeqBatch};
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        let t = TopicId::random();
+        c.topic_created(t, 1);
+        register(&mut c, 2, 0);
+        drain(&mut c, 1, true).unwrap();
+        let producer = |batches: Vec<SeqBatch>| HandedProducer {
+            producer_id: 7,
+            epoch: 0,
+            batches,
+            last_seen_ms: 5,
+        };
+        let complete = |producers| ClusterCommand::CompleteMove {
+            topic: t,
+            partition: 0,
+            from: 1,
+            epoch: 1,
+            end_offset: 10,
+            producers,
+        };
+        let batch = |first_seq, base_offset| SeqBatch {
+            first_seq,
+            last_seq: first_seq + 1,
+            base_offset,
+        };
+        for bad in [
+            vec![producer(Vec::new())],
+            vec![producer(vec![batch(0, 10)])],
+            vec![producer(vec![batch(-1, 0)])],
+            vec![producer(vec![batch(0, 0); 6])],
+            vec![producer(vec![batch(0, 0)]), producer(vec![batch(2, 2)])],
+        ] {
+            let r = c.apply_with_index(&complete(Some(bad.clone())), Some(10));
+            assert!(
+                matches!(r, Err(ClusterRejection::InvalidHandover { .. })),
+                "{bad:?}: {r:?}"
+            );
+        }
+        assert_eq!(
+            c.leases[&t][0].leader,
+            Some(1),
+            "a refused handover moves nothing"
+        );
+        let good = vec![producer(vec![batch(0, 0), batch(2, 8)])];
+        assert!(c
+            .apply_with_index(&complete(Some(good.clone())), Some(10))
+            .is_ok());
+        let lease = &c.leases[&t][0];
+        assert_eq!(lease.leader, Some(2));
+        assert_eq!(
+            lease.handover,
+            Some(Handover {
+                end_offset: 10,
+                producers: good
+            })
+        );
+        // Raft logs and snapshots written before the field: it defaults to absent.
+        let old = format!(
+            r#"{{"CompleteMove":{{"topic":{},"partition":0,"from":1,"epoch":1,"end_offset":10}}}}"#,
+            serde_json::to_string(&t).unwrap()
+        );
+        let cmd: ClusterCommand = serde_json::from_str(&old).unwrap();
+        assert_eq!(cmd, complete(None));
+        let lease: PartitionLease =
+            serde_json::from_str(r#"{"leader":1,"epoch":1,"pending_stream":null}"#).unwrap();
+        assert_eq!(lease.handover, None);
+        assert!(!serde_json::to_string(&lease).unwrap().contains("handover"));
+    }
+
         sorted.sort();
         assert_eq!(sorted, vec![1, 2, 3], "one from each");
         // Again: already fair, nothing to do.
@@ -1542,6 +1657,7 @@ mod tests {
         // A draining or unknown broker cannot be a rebalance target.
         drain(&mut c, 4, true).unwrap();
         for to in [4, 9] {
+            producers: None,
             let r = c.apply(&ClusterCommand::Rebalance { to });
             assert!(
                 matches!(r, Err(ClusterRejection::InvalidBroker { .. })),
@@ -1581,6 +1697,7 @@ mod tests {
             let node = 1 + next(5);
             let op = next(10);
             let cmd = match op {
+                producers: None,
                 0 | 1 => ClusterCommand::RegisterBroker {
                     node_id: node,
                     kafka_addr: "h:1".into(),
@@ -1609,6 +1726,7 @@ mod tests {
                     now_ms: now,
                 },
                 7 => {
+                producers: None,
                     // What a taker does after recovering a stream.
                     let held: Vec<_> = c
                         .streams()
@@ -1710,3 +1828,4 @@ mod tests {
         }
     }
 }
+                        producers: None,

@@ -1,7 +1,11 @@
 """t35 idempotent producer: InitProducerId, sequence checks and duplicate answers on the
 wire; kafka-python's default (idempotent) KafkaProducer; and an idempotent confluent-kafka
 producer that keeps producing through broker kill -9s, after which every partition holds
-each produced value exactly once, in order, at dense offsets."""
+each produced value exactly once, in order, at dense offsets. In a cluster, the producers'
+state moves with a partition in a planned move (`strata cluster drain`): the new leader
+answers a retry of a batch written before the move with its original offset, and a gap
+with OUT_OF_ORDER_SEQUENCE_NUMBER; a confluent-kafka producer writing across the drain gets
+no error and every value lands exactly once."""
 
 import json
 import signal
@@ -13,6 +17,7 @@ import pytest
 
 import harness
 import kwire
+from cluster import Cluster, wait_leaders
 
 TOOL = Path(__file__).resolve().parent / "tools" / "idem_producer.py"
 
@@ -25,11 +30,11 @@ def init_pid(port: int, version: int = 1, **kw) -> tuple[int, int, int]:
     return kwire.parse_init_producer_id(kwire.roundtrip(port, kwire.init_producer_id_request(version, **kw)), version)
 
 
-def produce(port: int, topic: str, pid: int, epoch: int, seq: int, count: int) -> tuple[int, int]:
+def produce(port: int, topic: str, pid: int, epoch: int, seq: int, count: int, partition: int = 0) -> tuple[int, int]:
     """One idempotent batch of `count` records -> (error_code, base_offset)."""
     batch = kwire.record_batch([(None, b"%d-%d-%d" % (epoch, seq, i)) for i in range(count)], 1_700_000_000_000,
                                producer_id=pid, producer_epoch=epoch, base_sequence=seq)
-    return kwire.parse_produce_first(kwire.roundtrip(port, kwire.produce_request(7, topic, 0, batch)))
+    return kwire.parse_produce_first(kwire.roundtrip(port, kwire.produce_request(7, topic, partition, batch)))
 
 
 def high_watermark(b, topic: str) -> int:
@@ -219,14 +224,21 @@ def test_idempotent_producer_through_kill9(broker_factory, tmp_path, request, st
                 prod.wait(10)
     summary = json.loads(summary_file.read_text())
     print(f"producer: {summary}; duplicate batches answered by the broker: {duplicates:.0f}")
+    verify_exactly_once(b.bootstrap, topic, partitions, summary, ack_file)
+
+
+def verify_exactly_once(bootstrap: str, topic: str, partitions: int, summary: dict, ack_file: Path):
+    """idem_producer.py's run: no error reached the app, and every partition holds exactly the
+    values sent to it, once each, in the order sent, at dense offsets, each at its
+    acknowledged offset."""
     assert not summary["fatal"], f"fatal producer errors: {summary}"
     assert summary["errors"] == 0 and summary["unflushed"] == 0, f"undelivered records: {summary}"
     assert summary["acked"] == summary["sent"], summary
 
     acks = read_acks(ack_file)
     assert len(acks) == summary["sent"]
-    hw = harness.watermarks(b.bootstrap, topic, partitions)
-    parts = harness.consume(b.bootstrap, topic, partitions, end={p: hw[p][1] for p in hw})
+    hw = harness.watermarks(bootstrap, topic, partitions)
+    parts = harness.consume(bootstrap, topic, partitions, end={p: hw[p][1] for p in hw})
     harness.assert_dense(parts)
     at = {}
     for p, recs in parts.items():
@@ -239,3 +251,81 @@ def test_idempotent_producer_through_kill9(broker_factory, tmp_path, request, st
             at[int(r.value)] = (p, r.offset)
     wrong = [(v, (p, o), at.get(v)) for p, o, v in acks if at.get(v) != (p, o)]
     assert not wrong, f"{len(wrong)} acknowledged records not at their acknowledged offset, e.g. {wrong[:5]}"
+
+
+# --------------------------------------------------------------------------------------
+# a planned move (issue 5): the producers' state goes with the partition
+
+
+def stop_idem_producer(prod, log_path: Path):
+    if prod.poll() is None:
+        prod.send_signal(signal.SIGTERM)
+    try:
+        prod.wait(180)
+    except subprocess.TimeoutExpired:
+        prod.kill()
+        prod.wait(10)
+    return log_path.read_text(errors="replace")
+
+
+@pytest.mark.timeout(600)
+def test_producer_state_moves_with_a_drained_partition(strata_bin, tmp_path):
+    c = Cluster(strata_bin, tmp_path, brokers=3, combined=True, lease_ms=3000)
+    try:
+        c.start()
+        # By hand, on the wire: a producer whose batches the drained broker wrote.
+        wire = "idem-move-wire"
+        harness.create_topic(c.bootstrap, wire, 1)
+        leaving = wait_leaders(c, wire, 1)[0]
+        port = c.broker(leaving).kafka_port
+        err, pid, epoch = init_pid(port)
+        assert err == 0 and pid >= 0
+        assert produce(port, wire, pid, epoch, 0, 3) == (0, 0)
+        assert produce(port, wire, pid, epoch, 3, 2) == (0, 3)
+
+        # A confluent-kafka idempotent producer writes throughout the drain.
+        topic, partitions = "idem-move", 6
+        harness.create_topic(c.bootstrap, topic, partitions)
+        wait_leaders(c, topic, partitions)
+        ack_file, summary_file = tmp_path / "acks.txt", tmp_path / "summary.json"
+        log_path = tmp_path / "producer.log"
+        with open(log_path, "wb") as log:
+            prod = subprocess.Popen(
+                [harness.python(), str(TOOL), c.bootstrap, topic, str(partitions), str(ack_file),
+                 str(summary_file), "300"],
+                stdout=log, stderr=subprocess.STDOUT, env=harness.clean_env())
+        try:
+            harness.eventually(lambda: count_lines(ack_file) >= 3000, 90, what="acknowledgements before the drain")
+            r = subprocess.run([strata_bin, "cluster", "drain", str(leaving), "--admin", c.brokers[0].admin_url],
+                               capture_output=True, text=True, timeout=60, env=harness.clean_env())
+            assert r.returncode == 0, r
+            harness.eventually(lambda: leaving not in c.leaders(wire, 1).values()
+                               and leaving not in c.leaders(topic, partitions).values(), 120,
+                               what=f"every partition to leave broker {leaving}")
+            seen = count_lines(ack_file)
+            harness.eventually(lambda: count_lines(ack_file) >= seen + 3000, 90,
+                               what="acknowledgements after the drain")
+            assert prod.poll() is None, f"producer exited early: {log_path.read_text(errors='replace')[-2000:]}"
+        finally:
+            out = stop_idem_producer(prod, log_path)
+        summary = json.loads(summary_file.read_text())
+        print(f"producer across the drain: {summary}")
+        assert prod.returncode == 0, out[-2000:]
+        verify_exactly_once(c.bootstrap, topic, partitions, summary, ack_file)
+
+        # The new leader knows the producer: a retry of a batch the old leader wrote is a
+        # duplicate (its original offset, nothing written), a gap is out of order. Without
+        # the handover it would have written the retry again at offset 5.
+        new = wait_leaders(c, wire, 1, exclude={leaving})[0]
+        port = c.broker(new).kafka_port
+        dups = c.broker(new).metrics().sum("strata_produce_duplicate_batches_total")
+        assert produce(port, wire, pid, epoch, 3, 2) == (0, 3)
+        assert produce(port, wire, pid, epoch, 0, 3) == (0, 0)
+        assert produce(port, wire, pid, epoch, 6, 1) == (kwire.OUT_OF_ORDER_SEQUENCE_NUMBER, -1)
+        assert produce(port, wire, pid, epoch, 5, 1) == (0, 5)
+        assert c.broker(new).metrics().sum("strata_produce_duplicate_batches_total") == dups + 2
+        parts = harness.consume(c.bootstrap, wire, 1)
+        harness.assert_dense(parts)
+        assert [r.value for r in parts[0]] == [b"0-0-0", b"0-0-1", b"0-0-2", b"0-3-0", b"0-3-1", b"0-5-0"]
+    finally:
+        c.stop()

@@ -72,6 +72,76 @@ pub struct SeqBatch {
     pub base_offset: i64,
 }
 
+/// One producer's state on a partition, as a planned move hands it to the partition's next
+/// leader (carried by metadata's `CompleteMove`, kept in the partition's lease): its epoch and
+/// its last batches, oldest first — what [`check`] needs to answer retries and gaps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedProducer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The last batches written, oldest first; at least one, at most [`HANDED_BATCHES_MAX`].
+    pub batches: Vec<SeqBatch>,
+    /// When the leaving leader last saw the producer (for expiry).
+    pub last_seen_ms: i64,
+}
+
+/// Batches a [`HandedProducer`] may carry (the sequencer remembers this many per producer).
+pub const HANDED_BATCHES_MAX: usize = 5;
+/// Producers one partition's handover may carry (the sequencer's per-partition cap).
+pub const HANDED_PRODUCERS_MAX: usize = 1_000;
+
+/// The producers' state of a partition at the end of a planned move: valid for the log that
+/// starts at `end_offset` (the first offset the new leader writes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub end_offset: i64,
+    pub producers: Vec<HandedProducer>,
+}
+
+impl Handover {
+    /// Why the handover cannot be adopted (bad input from a proposer), or `Ok`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.producers.len() > HANDED_PRODUCERS_MAX {
+            return Err(format!(
+                "{} producers handed over, at most {HANDED_PRODUCERS_MAX}",
+                self.producers.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.producers {
+            if !seen.insert(p.producer_id) {
+                return Err(format!("producer {} handed over twice", p.producer_id));
+            }
+            if p.producer_id < 0 || p.epoch < 0 {
+                return Err(format!(
+                    "producer {} epoch {}: negative id or epoch",
+                    p.producer_id, p.epoch
+                ));
+            }
+            if p.batches.is_empty() || p.batches.len() > HANDED_BATCHES_MAX {
+                return Err(format!(
+                    "producer {}: {} batches, expected 1 to {HANDED_BATCHES_MAX}",
+                    p.producer_id,
+                    p.batches.len()
+                ));
+            }
+            if p.batches.iter().any(|b| {
+                b.first_seq < 0
+                    || b.last_seq < 0
+                    || b.base_offset < 0
+                    || b.base_offset >= self.end_offset
+            }) {
+                return Err(format!(
+                    "producer {}: a batch with a negative sequence or offset, or past the end \
+                     offset {}",
+                    p.producer_id, self.end_offset
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a batch was refused. Each maps to one Kafka error code (broker `kafka::errors`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum SequenceError {

@@ -74,6 +74,9 @@ pub struct PartitionLog {
     pub traffic: crate::metrics::PartitionTraffic,
     /// A planned move started (`moves.rs`): the sequencer refuses appends from now on.
     sealed: std::sync::atomic::AtomicBool,
+    /// The producers' state a planned move handed over, for the sequencer to adopt before the
+    /// first append to this log (`moves.rs`); taken once.
+    handover: parking_lot::Mutex<Option<strata_types::sequence::Handover>>,
 }
 
 /// What a read from the tail found.
@@ -122,7 +125,19 @@ impl PartitionLog {
             hw_tx,
             traffic: Default::default(),
             sealed: Default::default(),
+            handover: Default::default(),
         }
+    }
+
+    /// A log opened where a planned move ended: the sequencer adopts `handover` (the
+    /// producers' state at this log's start) before its first append here.
+    pub fn set_handover(&self, handover: strata_types::sequence::Handover) {
+        *self.handover.lock() = Some(handover);
+    }
+
+    /// Sequencer only: the handover not adopted yet, once.
+    pub fn take_handover(&self) -> Option<strata_types::sequence::Handover> {
+        self.handover.lock().take()
     }
 
     /// Planned moves: stop (`true`) or resume (`false`) taking appends. The sequencer checks

@@ -39,7 +39,7 @@
 
 use std::collections::HashMap;
 use strata_types::batch::Batches;
-use strata_types::sequence::{self, SeqBatch, SeqOutcome};
+use strata_types::sequence::{self, HandedProducer, Handover, SeqBatch, SeqOutcome};
 use strata_types::PartitionKey;
 
 /// Batches remembered per producer and partition for duplicate detection. Kafka keeps 5, which
@@ -52,6 +52,12 @@ pub const PRODUCERS_PER_PARTITION_MAX: usize = 1_000;
 pub const PRODUCER_ID_EXPIRATION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
 pub use strata_types::sequence::{add_seq, ProducerBatch, SequenceError};
+
+// A handover (metadata's `CompleteMove`) carries at most what a partition remembers.
+const _: () = assert!(
+    PRODUCER_BATCHES_CACHED == sequence::HANDED_BATCHES_MAX
+        && PRODUCERS_PER_PARTITION_MAX <= sequence::HANDED_PRODUCERS_MAX
+);
 
 /// One batch remembered for a producer. The epoch is the producer entry's (a new epoch clears
 /// the batches of the old one).
@@ -238,6 +244,58 @@ impl PartitionProducers {
         self.bound(now_ms)
     }
 
+    /// Planned moves: every producer's state, for the partition's next leader. Entries a
+    /// handover cannot carry (a negative epoch or sequence, which only an unknown producer's
+    /// odd first batch can leave) are left out: the next leader does not know them.
+    pub fn export(&self) -> Vec<HandedProducer> {
+        let mut out: Vec<HandedProducer> = self
+            .producers
+            .iter()
+            .filter(|(_, e)| {
+                e.epoch >= 0
+                    && e.cached()
+                        .iter()
+                        .all(|b| b.first_seq >= 0 && b.last_seq >= 0 && b.base_offset >= 0)
+            })
+            .map(|(id, e)| HandedProducer {
+                producer_id: *id,
+                epoch: e.epoch,
+                batches: e.cached().to_vec(),
+                last_seen_ms: e.last_seen_ms,
+            })
+            .collect();
+        out.sort_unstable_by_key(|p| p.producer_id);
+        out
+    }
+
+    /// Planned moves: adopts the state a move handed over at `handover.end_offset`. An entry
+    /// whose last batch is below that offset predates the move (this broker led the partition
+    /// before, or recovered an old tail): the handover replaces it, or it is dropped if the
+    /// handover does not know the producer. An entry at or past the offset was written since
+    /// (WAL replay, a recovered tail) and wins. Idempotent. Returns how many were adopted.
+    pub fn adopt(&mut self, handover: &Handover, now_ms: i64) -> usize {
+        let end = handover.end_offset;
+        self.producers.retain(|_, e| e.last().base_offset >= end);
+        let mut adopted = 0;
+        for p in &handover.producers {
+            if self.producers.contains_key(&p.producer_id) {
+                continue;
+            }
+            let kept = &p.batches[p.batches.len().saturating_sub(PRODUCER_BATCHES_CACHED)..];
+            let Some((first, rest)) = kept.split_first() else {
+                continue;
+            };
+            let mut entry = ProducerEntry::new(p.epoch, *first, p.last_seen_ms);
+            for b in rest {
+                entry.push(*b, p.last_seen_ms);
+            }
+            self.producers.insert(p.producer_id, entry);
+            adopted += 1;
+        }
+        self.bound(now_ms);
+        adopted
+    }
+
     /// Forgets producers not seen for [`PRODUCER_ID_EXPIRATION_MS`]; returns how many.
     pub fn expire(&mut self, now_ms: i64) -> usize {
         let before = self.producers.len();
@@ -349,6 +407,27 @@ impl ProducerStates {
                 .sum::<usize>()
         );
         removed
+    }
+
+    /// Planned moves: the partition's producers, for its next leader (see
+    /// [`PartitionProducers::export`]).
+    pub fn export(&self, key: &PartitionKey) -> Vec<HandedProducer> {
+        self.partitions
+            .get(key)
+            .map(PartitionProducers::export)
+            .unwrap_or_default()
+    }
+
+    /// Planned moves: see [`PartitionProducers::adopt`].
+    pub fn adopt(&mut self, key: PartitionKey, handover: &Handover, now_ms: i64) -> usize {
+        let p = self.partitions.entry(key).or_default();
+        let before = p.len();
+        let adopted = p.adopt(handover, now_ms);
+        self.total = self.total + p.len() - before;
+        if p.is_empty() {
+            self.partitions.remove(&key);
+        }
+        adopted
     }
 
     pub fn partition(&self, key: &PartitionKey) -> Option<&PartitionProducers> {
@@ -626,6 +705,73 @@ mod tests {
         assert_eq!(dup, Verdict::Duplicate { base_offset: 0 });
         let next = p.check([(Some(pb(1, 0, 10, 1)), 8)], NOW).unwrap();
         assert!(matches!(next, Verdict::Append(_)));
+    }
+
+    /// `adopt`: what this broker knew from before the move (below the end offset) gives way
+    /// to the handover, what it learnt since (WAL replay, a recovered tail) wins, a producer
+    /// only the stale state knew is forgotten; adopting twice changes nothing.
+    #[test]
+    fn a_handover_replaces_what_predates_the_move() {
+        let mut leaving = PartitionProducers::default();
+        leaving.record(&pb(1, 0, 0, 5), 0, NOW);
+        leaving.record(&pb(1, 0, 5, 5), 5, NOW);
+        leaving.record(&pb(2, 3, 10, 1), 10, NOW);
+        let handover = Handover {
+            end_offset: 11,
+            producers: leaving.export(),
+        };
+        handover.validate().unwrap();
+
+        let mut taking = PartitionProducers::default();
+        // Stale: this broker led the partition long ago.
+        taking.record(&pb(1, 0, 0, 1), 0, NOW - 10);
+        taking.record(&pb(4, 0, 7, 1), 1, NOW - 10);
+        // New: producer 2 wrote here after the move (replayed from the WAL).
+        taking.record(&pb(2, 4, 0, 2), 11, NOW + 1);
+        assert_eq!(taking.adopt(&handover, NOW + 2), 1);
+        let once = taking.producers.clone();
+        taking.adopt(&handover, NOW + 2);
+        assert_eq!(taking.producers, once, "adopting twice changes nothing");
+        assert_eq!(
+            taking.get(1).map(|e| (e.epoch(), e.last_seq())),
+            Some((0, 9))
+        );
+        assert_eq!(
+            taking.get(2).map(|e| (e.epoch(), e.last_seq())),
+            Some((4, 1))
+        );
+        assert!(taking.get(4).is_none(), "only the stale state knew it");
+        assert_eq!(
+            taking.check([(Some(pb(1, 0, 5, 5)), 13)], NOW).unwrap(),
+            Verdict::Duplicate { base_offset: 5 }
+        );
+        assert_eq!(
+            taking.check([(Some(pb(1, 0, 11, 1)), 13)], NOW),
+            Err(SequenceError::OutOfOrder {
+                producer_id: 1,
+                expected: 10,
+                got: 11
+            })
+        );
+        assert!(matches!(
+            taking.check([(Some(pb(1, 0, 10, 1)), 13)], NOW),
+            Ok(Verdict::Append(_))
+        ));
+
+        let mut states = ProducerStates::default();
+        let key = PartitionKey {
+            topic: strata_types::TopicId::random(),
+            partition: 0,
+        };
+        assert_eq!(states.adopt(key, &handover, NOW), 2);
+        assert_eq!(states.len(), 2);
+        assert_eq!(states.export(&key), handover.producers);
+        let empty = Handover {
+            end_offset: 20,
+            producers: Vec::new(),
+        };
+        assert_eq!(states.adopt(key, &empty, NOW), 0);
+        assert!(states.is_empty(), "everything predated the later move");
     }
 
     #[test]

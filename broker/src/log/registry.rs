@@ -9,6 +9,8 @@
 //! list-offsets on the others are answered `NOT_LEADER_OR_FOLLOWER`. A partition that becomes
 //! led at a new lease epoch gets a fresh log, starting where the object index ends: whatever
 //! the previous leader acknowledged was uploaded before the lease stopped being pending.
+//! After a planned move the fresh log also carries the idempotent producers' state the move
+//! handed over (the lease's `handover`), which the sequencer adopts before its first append.
 //! Partitions added to a topic (CreatePartitions) join its list at the next sync; the list
 //! only grows while the topic id stays the same.
 
@@ -213,14 +215,27 @@ impl Registry {
     }
 }
 
-/// A partition log that continues where the object index ends.
+/// A partition log that continues where the object index ends. If a planned move ended right
+/// there, the log carries the producers' state it handed over: nothing was written since, so
+/// it is exactly the state at the log's start (the sequencer adopts it before the first
+/// append; entries rebuilt from the WAL since the move win over it).
 fn new_log(state: &MetaState, name: &TopicName, key: PartitionKey) -> Arc<PartitionLog> {
-    Arc::new(PartitionLog::new(
+    let end = state.indexed_end(key.topic, key.partition);
+    let log = PartitionLog::new(
         key,
         name.clone(),
         state.indexed_start(key.topic, key.partition),
-        state.indexed_end(key.topic, key.partition),
-    ))
+        end,
+    );
+    if let Some(handover) = state
+        .cluster()
+        .lease(key.topic, key.partition)
+        .and_then(|l| l.handover.as_ref())
+        .filter(|h| h.end_offset == end)
+    {
+        log.set_handover(handover.clone());
+    }
+    Arc::new(log)
 }
 
 #[cfg(test)]

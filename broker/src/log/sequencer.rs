@@ -18,6 +18,12 @@
 //! offset and never written twice, and no lock is needed. Producer state changes only after
 //! the WAL accepted the entry; a failed fdatasync fail-stops the node, so state never runs
 //! ahead of an append that could still be lost without the node noticing.
+//!
+//! Planned moves (`moves.rs`) read a sealed partition's producers here
+//! ([`SeqMsg::ExportProducers`]) for metadata's `CompleteMove`; the new leader's thread adopts
+//! them before its first append to the partition's new log (`PartitionLog::take_handover`),
+//! or, after a failover, when the recovered tail reaches back to the move
+//! ([`SeqMsg::AdoptHandover`]).
 
 use super::entry::WalEntry;
 use super::partition::{PartitionLog, TailBatch};
@@ -99,6 +105,19 @@ pub enum SeqMsg {
     /// was durable but unanswered when that broker died is recognised as a duplicate.
     AdoptProducers {
         batches: Vec<(strata_types::PartitionKey, bytes::Bytes)>,
+    },
+    /// The producers' state a planned move handed over for a partition this broker takes over
+    /// (`takeover.rs`, when the recovered tail reaches back to the move); see
+    /// `ProducerStates::adopt`.
+    AdoptHandover {
+        key: strata_types::PartitionKey,
+        handover: strata_types::sequence::Handover,
+    },
+    /// Planned moves (`moves.rs`): the producers' state of each of `keys` (sealed partitions,
+    /// so it is final), in the same order.
+    ExportProducers {
+        keys: Vec<strata_types::PartitionKey>,
+        reply: oneshot::Sender<Vec<Vec<strata_types::sequence::HandedProducer>>>,
     },
 }
 
@@ -197,6 +216,15 @@ fn run(
                     metrics
                         .producer_states
                         .store(producers.len() as u64, Ordering::Relaxed);
+                }
+                SeqMsg::AdoptHandover { key, handover } => {
+                    producers.adopt(key, &handover, now);
+                    metrics
+                        .producer_states
+                        .store(producers.len() as u64, Ordering::Relaxed);
+                }
+                SeqMsg::ExportProducers { keys, reply } => {
+                    let _ = reply.send(keys.iter().map(|k| producers.export(k)).collect());
                 }
                 SeqMsg::Append { items, reply } => {
                     let mut pending = Pending {
@@ -302,6 +330,14 @@ fn append_one(
     // A planned move sealed the partition (`moves.rs`): the client goes to the new leader.
     if item.log.is_sealed() {
         return Err(AppendError::Fenced);
+    }
+    // The log starts where a planned move ended: adopt the producers it handed over first.
+    if let Some(handover) = item.log.take_handover() {
+        let adopted = producers.adopt(item.log.key, &handover, now);
+        tracing::debug!(topic = %item.log.topic_name, partition = item.log.key.partition, adopted, "adopted the idempotent producers a planned move handed over");
+        metrics
+            .producer_states
+            .store(producers.len() as u64, Ordering::Relaxed);
     }
     // Idempotent batches are checked against the offsets they would get; only this thread
     // assigns offsets, so `next_offset` is what `reserve` returns below.
