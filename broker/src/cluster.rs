@@ -207,6 +207,76 @@ pub async fn run_heartbeats(
     }
 }
 
+/// The address this node's WAL replica server registers under (`WalNodeInfo::wal_addr`): the
+/// `wal.peers` entry that names `wal.listen` (what brokers already use for it), else
+/// `wal.listen` itself, or, when that is a wildcard (`0.0.0.0`), the Kafka advertised host with
+/// its port.
+pub fn wal_advertised(config: &crate::config::NodeConfig) -> String {
+    let listen = config.wal_listen;
+    if let Some(peer) = config
+        .file
+        .wal
+        .peers
+        .iter()
+        .find(|p| p.parse::<std::net::SocketAddr>().is_ok_and(|a| a == listen))
+    {
+        return peer.clone();
+    }
+    if listen.ip().is_unspecified() {
+        return format!("{}:{}", config.kafka_advertised.0, listen.port());
+    }
+    listen.to_string()
+}
+
+/// Registers this node's WAL replica server with metadata and renews it every
+/// `meta.heartbeat_interval_ms` (lease `meta.broker_lease_ms`) until `shutdown`, so brokers
+/// pick live spares from metadata (`takeover::spare_candidates`). Failures are retried at the
+/// next tick: the WAL role never depends on metadata being reachable.
+pub async fn run_wal_heartbeats(
+    meta: MetaHandle,
+    config: crate::config::NodeConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let wal_addr = wal_advertised(&config);
+    let interval = Duration::from_millis(config.file.meta.heartbeat_interval_ms);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy: Option<bool> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let cmd = ClusterCommand::WalHeartbeat {
+            node_id: config.node_id,
+            wal_addr: wal_addr.clone(),
+            lease_ms: config.file.meta.broker_lease_ms,
+            now_ms: now_ms(),
+        };
+        let ok = match meta.write(strata_meta::Command::Cluster(cmd)).await {
+            Ok(CommandResult::Cluster(ClusterResult::WalNodeRenewed)) => true,
+            Ok(CommandResult::Rejected(why)) => {
+                tracing::error!(%why, %wal_addr, "metadata refused this WAL node's registration");
+                return;
+            }
+            Ok(other) => {
+                tracing::warn!(?other, "unexpected WAL heartbeat answer");
+                false
+            }
+            Err(err) => {
+                if healthy != Some(false) {
+                    tracing::warn!(%err, "WAL node heartbeat failed; retrying");
+                }
+                false
+            }
+        };
+        if ok && healthy != Some(true) {
+            tracing::info!(%wal_addr, "WAL node registered with metadata");
+        }
+        healthy = Some(ok);
+    }
+}
+
 /// The live brokers with their advertised Kafka addresses, by node id; this broker alone if
 /// metadata has none yet (before its registration is applied).
 pub fn live_brokers(node: &Node) -> Vec<BrokerAddr> {

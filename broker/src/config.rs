@@ -380,6 +380,17 @@ pub struct WalSection {
     /// A stream replica unhealthy (unreachable, or stopped) this long is replaced by a spare
     /// peer (`wal.peers` beyond `wal.replicas`); 0 never.
     pub replica_replace_after_ms: u64,
+    /// A spare that is not caught up this long after its replacement started is given up (the
+    /// next replacement tries another); default `replica_replace_after_ms`.
+    pub replica_catchup_timeout_ms: Option<u64>,
+}
+
+impl WalSection {
+    /// `replica_catchup_timeout_ms`, resolved.
+    pub fn catchup_timeout_ms(&self) -> u64 {
+        self.replica_catchup_timeout_ms
+            .unwrap_or(self.replica_replace_after_ms)
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -658,6 +669,7 @@ impl Default for WalSection {
             write_quorum: None,
             replicas: None,
             replica_replace_after_ms: 60_000,
+            replica_catchup_timeout_ms: None,
         }
     }
 }
@@ -1222,6 +1234,12 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         }
         Some((r, w))
     };
+    if f.wal.replica_catchup_timeout_ms == Some(0) {
+        return Err(bad(
+            "wal.replica_catchup_timeout_ms",
+            "must be positive (leave it unset for wal.replica_replace_after_ms)",
+        ));
+    }
     if f.meta.broker_lease_ms < 100 || f.meta.broker_lease_ms > 600_000 {
         return Err(bad("meta.broker_lease_ms", "must be in 100..=600000"));
     }
@@ -1509,6 +1527,24 @@ mod tests {
     }
 
     #[test]
+    fn replica_catchup_timeout_defaults_to_the_replace_delay() {
+        let c = load_str(
+            "[wal]\nreplica_replace_after_ms = 2500\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.file.wal.catchup_timeout_ms(), 2500);
+        let c = load_str(
+            "[wal]\nreplica_replace_after_ms = 2500\n",
+            &[("STRATA_WAL_REPLICA_CATCHUP_TIMEOUT_MS", "90000")],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.file.wal.catchup_timeout_ms(), 90_000);
+    }
+
+    #[test]
     fn rejections_name_the_key() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
@@ -1518,6 +1554,11 @@ mod tests {
             ("[kafka]\nlisten = \"nonsense\"\n", &[], "kafka.listen"),
             ("[meta]\nbackup_log_ms = 0\n", &[], "meta.backup_log_ms"),
             ("", &[("STRATA_META_BACKUP_KEEP", "0")], "meta.backup_keep"),
+            (
+                "",
+                &[("STRATA_WAL_REPLICA_CATCHUP_TIMEOUT_MS", "0")],
+                "wal.replica_catchup_timeout_ms",
+            ),
             (
                 "[kafka]\ndefault_partitions = 0\n",
                 &[],

@@ -449,6 +449,13 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         ));
         tokio::spawn(crate::takeover::run(node.clone(), shutdown_rx.clone()));
         crate::takeover::spawn_replica_upkeep(&node, wal_owner, replica.clone(), &shutdown_rx);
+        if replica.is_some() {
+            tokio::spawn(crate::cluster::run_wal_heartbeats(
+                meta.clone(),
+                node.config.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
     }
     // Planned moves away from this broker, rebalance on join, scale to zero (`moves.rs`).
     let (idle_tx, mut idle_rx) = watch::channel(false);
@@ -647,6 +654,12 @@ async fn open_broker_meta(
     if config.roles.meta {
         return Ok(open_meta(config, routes).await?.into());
     }
+    Ok(MetaHandle::Remote(open_mirror(config).await?))
+}
+
+/// A mirror of the metadata the members in `meta.peers` serve (`strata_meta::MetaMirror`), for
+/// a node without the `meta` role.
+async fn open_mirror(config: &NodeConfig) -> Result<strata_meta::MetaMirror, StartError> {
     let meta_error = |e: strata_meta::MetaError| StartError::Meta {
         dir: "(not a meta member: following meta.peers)".into(),
         reason: e.to_string(),
@@ -666,7 +679,7 @@ async fn open_broker_meta(
             .collect::<Vec<_>>()
             .join(",")
     );
-    Ok(MetaHandle::Remote(mirror))
+    Ok(mirror)
 }
 
 /// Opens metadata: a member of the meta cluster in `meta.peers`, or a single-node store.
@@ -726,14 +739,18 @@ async fn run_without_broker(
         let metrics = Arc::new(Metrics::default());
         crate::meta_backup::spawn(&config, meta, &store, &metrics, shutdown_tx.subscribe());
     }
-    if let (Some(meta), Some(replica)) = (meta.clone(), replica.clone()) {
-        let gc = move |f: &dyn Fn(&strata_meta::MetaState) -> Vec<u64>| f(&meta.read());
-        tokio::spawn(crate::takeover::collect_streams(
-            config.clone(),
-            gc,
-            replica,
-            shutdown_tx.subscribe(),
-        ));
+    if let Some(replica) = replica.clone() {
+        match &meta {
+            Some(member) => {
+                let stop = shutdown_tx.subscribe();
+                spawn_wal_upkeep(&config, member.clone().into(), replica, &stop);
+            }
+            None if !config.meta_peers.is_empty() => {
+                let stop = shutdown_tx.subscribe();
+                tokio::spawn(follow_for_wal(config.clone(), replica, stop));
+            }
+            None => {}
+        }
     }
     println!("strata: ready (node {})", config.node_id);
     wait_for_signal().await;
@@ -748,6 +765,62 @@ async fn run_without_broker(
     }
     println!("strata: stopped");
     Ok(())
+}
+
+/// A WAL node's metadata chores: registering and heartbeating its WAL address, and deleting
+/// the stream directories the recorded replica sets no longer list
+/// (`takeover::collect_streams`).
+fn spawn_wal_upkeep(
+    config: &NodeConfig,
+    meta: MetaHandle,
+    replica: ReplicaServerHandle,
+    shutdown: &watch::Receiver<bool>,
+) {
+    tokio::spawn(crate::cluster::run_wal_heartbeats(
+        meta.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
+    let gc = move |f: &dyn Fn(&strata_meta::MetaState) -> Vec<u64>| f(&meta.read());
+    tokio::spawn(crate::takeover::collect_streams(
+        config.clone(),
+        gc,
+        replica,
+        shutdown.clone(),
+    ));
+}
+
+/// Pause between attempts of a WAL-only node to start following metadata.
+const MIRROR_RETRY: Duration = Duration::from_secs(1);
+
+/// A WAL node without the `meta` role follows metadata through a mirror, as an elastic broker
+/// does, for its [`spawn_wal_upkeep`]. The replica server does not wait for it: brokers may
+/// need this replica to recover their streams before metadata has a leader.
+async fn follow_for_wal(
+    config: NodeConfig,
+    replica: ReplicaServerHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut warned = false;
+    let mirror = loop {
+        match open_mirror(&config).await {
+            Ok(mirror) => break mirror,
+            Err(err) => {
+                if !warned {
+                    tracing::warn!(%err, "cannot follow metadata yet; retrying");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(MIRROR_RETRY) => {}
+            _ = stop.changed() => return,
+        }
+    };
+    let meta = MetaHandle::Remote(mirror);
+    spawn_wal_upkeep(&config, meta.clone(), replica, &stop);
+    let _ = stop.changed().await;
+    let _ = meta.shutdown().await;
 }
 
 /// Replays WAL entries that are not in object storage yet into their partitions' tails, and

@@ -296,10 +296,57 @@ pub fn spawn_replica_upkeep(
     }
 }
 
+/// How a spare is known to be up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpareCheck {
+    /// Metadata shows its WAL heartbeat within its lease.
+    Registered,
+    /// No WAL node registered this address: only a TCP probe can tell.
+    Probe,
+}
+
+/// The spares for a stream on `current`, best first. Liveness comes from metadata: WAL nodes
+/// heartbeat their address (`cluster::run_wal_heartbeats`), and one whose heartbeat is older
+/// than its lease at `now_ms` is left out. First the alive registered `wal.peers` (in their
+/// order), then alive registered WAL nodes outside `wal.peers` (by node id). The TCP probe is
+/// only a fallback, for `wal.peers` entries no WAL node registered (one that cannot reach
+/// metadata, or runs an older version); those come last.
+fn spare_candidates(
+    peers: &[String],
+    current: &[String],
+    cluster: &strata_meta::ClusterState,
+    now_ms: i64,
+) -> Vec<(String, SpareCheck)> {
+    let in_set = |a: &str| current.iter().any(|c| strata_meta::same_addr(c, a));
+    let mut alive = Vec::new();
+    let mut unregistered = Vec::new();
+    for peer in peers.iter().filter(|p| !in_set(p)) {
+        match cluster.wal_addr_alive(peer, now_ms) {
+            Some(true) => alive.push((peer.clone(), SpareCheck::Registered)),
+            Some(false) => {}
+            None => unregistered.push((peer.clone(), SpareCheck::Probe)),
+        }
+    }
+    for node in cluster.wal_nodes() {
+        let known = peers
+            .iter()
+            .any(|p| strata_meta::same_addr(p, &node.wal_addr))
+            || alive
+                .iter()
+                .any(|(a, _)| strata_meta::same_addr(a, &node.wal_addr));
+        if !known && !in_set(&node.wal_addr) && node.alive_at(now_ms) {
+            alive.push((node.wal_addr.clone(), SpareCheck::Registered));
+        }
+    }
+    alive.extend(unregistered);
+    alive
+}
+
 /// Answers the owner's replacement requests (the order is the writer core's, see
-/// `strata_wal::replication::writer`): pick a live spare, let the owner catch it up, record
-/// the new set in metadata, then let the owner switch. A spare that does not catch up within
-/// `wal.replica_replace_after_ms` is given up and the next request tries another.
+/// `strata_wal::replication::writer`): pick a live spare ([`spare_candidates`]), let the owner
+/// catch it up, record the new set in metadata, then let the owner switch. A spare that does
+/// not catch up within `wal.replica_catchup_timeout_ms` is given up and the next request tries
+/// another.
 async fn replace_replicas(
     node: Arc<Node>,
     owner: StreamOwner,
@@ -308,7 +355,7 @@ async fn replace_replicas(
     let Some(mut requests) = owner.replacements() else {
         return;
     };
-    let give_up_after = Duration::from_millis(node.config.file.wal.replica_replace_after_ms.max(1));
+    let give_up_after = Duration::from_millis(node.config.file.wal.catchup_timeout_ms().max(1));
     // (replica, spare, started) of the replacement under way.
     let mut pending: Option<(u16, String, tokio::time::Instant)> = None;
     loop {
@@ -341,33 +388,34 @@ async fn replace_replicas(
                     continue;
                 }
                 let current = owner.replicas();
-                let spares: Vec<&String> = node
-                    .config
-                    .file
-                    .wal
-                    .peers
-                    .iter()
-                    .filter(|p| !current.contains(p))
-                    .collect();
+                let spares = spare_candidates(
+                    &node.config.file.wal.peers,
+                    &current,
+                    node.meta.read().cluster(),
+                    crate::cluster::now_ms(),
+                );
                 let mut started = false;
-                for spare in spares {
-                    let alive = matches!(
-                        tokio::time::timeout(
-                            SPARE_CONNECT_TIMEOUT,
-                            tokio::net::TcpStream::connect(spare.as_str())
-                        )
-                        .await,
-                        Ok(Ok(_))
-                    );
+                for (spare, check) in &spares {
+                    let alive = match check {
+                        SpareCheck::Registered => true,
+                        SpareCheck::Probe => matches!(
+                            tokio::time::timeout(
+                                SPARE_CONNECT_TIMEOUT,
+                                tokio::net::TcpStream::connect(spare.as_str())
+                            )
+                            .await,
+                            Ok(Ok(_))
+                        ),
+                    };
                     if alive && owner.start_replace(replica, spare) {
-                        tracing::warn!(stream = owner.stream(), replica, old = %addr, new = %spare, unhealthy_ms, "WAL replica replacement started: catching up the spare");
+                        tracing::warn!(stream = owner.stream(), replica, old = %addr, new = %spare, ?check, unhealthy_ms, "WAL replica replacement started: catching up the spare");
                         pending = Some((replica, spare.clone(), tokio::time::Instant::now()));
                         started = true;
                         break;
                     }
                 }
                 if !started {
-                    tracing::warn!(stream = owner.stream(), replica, %addr, unhealthy_ms, "WAL replica unhealthy, but no live spare in wal.peers to replace it");
+                    tracing::warn!(stream = owner.stream(), replica, %addr, unhealthy_ms, "WAL replica unhealthy, but no live spare (a registered WAL node or a wal.peers entry) to replace it");
                 }
             }
             Replacement::CaughtUp {
@@ -494,5 +542,71 @@ pub async fn collect_streams<F>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_meta::ClusterState;
+
+    fn beat(state: &mut MetaState, node_id: u64, wal_addr: &str, now_ms: i64) {
+        let cmd = Command::Cluster(ClusterCommand::WalHeartbeat {
+            node_id,
+            wal_addr: wal_addr.into(),
+            lease_ms: 1000,
+            now_ms,
+        });
+        assert!(!matches!(state.apply(&cmd), CommandResult::Rejected(_)));
+    }
+
+    fn names(c: &ClusterState, peers: &[&str], current: &[&str], now: i64) -> Vec<String> {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        spare_candidates(&s(peers), &s(current), c, now)
+            .into_iter()
+            .map(|(a, check)| format!("{a}/{check:?}"))
+            .collect()
+    }
+
+    /// Registered live WAL nodes come first, dead registered ones never, unregistered peers
+    /// last (probed); the current set is never a spare.
+    #[test]
+    fn spares_are_chosen_by_metadata_liveness_with_a_probe_fallback() {
+        let mut state = MetaState::default();
+        let peers = [
+            "10.0.0.1:1778",
+            "10.0.0.2:1778",
+            "10.0.0.3:1778",
+            "10.0.0.4:1778",
+        ];
+        let current = ["10.0.0.1:1778"];
+        // Nobody registered: every other peer, in order, to be probed.
+        assert_eq!(
+            names(state.cluster(), &peers, &current, 0),
+            [
+                "10.0.0.2:1778/Probe",
+                "10.0.0.3:1778/Probe",
+                "10.0.0.4:1778/Probe"
+            ]
+        );
+        beat(&mut state, 11, "10.0.0.1:1778", 0);
+        beat(&mut state, 13, "10.0.0.3:1778", 0);
+        beat(&mut state, 14, "10.0.0.4:1778", 5000);
+        beat(&mut state, 15, "10.0.0.5:1778", 5000);
+        // At 5500: 13 is silent past its lease (left out), 14 and 15 (outside wal.peers) are
+        // alive, 2 never registered (probed, last).
+        assert_eq!(
+            names(state.cluster(), &peers, &current, 5500),
+            [
+                "10.0.0.4:1778/Registered",
+                "10.0.0.5:1778/Registered",
+                "10.0.0.2:1778/Probe"
+            ]
+        );
+        // A node in the set is not a spare, however written.
+        assert_eq!(
+            names(state.cluster(), &peers, &["10.0.0.4:01778"], 5500),
+            ["10.0.0.5:1778/Registered", "10.0.0.2:1778/Probe"]
+        );
     }
 }

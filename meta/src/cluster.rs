@@ -31,6 +31,10 @@
 //!   the least loaded live broker, which also gets every partition it led (epoch + 1, pending on
 //!   the dead broker's stream). With no live broker left, nothing moves.
 //! - `DeregisterBroker`: a clean stop; the broker is expired at once, by the same rule.
+//! - `WalHeartbeat`: a node serving the `wal` role (with or without the broker role) registers
+//!   or renews its WAL address. WAL nodes hold no leases and nothing moves when one goes
+//!   silent: a reader decides liveness with its own clock ([`WalNodeInfo::alive_at`]), and a
+//!   stream's holder uses it to pick a spare replica.
 //! - `ReleaseStream`: the holder of `(stream, epoch)` uploaded the recovered tail up to
 //!   `settled_lsn`; the stream becomes free and the leases pending on it become writable.
 //! - Commits of objects carry a [`StreamProgress`]; a commit under an epoch that is not the
@@ -63,24 +67,24 @@
 //!   machine checks it against the index): then the target leads at epoch + 1. Since the index
 //!   already holds every record of the old epoch, the new leader starts at the index's end and
 //!   a later commit of the old leader's stream has nothing of this partition to add.
-//!
-//! Targets are kept valid after every membership change: a target is always an alive,
-//! non-draining broker other than the leader, on a lease whose leader is alive and that is not
-//! pending; expiry and deregistration clear what no longer holds, and a draining broker's
 //!   The command also carries the partition's idempotent producers at `end_offset` (`producers`,
 //!   absent in commands from older brokers): they are validated (a bad handover is refused with
 //!   `InvalidHandover`) and kept in the lease (`handover`) until the next move, so the new leader
 //!   — or whoever takes the partition over if it dies before writing — answers retries of
 //!   batches written before the move as duplicates and gaps as out of order.
+//!
+//! Targets are kept valid after every membership change: a target is always an alive,
+//! non-draining broker other than the leader, on a lease whose leader is alive and that is not
+//! pending; expiry and deregistration clear what no longer holds, and a draining broker's
 //! partitions get (new) targets as soon as an eligible broker exists.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use strata_types::sequence::{HandedProducer, Handover};
 use strata_types::TopicId;
 
 /// Node ids of brokers, meta nodes and WAL streams share one space.
 pub type NodeId = u64;
-use strata_types::sequence::{HandedProducer, Handover};
 
 /// Longest lease a broker may ask for.
 pub const LEASE_MS_MAX: u64 = 10 * 60 * 1000;
@@ -105,6 +109,25 @@ pub struct BrokerInfo {
     /// service); `None` from a broker that registered before it was recorded.
     #[serde(default)]
     pub peer_addr: Option<String>,
+}
+
+/// What metadata knows about one node serving the `wal` role (`WalHeartbeat`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalNodeInfo {
+    pub node_id: NodeId,
+    /// Where brokers reach its WAL replica server, `host:port` (as in `wal.peers`).
+    pub wal_addr: String,
+    /// Silent this long after `heartbeat_ms`, it counts as down.
+    pub lease_ms: u64,
+    pub registered_ms: i64,
+    pub heartbeat_ms: i64,
+}
+
+impl WalNodeInfo {
+    /// Whether its last heartbeat is less than its lease before `now_ms`.
+    pub fn alive_at(&self, now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.heartbeat_ms) < self.lease_ms as i64
+    }
 }
 
 /// One broker's WAL stream.
@@ -132,6 +155,10 @@ pub struct PartitionLease {
     /// A planned move to this broker is under way (see the module docs).
     #[serde(default)]
     pub target: Option<NodeId>,
+    /// The idempotent producers' state the last planned move handed over (`CompleteMove`):
+    /// whoever opens the partition's log at `end_offset` adopts it. Replaced by the next move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
 }
 
 /// Carried by an object commit: the stream (and epoch) whose entries the object holds, and how
@@ -155,10 +182,6 @@ pub enum ClusterCommand {
         /// cluster's, so every broker tells clients the same.
         #[serde(default)]
         cluster_id: Option<String>,
-    /// The idempotent producers' state the last planned move handed over (`CompleteMove`):
-    /// whoever opens the partition's log at `end_offset` adopts it. Replaced by the next move.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handover: Option<Handover>,
         /// A random secret this broker would use to key the decoy SCRAM credentials of unknown
         /// users; the first one registered becomes the cluster's, so an unknown user gets the
         /// same salt from every broker and across restarts (a changing salt would tell a prober
@@ -180,6 +203,14 @@ pub enum ClusterCommand {
     },
     DeregisterBroker {
         node_id: NodeId,
+        now_ms: i64,
+    },
+    /// A node serving the `wal` role registers (first time, or a changed address) or renews
+    /// its liveness; one command for both, so a WAL node needs no state of its own.
+    WalHeartbeat {
+        node_id: NodeId,
+        wal_addr: String,
+        lease_ms: u64,
         now_ms: i64,
     },
     ReleaseStream {
@@ -214,6 +245,8 @@ pub enum ClusterCommand {
         from: NodeId,
         epoch: i32,
         end_offset: i64,
+        #[serde(default)]
+        producers: Option<Vec<HandedProducer>>,
     },
 }
 
@@ -239,14 +272,14 @@ pub enum ClusterResult {
         settled_lsn: u64,
     },
     HeartbeatAccepted,
+    /// A `WalHeartbeat` was recorded.
+    WalNodeRenewed,
     Expired {
         nodes: Vec<NodeId>,
     },
     StreamReleased,
     StreamReplicasSet,
     /// The broker's draining flag is set; `moves` partitions got a target.
-        #[serde(default)]
-        producers: Option<Vec<HandedProducer>>,
     DrainSet {
         moves: u32,
     },
@@ -267,6 +300,8 @@ pub enum ClusterRejection {
     NotRegistered { node_id: NodeId },
     #[error("broker {node_id}: {reason}")]
     InvalidBroker { node_id: NodeId, reason: String },
+    #[error("WAL node {node_id}: {reason}")]
+    InvalidWalNode { node_id: NodeId, reason: String },
     #[error("stream {stream} is at epoch {current}, not {epoch}")]
     StaleStreamEpoch {
         stream: NodeId,
@@ -285,6 +320,12 @@ pub enum ClusterRejection {
         partition: u32,
         from: NodeId,
         epoch: i32,
+        reason: String,
+    },
+    #[error("partition {partition} of topic {topic}: invalid producer handover: {reason}")]
+    InvalidHandover {
+        topic: TopicId,
+        partition: u32,
         reason: String,
     },
     #[error("partition {partition} of topic {topic}: the index ends at {indexed_end}, not at {end_offset}; upload the tail first")]
@@ -306,6 +347,9 @@ pub struct ClusterState {
     #[serde(default)]
     auth_secret: Option<String>,
     brokers: BTreeMap<NodeId, BrokerInfo>,
+    /// Nodes serving the `wal` role (absent from states written before they registered).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    wal_nodes: BTreeMap<NodeId, WalNodeInfo>,
     streams: BTreeMap<NodeId, StreamInfo>,
     /// Per topic, one lease per partition.
     leases: BTreeMap<TopicId, Vec<PartitionLease>>,
@@ -320,14 +364,12 @@ impl ClusterState {
         indexed_end: Option<i64>,
     ) -> Result<ClusterResult, ClusterRejection> {
         let result = self.apply_inner(cmd, indexed_end);
-        if result.is_ok() && !matches!(cmd, ClusterCommand::Heartbeat { .. }) {
+        let renewal = matches!(
+            cmd,
+            ClusterCommand::Heartbeat { .. } | ClusterCommand::WalHeartbeat { .. }
+        );
+        if result.is_ok() && !renewal {
             self.plan_targets();
-    #[error("partition {partition} of topic {topic}: invalid producer handover: {reason}")]
-    InvalidHandover {
-        topic: TopicId,
-        partition: u32,
-        reason: String,
-    },
         }
         result
     }
@@ -365,6 +407,43 @@ impl ClusterState {
                 }
                 _ => Err(ClusterRejection::NotRegistered { node_id: *node_id }),
             },
+            ClusterCommand::WalHeartbeat {
+                node_id,
+                wal_addr,
+                lease_ms,
+                now_ms,
+            } => {
+                let invalid = |reason: &str| ClusterRejection::InvalidWalNode {
+                    node_id: *node_id,
+                    reason: reason.to_string(),
+                };
+                if *node_id == 0 {
+                    return Err(invalid("node id 0 is reserved"));
+                }
+                if wal_addr.is_empty() || wal_addr.len() > ADDR_BYTES_MAX {
+                    return Err(invalid("empty or too long WAL address"));
+                }
+                if *lease_ms == 0 || *lease_ms > LEASE_MS_MAX {
+                    return Err(invalid("lease must be in 1..=600000 ms"));
+                }
+                let node = self
+                    .wal_nodes
+                    .entry(*node_id)
+                    .or_insert_with(|| WalNodeInfo {
+                        node_id: *node_id,
+                        wal_addr: wal_addr.clone(),
+                        lease_ms: *lease_ms,
+                        registered_ms: *now_ms,
+                        heartbeat_ms: *now_ms,
+                    });
+                if node.wal_addr != *wal_addr {
+                    node.wal_addr = wal_addr.clone();
+                    node.registered_ms = *now_ms;
+                }
+                node.lease_ms = *lease_ms;
+                node.heartbeat_ms = node.heartbeat_ms.max(*now_ms);
+                Ok(ClusterResult::WalNodeRenewed)
+            }
             ClusterCommand::ExpireBrokers { by, now_ms } => {
                 let stale: Vec<NodeId> = self
                     .brokers
@@ -476,8 +555,20 @@ impl ClusterState {
         from: NodeId,
         epoch: i32,
         end_offset: i64,
+        producers: Option<&Vec<HandedProducer>>,
         indexed_end: Option<i64>,
     ) -> Result<ClusterResult, ClusterRejection> {
+        let handover = producers.map(|p| Handover {
+            end_offset,
+            producers: p.clone(),
+        });
+        if let Some(Err(reason)) = handover.as_ref().map(Handover::validate) {
+            return Err(ClusterRejection::InvalidHandover {
+                topic,
+                partition,
+                reason,
+            });
+        }
         let no_move = |reason: &str| ClusterRejection::NoMove {
             topic,
             partition,
@@ -514,6 +605,7 @@ impl ClusterState {
         lease.leader = Some(target);
         lease.epoch += 1;
         lease.target = None;
+        lease.handover = handover;
         Ok(ClusterResult::MoveCompleted {
             leader: target,
             epoch: lease.epoch,
@@ -555,20 +647,8 @@ impl ClusterState {
             node_id,
             BrokerInfo {
                 node_id,
-        producers: Option<&Vec<HandedProducer>>,
                 kafka_addr: kafka_addr.to_owned(),
                 rack: rack.clone(),
-        let handover = producers.map(|p| Handover {
-            end_offset,
-            producers: p.clone(),
-        });
-        if let Some(Err(reason)) = handover.as_ref().map(Handover::validate) {
-            return Err(ClusterRejection::InvalidHandover {
-                topic,
-                partition,
-                reason,
-            });
-        }
                 lease_ms,
                 registered_ms,
                 heartbeat_ms: now_ms,
@@ -605,7 +685,6 @@ impl ClusterState {
 
     /// Marks `node` dead and moves what it held to the least loaded live broker.
     fn expire(&mut self, node: NodeId) {
-        lease.handover = handover;
         if let Some(b) = self.brokers.get_mut(&node) {
             b.alive = false;
         }
@@ -880,6 +959,21 @@ impl ClusterState {
         self.brokers.values()
     }
 
+    /// Every node that ever served the `wal` role in this cluster, by node id.
+    pub fn wal_nodes(&self) -> impl Iterator<Item = &WalNodeInfo> {
+        self.wal_nodes.values()
+    }
+
+    /// Whether the WAL node at `addr` is alive at `now_ms`; `None` when no node registered
+    /// that address. Several registrations of one address (a node id changed): alive if any is.
+    pub fn wal_addr_alive(&self, addr: &str, now_ms: i64) -> Option<bool> {
+        self.wal_nodes
+            .values()
+            .filter(|n| same_addr(&n.wal_addr, addr))
+            .map(|n| n.alive_at(now_ms))
+            .reduce(|a, b| a || b)
+    }
+
     pub fn stream(&self, stream: NodeId) -> Option<&StreamInfo> {
         self.streams.get(&stream)
     }
@@ -910,6 +1004,16 @@ impl ClusterState {
             .map(|b| b.node_id)
             .collect()
     }
+}
+
+/// Whether two `host:port` strings name the same address: equal, or the same socket address
+/// once parsed (`127.0.0.1:01778` and `127.0.0.1:1778`).
+pub fn same_addr(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (a.parse::<std::net::SocketAddr>(), b.parse::<std::net::SocketAddr>()),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 #[cfg(test)]
@@ -1130,6 +1234,87 @@ mod tests {
     }
 
     #[test]
+    fn wal_nodes_register_by_heartbeat_and_liveness_follows_the_reader_clock() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        let t = TopicId::from_bytes([7; 16]);
+        c.topic_created(t, 2);
+        let before = c.clone();
+        let beat = |node_id, wal_addr: &str, now_ms| ClusterCommand::WalHeartbeat {
+            node_id,
+            wal_addr: wal_addr.to_string(),
+            lease_ms: 1000,
+            now_ms,
+        };
+        assert_eq!(
+            c.apply(&beat(11, "127.0.0.1:1778", 100)),
+            Ok(ClusterResult::WalNodeRenewed)
+        );
+        c.apply(&beat(12, "127.0.0.1:1779", 100)).unwrap();
+        // A renewal never moves the heartbeat back; an address change re-registers.
+        c.apply(&beat(11, "127.0.0.1:1778", 900)).unwrap();
+        c.apply(&beat(11, "127.0.0.1:1778", 500)).unwrap();
+        let n = c.wal_nodes().find(|n| n.node_id == 11).unwrap();
+        assert_eq!((n.registered_ms, n.heartbeat_ms), (100, 900));
+        c.apply(&beat(12, "127.0.0.1:1780", 950)).unwrap();
+        let n = c.wal_nodes().find(|n| n.node_id == 12).unwrap();
+        assert_eq!(
+            (n.wal_addr.as_str(), n.registered_ms),
+            ("127.0.0.1:1780", 950)
+        );
+
+        assert_eq!(c.wal_addr_alive("127.0.0.1:1778", 1899), Some(true));
+        assert_eq!(c.wal_addr_alive("127.0.0.1:1778", 1900), Some(false));
+        assert_eq!(
+            c.wal_addr_alive("127.0.0.1:01778", 1000),
+            Some(true),
+            "same socket address"
+        );
+        assert_eq!(
+            c.wal_addr_alive("127.0.0.1:1779", 1000),
+            None,
+            "re-registered elsewhere"
+        );
+        assert_eq!(c.wal_addr_alive("10.0.0.9:1778", 1000), None);
+
+        // WAL nodes are not brokers: no leases, streams or brokers change.
+        assert_eq!(c.brokers().count(), before.brokers().count());
+        assert_eq!(c.leases, before.leases);
+        assert_eq!(c.streams, before.streams);
+
+        for (cmd, why) in [
+            (beat(0, "127.0.0.1:1", 0), "node id"),
+            (beat(13, "", 0), "address"),
+            (beat(13, &"x".repeat(ADDR_BYTES_MAX + 1), 0), "address"),
+            (
+                ClusterCommand::WalHeartbeat {
+                    node_id: 13,
+                    wal_addr: "127.0.0.1:1".into(),
+                    lease_ms: 0,
+                    now_ms: 0,
+                },
+                "lease",
+            ),
+        ] {
+            match c.apply(&cmd) {
+                Err(ClusterRejection::InvalidWalNode { reason, .. }) => {
+                    assert!(reason.contains(why), "{reason}")
+                }
+                other => panic!("{cmd:?}: {other:?}"),
+            }
+        }
+        assert!(c.wal_nodes().all(|n| n.node_id != 13 && n.node_id != 0));
+
+        // A state written before WAL nodes registered still decodes, and round-trips.
+        let old = serde_json::to_value(&before).unwrap();
+        assert!(old.get("wal_nodes").is_none());
+        let back: ClusterState = serde_json::from_value(old).unwrap();
+        assert_eq!(back, before);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<ClusterState>(&json).unwrap(), c);
+    }
+
+    #[test]
     fn an_expired_broker_cannot_heartbeat_and_the_proposer_is_never_expired() {
         let mut c = ClusterState::default();
         register(&mut c, 1, 0);
@@ -1345,6 +1530,7 @@ mod tests {
                         from: l.leader.unwrap(),
                         epoch: l.epoch,
                         end_offset: 0,
+                        producers: None,
                     },
                     Some(0),
                 )
@@ -1382,192 +1568,6 @@ mod tests {
         assert!(leaders(&c, u).iter().all(|l| *l != Some(3)));
     }
 
-    #[test]
-    fn complete_move_gives_the_target_the_next_epoch() {
-        let mut c = ClusterState::default();
-        register(&mut c, 1, 0);
-        let t = TopicId::random();
-        c.topic_created(t, 1);
-        register(&mut c, 2, 0);
-        drain(&mut c, 1, true).unwrap();
-        assert_eq!(c.leases[&t][0].target, Some(2));
-        let complete = |from, epoch, end_offset| ClusterCommand::CompleteMove {
-            topic: t,
-            partition: 0,
-            from,
-            epoch,
-            end_offset,
-        };
-        // The index must end where the leader says its log ends.
-        assert_eq!(
-            c.apply_with_index(&complete(1, 1, 10), Some(7)),
-            Err(ClusterRejection::MoveNotUploaded {
-                topic: t,
-                partition: 0,
-                indexed_end: 7,
-                end_offset: 10
-            })
-        );
-        // A stale epoch or the wrong leader is refused.
-        for (from, epoch) in [(1, 0), (2, 1)] {
-            let r = c.apply_with_index(&complete(from, epoch, 10), Some(10));
-            assert!(matches!(r, Err(ClusterRejection::NoMove { .. })), "{r:?}");
-        }
-        assert_eq!(
-            c.apply_with_index(&complete(1, 1, 10), Some(10)),
-            Ok(ClusterResult::MoveCompleted {
-                leader: 2,
-                epoch: 2
-            })
-        );
-        let l = &c.leases[&t][0];
-        assert_eq!(
-            (l.leader, l.epoch, l.target, l.pending_stream),
-            (Some(2), 2, None, None)
-        );
-        // A retry is refused (the lease moved on) and changes nothing.
-        assert!(c.apply_with_index(&complete(1, 1, 10), Some(10)).is_err());
-        assert_eq!(c.leases[&t][0].epoch, 2);
-        // Unknown partition.
-        let r = c.apply_with_index(
-            &ClusterCommand::CompleteMove {
-                topic: t,
-                partition: 5,
-                from: 2,
-                epoch: 2,
-                end_offset: 0,
-            },
-            Some(0),
-        );
-        assert!(matches!(r, Err(ClusterRejection::NoMove { .. })), "{r:?}");
-    }
-
-    #[test]
-    fn undrain_clears_targets_and_a_late_completion_is_refused() {
-        let mut c = ClusterState::default();
-        register(&mut c, 1, 0);
-        register(&mut c, 2, 0);
-        let t = TopicId::random();
-        c.topic_created(t, 2);
-        drain(&mut c, 1, true).unwrap();
-        assert_eq!(targets(&c, t), vec![Some(2), None]);
-        assert_eq!(
-            drain(&mut c, 1, false),
-            Ok(ClusterResult::DrainSet { moves: 0 })
-        );
-        assert_eq!(targets(&c, t), vec![None, None]);
-        assert!(!c.broker(1).unwrap().draining);
-        let r = c.apply_with_index(
-            &ClusterCommand::CompleteMove {
-                topic: t,
-                partition: 0,
-                from: 1,
-                epoch: 1,
-                end_offset: 0,
-            },
-            Some(0),
-        );
-        assert!(matches!(r, Err(ClusterRejection::NoMove { .. })), "{r:?}");
-        assert_eq!(leaders(&c, t), vec![Some(1), Some(2)]);
-    }
-
-    #[test]
-    fn drain_of_an_unknown_or_dead_broker_is_refused() {
-        let mut c = ClusterState::default();
-        register(&mut c, 1, 0);
-        assert_eq!(
-            drain(&mut c, 9, true),
-            Err(ClusterRejection::NotRegistered { node_id: 9 })
-        );
-        c.apply(&ClusterCommand::DeregisterBroker {
-            node_id: 1,
-            now_ms: 1,
-        })
-        .unwrap();
-        assert_eq!(
-            drain(&mut c, 1, true),
-            Err(ClusterRejection::NotRegistered { node_id: 1 })
-        );
-    }
-
-    #[test]
-    fn a_drained_broker_with_nowhere_to_go_gets_targets_when_a_broker_joins() {
-        let mut c = ClusterState::default();
-        register(&mut c, 1, 0);
-        let t = TopicId::random();
-        c.topic_created(t, 3);
-        assert_eq!(
-            drain(&mut c, 1, true),
-            Ok(ClusterResult::DrainSet { moves: 0 })
-        );
-        // Nobody else: new partitions still get a leader (serving beats draining).
-        let u = TopicId::random();
-        c.topic_created(u, 1);
-        assert_eq!(leaders(&c, u), vec![Some(1)]);
-        register(&mut c, 2, 5);
-        assert_eq!(targets(&c, t), vec![Some(2); 3]);
-        // A restart of the live broker keeps the flag; a return from the dead clears it.
-        register(&mut c, 1, 6);
-        assert!(c.broker(1).unwrap().draining);
-        c.apply(&ClusterCommand::DeregisterBroker {
-            node_id: 1,
-            now_ms: 7,
-        })
-        .unwrap();
-        register(&mut c, 1, 8);
-        assert!(!c.broker(1).unwrap().draining);
-    }
-
-    #[test]
-    fn expiry_of_the_target_or_the_leader_clears_targets() {
-        let mut c = ClusterState::default();
-        for n in [1, 2, 3] {
-            register(&mut c, n, 0);
-        }
-        let t = TopicId::random();
-        c.topic_created(t, 3);
-        drain(&mut c, 1, true).unwrap();
-        let target = c.leases[&t][0].target.unwrap();
-        // The target dies: the lease gets the other eligible broker.
-        c.apply(&ClusterCommand::DeregisterBroker {
-                        producers: None,
-            node_id: target,
-            now_ms: 1,
-        })
-        .unwrap();
-        let other = if target == 2 { 3 } else { 2 };
-        assert_eq!(c.leases[&t][0].target, Some(other));
-        // The draining leader dies: its partitions go pending to the taker, without a target.
-        c.apply(&ClusterCommand::DeregisterBroker {
-            node_id: 1,
-            now_ms: 2,
-        })
-        .unwrap();
-        assert!(c.leases[&t]
-            .iter()
-            .all(|l| l.target.is_none() && l.leader == Some(other)));
-        assert_eq!(c.leases[&t][0].pending_stream, Some(1));
-    }
-
-    #[test]
-    fn rebalance_gives_a_joined_broker_its_fair_share_of_the_most_loaded() {
-        let mut c = ClusterState::default();
-        for n in [1, 2, 3] {
-            register(&mut c, n, 0);
-        }
-        let t = TopicId::random();
-        c.topic_created(t, 12);
-        register(&mut c, 4, 0);
-        assert_eq!(
-            c.apply(&ClusterCommand::Rebalance { to: 4 }),
-            Ok(ClusterResult::Rebalanced { moves: 3 })
-        );
-        let from: Vec<NodeId> = c.leases[&t]
-            .iter()
-            .filter(|l| l.target == Some(4))
-            .map(|l| l.leader.unwrap())
-            .collect();
-        let mut sorted = from.clone();
     /// `CompleteMove` carries the partition's producers into its lease; a bad handover is
     /// refused; a command or lease from before the field existed still decodes.
     #[test]
@@ -1642,6 +1642,194 @@ mod tests {
         assert!(!serde_json::to_string(&lease).unwrap().contains("handover"));
     }
 
+    #[test]
+    fn complete_move_gives_the_target_the_next_epoch() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        let t = TopicId::random();
+        c.topic_created(t, 1);
+        register(&mut c, 2, 0);
+        drain(&mut c, 1, true).unwrap();
+        assert_eq!(c.leases[&t][0].target, Some(2));
+        let complete = |from, epoch, end_offset| ClusterCommand::CompleteMove {
+            topic: t,
+            partition: 0,
+            from,
+            epoch,
+            end_offset,
+            producers: None,
+        };
+        // The index must end where the leader says its log ends.
+        assert_eq!(
+            c.apply_with_index(&complete(1, 1, 10), Some(7)),
+            Err(ClusterRejection::MoveNotUploaded {
+                topic: t,
+                partition: 0,
+                indexed_end: 7,
+                end_offset: 10
+            })
+        );
+        // A stale epoch or the wrong leader is refused.
+        for (from, epoch) in [(1, 0), (2, 1)] {
+            let r = c.apply_with_index(&complete(from, epoch, 10), Some(10));
+            assert!(matches!(r, Err(ClusterRejection::NoMove { .. })), "{r:?}");
+        }
+        assert_eq!(
+            c.apply_with_index(&complete(1, 1, 10), Some(10)),
+            Ok(ClusterResult::MoveCompleted {
+                leader: 2,
+                epoch: 2
+            })
+        );
+        let l = &c.leases[&t][0];
+        assert_eq!(
+            (l.leader, l.epoch, l.target, l.pending_stream),
+            (Some(2), 2, None, None)
+        );
+        // A retry is refused (the lease moved on) and changes nothing.
+        assert!(c.apply_with_index(&complete(1, 1, 10), Some(10)).is_err());
+        assert_eq!(c.leases[&t][0].epoch, 2);
+        // Unknown partition.
+        let r = c.apply_with_index(
+            &ClusterCommand::CompleteMove {
+                topic: t,
+                partition: 5,
+                from: 2,
+                epoch: 2,
+                end_offset: 0,
+                producers: None,
+            },
+            Some(0),
+        );
+        assert!(matches!(r, Err(ClusterRejection::NoMove { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn undrain_clears_targets_and_a_late_completion_is_refused() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        register(&mut c, 2, 0);
+        let t = TopicId::random();
+        c.topic_created(t, 2);
+        drain(&mut c, 1, true).unwrap();
+        assert_eq!(targets(&c, t), vec![Some(2), None]);
+        assert_eq!(
+            drain(&mut c, 1, false),
+            Ok(ClusterResult::DrainSet { moves: 0 })
+        );
+        assert_eq!(targets(&c, t), vec![None, None]);
+        assert!(!c.broker(1).unwrap().draining);
+        let r = c.apply_with_index(
+            &ClusterCommand::CompleteMove {
+                topic: t,
+                partition: 0,
+                from: 1,
+                epoch: 1,
+                end_offset: 0,
+                producers: None,
+            },
+            Some(0),
+        );
+        assert!(matches!(r, Err(ClusterRejection::NoMove { .. })), "{r:?}");
+        assert_eq!(leaders(&c, t), vec![Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn drain_of_an_unknown_or_dead_broker_is_refused() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        assert_eq!(
+            drain(&mut c, 9, true),
+            Err(ClusterRejection::NotRegistered { node_id: 9 })
+        );
+        c.apply(&ClusterCommand::DeregisterBroker {
+            node_id: 1,
+            now_ms: 1,
+        })
+        .unwrap();
+        assert_eq!(
+            drain(&mut c, 1, true),
+            Err(ClusterRejection::NotRegistered { node_id: 1 })
+        );
+    }
+
+    #[test]
+    fn a_drained_broker_with_nowhere_to_go_gets_targets_when_a_broker_joins() {
+        let mut c = ClusterState::default();
+        register(&mut c, 1, 0);
+        let t = TopicId::random();
+        c.topic_created(t, 3);
+        assert_eq!(
+            drain(&mut c, 1, true),
+            Ok(ClusterResult::DrainSet { moves: 0 })
+        );
+        // Nobody else: new partitions still get a leader (serving beats draining).
+        let u = TopicId::random();
+        c.topic_created(u, 1);
+        assert_eq!(leaders(&c, u), vec![Some(1)]);
+        register(&mut c, 2, 5);
+        assert_eq!(targets(&c, t), vec![Some(2); 3]);
+        // A restart of the live broker keeps the flag; a return from the dead clears it.
+        register(&mut c, 1, 6);
+        assert!(c.broker(1).unwrap().draining);
+        c.apply(&ClusterCommand::DeregisterBroker {
+            node_id: 1,
+            now_ms: 7,
+        })
+        .unwrap();
+        register(&mut c, 1, 8);
+        assert!(!c.broker(1).unwrap().draining);
+    }
+
+    #[test]
+    fn expiry_of_the_target_or_the_leader_clears_targets() {
+        let mut c = ClusterState::default();
+        for n in [1, 2, 3] {
+            register(&mut c, n, 0);
+        }
+        let t = TopicId::random();
+        c.topic_created(t, 3);
+        drain(&mut c, 1, true).unwrap();
+        let target = c.leases[&t][0].target.unwrap();
+        // The target dies: the lease gets the other eligible broker.
+        c.apply(&ClusterCommand::DeregisterBroker {
+            node_id: target,
+            now_ms: 1,
+        })
+        .unwrap();
+        let other = if target == 2 { 3 } else { 2 };
+        assert_eq!(c.leases[&t][0].target, Some(other));
+        // The draining leader dies: its partitions go pending to the taker, without a target.
+        c.apply(&ClusterCommand::DeregisterBroker {
+            node_id: 1,
+            now_ms: 2,
+        })
+        .unwrap();
+        assert!(c.leases[&t]
+            .iter()
+            .all(|l| l.target.is_none() && l.leader == Some(other)));
+        assert_eq!(c.leases[&t][0].pending_stream, Some(1));
+    }
+
+    #[test]
+    fn rebalance_gives_a_joined_broker_its_fair_share_of_the_most_loaded() {
+        let mut c = ClusterState::default();
+        for n in [1, 2, 3] {
+            register(&mut c, n, 0);
+        }
+        let t = TopicId::random();
+        c.topic_created(t, 12);
+        register(&mut c, 4, 0);
+        assert_eq!(
+            c.apply(&ClusterCommand::Rebalance { to: 4 }),
+            Ok(ClusterResult::Rebalanced { moves: 3 })
+        );
+        let from: Vec<NodeId> = c.leases[&t]
+            .iter()
+            .filter(|l| l.target == Some(4))
+            .map(|l| l.leader.unwrap())
+            .collect();
+        let mut sorted = from.clone();
         sorted.sort();
         assert_eq!(sorted, vec![1, 2, 3], "one from each");
         // Again: already fair, nothing to do.
@@ -1657,7 +1845,6 @@ mod tests {
         // A draining or unknown broker cannot be a rebalance target.
         drain(&mut c, 4, true).unwrap();
         for to in [4, 9] {
-            producers: None,
             let r = c.apply(&ClusterCommand::Rebalance { to });
             assert!(
                 matches!(r, Err(ClusterRejection::InvalidBroker { .. })),
@@ -1697,7 +1884,6 @@ mod tests {
             let node = 1 + next(5);
             let op = next(10);
             let cmd = match op {
-                producers: None,
                 0 | 1 => ClusterCommand::RegisterBroker {
                     node_id: node,
                     kafka_addr: "h:1".into(),
@@ -1726,7 +1912,6 @@ mod tests {
                     now_ms: now,
                 },
                 7 => {
-                producers: None,
                     // What a taker does after recovering a stream.
                     let held: Vec<_> = c
                         .streams()
@@ -1774,6 +1959,7 @@ mod tests {
                         from,
                         epoch,
                         end_offset: 10,
+                        producers: None,
                     };
                     let r = c.apply_with_index(&cmd, Some(if caught_up { 10 } else { 9 }));
                     assert_eq!(r.is_ok(), caught_up, "seed {seed} step {step}: {r:?}");
@@ -1828,4 +2014,3 @@ mod tests {
         }
     }
 }
-                        producers: None,

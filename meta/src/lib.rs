@@ -45,8 +45,8 @@ pub mod state;
 pub mod store;
 
 pub use cluster::{
-    BrokerInfo, ClusterCommand, ClusterRejection, ClusterResult, ClusterState, PartitionLease,
-    StreamInfo, StreamProgress,
+    same_addr, BrokerInfo, ClusterCommand, ClusterRejection, ClusterResult, ClusterState,
+    PartitionLease, StreamInfo, StreamProgress, WalNodeInfo,
 };
 pub use error::MetaError;
 pub use leader::MembershipView;

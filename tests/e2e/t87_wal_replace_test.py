@@ -1,22 +1,30 @@
 """t87 WAL replica replacement and stream-directory GC (issue 3).
 
-Three brokers (meta + broker roles) and four WAL nodes (meta + wal roles, so they
-read metadata for the garbage collection of stream directories): seven meta
-voters, `wal.peers` = the four WAL nodes, `wal.replicas` = 3 (R = 3, W = 2), so
-every stream starts on the first three and the fourth is a spare.
+Three brokers (meta + broker roles) and four WAL nodes: the first and the fourth
+WAL-only (`--roles wal`, following metadata through a mirror), the second and
+third meta + wal; five meta voters. `wal.peers` = the three first WAL nodes, a
+decoy (a plain TCP listener, no WAL node) and the fourth; `wal.replicas` = 3
+(R = 3, W = 2), so every stream starts on the first three and the fourth is the
+only real spare. Every WAL node registers and heartbeats its address in metadata.
 
+- every WAL node, WAL-only ones too, shows up alive in `/v1/wal`;
 - kill -9 one replica for good under an acks=all producer: every broker replaces
-  it with the spare (the admin API's `/v1/wal` shows the new replica sets), then
-  a second original replica is killed too and produce keeps working (with only
-  the original set it could not: one replica of three left); every acknowledged
-  record is read back at its acknowledged offset, dense;
-- the replaced node, restarted, deletes its stale stream directories (keeping a
-  tombstone of each seal), and the cluster still takes writes;
+  it with the fourth node, chosen by its metadata liveness over the decoy that
+  comes first in `wal.peers` and accepts connections (a TCP probe would pick the
+  decoy, which never catches up); `/v1/wal` shows the new replica sets and the
+  dead node as not alive. Then a second original replica is killed too and
+  produce keeps working (with only the original set it could not: one replica
+  of three left); every acknowledged record is read back at its acknowledged
+  offset, dense;
+- the replaced node (WAL-only, no meta role), restarted, deletes its stale
+  stream directories by its mirrored metadata (keeping a tombstone of each
+  seal), and the cluster still takes writes;
 - `wal.replicas` above the number of `wal.peers` is refused by name.
 """
 
 import json
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -31,23 +39,27 @@ from t80_cluster_test import PARTITIONS, start_producer, stop_producer
 REPLACE_AFTER_MS = 1500
 
 
-class MetaWalNode(WalNode):
-    """A `strata start --roles meta,wal` process: a WAL replica that is also a meta voter."""
+class ClusterWalNode(WalNode):
+    """A `strata start --roles meta,wal` process (a WAL replica that is also a meta voter),
+    or with `meta=False` a `--roles wal` one that follows metadata from the voters."""
 
-    def __init__(self, binary: str, workdir: Path, node_id: int, env: dict):
+    def __init__(self, binary: str, workdir: Path, node_id: int, env: dict, meta: bool):
         super().__init__(binary, workdir, node_id)
+        self.meta = meta
         self.meta_port = harness.free_port()
         self.meta_peers = ""
         self.wal_peers = ""
         self.env = env
 
     def command(self) -> list[str]:
-        return [self.binary, "start", "--node-id", str(self.node_id), "--data-dir", str(self.data_dir),
-                "--roles", "meta,wal", "--wal-listen", self.addr,
-            "--meta-listen", f"127.0.0.1:{self.meta_port}", "--meta-peers", self.meta_peers,
-            "--wal-peers", self.wal_peers]
+        cmd = [self.binary, "start", "--node-id", str(self.node_id), "--data-dir", str(self.data_dir),
+               "--roles", "meta,wal" if self.meta else "wal", "--wal-listen", self.addr,
+               "--meta-peers", self.meta_peers, "--wal-peers", self.wal_peers]
+        if self.meta:
+            cmd += ["--meta-listen", f"127.0.0.1:{self.meta_port}"]
+        return cmd
 
-    def start(self, wait: bool = True) -> "MetaWalNode":
+    def start(self, wait: bool = True) -> "ClusterWalNode":
         assert not self.alive()
         self._err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(harness._deathsig_prefix() + self.command(), stdin=subprocess.DEVNULL,
@@ -72,24 +84,33 @@ class MetaWalNode(WalNode):
 
 
 class ReplaceCluster(Cluster):
-    """3 meta+broker nodes and 4 meta+WAL nodes (R=3 of 4 WAL peers); the rest is `Cluster`'s."""
+    """3 meta+broker nodes, 2 WAL-only and 2 meta+WAL nodes, and a decoy TCP listener in
+    `wal.peers` before the spare (R=3 of 5 WAL peers); the rest is `Cluster`'s."""
 
     def __init__(self, binary: str, workdir: Path, lease_ms: int = 3000):
         workdir = Path(workdir)
+        timing = {"STRATA_META_BROKER_LEASE_MS": str(lease_ms),
+                  "STRATA_META_HEARTBEAT_INTERVAL_MS": str(max(100, lease_ms // 6))}
         env = {"STRATA_WAL_REPLICAS": "3",
                "STRATA_WAL_REPLICA_REPLACE_AFTER_MS": str(REPLACE_AFTER_MS)}
         self.object_store = f"fs://{workdir / 'objects'}"
-        self.wal = [MetaWalNode(binary, workdir / f"wal{i}", 10 + i, env) for i in range(1, 5)]
+        # WAL-only: the first (the replaced one) and the fourth (the spare).
+        self.wal = [ClusterWalNode(binary, workdir / f"wal{i}", 10 + i, {**env, **timing}, meta=i in (2, 3))
+                    for i in range(1, 5)]
+        # Accepts connections and never answers: what a TCP probe cannot tell from a WAL node.
+        self.decoy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.decoy.bind(("127.0.0.1", 0))
+        self.decoy.listen(64)
+        self.decoy_addr = f"127.0.0.1:{self.decoy.getsockname()[1]}"
         broker_meta = {i: harness.free_port() for i in range(1, 4)}
         meta_peers = ",".join([f"{i}@127.0.0.1:{p}" for i, p in broker_meta.items()]
-                              + [f"{w.node_id}@127.0.0.1:{w.meta_port}" for w in self.wal])
-        wal_peers = ",".join(w.addr for w in self.wal)
+                              + [f"{w.node_id}@127.0.0.1:{w.meta_port}" for w in self.wal if w.meta])
+        wal_peers = ",".join([w.addr for w in self.wal[:3]] + [self.decoy_addr, self.wal[3].addr])
         for w in self.wal:
             w.meta_peers, w.wal_peers = meta_peers, wal_peers
         self.brokers = [
             Broker(binary, workdir / f"node{i}", object_store=self.object_store, node_id=i,
-                   env={"STRATA_META_BROKER_LEASE_MS": str(lease_ms),
-                        "STRATA_META_HEARTBEAT_INTERVAL_MS": str(max(100, lease_ms // 6)), **env},
+                   env={**timing, **env},
                    extra_args=["--roles", "meta,broker", "--meta-listen", f"127.0.0.1:{broker_meta[i]}",
                                "--meta-peers", meta_peers, "--wal-peers", wal_peers])
             for i in range(1, 4)]
@@ -97,11 +118,22 @@ class ReplaceCluster(Cluster):
     def start(self, timeout: float = 180) -> "ReplaceCluster":
         return super().start(timeout)
 
-    def streams(self) -> dict[int, dict]:
-        """Every WAL stream in metadata, as a broker's admin API shows it."""
+    def stop(self):
+        super().stop()
+        self.decoy.close()
+
+    def wal_view(self) -> dict:
         status, body = next(b for b in self.brokers if b.alive()).get("/v1/wal")
         assert status == 200, body
-        return {s["stream"]: s for s in json.loads(body)["streams"]}
+        return json.loads(body)
+
+    def streams(self) -> dict[int, dict]:
+        """Every WAL stream in metadata, as a broker's admin API shows it."""
+        return {s["stream"]: s for s in self.wal_view()["streams"]}
+
+    def wal_nodes(self) -> dict[str, bool]:
+        """Registered WAL address -> alive, as a broker's admin API shows them."""
+        return {n["wal_addr"]: n["alive"] for n in self.wal_view()["wal_nodes"]}
 
 
 @pytest.fixture
@@ -149,6 +181,9 @@ def test_a_dead_replica_is_replaced_and_a_second_loss_is_survived(cluster, tmp_p
     before = c.streams()
     for i in (1, 2, 3):
         assert before[i]["replicas"] == [first, second, third], before[i]
+    # Every WAL node registers, the WAL-only ones (no meta role) too; the decoy never does.
+    everyone = {first: True, second: True, third: True, spare: True}
+    harness.eventually(lambda: c.wal_nodes() == everyone, 60, what=f"every WAL node alive in /v1/wal: {everyone}")
 
     topic = "walreplace"
     harness.create_topic(c.bootstrap, topic, PARTITIONS)
@@ -159,9 +194,13 @@ def test_a_dead_replica_is_replaced_and_a_second_loss_is_survived(cluster, tmp_p
     try:
         harness.eventually(lambda: count_lines(ack_file) >= 200, 60, what="the producer's first acks")
         c.wal[0].kill9()
+        # The decoy comes before the spare in wal.peers and accepts connections: only
+        # metadata liveness can pass it over (a probe would pick it and never catch it up).
         streams = wait_replaced(c, first, spare)
         for i in (1, 2, 3):
             assert streams[i]["replicas"] == [spare, second, third], streams[i]
+        harness.eventually(lambda: c.wal_nodes() == {**everyone, first: False}, 30,
+                           what="the killed WAL node to show as not alive")
         # The new set is what the owners write to: a second original replica dies, and writes
         # still reach W = 2 (the spare and the third). With the original set only one was left.
         c.wal[1].kill9()
@@ -190,6 +229,7 @@ def test_the_replaced_node_deletes_its_stale_stream_directories(cluster, tmp_pat
     recs = [harness.Rec(partition=i % PARTITIONS, key=None, value=f"before-{i}".encode()) for i in range(300)]
     harness.produce(c.bootstrap, topic, recs)
     victim = c.wal[0]
+    assert not victim.meta, "the replaced node must be WAL-only: it sweeps by its mirrored metadata"
     held = victim.stream_dirs()
     assert {1, 2, 3} <= held, f"the first replica should hold every broker's stream: {held}"
 

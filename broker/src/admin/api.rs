@@ -676,8 +676,8 @@ pub(crate) async fn wal(State(node): State<Arc<Node>>) -> Json<Value> {
     Json(wal_op(&node))
 }
 
-/// WAL state (`GET /v1/wal`, gRPC `GetWal`): this node's WAL and every WAL stream in
-/// metadata (epoch, holder, settled LSN).
+/// WAL state (`GET /v1/wal`, gRPC `GetWal`): this node's WAL, every WAL stream in metadata
+/// (epoch, holder, settled LSN, replicas) and every registered WAL node (address, liveness).
 pub(crate) fn wal_op(node: &Node) -> Value {
     let state = node.meta.read();
     let streams: Vec<Value> = state
@@ -693,10 +693,24 @@ pub(crate) fn wal_op(node: &Node) -> Value {
             })
         })
         .collect();
+    let now = crate::cluster::now_ms();
+    let wal_nodes: Vec<Value> = state
+        .cluster()
+        .wal_nodes()
+        .map(|n| {
+            serde_json::json!({
+                "node_id": n.node_id,
+                "wal_addr": n.wal_addr,
+                "alive": n.alive_at(now),
+                "heartbeat_ms": n.heartbeat_ms,
+            })
+        })
+        .collect();
     serde_json::json!({
         "node_id": node.config.node_id,
         "local": wal_view(node, &state),
         "streams": streams,
+        "wal_nodes": wal_nodes,
     })
 }
 
