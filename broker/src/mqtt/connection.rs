@@ -430,6 +430,8 @@ pub async fn connection(
         Default::default()
     };
 
+    // Known before the router hands over deliveries: whether they may carry shared frames.
+    io.codec.set_topic_alias_max(connect.topic_alias_max);
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (dtx, mut drx) = super::router::delivery_queue(CONN_QUEUE_BATCHES_MAX, CONN_QUEUE_MAX);
     let (kick_tx, mut kick_rx) = oneshot::channel();
@@ -443,6 +445,7 @@ pub async fn connection(
             conn: ConnHandle {
                 id: conn_id,
                 tx: dtx,
+                frames: io.codec.shares_frames(),
             },
             kick: kick_tx,
             reply: reply_tx,
@@ -516,7 +519,6 @@ pub async fn connection(
     if let Some(m) = connect.max_packet_size {
         io.codec.set_max_outbound(m);
     }
-    io.codec.set_topic_alias_max(connect.topic_alias_max);
     tracing::debug!(client_id, ?proto, conn_id, "mqtt client connected");
 
     let _session = shared.node.metrics.mqtt.session(); // metrics: an accepted session
@@ -1178,7 +1180,14 @@ impl Conn<'_> {
     fn deliver(&mut self, d: Delivery, io: &mut Io) -> Result<(), CloseReason> {
         let origin = d.origin;
         match self.session.deliver(d) {
-            Ok(Some(p)) => self.send_all(vec![p], io),
+            Ok(Some(p)) => {
+                let next = self.send(p, io)?;
+                if next.is_empty() {
+                    Ok(())
+                } else {
+                    self.send_all(next, io)
+                }
+            }
             Ok(None) => Ok(()),
             Err(()) => {
                 // A persistent session's message stays open in its cursor (read again after
@@ -1260,32 +1269,42 @@ impl Conn<'_> {
     fn send_all(&mut self, batch: Vec<OutPublish>, io: &mut Io) -> Result<(), CloseReason> {
         let mut batch: std::collections::VecDeque<OutPublish> = batch.into();
         while let Some(p) = batch.pop_front() {
-            let id = p.packet_id;
-            let origin = p.delivery.origin;
-            let expired = p
-                .delivery
-                .message
-                .expires_at_ms
-                .is_some_and(|at| at <= crate::log::sequencer::now_ms());
-            if !expired && io.push(Outbound::Publish(p))? {
-                self.shared.sent.fetch_add(1, Ordering::Relaxed);
-                if let (Some(per), Some(o)) = (self.persistent.as_mut(), origin) {
-                    per.cursors.on_sent(o);
-                }
-            } else {
-                // Expired (MQTT 5 §3.3.2.3.3), or larger than the client's Maximum Packet
-                // Size (§3.1.2.11.4): not sent, and done with.
-                match id {
-                    Some(id) => {
-                        let (origin, next) = self.session.abandon(id);
-                        self.acked(origin);
-                        batch.extend(next);
-                    }
-                    None => self.acked(origin),
-                }
-            }
+            let next = self.send(p, io)?;
+            batch.extend(next);
         }
         Ok(())
+    }
+
+    /// Sends one PUBLISH; returns the deliveries that may be sent after it (when it was not
+    /// sent and its packet id and window slot are free again), usually none.
+    fn send(&mut self, p: OutPublish, io: &mut Io) -> Result<Vec<OutPublish>, CloseReason> {
+        let id = p.packet_id;
+        let origin = p.delivery.origin;
+        let expired = p
+            .delivery
+            .message
+            .expires_at_ms
+            .is_some_and(|at| at <= crate::log::sequencer::now_ms());
+        if !expired && io.push(Outbound::Publish(p))? {
+            self.shared.sent.fetch_add(1, Ordering::Relaxed);
+            if let (Some(per), Some(o)) = (self.persistent.as_mut(), origin) {
+                per.cursors.on_sent(o);
+            }
+            return Ok(Vec::new());
+        }
+        // Expired (MQTT 5 §3.3.2.3.3), or larger than the client's Maximum Packet Size
+        // (§3.1.2.11.4): not sent, and done with.
+        match id {
+            Some(id) => {
+                let (origin, next) = self.session.abandon(id);
+                self.acked(origin);
+                Ok(next)
+            }
+            None => {
+                self.acked(origin);
+                Ok(Vec::new())
+            }
+        }
     }
 }
 

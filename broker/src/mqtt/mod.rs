@@ -15,7 +15,8 @@
 //! ```
 //!
 //! - `wire` — the codec boundary (the only file naming `rmqtt_codec` types), the frozen table
-//!   of reason codes, and outbound topic aliases.
+//!   of reason codes, outbound topic aliases, and shared PUBLISH frames (a QoS 0 packet the
+//!   router encodes once per message for every connection that sends the same bytes).
 //! - `connection` — the listener and one task per connection (a closed event loop: socket
 //!   reads, deliveries, cursor reads, durable acks, keep alive, takeover).
 //! - `session` — per-connection QoS state as a value (packet ids, in-flight windows).
@@ -179,6 +180,9 @@ pub struct Delivery {
     pub origin: Option<Origin>,
     /// MQTT 5 Subscription Identifiers of the subscriptions it matched.
     pub sub_ids: Vec<u32>,
+    /// Its PUBLISH packet, encoded once by the router for every connection that sends the
+    /// same bytes (`wire::shareable`); `None`: the connection encodes it.
+    pub frame: Option<wire::SharedFrame>,
 }
 
 /// Starts the router, the tailers and the listeners. Returns once they are spawned; the

@@ -28,10 +28,14 @@
 //! snapshot [`RouterCore::export`] gives.
 //!
 //! Matching is a scan of the connected sessions' filters per message. Shared subscriptions,
-//! No Local and subscription identifiers plug in at [`RouterCore::route`].
+//! No Local and subscription identifiers plug in at [`RouterCore::route`]. A delivery whose
+//! PUBLISH packet is the same bytes for every connection of its protocol version
+//! (`wire::shareable`) gets that packet encoded once per message ([`Frames`]), so a fan-out
+//! encodes once, not once per subscriber.
 
 use super::store::{CursorMark, SessionRecord, StoreOp, StoredSub};
 use super::topic;
+use super::wire::{self, Proto, SharedFrame};
 use super::{Delivery, Message};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,6 +110,9 @@ pub fn best_match(
 pub struct ConnHandle {
     pub id: u64,
     pub tx: DeliveryTx,
+    /// The protocol of the shared PUBLISH frames it sends as they are
+    /// (`wire::Codec::shares_frames`); `None`: it encodes every PUBLISH itself.
+    pub frames: Option<Proto>,
 }
 
 /// The router's end of one connection's delivery queue. Deliveries travel in batches (all of
@@ -932,6 +939,7 @@ impl RouterCore {
                         dup: false,
                         origin: None,
                         sub_ids: opts.sub_id.into_iter().collect(),
+                        frame: None,
                     });
                 }
             }
@@ -1013,6 +1021,7 @@ impl RouterCore {
 
     /// Calls `deliver` with every delivery of `msg` (see [`RouterCore::route`]).
     fn route_each(&mut self, msg: &Arc<Message>, mut deliver: impl FnMut(&ConnHandle, Delivery)) {
+        let mut frames = Frames::default();
         for ((group, filter), g) in self.shared.iter_mut() {
             if !topic::matches(filter, &msg.topic) {
                 continue;
@@ -1028,17 +1037,17 @@ impl RouterCore {
                 let Some(opts) = entry.subs.get(&key) else {
                     continue;
                 };
-                deliver(
-                    conn,
-                    Delivery {
-                        message: msg.clone(),
-                        qos: msg.qos.min(opts.qos),
-                        retain: opts.retain_as_published && msg.retain,
-                        dup: false,
-                        origin: None,
-                        sub_ids: opts.sub_id.into_iter().collect(),
-                    },
-                );
+                let mut d = Delivery {
+                    message: msg.clone(),
+                    qos: msg.qos.min(opts.qos),
+                    retain: opts.retain_as_published && msg.retain,
+                    dup: false,
+                    origin: None,
+                    sub_ids: opts.sub_id.into_iter().collect(),
+                    frame: None,
+                };
+                frames.attach(conn, &mut d);
+                deliver(conn, d);
                 g.next = (i + 1) % n;
                 break;
             }
@@ -1050,18 +1059,55 @@ impl RouterCore {
             }
             let own = msg.publisher.as_deref() == Some(client_id.as_str());
             if let Some((opts, sub_ids)) = best_match(&entry.subs, &msg.topic, own) {
-                deliver(
-                    conn,
-                    Delivery {
-                        message: msg.clone(),
-                        qos: msg.qos.min(opts.qos),
-                        retain: opts.retain_as_published && msg.retain,
-                        dup: false,
-                        origin: None,
-                        sub_ids,
-                    },
-                );
+                let mut d = Delivery {
+                    message: msg.clone(),
+                    qos: msg.qos.min(opts.qos),
+                    retain: opts.retain_as_published && msg.retain,
+                    dup: false,
+                    origin: None,
+                    sub_ids,
+                    frame: None,
+                };
+                frames.attach(conn, &mut d);
+                deliver(conn, d);
             }
+        }
+    }
+}
+
+/// One message's shared PUBLISH frames (`wire::shared_frame`), one per protocol version and
+/// RETAIN flag, the only parts of a shareable delivery's packet that differ between
+/// connections. A frame is made when a second connection needs the same one: a message with
+/// one subscriber is encoded by that connection, as without sharing.
+#[derive(Debug, Default)]
+struct Frames([FrameSlot; 4]);
+
+#[derive(Debug, Default)]
+enum FrameSlot {
+    #[default]
+    Unused,
+    /// One delivery went out without a frame.
+    Once,
+    /// `None`: the message cannot be encoded (each connection fails on it itself).
+    Made(Option<SharedFrame>),
+}
+
+impl Frames {
+    /// Gives `d` the frame `conn` would send as it is, when there is one to share.
+    fn attach(&mut self, conn: &ConnHandle, d: &mut Delivery) {
+        let Some(proto) = conn.frames else { return };
+        if !wire::shareable(d) {
+            return;
+        }
+        let slot = &mut self.0[usize::from(proto == Proto::V5) * 2 + usize::from(d.retain)];
+        match slot {
+            FrameSlot::Unused => *slot = FrameSlot::Once,
+            FrameSlot::Once => {
+                let frame = wire::shared_frame(d, proto);
+                d.frame = frame.clone();
+                *slot = FrameSlot::Made(frame);
+            }
+            FrameSlot::Made(frame) => d.frame = frame.clone(),
         }
     }
 }
@@ -1322,7 +1368,14 @@ mod tests {
 
     fn conn(id: u64) -> (ConnHandle, DeliveryRx) {
         let (tx, rx) = delivery_queue(8, 64);
-        (ConnHandle { id, tx }, rx)
+        (
+            ConnHandle {
+                id,
+                tx,
+                frames: None,
+            },
+            rx,
+        )
     }
 
     fn opts(qos: u8) -> SubOptions {
@@ -1742,6 +1795,110 @@ mod tests {
         assert!(r.route_batch(&[msg("other", "p", 0, false)]).is_empty());
     }
 
+    #[test]
+    fn deliveries_share_an_encoded_publish_only_when_byte_identical() {
+        let mut r = RouterCore::default();
+        let rap = SubOptions {
+            retain_as_published: true,
+            ..opts(0)
+        };
+        let sub_id = SubOptions {
+            sub_id: Some(9),
+            ..opts(0)
+        };
+        // (client id, the protocol of the frames its connection takes, its subscription)
+        let clients = [
+            ("v3-a", Some(Proto::V311), opts(0)),
+            ("v3-b", Some(Proto::V311), opts(0)),
+            ("v3-c", Some(Proto::V311), opts(0)),
+            ("v5-a", Some(Proto::V5), opts(0)),
+            ("v5-b", Some(Proto::V5), opts(0)),
+            ("aliases", None, opts(0)),
+            ("aliases-2", None, opts(0)),
+            ("qos1", Some(Proto::V311), opts(1)),
+            ("qos1-2", Some(Proto::V311), opts(1)),
+            ("sub-id", Some(Proto::V5), sub_id),
+            ("sub-id-2", Some(Proto::V5), sub_id),
+            ("retain-a", Some(Proto::V311), rap),
+            ("retain-b", Some(Proto::V311), rap),
+        ];
+        let mut rxs = Vec::new();
+        for (i, (id, frames, o)) in clients.iter().enumerate() {
+            let (tx, rx) = delivery_queue(8, 64);
+            rxs.push(rx);
+            let c = ConnHandle {
+                id: i as u64,
+                tx,
+                frames: *frames,
+            };
+            let (k, _) = oneshot::channel();
+            r.connect(id, true, 0, c, k);
+            r.subscribe(id, i as u64, &[("f/#".into(), *o)]);
+        }
+        let routed = |r: &mut RouterCore, m: &Arc<Message>| -> HashMap<&'static str, Delivery> {
+            r.route(m)
+                .into_iter()
+                .map(|(c, d)| (clients[c.id as usize].0, d))
+                .collect()
+        };
+        let m = msg("f/x", "hello", 1, true);
+        let got = routed(&mut r, &m);
+        assert_eq!(got.len(), clients.len());
+        // Receiver-dependent packets are never shared.
+        for id in [
+            "aliases",
+            "aliases-2",
+            "qos1",
+            "qos1-2",
+            "sub-id",
+            "sub-id-2",
+        ] {
+            assert_eq!(got[id].frame, None, "{id}");
+        }
+        // Among connections that would send the same bytes, the first encodes its own and the
+        // others share one frame: exactly the bytes of their own encoding.
+        let groups: [(&[&str], Proto); 3] = [
+            (&["v3-a", "v3-b", "v3-c"], Proto::V311),
+            (&["v5-a", "v5-b"], Proto::V5),
+            (&["retain-a", "retain-b"], Proto::V311),
+        ];
+        let mut seen = Vec::new();
+        for (ids, proto) in groups {
+            let frames: Vec<&SharedFrame> =
+                ids.iter().filter_map(|id| got[id].frame.as_ref()).collect();
+            assert_eq!(frames.len(), ids.len() - 1, "{ids:?}");
+            let own = wire::shared_frame(&got[ids[0]], proto).unwrap();
+            for f in &frames {
+                assert_eq!(**f, own, "{ids:?}");
+                assert_eq!(f.bytes.as_ptr(), frames[0].bytes.as_ptr(), "one copy");
+            }
+            seen.push(own.bytes);
+        }
+        assert!(got["retain-a"].retain && !got["v3-a"].retain);
+        assert_ne!(seen[0], seen[1], "3.1.1 and 5 differ");
+        assert_ne!(seen[0], seen[2], "the RETAIN flag differs");
+        // A message with an expiry interval: its packet is made at send time, per connection.
+        let expiring = Arc::new(Message {
+            expires_at_ms: Some(i64::MAX),
+            ..(*msg("f/y", "later", 0, false)).clone()
+        });
+        assert!(routed(&mut r, &expiring)
+            .values()
+            .all(|d| d.frame.is_none()));
+        // A batch: every message gets its own frames.
+        let batch = [msg("f/1", "one", 0, false), msg("f/2", "two", 0, false)];
+        let mut shared = 0;
+        for (_, ds) in r.route_batch(&batch) {
+            for d in ds {
+                if let Some(f) = &d.frame {
+                    assert_eq!(Some(f), wire::shared_frame(&d, f.proto).as_ref());
+                    shared += 1;
+                }
+            }
+        }
+        assert!(shared > 0);
+    }
+
     #[tokio::test]
     async fn delivery_queue_bounds_messages_and_batches() {
         let d = |i: usize| Delivery {
@@ -1751,6 +1908,7 @@ mod tests {
             dup: false,
             origin: None,
             sub_ids: vec![],
+            frame: None,
         };
         let batch = |r: std::ops::Range<usize>| r.map(d).collect::<Vec<_>>();
         // (batches_max, messages_max, offered batch sizes, dropped per offer)

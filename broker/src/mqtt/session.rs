@@ -223,6 +223,7 @@ mod tests {
             dup: false,
             origin: None,
             sub_ids: vec![],
+            frame: None,
         }
     }
 

@@ -89,6 +89,11 @@ pub fn split_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
 
 /// Whether topic name `topic` matches the (valid) filter `filter`.
 pub fn matches(filter: &str, topic: &str) -> bool {
+    // Without wildcards a filter matches exactly its own name (the common case, and the
+    // router asks once per session per message): no level splitting.
+    if !filter.bytes().any(|b| b == b'+' || b == b'#') {
+        return filter == topic;
+    }
     // A leading wildcard never matches a `$` topic (MQTT 3.1.1 §4.7.2, 5.0 §4.7.2).
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;

@@ -6,13 +6,20 @@
 //! peeking at the first packet (which must be CONNECT); every later packet uses that version's
 //! codec, which enforces `mqtt.packet_bytes_max` on the remaining length before buffering a
 //! packet.
+//!
+//! *Shared frames:* a PUBLISH whose bytes depend on nothing but the delivery ([`shareable`]:
+//! QoS 0, no DUP, no Subscription Identifiers, no Message Expiry Interval) is the same on every
+//! connection of one protocol version that uses no outbound topic aliases. The router encodes
+//! it once per message for such connections ([`shared_frame`]) and each connection's
+//! [`Codec::encode`] copies those bytes after checking its own Maximum Packet Size — a fan-out
+//! to N subscribers encodes once, not N times.
 
 use super::ingest::IngestError;
 use super::router::SubOptions;
 use super::session::OutPublish;
-use super::Message;
+use super::{Delivery, Message};
 use crate::log::sequencer::AppendError;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
@@ -188,6 +195,63 @@ impl WireError {
     }
 }
 
+/// A QoS 0 PUBLISH packet encoded once and sent as it is by every connection of `proto` that
+/// takes shared frames ([`Codec::shares_frames`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFrame {
+    pub proto: Proto,
+    pub bytes: Bytes,
+}
+
+/// Whether `d`'s PUBLISH packet is byte for byte the same on every connection of one protocol
+/// version without outbound topic aliases: QoS 0 (no packet id), not a redelivery (no DUP),
+/// no Subscription Identifiers (they are the receiver's) and no Message Expiry Interval (the
+/// lifetime left is counted when it is sent). The RETAIN flag is part of the delivery.
+pub fn shareable(d: &Delivery) -> bool {
+    d.qos == 0 && !d.dup && d.sub_ids.is_empty() && d.message.expires_at_ms.is_none()
+}
+
+/// `d`'s PUBLISH packet for every connection of `proto` taking shared frames: exactly the
+/// bytes [`Codec::encode`] would write there. `None` when `d` is not [`shareable`] or cannot
+/// be encoded (then each connection encodes it and fails the same way).
+pub fn shared_frame(d: &Delivery, proto: Proto) -> Option<SharedFrame> {
+    if !shareable(d) {
+        return None;
+    }
+    let out = Outbound::Publish(OutPublish {
+        delivery: Delivery {
+            frame: None,
+            ..d.clone()
+        },
+        packet_id: None,
+    });
+    let mut buf = BytesMut::new();
+    let done = match proto {
+        Proto::V311 => to_v3(out).map(|p| v3::Codec::new(0).encode(p, &mut buf).is_ok()),
+        Proto::V5 => Some(
+            v5::Codec::new(0, 0)
+                .encode(to_v5(out, None), &mut buf)
+                .is_ok(),
+        ),
+    };
+    (done == Some(true)).then(|| SharedFrame {
+        proto,
+        bytes: buf.freeze(),
+    })
+}
+
+/// The remaining length a packet's fixed header gives.
+fn remaining_length(packet: &[u8]) -> Option<u32> {
+    let mut n = 0u32;
+    for (i, b) in packet.iter().skip(1).take(4).enumerate() {
+        n |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
 fn wire_error(e: DecodeError) -> WireError {
     match e {
         DecodeError::MaxSizeExceeded { size, max } => WireError::TooLarge { size, max },
@@ -344,6 +408,31 @@ impl Codec {
         }
     }
 
+    /// The protocol of the [`SharedFrame`]s this connection sends as they are: its own, unless
+    /// it uses outbound topic aliases (MQTT 5 with a Topic Alias Maximum above 0), whose
+    /// packets depend on what it was sent before.
+    pub fn shares_frames(&self) -> Option<Proto> {
+        match self {
+            Codec::Unknown { .. } => None,
+            Codec::V311(_) => Some(Proto::V311),
+            Codec::V5(_, aliases) if aliases.max == 0 => Some(Proto::V5),
+            Codec::V5(..) => None,
+        }
+    }
+
+    /// Appends a shared frame; `false` when it is larger than the client's Maximum Packet
+    /// Size (the same test the codec makes: MQTT 5 only, on the remaining length).
+    fn put_frame(&self, frame: &SharedFrame, dst: &mut BytesMut) -> bool {
+        if let Codec::V5(c, _) = self {
+            let max = c.max_outbound_size();
+            if max != 0 && remaining_length(&frame.bytes).is_none_or(|n| n > max) {
+                return false;
+            }
+        }
+        dst.extend_from_slice(&frame.bytes);
+        true
+    }
+
     /// The next complete packet in `buf`, if any.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, WireError> {
         if let Codec::Unknown { max_in } = *self {
@@ -377,6 +466,17 @@ impl Codec {
     /// Appends `out` to `dst`. `Ok(false)`: nothing to send in this version (a 3.1.1
     /// DISCONNECT) or, for a PUBLISH, larger than the client accepts (dropped).
     pub fn encode(&mut self, out: Outbound, dst: &mut BytesMut) -> Result<bool, String> {
+        if let Outbound::Publish(OutPublish {
+            delivery: Delivery {
+                frame: Some(frame), ..
+            },
+            packet_id: None,
+        }) = &out
+        {
+            if self.shares_frames() == Some(frame.proto) {
+                return Ok(self.put_frame(frame, dst));
+            }
+        }
         match self {
             Codec::Unknown { .. } => Ok(false),
             Codec::V311(c) => match to_v3(out) {
@@ -384,23 +484,25 @@ impl Codec {
                 None => Ok(false),
             },
             Codec::V5(c, aliases) => {
-                let alias = match &out {
-                    Outbound::Publish(p) => aliases.assign(&p.delivery.message.topic),
-                    _ => None,
+                let (alias, new_topic) = match &out {
+                    Outbound::Publish(p) => {
+                        let alias = aliases.assign(&p.delivery.message.topic);
+                        // Kept to forget a new alias if the packet is not sent.
+                        let new_topic =
+                            matches!(alias, Some((_, true))).then(|| p.delivery.message.clone());
+                        (alias, new_topic)
+                    }
+                    _ => (None, None),
                 };
                 let is_publish = matches!(out, Outbound::Publish(_));
-                let topic = match &out {
-                    Outbound::Publish(p) => Some(p.delivery.message.topic.clone()),
-                    _ => None,
-                };
                 match c.encode(to_v5(out, alias), dst) {
                     Ok(()) => Ok(true),
                     Err(rmqtt_codec::error::EncodeError::OverMaxPacketSize { .. })
                         if is_publish =>
                     {
                         // Not sent: a new alias was not learned by the client.
-                        if let (Some((_, true)), Some(t)) = (alias, topic) {
-                            aliases.by_topic.remove(&t);
+                        if let Some(m) = new_topic {
+                            aliases.by_topic.remove(&m.topic);
                         }
                         Ok(false)
                     }
@@ -818,5 +920,187 @@ fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
         }),
         Outbound::PingResp => P::PingResponse,
         Outbound::Disconnect(code) => P::Disconnect(v5::Disconnect::new(close_reason(code))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn delivery(qos: u8, retain: bool) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: "t/fan".into(),
+                payload: Bytes::from_static(b"payload"),
+                qos,
+                user_properties: vec![("k".into(), "v".into())],
+                content_type: Some("text/plain".into()),
+                ..Default::default()
+            }),
+            qos,
+            retain,
+            dup: false,
+            origin: None,
+            sub_ids: vec![],
+            frame: None,
+        }
+    }
+
+    fn codec(proto: Proto, alias_max: u16, max_out: Option<u32>) -> Codec {
+        let mut c = match proto {
+            Proto::V311 => Codec::V311(v3::Codec::new(0)),
+            Proto::V5 => Codec::V5(v5::Codec::new(0, 0), OutAliases::default()),
+        };
+        c.set_topic_alias_max(alias_max);
+        if let Some(m) = max_out {
+            c.set_max_outbound(m);
+        }
+        c
+    }
+
+    /// What `codec` writes for `d` (and whether it sent it).
+    fn encoded(codec: &mut Codec, d: Delivery, packet_id: Option<u16>) -> (bool, Vec<u8>) {
+        let mut buf = BytesMut::new();
+        let sent = codec
+            .encode(
+                Outbound::Publish(OutPublish {
+                    delivery: d,
+                    packet_id,
+                }),
+                &mut buf,
+            )
+            .unwrap();
+        (sent, buf.to_vec())
+    }
+
+    #[test]
+    fn a_shared_frame_is_what_each_connection_would_encode() {
+        for proto in [Proto::V311, Proto::V5] {
+            for retain in [false, true] {
+                let d = delivery(0, retain);
+                let frame = shared_frame(&d, proto).unwrap();
+                assert_eq!(frame.proto, proto);
+                let own = encoded(&mut codec(proto, 0, None), d.clone(), None);
+                assert_eq!(
+                    own,
+                    (true, frame.bytes.to_vec()),
+                    "{proto:?} retain {retain}"
+                );
+                let shared = Delivery {
+                    frame: Some(frame.clone()),
+                    ..d
+                };
+                let via_frame = encoded(&mut codec(proto, 0, None), shared, None);
+                assert_eq!(via_frame, own);
+            }
+        }
+        // The RETAIN flag and the version are in the bytes.
+        let f = |retain, proto| shared_frame(&delivery(0, retain), proto).unwrap().bytes;
+        assert_ne!(f(false, Proto::V311), f(true, Proto::V311));
+        assert_ne!(f(false, Proto::V311), f(false, Proto::V5));
+    }
+
+    #[test]
+    fn only_receiver_independent_deliveries_are_shareable() {
+        assert!(shareable(&delivery(0, false)));
+        assert!(shareable(&delivery(0, true)));
+        let not = [
+            delivery(1, false),
+            Delivery {
+                sub_ids: vec![7],
+                ..delivery(0, false)
+            },
+            Delivery {
+                dup: true,
+                ..delivery(0, false)
+            },
+            Delivery {
+                message: Arc::new(Message {
+                    expires_at_ms: Some(i64::MAX),
+                    ..(*delivery(0, false).message).clone()
+                }),
+                ..delivery(0, false)
+            },
+        ];
+        for d in not {
+            assert!(!shareable(&d), "{d:?}");
+            assert_eq!(shared_frame(&d, Proto::V5), None);
+            assert_eq!(shared_frame(&d, Proto::V311), None);
+        }
+    }
+
+    #[test]
+    fn which_connections_take_shared_frames() {
+        assert_eq!(
+            codec(Proto::V311, 0, None).shares_frames(),
+            Some(Proto::V311)
+        );
+        assert_eq!(codec(Proto::V5, 0, None).shares_frames(), Some(Proto::V5));
+        assert_eq!(
+            codec(Proto::V5, 0, Some(100)).shares_frames(),
+            Some(Proto::V5)
+        );
+        assert_eq!(
+            codec(Proto::V5, 10, None).shares_frames(),
+            None,
+            "topic aliases"
+        );
+        assert_eq!(Codec::new(0).shares_frames(), None, "before CONNECT");
+    }
+
+    #[test]
+    fn a_connection_ignores_a_frame_it_cannot_send_as_it_is() {
+        let d = delivery(0, false);
+        let v5 = shared_frame(&d, Proto::V5).unwrap();
+        let with = |frame: &SharedFrame| Delivery {
+            frame: Some(frame.clone()),
+            ..d.clone()
+        };
+        // Another version's frame: encoded by the connection itself.
+        let mut v3 = codec(Proto::V311, 0, None);
+        assert_eq!(
+            encoded(&mut v3, with(&v5), None),
+            encoded(&mut codec(Proto::V311, 0, None), d.clone(), None)
+        );
+        // Topic aliases: the connection's own packet carries the alias, not the frame's bytes.
+        let (sent, bytes) = encoded(&mut codec(Proto::V5, 10, None), with(&v5), None);
+        assert!(sent);
+        assert_ne!(bytes, v5.bytes.to_vec());
+        assert_eq!(
+            (sent, bytes),
+            encoded(&mut codec(Proto::V5, 10, None), d.clone(), None)
+        );
+        // A packet id (QoS 1/2): never the frame.
+        let qos1 = Delivery {
+            qos: 1,
+            ..with(&v5)
+        };
+        let (sent, bytes) = encoded(&mut codec(Proto::V5, 0, None), qos1, Some(1));
+        assert!(sent);
+        assert_ne!(bytes, v5.bytes.to_vec());
+    }
+
+    #[test]
+    fn a_shared_frame_respects_each_clients_maximum_packet_size() {
+        let d = delivery(0, false);
+        let frame = shared_frame(&d, Proto::V5).unwrap();
+        let size = frame.bytes.len() as u32;
+        for max in [size - 1, size, size + 3, size + 4, size + 5, 1000] {
+            let own = encoded(&mut codec(Proto::V5, 0, Some(max)), d.clone(), None);
+            let shared = encoded(
+                &mut codec(Proto::V5, 0, Some(max)),
+                Delivery {
+                    frame: Some(frame.clone()),
+                    ..d.clone()
+                },
+                None,
+            );
+            assert_eq!(shared, own, "Maximum Packet Size {max}");
+            if max < size {
+                assert_eq!(shared, (false, vec![]), "too large: not sent");
+            }
+        }
+        assert!(encoded(&mut codec(Proto::V5, 0, Some(1000)), d, None).0);
     }
 }
