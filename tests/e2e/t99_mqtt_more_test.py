@@ -181,9 +181,11 @@ def roundtrip(sub: Client, pub: Client, prefix: str, n: int = 20):
 
 
 def test_startup_prints_listeners(node, ports):
-    out = node.stdout_text()
-    assert f"mqtt websocket listening on 127.0.0.1:{ports['ws']}" in out
-    assert f"mqtt tls listening on 127.0.0.1:{ports['tls']}" in out
+    # The lines may still be on their way through the pipe when the node already serves.
+    lines = [f"mqtt websocket listening on 127.0.0.1:{ports['ws']}",
+             f"mqtt tls listening on 127.0.0.1:{ports['tls']}"]
+    harness.eventually(lambda: all(line in node.stdout_text() for line in lines), 15,
+                       what="the listener lines on stdout")
 
 
 @pytest.mark.parametrize("version", [MQTTv311, MQTTv5], ids=["v311", "v5"])
