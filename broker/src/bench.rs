@@ -119,7 +119,10 @@ pub async fn store_read(
         .collect();
     let gets = ranges.len() as u64;
     let progress = Progress::start(
-        format!("bench store-read: {prefix}"),
+        match prefix {
+            "" => "bench store-read".to_string(),
+            p => format!("bench store-read {p}"),
+        },
         Unit::Bytes,
         Some(objects.iter().map(|o| o.size).sum()),
     );

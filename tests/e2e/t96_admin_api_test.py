@@ -460,6 +460,28 @@ def test_bench_disk_reports_json_with_progress_on_stderr(strata_bin, tmp_path):
     assert list((tmp_path / "probe").iterdir()) == [], "the scratch file is removed"
 
 
+def test_bench_store_read_reads_every_object_of_a_prefix(broker, strata_bin):
+    """`strata bench store-read`: every object under the prefix, in ranged GETs, counted."""
+    call(broker, "POST", "/v1/topics", {"name": "raw", "partitions": 2})
+    harness.produce(broker.bootstrap, "raw", [Rec(i % 2, None, b"v" * 500, (), None) for i in range(3000)])
+    broker.wait_uploaded("raw", total=3000)
+    broker.stop()  # nothing writes to the store while it is read
+    root = broker.data_dir / "objects"
+    files = [p for p in root.rglob("*") if p.is_file()]
+    sizes = [p.stat().st_size for p in files]
+    assert sum(sizes) > 3000 * 500, sizes
+    res = strata(strata_bin, "bench", "store-read", "--object-store", f"fs://{root}", "--prefix", "",
+                 "--range-bytes", "4096", "--concurrency", "3")
+    r = json.loads(res.stdout)
+    assert (r["objects"], r["bytes"]) == (len(files), sum(sizes)), (r, len(files), sum(sizes))
+    assert r["gets"] == sum(-(-n // 4096) for n in sizes), r
+    assert r["mb_per_s"] > 0 and (r["concurrency"], r["range_bytes"]) == (3, 4096), r
+    last = [line for line in res.stderr.splitlines() if line.startswith("bench store-read: ")][-1]
+    assert "(100 %)" in last, res.stderr
+    bad = strata(strata_bin, "bench", "store-read", "--object-store", "nope://x", ok=False)
+    assert bad.returncode != 0 and "nope" in bad.stderr, bad.stderr
+
+
 def test_cli_produce_and_consume(broker, strata_bin):
     boot = ["--bootstrap", broker.bootstrap]
     harness.create_topic(broker.bootstrap, "lines", 3)
