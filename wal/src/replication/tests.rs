@@ -1233,6 +1233,44 @@ fn writer_replaces_a_dead_replica_in_the_safe_order() {
 }
 
 #[test]
+fn a_spare_that_never_answers_is_not_caught_up_even_with_nothing_to_copy() {
+    let (mut w, _) = fresh_writer(ReplicationConfig {
+        replace_after_ms: 1_000,
+        ..cfg()
+    });
+    commands_of(&mut w, owner_ack(0, 2, 1));
+    assert_eq!(commands_of(&mut w, owner_ack(1, 2, 1)), vec![committed(1)]);
+    commands_of(&mut w, OwnerEvent::ReplicaDown { replica: r(2) });
+    // Everything committed is in object storage: the target is at the trim point.
+    commands_of(&mut w, OwnerEvent::Trim { upto_lsn: Lsn(1) });
+    commands_of(&mut w, OwnerEvent::ReplaceStart { replica: r(2) });
+    // The driver connected (something listens on the spare's port): with nothing to copy,
+    // an empty probe at the trim point asks it to answer. It never does.
+    assert_eq!(
+        commands_of(&mut w, OwnerEvent::ReplicaUp { replica: r(3) }),
+        vec![send(3, append(2, (1, 0), 1, vec![]))]
+    );
+    for now_ms in [10, 1_000, 60_000] {
+        let out = commands_of(&mut w, OwnerEvent::Tick { now_ms });
+        assert!(
+            !out.iter()
+                .any(|c| matches!(c, OwnerCommand::ReplacementCaughtUp { .. })),
+            "a silent spare was reported caught up at {now_ms} ms: {out:?}"
+        );
+    }
+    assert!(!w.replacement_caught_up());
+    // Its first answer (the probe at the trim point acknowledged) makes it caught up.
+    let out = commands_of(&mut w, owner_ack(3, 2, 1));
+    assert!(
+        out.contains(&OwnerCommand::ReplacementCaughtUp {
+            replica: r(2),
+            durable_lsn: Lsn(1)
+        }),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn an_aborted_replacement_lets_the_replica_count_again() {
     let (mut w, _) = fresh_writer(ReplicationConfig {
         replace_after_ms: 0,

@@ -47,8 +47,9 @@
 //!    committed by earlier owners, perhaps on exactly W replicas including X, before this
 //!    writer's barrier commits them again (the simulation found the crash that loses them
 //!    when the target stops at `committed`).
-//! 2. Once the joiner acknowledged (durably) up to the target, or the trim point passed it,
-//!    [`OwnerCommand::ReplacementCaughtUp`]: every committed entry is now on W replicas of the
+//! 2. Once the joiner acknowledged (durably) up to the target, or the trim point passed it and
+//!    the joiner answered at least once (a spare that never answers is not taken, even with
+//!    nothing left to copy), [`OwnerCommand::ReplacementCaughtUp`]: every committed entry is now on W replicas of the
 //!    new set (the joiner stands in for X in the quorums that counted X).
 //! 3. The driver records the new set in metadata, then feeds [`OwnerEvent::ReplaceDone`]: the
 //!    joiner takes X's slot (and counts), and X gets nothing more.
@@ -114,6 +115,9 @@ struct Join {
     target: Lsn,
     /// `ReplacementCaughtUp` was emitted.
     reported: bool,
+    /// The joiner answered (an ack or a nack) at least once: a spare that never answered is
+    /// not caught up, even when nothing is left to copy to it.
+    answered: bool,
 }
 
 /// The writer core. See the module docs.
@@ -358,7 +362,13 @@ impl Writer {
             State::Down | State::Probe(Some(_)) => {}
             State::Probe(None) => {
                 if p.next_lsn > last {
-                    // Nothing to probe with; the next append will be the probe.
+                    // Nothing to probe with; the next append will be the probe. Except for a
+                    // joiner that has not answered yet: an idle stream would never hear from
+                    // it, and it may not take a slot unheard (`check_joined`).
+                    if self.join.is_some_and(|j| !j.answered) && r == self.joiner_id() {
+                        let msg = self.empty_probe(r);
+                        out.push(msg);
+                    }
                     return;
                 }
                 let prev = p.next_lsn.prev();
@@ -385,6 +395,34 @@ impl Writer {
                 let msg = self.append_msg(r, room.min(self.cfg.message_bytes_max));
                 out.push(msg);
             },
+        }
+    }
+
+    /// An append with no entries, whose `prev` is the last entry `r` was sent (`next_lsn` is
+    /// past the log's end): answered like any probe, so it tells whether `r` is there.
+    fn empty_probe(&mut self, r: ReplicaId) -> OwnerCommand {
+        let base = self.log.base();
+        let now = self.now_ms;
+        let p = &mut self.progress[r.index()];
+        let prev_lsn = p.next_lsn.prev();
+        let prev = EntryId {
+            lsn: prev_lsn,
+            epoch: if prev_lsn <= base {
+                Epoch::ZERO
+            } else {
+                self.log.epoch_at(prev_lsn).expect("prev is retained")
+            },
+        };
+        p.state = State::Probe(Some(prev_lsn));
+        p.timer_ms = now;
+        OwnerCommand::Send {
+            replica: r,
+            msg: ToReplica::Append(AppendMsg {
+                epoch: self.epoch,
+                prev,
+                settled_lsn: base,
+                entries: Vec::new(),
+            }),
         }
     }
 
@@ -422,6 +460,7 @@ impl Writer {
             "{r} acked {durable_lsn}, past the last entry {}",
             self.log.last_lsn()
         );
+        self.note_joiner_answered(r);
         let base = self.log.base();
         let now = self.now_ms;
         let p = &mut self.progress[r.index()];
@@ -445,6 +484,7 @@ impl Writer {
     }
 
     fn on_nack(&mut self, r: ReplicaId, reason: NackReason, out: &mut Vec<OwnerCommand>) {
+        self.note_joiner_answered(r);
         match reason {
             NackReason::Fenced { sealed_epoch } => {
                 assert!(sealed_epoch > self.epoch, "fenced by {sealed_epoch}");
@@ -574,6 +614,7 @@ impl Writer {
             replaces: replica,
             target,
             reported: false,
+            answered: false,
         });
         tracing::info!(
             epoch = self.epoch.0,
@@ -592,12 +633,20 @@ impl Writer {
             return;
         };
         let durable = joiner.acked_lsn.max(base);
-        if !join.reported && durable >= join.target {
+        if !join.reported && join.answered && durable >= join.target {
             join.reported = true;
             out.push(OwnerCommand::ReplacementCaughtUp {
                 replica: join.replaces,
                 durable_lsn: durable,
             });
+        }
+    }
+
+    fn note_joiner_answered(&mut self, r: ReplicaId) {
+        if r == self.joiner_id() {
+            if let Some(join) = &mut self.join {
+                join.answered = true;
+            }
         }
     }
 
