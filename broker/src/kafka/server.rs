@@ -35,6 +35,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
+/// How long a connection whose authentication failed stays open after its answer (Kafka's
+/// `connection.failed.authentication.delay.ms` default). Nothing more is read from it.
+const FAILED_AUTH_CLOSE_DELAY: Duration = Duration::from_millis(100);
+
 /// A response still being computed; `None` when the request gets no response (acks=0).
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
 
@@ -173,6 +177,11 @@ where
             Intercept::ReplyClose(answer, why) => {
                 let ready: ResponseFuture = Box::pin(async move { Some(answer.into()) });
                 let _ = tx.send((ready, api_key, Instant::now())).await;
+                // The answer leaves first and the close comes later, as Kafka does
+                // (`connection.failed.authentication.delay.ms`): a client that reads the
+                // answer and the close in one go may drop the answer and report only a lost
+                // connection (kafka-python does). It also slows down password guessing.
+                tokio::time::sleep(FAILED_AUTH_CLOSE_DELAY).await;
                 break Err(CloseReason::Auth(why));
             }
             Intercept::Close(why) => break Err(CloseReason::Auth(why)),
