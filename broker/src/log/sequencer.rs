@@ -9,6 +9,13 @@
 //!
 //! It is a plain OS thread because `fdatasync` blocks; it owns the [`Wal`] outright.
 //!
+//! With a replicated WAL stream the durability wait moves to a second thread (`Committer`):
+//! the sequencer appends a group, hands it over, and sequences the next group while the
+//! replicas fdatasync the first, so groups are pipelined rather than one quorum round trip
+//! after another. The committer answers and publishes in hand-over order, so everything above
+//! holds unchanged: offsets, WAL order, tails and answers advance together, and nothing is
+//! visible before it is durable.
+//!
 //! *Invariant:* a failed fdatasync poisons the WAL; every later append is answered with a
 //! storage error and `/health` reports the node unhealthy (fail-stop for the data path).
 //!
@@ -184,6 +191,17 @@ fn run(
 ) {
     let mut entry_buf = Vec::new();
     let mut last_sweep_ms = now_ms();
+    let committer = match wal.stream_owner() {
+        Some(owner) => match Committer::spawn(owner, shared.clone(), metrics.clone(), &cfg) {
+            Ok(c) => Some(c),
+            Err(err) => {
+                // Without it the stream is committed in line, one group at a time.
+                tracing::warn!(%err, "could not start the WAL committer thread");
+                None
+            }
+        },
+        None => None,
+    };
     metrics
         .producer_states
         .store(producers.len() as u64, Ordering::Relaxed);
@@ -257,6 +275,25 @@ fn run(
                 next = rx.try_recv().ok();
             }
         }
+        if let Some(committer) = &committer {
+            // Replicated: the entries are on their way to the replicas; the committer thread
+            // answers the group once the quorum has them, and this thread goes on sequencing
+            // the next group meanwhile (a blocked send is the back-pressure).
+            if let WalSink::Replicated { owner, .. } = &wal {
+                owner.flush();
+            }
+            metrics.wal_bytes.store(wal.bytes(), Ordering::Relaxed);
+            let in_flight = InFlight {
+                upto_lsn: wal.last_lsn(),
+                group,
+                handed: std::time::Instant::now(),
+            };
+            if committer.tx.send(in_flight).is_err() {
+                tracing::error!("the WAL committer thread stopped");
+                shared.failed.store(true, Ordering::Release);
+            }
+            continue;
+        }
         if group.iter().all(|p| p.publish.is_empty()) {
             for p in group {
                 let _ = p.reply.send(p.results);
@@ -266,53 +303,149 @@ fn run(
         }
         let sync_started = std::time::Instant::now();
         let synced = wal.sync();
-        let sync_histogram = metrics.wal_sync_histogram(wal.is_replicated());
-        sync_histogram.observe(sync_started.elapsed());
+        metrics
+            .wal_sync_histogram(wal.is_replicated())
+            .observe(sync_started.elapsed());
         Metrics::inc(&metrics.wal_group_commits_total);
         if let Err(err) = synced {
             tracing::error!(%err, "WAL sync failed; this node stops accepting writes");
             shared.failed.store(true, Ordering::Release);
-            let answer = match err {
-                SinkError::Fenced => AppendError::Fenced,
-                _ => AppendError::Storage,
-            };
-            for mut p in group {
-                for r in p.results.iter_mut() {
-                    if r.is_ok() {
-                        *r = Err(answer);
-                    }
-                }
-                let _ = p.reply.send(p.results);
-            }
+            fail_group(group, append_error(&err));
             continue;
         }
-        let (mut published, mut records) = (0u64, 0i64);
-        for p in group {
-            for (log, batch) in p.publish {
-                published += batch.data.len() as u64;
-                records += batch.end_offset - batch.base_offset;
-                log.traffic
-                    .count_in(batch.data.len(), batch.end_offset - batch.base_offset);
-                log.publish(batch);
-            }
-            let _ = p.reply.send(p.results);
-        }
-        // Counted once durable: refused and duplicate batches are not produce traffic.
-        Metrics::add(&metrics.produce_bytes_total, published);
-        Metrics::add(&metrics.produce_records_total, records as u64);
-        shared
-            .published_lsn
-            .store(wal.last_lsn(), Ordering::Release);
+        publish_group(group, wal.last_lsn(), &shared, &metrics, cfg.flush_bytes_max);
         metrics.wal_bytes.store(wal.bytes(), Ordering::Relaxed);
-        let before = shared.pending_bytes.fetch_add(published, Ordering::AcqRel);
-        if before + published >= cfg.flush_bytes_max {
-            shared.flush_wanted.notify_one();
-        }
+    }
+    if let Some(committer) = committer {
+        drop(committer.tx);
+        let _ = committer.thread.join();
     }
     if let Err(err) = wal.sync() {
         tracing::error!(%err, "final WAL sync failed");
     }
     tracing::debug!("sequencer stopped");
+}
+
+fn append_error(err: &SinkError) -> AppendError {
+    match err {
+        SinkError::Fenced => AppendError::Fenced,
+        _ => AppendError::Storage,
+    }
+}
+
+/// The group could not be made durable: every append that was going to succeed fails.
+fn fail_group(group: Vec<Pending>, answer: AppendError) {
+    for mut p in group {
+        for r in p.results.iter_mut() {
+            if r.is_ok() {
+                *r = Err(answer);
+            }
+        }
+        let _ = p.reply.send(p.results);
+    }
+}
+
+/// The group is durable up to `durable_lsn`: publish its batches to their tails (visible to
+/// consumers from now on), answer the producers, and count it.
+fn publish_group(
+    group: Vec<Pending>,
+    durable_lsn: u64,
+    shared: &SeqShared,
+    metrics: &Metrics,
+    flush_bytes_max: u64,
+) {
+    let (mut published, mut records) = (0u64, 0i64);
+    for p in group {
+        for (log, batch) in p.publish {
+            published += batch.data.len() as u64;
+            records += batch.end_offset - batch.base_offset;
+            log.traffic
+                .count_in(batch.data.len(), batch.end_offset - batch.base_offset);
+            log.publish(batch);
+        }
+        let _ = p.reply.send(p.results);
+    }
+    // Counted once durable: refused and duplicate batches are not produce traffic.
+    Metrics::add(&metrics.produce_bytes_total, published);
+    Metrics::add(&metrics.produce_records_total, records as u64);
+    shared.published_lsn.fetch_max(durable_lsn, Ordering::AcqRel);
+    if published > 0 {
+        let before = shared.pending_bytes.fetch_add(published, Ordering::AcqRel);
+        if before + published >= flush_bytes_max {
+            shared.flush_wanted.notify_one();
+        }
+    }
+}
+
+/// Groups a replicated stream still has to commit, oldest first.
+const GROUPS_IN_FLIGHT: usize = 64;
+
+/// A group handed to the committer: answered once every entry up to `upto_lsn` is committed.
+struct InFlight {
+    upto_lsn: u64,
+    group: Vec<Pending>,
+    handed: std::time::Instant,
+}
+
+/// The second thread of a replicated stream. The sequencer appends a group and hands it over
+/// here; this thread waits for the write quorum, then publishes and answers, in hand-over
+/// order (so tails, `published_lsn` and the producers' answers keep WAL order). The sequencer
+/// meanwhile sequences the next group, whose entries travel to the replicas while the earlier
+/// ones are being fdatasynced: a slow quorum delays the groups behind it by its own wait, not
+/// by a round trip each. A failed commit (fenced, replicas lost) fails that group and every
+/// later one; the node is fail-stop from then on.
+struct Committer {
+    tx: std::sync::mpsc::SyncSender<InFlight>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Committer {
+    fn spawn(
+        owner: strata_wal::net::StreamOwner,
+        shared: Arc<SeqShared>,
+        metrics: Arc<Metrics>,
+        cfg: &SequencerConfig,
+    ) -> std::io::Result<Committer> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<InFlight>(GROUPS_IN_FLIGHT);
+        let flush_bytes_max = cfg.flush_bytes_max;
+        let thread = std::thread::Builder::new()
+            .name("strata-wal-commit".into())
+            .spawn(move || {
+                let mut failed: Option<AppendError> = None;
+                for f in rx {
+                    let committed = match failed {
+                        Some(answer) => Err(answer),
+                        None => {
+                            let _span =
+                                crate::telemetry::wal_sync_span(true, || f.upto_lsn).entered();
+                            owner
+                                .wait_committed_blocking(f.upto_lsn)
+                                .map_err(|e| append_error(&SinkError::from(e)))
+                        }
+                    };
+                    if f.group.iter().any(|p| !p.publish.is_empty()) {
+                        metrics
+                            .wal_sync_histogram(true)
+                            .observe(f.handed.elapsed());
+                        Metrics::inc(&metrics.wal_group_commits_total);
+                    }
+                    match committed {
+                        Ok(()) => {
+                            publish_group(f.group, f.upto_lsn, &shared, &metrics, flush_bytes_max)
+                        }
+                        Err(answer) => {
+                            if failed.is_none() {
+                                tracing::error!(error = %answer, "WAL quorum commit failed; this node stops accepting writes");
+                                shared.failed.store(true, Ordering::Release);
+                                failed = Some(answer);
+                            }
+                            fail_group(f.group, answer);
+                        }
+                    }
+                }
+            })?;
+        Ok(Committer { tx, thread })
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // the thread's state, passed apart for borrowing
