@@ -313,7 +313,13 @@ fn run(
             fail_group(group, append_error(&err));
             continue;
         }
-        publish_group(group, wal.last_lsn(), &shared, &metrics, cfg.flush_bytes_max);
+        publish_group(
+            group,
+            wal.last_lsn(),
+            &shared,
+            &metrics,
+            cfg.flush_bytes_max,
+        );
         metrics.wal_bytes.store(wal.bytes(), Ordering::Relaxed);
     }
     if let Some(committer) = committer {
@@ -368,7 +374,9 @@ fn publish_group(
     // Counted once durable: refused and duplicate batches are not produce traffic.
     Metrics::add(&metrics.produce_bytes_total, published);
     Metrics::add(&metrics.produce_records_total, records as u64);
-    shared.published_lsn.fetch_max(durable_lsn, Ordering::AcqRel);
+    shared
+        .published_lsn
+        .fetch_max(durable_lsn, Ordering::AcqRel);
     if published > 0 {
         let before = shared.pending_bytes.fetch_add(published, Ordering::AcqRel);
         if before + published >= flush_bytes_max {
