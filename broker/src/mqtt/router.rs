@@ -27,11 +27,13 @@
 //! generation) and sessions handed to another broker a moved copy, both bounded, both in the
 //! snapshot [`RouterCore::export`] gives.
 //!
-//! Matching is a scan of the connected sessions' filters per message. Shared subscriptions,
-//! No Local and subscription identifiers plug in at [`RouterCore::route`]. A delivery whose
-//! PUBLISH packet is the same bytes for every connection of its protocol version
-//! (`wire::shareable`) gets that packet encoded once per message ([`Frames`]), so a fan-out
-//! encodes once, not once per subscriber.
+//! Matching looks only at the subscriptions that match: [`SubIndex`] keeps every session's
+//! ordinary filters in a `topic::FilterIndex` (which client ids hold the filters matching a
+//! topic name) and its shared ones in their groups, in step with the sessions' `subs`.
+//! Shared subscriptions, No Local and subscription identifiers plug in at
+//! [`RouterCore::route`]. A delivery whose PUBLISH packet is the same bytes for every
+//! connection of its protocol version (`wire::shareable`) gets that packet encoded once per
+//! message ([`Frames`]), so a fan-out encodes once, not once per subscriber.
 
 use super::store::{CursorMark, SessionRecord, StoreOp, StoredSub};
 use super::topic;
@@ -342,17 +344,85 @@ pub struct RouterCore {
     moved: HashMap<String, SessionRecord>,
     /// Something a snapshot holds changed since the last [`RouterCore::export`].
     export_changed: bool,
-    /// Shared subscriptions by `(group, filter)`: their members (client ids, in subscribe
-    /// order) and the member the next message goes to.
-    shared: BTreeMap<(String, String), SharedGroup>,
+    /// Every session's subscriptions, by filter.
+    index: SubIndex,
     /// Deliveries dropped because a client's queue was full.
     pub dropped: u64,
 }
 
+/// Every session's subscriptions (`SessionEntry::subs`), by filter, kept in step with them:
+/// the filter is in here for a client id exactly while that session holds it (see
+/// [`RouterCore::check_index`] in the tests).
 #[derive(Debug, Default)]
+struct SubIndex {
+    /// Ordinary filters: who holds them.
+    plain: topic::FilterIndex,
+    /// Shared subscriptions by `(group, filter)`.
+    shared: BTreeMap<(String, String), SharedGroup>,
+}
+
+#[derive(Debug)]
 struct SharedGroup {
+    /// The subscription's own filter (`$share/<group>/<filter>`), as the members' `subs` hold it.
+    key: String,
+    /// Client ids, in subscribe order.
     members: Vec<String>,
+    /// The member the next message goes to.
     next: usize,
+}
+
+impl SubIndex {
+    /// `client_id` holds `filter` (again).
+    fn link(&mut self, client_id: &str, filter: &str) {
+        if !filter.starts_with(topic::SHARE_PREFIX) {
+            self.plain.insert(filter, client_id);
+            return;
+        }
+        if let Ok(Some((group, inner))) = topic::split_shared(filter) {
+            let g = self
+                .shared
+                .entry((group.to_string(), inner.to_string()))
+                .or_insert_with(|| SharedGroup {
+                    key: filter.to_string(),
+                    members: Vec::new(),
+                    next: 0,
+                });
+            debug_assert_eq!(g.key, filter);
+            if !g.members.iter().any(|m| m == client_id) {
+                g.members.push(client_id.to_string());
+            }
+        }
+    }
+
+    /// `client_id` no longer holds `filter` (or never did).
+    fn unlink(&mut self, client_id: &str, filter: &str) {
+        if !filter.starts_with(topic::SHARE_PREFIX) {
+            self.plain.remove(filter, client_id);
+            return;
+        }
+        if let Ok(Some((group, inner))) = topic::split_shared(filter) {
+            let key = (group.to_string(), inner.to_string());
+            if let Some(g) = self.shared.get_mut(&key) {
+                g.members.retain(|m| m != client_id);
+                if g.members.is_empty() {
+                    self.shared.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// A live delivery of `msg` through a subscription with `opts`.
+fn delivery(msg: &Arc<Message>, opts: &SubOptions, sub_ids: Vec<u32>) -> Delivery {
+    Delivery {
+        message: msg.clone(),
+        qos: msg.qos.min(opts.qos),
+        retain: opts.retain_as_published && msg.retain,
+        dup: false,
+        origin: None,
+        sub_ids,
+        frame: None,
+    }
 }
 
 /// A persistent session handed to its new connection.
@@ -407,7 +477,7 @@ impl RouterCore {
     fn install(&mut self, client_id: &str, entry: SessionEntry) {
         debug_assert!(!self.sessions.contains_key(client_id));
         for filter in entry.subs.keys() {
-            self.join_shared(client_id, filter);
+            self.index.link(client_id, filter);
         }
         self.sessions.insert(client_id.to_string(), entry);
     }
@@ -733,7 +803,7 @@ impl RouterCore {
             let old = std::mem::take(&mut entry.subs);
             entry.cursors.clear();
             for filter in old.keys() {
-                Self::leave_shared(&mut self.shared, client_id, filter);
+                self.index.unlink(client_id, filter);
             }
         }
         // Cursors exist only for a session that was persistent before this connect.
@@ -857,35 +927,7 @@ impl RouterCore {
     fn remove_session(&mut self, client_id: &str) {
         if let Some(entry) = self.sessions.remove(client_id) {
             for filter in entry.subs.keys() {
-                Self::leave_shared(&mut self.shared, client_id, filter);
-            }
-        }
-    }
-
-    fn join_shared(&mut self, client_id: &str, filter: &str) {
-        if let Ok(Some((group, inner))) = topic::split_shared(filter) {
-            let g = self
-                .shared
-                .entry((group.to_string(), inner.to_string()))
-                .or_default();
-            if !g.members.iter().any(|m| m == client_id) {
-                g.members.push(client_id.to_string());
-            }
-        }
-    }
-
-    fn leave_shared(
-        shared: &mut BTreeMap<(String, String), SharedGroup>,
-        client_id: &str,
-        filter: &str,
-    ) {
-        if let Ok(Some((group, inner))) = topic::split_shared(filter) {
-            let key = (group.to_string(), inner.to_string());
-            if let Some(g) = shared.get_mut(&key) {
-                g.members.retain(|m| m != client_id);
-                if g.members.is_empty() {
-                    shared.remove(&key);
-                }
+                self.index.unlink(client_id, filter);
             }
         }
     }
@@ -912,12 +954,11 @@ impl RouterCore {
             self.dirty.insert(client_id.to_string());
         }
         let mut out = Vec::new();
-        let mut joined = Vec::new();
         for (filter, opts) in filters {
             let existed = entry.subs.insert(filter.clone(), *opts).is_some();
+            self.index.link(client_id, filter);
             if filter.starts_with(topic::SHARE_PREFIX) {
                 // Retained messages are not sent for shared subscriptions (MQTT 5 §4.8.2).
-                joined.push(filter.clone());
                 continue;
             }
             debug_assert!(topic::validate_filter(filter).is_ok());
@@ -944,9 +985,6 @@ impl RouterCore {
                 }
             }
         }
-        for filter in joined {
-            self.join_shared(client_id, &filter);
-        }
         out
     }
 
@@ -967,7 +1005,7 @@ impl RouterCore {
             .map(|f| entry.subs.remove(f).is_some())
             .collect();
         for f in filters {
-            Self::leave_shared(&mut self.shared, client_id, f);
+            self.index.unlink(client_id, f);
         }
         found
     }
@@ -1019,10 +1057,11 @@ impl RouterCore {
         out
     }
 
-    /// Calls `deliver` with every delivery of `msg` (see [`RouterCore::route`]).
+    /// Calls `deliver` with every delivery of `msg` (see [`RouterCore::route`]): the shared
+    /// groups' in group order, then the sessions' in client id order.
     fn route_each(&mut self, msg: &Arc<Message>, mut deliver: impl FnMut(&ConnHandle, Delivery)) {
         let mut frames = Frames::default();
-        for ((group, filter), g) in self.shared.iter_mut() {
+        for ((_, filter), g) in self.index.shared.iter_mut() {
             if !topic::matches(filter, &msg.topic) {
                 continue;
             }
@@ -1033,41 +1072,33 @@ impl RouterCore {
                     continue;
                 };
                 let Some(conn) = &entry.conn else { continue };
-                let key = format!("{}{group}/{filter}", topic::SHARE_PREFIX);
-                let Some(opts) = entry.subs.get(&key) else {
+                let Some(opts) = entry.subs.get(&g.key) else {
                     continue;
                 };
-                let mut d = Delivery {
-                    message: msg.clone(),
-                    qos: msg.qos.min(opts.qos),
-                    retain: opts.retain_as_published && msg.retain,
-                    dup: false,
-                    origin: None,
-                    sub_ids: opts.sub_id.into_iter().collect(),
-                    frame: None,
-                };
+                let mut d = delivery(msg, opts, opts.sub_id.into_iter().collect());
                 frames.attach(conn, &mut d);
                 deliver(conn, d);
                 g.next = (i + 1) % n;
                 break;
             }
         }
-        for (client_id, entry) in self.sessions.iter() {
+        // The holders of a matching filter; each once (it may hold several), in a fixed order.
+        let mut holders = Vec::new();
+        self.index.plain.matching(&msg.topic, &mut holders);
+        holders.sort_unstable();
+        holders.dedup();
+        for client_id in holders {
+            let Some(entry) = self.sessions.get(client_id) else {
+                debug_assert!(false, "{client_id:?} indexed without a session");
+                continue;
+            };
             let Some(conn) = &entry.conn else { continue };
             if entry.persistent() {
                 continue;
             }
-            let own = msg.publisher.as_deref() == Some(client_id.as_str());
+            let own = msg.publisher.as_deref() == Some(client_id);
             if let Some((opts, sub_ids)) = best_match(&entry.subs, &msg.topic, own) {
-                let mut d = Delivery {
-                    message: msg.clone(),
-                    qos: msg.qos.min(opts.qos),
-                    retain: opts.retain_as_published && msg.retain,
-                    dup: false,
-                    origin: None,
-                    sub_ids,
-                    frame: None,
-                };
+                let mut d = delivery(msg, &opts, sub_ids);
                 frames.attach(conn, &mut d);
                 deliver(conn, d);
             }
@@ -1347,6 +1378,45 @@ fn flush(core: &mut RouterCore, store: Option<&mpsc::Sender<Vec<StoreOp>>>) {
     let ops = core.take_ops();
     if let Err(mpsc::error::TrySendError::Full(ops)) = store.try_send(ops) {
         core.redirty(&ops);
+    }
+}
+
+#[cfg(test)]
+impl RouterCore {
+    /// Asserts that [`SubIndex`] holds exactly the sessions' subscriptions.
+    fn check_index(&self) {
+        let mut plain = 0;
+        let mut shared: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        let mut ids: Vec<&String> = self.sessions.keys().collect();
+        ids.sort();
+        for id in ids {
+            let entry = &self.sessions[id];
+            for filter in entry.subs.keys() {
+                match topic::split_shared(filter).unwrap() {
+                    Some((group, inner)) => shared
+                        .entry((group.into(), inner.into()))
+                        .or_default()
+                        .push(id.clone()),
+                    None => {
+                        plain += 1;
+                        assert!(self.index.plain.holds(filter, id), "{id} {filter}");
+                    }
+                }
+            }
+        }
+        assert_eq!(self.index.plain.len(), plain, "plain filters indexed");
+        let groups: BTreeMap<(String, String), Vec<String>> = self
+            .index
+            .shared
+            .iter()
+            .map(|(k, g)| {
+                assert_eq!(g.key, format!("{}{}/{}", topic::SHARE_PREFIX, k.0, k.1));
+                let mut m = g.members.clone();
+                m.sort();
+                (k.clone(), m)
+            })
+            .collect();
+        assert_eq!(groups, shared, "shared groups");
     }
 }
 
@@ -1897,6 +1967,328 @@ mod tests {
             }
         }
         assert!(shared > 0);
+    }
+
+    /// xorshift64*: a seeded generator, so a failing case can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+    }
+
+    const LEVELS: [&str; 5] = ["a", "b", "$SYS", "", "c"];
+
+    fn random_topic(rng: &mut Rng) -> String {
+        if rng.below(20) == 0 {
+            return vec!["a"; topic::TRIE_LEVELS_MAX + rng.below(3)].join("/");
+        }
+        let n = 1 + rng.below(4);
+        let topic = (0..n)
+            .map(|_| *rng.pick(&LEVELS))
+            .collect::<Vec<_>>()
+            .join("/");
+        if topic.is_empty() {
+            "/".to_string()
+        } else {
+            topic
+        }
+    }
+
+    fn random_filter(rng: &mut Rng) -> String {
+        let filter = match rng.below(20) {
+            // Deeper than the trie: kept in the index's list.
+            0 => format!("{}#", "a/".repeat(topic::TRIE_LEVELS_MAX)),
+            1 => format!("{}+", "+/".repeat(topic::TRIE_LEVELS_MAX)),
+            _ => {
+                let n = 1 + rng.below(4);
+                let mut levels: Vec<&str> = (0..n)
+                    .map(|_| match rng.below(6) {
+                        0 | 1 => "+",
+                        _ => *rng.pick(&LEVELS),
+                    })
+                    .collect();
+                if rng.below(3) == 0 {
+                    levels.push("#");
+                }
+                match levels.join("/") {
+                    empty if empty.is_empty() => "/".to_string(),
+                    filter => filter,
+                }
+            }
+        };
+        assert!(topic::validate_filter(&filter).is_ok(), "{filter}");
+        if rng.below(6) == 0 {
+            format!("$share/{}/{filter}", rng.pick(&["g", "h"]))
+        } else {
+            filter
+        }
+    }
+
+    /// One routed delivery, comparable: (connection, QoS, RETAIN, subscription ids).
+    type Seen = (u64, u8, bool, Vec<u32>);
+
+    /// What [`RouterCore::route`] must give, found by scanning every session's filters with
+    /// `topic::matches` (`best_match`), without the index: the shared groups' deliveries in
+    /// group order, then the sessions' in client id order.
+    fn route_by_scan(r: &RouterCore, m: &Message) -> Vec<Seen> {
+        let mut out = Vec::new();
+        let mut ids: Vec<&String> = r.sessions.keys().collect();
+        ids.sort();
+        let mut groups: BTreeMap<(String, String), Vec<&String>> = BTreeMap::new();
+        for id in &ids {
+            for filter in r.sessions[*id].subs.keys() {
+                if let Some((g, f)) = topic::split_shared(filter).unwrap() {
+                    groups.entry((g.into(), f.into())).or_default().push(id);
+                }
+            }
+        }
+        for ((group, filter), mut members) in groups {
+            if !topic::matches(&filter, &m.topic) {
+                continue;
+            }
+            // Round robin from where the group is (its members in subscribe order).
+            let g = &r.index.shared[&(group.clone(), filter.clone())];
+            members.sort_by_key(|id| g.members.iter().position(|m| m == *id).unwrap());
+            let n = members.len();
+            let key = format!("$share/{group}/{filter}");
+            if let Some((conn, o)) = (0..n)
+                .map(|step| &r.sessions[members[(g.next + step) % n]])
+                .find_map(|e| Some((e.conn.as_ref()?, e.subs[&key])))
+            {
+                out.push((
+                    conn.id,
+                    m.qos.min(o.qos),
+                    o.retain_as_published && m.retain,
+                    o.sub_id.into_iter().collect(),
+                ));
+            }
+        }
+        for id in ids {
+            let e = &r.sessions[id];
+            let Some(conn) = e.conn.as_ref().filter(|_| !e.persistent()) else {
+                continue;
+            };
+            let own = m.publisher.as_deref() == Some(id.as_str());
+            if let Some((o, sub_ids)) = best_match(&e.subs, &m.topic, own) {
+                out.push((
+                    conn.id,
+                    m.qos.min(o.qos),
+                    o.retain_as_published && m.retain,
+                    sub_ids,
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn indexed_routing_equals_a_scan_of_every_session() {
+        const CLIENTS: [&str; 8] = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"];
+        let mut routed = 0;
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut r = RouterCore::default();
+            // Each client id's current connection.
+            let mut conns: HashMap<&str, u64> = HashMap::new();
+            let mut next_conn = 0u64;
+            let mut now = 0i64;
+            for step in 0..300 {
+                now += 100;
+                let id = *rng.pick(&CLIENTS);
+                match rng.below(20) {
+                    0..=2 => {
+                        next_conn += 1;
+                        let (c, _rx) = conn(next_conn);
+                        let (k, _) = oneshot::channel();
+                        let expiry = *rng.pick(&[0, 0, 1, EXPIRY_NEVER]);
+                        let accepted = r.connect(id, rng.below(2) == 0, expiry, c, k);
+                        assert!(matches!(accepted, ConnectOutcome::Accepted { .. }));
+                        conns.insert(id, next_conn);
+                    }
+                    3..=9 => {
+                        if let Some(&c) = conns.get(id) {
+                            let filters: Vec<(String, SubOptions)> = (0..1 + rng.below(3))
+                                .map(|_| {
+                                    let o = SubOptions {
+                                        qos: rng.below(3) as u8,
+                                        retain_as_published: rng.below(2) == 0,
+                                        retain_handling: 2,
+                                        sub_id: (rng.below(2) == 0)
+                                            .then(|| rng.below(5) as u32 + 1),
+                                        no_local: rng.below(3) == 0,
+                                    };
+                                    (random_filter(&mut rng), o)
+                                })
+                                .collect();
+                            r.subscribe(id, c, &filters);
+                        }
+                    }
+                    10..=12 => {
+                        if let Some(&c) = conns.get(id) {
+                            let held: Vec<String> = r.sessions[id].subs.keys().cloned().collect();
+                            let f = if !held.is_empty() && rng.below(4) != 0 {
+                                rng.pick(&held).clone()
+                            } else {
+                                random_filter(&mut rng)
+                            };
+                            let existed = held.contains(&f);
+                            assert_eq!(r.unsubscribe(id, c, &[f]), vec![existed]);
+                        }
+                    }
+                    13 | 14 => {
+                        if let Some(c) = conns.remove(id) {
+                            let expiry = *rng.pick(&[0, 1, EXPIRY_NEVER]);
+                            r.disconnect(id, c, expiry, None, now);
+                        }
+                    }
+                    15 => {
+                        r.expire(now);
+                    }
+                    16 => {
+                        r.take(id, rng.below(2) == 0, now);
+                        conns.remove(id);
+                    }
+                    17 => {
+                        // A restart: the persistent sessions come back from their records.
+                        let records = r.export(true).unwrap().sessions;
+                        r = RouterCore::from_records(records, now);
+                        conns.clear();
+                    }
+                    _ => {}
+                }
+                r.check_index();
+                for _ in 0..3 {
+                    let mut m = (*msg(
+                        &random_topic(&mut rng),
+                        "p",
+                        rng.below(3) as u8,
+                        rng.below(2) == 0,
+                    ))
+                    .clone();
+                    m.publisher = (rng.below(2) == 0).then(|| rng.pick(&CLIENTS).to_string());
+                    let m = Arc::new(m);
+                    let want = route_by_scan(&r, &m);
+                    let got: Vec<Seen> = r
+                        .route(&m)
+                        .into_iter()
+                        .map(|(c, d)| (c.id, d.qos, d.retain, d.sub_ids))
+                        .collect();
+                    assert_eq!(got, want, "seed {seed} step {step} topic {:?}", m.topic);
+                    routed += want.len();
+                }
+            }
+            // Every session gone: nothing left in the index.
+            for id in CLIENTS {
+                r.take(id, true, now);
+            }
+            r.expire(i64::MAX / 2);
+            r.check_index();
+            assert_eq!(r.sessions_len(), 0);
+            assert!(r.index.plain.is_empty(), "seed {seed}: {:?}", r.index.plain);
+            assert!(r.index.shared.is_empty(), "seed {seed}");
+        }
+        assert!(routed > 1000, "the cases route something: {routed}");
+    }
+
+    #[test]
+    fn index_entries_go_with_their_subscriptions_and_sessions() {
+        let mut r = RouterCore::default();
+        let ends = |r: &RouterCore| (r.index.plain.len(), r.index.shared.len());
+        let all = |r: &mut RouterCore, topic: &str| -> Vec<u64> {
+            let mut ids: Vec<u64> = r
+                .route(&msg(topic, "p", 0, false))
+                .into_iter()
+                .map(|(c, _)| c.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let filters = |fs: &[&str]| -> Vec<(String, SubOptions)> {
+            fs.iter().map(|f| (f.to_string(), opts(1))).collect()
+        };
+        let mut rxs = Vec::new();
+        for (i, (id, expiry)) in [("e", 0), ("p", 60), ("q", 0)].into_iter().enumerate() {
+            let (c, rx) = conn(i as u64);
+            rxs.push(rx);
+            let (k, _) = oneshot::channel();
+            r.connect(id, true, expiry, c, k);
+        }
+        r.subscribe("e", 0, &filters(&["x/y", "x/+", "#", "$share/g/x/#"]));
+        r.subscribe("p", 1, &filters(&["x/y", "x/#", "$share/g/x/#"]));
+        r.subscribe("q", 2, &filters(&["x/+/z"]));
+        r.subscribe("q", 2, &filters(&["x/+/z"])); // again: held once
+        r.check_index();
+        assert_eq!(ends(&r), (6, 1));
+        assert_eq!(all(&mut r, "x/y"), vec![0, 0], "e, and the group (e first)");
+        // Unsubscribing removes the entries (and a filter never held changes nothing).
+        assert_eq!(
+            r.unsubscribe("e", 0, &["x/y".into(), "x/+".into(), "nope".into()]),
+            vec![true, true, false]
+        );
+        r.check_index();
+        assert_eq!(ends(&r), (4, 1));
+        assert_eq!(all(&mut r, "$SYS/x"), Vec::<u64>::new());
+        assert_eq!(
+            all(&mut r, "x/a/z"),
+            vec![0, 1, 2],
+            "`#`, the group's turn, `x/+/z`"
+        );
+        // A clean start drops the old subscriptions.
+        let (c, rx) = conn(3);
+        rxs.push(rx);
+        let (k, _) = oneshot::channel();
+        r.connect("q", true, 0, c, k);
+        r.check_index();
+        assert_eq!(ends(&r), (3, 1));
+        // An ephemeral session's end, and a persistent one's expiry.
+        r.disconnect("e", 0, 0, None, 0);
+        r.check_index();
+        assert_eq!(ends(&r), (2, 1));
+        r.disconnect("p", 1, 60, None, 0);
+        assert_eq!(ends(&r), (2, 1), "kept while the session waits");
+        assert_eq!(r.expire(59_999), 0);
+        assert_eq!(r.expire(60_000), 1);
+        r.check_index();
+        assert_eq!(ends(&r), (0, 0), "nothing left");
+        assert!(r.index.plain.is_empty());
+        // Restored sessions are indexed; a take forgets them.
+        let record = SessionRecord {
+            client_id: "s".into(),
+            expiry_secs: EXPIRY_NEVER,
+            subs: ["a/#", "$share/g/a", "b"]
+                .iter()
+                .map(|f| StoredSub {
+                    filter: f.to_string(),
+                    qos: 1,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                    sub_id: None,
+                    no_local: false,
+                })
+                .collect(),
+            cursors: vec![],
+            disconnected_ms: Some(0),
+            generation: 1,
+        };
+        let mut s = RouterCore::from_records(vec![record], 0);
+        s.check_index();
+        assert_eq!(ends(&s), (2, 1));
+        s.take("s", false, 0);
+        s.check_index();
+        assert!(s.index.plain.is_empty() && s.index.shared.is_empty());
     }
 
     #[tokio::test]

@@ -5,7 +5,11 @@
 //! one level and `#` for the rest (last level only, alone in it). Topics starting with `$`
 //! (`$SYS/...`) are not matched by a filter whose first level is a wildcard.
 //!
-//! Pure functions, no allocation on the matching path.
+//! Pure functions, no allocation on the matching path; and [`FilterIndex`], the ordinary
+//! subscriptions by filter, which finds the holders of the filters matching a topic name
+//! without looking at the others.
+
+use std::collections::{BTreeSet, HashMap};
 
 /// The longest topic name or filter: MQTT strings are length-prefixed with a `u16`.
 pub const TOPIC_BYTES_MAX: usize = 65_535;
@@ -111,6 +115,214 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Filters with more levels than this are not put in [`FilterIndex`]'s level trie but in a
+/// list scanned per topic: it bounds the trie's depth, and so the recursion that walks and
+/// drops it (a filter may have up to 32768 levels).
+pub const TRIE_LEVELS_MAX: usize = 32;
+
+/// Which client ids hold which (valid, not shared) filters, looked up by topic name: the
+/// holders of every filter that [`matches`] the name, found by walking only the levels the
+/// name can match. Filters without wildcards are a hash map by the one name they match; the
+/// others a trie by level with a `+` child and a `#` set per node; filters deeper than
+/// [`TRIE_LEVELS_MAX`] a list.
+#[derive(Debug, Default)]
+pub struct FilterIndex {
+    exact: HashMap<String, BTreeSet<String>>,
+    wild: Level,
+    deep: HashMap<String, BTreeSet<String>>,
+    /// (filter, client id) pairs held.
+    len: usize,
+}
+
+/// One level of [`FilterIndex`]'s trie: what the filters that reached it hold next.
+#[derive(Debug, Default)]
+struct Level {
+    /// The next level is this literal.
+    children: HashMap<String, Level>,
+    /// The next level is `+`.
+    plus: Option<Box<Level>>,
+    /// The next level is `#`: the holders of filters matching this level and all below it.
+    hash: BTreeSet<String>,
+    /// The filter ends here.
+    end: BTreeSet<String>,
+}
+
+impl Level {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_empty()
+            && self.end.is_empty()
+    }
+
+    /// Removes `id` from the filter whose remaining levels are `rest`, and the levels left
+    /// empty below this one. Recursion depth: at most [`TRIE_LEVELS_MAX`].
+    fn remove(&mut self, mut rest: std::str::Split<'_, char>, id: &str) -> bool {
+        let Some(level) = rest.next() else {
+            return self.end.remove(id);
+        };
+        if level == "#" {
+            return self.hash.remove(id);
+        }
+        if level == "+" {
+            let Some(child) = self.plus.as_deref_mut() else {
+                return false;
+            };
+            let removed = child.remove(rest, id);
+            if child.is_empty() {
+                self.plus = None;
+            }
+            return removed;
+        }
+        let Some(child) = self.children.get_mut(level) else {
+            return false;
+        };
+        let removed = child.remove(rest, id);
+        if child.is_empty() {
+            self.children.remove(level);
+        }
+        removed
+    }
+
+    /// Adds to `out` the holders of the filters below this level matching the topic's
+    /// remaining levels `rest`. `dollar_root`: this is the root and the topic starts with `$`
+    /// (a leading wildcard does not match it).
+    fn matching<'a>(
+        &'a self,
+        mut rest: std::str::Split<'_, char>,
+        dollar_root: bool,
+        out: &mut Vec<&'a str>,
+    ) {
+        if !dollar_root {
+            // `x/#` also matches `x` itself.
+            out.extend(self.hash.iter().map(String::as_str));
+        }
+        let Some(level) = rest.next() else {
+            out.extend(self.end.iter().map(String::as_str));
+            return;
+        };
+        if let Some(child) = self.children.get(level) {
+            child.matching(rest.clone(), false, out);
+        }
+        if let Some(child) = self.plus.as_deref().filter(|_| !dollar_root) {
+            child.matching(rest, false, out);
+        }
+    }
+}
+
+fn has_wildcard(filter: &str) -> bool {
+    filter.bytes().any(|b| b == b'+' || b == b'#')
+}
+
+impl FilterIndex {
+    /// Records that `id` holds the valid filter `filter`; false when it did already.
+    pub fn insert(&mut self, filter: &str, id: &str) -> bool {
+        debug_assert!(validate_filter(filter).is_ok(), "{filter:?}");
+        debug_assert!(!filter.starts_with(SHARE_PREFIX));
+        let set = if !has_wildcard(filter) {
+            self.exact.entry(filter.to_string()).or_default()
+        } else if filter.split('/').count() > TRIE_LEVELS_MAX {
+            self.deep.entry(filter.to_string()).or_default()
+        } else {
+            let mut node = &mut self.wild;
+            let mut hash = false;
+            for level in filter.split('/') {
+                match level {
+                    "#" => {
+                        hash = true;
+                        break;
+                    }
+                    "+" => node = node.plus.get_or_insert_with(Box::default),
+                    _ => node = node.children.entry(level.to_string()).or_default(),
+                }
+            }
+            if hash {
+                &mut node.hash
+            } else {
+                &mut node.end
+            }
+        };
+        let added = set.insert(id.to_string());
+        self.len += usize::from(added);
+        added
+    }
+
+    /// Forgets that `id` holds `filter`; false when it did not.
+    pub fn remove(&mut self, filter: &str, id: &str) -> bool {
+        let removed = if !has_wildcard(filter) {
+            remove_from(&mut self.exact, filter, id)
+        } else if filter.split('/').count() > TRIE_LEVELS_MAX {
+            remove_from(&mut self.deep, filter, id)
+        } else {
+            self.wild.remove(filter.split('/'), id)
+        };
+        self.len -= usize::from(removed);
+        removed
+    }
+
+    /// Adds to `out` the holders of every filter matching topic name `topic`, once per
+    /// matching filter (a client holding two matching filters is there twice), in no
+    /// particular order.
+    pub fn matching<'a>(&'a self, topic: &str, out: &mut Vec<&'a str>) {
+        if let Some(ids) = self.exact.get(topic) {
+            out.extend(ids.iter().map(String::as_str));
+        }
+        self.wild
+            .matching(topic.split('/'), topic.starts_with('$'), out);
+        for (filter, ids) in &self.deep {
+            if matches(filter, topic) {
+                out.extend(ids.iter().map(String::as_str));
+            }
+        }
+    }
+
+    /// Whether `id` holds `filter`.
+    #[cfg(test)]
+    pub fn holds(&self, filter: &str, id: &str) -> bool {
+        if !has_wildcard(filter) {
+            return self.exact.get(filter).is_some_and(|ids| ids.contains(id));
+        }
+        if filter.split('/').count() > TRIE_LEVELS_MAX {
+            return self.deep.get(filter).is_some_and(|ids| ids.contains(id));
+        }
+        let mut node = &self.wild;
+        for level in filter.split('/') {
+            let next = match level {
+                "#" => return node.hash.contains(id),
+                "+" => node.plus.as_deref(),
+                _ => node.children.get(level),
+            };
+            let Some(next) = next else { return false };
+            node = next;
+        }
+        node.end.contains(id)
+    }
+
+    /// (filter, client id) pairs held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        debug_assert_eq!(
+            self.len == 0,
+            self.exact.is_empty() && self.deep.is_empty() && self.wild.is_empty()
+        );
+        self.len == 0
+    }
+}
+
+fn remove_from(map: &mut HashMap<String, BTreeSet<String>>, filter: &str, id: &str) -> bool {
+    let Some(ids) = map.get_mut(filter) else {
+        return false;
+    };
+    let removed = ids.remove(id);
+    if ids.is_empty() {
+        map.remove(filter);
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +377,58 @@ mod tests {
         for (filter, topic, expected) in cases {
             check(filter, topic, *expected);
         }
+    }
+
+    #[test]
+    fn filter_index_agrees_with_matches() {
+        let deep = format!("{}#", "x/".repeat(TRIE_LEVELS_MAX));
+        let mut filters: Vec<String> = [
+            "a/b", "a/+", "a/#", "+", "+/+", "/+", "#", "+/#", "a/+/#", "a/+/c", "$SYS/#",
+            "$SYS/+", "+/uptime", "a b", "A/b", "/", "//", "+/",
+        ]
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+        filters.push(deep.clone());
+        let topics = [
+            "a/b",
+            "a/c",
+            "a/b/c",
+            "a",
+            "/a",
+            "/",
+            "a//c",
+            "$SYS/uptime",
+            "$SYS",
+            "a/$b",
+            "a b",
+            "sensors/x",
+            &"x/".repeat(TRIE_LEVELS_MAX + 3),
+        ];
+        let mut index = FilterIndex::default();
+        for (i, f) in filters.iter().enumerate() {
+            assert!(index.insert(f, &i.to_string()));
+            assert!(!index.insert(f, &i.to_string()), "held already");
+        }
+        assert_eq!(index.len(), filters.len());
+        for topic in topics {
+            let mut got: Vec<usize> = Vec::new();
+            let mut out = Vec::new();
+            index.matching(topic, &mut out);
+            got.extend(out.iter().map(|id| id.parse::<usize>().unwrap()));
+            got.sort();
+            let want: Vec<usize> = (0..filters.len())
+                .filter(|&i| matches(&filters[i], topic))
+                .collect();
+            assert_eq!(got, want, "{topic:?}");
+        }
+        for (i, f) in filters.iter().enumerate() {
+            assert!(index.holds(f, &i.to_string()) && !index.holds(f, "nobody"));
+            assert!(!index.remove(f, "nobody"));
+            assert!(index.remove(f, &i.to_string()));
+            assert!(!index.remove(f, &i.to_string()));
+        }
+        assert!(index.is_empty(), "every level pruned: {index:?}");
     }
 
     #[test]
