@@ -192,21 +192,30 @@ impl Level {
         mut rest: std::str::Split<'_, char>,
         dollar_root: bool,
         out: &mut Vec<&'a str>,
+        sets: &mut usize,
     ) {
         if !dollar_root {
             // `x/#` also matches `x` itself.
-            out.extend(self.hash.iter().map(String::as_str));
+            take(&self.hash, out, sets);
         }
         let Some(level) = rest.next() else {
-            out.extend(self.end.iter().map(String::as_str));
+            take(&self.end, out, sets);
             return;
         };
         if let Some(child) = self.children.get(level) {
-            child.matching(rest.clone(), false, out);
+            child.matching(rest.clone(), false, out, sets);
         }
         if let Some(child) = self.plus.as_deref().filter(|_| !dollar_root) {
-            child.matching(rest, false, out);
+            child.matching(rest, false, out, sets);
         }
+    }
+}
+
+/// Adds a matching filter's holders to `out`, counting the filters that had any.
+fn take<'a>(holders: &'a BTreeSet<String>, out: &mut Vec<&'a str>, sets: &mut usize) {
+    if !holders.is_empty() {
+        out.extend(holders.iter().map(String::as_str));
+        *sets += 1;
     }
 }
 
@@ -262,18 +271,22 @@ impl FilterIndex {
 
     /// Adds to `out` the holders of every filter matching topic name `topic`, once per
     /// matching filter (a client holding two matching filters is there twice), in no
-    /// particular order.
-    pub fn matching<'a>(&'a self, topic: &str, out: &mut Vec<&'a str>) {
+    /// particular order. Returns how many filters with holders matched: with at most one,
+    /// `out` is sorted and without repeats already (a fan-out to one filter's subscribers
+    /// needs no sort).
+    pub fn matching<'a>(&'a self, topic: &str, out: &mut Vec<&'a str>) -> usize {
+        let mut sets = 0;
         if let Some(ids) = self.exact.get(topic) {
-            out.extend(ids.iter().map(String::as_str));
+            take(ids, out, &mut sets);
         }
         self.wild
-            .matching(topic.split('/'), topic.starts_with('$'), out);
+            .matching(topic.split('/'), topic.starts_with('$'), out, &mut sets);
         for (filter, ids) in &self.deep {
             if matches(filter, topic) {
-                out.extend(ids.iter().map(String::as_str));
+                take(ids, out, &mut sets);
             }
         }
+        sets
     }
 
     /// Whether `id` holds `filter`.
@@ -414,13 +427,15 @@ mod tests {
         for topic in topics {
             let mut got: Vec<usize> = Vec::new();
             let mut out = Vec::new();
-            index.matching(topic, &mut out);
+            let sets = index.matching(topic, &mut out);
             got.extend(out.iter().map(|id| id.parse::<usize>().unwrap()));
             got.sort();
             let want: Vec<usize> = (0..filters.len())
                 .filter(|&i| matches(&filters[i], topic))
                 .collect();
             assert_eq!(got, want, "{topic:?}");
+            // One holder per filter here: every matching filter counts.
+            assert_eq!(sets, want.len(), "{topic:?}");
         }
         for (i, f) in filters.iter().enumerate() {
             assert!(index.holds(f, &i.to_string()) && !index.holds(f, "nobody"));
