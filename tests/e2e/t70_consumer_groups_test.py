@@ -209,11 +209,13 @@ def group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["live", "after-kill9"])
 @pytest.mark.parametrize("client", list(CLIENTS))
-def test_commit_then_resume(broker, client):
+def test_commit_then_resume(broker, client, restart):
     """A member consumes everything, commits and leaves; a new member of the same group
-    starts at the committed offsets: it gets only what was produced since."""
-    topic = group = f"resume-{client}"
+    starts at the committed offsets (also after the broker was killed -9 and restarted): it
+    gets only what was produced since."""
+    topic = group = f"resume-{client}" + ("-restart" if restart else "")
     harness.create_topic(broker.bootstrap, topic, PARTITIONS)
     harness.produce(broker.bootstrap, topic, records("old", 200))
     member = CLIENTS[client](broker.bootstrap, group, topic)
@@ -225,6 +227,10 @@ def test_commit_then_resume(broker, client):
     assert values(seen) == {b"old-%d" % i for i in range(200)}
     committed = group_offsets(broker.bootstrap, group)
     assert committed == {(topic, p): 50 for p in range(PARTITIONS)}, committed
+    if restart:
+        broker.kill9()
+        broker.start()
+        assert group_offsets(broker.bootstrap, group) == committed, "committed offsets changed across the restart"
 
     harness.produce(broker.bootstrap, topic, records("new", 100))
     member = CLIENTS[client](broker.bootstrap, group, topic)

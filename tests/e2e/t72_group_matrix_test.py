@@ -5,8 +5,9 @@ of the Rust cell (t63):
   member in its own process: two split the partitions, a third joins and gets a share, one is
   killed with SIGKILL and the two survivors take its partitions; every record produced along
   the way (also while the third joins and right after the kill) is read exactly once;
-- kcat -G and kafka-python commit, the broker is killed (-9) and restarted on the same data
-  dir, and a new member of the group resumes from the committed offsets;
+- kcat -G commits, the broker is killed (-9) and restarted on the same data dir, and a new
+  member of the group resumes from the committed offsets (confluent-kafka and kafka-python:
+  t70's `test_commit_then_resume[...-after-kill9]`);
 - kcat (`-X enable.idempotence=true`, records on stdin) and kafka-python
   (`enable_idempotence=True`) produce across a broker kill -9 and restart: every acknowledged
   record is in the log exactly once, in the order sent;
@@ -320,40 +321,6 @@ def test_kcat_commit_then_resume_after_broker_kill(broker, kcat_ok):
     assert all_values == sorted(r.value.decode() for r in old + new), "a record is missing or read twice"
     ends = {(topic, p): hi for p, (_, hi) in harness.watermarks(bs, topic, parts).items()}
     harness.eventually(lambda: group_offsets(bs, group) == ends, 30, what="kcat's commit of the end offsets")
-
-
-def test_kafka_python_commit_then_resume_after_broker_kill(broker):
-    """t70's kafka-python member commits what it reads; after kill -9 and a restart a new member
-    of the group starts at the committed offsets and reads only what was produced since."""
-    partitions = 4
-    topic = group = "kp-resume"
-    bs = broker.bootstrap
-    harness.create_topic(bs, topic, partitions)
-    harness.produce(bs, topic, [Rec(i % partitions, None, b"old-%d" % i) for i in range(200)])
-    member = KafkaPythonMember(bs, group, topic)
-    seen: dict = {}
-    try:
-        consume([member], 200, seen, what="the first 200")
-    finally:
-        member.close()
-    assert values(seen) == {b"old-%d" % i for i in range(200)}
-    before = group_offsets(bs, group)
-    assert before == {(topic, p): 50 for p in range(partitions)}, before
-
-    broker.kill9()
-    broker.start()
-    assert group_offsets(bs, group) == before, "committed offsets changed across the restart"
-    harness.produce(bs, topic, [Rec(i % partitions, None, b"new-%d" % i) for i in range(100)])
-    member = KafkaPythonMember(bs, group, topic)
-    seen = {}
-    try:
-        consume([member], 100, seen, what="the records produced after the restart")
-        assert values(seen) == {b"new-%d" % i for i in range(100)}
-        assert min(o for _, o in seen) == 50, "resumed below the committed offsets"
-        assert poll_idle([member], 1.5) == [], "records delivered again"
-    finally:
-        member.close()
-    assert group_offsets(bs, group) == {(topic, p): 75 for p in range(partitions)}
 
 
 # --------------------------------------------------------------------------------------

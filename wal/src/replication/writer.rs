@@ -398,29 +398,31 @@ impl Writer {
         }
     }
 
+    /// The id of the entry before `next_lsn`, as an append's `prev` names it (epoch 0 at or
+    /// below the trim point: settled).
+    fn prev_of(&self, next_lsn: Lsn) -> EntryId {
+        let lsn = next_lsn.prev();
+        let epoch = if lsn <= self.log.base() {
+            Epoch::ZERO
+        } else {
+            self.log.epoch_at(lsn).expect("prev is retained")
+        };
+        EntryId { lsn, epoch }
+    }
+
     /// An append with no entries, whose `prev` is the last entry `r` was sent (`next_lsn` is
     /// past the log's end): answered like any probe, so it tells whether `r` is there.
     fn empty_probe(&mut self, r: ReplicaId) -> OwnerCommand {
-        let base = self.log.base();
-        let now = self.now_ms;
+        let prev = self.prev_of(self.progress[r.index()].next_lsn);
         let p = &mut self.progress[r.index()];
-        let prev_lsn = p.next_lsn.prev();
-        let prev = EntryId {
-            lsn: prev_lsn,
-            epoch: if prev_lsn <= base {
-                Epoch::ZERO
-            } else {
-                self.log.epoch_at(prev_lsn).expect("prev is retained")
-            },
-        };
-        p.state = State::Probe(Some(prev_lsn));
-        p.timer_ms = now;
+        p.state = State::Probe(Some(prev.lsn));
+        p.timer_ms = self.now_ms;
         OwnerCommand::Send {
             replica: r,
             msg: ToReplica::Append(AppendMsg {
                 epoch: self.epoch,
                 prev,
-                settled_lsn: base,
+                settled_lsn: self.log.base(),
                 entries: Vec::new(),
             }),
         }
@@ -430,16 +432,8 @@ impl Writer {
     /// `next_lsn` past it.
     fn append_msg(&mut self, r: ReplicaId, bytes_max: u64) -> OwnerCommand {
         let base = self.log.base();
+        let prev = self.prev_of(self.progress[r.index()].next_lsn);
         let p = &mut self.progress[r.index()];
-        let prev_lsn = p.next_lsn.prev();
-        let prev = EntryId {
-            lsn: prev_lsn,
-            epoch: if prev_lsn <= base {
-                Epoch::ZERO
-            } else {
-                self.log.epoch_at(prev_lsn).expect("prev is retained")
-            },
-        };
         let entries = self.log.range(p.next_lsn, Lsn(u64::MAX), bytes_max);
         assert!(!entries.is_empty(), "append_msg with nothing to send");
         p.next_lsn = p.next_lsn.plus(entries.len() as u64);
