@@ -21,16 +21,9 @@ import harness
 from harness import Broker, SeaweedFS
 
 
-def _default_bin() -> Path:
-    target = os.environ.get("CARGO_TARGET_DIR")
-    if target:
-        return Path(target) / "debug" / "strata"
-    return harness.REPO / "target" / "debug" / "strata"
-
-
 @pytest.fixture(scope="session")
 def strata_bin() -> str:
-    path = Path(os.environ.get("STRATA_BIN") or _default_bin())
+    path = Path(os.environ.get("STRATA_BIN") or harness.debug_binary("strata"))
     if not path.is_file() or not os.access(path, os.X_OK):
         pytest.fail(f"strata binary not found at {path}: build it (cargo build -p strata-broker) "
                     f"or set STRATA_BIN", pytrace=False)

@@ -36,6 +36,13 @@ from typing import Iterable
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
+
+def debug_binary(name: str) -> Path:
+    """A dev-profile binary of this workspace: under `$CARGO_TARGET_DIR` when it is set (as cargo
+    puts it there), else under the repository's own `target/`."""
+    target = os.environ.get("CARGO_TARGET_DIR")
+    return (Path(target) if target else REPO / "target") / "debug" / name
+
 # --------------------------------------------------------------------------------------
 # ports
 

@@ -31,7 +31,7 @@ from lambda_emulator import LambdaEmulator, function_url_event, http_answer, sch
 
 MODE = "strata.storage.mode"
 DIRECT = {MODE: "direct"}
-BOOTSTRAP = harness.REPO / "target" / "debug" / "bootstrap"
+BOOTSTRAP = harness.debug_binary("bootstrap")
 # The broker's own compactor is off: compaction here is the Lambda's scheduled handler.
 BROKER_CONFIG = {
     "tiering": {"flush_interval_ms": 100},
