@@ -10,8 +10,11 @@ Scenarios (every broker starts fresh for each phase; the median of `--runs` is k
    end msgs/s. StrataMQ fsyncs every acknowledged publish (group commit, its default);
    mosquitto runs with `persistence false`, rumqttd keeps its commit log in memory.
 2. fanout: 1 QoS 0 publisher → 100 QoS 0 subscribers of one topic; delivered msgs/s.
-3. latency: publish → deliver p50/p99 at half of mosquitto's qos1 rate of this run, QoS 1.
-4. idle: 10,000 connections that CONNECT and SUBSCRIBE and sit; (RSS after − RSS before) /
+3. routing: 1 QoS 0 publisher → 1,000 QoS 0 subscribers, each of its own device topic (half
+   through a `+` wildcard); publishes go round-robin over the devices, so each is delivered to
+   exactly one subscriber: the cost of finding one match among many subscriptions.
+4. latency: publish → deliver p50/p99 at half of mosquitto's qos1 rate of this run, QoS 1.
+5. idle: 10,000 connections that CONNECT and SUBSCRIBE and sit; (RSS after − RSS before) /
    connections, RSS from /proc/PID/status.
 
 Peers: mosquitto from Debian (`apt-get install mosquitto`), rumqttd from crates.io
@@ -271,11 +274,13 @@ def main() -> None:
     ap.add_argument("--qos1-messages", type=int, default=50_000)
     ap.add_argument("--fanout-messages", type=int, default=20_000)
     ap.add_argument("--subscribers", type=int, default=100)
+    ap.add_argument("--routing-messages", type=int, default=200_000)
+    ap.add_argument("--devices", type=int, default=1000, help="subscribers (one topic each) of the routing phase")
     ap.add_argument("--payload-bytes", type=int, default=256)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=IDLE_CONNECTIONS)
-    ap.add_argument("--only", default="qos1,fanout,latency,idle", help="phases to run, comma-separated")
+    ap.add_argument("--only", default="qos1,fanout,routing,latency,idle", help="phases to run, comma-separated")
     ap.add_argument("--keep", action="store_true", help="keep the brokers' work dirs and logs")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "mqtt_peers.json"))
     args = ap.parse_args()
@@ -305,7 +310,7 @@ def main() -> None:
             "rumqttd": subprocess.run([args.rumqttd, "--version"], capture_output=True, text=True).stdout.strip(),
         },
         "brokers": {n: {} for n in brokers},
-        "mosquitto_tcp_nodelay": {"qos1": False, "fanout": False, "latency": True, "idle": False},
+        "mosquitto_tcp_nodelay": {"qos1": False, "fanout": False, "routing": False, "latency": True, "idle": False},
     }
     started = time.monotonic()
 
@@ -328,6 +333,11 @@ def main() -> None:
             phase("fanout", lambda n, s: warm_up(args, n, s.port) or median_run([attempt(lambda: loadgen(
                 args, s.port, "fanout", "--messages", str(args.fanout_messages), "--subscribers",
                 str(args.subscribers), "--payload-bytes", str(args.payload_bytes)))
+                for _ in range(args.runs)], "delivered_msgs_per_s"))
+        if "routing" in phases:
+            phase("routing", lambda n, s: warm_up(args, n, s.port) or median_run([attempt(lambda: loadgen(
+                args, s.port, "routing", "--messages", str(args.routing_messages), "--subscribers",
+                str(args.devices), "--payload-bytes", str(args.payload_bytes)))
                 for _ in range(args.runs)], "delivered_msgs_per_s"))
         if "latency" in phases:
             rate = int(results["brokers"]["mosquitto"]["qos1"]["msgs_per_s"] / 2)
@@ -371,6 +381,8 @@ def table(results: dict) -> str:
         ("QoS 1, 1 → 1, msgs/s (strata fsyncs; mosquitto persistence off)", "qos1", "msgs_per_s", False, "≥ 1.0× mosquitto"),
         ("QoS 0, 1 → 100 fan-out, delivered msgs/s", "fanout", "delivered_msgs_per_s", False,
          "≥ 1.2× mosquitto, ≥ 1.0× rumqttd"),
+        (f"QoS 0, 1 → 1 of {get('strata', 'routing', 'subscribers') or 0:,} device topics, delivered msgs/s",
+         "routing", "delivered_msgs_per_s", False, "—"),
         (f"publish → deliver p50 ms, QoS 1 at {results.get('latency_rate_per_s', 0):,} msgs/s", "latency", "p50_ms", True, "—"),
         ("publish → deliver p99 ms, same run", "latency", "p99_ms", True, "—"),
         (f"RSS per idle connection, KiB ({get('strata', 'idle', 'connections') or 0:,} connections)", "idle", "rss_per_connection_kib", True, "—"),
@@ -381,7 +393,7 @@ def table(results: dict) -> str:
         names = ("strata", "mosquitto", "rumqttd")
         s, m, r = (get(n, tag, key) for n in names)
         cells = [num(v) for v in (s, m, r)]
-        if tag == "fanout":  # QoS 0 may be dropped: say how much arrived
+        if tag in ("fanout", "routing"):  # QoS 0 may be dropped: say how much arrived
             cells = [c if get(n, tag, "delivered_fraction") is None else
                      f"{c} ({get(n, tag, 'delivered_fraction'):.0%} delivered)" for c, n in zip(cells, names)]
         out.append(f"| {label} | {' | '.join(cells)} | {ratio(s, m, lower)} | {ratio(s, r, lower)} | {target} |")

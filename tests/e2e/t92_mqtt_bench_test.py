@@ -50,6 +50,14 @@ def test_fanout_counts_deliveries_of_every_subscriber(broker, strata_bin):
     assert (r["expected"], r["delivered"], r["delivered_fraction"]) == (2000, 2000, 1.0)
 
 
+def test_routing_gives_each_device_topic_its_share(broker, strata_bin):
+    # 1003 publishes round-robin over 7 device topics: subscribers 0..2 get 144, the rest 143.
+    r = ok_report(bench(strata_bin, "--addr", f"127.0.0.1:{broker.mqtt_port}", "--mode", "routing",
+                        "--messages", "1003", "--subscribers", "7", "--payload-bytes", "64"))
+    assert (r["mode"], r["topics"], r["expected"]) == ("routing", 7, 1003), r
+    assert (r["delivered"], r["delivered_fraction"]) == (1003, 1.0), r
+
+
 @pytest.mark.parametrize("qos", ["0", "1"])
 def test_latency_measures_each_delivery_after_the_warmup(broker, strata_bin, qos):
     r = ok_report(bench(strata_bin, "--addr", f"127.0.0.1:{broker.mqtt_port}", "--mode", "latency",
@@ -90,6 +98,7 @@ def test_idle_connections_sit_until_stdin_closes(broker, strata_bin):
     (["--mode", "latency", "--qos", "2"], "--qos"),
     (["--mode", "latency", "--seconds", "1", "--warmup-secs", "1"], "--warmup-secs"),
     (["--mode", "fanout", "--subscribers", "0"], "--subscribers"),
+    (["--mode", "routing", "--subscribers", "10001"], "--subscribers"),
     (["--mode", "idle", "--connections", "0"], "--connections"),
     (["--mode", "qos1", "--topic", "a/#"], "--topic"),
 ])

@@ -16,6 +16,10 @@
 //! - `fanout`: one QoS 0 publisher, `subscribers` QoS 0 subscribers of the same topic;
 //!   delivered messages per second over all subscribers (QoS 0 may be dropped: the report
 //!   says how many arrived).
+//! - `routing`: one QoS 0 publisher, `subscribers` QoS 0 subscribers each of its own device
+//!   topic (`…/dev/{i}/state`; every other one through a `+` wildcard, `…/dev/{i}/+`); the
+//!   publishes go round-robin over the devices, so each reaches exactly one subscriber: the
+//!   cost of finding the one match among many subscriptions, not of copying to many.
 //! - `latency`: one publisher at a fixed `rate_per_s` for `seconds`, each payload carrying its
 //!   send time; one subscriber measures publish → deliver (percentiles after `warmup_secs`).
 //! - `idle`: `connections` clients CONNECT and SUBSCRIBE (each its own topic) and sit; a
@@ -36,7 +40,7 @@ use tokio::net::TcpStream;
 
 /// Largest payload a run may ask for.
 pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
-/// Most subscribers of a `fanout` run.
+/// Most subscribers of a `fanout` or `routing` run.
 pub const SUBSCRIBERS_MAX: usize = 10_000;
 /// Most connections of an `idle` run.
 pub const CONNECTIONS_MAX: usize = 100_000;
@@ -61,6 +65,7 @@ const SPARE_FDS: u64 = 64;
 pub enum Mode {
     Qos1,
     Fanout,
+    Routing,
     Latency,
     Idle,
 }
@@ -75,7 +80,7 @@ pub struct MqttBench {
     pub payload_bytes: usize,
     /// Unacknowledged QoS 1 publishes at most (`qos1`).
     pub window: usize,
-    /// Subscribers of a `fanout` run.
+    /// Subscribers of a `fanout` or `routing` run.
     pub subscribers: usize,
     /// Publishes per second of a `latency` run.
     pub rate_per_s: u64,
@@ -158,7 +163,7 @@ impl MqttBench {
             return bad("--stall-ms must be positive".into());
         }
         match self.mode {
-            Mode::Qos1 | Mode::Fanout if self.messages == 0 => {
+            Mode::Qos1 | Mode::Fanout | Mode::Routing if self.messages == 0 => {
                 return bad("--messages must be positive".into())
             }
             Mode::Qos1 if !(1..=WINDOW_MAX).contains(&self.window) => {
@@ -167,7 +172,7 @@ impl MqttBench {
                     self.window
                 ))
             }
-            Mode::Fanout if !(1..=SUBSCRIBERS_MAX).contains(&self.subscribers) => {
+            Mode::Fanout | Mode::Routing if !(1..=SUBSCRIBERS_MAX).contains(&self.subscribers) => {
                 return bad(format!(
                     "--subscribers must be in 1..={SUBSCRIBERS_MAX} (got {})",
                     self.subscribers
@@ -207,6 +212,7 @@ impl MqttBench {
         match self.mode {
             Mode::Qos1 => "qos1",
             Mode::Fanout => "fanout",
+            Mode::Routing => "routing",
             Mode::Latency => "latency",
             Mode::Idle => "idle",
         }
@@ -226,7 +232,7 @@ pub async fn run(
     cfg.validate()?;
     let report = match cfg.mode {
         Mode::Qos1 => serde_json::to_value(qos1(cfg).await?),
-        Mode::Fanout => serde_json::to_value(fanout(cfg).await?),
+        Mode::Fanout | Mode::Routing => serde_json::to_value(fanout(cfg).await?),
         Mode::Latency => serde_json::to_value(latency(cfg).await?),
         Mode::Idle => serde_json::to_value(idle(cfg, on_ready).await?),
     };
@@ -726,6 +732,8 @@ pub struct FanoutReport {
     pub messages: u64,
     pub payload_bytes: usize,
     pub subscribers: usize,
+    /// Topics published to: 1 in `fanout`, `subscribers` in `routing`.
+    pub topics: usize,
     /// Deliveries expected: messages × subscribers.
     pub expected: u64,
     pub delivered: u64,
@@ -737,33 +745,81 @@ pub struct FanoutReport {
     pub publish_seconds: f64,
 }
 
+/// Where the subscribers of a `fanout` or `routing` run listen and its publishes go.
+struct Spread {
+    /// Subscriber `i`'s filter.
+    filters: Vec<String>,
+    /// Publish `k` goes to `topics[k % topics.len()]`.
+    topics: Vec<String>,
+}
+
+impl Spread {
+    fn new(cfg: &MqttBench, base: &str) -> Spread {
+        match cfg.mode {
+            Mode::Routing => Spread {
+                filters: (0..cfg.subscribers)
+                    .map(|i| match i % 2 {
+                        0 => format!("{base}/dev/{i}/state"),
+                        _ => format!("{base}/dev/{i}/+"),
+                    })
+                    .collect(),
+                topics: (0..cfg.subscribers)
+                    .map(|i| format!("{base}/dev/{i}/state"))
+                    .collect(),
+            },
+            _ => Spread {
+                filters: vec![base.to_string(); cfg.subscribers],
+                topics: vec![base.to_string()],
+            },
+        }
+    }
+
+    /// Publishes subscriber `i` should receive out of `messages`.
+    fn expected(&self, i: usize, messages: u64) -> u64 {
+        if self.topics.len() == 1 {
+            return messages;
+        }
+        let n = self.topics.len() as u64;
+        messages / n + u64::from((i as u64) < messages % n)
+    }
+}
+
 async fn fanout(cfg: &MqttBench) -> Result<FanoutReport> {
-    let progress = Progress::start(
-        "bench mqtt fanout",
-        Unit::Count("messages delivered"),
-        Some(cfg.messages * cfg.subscribers as u64),
-    );
+    use futures::StreamExt;
     let tag = run_tag();
-    let topic = format!("{}/{tag}", cfg.topic);
-    let setups = (0..cfg.subscribers).map(|i| {
-        let topic = topic.clone();
+    let spread = Spread::new(cfg, &format!("{}/{tag}", cfg.topic));
+    let expected: u64 = (0..cfg.subscribers)
+        .map(|i| spread.expected(i, cfg.messages))
+        .sum();
+    let progress = Progress::start(
+        format!("bench mqtt {}", cfg.mode_name()),
+        Unit::Count("messages delivered"),
+        Some(expected),
+    );
+    let setups = spread.filters.iter().enumerate().map(|(i, filter)| {
         let id = format!("sb-{tag}-s{i}");
         async move {
             let mut c = Client::connect(cfg.addr, &id, cfg.keep_alive_secs).await?;
-            c.subscribe(&topic, 0).await?;
+            c.subscribe(filter, 0).await?;
             Ok::<_, MqttBenchError>(c)
         }
     });
-    let subs = futures::future::try_join_all(setups).await?;
+    let subs: Vec<Client> = futures::stream::iter(setups)
+        .buffered(cfg.connect_concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
     let mut publ = Client::connect(cfg.addr, &format!("sb-{tag}-p"), cfg.keep_alive_secs).await?;
     let start = Instant::now();
     let tasks: Vec<_> = subs
         .into_iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             tokio::spawn(subscriber(
                 c,
                 SubPlan {
-                    expected: cfg.messages,
+                    expected: spread.expected(i, cfg.messages),
                     stall: cfg.stall(),
                     stall_ms: cfg.stall_ms,
                     lossy: true,
@@ -778,6 +834,7 @@ async fn fanout(cfg: &MqttBench) -> Result<FanoutReport> {
     let mut sent = 0u64;
     while sent < cfg.messages {
         while sent < cfg.messages && out.len() < WRITE_BATCH_BYTES_MAX {
+            let topic = &spread.topics[(sent % spread.topics.len() as u64) as usize];
             put_publish(
                 &mut out,
                 topic.as_bytes(),
@@ -802,12 +859,12 @@ async fn fanout(cfg: &MqttBench) -> Result<FanoutReport> {
     }
     publ.disconnect().await;
     progress.finish();
-    let expected = cfg.messages * cfg.subscribers as u64;
     let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
     Ok(FanoutReport {
         messages: cfg.messages,
         payload_bytes: cfg.payload_bytes,
         subscribers: cfg.subscribers,
+        topics: spread.topics.len(),
         expected,
         delivered,
         delivered_fraction: delivered as f64 / expected as f64,
@@ -1265,6 +1322,49 @@ mod tests {
             put_remaining_len(&mut buf, n);
             assert_eq!(&buf[..], &encoded[..], "{n}");
         }
+    }
+
+    #[test]
+    fn routing_sends_each_publish_to_exactly_one_subscriber() {
+        for (mode, subscribers, messages) in [
+            (Mode::Routing, 7, 100),
+            (Mode::Routing, 4, 3),
+            (Mode::Fanout, 5, 9),
+        ] {
+            let cfg = MqttBench {
+                subscribers,
+                messages,
+                ..base(mode)
+            };
+            let spread = Spread::new(&cfg, "b/t");
+            let mut got = vec![0u64; subscribers];
+            for k in 0..messages {
+                let topic = &spread.topics[(k % spread.topics.len() as u64) as usize];
+                let matched: Vec<usize> = (0..subscribers)
+                    .filter(|&i| crate::mqtt::topic::matches(&spread.filters[i], topic))
+                    .collect();
+                let want = if mode == Mode::Routing {
+                    1
+                } else {
+                    subscribers
+                };
+                assert_eq!(matched.len(), want, "{mode:?} publish {k} to {topic}");
+                for i in matched {
+                    got[i] += 1;
+                }
+            }
+            let expected: Vec<u64> = (0..subscribers)
+                .map(|i| spread.expected(i, messages))
+                .collect();
+            assert_eq!(got, expected, "{mode:?}");
+        }
+        let cfg = base(Mode::Routing);
+        let wildcards = Spread::new(&cfg, "b")
+            .filters
+            .iter()
+            .filter(|f| f.ends_with('+'))
+            .count();
+        assert_eq!(wildcards, cfg.subscribers / 2);
     }
 
     #[test]

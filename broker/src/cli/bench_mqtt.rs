@@ -13,6 +13,9 @@ pub enum ModeArg {
     Qos1,
     /// One QoS 0 publisher → many QoS 0 subscribers of one topic.
     Fanout,
+    /// One QoS 0 publisher → many QoS 0 subscribers, each of its own device topic (half through
+    /// a `+` wildcard); each publish matches exactly one subscription.
+    Routing,
     /// A fixed publish rate; publish → deliver percentiles.
     Latency,
     /// Many connections that CONNECT, SUBSCRIBE and sit (read the broker's RSS meanwhile).
@@ -26,7 +29,7 @@ pub struct MqttArgs {
     pub addr: SocketAddr,
     #[arg(long, value_enum)]
     pub mode: ModeArg,
-    /// Publishes (qos1, fanout).
+    /// Publishes (qos1, fanout, routing).
     #[arg(long, default_value_t = 100_000)]
     pub messages: u64,
     /// Payload bytes per publish (at least 8; 16 for latency).
@@ -35,7 +38,7 @@ pub struct MqttArgs {
     /// Unacknowledged QoS 1 publishes at most (qos1).
     #[arg(long, default_value_t = 128)]
     pub window: usize,
-    /// Subscribers (fanout).
+    /// Subscribers (fanout, routing).
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
     /// Publishes per second (latency).
@@ -53,7 +56,7 @@ pub struct MqttArgs {
     /// Connections (idle).
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
-    /// Connections set up at once (idle).
+    /// Connections set up at once (idle, and the subscribers of fanout and routing).
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
     /// Keep alive told to the broker in CONNECT (seconds).
@@ -78,6 +81,7 @@ pub async fn run(args: MqttArgs) -> Result<(), CliError> {
         mode: match args.mode {
             ModeArg::Qos1 => mqtt::Mode::Qos1,
             ModeArg::Fanout => mqtt::Mode::Fanout,
+            ModeArg::Routing => mqtt::Mode::Routing,
             ModeArg::Latency => mqtt::Mode::Latency,
             ModeArg::Idle => mqtt::Mode::Idle,
         },
