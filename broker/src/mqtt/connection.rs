@@ -28,8 +28,6 @@ use super::{
 };
 use crate::node::Node;
 use bytes::BytesMut;
-use futures::stream::FuturesOrdered;
-use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -283,8 +281,43 @@ impl Io {
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// A publish waiting for its durable append.
-type PendingAppend =
-    Pin<Box<dyn Future<Output = (Message, Option<u16>, Result<i64, IngestError>)> + Send>>;
+type PendingAppend = Pin<Box<dyn Future<Output = AppendDone> + Send>>;
+type AppendDone = (Message, Option<u16>, Result<i64, IngestError>);
+
+/// Publishes waiting for their durable appends, answered in publish order (PUBACKs go out in
+/// the order of the PUBLISHes). Only the oldest is polled, so only it holds the task's waker:
+/// appends finish nearly in order, and one wake-up per group commit drains every finished one.
+/// (A `FuturesOrdered` woke the task once per publish and polled each out of order: about a
+/// quarter of the broker's CPU with a thousand QoS 0 publishes in flight.)
+#[derive(Default)]
+struct PendingAppends(std::collections::VecDeque<PendingAppend>);
+
+impl PendingAppends {
+    fn push_back(&mut self, append: PendingAppend) {
+        self.0.push_back(append);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The oldest append once it is done; `Ready(None)` when none waits.
+    fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<AppendDone>> {
+        let Some(oldest) = self.0.front_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let done = std::task::ready!(oldest.as_mut().poll(cx));
+        self.0.pop_front();
+        std::task::Poll::Ready(Some(done))
+    }
+
+    async fn next(&mut self) -> Option<AppendDone> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
 
 /// Serves one MQTT connection over any byte stream (TCP, TLS, WebSocket) until it ends.
 pub async fn connection(
@@ -532,7 +565,7 @@ pub async fn connection(
             // Room for what the cursors read on top of retained messages: never dropped.
             CONN_QUEUE_MAX + PUMP_QUEUE_MAX,
         ),
-        pending: FuturesOrdered::new(),
+        pending: PendingAppends::default(),
         pending_qos2: HashSet::new(),
         unanswered_qos1: 0,
         clean_disconnect: false,
@@ -625,11 +658,11 @@ pub async fn connection(
                 // Every other append already done is acknowledged in the same write (one
                 // syscall for a group commit's PUBACKs, not one each).
                 while io.wbuf.len() < WRITE_BATCH_BYTES {
-                    // Polled with this task's own waker, never a no-op one: FuturesOrdered may
-                    // answer Pending after waking the caller (to yield), and that wake must
-                    // reach this task or the next completions would sit unnoticed.
+                    // Polled with this task's own waker, never a no-op one: a pending append
+                    // keeps the waker it saw, and it must reach this task or the append's
+                    // completion would sit unnoticed.
                     let next = std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(conn.pending.poll_next_unpin(cx))
+                        std::task::Poll::Ready(conn.pending.poll_next(cx))
                     })
                     .await;
                     let std::task::Poll::Ready(Some(done)) = next else { break };
@@ -768,7 +801,7 @@ struct Conn<'a> {
     conn_id: u64,
     proto: Proto,
     session: Session,
-    pending: FuturesOrdered<PendingAppend>,
+    pending: PendingAppends,
     /// Inbound QoS 2 ids whose append is not durable yet (a re-sent PUBLISH waits for it).
     pending_qos2: HashSet<u16>,
     /// Inbound QoS 1 publishes not yet answered.
