@@ -13,9 +13,11 @@ raw GET bandwidth of the same store, in one run; plus PUTs and GETs per GiB inge
 5. replay: restarts the broker with an empty read cache and times a confluent-kafka
    consumer reading every partition from offset 0 (bytes = the broker's fetched bytes);
 6. tail probe: a producer writing one record every 5 ms and a live consumer of it, for 8 s
-   before the replay and for the whole replay: produce→consume p50/p99 both ways;
+   before the replay and for the whole replay: produce→consume p50/p99 both ways. The probe
+   is a process of its own, so the replaying consumer's Python work (same interpreter, one
+   GIL) cannot delay it;
 7. prints one JSON line with both rates, their ratio, the tail latencies, requests per
-   GiB ingested, the CPU seconds the broker, the store and this process (consumer + probe)
+   GiB ingested, the CPU seconds the broker, the store, the replaying consumer and the probe
    spent per replayed GB, and /proc/loadavg before and after the replay (the machine may be
    shared: compare the two rates of one run, not rates across runs).
 With --perf, `perf record -g` samples the broker during the replay (perf.txt, scratch dir).
@@ -173,6 +175,30 @@ def tail_probe(bootstrap: str, topic: str, seconds: float, stop=None) -> list:
     return lat
 
 
+def _probe_main(bootstrap: str, topic: str, seconds: float, stop, out) -> None:
+    out.put(tail_probe(bootstrap, topic, seconds, stop))
+
+
+class Probe:
+    """[`tail_probe`] in a process of its own (see the header); `finish()` answers its latencies,
+    stopping it first unless `stop` is false (then it waits for its `seconds` to pass)."""
+
+    def __init__(self, bootstrap: str, topic: str, seconds: float):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.stop, self.out = ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=_probe_main, args=(bootstrap, topic, seconds, self.stop, self.out))
+        self.proc.start()
+
+    def finish(self, stop: bool = True, timeout: float = 120) -> list:
+        if stop:
+            self.stop.set()
+        lat = self.out.get(timeout=timeout)  # before join: a full pipe would block the child
+        self.proc.join(30)
+        return lat
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -267,20 +293,16 @@ def main() -> int:
         bootstrap = f"127.0.0.1:{b.kafka}"
         subprocess.run([args.bin, "topic", "create", "tail", "--partitions", "1", "--bootstrap", bootstrap],
                        check=True, capture_output=True)
-        idle_lat = tail_probe(bootstrap, "tail", 8)
-        import threading
-        stop = threading.Event()
-        busy_lat: list = []
-        probe = threading.Thread(target=lambda: busy_lat.extend(tail_probe(bootstrap, "tail", 3600, stop)))
-        probe.start()
-        time.sleep(1.5)  # the probe is consuming live before the replay starts
+        idle_lat = Probe(bootstrap, "tail", 8).finish(stop=False)
+        probe = Probe(bootstrap, "tail", 3600)
+        time.sleep(3)  # the probe (a fresh interpreter) is consuming live before the replay starts
         perf = None
         if args.perf:
             perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-p", str(b.proc.pid), "-o",
                                      str(work / "perf.data")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # CPU each side spends on the replay: the broker, the store, and this process (the
-        # consumer and the tail probe).
-        pids = {"broker": b.proc.pid, "client": os.getpid()}
+        # CPU each side spends on the replay: the broker, the store, this process (the replaying
+        # consumer) and the tail probe.
+        pids = {"broker": b.proc.pid, "client": os.getpid(), "probe": probe.proc.pid}
         if weed is not None:
             pids["store"] = weed.proc.pid
         load_before = loadavg()
@@ -297,8 +319,7 @@ def main() -> int:
                 subprocess.run(["perf", "report", "-i", str(work / "perf.data"), "--no-children", "--stdio",
                                 "-g", "none", "--percent-limit", "0.5"], stdout=out, stderr=subprocess.DEVNULL)
             print(f"replay: profile in {work / 'perf.txt'}", file=sys.stderr)
-        stop.set()
-        probe.join()
+        busy_lat = probe.finish()
         fetched = after["strata_fetch_bytes_total"] - before["strata_fetch_bytes_total"]
         gets = after['strata_object_store_requests_total{op="get"}'] - before['strata_object_store_requests_total{op="get"}']
         replay_mb_s = fetched / 1e6 / took
