@@ -324,21 +324,21 @@ def main() -> None:
             finally:
                 server.stop()
 
+    def median_phase(mode: str, key: str, *flags: str):
+        """A throughput phase: warm-up, then `--runs` load-generator runs; the median by `key`."""
+        phase(mode, lambda n, s: warm_up(args, n, s.port) or median_run(
+            [attempt(lambda: loadgen(args, s.port, mode, *flags, "--payload-bytes", str(args.payload_bytes)))
+             for _ in range(args.runs)], key))
+
     try:
         if "qos1" in phases or "latency" in phases:
-            phase("qos1", lambda n, s: warm_up(args, n, s.port) or median_run([attempt(lambda: loadgen(
-                args, s.port, "qos1", "--messages", str(args.qos1_messages), "--payload-bytes",
-                str(args.payload_bytes), "--window", str(args.window))) for _ in range(args.runs)], "msgs_per_s"))
+            median_phase("qos1", "msgs_per_s", "--messages", str(args.qos1_messages), "--window", str(args.window))
         if "fanout" in phases:
-            phase("fanout", lambda n, s: warm_up(args, n, s.port) or median_run([attempt(lambda: loadgen(
-                args, s.port, "fanout", "--messages", str(args.fanout_messages), "--subscribers",
-                str(args.subscribers), "--payload-bytes", str(args.payload_bytes)))
-                for _ in range(args.runs)], "delivered_msgs_per_s"))
+            median_phase("fanout", "delivered_msgs_per_s", "--messages", str(args.fanout_messages),
+                         "--subscribers", str(args.subscribers))
         if "routing" in phases:
-            phase("routing", lambda n, s: warm_up(args, n, s.port) or median_run([attempt(lambda: loadgen(
-                args, s.port, "routing", "--messages", str(args.routing_messages), "--subscribers",
-                str(args.devices), "--payload-bytes", str(args.payload_bytes)))
-                for _ in range(args.runs)], "delivered_msgs_per_s"))
+            median_phase("routing", "delivered_msgs_per_s", "--messages", str(args.routing_messages),
+                         "--subscribers", str(args.devices))
         if "latency" in phases:
             rate = int(results["brokers"]["mosquitto"]["qos1"]["msgs_per_s"] / 2)
             results["latency_rate_per_s"] = rate

@@ -774,6 +774,11 @@ impl Spread {
         }
     }
 
+    /// The topic publish `k` goes to.
+    fn topic(&self, k: u64) -> &str {
+        &self.topics[(k % self.topics.len() as u64) as usize]
+    }
+
     /// Publishes subscriber `i` should receive out of `messages`.
     fn expected(&self, i: usize, messages: u64) -> u64 {
         if self.topics.len() == 1 {
@@ -785,7 +790,7 @@ impl Spread {
 }
 
 async fn fanout(cfg: &MqttBench) -> Result<FanoutReport> {
-    use futures::StreamExt;
+    use futures::{StreamExt, TryStreamExt};
     let tag = run_tag();
     let spread = Spread::new(cfg, &format!("{}/{tag}", cfg.topic));
     let expected: u64 = (0..cfg.subscribers)
@@ -806,10 +811,8 @@ async fn fanout(cfg: &MqttBench) -> Result<FanoutReport> {
     });
     let subs: Vec<Client> = futures::stream::iter(setups)
         .buffered(cfg.connect_concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
+        .try_collect()
+        .await?;
     let mut publ = Client::connect(cfg.addr, &format!("sb-{tag}-p"), cfg.keep_alive_secs).await?;
     let start = Instant::now();
     let tasks: Vec<_> = subs
@@ -834,7 +837,7 @@ async fn fanout(cfg: &MqttBench) -> Result<FanoutReport> {
     let mut sent = 0u64;
     while sent < cfg.messages {
         while sent < cfg.messages && out.len() < WRITE_BATCH_BYTES_MAX {
-            let topic = &spread.topics[(sent % spread.topics.len() as u64) as usize];
+            let topic = spread.topic(sent);
             put_publish(
                 &mut out,
                 topic.as_bytes(),
@@ -1339,7 +1342,7 @@ mod tests {
             let spread = Spread::new(&cfg, "b/t");
             let mut got = vec![0u64; subscribers];
             for k in 0..messages {
-                let topic = &spread.topics[(k % spread.topics.len() as u64) as usize];
+                let topic = spread.topic(k);
                 let matched: Vec<usize> = (0..subscribers)
                     .filter(|&i| crate::mqtt::topic::matches(&spread.filters[i], topic))
                     .collect();
