@@ -17,6 +17,7 @@ import uuid
 import pytest
 
 import harness
+from mqttwire import mqtt_packets
 
 paho = pytest.importorskip("paho.mqtt.client")
 from paho.mqtt.client import MQTTv5, MQTTv311  # noqa: E402
@@ -364,28 +365,6 @@ def test_bad_input_closes_only_that_connection(broker_factory, tmp_path):
     assert b.alive()
     for c in (bystander, pub):
         c.close()
-
-
-def mqtt_packets(data: bytes) -> list[tuple[int, bytes]]:
-    """Splits a byte stream into (first byte, body) MQTT packets; an incomplete last packet is
-    left out."""
-    out, i = [], 0
-    while i < len(data):
-        first, mult, rl, j = data[i], 1, 0, i + 1
-        while True:
-            if j >= len(data):
-                return out
-            b = data[j]
-            rl += (b & 0x7F) * mult
-            mult *= 128
-            j += 1
-            if not b & 0x80:
-                break
-        if j + rl > len(data):
-            return out
-        out.append((first, data[j:j + rl]))
-        i = j + rl
-    return out
 
 
 def test_v5_receive_maximum_exceeded(broker):

@@ -20,6 +20,7 @@ import uuid
 import pytest
 
 import harness
+from mqttwire import PUBCOMP, PUBLISH, PUBREC, PUBREL, RawClient, ack_id_and_reason, parse_publish
 
 paho = pytest.importorskip("paho.mqtt.client")
 from paho.mqtt.client import MQTTv5, MQTTv311  # noqa: E402
@@ -447,3 +448,105 @@ def test_100k_offline_subscriber_survives_kill9(broker_factory, tmp_path):
     # sent but the client had not handed to the test before the kill is a re-send too.)
     assert not any(dups[0]), "DUP on a first delivery"
     assert dups[1] == [True] * flagged + [False] * (len(dups[1]) - flagged), "DUP after a first delivery"
+
+
+# --- QoS 2 exchanges that outlive a connection ---------------------------------------------------
+
+
+def stored_copies(b, payload: bytes) -> int:
+    """How many records of the default MQTT topic (`mqtt-messages`) carry `payload`."""
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient({"bootstrap.servers": b.bootstrap}).list_topics(topic="mqtt-messages", timeout=10)
+    parts = len(md.topics["mqtt-messages"].partitions)
+    recs = harness.consume(b.bootstrap, "mqtt-messages", parts)
+    return sum(1 for rs in recs.values() for r in rs if r.value == payload)
+
+
+RESTARTS = [pytest.param(False, id="reconnect"), pytest.param(True, id="restart")]
+
+
+@pytest.mark.parametrize("restart", RESTARTS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_qos2_publish_is_stored_once_across_reconnect(broker, version, restart):
+    """A QoS 2 PUBLISH answered with PUBREC whose connection breaks before the client saw the
+    PUBREC: the client sends it again with DUP on its resumed session (MQTT 5 §4.3.3), and it is
+    not stored twice; its PUBREL then finds the packet id (PUBCOMP success, not 0x92)."""
+    v5 = version == MQTTv5
+    cid = f"q2in-{uuid.uuid4().hex[:6]}"
+    payload = f"exactly-once-{uuid.uuid4().hex}".encode()
+    c = RawClient(broker.mqtt_port, cid, v5=v5, clean=False)
+    c.publish("q2/in", payload, qos=2, packet_id=7)
+    assert ack_id_and_reason(c.expect(PUBREC)) == (7, 0)
+    c.drop()
+    if restart:
+        broker.stop()  # SIGTERM: the session log has the session's last state
+        broker.start()
+    c = harness.eventually(lambda: RawClient(broker.mqtt_port, cid, v5=v5, clean=False), WAIT,
+                           what="reconnect (the broker has seen the old connection go)")
+    assert c.session_present
+    c.publish("q2/in", payload, qos=2, packet_id=7, dup=True)
+    assert ack_id_and_reason(c.expect(PUBREC)) == (7, 0)
+    c.ack(PUBREL, 7)
+    assert ack_id_and_reason(c.expect(PUBCOMP)) == (7, 0), "PUBREL found its packet id"
+    # The id is free again: a new message may use it.
+    c.publish("q2/in", payload + b"-2", qos=2, packet_id=7)
+    assert ack_id_and_reason(c.expect(PUBREC)) == (7, 0)
+    c.ack(PUBREL, 7)
+    assert ack_id_and_reason(c.expect(PUBCOMP)) == (7, 0)
+    c.drop()
+    assert stored_copies(broker, payload) == 1
+    assert stored_copies(broker, payload + b"-2") == 1
+
+
+@pytest.mark.parametrize("restart", RESTARTS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_qos2_delivery_released_before_a_break_is_not_sent_again(broker, version, restart):
+    """A QoS 2 delivery the subscriber answered with PUBREC is the subscriber's: after its
+    connection breaks before PUBCOMP, the resumed session sends the PUBREL again (MQTT 5
+    §4.4), never the PUBLISH; a delivery without PUBREC is sent again with DUP."""
+    v5 = version == MQTTv5
+    cid = f"q2out-{uuid.uuid4().hex[:6]}"
+    topic = f"q2/out/{uuid.uuid4().hex[:6]}"
+    s = RawClient(broker.mqtt_port, cid, v5=v5, clean=False)
+    s.subscribe(topic, 2)
+    pub = publisher(broker.mqtt_port)
+    pub.c.publish(topic, b"released", 2).wait_for_publish(WAIT)
+    pub.c.publish(topic, b"unanswered", 2).wait_for_publish(WAIT)
+    got = [parse_publish(*s.next(), v5) for _ in range(2)]
+    assert [(g[1], g[4]) for g in got] == [(2, b"released"), (2, b"unanswered")]
+    released_id = got[0][2]
+    s.ack(PUBREC, released_id)
+    assert ack_id_and_reason(s.expect(PUBREL)) == (released_id, 0)
+    s.drop()  # no PUBCOMP, no PUBREC for the second
+    if restart:
+        pub.close()
+        broker.stop()
+        broker.start()
+        pub = publisher(broker.mqtt_port)
+    s = harness.eventually(lambda: RawClient(broker.mqtt_port, cid, v5=v5, clean=False), WAIT,
+                           what="reconnect")
+    assert s.session_present
+    first, body = s.next()
+    assert first & 0xF0 == PUBREL, f"PUBREL first, got {first:#x} {body!r}"
+    assert ack_id_and_reason(body)[0] == released_id
+    s.ack(PUBCOMP, released_id)
+    pub.c.publish(topic, b"after", 2).wait_for_publish(WAIT)
+    again, open_ids = [], set()
+    while not again or again[-1][4] != b"after" or open_ids:
+        first, body = s.next()
+        if first & 0xF0 == PUBREL:
+            pid = ack_id_and_reason(body)[0]
+            assert pid in open_ids, f"PUBREL {pid} for no PUBREC of ours"
+            open_ids.discard(pid)
+            s.ack(PUBCOMP, pid)
+            continue
+        assert first & 0xF0 == PUBLISH, f"only PUBLISH and PUBREL now, got {first:#x} {body!r}"
+        p = parse_publish(first, body, v5)
+        again.append(p)
+        open_ids.add(p[2])
+        s.ack(PUBREC, p[2])
+    assert [(p[3], p[4]) for p in again] == [(True, b"unanswered"), (False, b"after")], \
+        "the released message is not sent again; the unanswered one is, with DUP"
+    s.drop()
+    pub.close()

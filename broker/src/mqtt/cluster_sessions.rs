@@ -627,6 +627,7 @@ mod tests {
             )],
             disconnected_ms: Some(1_000_000),
             generation,
+            qos2: Default::default(),
         }
     }
 

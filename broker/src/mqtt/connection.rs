@@ -19,7 +19,8 @@ use super::clients::Transport;
 use super::ingest::{Ingest, IngestError};
 use super::replay::{self, Cursors};
 use super::router::{ConnHandle, ConnectOutcome, ConnectRequest, RouterMsg, SubOptions};
-use super::session::{AckOutcome, OutPublish, Session};
+use super::session::{AckOutcome, OutPublish, PubRec, Session};
+use super::store::{Marks, Qos2Ids};
 use super::wire::{self, CloseCode, Codec, ConnCode, Inbound, Outbound, Proto, SubResult};
 use super::{topic, Delivery, Message};
 use super::{
@@ -502,6 +503,7 @@ pub async fn connection(
     };
     // A persistent session reads the log from its cursors; a new one from the end of every
     // partition that exists now (set before CONNACK, so nothing published after it is missed).
+    let qos2 = resume.as_ref().map(|r| r.qos2.clone()).unwrap_or_default();
     let persistent = resume.map(|r| {
         let topics = shared.ingest.mapping.kafka_topics();
         let cursors = if r.fresh {
@@ -517,6 +519,7 @@ pub async fn connection(
             topics,
             pump_needed: true,
             retry_at: None,
+            reported_qos2: r.qos2,
         }
     });
     // MQTT 5 Server Keep Alive: a client asking for more than `mqtt.keep_alive_max_secs` (or
@@ -560,10 +563,11 @@ pub async fn connection(
         client_id: &client_id,
         conn_id,
         proto,
-        session: Session::new(
+        session: Session::resume(
             usize::from(connect.receive_max.clamp(1, OUTBOUND_INFLIGHT_MAX)),
             // Room for what the cursors read on top of retained messages: never dropped.
             CONN_QUEUE_MAX + PUMP_QUEUE_MAX,
+            &qos2,
         ),
         pending: PendingAppends::default(),
         pending_qos2: HashSet::new(),
@@ -580,6 +584,11 @@ pub async fn connection(
         ),
         paused_until: None,
     };
+    // A resumed session finishes the QoS 2 deliveries the client already has: PUBREL again,
+    // before anything else is sent (MQTT 5 §4.4).
+    for id in conn.session.released_ids() {
+        io.push(Outbound::PubRel(id))?;
+    }
     let mut data_signal = shared.ingest.tailers.data_signal();
     let mut signal_open = true;
     // Only persistent sessions report progress: no timer for the others.
@@ -718,7 +727,10 @@ pub async fn connection(
             client_id: client_id.clone(),
             conn_id,
             expiry_secs: final_expiry,
-            cursors: conn.persistent.as_ref().map(|p| p.cursors.marks()),
+            marks: conn.persistent.as_ref().map(|p| Marks {
+                cursors: p.cursors.marks(),
+                qos2: conn.session.qos2_ids(&conn.pending_qos2),
+            }),
         })
         .await;
     let will = connect.will.filter(|_| !conn.clean_disconnect);
@@ -833,6 +845,8 @@ struct Persistent {
     pump_needed: bool,
     /// A read failed: read again at this time.
     retry_at: Option<Instant>,
+    /// The open QoS 2 exchanges last reported to the router.
+    reported_qos2: Qos2Ids,
 }
 
 impl Conn<'_> {
@@ -894,7 +908,10 @@ impl Conn<'_> {
                 }
             }
             Inbound::PubRec(id) => {
-                self.session.on_pubrec(id);
+                if let PubRec::Received(origin) = self.session.on_pubrec(id) {
+                    // The client has it: a reconnect sends only the PUBREL again.
+                    self.acked(origin);
+                }
                 io.push(Outbound::PubRel(id))?;
             }
             Inbound::PubRel(id) => {
@@ -1279,22 +1296,26 @@ impl Conn<'_> {
         }
     }
 
-    /// Tells the router a persistent session's committed cursors, when they moved.
+    /// Tells the router a persistent session's committed cursors and open QoS 2 exchanges,
+    /// when they changed.
     async fn report_progress(&mut self) {
-        let Some(cursors) = self
-            .persistent
-            .as_mut()
-            .and_then(|p| p.cursors.take_dirty())
-        else {
+        let Some(p) = self.persistent.as_mut() else {
             return;
         };
+        let qos2 = self.session.qos2_ids(&self.pending_qos2);
+        let cursors = match p.cursors.take_dirty() {
+            Some(c) => c,
+            None if qos2 != p.reported_qos2 => p.cursors.marks(),
+            None => return,
+        };
+        p.reported_qos2 = qos2.clone();
         let _ = self
             .shared
             .router
             .send(RouterMsg::Progress {
                 client_id: self.client_id.to_string(),
                 conn_id: self.conn_id,
-                cursors,
+                marks: Marks { cursors, qos2 },
             })
             .await;
     }

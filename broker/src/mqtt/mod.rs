@@ -52,7 +52,12 @@
 //! the sent mark was persisted, never lose). A client id is connected once cluster-wide: a
 //! CONNECT on another broker takes the session over (the old connection gets DISCONNECT
 //! 0x8E) and brings it along; a client whose broker died resumes from that broker's last
-//! snapshot (an older cursor redelivers, never loses; `cluster_sessions`).
+//! snapshot (an older cursor redelivers, never loses; `cluster_sessions`). Open QoS 2
+//! exchanges travel with the cursors (`store::Qos2Ids`): inbound ids answered with PUBREC and
+//! not yet released, so a PUBLISH sent again with DUP is not stored twice, and outbound ids
+//! the client has (PUBREC) but has not completed, so a reconnect sends their PUBREL, never the
+//! message again. Like the cursors they are persisted in batches: after kill -9 an exchange
+//! younger than the last batch is at least once.
 //!
 //! *Boundary:* bytes from the network are never `unwrap`ped; a packet that does not decode
 //! closes only its own connection (MQTT 5: with a DISCONNECT or CONNACK reason code first).

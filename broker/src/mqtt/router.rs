@@ -35,7 +35,7 @@
 //! connection of its protocol version (`wire::shareable`) gets that packet encoded once per
 //! message ([`Frames`]), so a fan-out encodes once, not once per subscriber.
 
-use super::store::{CursorMark, SessionRecord, StoreOp, StoredSub};
+use super::store::{CursorMark, Marks, Qos2Ids, SessionRecord, StoreOp, StoredSub};
 use super::topic;
 use super::wire::{self, Proto, SharedFrame};
 use super::{Delivery, Message};
@@ -226,6 +226,8 @@ struct SessionEntry {
     expiry_secs: u32,
     /// Persistent sessions: committed cursors, as last reported by the connection.
     cursors: Vec<(PartitionKey, CursorMark)>,
+    /// Persistent sessions: open QoS 2 exchanges, reported with the cursors.
+    qos2: Qos2Ids,
     /// When the last connection ended (wall clock, ms).
     disconnected_ms: Option<i64>,
     /// Takeover generation (see `cluster_sessions`): above every generation this client id
@@ -257,6 +259,7 @@ impl SessionEntry {
             cursors: self.cursors.clone(),
             disconnected_ms: self.disconnected_ms,
             generation: self.generation,
+            qos2: self.qos2.clone(),
         }
     }
 
@@ -285,6 +288,7 @@ impl SessionEntry {
             subs,
             expiry_secs: r.expiry_secs.max(1),
             cursors: r.cursors,
+            qos2: r.qos2,
             disconnected_ms: Some(r.disconnected_ms.unwrap_or(now_ms)),
             generation: r.generation,
         }
@@ -329,7 +333,7 @@ pub struct TakeRequest {
 /// A request waiting for a live connection's final cursors.
 #[derive(Debug)]
 enum Parked {
-    Connect(ConnectRequest),
+    Connect(Box<ConnectRequest>),
     Take(TakeRequest),
 }
 
@@ -450,6 +454,8 @@ pub struct Resume {
     /// for it); otherwise resume from `cursors` and read new partitions from their start.
     pub fresh: bool,
     pub cursors: Vec<(PartitionKey, CursorMark)>,
+    /// The QoS 2 exchanges the last connection left open (none when `fresh`).
+    pub qos2: Qos2Ids,
     pub subs: BTreeMap<String, SubOptions>,
 }
 
@@ -509,8 +515,10 @@ impl RouterCore {
                     let _ = old.send(());
                 }
                 // A request parked earlier for the same id loses (its reply is dropped).
-                self.parked
-                    .insert(req.client_id.clone(), (Parked::Connect(req), now_ms));
+                self.parked.insert(
+                    req.client_id.clone(),
+                    (Parked::Connect(Box::new(req)), now_ms),
+                );
                 return;
             }
         }
@@ -707,7 +715,7 @@ impl RouterCore {
 
     fn unpark(&mut self, client_id: &str, now_ms: i64) {
         match self.parked.remove(client_id) {
-            Some((Parked::Connect(req), _)) => self.answer_connect(req, now_ms),
+            Some((Parked::Connect(req), _)) => self.answer_connect(*req, now_ms),
             Some((Parked::Take(req), _)) => {
                 let taken = self.take(&req.client_id, req.clean_start, now_ms);
                 let _ = req.reply.send(taken);
@@ -806,6 +814,7 @@ impl RouterCore {
                 subs: BTreeMap::new(),
                 expiry_secs,
                 cursors: Vec::new(),
+                qos2: Qos2Ids::default(),
                 disconnected_ms: None,
                 generation,
             });
@@ -820,6 +829,7 @@ impl RouterCore {
         if clean_start {
             let old = std::mem::take(&mut entry.subs);
             entry.cursors.clear();
+            entry.qos2 = Qos2Ids::default();
             for filter in old.keys() {
                 self.index.unlink(client_id, filter);
             }
@@ -828,6 +838,7 @@ impl RouterCore {
         let fresh = !session_present || !entry.persistent();
         if fresh {
             entry.cursors.clear();
+            entry.qos2 = Qos2Ids::default();
         }
         let was_persistent = existed && entry.persistent();
         entry.expiry_secs = expiry_secs;
@@ -840,6 +851,7 @@ impl RouterCore {
         let resume = entry.persistent().then(|| Resume {
             fresh,
             cursors: entry.cursors.clone(),
+            qos2: entry.qos2.clone(),
             subs: entry.subs.clone(),
         });
         ConnectOutcome::Accepted {
@@ -849,14 +861,14 @@ impl RouterCore {
     }
 
     /// Connection `conn_id` ended with Session Expiry Interval `expiry_secs` (MQTT 5 may
-    /// change it at DISCONNECT) and, for a persistent session, its final cursors. Ignored
+    /// change it at DISCONNECT) and, for a persistent session, its final marks. Ignored
     /// when the session has since been taken over.
     pub fn disconnect(
         &mut self,
         client_id: &str,
         conn_id: u64,
         expiry_secs: u32,
-        cursors: Option<Vec<(PartitionKey, CursorMark)>>,
+        marks: Option<Marks>,
         now_ms: i64,
     ) {
         let Some(entry) = self.sessions.get_mut(client_id) else {
@@ -869,8 +881,9 @@ impl RouterCore {
         // A session that was ephemeral cannot become persistent at DISCONNECT (MQTT 5
         // §3.14.2.2.2): it ends.
         if expiry_secs > 0 && was_persistent {
-            if let Some(c) = cursors {
-                entry.cursors = c;
+            if let Some(m) = marks {
+                entry.cursors = m.cursors;
+                entry.qos2 = m.qos2;
             }
             entry.expiry_secs = expiry_secs;
             entry.conn = None;
@@ -886,19 +899,15 @@ impl RouterCore {
         self.unpark(client_id, now_ms);
     }
 
-    /// A persistent session's connection reports its committed cursors.
-    pub fn progress(
-        &mut self,
-        client_id: &str,
-        conn_id: u64,
-        cursors: Vec<(PartitionKey, CursorMark)>,
-    ) {
+    /// A persistent session's connection reports its committed cursors and QoS 2 exchanges.
+    pub fn progress(&mut self, client_id: &str, conn_id: u64, marks: Marks) {
         if let Some(entry) = self
             .sessions
             .get_mut(client_id)
             .filter(|e| e.conn.as_ref().map(|c| c.id) == Some(conn_id) && e.persistent())
         {
-            entry.cursors = cursors;
+            entry.cursors = marks.cursors;
+            entry.qos2 = marks.qos2;
             self.dirty.insert(client_id.to_string());
         }
     }
@@ -1242,13 +1251,13 @@ pub enum RouterMsg {
         client_id: String,
         conn_id: u64,
         expiry_secs: u32,
-        cursors: Option<Vec<(PartitionKey, CursorMark)>>,
+        marks: Option<Marks>,
     },
-    /// A persistent session's committed cursors moved.
+    /// A persistent session's committed cursors or QoS 2 exchanges changed.
     Progress {
         client_id: String,
         conn_id: u64,
-        cursors: Vec<(PartitionKey, CursorMark)>,
+        marks: Marks,
     },
     Subscribe {
         client_id: String,
@@ -1365,19 +1374,19 @@ pub async fn run(
                 client_id,
                 conn_id,
                 expiry_secs,
-                cursors,
+                marks,
             } => core.disconnect(
                 &client_id,
                 conn_id,
                 expiry_secs,
-                cursors,
+                marks,
                 crate::log::sequencer::now_ms(),
             ),
             RouterMsg::Progress {
                 client_id,
                 conn_id,
-                cursors,
-            } => core.progress(&client_id, conn_id, cursors),
+                marks,
+            } => core.progress(&client_id, conn_id, marks),
             RouterMsg::Subscribe {
                 client_id,
                 conn_id,
@@ -1614,6 +1623,13 @@ mod tests {
         }
     }
 
+    fn cursors(cursors: Vec<(PartitionKey, CursorMark)>) -> Marks {
+        Marks {
+            cursors,
+            qos2: Qos2Ids::default(),
+        }
+    }
+
     fn key(p: u32) -> PartitionKey {
         PartitionKey {
             topic: strata_types::TopicId(uuid::Uuid::from_u128(5)),
@@ -1665,19 +1681,30 @@ mod tests {
             "persistent sessions read the log themselves"
         );
         let mark = CursorMark { next: 7, sent: 9 };
-        r.progress("p", 1, vec![(key(0), mark)]);
-        r.progress("p", 99, vec![(key(0), CursorMark { next: 1, sent: 1 })]); // not current: ignored
+        r.progress("p", 1, cursors(vec![(key(0), mark)]));
+        r.progress(
+            "p",
+            99,
+            cursors(vec![(key(0), CursorMark { next: 1, sent: 1 })]),
+        ); // not current: ignored
         let ops = r.take_ops();
         let [StoreOp::Put(rec)] = &ops[..] else {
             panic!("{ops:?}")
         };
         assert_eq!(rec.cursors, vec![(key(0), mark)]);
         assert_eq!(rec.subs.len(), 1);
+        let qos2 = Qos2Ids {
+            received: vec![4],
+            released: vec![11, 12],
+        };
         r.disconnect(
             "p",
             1,
             EXPIRY_NEVER,
-            Some(vec![(key(0), CursorMark { next: 8, sent: 9 })]),
+            Some(Marks {
+                cursors: vec![(key(0), CursorMark { next: 8, sent: 9 })],
+                qos2: qos2.clone(),
+            }),
             1000,
         );
         // After a restart, from what was stored.
@@ -1697,6 +1724,10 @@ mod tests {
             vec![(key(0), CursorMark { next: 8, sent: 9 })]
         );
         assert_eq!(resume.subs.keys().collect::<Vec<_>>(), vec!["s/#"]);
+        assert_eq!(
+            resume.qos2, qos2,
+            "open QoS 2 exchanges survive the restart"
+        );
         // Clean start discards it.
         let (c3, _rx3) = conn(3);
         let (k3, _) = oneshot::channel();
@@ -1704,6 +1735,7 @@ mod tests {
         assert!(!present);
         let resume = resume.unwrap();
         assert!(resume.fresh && resume.cursors.is_empty() && resume.subs.is_empty());
+        assert!(resume.qos2.is_empty());
         // Reconnecting with expiry 0 ends it at disconnect; the log gets a delete.
         let (c4, _rx4) = conn(4);
         let (k4, _) = oneshot::channel();
@@ -1735,7 +1767,7 @@ mod tests {
         );
         assert!(answer.try_recv().is_err(), "parked until it ends");
         let last = vec![(key(0), CursorMark { next: 5, sent: 6 })];
-        a.disconnect("m", 1, EXPIRY_NEVER, Some(last.clone()), 10);
+        a.disconnect("m", 1, EXPIRY_NEVER, Some(cursors(last.clone())), 10);
         let taken = answer.try_recv().unwrap();
         assert_eq!(taken.generation, 1);
         let state = taken.state.clone().unwrap();
@@ -1778,7 +1810,7 @@ mod tests {
         // that learns of B's generation 2 resumes B's cursors, not its own.
         let mut a2 = RouterCore::from_records(vec![state.clone()], 40);
         let moved_on = vec![(key(0), CursorMark { next: 9, sent: 9 })];
-        b.disconnect("m", 2, EXPIRY_NEVER, Some(moved_on.clone()), 50);
+        b.disconnect("m", 2, EXPIRY_NEVER, Some(cursors(moved_on.clone())), 50);
         let remote = merge([b.take("m", false, 60).into()], false, 60);
         let (c3, _rx3) = conn(3);
         let (k3, _) = oneshot::channel();
@@ -1840,7 +1872,7 @@ mod tests {
             "parked until the old connection ends"
         );
         let last = vec![(key(0), CursorMark { next: 42, sent: 42 })];
-        r.disconnect("p", 1, EXPIRY_NEVER, Some(last.clone()), 10);
+        r.disconnect("p", 1, EXPIRY_NEVER, Some(cursors(last.clone())), 10);
         let (present, resume) = accepted(answer.try_recv().unwrap());
         assert!(present);
         assert_eq!(
@@ -2374,6 +2406,7 @@ mod tests {
             cursors: vec![],
             disconnected_ms: Some(0),
             generation: 1,
+            qos2: Qos2Ids::default(),
         };
         let mut s = RouterCore::from_records(vec![record], 0);
         s.check_index();

@@ -10,8 +10,15 @@
 //! PUBREL, so a re-sent PUBLISH with the same id is not stored twice. Inbound QoS 1/2 messages
 //! not yet answered count against our Receive Maximum.
 //!
+//! *Across connections* ([`Session::resume`], [`Session::qos2_ids`]): a persistent session's
+//! open QoS 2 exchanges outlive the connection — the inbound ids not yet released, and the
+//! outbound ids released (PUBREC received) and not yet completed. A delivery is the client's
+//! once it answered PUBREC: from then on only its PUBREL is sent again, never the message
+//! (so [`Session::on_pubrec`] hands its origin back for the cursor to move past).
+//!
 //! *Invariant:* `outbound.len() <= send_window`; a packet id is in `outbound` at most once.
 
+use super::store::Qos2Ids;
 use super::{Delivery, Origin};
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -55,6 +62,18 @@ pub enum AckOutcome {
     Unknown,
 }
 
+/// What a PUBREC from the client did.
+#[derive(Debug, PartialEq)]
+pub enum PubRec {
+    /// The client has the message now: its origin (the cursor moves past it; the packet id
+    /// stays in use until PUBCOMP).
+    Received(Option<Origin>),
+    /// A repeated PUBREC.
+    Again,
+    /// No QoS 2 delivery has this id.
+    Unknown,
+}
+
 impl Session {
     pub fn new(send_window: usize, waiting_max: usize) -> Session {
         assert!(send_window > 0 && send_window <= usize::from(u16::MAX));
@@ -65,6 +84,41 @@ impl Session {
             waiting: VecDeque::new(),
             waiting_max,
             inbound_qos2: HashSet::new(),
+        }
+    }
+
+    /// A persistent session's next connection: the QoS 2 exchanges its last one left open.
+    /// The released ids hold their packet ids and window slots until their PUBCOMP.
+    pub fn resume(send_window: usize, waiting_max: usize, qos2: &Qos2Ids) -> Session {
+        let mut s = Session::new(send_window, waiting_max);
+        s.inbound_qos2.extend(qos2.received.iter().copied());
+        for &id in &qos2.released {
+            s.outbound.insert(id, (OutState::Released, None));
+        }
+        s
+    }
+
+    /// The PUBRELs a resumed session sends before anything else (MQTT 5 §4.4).
+    pub fn released_ids(&self) -> Vec<u16> {
+        let mut ids: Vec<u16> = self
+            .outbound
+            .iter()
+            .filter(|(_, (state, _))| *state == OutState::Released)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The open QoS 2 exchanges a next connection goes on with; `pending` are inbound ids whose
+    /// PUBLISH is not stored yet (not answered: the client sends it again, and it must be
+    /// stored then).
+    pub fn qos2_ids(&self, pending: &HashSet<u16>) -> Qos2Ids {
+        let mut received: Vec<u16> = self.inbound_qos2.difference(pending).copied().collect();
+        received.sort_unstable();
+        Qos2Ids {
+            received,
+            released: self.released_ids(),
         }
     }
 
@@ -155,14 +209,14 @@ impl Session {
 
     /// PUBREC from the client: answer PUBREL (also for an unknown id, as the spec asks, so the
     /// client can finish its flow).
-    pub fn on_pubrec(&mut self, id: u16) -> bool {
+    pub fn on_pubrec(&mut self, id: u16) -> PubRec {
         match self.outbound.get_mut(&id) {
-            Some((state @ OutState::Published { qos: 2 }, _)) => {
+            Some((state @ OutState::Published { qos: 2 }, origin)) => {
                 *state = OutState::Released;
-                true
+                PubRec::Received(origin.take())
             }
-            Some((OutState::Released, _)) => true,
-            _ => false,
+            Some((OutState::Released, _)) => PubRec::Again,
+            _ => PubRec::Unknown,
         }
     }
 
@@ -263,9 +317,13 @@ mod tests {
         // A PUBACK is not the answer to a QoS 2 PUBLISH.
         assert_eq!(s.on_puback(1), AckOutcome::Unknown);
         assert_eq!(s.on_pubcomp(1), AckOutcome::Unknown);
-        assert!(s.on_pubrec(1));
-        assert!(s.on_pubrec(1), "a repeated PUBREC gets PUBREL again");
-        assert!(!s.on_pubrec(7));
+        assert_eq!(s.on_pubrec(1), PubRec::Received(None));
+        assert_eq!(
+            s.on_pubrec(1),
+            PubRec::Again,
+            "a repeated PUBREC gets PUBREL again"
+        );
+        assert_eq!(s.on_pubrec(7), PubRec::Unknown);
         let AckOutcome::Done { next, .. } = s.on_pubcomp(1) else {
             panic!()
         };
@@ -306,11 +364,16 @@ mod tests {
         };
         assert_eq!(o, Some(origin(10)));
         assert_eq!(next[0].delivery.origin, Some(origin(12)));
-        assert!(s.on_pubrec(b));
-        let AckOutcome::Done { origin: o, .. } = s.on_pubcomp(b) else {
+        assert_eq!(
+            s.on_pubrec(b),
+            PubRec::Received(Some(origin(11))),
+            "a QoS 2 message is the client's at PUBREC"
+        );
+        let AckOutcome::Done { origin: o, next: n } = s.on_pubcomp(b) else {
             panic!()
         };
-        assert_eq!(o, Some(origin(11)), "QoS 2 is done at PUBCOMP");
+        assert_eq!(o, None, "its origin was handed back at PUBREC");
+        assert!(n.is_empty(), "the window was full until the PUBCOMP");
         let c = next[0].packet_id.unwrap();
         assert_eq!(s.abandon(c).0, Some(origin(12)));
         assert_eq!(s.abandon(c), (None, vec![]));
@@ -325,5 +388,48 @@ mod tests {
         assert!(s.on_pubrel(5));
         assert!(!s.on_pubrel(5));
         assert!(s.on_inbound_qos2(5));
+    }
+
+    #[test]
+    fn open_qos2_exchanges_outlive_the_connection() {
+        let mut s = Session::new(2, 10);
+        // Inbound: 5 stored and answered, 6 still being stored.
+        assert!(s.on_inbound_qos2(5) && s.on_inbound_qos2(6));
+        // Outbound: 1 released (PUBREC received), 2 only published.
+        let a = s.deliver(d(2, 1)).unwrap().unwrap().packet_id.unwrap();
+        assert!(s.deliver(d(2, 2)).unwrap().is_some());
+        assert!(matches!(s.on_pubrec(a), PubRec::Received(_)));
+        let ids = s.qos2_ids(&HashSet::from([6]));
+        assert_eq!(
+            ids,
+            Qos2Ids {
+                received: vec![5],
+                released: vec![a],
+            },
+            "an id whose PUBLISH is not stored yet is not kept: its re-send must be stored"
+        );
+
+        let mut r = Session::resume(2, 10, &ids);
+        assert_eq!(r.released_ids(), vec![a], "PUBREL goes out again");
+        assert!(
+            !r.on_inbound_qos2(5),
+            "a re-sent PUBLISH 5 is not stored twice"
+        );
+        assert!(r.on_pubrel(5), "PUBREL 5 finds its id");
+        assert_eq!(r.on_pubrec(a), PubRec::Again);
+        // The released id holds its window slot and packet id until PUBCOMP.
+        let c = r.deliver(d(2, 3)).unwrap().unwrap().packet_id.unwrap();
+        assert_ne!(c, a);
+        assert_eq!(
+            r.deliver(d(2, 4)),
+            Ok(None),
+            "window of 2: one released, one new"
+        );
+        let AckOutcome::Done { origin, next } = r.on_pubcomp(a) else {
+            panic!()
+        };
+        assert_eq!(origin, None);
+        assert_eq!(next.len(), 1, "the PUBCOMP opened the window");
+        assert!(r.qos2_ids(&HashSet::new()).is_empty());
     }
 }

@@ -64,6 +64,34 @@ pub struct CursorMark {
     pub sent: i64,
 }
 
+/// A persistent session's QoS 2 exchanges that outlive its connection (MQTT 5 §4.1: session
+/// state): a reconnect — here, after a restart, or on another broker — goes on with them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Qos2Ids {
+    /// Inbound: packet ids of QoS 2 publishes stored and answered with PUBREC, not yet
+    /// released (PUBREL) by the client. A re-sent PUBLISH with one of them is not stored again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub received: Vec<u16>,
+    /// Outbound: packet ids of QoS 2 deliveries the client has received (PUBREC) and not yet
+    /// completed (PUBCOMP). A reconnect sends their PUBREL again, never the message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<u16>,
+}
+
+impl Qos2Ids {
+    pub fn is_empty(&self) -> bool {
+        self.received.is_empty() && self.released.is_empty()
+    }
+}
+
+/// Where a persistent session's delivery stands, as its connection reports it: the committed
+/// cursors and the open QoS 2 exchanges, reported together so they agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marks {
+    pub cursors: Vec<(PartitionKey, CursorMark)>,
+    pub qos2: Qos2Ids,
+}
+
 /// A persistent session as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -79,6 +107,9 @@ pub struct SessionRecord {
     /// (`mqtt::cluster_sessions`). 0 in logs written before it was recorded.
     #[serde(default)]
     pub generation: u64,
+    /// Open QoS 2 exchanges (absent: none, as in logs written before they were recorded).
+    #[serde(default, skip_serializing_if = "Qos2Ids::is_empty")]
+    pub qos2: Qos2Ids,
 }
 
 /// A change to the stored sessions.
@@ -312,7 +343,21 @@ mod tests {
             )],
             disconnected_ms: Some(1_700_000_000_000),
             generation: 4,
+            qos2: Qos2Ids {
+                received: vec![3],
+                released: vec![7, 9],
+            },
         }
+    }
+
+    #[test]
+    fn records_without_qos2_state_read_as_none_open() {
+        // A frame as written before the QoS 2 exchanges were recorded.
+        let old = r#"{"client_id":"c","expiry_secs":60,"subs":[],"cursors":[],"disconnected_ms":null,"generation":2}"#;
+        let r: SessionRecord = serde_json::from_str(old).unwrap();
+        assert!(r.qos2.is_empty());
+        let written = serde_json::to_string(&r).unwrap();
+        assert!(!written.contains("qos2"), "none open: nothing written");
     }
 
     fn sorted(mut v: Vec<SessionRecord>) -> Vec<SessionRecord> {

@@ -1,0 +1,139 @@
+"""MQTT packets by hand, for the tests that must control every byte a client sends (which
+acknowledgement to withhold, which PUBLISH to send again with DUP) — something paho decides by
+itself. Only what the tests use: CONNECT, PUBLISH, the QoS acknowledgements, SUBSCRIBE."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+WAIT = 30.0
+
+CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, DISCONNECT = (
+    0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x90, 0xE0)
+
+
+def utf8(b: bytes) -> bytes:
+    return struct.pack(">H", len(b)) + b
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + varint(len(body)) + body
+
+
+def mqtt_packets(data: bytes) -> list[tuple[int, bytes]]:
+    """Splits a byte stream into (first byte, body) MQTT packets; an incomplete last packet is
+    left out."""
+    out, i = [], 0
+    while i < len(data):
+        first, mult, rl, j = data[i], 1, 0, i + 1
+        while True:
+            if j >= len(data):
+                return out
+            b = data[j]
+            rl += (b & 0x7F) * mult
+            mult *= 128
+            j += 1
+            if not b & 0x80:
+                break
+        if j + rl > len(data):
+            return out
+        out.append((first, data[j:j + rl]))
+        i = j + rl
+    return out
+
+
+class RawClient:
+    """One MQTT connection over a plain socket: `v5` or 3.1.1, clean start or not (a persistent
+    MQTT 5 session asks for `expiry` seconds). The CONNACK is read; `session_present` is its
+    flag."""
+
+    def __init__(self, port: int, client_id: str, v5: bool = True, clean: bool = True,
+                 expiry: int = 0xFFFFFFFF):
+        self.v5 = v5
+        self.buf = b""
+        flags = 0x02 if clean else 0x00
+        props = b"" if clean or not v5 else b"\x11" + struct.pack(">I", expiry)
+        body = utf8(b"MQTT") + bytes([5 if v5 else 4, flags]) + struct.pack(">H", 30)
+        if v5:
+            body += varint(len(props)) + props
+        body += utf8(client_id.encode())
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.sock.sendall(packet(0x10, body))
+        first, ack = self.next()
+        assert first == CONNACK and ack[1] == 0, f"CONNACK success expected, got {first:#x} {ack!r}"
+        self.session_present = bool(ack[0] & 1)
+
+    def _props(self) -> bytes:
+        return b"\x00" if self.v5 else b""
+
+    def next(self) -> tuple[int, bytes]:
+        """The next packet from the broker (waits up to WAIT)."""
+        while True:
+            got = mqtt_packets(self.buf)
+            if got:
+                first, body = got[0]
+                self.buf = self.buf[1 + len(varint(len(body))) + len(body):]
+                return first, body
+            chunk = self.sock.recv(65536)
+            assert chunk, "the broker closed the connection"
+            self.buf += chunk
+
+    def expect(self, kind: int) -> bytes:
+        first, body = self.next()
+        assert first & 0xF0 == kind, f"expected packet {kind:#x}, got {first:#x} {body!r}"
+        return body
+
+    def subscribe(self, topic_filter: str, qos: int, packet_id: int = 1) -> None:
+        body = struct.pack(">H", packet_id) + self._props() + utf8(topic_filter.encode()) + bytes([qos])
+        self.sock.sendall(packet(0x82, body))
+        ack = self.expect(SUBACK)
+        assert ack[-1] == qos, f"granted {ack[-1]:#x}, asked {qos}"
+
+    def publish(self, topic: str, payload: bytes, qos: int, packet_id: int, dup: bool = False) -> None:
+        first = PUBLISH | (0x08 if dup else 0) | (qos << 1)
+        body = utf8(topic.encode()) + (struct.pack(">H", packet_id) if qos else b"") + self._props() + payload
+        self.sock.sendall(packet(first, body))
+
+    def ack(self, kind: int, packet_id: int) -> None:
+        """PUBACK, PUBREC, PUBREL or PUBCOMP (success) for `packet_id`."""
+        self.sock.sendall(packet(kind | (0x02 if kind == PUBREL else 0), struct.pack(">H", packet_id)))
+
+    def drop(self) -> None:
+        """The connection breaks: no DISCONNECT."""
+        self.sock.close()
+
+
+def ack_id_and_reason(body: bytes) -> tuple[int, int]:
+    """A PUBACK/PUBREC/PUBREL/PUBCOMP body: (packet id, reason code; 0 when left out)."""
+    return struct.unpack(">H", body[:2])[0], body[2] if len(body) > 2 else 0
+
+
+def parse_publish(first: int, body: bytes, v5: bool) -> tuple[str, int, int | None, bool, bytes]:
+    """(topic, qos, packet id, dup, payload) of a PUBLISH."""
+    qos, dup = (first >> 1) & 3, bool(first & 0x08)
+    tl = struct.unpack(">H", body[:2])[0]
+    topic, rest = body[2:2 + tl].decode(), body[2 + tl:]
+    pid = None
+    if qos:
+        pid, rest = struct.unpack(">H", rest[:2])[0], rest[2:]
+    if v5:
+        mult, plen, i = 1, 0, 0
+        while True:
+            b = rest[i]
+            plen += (b & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not b & 0x80:
+                break
+        rest = rest[i + plen:]
+    return topic, qos, pid, dup, rest
