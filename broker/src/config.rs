@@ -257,6 +257,19 @@ pub struct MqttSection {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of the MQTT TLS listener.
     pub tls_key_file: Option<PathBuf>,
+    /// Client certificates on the MQTT TLS and QUIC listeners: `none`, `requested` (verified
+    /// when sent) or `required`.
+    pub tls_client_auth: String,
+    /// PEM bundle of the CAs MQTT client certificates must chain to.
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM file of X.509 CRLs for MQTT client certificates (re-read by the TLS listener when
+    /// it changes, like `kafka.tls_client_crl`; the QUIC listener reads it at start).
+    pub tls_client_crl: Option<PathBuf>,
+    /// `cn` or `dn`: a client with a verified certificate is the user its certificate's
+    /// Common Name (or whole subject, RFC 2253) names, for the ACLs, without a password
+    /// (mosquitto's `use_identity_as_username`); `none`: certificates only admit the
+    /// connection, and the CONNECT's user name and password count as without them.
+    pub tls_cert_as_username: String,
     /// Largest keep alive (seconds, > 0) an MQTT 5 client may use; a client asking for more
     /// (or 0) is told this value as Server Keep Alive. Unset: the client's value.
     pub keep_alive_max_secs: Option<u16>,
@@ -336,6 +349,10 @@ impl Default for MqttSection {
             quic_listen: String::new(),
             tls_cert_file: None,
             tls_key_file: None,
+            tls_client_auth: "none".into(),
+            tls_client_ca: None,
+            tls_client_crl: None,
+            tls_cert_as_username: "none".into(),
             keep_alive_max_secs: None,
             sys_interval_secs: 10,
             session_snapshot_interval_ms: 2000,

@@ -153,16 +153,33 @@ fn strata(dir: &Path) -> Command {
 
 /// A quinn client endpoint trusting `cert_der` and offering `alpn` (none when empty).
 fn quic_client(cert_der: &[u8], alpn: &[&[u8]]) -> quinn::Endpoint {
+    quic_client_with(cert_der, alpn, None)
+}
+
+/// The same, presenting a client certificate (`(certificate DER, PKCS#8 key DER)`) when given.
+fn quic_client_with(
+    cert_der: &[u8],
+    alpn: &[&[u8]],
+    client_cert: Option<(Vec<u8>, Vec<u8>)>,
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls::pki_types::CertificateDer::from(cert_der.to_vec()))
         .unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match client_cert {
+        Some((cert, key)) => tls
+            .with_client_auth_cert(
+                vec![rustls::pki_types::CertificateDer::from(cert)],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+            )
+            .expect("client certificate"),
+        None => tls.with_no_client_auth(),
+    };
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -567,6 +584,58 @@ async fn quic_refuses_wrong_alpn_and_connections_past_the_limit() {
     let mut m = mqtt_over_quic(&again, false).await;
     m.connect("next-one", None).await;
     again.close(VarInt::from_u32(0), b"");
+    client.wait_idle().await;
+}
+
+/// `mqtt.tls_client_auth = "required"` with `tls_cert_as_username = "cn"` on a password
+/// broker: a QUIC client with a certificate the CA signed logs in without a password as the
+/// user its CN names, and the `%u` ACL gives it its own tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_client_certificate_names_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "devices CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let dev_key = rcgen::KeyPair::generate().unwrap();
+    let mut dev_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    dev_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sensor-7");
+    dev_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let dev_cert = dev_params.signed_by(&dev_key, &issuer).unwrap();
+
+    let (broker, cert) = Broker::start(&format!(
+        "auth = \"password\"\ntls_client_auth = \"required\"\ntls_client_ca = {:?}\n\
+         tls_cert_as_username = \"cn\"\n\
+         [[mqtt.acl]]\nuser = \"*\"\naction = \"all\"\nfilter = \"users/%u/#\"\npermission = \"allow\"\n\
+         [[mqtt.acl]]\nuser = \"*\"\naction = \"all\"\nfilter = \"users/#\"\npermission = \"deny\"\n",
+        ca_path.display().to_string()
+    ));
+    let client = quic_client_with(
+        &cert,
+        &[b"mqtt"],
+        Some((dev_cert.der().to_vec(), dev_key.serialize_der())),
+    );
+    let conn = quic_connect_when_free(&client, broker.addr("mqtt quic (udp)")).await;
+    let mut m = mqtt_over_quic(&conn, true).await;
+    // No user name or password: the certificate logs it in (else CONNACK 0x87).
+    m.connect("sensor-7-quic", None).await;
+    // Only `users/sensor-7/#` is allowed for user sensor-7 (else SUBACK 0x87).
+    m.subscribe(1, "users/sensor-7/#").await;
+    m.publish_qos1(2, "users/sensor-7/t", b"by certificate")
+        .await;
+    m.await_puback(2).await;
+    let p = m.await_publish("users/sensor-7/t").await;
+    assert_eq!(p.payload, b"by certificate");
+    m.disconnect().await;
+    conn.close(VarInt::from_u32(0), b"");
     client.wait_idle().await;
 }
 

@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 import harness
+from certs import make_certs, make_client_cert, make_crl
 from harness import BrokerDied
 
 paho = pytest.importorskip("paho.mqtt.client")
@@ -147,9 +148,14 @@ class Client:
     """A paho client that records CONNACK, SUBACK, PUBACK reason codes and messages."""
 
     def __init__(self, port: int, version, user: str | None = None, password: str | None = None,
-                 client_id: str | None = None, will: tuple | None = None):
+                 client_id: str | None = None, will: tuple | None = None,
+                 tls: tuple | None = None):
+        """`tls`: (CA file, client certificate or None, its key or None) for the TLS port."""
         cid = client_id or f"c-{uuid.uuid4().hex[:8]}"
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid, protocol=version)
+        if tls is not None:
+            ca, cert, key = tls
+            self.c.tls_set(ca_certs=str(ca), certfile=cert and str(cert), keyfile=key and str(key))
         self.messages: queue.Queue = queue.Queue()
         self.connacks: queue.Queue = queue.Queue()
         self.acks: dict[int, queue.Queue] = {}
@@ -349,6 +355,10 @@ def test_default_deny_for_anonymous_clients(broker_factory, tmp_path):
     (_config({}, acl=[("*", "all", "a/#", "allow"), ("*", "all", "a/#/b", "deny")]), "mqtt.acl[1].filter"),
     (_config({}, acl=[("*", "all", "a", "permit")]), "mqtt.acl[0].permission"),
     (_config({}, users=[("u", "plaintext")]), "mqtt.users[0].password_hash"),
+    (_config({"tls_cert_as_username": "cn"}), "mqtt.tls_cert_as_username"),
+    (_config({"tls_cert_as_username": "uid"}), "mqtt.tls_cert_as_username"),
+    (_config({"tls_client_auth": "required"}), "mqtt.tls_client_ca"),
+    (_config({"tls_client_auth": "sometimes"}), "mqtt.tls_client_auth"),
 ])
 def test_bad_config_rejected_at_start(broker_factory, tmp_path, text, key):
     b = _start(broker_factory, tmp_path, text, start=False)
@@ -374,3 +384,60 @@ def test_throttled_publisher_gets_every_message_through(broker_factory, tmp_path
     sub.close()
     assert b.metrics().sum("strata_mqtt_throttled_total") >= 1
     assert len(_stored_keys(b)) == n
+
+
+# --- client certificates -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [MQTTv311, MQTTv5], ids=["v311", "v5"])
+def test_client_certificate_names_the_user(broker_factory, tmp_path, strata_bin, version):
+    """`mqtt.tls_client_auth = "requested"` with `tls_cert_as_username = "cn"` on a password
+    broker: a client with a certificate the CA signed is the user its CN names (no password;
+    the `%u` ACL applies to it), one without a certificate logs in with a password, and a
+    revoked certificate or one from another CA fails the handshake."""
+    d = tmp_path / "certs"
+    ca, server_cert, server_key = make_certs(d)
+    dev_cert, dev_key, _ = make_client_cert(d, "dev1", cn="dev-1", ou="sensors", o="Acme")
+    gone_cert, gone_key, _ = make_client_cert(d, "gone", cn="gone")
+    crl = make_crl(d, [gone_cert])
+    foreign = make_certs(tmp_path / "other")
+    stranger_cert, stranger_key, _ = make_client_cert(tmp_path / "other", "stranger", cn="dev-1")
+    tls_port = harness.free_port()
+    text = _config({
+        "auth": "password", "tls_listen": f"127.0.0.1:{tls_port}",
+        "tls_cert_file": str(server_cert), "tls_key_file": str(server_key),
+        "tls_client_auth": "requested", "tls_client_ca": str(ca), "tls_client_crl": str(crl),
+        "tls_cert_as_username": "cn",
+    }, users=[("dev", _hash(strata_bin, DEV_PW))], acl=ACL, extra="[kafka]\ndefault_partitions = 1\n")
+    b = _start(broker_factory, tmp_path, text)
+
+    # The certificate is the credential: no user name or password in CONNECT.
+    dev1 = Client(tls_port, version, tls=(ca, dev_cert, dev_key))
+    assert dev1.rc.value == 0, dev1.rc
+    assert dev1.subscribe(("users/dev-1/#", 1), ("users/dev/#", 1)) == [1, 0x87 if version == MQTTv5 else 0x80]
+    # Without a certificate: the password, as on the plain port.
+    dev = Client(tls_port, version, user="dev", password=DEV_PW, tls=(ca, None, None))
+    assert dev.rc.value == 0, dev.rc
+    anon = Client(tls_port, version, tls=(ca, None, None))
+    assert anon.rc.is_failure, "no certificate and no password"
+    anon.c.loop_stop()
+    # mosquitto_pub with the certificate publishes as dev-1: its own tree only.
+    base = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(tls_port), "--cafile", str(ca), "-q", "1"]
+    r = subprocess.run(base + ["--cert", str(dev_cert), "--key", str(dev_key), "-t", "users/dev-1/t",
+                               "-m", "from-mosquitto", "-V", "mqttv5"], capture_output=True, text=True, timeout=WAIT)
+    assert r.returncode == 0, r.stderr
+    (m,) = dev1.take(1)
+    assert (m.topic, m.payload) == ("users/dev-1/t", b"from-mosquitto")
+    assert dev1.publish("users/dev/t", b"not mine", 1) == (0x87 if version == MQTTv5 else 0)
+    # A revoked certificate, and one from another CA with the same CN, never get in.
+    for cert, key, cafile in ((gone_cert, gone_key, ca), (stranger_cert, stranger_key, ca)):
+        r = subprocess.run(base + ["--cert", str(cert), "--key", str(key), "-t", "users/dev-1/t",
+                                   "-m", "intruder", "-V", "mqttv5"], capture_output=True, text=True, timeout=WAIT)
+        assert r.returncode != 0, (cert, r.stdout, r.stderr)
+    assert dev1.publish("users/dev-1/end", b"sentinel", 1) == 0
+    (m,) = dev1.take(1)
+    assert m.payload == b"sentinel", "nothing from the refused clients came first"
+    assert foreign[0] != ca
+    for c in (dev1, dev):
+        c.close()
+    assert b.metrics().sum("strata_mqtt_acl_denied_total", action="publish") == 1

@@ -101,22 +101,17 @@ pub fn mechanism_from_code(code: i8) -> Option<ScramMechanism> {
 /// The validated security settings of the Kafka listener.
 #[derive(Clone)]
 pub struct Security {
-    /// Present when the listener speaks TLS (with `kafka.tls_client_crl`, as at start-up: see
-    /// [`Security::acceptor`]).
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// `kafka.tls_client_crl`: rebuilds the acceptor when the CRL file changes.
-    crl: Option<Arc<CrlReload>>,
+    /// The listener's TLS (`kafka.tls_*`), if any.
+    pub tls: ListenerTls,
     /// Empty: no authentication.
     pub mechanisms: Vec<Mechanism>,
-    /// Client certificates: not asked for, verified when sent, or required.
-    pub client_auth: ClientAuth,
     /// A client certificate's subject DN to a principal name (mTLS without SASL).
     pub principal_mapping: super::principal::PrincipalMapping,
     /// KIP-368: how long a SASL session lasts before re-authentication; `None`: forever.
     pub session_lifetime: Option<Duration>,
 }
 
-/// `kafka.tls_client_auth`.
+/// `kafka.tls_client_auth` (and `mqtt.tls_client_auth`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
     None,
@@ -124,12 +119,23 @@ pub enum ClientAuth {
     Required,
 }
 
+impl ClientAuth {
+    pub fn parse(s: &str) -> Option<ClientAuth> {
+        match s {
+            "none" => Some(ClientAuth::None),
+            "requested" => Some(ClientAuth::Requested),
+            "required" => Some(ClientAuth::Required),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Security")
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.tls.tls.is_some())
             .field("mechanisms", &self.mechanisms)
-            .field("client_auth", &self.client_auth)
+            .field("client_auth", &self.tls.client_auth)
             .field("session_lifetime", &self.session_lifetime)
             .finish_non_exhaustive()
     }
@@ -138,92 +144,15 @@ impl std::fmt::Debug for Security {
 impl Security {
     /// Checks and loads `kafka.tls_*` and `kafka.sasl_*`. The error names the offending key.
     pub fn from_config(k: &KafkaSection) -> Result<Self, (&'static str, String)> {
-        let client_auth = match k.tls_client_auth.as_str() {
-            "none" => ClientAuth::None,
-            "requested" => ClientAuth::Requested,
-            "required" => ClientAuth::Required,
-            other => {
-                return Err((
-                    "kafka.tls_client_auth",
-                    format!("unknown value `{other}`; expected none, requested or required"),
-                ))
-            }
-        };
-        let verifier = match (client_auth, &k.tls_client_ca) {
-            (ClientAuth::None, None) => None,
-            (ClientAuth::None, Some(_)) => {
-                return Err((
-                    "kafka.tls_client_ca",
-                    "set, but kafka.tls_client_auth is none: client certificates would not \
-                     be checked; set kafka.tls_client_auth = \"required\" (or \"requested\")"
-                        .into(),
-                ))
-            }
-            (_, None) => {
-                return Err((
-                    "kafka.tls_client_ca",
-                    format!(
-                        "required with kafka.tls_client_auth = \"{}\": the CAs client \
-                         certificates must chain to",
-                        k.tls_client_auth
-                    ),
-                ))
-            }
-            (mode, Some(ca)) => {
-                if k.tls_cert_file.is_none() || k.tls_key_file.is_none() {
-                    return Err((
-                        "kafka.tls_client_auth",
-                        "client certificates need TLS: set kafka.tls_cert_file and \
-                         kafka.tls_key_file"
-                            .into(),
-                    ));
-                }
-                let crls = match &k.tls_client_crl {
-                    Some(path) => Some(read_crls(path)?),
-                    None => None,
-                };
-                Some(client_verifier(ca, mode == ClientAuth::Requested, crls)?)
-            }
-        };
-        if k.tls_client_crl.is_some() && verifier.is_none() {
-            return Err((
-                "kafka.tls_client_crl",
-                "set, but kafka.tls_client_auth is none: no client certificate is checked".into(),
-            ));
-        }
+        let tls = ListenerTls::from_settings(&TlsSettings {
+            cert: k.tls_cert_file.as_deref(),
+            key: k.tls_key_file.as_deref(),
+            client_auth: &k.tls_client_auth,
+            client_ca: k.tls_client_ca.as_deref(),
+            client_crl: k.tls_client_crl.as_deref(),
+        })?;
         let principal_mapping = super::principal::PrincipalMapping::parse(&k.tls_principal_mapping)
             .map_err(|e| ("kafka.tls_principal_mapping", e))?;
-        let tls = match (&k.tls_cert_file, &k.tls_key_file) {
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err((
-                    "kafka.tls_key_file",
-                    "required with kafka.tls_cert_file".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err((
-                    "kafka.tls_cert_file",
-                    "required with kafka.tls_key_file".into(),
-                ))
-            }
-            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, verifier)?),
-        };
-        let crl = match (&tls, &k.tls_client_crl, &k.tls_client_ca) {
-            (Some(acceptor), Some(crl), Some(ca)) => Some(Arc::new(CrlReload {
-                cert: k.tls_cert_file.clone().unwrap_or_default(),
-                key: k.tls_key_file.clone().unwrap_or_default(),
-                ca: ca.clone(),
-                optional: client_auth == ClientAuth::Requested,
-                crl: crl.clone(),
-                state: parking_lot::Mutex::new(CrlState {
-                    acceptor: acceptor.clone(),
-                    stamp: file_stamp(crl),
-                    checked: Instant::now(),
-                }),
-            })),
-            _ => None,
-        };
         let mut mechanisms = Vec::new();
         for name in &k.sasl_mechanisms {
             let m = Mechanism::parse(name.trim()).ok_or_else(|| {
@@ -238,7 +167,8 @@ impl Security {
                 mechanisms.push(m);
             }
         }
-        if mechanisms.contains(&Mechanism::Plain) && tls.is_none() && !k.sasl_plain_without_tls {
+        if mechanisms.contains(&Mechanism::Plain) && tls.tls.is_none() && !k.sasl_plain_without_tls
+        {
             return Err((
                 "kafka.sasl_mechanisms",
                 "PLAIN sends passwords in clear without TLS: set kafka.tls_cert_file and \
@@ -250,9 +180,7 @@ impl Security {
             .then(|| Duration::from_millis(k.connections_max_reauth_ms));
         Ok(Self {
             tls,
-            crl,
             mechanisms,
-            client_auth,
             principal_mapping,
             session_lifetime,
         })
@@ -280,8 +208,143 @@ impl Security {
         !self.mechanisms.is_empty()
     }
 
-    /// The TLS acceptor for a new connection: the start-up one, or with `kafka.tls_client_crl`
-    /// the one built from the CRL file as it is now (re-read when it changed).
+    /// The TLS acceptor for a new connection (see [`ListenerTls::acceptor`]).
+    pub fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls.acceptor()
+    }
+}
+
+/// A listener's TLS settings as configured (the `kafka.tls_*` keys; `mqtt.tls_*` name the
+/// same through [`ListenerTls::for_mqtt`]).
+pub struct TlsSettings<'a> {
+    pub cert: Option<&'a std::path::Path>,
+    pub key: Option<&'a std::path::Path>,
+    /// `none`, `requested` or `required`.
+    pub client_auth: &'a str,
+    pub client_ca: Option<&'a std::path::Path>,
+    pub client_crl: Option<&'a std::path::Path>,
+}
+
+/// A listener's validated TLS: its acceptor (with a client certificate verifier when asked
+/// for) and, with a CRL file, what rebuilds the acceptor when the file changes.
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// Present when the listener speaks TLS (with a CRL file, as at start-up: see
+    /// [`ListenerTls::acceptor`]).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    crl: Option<Arc<CrlReload>>,
+    pub client_auth: ClientAuth,
+}
+
+impl ListenerTls {
+    /// Checks and loads the settings; the error names the offending `kafka.*` key.
+    pub fn from_settings(t: &TlsSettings<'_>) -> Result<Self, (&'static str, String)> {
+        let client_auth = ClientAuth::parse(t.client_auth).ok_or_else(|| {
+            (
+                "kafka.tls_client_auth",
+                format!(
+                    "unknown value `{}`; expected none, requested or required",
+                    t.client_auth
+                ),
+            )
+        })?;
+        let verifier = match (client_auth, t.client_ca) {
+            (ClientAuth::None, None) => None,
+            (ClientAuth::None, Some(_)) => {
+                return Err((
+                    "kafka.tls_client_ca",
+                    "set, but kafka.tls_client_auth is none: client certificates would not \
+                     be checked; set kafka.tls_client_auth = \"required\" (or \"requested\")"
+                        .into(),
+                ))
+            }
+            (_, None) => {
+                return Err((
+                    "kafka.tls_client_ca",
+                    format!(
+                        "required with kafka.tls_client_auth = \"{}\": the CAs client \
+                         certificates must chain to",
+                        t.client_auth
+                    ),
+                ))
+            }
+            (mode, Some(ca)) => {
+                if t.cert.is_none() || t.key.is_none() {
+                    return Err((
+                        "kafka.tls_client_auth",
+                        "client certificates need TLS: set kafka.tls_cert_file and \
+                         kafka.tls_key_file"
+                            .into(),
+                    ));
+                }
+                let crls = match t.client_crl {
+                    Some(path) => Some(read_crls(path)?),
+                    None => None,
+                };
+                Some(client_verifier(ca, mode == ClientAuth::Requested, crls)?)
+            }
+        };
+        if t.client_crl.is_some() && verifier.is_none() {
+            return Err((
+                "kafka.tls_client_crl",
+                "set, but kafka.tls_client_auth is none: no client certificate is checked".into(),
+            ));
+        }
+        let tls = match (t.cert, t.key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err((
+                    "kafka.tls_key_file",
+                    "required with kafka.tls_cert_file".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "kafka.tls_cert_file",
+                    "required with kafka.tls_key_file".into(),
+                ))
+            }
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, verifier)?),
+        };
+        let crl = match (&tls, t.client_crl, t.client_ca) {
+            (Some(acceptor), Some(crl), Some(ca)) => Some(Arc::new(CrlReload {
+                cert: t.cert.map(Into::into).unwrap_or_default(),
+                key: t.key.map(Into::into).unwrap_or_default(),
+                ca: ca.into(),
+                optional: client_auth == ClientAuth::Requested,
+                crl: crl.into(),
+                state: parking_lot::Mutex::new(CrlState {
+                    acceptor: acceptor.clone(),
+                    stamp: file_stamp(crl),
+                    checked: Instant::now(),
+                }),
+            })),
+            _ => None,
+        };
+        Ok(ListenerTls {
+            tls,
+            crl,
+            client_auth,
+        })
+    }
+
+    /// The same for the MQTT listeners: errors name the `mqtt.*` keys.
+    pub fn for_mqtt(t: &TlsSettings<'_>) -> Result<Self, (&'static str, String)> {
+        Self::from_settings(t).map_err(|(key, why)| {
+            let key = match key {
+                "kafka.tls_cert_file" => "mqtt.tls_cert_file",
+                "kafka.tls_key_file" => "mqtt.tls_key_file",
+                "kafka.tls_client_auth" => "mqtt.tls_client_auth",
+                "kafka.tls_client_ca" => "mqtt.tls_client_ca",
+                "kafka.tls_client_crl" => "mqtt.tls_client_crl",
+                other => other,
+            };
+            (key, why.replace("kafka.", "mqtt."))
+        })
+    }
+
+    /// The TLS acceptor for a new connection: the start-up one, or with a CRL file the one
+    /// built from the file as it is now (re-read when it changed).
     pub fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
         match &self.crl {
             Some(crl) => Some(crl.current()),
@@ -410,13 +473,6 @@ fn client_verifier(
         }
         e => (KEY, e.to_string()),
     })
-}
-
-pub(crate) fn load_tls(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<tokio_rustls::TlsAcceptor, (&'static str, String)> {
-    tls_acceptor(cert, key, None)
 }
 
 /// The listener's TLS config; `clients`: verify client certificates with it.

@@ -191,6 +191,38 @@ const OID: u8 = 0x06;
 /// The certificate's subject as Kafka (Java's RFC 2253 form) prints it; `None` when the DER is
 /// not a certificate.
 pub fn subject_dn(cert_der: &[u8]) -> Option<String> {
+    name_rfc2253(subject(cert_der)?)
+}
+
+/// The certificate's most specific Common Name (the last CN of its subject, the first one
+/// RFC 2253 prints); `None` without one (or when the DER is not a certificate).
+pub fn subject_cn(cert_der: &[u8]) -> Option<String> {
+    let mut name = subject(cert_der)?;
+    let mut cn = None;
+    while !name.is_empty() {
+        let (tag, mut set, rest) = element(name)?;
+        if tag != SET {
+            return None;
+        }
+        name = rest;
+        while !set.is_empty() {
+            let (tag, atv, rest) = element(set)?;
+            if tag != SEQUENCE {
+                return None;
+            }
+            set = rest;
+            let (tag, oid, value_der) = element(atv)?;
+            if tag == OID && oid == [0x55, 0x04, 0x03] {
+                let (vtag, value, _) = element(value_der)?;
+                cn = Some(text(vtag, value)?);
+            }
+        }
+    }
+    cn
+}
+
+/// The contents of the certificate's subject Name SEQUENCE.
+fn subject(cert_der: &[u8]) -> Option<&[u8]> {
     let (tag, cert, _) = element(cert_der)?;
     if tag != SEQUENCE {
         return None;
@@ -212,7 +244,7 @@ pub fn subject_dn(cert_der: &[u8]) -> Option<String> {
     if tag != SEQUENCE {
         return None;
     }
-    name_rfc2253(subject)
+    Some(subject)
 }
 
 /// An X.501 Name (the contents of its SEQUENCE) in RFC 2253 form: last RDN first.
@@ -260,7 +292,15 @@ fn attribute(oid: &[u8], tag: u8, value: &[u8], value_der: &[u8]) -> Option<Stri
         [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => Some("UID"),
         _ => None,
     };
-    let text = match tag {
+    Some(match (keyword, text(tag, value)) {
+        (Some(k), Some(t)) => format!("{k}={}", escape(&t)),
+        _ => format!("{}=#{}", oid_dotted(oid)?, hex(value_der)),
+    })
+}
+
+/// An attribute value's string, for the string types certificates use.
+fn text(tag: u8, value: &[u8]) -> Option<String> {
+    match tag {
         // UTF8String, PrintableString, IA5String, VisibleString.
         0x0c | 0x13 | 0x16 | 0x1a => std::str::from_utf8(value).ok().map(str::to_string),
         // TeletexString: read as Latin-1, as Java does.
@@ -274,11 +314,7 @@ fn attribute(oid: &[u8], tag: u8, value: &[u8], value_der: &[u8]) -> Option<Stri
         )
         .ok(),
         _ => None,
-    };
-    Some(match (keyword, text) {
-        (Some(k), Some(t)) => format!("{k}={}", escape(&t)),
-        _ => format!("{}=#{}", oid_dotted(oid)?, hex(value_der)),
-    })
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -382,6 +418,20 @@ mod tests {
         }
         assert_eq!(subject_dn(b"\x30\x03\x02\x01"), None);
         assert_eq!(subject_dn(&[]), None);
+    }
+
+    #[test]
+    fn common_name_unescaped() {
+        let c = cert(&[
+            (DnType::OrganizationName, "Acme, Inc."),
+            (DnType::CommonName, "dev+42, east"),
+        ]);
+        assert_eq!(subject_cn(&c).as_deref(), Some("dev+42, east"));
+        assert_eq!(
+            subject_cn(&cert(&[(DnType::OrganizationName, "Acme")])),
+            None
+        );
+        assert_eq!(subject_cn(&[]), None);
     }
 
     fn check(rules: &[&str], dn: &str, expected: Option<&str>) {

@@ -134,7 +134,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: watch::
             async move {
                 let _ = stream.set_nodelay(true);
                 let (rd, wr) = stream.into_split();
-                let task = connection(shared, Box::new(rd), Box::new(wr), shutdown);
+                let task = connection(shared, Box::new(rd), Box::new(wr), None, shutdown);
                 if let Err(reason) = super::clients::scoped(Transport::Tcp, peer, task).await {
                     tracing::info!(%peer, %reason, "mqtt connection closed");
                 }
@@ -321,10 +321,13 @@ impl PendingAppends {
 }
 
 /// Serves one MQTT connection over any byte stream (TCP, TLS, WebSocket) until it ends.
+/// `cert_user`: the user its verified client certificate names (`mqtt.tls_cert_as_username`):
+/// authenticated, no password asked.
 pub async fn connection(
     shared: Arc<Shared>,
     rd: ByteReader,
     wr: ByteWriter,
+    cert_user: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), CloseReason> {
     let max_in = shared.node.config.file.mqtt.packet_bytes_max;
@@ -392,12 +395,17 @@ pub async fn connection(
 
     // Credentials, before the session is touched: a refused CONNECT takes nothing over.
     // Boxed (like the will below): rare, large futures stay out of the connection task.
-    let verdict = Box::pin(shared.auth.authenticate(
-        &shared.node,
-        connect.username.as_deref(),
-        connect.password.as_ref(),
-    ))
-    .await;
+    let verdict = match cert_user {
+        Some(user) => super::auth::Verdict::Allowed(Some(user)),
+        None => {
+            Box::pin(shared.auth.authenticate(
+                &shared.node,
+                connect.username.as_deref(),
+                connect.password.as_ref(),
+            ))
+            .await
+        }
+    };
     let refused = match verdict {
         super::auth::Verdict::Allowed(user) => Ok(user),
         super::auth::Verdict::BadCredentials => {

@@ -25,7 +25,9 @@
 
 use super::clients::Transport;
 use super::connection::{self, Shared};
+use super::transport::CertUsername;
 use crate::config::NodeConfig;
+use crate::kafka::auth::ClientAuth;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, Incoming, TransportConfig, VarInt};
 use std::net::SocketAddr;
@@ -60,7 +62,7 @@ const STREAMS_BIDI_MAX: u32 = 2;
 pub fn server_config(
     tls: &tokio_rustls::TlsAcceptor,
 ) -> Result<quinn::ServerConfig, (&'static str, String)> {
-    // QUIC runs only TLS 1.3; the listeners' config (`kafka::auth::load_tls`) enables rustls's
+    // QUIC runs only TLS 1.3; the listeners' config (`kafka::auth::ListenerTls`) enables rustls's
     // safe default versions, which include it.
     let mut crypto = (**tls.config()).clone();
     crypto.alpn_protocols = vec![ALPN.to_vec()];
@@ -179,7 +181,25 @@ async fn handle(shared: Arc<Shared>, incoming: Incoming, shutdown: watch::Receiv
     // Resolves once the client acknowledged all we sent on the stream (or stopped it, or the
     // connection is gone); created now because the connection task takes the stream.
     let delivered = send.stopped();
-    let task = connection::connection(shared, Box::new(recv), Box::new(send), shutdown);
+    // A verified client certificate may name the user (`mqtt.tls_cert_as_username`).
+    let chain = conn.peer_identity().and_then(|id| {
+        id.downcast::<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    let m = &shared.node.config.file.mqtt;
+    let names = ClientAuth::parse(&m.tls_client_auth)
+        .and_then(|auth| CertUsername::parse(&m.tls_cert_as_username, auth).ok())
+        .unwrap_or(CertUsername::None); // checked when the configuration was loaded
+    let cert_user = match names.user(chain.as_deref().map(Vec::as_slice)) {
+        Ok(u) => u,
+        Err(why) => {
+            tracing::info!(%peer, "mqtt quic client refused: {why}");
+            conn.close(CLOSE_NORMAL, b"");
+            refuser.abort();
+            return;
+        }
+    };
+    let task = connection::connection(shared, Box::new(recv), Box::new(send), cert_user, shutdown);
     if let Err(reason) = super::clients::scoped(Transport::Quic, peer, task).await {
         tracing::info!(%peer, %reason, "mqtt quic connection closed");
     }

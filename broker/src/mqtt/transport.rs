@@ -9,12 +9,19 @@
 //! connection as one binary frame. A text frame closes the WebSocket with 1003 (unsupported
 //! data); a client Close, an error or the connection's end closes both sides.
 //!
+//! *Client certificates* (`mqtt.tls_client_auth`, `mqtt.tls_client_ca`, `mqtt.tls_client_crl`,
+//! the Kafka listener's verifier and CRL reloading): a certificate that does not chain to the
+//! CAs, or is revoked, fails the handshake. With `mqtt.tls_cert_as_username` the verified
+//! certificate names the connection's user (its CN or subject) for the ACLs, and no password
+//! is asked; without a certificate (`requested`) the CONNECT's credentials count as usual.
+//!
 //! *Boundary:* an upgrade request for another path or without the `mqtt` subprotocol gets an
 //! HTTP error reply; a TLS handshake that fails closes only that socket.
 
 use super::clients::Transport;
 use super::connection::{self, Shared};
 use crate::config::NodeConfig;
+use crate::kafka::auth::{ClientAuth, ListenerTls, TlsSettings};
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +29,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -41,7 +49,7 @@ const BRIDGE_BYTES: usize = 64 * 1024;
 #[derive(Default)]
 pub struct Listeners {
     pub ws: Option<TcpListener>,
-    pub tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    pub tls: Option<(TcpListener, ListenerTls)>,
     /// MQTT over QUIC (`super::quic`), a UDP endpoint.
     pub quic: Option<quinn::Endpoint>,
 }
@@ -79,32 +87,74 @@ impl std::fmt::Debug for Listeners {
     }
 }
 
-/// `mqtt.tls_cert_file` + `mqtt.tls_key_file` loaded into an acceptor; `Ok(None)` when neither
-/// is set. The error names the offending key.
+/// `mqtt.tls_*` loaded: the acceptor (with a verifier of client certificates when
+/// `mqtt.tls_client_auth` asks for them); `Ok(None)` when no certificate is set. The error
+/// names the offending key.
+pub fn listener_tls(
+    m: &crate::config::MqttSection,
+) -> Result<Option<ListenerTls>, (&'static str, String)> {
+    let t = ListenerTls::for_mqtt(&TlsSettings {
+        cert: m.tls_cert_file.as_deref(),
+        key: m.tls_key_file.as_deref(),
+        client_auth: &m.tls_client_auth,
+        client_ca: m.tls_client_ca.as_deref(),
+        client_crl: m.tls_client_crl.as_deref(),
+    })?;
+    CertUsername::parse(&m.tls_cert_as_username, t.client_auth)?;
+    Ok(t.tls.is_some().then_some(t))
+}
+
+/// The acceptor of [`listener_tls`] as configured at start.
 pub fn tls_acceptor(
     m: &crate::config::MqttSection,
 ) -> Result<Option<tokio_rustls::TlsAcceptor>, (&'static str, String)> {
-    match (&m.tls_cert_file, &m.tls_key_file) {
-        (None, None) => Ok(None),
-        (Some(_), None) => Err((
-            "mqtt.tls_key_file",
-            "required with mqtt.tls_cert_file".into(),
-        )),
-        (None, Some(_)) => Err((
-            "mqtt.tls_cert_file",
-            "required with mqtt.tls_key_file".into(),
-        )),
-        (Some(cert), Some(key)) => {
-            crate::kafka::auth::load_tls(cert, key)
+    Ok(listener_tls(m)?.and_then(|t| t.tls))
+}
+
+/// `mqtt.tls_cert_as_username`: which name a verified client certificate gives its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertUsername {
+    None,
+    CommonName,
+    Subject,
+}
+
+impl CertUsername {
+    pub fn parse(s: &str, client_auth: ClientAuth) -> Result<CertUsername, (&'static str, String)> {
+        const KEY: &str = "mqtt.tls_cert_as_username";
+        let mode = match s {
+            "none" => CertUsername::None,
+            "cn" => CertUsername::CommonName,
+            "dn" => CertUsername::Subject,
+            other => return Err((KEY, format!("`{other}`: expected none, cn or dn"))),
+        };
+        if mode != CertUsername::None && client_auth == ClientAuth::None {
+            return Err((
+                KEY,
+                "needs client certificates: set mqtt.tls_client_auth = \"required\" (or \"requested\") and mqtt.tls_client_ca".into(),
+            ));
+        }
+        Ok(mode)
+    }
+
+    /// The user name of a connection from its verified certificate chain (leaf first);
+    /// `Ok(None)`: no certificate, or names are not taken from certificates. An error (a
+    /// certificate without a Common Name) refuses the connection.
+    pub fn user(
+        self,
+        chain: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    ) -> Result<Option<String>, String> {
+        let Some(leaf) = chain.and_then(|c| c.first()) else {
+            return Ok(None);
+        };
+        match self {
+            CertUsername::None => Ok(None),
+            CertUsername::CommonName => crate::kafka::principal::subject_cn(leaf)
                 .map(Some)
-                .map_err(|(k, e)| {
-                    let k = if k == "kafka.tls_key_file" {
-                        "mqtt.tls_key_file"
-                    } else {
-                        "mqtt.tls_cert_file"
-                    };
-                    (k, e)
-                })
+                .ok_or_else(|| "the client certificate's subject has no Common Name".into()),
+            CertUsername::Subject => crate::kafka::principal::subject_dn(leaf)
+                .map(Some)
+                .ok_or_else(|| "the client certificate's subject does not parse".into()),
         }
     }
 }
@@ -117,7 +167,7 @@ pub async fn bind(cfg: &NodeConfig) -> Result<Listeners, (SocketAddr, std::io::E
         out.ws = Some(TcpListener::bind(addr).await.map_err(|e| (addr, e))?);
     }
     if let Some(addr) = cfg.mqtt_tls_listen {
-        let acceptor = match tls_acceptor(&cfg.file.mqtt) {
+        let acceptor = match listener_tls(&cfg.file.mqtt) {
             Ok(Some(a)) => a,
             // Checked when the configuration was loaded.
             Ok(None) | Err(_) => {
@@ -138,9 +188,15 @@ pub async fn bind(cfg: &NodeConfig) -> Result<Listeners, (SocketAddr, std::io::E
 pub async fn serve_tls(
     shared: Arc<Shared>,
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: ListenerTls,
     shutdown: watch::Receiver<bool>,
 ) {
+    // Checked when the configuration was loaded.
+    let names = CertUsername::parse(
+        &shared.node.config.file.mqtt.tls_cert_as_username,
+        tls.client_auth,
+    )
+    .unwrap_or(CertUsername::None);
     let max = shared.node.config.file.mqtt.connections_max as usize;
     let stop = shutdown.clone();
     crate::listener::accept_bounded(
@@ -149,9 +205,12 @@ pub async fn serve_tls(
         "mqtt.connections_max",
         shutdown,
         |stream: TcpStream, peer| {
-            let (shared, shutdown, acceptor) = (shared.clone(), stop.clone(), acceptor.clone());
+            let (shared, shutdown, tls) = (shared.clone(), stop.clone(), tls.clone());
             async move {
                 let _ = stream.set_nodelay(true);
+                let Some(acceptor) = tls.acceptor() else {
+                    return;
+                };
                 let tls =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
@@ -164,8 +223,16 @@ pub async fn serve_tls(
                             return;
                         }
                     };
+                let cert_user = match names.user(tls.get_ref().1.peer_certificates()) {
+                    Ok(u) => u,
+                    Err(why) => {
+                        tracing::info!(%peer, "mqtt tls client refused: {why}");
+                        return;
+                    }
+                };
                 let (rd, wr) = tokio::io::split(tls);
-                let task = connection::connection(shared, Box::new(rd), Box::new(wr), shutdown);
+                let task =
+                    connection::connection(shared, Box::new(rd), Box::new(wr), cert_user, shutdown);
                 if let Err(reason) = super::clients::scoped(Transport::Tls, peer, task).await {
                     tracing::info!(%peer, %reason, "mqtt tls connection closed");
                 }
@@ -192,7 +259,8 @@ pub async fn serve_ws(shared: Arc<Shared>, listener: TcpListener, shutdown: watc
                     return;
                 };
                 let (rd, wr) = tokio::io::split(pipe);
-                let task = connection::connection(shared, Box::new(rd), Box::new(wr), shutdown);
+                let task =
+                    connection::connection(shared, Box::new(rd), Box::new(wr), None, shutdown);
                 if let Err(reason) = super::clients::scoped(Transport::Ws, peer, task).await {
                     tracing::info!(%peer, %reason, "mqtt websocket connection closed");
                 }
