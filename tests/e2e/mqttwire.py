@@ -30,24 +30,29 @@ def packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + varint(len(body)) + body
 
 
+def read_varint(data: bytes, i: int) -> tuple[int, int] | None:
+    """The variable byte integer at `data[i:]` and the index after it; None if cut short."""
+    mult, n = 1, 0
+    while i < len(data):
+        b = data[i]
+        n += (b & 0x7F) * mult
+        mult *= 128
+        i += 1
+        if not b & 0x80:
+            return n, i
+    return None
+
+
 def mqtt_packets(data: bytes) -> list[tuple[int, bytes]]:
     """Splits a byte stream into (first byte, body) MQTT packets; an incomplete last packet is
     left out."""
     out, i = [], 0
     while i < len(data):
-        first, mult, rl, j = data[i], 1, 0, i + 1
-        while True:
-            if j >= len(data):
-                return out
-            b = data[j]
-            rl += (b & 0x7F) * mult
-            mult *= 128
-            j += 1
-            if not b & 0x80:
-                break
-        if j + rl > len(data):
+        got = read_varint(data, i + 1)
+        if got is None or got[1] + got[0] > len(data):
             return out
-        out.append((first, data[j:j + rl]))
+        rl, j = got
+        out.append((data[i], data[j:j + rl]))
         i = j + rl
     return out
 
@@ -127,13 +132,6 @@ def parse_publish(first: int, body: bytes, v5: bool) -> tuple[str, int, int | No
     if qos:
         pid, rest = struct.unpack(">H", rest[:2])[0], rest[2:]
     if v5:
-        mult, plen, i = 1, 0, 0
-        while True:
-            b = rest[i]
-            plen += (b & 0x7F) * mult
-            mult *= 128
-            i += 1
-            if not b & 0x80:
-                break
+        plen, i = read_varint(rest, 0)
         rest = rest[i + plen:]
     return topic, qos, pid, dup, rest

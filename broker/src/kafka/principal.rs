@@ -197,28 +197,9 @@ pub fn subject_dn(cert_der: &[u8]) -> Option<String> {
 /// The certificate's most specific Common Name (the last CN of its subject, the first one
 /// RFC 2253 prints); `None` without one (or when the DER is not a certificate).
 pub fn subject_cn(cert_der: &[u8]) -> Option<String> {
-    let mut name = subject(cert_der)?;
-    let mut cn = None;
-    while !name.is_empty() {
-        let (tag, mut set, rest) = element(name)?;
-        if tag != SET {
-            return None;
-        }
-        name = rest;
-        while !set.is_empty() {
-            let (tag, atv, rest) = element(set)?;
-            if tag != SEQUENCE {
-                return None;
-            }
-            set = rest;
-            let (tag, oid, value_der) = element(atv)?;
-            if tag == OID && oid == [0x55, 0x04, 0x03] {
-                let (vtag, value, _) = element(value_der)?;
-                cn = Some(text(vtag, value)?);
-            }
-        }
-    }
-    cn
+    let rdns = rdns(subject(cert_der)?)?;
+    let cn = rdns.iter().flatten().rfind(|a| a.oid == CN_OID)?;
+    text(cn.tag, cn.value)
 }
 
 /// The contents of the certificate's subject Name SEQUENCE.
@@ -247,17 +228,27 @@ fn subject(cert_der: &[u8]) -> Option<&[u8]> {
     Some(subject)
 }
 
-/// An X.501 Name (the contents of its SEQUENCE) in RFC 2253 form: last RDN first.
-fn name_rfc2253(mut name: &[u8]) -> Option<String> {
+/// One attribute of a Name: its OID, its value's tag and contents, and the value's whole DER.
+struct Atv<'a> {
+    oid: &'a [u8],
+    tag: u8,
+    value: &'a [u8],
+    value_der: &'a [u8],
+}
+
+const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
+
+/// The RDNs of an X.501 Name (the contents of its SEQUENCE), in encoding order, each its
+/// attributes; `None` when it does not parse.
+fn rdns(mut name: &[u8]) -> Option<Vec<Vec<Atv<'_>>>> {
     let mut rdns = Vec::new();
     while !name.is_empty() {
-        let (tag, set, rest) = element(name)?;
+        let (tag, mut set, rest) = element(name)?;
         if tag != SET {
             return None;
         }
         name = rest;
         let mut atvs = Vec::new();
-        let mut set = set;
         while !set.is_empty() {
             let (tag, atv, rest) = element(set)?;
             if tag != SEQUENCE {
@@ -268,20 +259,36 @@ fn name_rfc2253(mut name: &[u8]) -> Option<String> {
             if tag != OID {
                 return None;
             }
-            let (vtag, value, _) = element(value_der)?;
-            let value_whole = &value_der[..value_der.len() - element(value_der)?.2.len()];
-            atvs.push(attribute(oid, vtag, value, value_whole)?);
+            let (vtag, value, after) = element(value_der)?;
+            atvs.push(Atv {
+                oid,
+                tag: vtag,
+                value,
+                value_der: &value_der[..value_der.len() - after.len()],
+            });
         }
-        rdns.push(atvs.join("+"));
+        rdns.push(atvs);
     }
-    rdns.reverse();
-    Some(rdns.join(","))
+    Some(rdns)
+}
+
+/// An X.501 Name (the contents of its SEQUENCE) in RFC 2253 form: last RDN first.
+fn name_rfc2253(name: &[u8]) -> Option<String> {
+    let mut out = Vec::new();
+    for rdn in rdns(name)?.iter().rev() {
+        let atvs = rdn
+            .iter()
+            .map(|a| attribute(a.oid, a.tag, a.value, a.value_der))
+            .collect::<Option<Vec<_>>>()?;
+        out.push(atvs.join("+"));
+    }
+    Some(out.join(","))
 }
 
 /// `KEY=value` for one attribute: a keyword and an escaped string, or `oid=#hex`.
 fn attribute(oid: &[u8], tag: u8, value: &[u8], value_der: &[u8]) -> Option<String> {
     let keyword = match oid {
-        [0x55, 0x04, 0x03] => Some("CN"),
+        CN_OID => Some("CN"),
         [0x55, 0x04, 0x06] => Some("C"),
         [0x55, 0x04, 0x07] => Some("L"),
         [0x55, 0x04, 0x08] => Some("ST"),

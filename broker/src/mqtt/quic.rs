@@ -27,7 +27,6 @@ use super::clients::Transport;
 use super::connection::{self, Shared};
 use super::transport::CertUsername;
 use crate::config::NodeConfig;
-use crate::kafka::auth::ClientAuth;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, Incoming, TransportConfig, VarInt};
 use std::net::SocketAddr;
@@ -109,6 +108,7 @@ pub fn bind(cfg: &NodeConfig) -> Result<Option<Endpoint>, (SocketAddr, std::io::
 pub async fn serve(shared: Arc<Shared>, endpoint: Endpoint, mut shutdown: watch::Receiver<bool>) {
     let max = shared.node.config.file.mqtt.connections_max as usize;
     let permits = Arc::new(Semaphore::new(max));
+    let names = CertUsername::configured(&shared.node.config.file.mqtt);
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
@@ -123,7 +123,7 @@ pub async fn serve(shared: Arc<Shared>, endpoint: Endpoint, mut shutdown: watch:
         };
         let (shared, stop) = (shared.clone(), shutdown.clone());
         tokio::spawn(async move {
-            handle(shared, incoming, stop).await;
+            handle(shared, incoming, names, stop).await;
             drop(permit);
         });
     }
@@ -133,7 +133,12 @@ pub async fn serve(shared: Arc<Shared>, endpoint: Endpoint, mut shutdown: watch:
 
 /// One QUIC connection: handshake, the first bidirectional stream, the MQTT connection task,
 /// then an orderly close.
-async fn handle(shared: Arc<Shared>, incoming: Incoming, shutdown: watch::Receiver<bool>) {
+async fn handle(
+    shared: Arc<Shared>,
+    incoming: Incoming,
+    names: CertUsername,
+    shutdown: watch::Receiver<bool>,
+) {
     let peer = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(c) => c,
@@ -186,10 +191,6 @@ async fn handle(shared: Arc<Shared>, incoming: Incoming, shutdown: watch::Receiv
         id.downcast::<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>>()
             .ok()
     });
-    let m = &shared.node.config.file.mqtt;
-    let names = ClientAuth::parse(&m.tls_client_auth)
-        .and_then(|auth| CertUsername::parse(&m.tls_cert_as_username, auth).ok())
-        .unwrap_or(CertUsername::None); // checked when the configuration was loaded
     let cert_user = match names.user(chain.as_deref().map(Vec::as_slice)) {
         Ok(u) => u,
         Err(why) => {

@@ -137,6 +137,14 @@ impl CertUsername {
         Ok(mode)
     }
 
+    /// The mode `mqtt.tls_*` configure (checked when the configuration was loaded, so a bad
+    /// value cannot reach here; it would read as `None`).
+    pub fn configured(m: &crate::config::MqttSection) -> CertUsername {
+        ClientAuth::parse(&m.tls_client_auth)
+            .and_then(|auth| CertUsername::parse(&m.tls_cert_as_username, auth).ok())
+            .unwrap_or(CertUsername::None)
+    }
+
     /// The user name of a connection from its verified certificate chain (leaf first);
     /// `Ok(None)`: no certificate, or names are not taken from certificates. An error (a
     /// certificate without a Common Name) refuses the connection.
@@ -191,12 +199,7 @@ pub async fn serve_tls(
     tls: ListenerTls,
     shutdown: watch::Receiver<bool>,
 ) {
-    // Checked when the configuration was loaded.
-    let names = CertUsername::parse(
-        &shared.node.config.file.mqtt.tls_cert_as_username,
-        tls.client_auth,
-    )
-    .unwrap_or(CertUsername::None);
+    let names = CertUsername::configured(&shared.node.config.file.mqtt);
     let max = shared.node.config.file.mqtt.connections_max as usize;
     let stop = shutdown.clone();
     crate::listener::accept_bounded(
