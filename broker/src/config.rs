@@ -743,6 +743,92 @@ pub struct NodeConfig {
     /// `telemetry.*`, when `telemetry.otlp_endpoint` is set.
     pub telemetry: Option<crate::telemetry::OtlpConfig>,
     pub file: FileConfig,
+    /// Where this configuration was read from, to read it again ([`reload`]).
+    pub source: Source,
+}
+
+/// The file and flags a configuration was loaded from (the environment is read again).
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+/// Keys a running broker takes from a reloaded configuration (SIGHUP): MQTT credentials,
+/// ACLs and publish rate limits. A change to any other key waits for a restart.
+pub const RELOADABLE: &[&str] = &[
+    "mqtt.auth",
+    "mqtt.users",
+    "mqtt.acl",
+    "mqtt.acl_default",
+    "mqtt.client_publish_rate_max",
+    "mqtt.client_publish_bytes_rate_max",
+];
+
+/// A configuration read again ([`reload`]).
+#[derive(Debug)]
+pub struct Reloaded {
+    pub config: NodeConfig,
+    /// Changed keys a running broker takes ([`RELOADABLE`]).
+    pub applied: Vec<String>,
+    /// Changed keys that wait for a restart.
+    pub restart: Vec<String>,
+}
+
+/// Reads the configuration from `source` again and compares it with the `running` one. An
+/// invalid file is an error and changes nothing.
+pub fn reload(source: &Source, running: &FileConfig) -> Result<Reloaded, ConfigError> {
+    let config = load(source.file.as_deref(), std::env::vars(), &source.overrides)?;
+    let (applied, restart) = changed_keys(running, &config.file)
+        .into_iter()
+        .partition(|k| RELOADABLE.contains(&k.as_str()));
+    Ok(Reloaded {
+        config,
+        applied,
+        restart,
+    })
+}
+
+/// Copies the [`RELOADABLE`] keys of `new` into `running`.
+pub fn apply_reloadable(running: &mut FileConfig, new: &FileConfig) {
+    let (r, n) = (&mut running.mqtt, &new.mqtt);
+    r.auth = n.auth.clone();
+    r.users = n.users.clone();
+    r.acl = n.acl.clone();
+    r.acl_default = n.acl_default.clone();
+    r.client_publish_rate_max = n.client_publish_rate_max;
+    r.client_publish_bytes_rate_max = n.client_publish_bytes_rate_max;
+}
+
+/// The dotted keys (`kafka.listen`) whose values differ between two configurations.
+pub fn changed_keys(a: &FileConfig, b: &FileConfig) -> Vec<String> {
+    use serde_json::Value;
+    let flat = |f: &FileConfig| {
+        let mut keys = std::collections::BTreeMap::new();
+        if let Ok(Value::Object(top)) = serde_json::to_value(f) {
+            for (k, v) in top {
+                match v {
+                    Value::Object(inner) => {
+                        for (ik, iv) in inner {
+                            keys.insert(format!("{k}.{ik}"), iv);
+                        }
+                    }
+                    v => {
+                        keys.insert(k, v);
+                    }
+                }
+            }
+        }
+        keys
+    };
+    let (a, b) = (flat(a), flat(b));
+    let mut changed: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    changed.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+    changed
 }
 
 /// Which roles this process runs.
@@ -835,7 +921,12 @@ pub fn load(
         FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid {
             message: e.to_string().trim().replace('\n', " "),
         })?;
-    validate(file_config)
+    let mut config = validate(file_config)?;
+    config.source = Source {
+        file: file.map(Path::to_path_buf),
+        overrides: overrides.clone(),
+    };
+    Ok(config)
 }
 
 /// Maps `STRATA_KAFKA_AUTO_CREATE_TOPICS` to `kafka.auto_create_topics`. Values are parsed as
@@ -1312,6 +1403,7 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
         message_bytes_max,
         kafka_security,
         file: f,
+        source: Source::default(),
     })
 }
 
@@ -1415,6 +1507,62 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, toml_text).unwrap();
         load(Some(&path), env(env_pairs), o)
+    }
+
+    #[test]
+    fn reload_sorts_changes_into_applied_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let flags = Overrides {
+            kafka_listen: Some("127.0.0.1:19092".into()),
+            ..Overrides::default()
+        };
+        std::fs::write(&path, "[mqtt]\nacl_default = \"allow\"\n").unwrap();
+        let started = load(Some(&path), env(&[]), &flags).unwrap();
+        assert_eq!(started.source.file.as_deref(), Some(path.as_path()));
+        let mut running = started.file.clone();
+
+        std::fs::write(
+            &path,
+            "[mqtt]\nacl_default = \"deny\"\nclient_publish_rate_max = 5\nkeep_alive_max_secs = 60\n",
+        )
+        .unwrap();
+        let r = reload(&started.source, &running).unwrap();
+        assert_eq!(
+            r.applied,
+            ["mqtt.acl_default", "mqtt.client_publish_rate_max"]
+        );
+        assert_eq!(r.restart, ["mqtt.keep_alive_max_secs"]);
+        // The flags are applied again: the listener is not reported as changed.
+        assert_eq!(r.config.kafka_listen.port(), 19092);
+        apply_reloadable(&mut running, &r.config.file);
+        let again = reload(&started.source, &running).unwrap();
+        assert!(again.applied.is_empty(), "{:?}", again.applied);
+        assert_eq!(again.restart, ["mqtt.keep_alive_max_secs"]);
+
+        // Every reloadable key is copied by `apply_reloadable`.
+        let mut other = FileConfig::default();
+        other.mqtt.auth = "password".into();
+        other.mqtt.users = vec![MqttUser {
+            name: "u".into(),
+            password_hash: "$2b$04$x".into(),
+        }];
+        other.mqtt.acl = r.config.file.mqtt.acl.clone();
+        other.mqtt.acl_default = "deny".into();
+        other.mqtt.client_publish_rate_max = 1;
+        other.mqtt.client_publish_bytes_rate_max = 2;
+        let changed = changed_keys(&FileConfig::default(), &other);
+        assert_eq!(
+            changed.len(),
+            RELOADABLE.len() - 1,
+            "all but the (empty) ACL: {changed:?}"
+        );
+        let mut base = FileConfig::default();
+        apply_reloadable(&mut base, &other);
+        assert!(changed_keys(&base, &other).is_empty());
+
+        std::fs::write(&path, "[mqtt]\nacl_default = 3\n").unwrap();
+        assert!(reload(&started.source, &running).is_err());
     }
 
     #[test]

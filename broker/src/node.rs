@@ -427,8 +427,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         admin_listener,
         shutdown_rx.clone(),
     ));
-    let mqtt_stopped =
-        crate::mqtt::start(node.clone(), mqtt_listener, mqtt_more, shutdown_rx.clone());
+    let mqtt = crate::mqtt::start(node.clone(), mqtt_listener, mqtt_more, shutdown_rx.clone());
 
     println!("strata: kafka listening on {kafka_addr}");
     println!("strata: mqtt listening on {mqtt_addr}");
@@ -466,19 +465,26 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     ));
 
     let mut idle = false;
-    let lost = tokio::select! {
-        _ = wait_for_signal() => false,
-        _ = lost_rx.wait_for(|lost| *lost) => true,
-        Ok(_) = idle_rx.wait_for(|idle| *idle) => {
-            idle = true;
-            false
+    let mut signals = Signals::install();
+    let mut running = node.config.file.clone(); // what a reload compares with
+    let lost = loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop => break false,
+                Signal::Reload => reload_config(&node.config.source, &mut running, &mqtt),
+            },
+            _ = lost_rx.wait_for(|lost| *lost) => break true,
+            Ok(_) = idle_rx.wait_for(|idle| *idle) => {
+                idle = true;
+                break false;
+            }
         }
     };
     println!("strata: shutting down");
     shutdown_watchdog();
     node.shutting_down.store(true, Ordering::Release);
     let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), mqtt_stopped).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), mqtt.stopped).await;
     if let Err(err) = uploader_task.await {
         tracing::error!(%err, "uploader task failed");
     }
@@ -923,6 +929,88 @@ fn cluster_id(config: &NodeConfig) -> Result<String, StartError> {
             })?;
             Ok(id)
         }
+    }
+}
+
+/// What a signal asks of the node.
+enum Signal {
+    /// SIGTERM or Ctrl-C: a clean stop.
+    Stop,
+    /// SIGHUP: read the configuration again.
+    Reload,
+}
+
+/// The node's signal handlers, installed once (a SIGHUP would otherwise end the process).
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(err) => {
+                tracing::error!(%err, "cannot install the {name} handler");
+                None
+            }
+        };
+        Signals {
+            term: install(SignalKind::terminate(), "SIGTERM"),
+            hangup: install(SignalKind::hangup(), "SIGHUP"),
+        }
+    }
+
+    async fn next(&mut self) -> Signal {
+        let term = async {
+            match self.term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let hangup = async {
+            match self.hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term => Signal::Stop,
+            _ = tokio::signal::ctrl_c() => Signal::Stop,
+            _ = hangup => Signal::Reload,
+        }
+    }
+}
+
+/// SIGHUP: reads the configuration file (and environment and flags) again and puts its MQTT
+/// credentials, ACLs and rate limits in force (`config::RELOADABLE`), recording them in
+/// `running`. An invalid file changes nothing; a change to any other key is logged as waiting
+/// for a restart.
+fn reload_config(
+    source: &crate::config::Source,
+    running: &mut crate::config::FileConfig,
+    mqtt: &crate::mqtt::Mqtt,
+) {
+    let reloaded = match crate::config::reload(source, running) {
+        Ok(r) => r,
+        Err(err) => {
+            tracing::error!(%err, "configuration not reloaded; the running one stays in force");
+            return;
+        }
+    };
+    if let Err(e) = mqtt.reload(&reloaded.config.file.mqtt) {
+        tracing::error!(key = %e.key, message = %e.message, "configuration not reloaded; the running one stays in force");
+        return;
+    }
+    crate::config::apply_reloadable(running, &reloaded.config.file);
+    tracing::info!(applied = ?reloaded.applied, "configuration reloaded");
+    if !reloaded.restart.is_empty() {
+        tracing::warn!(keys = ?reloaded.restart, "configuration changes that take effect at the next restart");
     }
 }
 

@@ -5,12 +5,14 @@ reason-code bytes) against a broker with `mqtt.auth = "password"`: `[[mqtt.users
 made by `strata mqtt hash-password`, a Kafka SCRAM user (admin API) logging in over MQTT,
 CONNACK 0x86/0x87 (3.1.1: 0x04/0x05), PUBACK/PUBREC/SUBACK 0x87 (3.1.1: dropped-but-acked
 publishes, SUBACK 0x80), `%u` / `%c` substitution, a default-deny ACL, wills and retained
-messages under the publish ACL, bad configs refused at start, and a throttled publisher that
-still gets every message through."""
+messages under the publish ACL, bad configs refused at start, a throttled publisher that
+still gets every message through, and users and ACLs reloaded on SIGHUP."""
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import socket
 import struct
 import subprocess
@@ -149,10 +151,13 @@ class Client:
 
     def __init__(self, port: int, version, user: str | None = None, password: str | None = None,
                  client_id: str | None = None, will: tuple | None = None,
-                 tls: tuple | None = None):
-        """`tls`: (CA file, client certificate or None, its key or None) for the TLS port."""
+                 tls: tuple | None = None, clean: bool = True):
+        """`tls`: (CA file, client certificate or None, its key or None) for the TLS port.
+        `clean=False`: a persistent session (3.1.1 only)."""
         cid = client_id or f"c-{uuid.uuid4().hex[:8]}"
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid, protocol=version)
+        extra = {} if clean else {"clean_session": False}
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid, protocol=version,
+                             **extra)
         if tls is not None:
             ca, cert, key = tls
             self.c.tls_set(ca_certs=str(ca), certfile=cert and str(cert), keyfile=key and str(key))
@@ -384,6 +389,87 @@ def test_throttled_publisher_gets_every_message_through(broker_factory, tmp_path
     sub.close()
     assert b.metrics().sum("strata_mqtt_throttled_total") >= 1
     assert len(_stored_keys(b)) == n
+
+
+def _hangup(b, line: str, count: int):
+    """SIGHUP the broker and wait for its `count`-th log line containing `line`."""
+    os.kill(b.pid, signal.SIGHUP)
+    harness.eventually(lambda: b.stderr_path.read_text(errors="replace").count(line) >= count, WAIT,
+                       what=f"{line!r} logged {count} time(s)")
+
+
+def _mosquitto_login(port: int, user: str, password: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password,
+                           "-q", "1", "-t", f"users/{user}/login", "-m", "hi"],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_sighup_reloads_users_and_acl(broker_factory, tmp_path, strata_bin):
+    """SIGHUP reads the file again: a changed password and a new user apply to the next
+    CONNECT (connections already open stay), the new ACL to the next PUBLISH and SUBSCRIBE,
+    and subscriptions it denies are dropped — on open connections and on a persistent
+    session when it comes back. An invalid file changes nothing; a change to a key that needs
+    a restart is logged as such."""
+    cfg = tmp_path / "reload.toml"
+    partitions = "[kafka]\ndefault_partitions = 1\n"
+    cfg.write_text(_config({"auth": "password"}, users=[("dev", _hash(strata_bin, DEV_PW))], acl=ACL,
+                           extra=partitions))
+    b = broker_factory(extra_args=["--config", str(cfg)])
+    port = b.mqtt_port
+    live = Client(port, MQTTv5, "dev", DEV_PW)
+    assert live.subscribe(("news/#", 1), ("users/dev/#", 1)) == [1, 1]
+    away = Client(port, MQTTv311, "dev", DEV_PW, client_id="dev-away", clean=False)
+    assert away.subscribe(("news/#", 1), ("users/dev/#", 1)) == [1, 1]
+    away.close()
+
+    new_pw, ops_pw = "dev-new-secret", "ops-secret"
+    cfg.write_text(_config({"auth": "password"},
+                           users=[("dev", _hash(strata_bin, new_pw)), ("ops", _hash(strata_bin, ops_pw))],
+                           acl=[("dev", "all", "news/#", "deny"), *ACL], extra=partitions))
+    _hangup(b, "configuration reloaded", 1)
+
+    # Credentials: the next CONNECT checks the new ones; the open connection stays.
+    for version in (4, 5):
+        assert _raw_connack(port, version, "dev", DEV_PW) == (0x86 if version == 5 else 0x04)
+        assert _raw_connack(port, version, "dev", new_pw) == 0x00
+    assert _mosquitto_login(port, "ops", ops_pw).returncode == 0
+    bad = _mosquitto_login(port, "dev", DEV_PW)
+    assert bad.returncode != 0 and "bad user name or password" in bad.stderr.lower(), bad.stderr
+    assert live.publish("users/dev/still", b"open", 1) == 0
+
+    # ACL: dev's news/# subscription is gone (ops publishes there), users/dev/# stays.
+    ops = Client(port, MQTTv5, "ops", ops_pw)
+    assert ops.publish("news/a", b"not for dev", 1) == 0
+    assert live.publish("users/dev/after", b"for dev", 1) == 0
+    got = [(m.topic, m.payload) for m in live.take(2)]
+    assert got == [("users/dev/still", b"open"), ("users/dev/after", b"for dev")]
+    assert live.subscribe(("news/#", 1)) == [0x87]
+    assert live.publish("news/b", b"denied", 1) == 0x87
+    # The persistent session comes back without news/# (it gets what users/dev/# matched).
+    back = Client(port, MQTTv311, "dev", new_pw, client_id="dev-away", clean=False)
+    assert ops.publish("news/c", b"not for dev either", 1) == 0
+    assert live.publish("users/dev/last", b"for dev too", 1) == 0
+    got = [m.topic for m in back.take(3)]
+    assert got == ["users/dev/still", "users/dev/after", "users/dev/last"]
+    assert [m.topic for m in live.take(1)] == ["users/dev/last"]
+    assert live.messages.empty() and back.messages.empty()
+    # Dropped: live's and the session's news/#, and the refused SUBSCRIBE.
+    assert b.metrics().sum("strata_mqtt_acl_denied_total", action="subscribe") == 3
+
+    # An invalid file is refused and the running settings stay; so does the broker.
+    cfg.write_text(cfg.read_text() + '\n[mqtt.oops]\n')
+    _hangup(b, "configuration not reloaded", 1)
+    b.assert_alive()
+    assert _raw_connack(port, 5, "dev", new_pw) == 0x00
+    # A key that needs a restart: logged, the reloadable ones still taken.
+    cfg.write_text(_config({"auth": "password", "keep_alive_max_secs": 60},
+                           users=[("dev", _hash(strata_bin, DEV_PW))], acl=ACL, extra=partitions))
+    _hangup(b, "configuration reloaded", 2)
+    assert "take effect at the next restart" in b.stderr_path.read_text(errors="replace")
+    assert "mqtt.keep_alive_max_secs" in b.stderr_path.read_text(errors="replace")
+    assert _raw_connack(port, 5, "dev", DEV_PW) == 0x00
+    for c in (live, back, ops):
+        c.close()
 
 
 # --- client certificates -------------------------------------------------------------------------

@@ -55,8 +55,9 @@ const PUMP_RETRY: Duration = Duration::from_secs(1);
 /// What every connection shares.
 pub struct Shared {
     pub node: Arc<Node>,
-    /// Credentials, ACLs and publish rate limits (`mqtt::auth`).
-    pub auth: super::auth::Auth,
+    /// Credentials, ACLs and publish rate limits (`mqtt::auth`), replaced when the
+    /// configuration is reloaded ([`Shared::replace_auth`]); connections watch it.
+    pub auth: watch::Sender<Arc<super::auth::Auth>>,
     pub ingest: Ingest,
     pub router: mpsc::Sender<RouterMsg>,
     pub next_conn_id: AtomicU64,
@@ -66,6 +67,19 @@ pub struct Shared {
     pub received: AtomicU64,
     /// PUBLISH packets sent to clients (for `$SYS`).
     pub sent: AtomicU64,
+}
+
+impl Shared {
+    /// The credentials, ACLs and rate limits in force.
+    pub fn auth(&self) -> Arc<super::auth::Auth> {
+        self.auth.borrow().clone()
+    }
+
+    /// Puts reloaded settings in force: later CONNECTs, PUBLISHes and SUBSCRIBEs obey them, and
+    /// every connection drops the subscriptions the new ACL denies.
+    pub fn replace_auth(&self, auth: super::auth::Auth) {
+        self.auth.send_replace(Arc::new(auth));
+    }
 }
 
 /// Delayed wills (MQTT 5 Will Delay Interval) and the newest connection of each client id,
@@ -398,7 +412,8 @@ pub async fn connection(
     let verdict = match cert_user {
         Some(user) => super::auth::Verdict::Allowed(Some(user)),
         None => {
-            Box::pin(shared.auth.authenticate(
+            let auth = shared.auth();
+            Box::pin(auth.authenticate(
                 &shared.node,
                 connect.username.as_deref(),
                 connect.password.as_ref(),
@@ -433,7 +448,7 @@ pub async fn connection(
     // A will obeys the publish ACL: refused at CONNECT, where the client can be told.
     if let Some(will) = &connect.will {
         if !shared
-            .auth
+            .auth()
             .acl
             .may_publish(user.as_deref(), &client_id, &will.topic)
         {
@@ -585,17 +600,26 @@ pub async fn connection(
         in_aliases: HashMap::new(),
         persistent,
         user: user.clone(),
-        throttle: super::auth::Throttle::new(
-            shared.auth.publish_rate_max,
-            shared.auth.publish_bytes_rate_max,
-            Instant::now(),
-        ),
+        throttle: {
+            let auth = shared.auth();
+            super::auth::Throttle::new(
+                auth.publish_rate_max,
+                auth.publish_bytes_rate_max,
+                Instant::now(),
+            )
+        },
         paused_until: None,
     };
     // A resumed session finishes the QoS 2 deliveries the client already has: PUBREL again,
     // before anything else is sent (MQTT 5 §4.4).
     for id in conn.session.released_ids() {
         io.push(Outbound::PubRel(id))?;
+    }
+    // Settings reloaded from here on are noticed; a resumed session's subscriptions were
+    // granted under the settings of their time, so they are checked against today's.
+    let mut auth_rx = shared.auth.subscribe();
+    if session_present {
+        Box::pin(conn.revoke_denied()).await;
     }
     let mut data_signal = shared.ingest.tailers.data_signal();
     let mut signal_open = true;
@@ -699,6 +723,12 @@ pub async fn connection(
                     if let Err(e) = conn.deliver_batch(batch, &mut io) {
                         break 'conn Err(e);
                     }
+                }
+            }
+            changed = auth_rx.changed() => {
+                // The sender lives in `shared`, as long as this connection.
+                if changed.is_ok() {
+                    Box::pin(conn.revoke_denied()).await;
                 }
             }
             _ = &mut kick_rx => break Err(CloseReason::TakenOver),
@@ -858,6 +888,50 @@ struct Persistent {
 }
 
 impl Conn<'_> {
+    /// Drops the subscriptions the ACL in force denies (it was reloaded, or the session was
+    /// granted them under an older one): the router stops routing them here and a persistent
+    /// session's cursors stop matching them. The client is not told (MQTT has no way to).
+    async fn revoke_denied(&mut self) {
+        let auth = self.shared.auth();
+        if auth.acl.allows_everything() {
+            return;
+        }
+        let (user, client_id) = (self.user.clone(), self.client_id.to_string());
+        let keep = Box::new(move |filter: &str| {
+            subscription_allowed(&auth.acl, user.as_deref(), &client_id, filter) == Some(true)
+        });
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .shared
+            .router
+            .send(RouterMsg::Revoke {
+                client_id: self.client_id.to_string(),
+                conn_id: self.conn_id,
+                keep: super::router::Keep(keep),
+                reply: tx,
+            })
+            .await;
+        let revoked = match (sent, rx.await) {
+            (Ok(()), Ok(revoked)) => revoked,
+            _ => return,
+        };
+        if revoked.is_empty() {
+            return;
+        }
+        if let Some(p) = self.persistent.as_mut() {
+            for f in &revoked {
+                p.subs.remove(f);
+            }
+        }
+        self.shared
+            .node
+            .metrics
+            .mqtt
+            .acl_denied_subscribe
+            .fetch_add(revoked.len() as u64, Ordering::Relaxed);
+        tracing::info!(client_id = self.client_id, filters = ?revoked, "mqtt subscriptions the ACL no longer allows dropped");
+    }
+
     fn inbound_open(&self) -> usize {
         self.unanswered_qos1 + self.session.inbound_qos2_open()
     }
@@ -1025,7 +1099,7 @@ impl Conn<'_> {
         }
         if !self
             .shared
-            .auth
+            .auth()
             .acl
             .may_publish(self.user.as_deref(), self.client_id, &message.topic)
         {
@@ -1159,24 +1233,13 @@ impl Conn<'_> {
     ) -> Result<(), CloseReason> {
         let mut results = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
+        let auth = self.shared.auth();
         for (filter, mut opts) in filters {
-            // The topics a subscription reads: a shared one's inner filter.
-            let topics = match topic::split_shared(&filter) {
-                Ok(Some((_, inner))) => Some(inner),
-                Ok(None) => topic::validate_filter(&filter)
-                    .is_ok()
-                    .then_some(filter.as_str()),
-                Err(_) => None,
-            };
-            let allowed = topics.is_some_and(|f| {
-                self.shared
-                    .auth
-                    .acl
-                    .may_subscribe(self.user.as_deref(), self.client_id, f)
-            });
-            if topics.is_none() {
+            let allowed =
+                subscription_allowed(&auth.acl, self.user.as_deref(), self.client_id, &filter);
+            if allowed.is_none() {
                 results.push(SubResult::FilterInvalid);
-            } else if !allowed {
+            } else if allowed == Some(false) {
                 self.shared
                     .node
                     .metrics
@@ -1368,6 +1431,25 @@ impl Conn<'_> {
             }
         }
     }
+}
+
+/// Whether `acl` lets this client hold the subscription `filter` (a shared subscription is
+/// judged by the topics it reads, its inner filter); `None` for an invalid filter.
+fn subscription_allowed(
+    acl: &super::auth::Acl,
+    user: Option<&str>,
+    client_id: &str,
+    filter: &str,
+) -> Option<bool> {
+    let topics = match topic::split_shared(filter) {
+        Ok(Some((_, inner))) => inner,
+        Ok(None) => {
+            topic::validate_filter(filter).ok()?;
+            filter
+        }
+        Err(_) => return None,
+    };
+    Some(acl.may_subscribe(user, client_id, topics))
 }
 
 #[cfg(test)]

@@ -43,7 +43,9 @@
 //! partitions through `Peer.Read`. So a subscriber on any broker gets every publish.
 //! - `topic` — topic names, filters and `$share/<group>/<filter>`.
 //! - `auth` — `mqtt.auth` (passwords: `[[mqtt.users]]` hashes, then the Kafka SCRAM users),
-//!   `[[mqtt.acl]]` rules, per-connection publish rate limits (token buckets).
+//!   `[[mqtt.acl]]` rules, per-connection publish rate limits (token buckets); replaced on a
+//!   configuration reload ([`Mqtt::reload`], SIGHUP), after which every connection drops the
+//!   subscriptions the new ACL denies.
 //!
 //! *Persistent sessions* (3.1.1 `clean_session = 0`, 5.0 Session Expiry Interval > 0) keep
 //! cursors, not copies: every MQTT publish is stored (a mapped Kafka topic, or
@@ -198,7 +200,7 @@ pub fn start(
     listener: TcpListener,
     more: transport::Listeners,
     shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+) -> Mqtt {
     let cfg = node.config.file.mqtt.clone();
     let mapping = mapping::Mapping::new(cfg.kafka_mapping.clone(), cfg.default_kafka_topic.clone());
     let (router_tx, router_rx) = mpsc::channel(ROUTER_QUEUE_MAX);
@@ -280,7 +282,7 @@ pub fn start(
         ),
     };
     let shared = Arc::new(connection::Shared {
-        auth,
+        auth: watch::Sender::new(Arc::new(auth)),
         ingest: ingest::Ingest {
             node: node.clone(),
             mapping,
@@ -333,7 +335,26 @@ pub fn start(
         listener,
         shutdown.clone(),
     ));
-    tokio::spawn(stop(shared, shutdown, [store_thread, retained_thread]))
+    Mqtt {
+        shared: shared.clone(),
+        stopped: tokio::spawn(stop(shared, shutdown, [store_thread, retained_thread])),
+    }
+}
+
+/// The running MQTT service.
+pub struct Mqtt {
+    shared: Arc<connection::Shared>,
+    /// Ends once the connections are closed and the session and retained logs written.
+    pub stopped: tokio::task::JoinHandle<()>,
+}
+
+impl Mqtt {
+    /// Puts a reloaded configuration's credentials, ACLs and publish rate limits in force
+    /// (`config::RELOADABLE`); connections drop the subscriptions the new ACL denies.
+    pub fn reload(&self, m: &crate::config::MqttSection) -> Result<(), auth::BadKey> {
+        self.shared.replace_auth(auth::Auth::from_config(m)?);
+        Ok(())
+    }
 }
 
 /// After shutdown: waits (a bounded time) for the connections to end — each hands its final

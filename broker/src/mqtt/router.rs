@@ -1037,6 +1037,28 @@ impl RouterCore {
         found
     }
 
+    /// Drops the subscriptions of `client_id`'s session, held by `conn_id`, that `keep`
+    /// refuses; returns them.
+    pub fn revoke(
+        &mut self,
+        client_id: &str,
+        conn_id: u64,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let denied: Vec<String> = match self
+            .sessions
+            .get(client_id)
+            .filter(|e| e.conn.as_ref().map(|c| c.id) == Some(conn_id))
+        {
+            Some(entry) => entry.subs.keys().filter(|f| !keep(f)).cloned().collect(),
+            None => return Vec::new(),
+        };
+        if !denied.is_empty() {
+            self.unsubscribe(client_id, conn_id, &denied);
+        }
+        denied
+    }
+
     /// Stores or (empty payload) clears the retained message of its topic. Returns false when
     /// the store is full and the message was not kept.
     pub fn retain(&mut self, msg: Arc<Message>) -> bool {
@@ -1243,6 +1265,15 @@ impl Frames {
     }
 }
 
+/// Which subscription filters a session may keep ([`RouterMsg::Revoke`]).
+pub struct Keep(pub Box<dyn Fn(&str) -> bool + Send>);
+
+impl std::fmt::Debug for Keep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keep(..)")
+    }
+}
+
 /// Inputs of the router task.
 #[derive(Debug)]
 pub enum RouterMsg {
@@ -1270,6 +1301,14 @@ pub enum RouterMsg {
         conn_id: u64,
         filters: Vec<String>,
         reply: oneshot::Sender<Vec<bool>>,
+    },
+    /// Drops the subscriptions of a connected session that `keep` refuses (an ACL reloaded
+    /// since they were granted); answers the filters dropped.
+    Revoke {
+        client_id: String,
+        conn_id: u64,
+        keep: Keep,
+        reply: oneshot::Sender<Vec<String>>,
     },
     /// A durable publish with RETAIN set; the sender waits for it to be in the retained log
     /// (`true`: durable, or nothing to store).
@@ -1365,6 +1404,7 @@ pub async fn run(
                 | RouterMsg::Disconnect { .. }
                 | RouterMsg::Subscribe { .. }
                 | RouterMsg::Unsubscribe { .. }
+                | RouterMsg::Revoke { .. }
         );
         match msg {
             RouterMsg::Connect(req) => {
@@ -1402,6 +1442,14 @@ pub async fn run(
                 reply,
             } => {
                 let _ = reply.send(core.unsubscribe(&client_id, conn_id, &filters));
+            }
+            RouterMsg::Revoke {
+                client_id,
+                conn_id,
+                keep,
+                reply,
+            } => {
+                let _ = reply.send(core.revoke(&client_id, conn_id, &*keep.0));
             }
             RouterMsg::Retain(msg, done) => {
                 let topic = msg.topic.clone();
@@ -1582,6 +1630,25 @@ mod tests {
             vec![true, false]
         );
         assert_eq!(r.route(&msg("q", "p", 0, false)).len(), 0);
+    }
+
+    #[test]
+    fn revoke_drops_the_refused_filters_of_the_holding_connection() {
+        let mut r = RouterCore::default();
+        let (c, _rx) = conn(1);
+        let (k, _) = oneshot::channel();
+        r.connect("a", true, 0, c, k);
+        r.subscribe("a", 1, &[("x/#".into(), opts(1)), ("y/#".into(), opts(1))]);
+        let keep = |f: &str| f != "x/#";
+        assert!(
+            r.revoke("a", 2, &keep).is_empty(),
+            "another connection's request"
+        );
+        assert_eq!(r.route(&msg("x/1", "p", 1, false)).len(), 1);
+        assert_eq!(r.revoke("a", 1, &keep), vec!["x/#".to_string()]);
+        assert!(r.route(&msg("x/1", "p", 1, false)).is_empty());
+        assert_eq!(r.route(&msg("y/1", "p", 1, false)).len(), 1);
+        assert!(r.revoke("a", 1, &keep).is_empty());
     }
 
     #[test]
