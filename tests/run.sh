@@ -4,7 +4,9 @@
 # 1. installs what the tests use (idempotent): kcat (apt), tests/requirements.txt (pip),
 #    tests/e2e/package.json (npm ci: kafkajs)
 # 2. builds the broker, the Lambda `bootstrap` and the rdkafka test client once:
-#    cargo build -p strata-broker -p strata-lambda -p strata-rdkafka-client (dev profile)
+#    cargo build --workspace --bins --tests (dev profile): the broker, the Lambda `bootstrap`,
+#    the rdkafka test client and, in the same cargo run, every Rust test target, so test
+#    crates compile on the core the binaries' long compiles leave idle (step 3 reuses them)
 # 3. Rust tests: cargo nextest run --workspace (or cargo test), with a SeaweedFS S3
 #    server for the object-store conformance suite (STRATA_TEST_S3_URL, AK/SK)
 # 4. end-to-end tests: pytest tests/e2e against target/debug/strata (STRATA_BIN)
@@ -96,9 +98,12 @@ if [ -z "$WEED" ] || [ ! -x "$WEED" ]; then echo "SeaweedFS 'weed' not found aft
 record "install" 0 "$s"
 
 # ---------------------------------------------------------------------------------------
-stage "2/5 build: cargo build -p strata-broker -p strata-lambda -p strata-rdkafka-client (dev profile)"
+# The Rust test targets too, unless stage 3 is skipped.
+BUILD_TARGETS=(--workspace --bins)
+if [ "${E2E_ONLY:-0}" != "1" ]; then BUILD_TARGETS+=(--tests); fi
+stage "2/5 build: cargo build ${BUILD_TARGETS[*]} (dev profile)"
 s=$SECONDS
-if ! cargo build -p strata-broker -p strata-lambda -p strata-rdkafka-client; then
+if ! cargo build "${BUILD_TARGETS[@]}"; then
   record "build" 1 "$s"; summary; exit 1
 fi
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
