@@ -63,11 +63,13 @@ class RawClient:
     flag."""
 
     def __init__(self, port: int, client_id: str, v5: bool = True, clean: bool = True,
-                 expiry: int = 0xFFFFFFFF):
+                 expiry: int = 0xFFFFFFFF, receive_max: int | None = None):
         self.v5 = v5
         self.buf = b""
         flags = 0x02 if clean else 0x00
         props = b"" if clean or not v5 else b"\x11" + struct.pack(">I", expiry)
+        if v5 and receive_max is not None:
+            props += b"\x21" + struct.pack(">H", receive_max)
         body = utf8(b"MQTT") + bytes([5 if v5 else 4, flags]) + struct.pack(">H", 30)
         if v5:
             body += varint(len(props)) + props
@@ -109,9 +111,10 @@ class RawClient:
         body = utf8(topic.encode()) + (struct.pack(">H", packet_id) if qos else b"") + self._props() + payload
         self.sock.sendall(packet(first, body))
 
-    def ack(self, kind: int, packet_id: int) -> None:
-        """PUBACK, PUBREC, PUBREL or PUBCOMP (success) for `packet_id`."""
-        self.sock.sendall(packet(kind | (0x02 if kind == PUBREL else 0), struct.pack(">H", packet_id)))
+    def ack(self, kind: int, packet_id: int, reason: int = 0) -> None:
+        """PUBACK, PUBREC, PUBREL or PUBCOMP for `packet_id` (MQTT 5: with `reason`)."""
+        body = struct.pack(">H", packet_id) + (bytes([reason]) if reason else b"")
+        self.sock.sendall(packet(kind | (0x02 if kind == PUBREL else 0), body))
 
     def drop(self) -> None:
         """The connection breaks: no DISCONNECT."""

@@ -499,6 +499,38 @@ def test_qos2_publish_is_stored_once_across_reconnect(broker, version, restart):
     assert stored_copies(broker, payload + b"-2") == 1
 
 
+def test_qos2_delivery_refused_with_pubrec_ends_there(broker):
+    """MQTT 5: a subscriber that answers PUBREC with a failure reason (0x80) turns the
+    message down: the exchange ends there — no PUBREL, its slot in the Receive Maximum window
+    is free for the next message, and a resumed session does not send it again."""
+    cid = f"q2refuse-{uuid.uuid4().hex[:6]}"
+    topic = f"q2/refuse/{uuid.uuid4().hex[:6]}"
+    s = RawClient(broker.mqtt_port, cid, v5=True, clean=False, receive_max=1)
+    s.subscribe(topic, 2)
+    pub = publisher(broker.mqtt_port)
+    for payload in (b"one", b"two"):
+        pub.c.publish(topic, payload, 2).wait_for_publish(WAIT)
+    one = parse_publish(*s.next(), True)
+    assert one[4] == b"one"
+    s.ack(PUBREC, one[2], reason=0x80)
+    first, body = s.next()
+    assert first & 0xF0 == PUBLISH, f"the next message, not a PUBREL: {first:#x} {body!r}"
+    two = parse_publish(first, body, True)
+    assert two[4] == b"two"
+    s.ack(PUBREC, two[2])
+    assert ack_id_and_reason(s.expect(PUBREL)) == (two[2], 0)
+    s.ack(PUBCOMP, two[2])
+    s.drop()
+    s = harness.eventually(lambda: RawClient(broker.mqtt_port, cid, v5=True, clean=False), WAIT,
+                           what="reconnect")
+    assert s.session_present
+    pub.c.publish(topic, b"three", 2).wait_for_publish(WAIT)
+    first, body = s.next()
+    assert first & 0xF0 == PUBLISH and parse_publish(first, body, True)[4] == b"three", (first, body)
+    s.drop()
+    pub.close()
+
+
 @pytest.mark.parametrize("restart", RESTARTS)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_qos2_delivery_released_before_a_break_is_not_sent_again(broker, version, restart):

@@ -989,12 +989,26 @@ impl Conn<'_> {
                     self.send_all(next, io)?;
                 }
             }
-            Inbound::PubRec(id) => {
+            Inbound::PubRec { id, refused } => {
                 if let PubRec::Received(origin) = self.session.on_pubrec(id) {
                     // The client has it: a reconnect sends only the PUBREL again.
                     self.acked(origin);
                 }
-                io.push(Outbound::PubRel(id))?;
+                if refused {
+                    // Turned down (MQTT 5 reason >= 0x80): the exchange ends without PUBREL
+                    // and frees its slot in the window, as a PUBCOMP would.
+                    if let AckOutcome::Done { origin, next } = self.session.on_pubcomp(id) {
+                        self.acked(origin);
+                        self.send_all(next, io)?;
+                    }
+                    tracing::debug!(
+                        client_id = self.client_id,
+                        packet_id = id,
+                        "mqtt delivery refused by the client (PUBREC)"
+                    );
+                } else {
+                    io.push(Outbound::PubRel(id))?;
+                }
             }
             Inbound::PubRel(id) => {
                 let found = self.session.on_pubrel(id);

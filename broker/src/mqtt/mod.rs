@@ -59,7 +59,8 @@
 //! not yet released, so a PUBLISH sent again with DUP is not stored twice, and outbound ids
 //! the client has (PUBREC) but has not completed, so a reconnect sends their PUBREL, never the
 //! message again. Like the cursors they are persisted in batches: after kill -9 an exchange
-//! younger than the last batch is at least once.
+//! younger than the last batch is at least once. An MQTT 5 PUBREC with a failure reason
+//! (>= 0x80) ends the exchange: no PUBREL, the message is not sent again.
 //!
 //! *Boundary:* bytes from the network are never `unwrap`ped; a packet that does not decode
 //! closes only its own connection (MQTT 5: with a DISCONNECT or CONNACK reason code first).

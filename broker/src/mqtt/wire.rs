@@ -67,7 +67,12 @@ pub enum Inbound {
         topic_alias: Option<u16>,
     },
     PubAck(u16),
-    PubRec(u16),
+    /// `refused`: an MQTT 5 reason code of 0x80 or more — the receiver turned the message
+    /// down and the exchange ends there (no PUBREL, MQTT 5 §4.3.3).
+    PubRec {
+        id: u16,
+        refused: bool,
+    },
     PubRel(u16),
     PubComp(u16),
     Subscribe {
@@ -577,7 +582,10 @@ fn from_v3(p: v3::Packet) -> Inbound {
             topic_alias: None,
         },
         P::PublishAck { packet_id } => Inbound::PubAck(packet_id.get()),
-        P::PublishReceived { packet_id } => Inbound::PubRec(packet_id.get()),
+        P::PublishReceived { packet_id } => Inbound::PubRec {
+            id: packet_id.get(),
+            refused: false,
+        },
         P::PublishRelease { packet_id } => Inbound::PubRel(packet_id.get()),
         P::PublishComplete { packet_id } => Inbound::PubComp(packet_id.get()),
         P::Subscribe {
@@ -681,7 +689,13 @@ fn from_v5(p: v5::Packet) -> Inbound {
             }
         }
         P::PublishAck(a) => Inbound::PubAck(a.packet_id.get()),
-        P::PublishReceived(a) => Inbound::PubRec(a.packet_id.get()),
+        P::PublishReceived(a) => Inbound::PubRec {
+            id: a.packet_id.get(),
+            refused: !matches!(
+                a.reason_code,
+                v5::PublishAckReason::Success | v5::PublishAckReason::NoMatchingSubscribers
+            ),
+        },
         P::PublishRelease(a) => Inbound::PubRel(a.packet_id.get()),
         P::PublishComplete(a) => Inbound::PubComp(a.packet_id.get()),
         P::Subscribe(s) => {
