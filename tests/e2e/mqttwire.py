@@ -9,8 +9,8 @@ import struct
 
 WAIT = 30.0
 
-CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, DISCONNECT = (
-    0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x90, 0xE0)
+CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, DISCONNECT, AUTH = (
+    0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x90, 0xE0, 0xF0)
 
 
 def utf8(b: bytes) -> bytes:
@@ -124,6 +124,38 @@ class RawClient:
 def ack_id_and_reason(body: bytes) -> tuple[int, int]:
     """A PUBACK/PUBREC/PUBREL/PUBCOMP body: (packet id, reason code; 0 when left out)."""
     return struct.unpack(">H", body[:2])[0], body[2] if len(body) > 2 else 0
+
+
+def properties(data: bytes) -> dict[int, object]:
+    """MQTT 5 properties (their length first) by id: strings decoded, binary data as bytes,
+    integers as int; user properties as a list of pairs under 0x26."""
+    length, i = read_varint(data, 0)
+    end, out = i + length, {}
+    def string(i: int) -> tuple[bytes, int]:
+        n = struct.unpack(">H", data[i:i + 2])[0]
+        return data[i + 2:i + 2 + n], i + 2 + n
+    while i < end:
+        pid, i = data[i], i + 1
+        if pid in (0x03, 0x08, 0x12, 0x15, 0x1A, 0x1C, 0x1F):  # UTF-8 strings
+            v, i = string(i)
+            out[pid] = v.decode()
+        elif pid in (0x09, 0x16):  # binary data
+            out[pid], i = string(i)
+        elif pid == 0x26:
+            k, i = string(i)
+            v, i = string(i)
+            out.setdefault(pid, []).append((k.decode(), v.decode()))
+        elif pid in (0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A):
+            out[pid], i = data[i], i + 1
+        elif pid in (0x13, 0x21, 0x22, 0x23):
+            out[pid], i = struct.unpack(">H", data[i:i + 2])[0], i + 2
+        elif pid in (0x02, 0x11, 0x18, 0x27):
+            out[pid], i = struct.unpack(">I", data[i:i + 4])[0], i + 4
+        elif pid == 0x0B:
+            out[pid], i = read_varint(data, i)
+        else:
+            raise ValueError(f"unknown property {pid:#x}")
+    return out
 
 
 def parse_publish(first: int, body: bytes, v5: bool) -> tuple[str, int, int | None, bool, bytes]:

@@ -6,7 +6,8 @@ made by `strata mqtt hash-password`, a Kafka SCRAM user (admin API) logging in o
 CONNACK 0x86/0x87 (3.1.1: 0x04/0x05), PUBACK/PUBREC/SUBACK 0x87 (3.1.1: dropped-but-acked
 publishes, SUBACK 0x80), `%u` / `%c` substitution, a default-deny ACL, wills and retained
 messages under the publish ACL, bad configs refused at start, a throttled publisher that
-still gets every message through, and users and ACLs reloaded on SIGHUP."""
+still gets every message through, users and ACLs reloaded on SIGHUP, and MQTT 5 enhanced authentication (SCRAM-SHA-256/512 in
+AUTH packets, the client side from the `scramp` library)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import uuid
 import pytest
 
 import harness
+import mqttwire
 from certs import make_certs, make_client_cert, make_crl
 from harness import BrokerDied
 
@@ -470,6 +472,75 @@ def test_sighup_reloads_users_and_acl(broker_factory, tmp_path, strata_bin):
     assert _raw_connack(port, 5, "dev", DEV_PW) == 0x00
     for c in (live, back, ops):
         c.close()
+
+
+def _scram_connect(port: int, method: str, first: bytes) -> socket.socket:
+    """Sends an MQTT 5 CONNECT with Authentication Method and Data (no user name)."""
+    w = mqttwire
+    props = b"\x15" + w.utf8(method.encode()) + b"\x16" + w.utf8(first)
+    body = w.utf8(b"MQTT") + bytes([5, 0x02]) + struct.pack(">H", 30) + w.varint(len(props)) + props
+    body += w.utf8(f"scram-{uuid.uuid4().hex[:6]}".encode())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    sock.sendall(w.packet(0x10, body))
+    return sock
+
+
+def _scram_login(port: int, method: str, user: str, password: str) -> tuple[socket.socket, int]:
+    """The whole exchange, with scramp as the client: the socket and the CONNACK reason code.
+    On success scramp has also checked the server's signature in the CONNACK."""
+    from scramp import ScramClient
+    client = ScramClient([method], user, password)
+    sock = _scram_connect(port, method, client.get_client_first().encode())
+    first, body = _read_packet(sock)
+    assert first == mqttwire.AUTH and body[0] == 0x18, (hex(first), body)
+    props = mqttwire.properties(body[1:])
+    assert props[0x15] == method
+    client.set_server_first(props[0x16].decode())
+    props = b"\x15" + mqttwire.utf8(method.encode()) + b"\x16" + \
+        mqttwire.utf8(client.get_client_final().encode())
+    sock.sendall(mqttwire.packet(mqttwire.AUTH, b"\x18" + mqttwire.varint(len(props)) + props))
+    first, body = _read_packet(sock)
+    assert first == mqttwire.CONNACK, (hex(first), body)
+    if body[1] == 0:
+        props = mqttwire.properties(body[2:])
+        assert props[0x15] == method
+        client.set_server_final(props[0x16].decode())  # raises on a wrong server signature
+    return sock, body[1]
+
+
+@pytest.mark.parametrize("method", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_enhanced_authentication_with_scram(secured, strata_bin, method):
+    """MQTT 5 enhanced authentication: CONNECT with Authentication Method SCRAM-SHA-*, AUTH
+    0x18 both ways, CONNACK with the server-final message; the user is the SCRAM user's name
+    for the ACLs. A wrong password or an unknown user gets 0x86, an unknown method 0x8C, and an
+    AUTH after CONNACK (re-authentication) closes the connection."""
+    b = secured
+    user = f"sc{uuid.uuid4().hex[:6]}"
+    r = _cli(strata_bin, ["user", "add", user, "--mechanism", method, "--password-stdin",
+                          "--via-admin", b.admin_url], stdin=ALICE_PW + "\n")
+    assert r.returncode == 0, r.stderr
+    sock, code = _scram_login(b.mqtt_port, method, user, ALICE_PW)
+    assert code == 0
+    with sock:
+        # The ACL sees the SCRAM user: users/%u/# is its own, users/dev/# is not.
+        for pid, topic in ((1, f"users/{user}/x"), (2, "users/dev/x")):
+            body = mqttwire.utf8(topic.encode()) + struct.pack(">H", pid) + b"\x00" + b"hi"
+            sock.sendall(mqttwire.packet(0x32, body))
+        acks = [mqttwire.ack_id_and_reason(_read_packet(sock)[1]) for _ in range(2)]
+        assert sorted(acks) == [(1, 0), (2, 0x87)], acks
+        # Re-authentication is not supported: DISCONNECT, protocol error.
+        sock.sendall(mqttwire.packet(mqttwire.AUTH, b"\x19\x00"))
+        first, body = _read_packet(sock)
+        assert first == mqttwire.DISCONNECT and body[0] == 0x82, (hex(first), body)
+
+    for who, password in ((user, ALICE_PW + "x"), (f"nobody{uuid.uuid4().hex[:4]}", ALICE_PW)):
+        sock, code = _scram_login(b.mqtt_port, method, who, password)
+        sock.close()
+        assert code == 0x86, (who, hex(code))
+    with _scram_connect(b.mqtt_port, "KERBEROS", b"x") as sock:
+        first, body = _read_packet(sock)
+        assert (first, body[1]) == (mqttwire.CONNACK, 0x8C), (hex(first), body)
+    assert _stored_keys(b) == [f"users/{user}/x".encode()]
 
 
 # --- client certificates -------------------------------------------------------------------------

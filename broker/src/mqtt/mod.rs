@@ -42,7 +42,8 @@
 //! re-subscribes from its next offset when the leader changes; persistent sessions read those
 //! partitions through `Peer.Read`. So a subscriber on any broker gets every publish.
 //! - `topic` — topic names, filters and `$share/<group>/<filter>`.
-//! - `auth` — `mqtt.auth` (passwords: `[[mqtt.users]]` hashes, then the Kafka SCRAM users),
+//! - `auth` — `mqtt.auth` (passwords: `[[mqtt.users]]` hashes, then the Kafka SCRAM users;
+//!   MQTT 5 enhanced authentication with SCRAM over AUTH packets is in `connection`),
 //!   `[[mqtt.acl]]` rules, per-connection publish rate limits (token buckets); replaced on a
 //!   configuration reload ([`Mqtt::reload`], SIGHUP), after which every connection drops the
 //!   subscriptions the new ACL denies.

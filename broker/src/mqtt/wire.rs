@@ -55,6 +55,9 @@ pub struct ConnectIn {
     pub username: Option<String>,
     /// Password (never printed).
     pub password: Option<super::auth::Password>,
+    /// MQTT 5 enhanced authentication: the Authentication Method and its first data.
+    pub auth_method: Option<String>,
+    pub auth_data: Option<Bytes>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +78,12 @@ pub enum Inbound {
     },
     PubRel(u16),
     PubComp(u16),
+    /// MQTT 5 AUTH: reason (0x18 continue, 0x19 re-authenticate), method and data.
+    Auth {
+        reason: u8,
+        method: Option<String>,
+        data: Option<Bytes>,
+    },
     Subscribe {
         packet_id: u16,
         filters: Vec<(String, SubOptions)>,
@@ -133,6 +142,8 @@ pub enum CloseCode {
     ImplementationSpecific,
     /// CONNECT only: an empty client id without a clean session (3.1.1), or an invalid one.
     ClientIdInvalid,
+    /// MQTT 5: an Authentication Method we do not speak, or an AUTH that does not follow it.
+    BadAuthMethod,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +158,13 @@ pub enum Outbound {
         session_expiry_secs: Option<u32>,
         /// MQTT 5 Server Keep Alive: the keep alive we use, when it differs from the client's.
         server_keep_alive: Option<u16>,
+        /// MQTT 5 enhanced authentication: the method and the server's last data.
+        auth: Option<(String, Bytes)>,
+    },
+    /// MQTT 5 AUTH, Continue Authentication (0x18): the method and the server's data.
+    Auth {
+        method: String,
+        data: Bytes,
     },
     Publish(OutPublish),
     PubAck {
@@ -286,6 +304,7 @@ fn close_reason(c: CloseCode) -> v5::DisconnectReasonCode {
         CloseCode::ServerShuttingDown => D::ServerShuttingDown, // 0x8B
         CloseCode::ImplementationSpecific => D::ImplementationSpecificError, // 0x83
         CloseCode::ClientIdInvalid => D::ProtocolError,
+        CloseCode::BadAuthMethod => D::BadAuthenticationMethod, // 0x8C
     }
 }
 
@@ -298,6 +317,7 @@ fn connack_failure_reason(c: CloseCode) -> v5::ConnectAckReason {
         CloseCode::TopicNameInvalid => R::TopicNameInvalid,
         CloseCode::ServerShuttingDown => R::ServerUnavailable,
         CloseCode::ClientIdInvalid => R::ClientIdentifierNotValid,
+        CloseCode::BadAuthMethod => R::BadAuthenticationMethod,
         _ => R::ProtocolError,
     }
 }
@@ -532,6 +552,7 @@ impl Codec {
                     max_packet_size: 0,
                     session_expiry_secs: None,
                     server_keep_alive: None,
+                    auth: None,
                 })
             }
             _ => None,
@@ -566,6 +587,8 @@ fn from_v3(p: v3::Packet) -> Inbound {
                 topic_alias_max: 0,
                 will_delay_secs: 0,
                 username: c.username.as_ref().map(text),
+                auth_method: None,
+                auth_data: None,
                 password: c.password.map(super::auth::Password),
             }))
         }
@@ -664,6 +687,8 @@ fn from_v5(p: v5::Packet) -> Inbound {
                 topic_alias_max: c.topic_alias_max,
                 will_delay_secs,
                 username: c.username.as_ref().map(text),
+                auth_method: c.auth_method.as_ref().map(text),
+                auth_data: c.auth_data,
                 password: c.password.map(super::auth::Password),
             }))
         }
@@ -737,7 +762,11 @@ fn from_v5(p: v5::Packet) -> Inbound {
         P::SubscribeAck(_) => Inbound::Unexpected("SUBACK"),
         P::UnsubscribeAck(_) => Inbound::Unexpected("UNSUBACK"),
         P::PingResponse => Inbound::Unexpected("PINGRESP"),
-        P::Auth(_) => Inbound::Unexpected("AUTH"),
+        P::Auth(a) => Inbound::Auth {
+            reason: a.reason_code.into(),
+            method: a.auth_method.as_ref().map(text),
+            data: a.auth_data,
+        },
     }
 }
 
@@ -796,7 +825,9 @@ fn to_v3(out: Outbound) -> Option<v3::Packet> {
             packet_id: nz(packet_id),
         },
         Outbound::PingResp => P::PingResponse,
-        Outbound::Disconnect(_) | Outbound::ConnAckFailure(_) => return None,
+        Outbound::Disconnect(_) | Outbound::ConnAckFailure(_) | Outbound::Auth { .. } => {
+            return None
+        }
     })
 }
 
@@ -813,8 +844,11 @@ fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
             max_packet_size,
             session_expiry_secs,
             server_keep_alive,
+            auth,
         } => P::ConnectAck(Box::new(v5::ConnectAck {
             session_present,
+            auth_method: auth.as_ref().map(|(m, _)| bs(m)),
+            auth_data: auth.map(|(_, d)| d),
             server_keepalive_sec: server_keep_alive,
             session_expiry_interval_secs: session_expiry_secs,
             reason_code: match code {
@@ -838,6 +872,13 @@ fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
             reason_code: connack_failure_reason(code),
             ..Default::default()
         })),
+        Outbound::Auth { method, data } => P::Auth(v5::Auth {
+            reason_code: v5::AuthReasonCode::ContinueAuth,
+            auth_method: Some(bs(&method)),
+            auth_data: Some(data),
+            reason_string: None,
+            user_properties: Vec::new(),
+        }),
         Outbound::Publish(p) => {
             let d = p.delivery;
             let user_properties = d
