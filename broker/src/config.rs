@@ -802,25 +802,6 @@ pub fn apply_reloadable(running: &mut FileConfig, new: &FileConfig) {
 
 /// The dotted keys (`kafka.listen`) whose values differ between two configurations.
 pub fn changed_keys(a: &FileConfig, b: &FileConfig) -> Vec<String> {
-    use serde_json::Value;
-    let flat = |f: &FileConfig| {
-        let mut keys = std::collections::BTreeMap::new();
-        if let Ok(Value::Object(top)) = serde_json::to_value(f) {
-            for (k, v) in top {
-                match v {
-                    Value::Object(inner) => {
-                        for (ik, iv) in inner {
-                            keys.insert(format!("{k}.{ik}"), iv);
-                        }
-                    }
-                    v => {
-                        keys.insert(k, v);
-                    }
-                }
-            }
-        }
-        keys
-    };
     let (a, b) = (flat(a), flat(b));
     let mut changed: Vec<String> = a
         .iter()
@@ -829,6 +810,26 @@ pub fn changed_keys(a: &FileConfig, b: &FileConfig) -> Vec<String> {
         .collect();
     changed.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
     changed
+}
+
+/// Every key of `f`, dotted (`kafka.listen`), with its value.
+fn flat(f: &FileConfig) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut keys = std::collections::BTreeMap::new();
+    if let Ok(serde_json::Value::Object(top)) = serde_json::to_value(f) {
+        for (k, v) in top {
+            match v {
+                serde_json::Value::Object(inner) => {
+                    for (ik, iv) in inner {
+                        keys.insert(format!("{k}.{ik}"), iv);
+                    }
+                }
+                v => {
+                    keys.insert(k, v);
+                }
+            }
+        }
+    }
+    keys
 }
 
 /// Which roles this process runs.
@@ -963,22 +964,7 @@ fn apply_env(table: &mut toml::Table, rest: &str, value: &str) -> Result<(), Con
 
 /// Every key `FileConfig` declares, dotted (`kafka.listen`), read off the one declaration.
 fn known_keys() -> std::collections::BTreeSet<String> {
-    let mut keys = std::collections::BTreeSet::new();
-    if let Ok(serde_json::Value::Object(top)) = serde_json::to_value(FileConfig::default()) {
-        for (k, v) in top {
-            match v {
-                serde_json::Value::Object(inner) => {
-                    for ik in inner.keys() {
-                        keys.insert(format!("{k}.{ik}"));
-                    }
-                }
-                _ => {
-                    keys.insert(k);
-                }
-            }
-        }
-    }
-    keys
+    flat(&FileConfig::default()).into_keys().collect()
 }
 
 fn parse_scalar(value: &str) -> toml::Value {

@@ -628,7 +628,7 @@ const SHUTDOWN_WAIT_MS_MAX: u64 = 30_000;
 /// exits with code 1; everything acknowledged is still in the WAL (or on its replicas).
 fn shutdown_watchdog() {
     tokio::spawn(async {
-        wait_for_signal().await;
+        Signals::install().stopped().await;
         eprintln!("strata: second signal; exiting without finishing the shutdown");
         std::process::exit(1);
     });
@@ -759,7 +759,7 @@ async fn run_without_broker(
         }
     }
     println!("strata: ready (node {})", config.node_id);
-    wait_for_signal().await;
+    Signals::install().stopped().await;
     println!("strata: shutting down");
     shutdown_watchdog();
     let _ = shutdown_tx.send(true);
@@ -985,6 +985,13 @@ impl Signals {
             _ = hangup => Signal::Reload,
         }
     }
+
+    /// Waits for a stop, where there is nothing to reload (no broker role; the shutdown).
+    async fn stopped(mut self) {
+        while let Signal::Reload = self.next().await {
+            tracing::info!("SIGHUP: nothing to reload here");
+        }
+    }
 }
 
 /// SIGHUP: reads the configuration file (and environment and flags) again and puts its MQTT
@@ -1011,22 +1018,6 @@ fn reload_config(
     tracing::info!(applied = ?reloaded.applied, "configuration reloaded");
     if !reloaded.restart.is_empty() {
         tracing::warn!(keys = ?reloaded.restart, "configuration changes that take effect at the next restart");
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(%err, "cannot install SIGTERM handler");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -845,19 +845,8 @@ impl Session {
             }
             Mechanism::Scram(m) => {
                 let first: ClientFirst = scram::parse_client_first(token)?;
-                let cred = node
-                    .meta
-                    .read()
-                    .scram_credential(&first.user, m)
-                    .cloned()
-                    .unwrap_or_else(|| scram::decoy_credential(m, &node.decoy_secret, &first.user));
                 let user = first.user.clone();
-                let nonce: String = rand::thread_rng()
-                    .sample_iter(&rand::distributions::Alphanumeric)
-                    .take(24)
-                    .map(char::from)
-                    .collect();
-                let (exchange, server_first) = ServerExchange::start(m, first, cred, &nonce);
+                let (exchange, server_first) = scram_start(node, m, first);
                 self.state = State::ScramSent {
                     exchange: Box::new(exchange),
                     mech,
@@ -882,6 +871,29 @@ enum Step {
 // The user APIs.
 
 /// DescribeUserScramCredentials v0: every user (no filter) or the named ones.
+/// The server side of a SCRAM exchange for a parsed client-first message: the user's
+/// credential from metadata (an unknown user gets a decoy, so it goes through the same steps
+/// and its proof never verifies) and a fresh server nonce. Returns the exchange and the
+/// server-first message. Kafka's SASL and MQTT 5 enhanced authentication both start here.
+pub fn scram_start(
+    node: &Node,
+    mech: ScramMechanism,
+    first: ClientFirst,
+) -> (ServerExchange, String) {
+    let cred = node
+        .meta
+        .read()
+        .scram_credential(&first.user, mech)
+        .cloned()
+        .unwrap_or_else(|| scram::decoy_credential(mech, &node.decoy_secret, &first.user));
+    let nonce: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    ServerExchange::start(mech, first, cred, &nonce)
+}
+
 pub fn describe_users(
     node: &Arc<Node>,
     req: DescribeUserScramCredentialsRequest,

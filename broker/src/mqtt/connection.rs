@@ -80,6 +80,14 @@ impl Shared {
     pub fn replace_auth(&self, auth: super::auth::Auth) {
         self.auth.send_replace(Arc::new(auth));
     }
+
+    /// Sends the router a request carrying a reply channel and waits for the answer; `None`
+    /// when the router is gone.
+    pub async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> RouterMsg) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.router.send(request(tx)).await.ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Delayed wills (MQTT 5 Will Delay Interval) and the newest connection of each client id,
@@ -869,7 +877,8 @@ enum AuthFailure {
 /// CONNECT carries the client-first message, our AUTH (0x18) the server-first, the client's
 /// AUTH (0x18) the client-final, and the CONNACK the server-final, with which the client
 /// checks the broker knows its credential. Returns the user and the server-final message.
-/// An unknown user goes through the same exchange with a decoy credential.
+/// An unknown user goes through the same exchange with a decoy credential
+/// (`kafka::auth::scram_start`).
 async fn enhanced_auth(
     shared: &Shared,
     io: &mut Io,
@@ -877,9 +886,8 @@ async fn enhanced_auth(
     first: bytes::Bytes,
     deadline: Instant,
 ) -> Result<(String, bytes::Bytes), AuthFailure> {
-    use crate::kafka::scram::{self, ServerExchange};
+    use crate::kafka::scram;
     use bytes::Bytes;
-    use rand::Rng;
     use strata_meta::ScramMechanism;
     let mech = match method {
         "SCRAM-SHA-256" => ScramMechanism::Sha256,
@@ -887,22 +895,8 @@ async fn enhanced_auth(
         _ => return Err(AuthFailure::Method("unsupported authentication method")),
     };
     let first = scram::parse_client_first(&first).map_err(|_| AuthFailure::Refused)?;
-    let node = &shared.node;
-    let found = node
-        .meta
-        .read()
-        .scram_credential(&first.user, mech)
-        .cloned();
-    let known = found.is_some();
-    let cred =
-        found.unwrap_or_else(|| scram::decoy_credential(mech, &node.decoy_secret, &first.user));
     let user = first.user.clone();
-    let nonce: String = rand::thread_rng()
-        .sample_iter(&rand::distributions::Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
-    let (exchange, server_first) = ServerExchange::start(mech, first, cred, &nonce);
+    let (exchange, server_first) = crate::kafka::auth::scram_start(&shared.node, mech, first);
     let closed = AuthFailure::Closed;
     io.push(Outbound::Auth {
         method: method.to_string(),
@@ -935,8 +929,8 @@ async fn enhanced_auth(
         _ => return Err(AuthFailure::Method("expected AUTH continuing the method")),
     };
     match exchange.finish(&data) {
-        Ok(server_final) if known => Ok((user, Bytes::from(server_final))),
-        _ => Err(AuthFailure::Refused),
+        Ok(server_final) => Ok((user, Bytes::from(server_final))),
+        Err(_) => Err(AuthFailure::Refused),
     }
 }
 
@@ -946,12 +940,9 @@ async fn publish_will(shared: &Shared, will: Message) {
         Ok(done) => match done.await {
             Ok(_) => {
                 if will.retain {
-                    let (tx, rx) = oneshot::channel();
                     let _ = shared
-                        .router
-                        .send(RouterMsg::Retain(Arc::new(will), Some(tx)))
+                        .ask(|tx| RouterMsg::Retain(Arc::new(will), Some(tx)))
                         .await;
-                    let _ = rx.await;
                 }
             }
             Err(err) => tracing::warn!(%topic, %err, "mqtt will not stored"),
@@ -1016,21 +1007,16 @@ impl Conn<'_> {
         let keep = Box::new(move |filter: &str| {
             subscription_allowed(&auth.acl, user.as_deref(), &client_id, filter) == Some(true)
         });
-        let (tx, rx) = oneshot::channel();
-        let sent = self
+        let revoked = self
             .shared
-            .router
-            .send(RouterMsg::Revoke {
+            .ask(|reply| RouterMsg::Revoke {
                 client_id: self.client_id.to_string(),
                 conn_id: self.conn_id,
                 keep: super::router::Keep(keep),
-                reply: tx,
+                reply,
             })
-            .await;
-        let revoked = match (sent, rx.await) {
-            (Ok(()), Ok(revoked)) => revoked,
-            _ => return,
-        };
+            .await
+            .unwrap_or_default();
         if revoked.is_empty() {
             return;
         }
@@ -1143,21 +1129,16 @@ impl Conn<'_> {
                 self.on_subscribe(packet_id, filters, io).await?
             }
             Inbound::Unsubscribe { packet_id, filters } => {
-                let (tx, rx) = oneshot::channel();
-                let sent = self
+                let found = self
                     .shared
-                    .router
-                    .send(RouterMsg::Unsubscribe {
+                    .ask(|reply| RouterMsg::Unsubscribe {
                         client_id: self.client_id.to_string(),
                         conn_id: self.conn_id,
                         filters: filters.clone(),
-                        reply: tx,
+                        reply,
                     })
-                    .await;
-                let found = match (sent, rx.await) {
-                    (Ok(()), Ok(found)) => found,
-                    _ => vec![false; filters.len()],
-                };
+                    .await
+                    .unwrap_or_else(|| vec![false; filters.len()]);
                 if let Some(p) = self.persistent.as_mut() {
                     for f in &filters {
                         p.subs.remove(f);
@@ -1285,13 +1266,11 @@ impl Conn<'_> {
                         crate::log::sequencer::now_ms().saturating_add(i64::from(s) * 1000)
                     });
                     // Acknowledged once the retained log has it too.
-                    let (tx, rx) = oneshot::channel();
-                    let sent = self
+                    let stored = self
                         .shared
-                        .router
-                        .send(RouterMsg::Retain(Arc::new(message), Some(tx)))
+                        .ask(|tx| RouterMsg::Retain(Arc::new(message), Some(tx)))
                         .await;
-                    if !matches!((sent, rx.await), (Ok(()), Ok(true))) {
+                    if stored != Some(true) {
                         tracing::warn!(
                             client_id = self.client_id,
                             "mqtt retained message not durable; not acknowledged"
@@ -1397,18 +1376,16 @@ impl Conn<'_> {
             p.pump_needed = true;
         }
         if !accepted.is_empty() {
-            let (tx, rx) = oneshot::channel();
-            let sent = self
+            if let Some(r) = self
                 .shared
-                .router
-                .send(RouterMsg::Subscribe {
+                .ask(|reply| RouterMsg::Subscribe {
                     client_id: self.client_id.to_string(),
                     conn_id: self.conn_id,
                     filters: accepted,
-                    reply: tx,
+                    reply,
                 })
-                .await;
-            if let (Ok(()), Ok(r)) = (sent, rx.await) {
+                .await
+            {
                 retained = r;
             }
         }
