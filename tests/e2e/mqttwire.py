@@ -9,8 +9,8 @@ import struct
 
 WAIT = 30.0
 
-CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, DISCONNECT, AUTH = (
-    0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x90, 0xE0, 0xF0)
+CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = (
+    0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x90, 0xC0, 0xD0, 0xE0, 0xF0)
 
 
 def utf8(b: bytes) -> bytes:
@@ -115,6 +115,12 @@ class RawClient:
         """PUBACK, PUBREC, PUBREL or PUBCOMP for `packet_id` (MQTT 5: with `reason`)."""
         body = struct.pack(">H", packet_id) + (bytes([reason]) if reason else b"")
         self.sock.sendall(packet(kind | (0x02 if kind == PUBREL else 0), body))
+
+    def ping(self) -> None:
+        """PINGREQ, and waits for PINGRESP: the broker answers packets in order, so everything
+        sent before has been read when this returns."""
+        self.sock.sendall(bytes([PINGREQ, 0]))
+        self.expect(PINGRESP)
 
     def drop(self) -> None:
         """The connection breaks: no DISCONNECT."""
