@@ -172,7 +172,9 @@ fi
 stage "4/5 e2e: pytest tests/e2e (STRATA_BIN=$STRATA_BIN)"
 s=$SECONDS
 rc=0
-STRATA_BIN="$STRATA_BIN" python3 -m pytest tests/e2e -v --basetemp="$WORK/pytest" "$@" || rc=$?
+# Two workers (pytest-xdist): each test waits on brokers and clients more than it computes, so
+# two at a time halve the stage on 2 cores. STRATA_E2E_WORKERS=0 runs them one by one.
+STRATA_BIN="$STRATA_BIN" python3 -m pytest tests/e2e -v -n "${STRATA_E2E_WORKERS:-2}" --basetemp="$WORK/pytest" "$@" || rc=$?
 record "e2e (pytest)" "$rc" "$s"
 if [ "$rc" -eq 0 ]; then rm -rf "$WORK"; else echo "e2e logs and data kept in $WORK/pytest"; fi
 

@@ -52,13 +52,27 @@ _port_lock = threading.Lock()
 _port_rng = random.Random(os.getpid() ^ int(time.time()))
 
 
+def _port_range() -> tuple[int, int]:
+    """20000..32000, below the ephemeral range, so no outgoing connection can be sitting on a
+    port from it; split between pytest-xdist workers (gw0, gw1, ...) so that two workers never
+    hand out the same port in the moment before its broker binds it."""
+    lo, hi = 20000, 32000
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and count > 1:
+        span = (hi - lo) // count
+        lo += int(worker[2:]) * span
+        hi = lo + span
+    return lo, hi
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now and was not handed out before in
-    this session. Taken from 20000..32000: below the ephemeral range, so no
-    outgoing connection can be sitting on it."""
+    this session, from this worker's share of 20000..32000 (`_port_range`)."""
+    lo, hi = _port_range()
     with _port_lock:
         for _ in range(2000):
-            port = _port_rng.randrange(20000, 32000)
+            port = _port_rng.randrange(lo, hi)
             if port in _handed_out:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -68,7 +82,7 @@ def free_port() -> int:
                     continue
             _handed_out.add(port)
             return port
-    raise RuntimeError("no free port found in 20000..32000")
+    raise RuntimeError(f"no free port found in {lo}..{hi}")
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
