@@ -6,7 +6,8 @@ made by `strata mqtt hash-password`, a Kafka SCRAM user (admin API) logging in o
 CONNACK 0x86/0x87 (3.1.1: 0x04/0x05), PUBACK/PUBREC/SUBACK 0x87 (3.1.1: dropped-but-acked
 publishes, SUBACK 0x80), `%u` / `%c` substitution, a default-deny ACL, wills and retained
 messages under the publish ACL, bad configs refused at start, a throttled publisher that
-still gets every message through, users and ACLs reloaded on SIGHUP, and MQTT 5 enhanced authentication (SCRAM-SHA-256/512 in
+still gets every message through, users, ACLs and rate limits reloaded on SIGHUP (a removed user's
+connections closed), and MQTT 5 enhanced authentication (SCRAM-SHA-256/512 in
 AUTH packets, the client side from the `scramp` library)."""
 
 from __future__ import annotations
@@ -472,6 +473,53 @@ def test_sighup_reloads_users_and_acl(broker_factory, tmp_path, strata_bin):
     assert _raw_connack(port, 5, "dev", DEV_PW) == 0x00
     for c in (live, back, ops):
         c.close()
+
+
+def test_sighup_ends_removed_users_and_retunes_open_connections(broker_factory, tmp_path, strata_bin):
+    """A reload that removes a user closes that user's open connections (MQTT 5: DISCONNECT
+    0x87 Not authorized first; 3.1.1 has no such packet, the socket just closes), while other
+    users' connections stay and take the new publish rate limit at once."""
+    cfg = tmp_path / "reload.toml"
+    ops_pw = "ops-secret"
+    users = [("dev", _hash(strata_bin, DEV_PW)), ("ops", _hash(strata_bin, ops_pw))]
+    partitions = "[kafka]\ndefault_partitions = 1\n"
+    cfg.write_text(_config({"auth": "password"}, users=users, extra=partitions))
+    b = broker_factory(extra_args=["--config", str(cfg)])
+    port = b.mqtt_port
+    devs = {}
+    for version in (4, 5):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        sock.sendall(_connect(version, f"dev-{version}", "dev", DEV_PW))
+        first, body = _read_packet(sock)
+        assert (first, body[1]) == (0x20, 0), (hex(first), body)
+        devs[version] = sock
+    ops = Client(port, MQTTv5, "ops", ops_pw)
+    assert ops.subscribe(("ops/#", 1)) == [1]
+    # No limit yet: a burst goes through unthrottled.
+    burst = 12
+    for i in range(burst):
+        assert ops.publish("ops/x", f"a{i}".encode(), 1) == 0
+    assert len(ops.take(burst)) == burst
+    assert b.metrics().sum("strata_mqtt_throttled_total") == 0
+
+    cfg.write_text(_config({"auth": "password", "client_publish_rate_max": 4}, users=users[1:],
+                           extra=partitions))
+    _hangup(b, "configuration reloaded", 1)
+
+    # dev is gone: MQTT 5 is told why, then both sockets close.
+    first, body = _read_packet(devs[5])
+    assert (first, body[:1]) == (0xE0, b"\x87"), (hex(first), body)
+    for sock in devs.values():
+        assert sock.recv(1) == b"", "the connection of a removed user stays open"
+        sock.close()
+    assert _raw_connack(port, 5, "dev", DEV_PW) == 0x86
+    # ops stays connected, and its next burst is paced by the new limit (nothing lost).
+    infos = [ops.c.publish("ops/x", f"b{i}".encode(), qos=1) for i in range(burst)]
+    for info in infos:
+        info.wait_for_publish(WAIT)
+    assert [m.payload for m in ops.take(burst)] == [f"b{i}".encode() for i in range(burst)]
+    assert b.metrics().sum("strata_mqtt_throttled_total") >= 1
+    ops.close()
 
 
 def _scram_connect(port: int, method: str, first: bytes) -> socket.socket:

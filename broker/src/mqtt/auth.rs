@@ -218,6 +218,22 @@ impl Auth {
         })
     }
 
+    /// Whether a connection authenticated as `user` may stay under these settings: always
+    /// without authentication; with it, while the user is still one of `mqtt.users` or has a
+    /// SCRAM credential in metadata (a password change does not end open connections).
+    pub fn admits(&self, node: &Node, user: Option<&str>) -> bool {
+        if !self.password_required {
+            return true;
+        }
+        let Some(user) = user else { return false };
+        self.users.contains_key(user) || {
+            let state = node.meta.read();
+            [ScramMechanism::Sha512, ScramMechanism::Sha256]
+                .into_iter()
+                .any(|m| state.scram_credential(user, m).is_some())
+        }
+    }
+
     /// Checks a CONNECT's credentials (off the reactor: the hashes are slow on purpose).
     pub async fn authenticate(
         &self,
@@ -510,6 +526,24 @@ pub struct Throttle {
     bytes: Option<Bucket>,
 }
 
+/// A bucket for `rate` (0: none) that keeps `old`'s balance when the rate is unchanged.
+fn retuned(old: Option<Bucket>, rate: u64, now: Instant) -> Option<Bucket> {
+    match old {
+        _ if rate == 0 => None,
+        Some(b) if b.rate == rate as f64 => Some(b),
+        Some(mut b) => {
+            // Settle the old rate up to now, then carry the balance (capped) to the new one.
+            let _ = b.take(0, now);
+            Some(Bucket {
+                rate: rate as f64,
+                tokens: b.tokens.min(rate as f64),
+                at: now,
+            })
+        }
+        None => Some(Bucket::new(rate, now)),
+    }
+}
+
 impl Throttle {
     /// 0 turns a limit off.
     pub fn new(packets_per_sec: u64, bytes_per_sec: u64, now: Instant) -> Throttle {
@@ -517,6 +551,13 @@ impl Throttle {
             packets: (packets_per_sec > 0).then(|| Bucket::new(packets_per_sec, now)),
             bytes: (bytes_per_sec > 0).then(|| Bucket::new(bytes_per_sec, now)),
         }
+    }
+
+    /// Reloaded limits, for a connection already open: a changed rate applies from `now` (a
+    /// debt under the old one carries over), an unchanged one keeps its balance.
+    pub fn retune(&mut self, packets_per_sec: u64, bytes_per_sec: u64, now: Instant) {
+        self.packets = retuned(self.packets.take(), packets_per_sec, now);
+        self.bytes = retuned(self.bytes.take(), bytes_per_sec, now);
     }
 
     /// A PUBLISH of `bytes` was read: how long to stop reading, if over the limit.
@@ -782,5 +823,32 @@ mod tests {
         assert_eq!(t.on_publish(500, t0), Some(Duration::from_millis(500)));
         let mut off = Throttle::new(0, 0, t0);
         assert_eq!(off.on_publish(u64::MAX, t0), None);
+    }
+
+    #[test]
+    fn retuned_limits_apply_from_now_and_keep_the_balance() {
+        let t0 = Instant::now();
+        // No limit yet: a reload that sets one starts a full bucket at the new rate.
+        let mut t = Throttle::new(0, 0, t0);
+        t.retune(0, 2, t0);
+        assert_eq!(t.on_publish(1, t0), None);
+        assert_eq!(t.on_publish(1, t0), None);
+        assert_eq!(t.on_publish(1, t0), Some(Duration::from_millis(500)));
+        // A lower rate: the balance (in debt) carries over and is paid back at the new rate.
+        t.retune(0, 1, t0);
+        assert_eq!(t.on_publish(0, t0), Some(Duration::from_secs(1)));
+        // A higher rate refills faster; an unchanged one keeps the state.
+        let t1 = t0 + Duration::from_secs(1);
+        t.retune(0, 100, t1);
+        t.retune(0, 100, t1);
+        assert_eq!(t.on_publish(0, t1), None); // the debt of 1 at 1/s was paid by t1
+        let t2 = t1 + Duration::from_secs(1);
+        for _ in 0..100 {
+            assert_eq!(t.on_publish(1, t2), None);
+        }
+        assert!(t.on_publish(1, t2).is_some());
+        // Turned off: nothing pauses.
+        t.retune(0, 0, t2);
+        assert_eq!(t.on_publish(u64::MAX, t2), None);
     }
 }

@@ -18,7 +18,7 @@
 use super::clients::Transport;
 use super::ingest::{Ingest, IngestError};
 use super::replay::{self, Cursors};
-use super::router::{ConnHandle, ConnectOutcome, ConnectRequest, RouterMsg, SubOptions};
+use super::router::{ConnHandle, ConnectOutcome, ConnectRequest, Routed, RouterMsg, SubOptions};
 use super::session::{AckOutcome, OutPublish, PubRec, Session};
 use super::store::{Marks, Qos2Ids};
 use super::wire::{self, CloseCode, Codec, ConnCode, Inbound, Outbound, Proto, SubResult};
@@ -191,6 +191,8 @@ pub enum CloseReason {
     ClientId,
     #[error("not authorized: {0}")]
     NotAuthorized(&'static str),
+    #[error("the user is no longer admitted by the reloaded configuration")]
+    UserRemoved,
     #[error("server busy")]
     Busy,
     #[error("io: {0}")]
@@ -212,6 +214,7 @@ impl CloseReason {
             CloseReason::TopicAlias(_) => Some(CloseCode::TopicAliasInvalid),
             CloseReason::TakenOver => Some(CloseCode::SessionTakenOver),
             CloseReason::Publish(_) => Some(CloseCode::ImplementationSpecific),
+            CloseReason::UserRemoved => Some(CloseCode::NotAuthorized),
             _ => None,
         }
     }
@@ -765,7 +768,9 @@ pub async fn connection(
             changed = auth_rx.changed() => {
                 // The sender lives in `shared`, as long as this connection.
                 if changed.is_ok() {
-                    Box::pin(conn.revoke_denied()).await;
+                    if let Err(e) = Box::pin(conn.on_auth_reloaded()).await {
+                        break Err(e);
+                    }
                 }
             }
             _ = &mut kick_rx => break Err(CloseReason::TakenOver),
@@ -998,6 +1003,24 @@ impl Conn<'_> {
     /// Drops the subscriptions the ACL in force denies (it was reloaded, or the session was
     /// granted them under an older one): the router stops routing them here and a persistent
     /// session's cursors stop matching them. The client is not told (MQTT has no way to).
+    /// Reloaded credentials, ACLs and rate limits reach this connection: a user no longer
+    /// admitted is disconnected (MQTT 5: DISCONNECT 0x87), the new rate limits apply from now,
+    /// and subscriptions the new ACL denies are dropped.
+    async fn on_auth_reloaded(&mut self) -> Result<(), CloseReason> {
+        let auth = self.shared.auth();
+        if !auth.admits(&self.shared.node, self.user.as_deref()) {
+            tracing::info!(client_id = self.client_id, user = ?self.user, "mqtt connection closed: its user is no longer admitted");
+            return Err(CloseReason::UserRemoved);
+        }
+        self.throttle.retune(
+            auth.publish_rate_max,
+            auth.publish_bytes_rate_max,
+            Instant::now(),
+        );
+        self.revoke_denied().await;
+        Ok(())
+    }
+
     async fn revoke_denied(&mut self) {
         let auth = self.shared.auth();
         if auth.acl.allows_everything() {
@@ -1403,9 +1426,19 @@ impl Conn<'_> {
         self.session.waiting() + super::ROUTE_BATCH_MAX <= CONN_QUEUE_MAX
     }
 
-    fn deliver_batch(&mut self, batch: Vec<Delivery>, io: &mut Io) -> Result<(), CloseReason> {
-        for d in batch {
-            self.deliver(d, io)?;
+    fn deliver_batch(&mut self, batch: Vec<Routed>, io: &mut Io) -> Result<(), CloseReason> {
+        for r in batch {
+            match r {
+                Routed::One(d) => self.deliver(d, io)?,
+                Routed::Frames(run) => {
+                    // QoS 0 only: nothing to track but the count.
+                    let sent = io
+                        .codec
+                        .put_frames(run.proto(), &run.bytes, run.count, &mut io.wbuf)
+                        .map_err(CloseReason::Encode)?;
+                    self.shared.sent.fetch_add(sent as u64, Ordering::Relaxed);
+                }
+            }
         }
         Ok(())
     }

@@ -189,9 +189,6 @@ pub struct Delivery {
     pub origin: Option<Origin>,
     /// MQTT 5 Subscription Identifiers of the subscriptions it matched.
     pub sub_ids: Vec<u32>,
-    /// Its PUBLISH packet, encoded once by the router for every connection that sends the
-    /// same bytes (`wire::shareable`); `None`: the connection encodes it.
-    pub frame: Option<wire::SharedFrame>,
 }
 
 /// Starts the router, the tailers and the listeners. Returns once they are spawned; the
@@ -352,7 +349,8 @@ pub struct Mqtt {
 
 impl Mqtt {
     /// Puts a reloaded configuration's credentials, ACLs and publish rate limits in force
-    /// (`config::RELOADABLE`); connections drop the subscriptions the new ACL denies.
+    /// (`config::RELOADABLE`): open connections take the new rate limits, drop the
+    /// subscriptions the new ACL denies, and close when their user is gone.
     pub fn reload(&self, m: &crate::config::MqttSection) -> Result<(), auth::BadKey> {
         self.shared.replace_auth(auth::Auth::from_config(m)?);
         Ok(())

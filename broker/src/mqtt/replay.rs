@@ -332,7 +332,6 @@ pub async fn pump(
                         qos,
                         message: Arc::new(msg),
                         sub_ids,
-                        frame: None,
                     });
                 }
                 cur.read = cur.read.max(end);

@@ -37,8 +37,10 @@
 
 use super::store::{CursorMark, Marks, Qos2Ids, SessionRecord, StoreOp, StoredSub};
 use super::topic;
-use super::wire::{self, Proto, SharedFrame};
+use super::wire::{self, Proto};
 use super::{Delivery, Message};
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -135,6 +137,64 @@ pub struct ConnHandle {
     pub frames: Option<Proto>,
 }
 
+/// What one connection gets of a routed message, in message order within a batch.
+#[derive(Debug)]
+pub enum Routed {
+    /// A delivery the connection encodes itself.
+    One(Delivery),
+    /// Consecutive messages as shared PUBLISH frames (`wire::shared_frame`), sent as they are.
+    Frames(FrameRun),
+}
+
+/// `count` shared PUBLISH frames, one after the other in `bytes` (a slice of the batch's one
+/// buffer for their protocol version and RETAIN flag).
+#[derive(Debug)]
+pub struct FrameRun {
+    slot: usize,
+    start: usize,
+    end: usize,
+    pub count: usize,
+    pub bytes: Bytes,
+}
+
+impl FrameRun {
+    /// The protocol version the frames are encoded for.
+    pub fn proto(&self) -> Proto {
+        FrameBufs::proto(self.slot)
+    }
+}
+
+impl Routed {
+    /// How many messages it carries.
+    pub fn messages(&self) -> usize {
+        match self {
+            Routed::One(_) => 1,
+            Routed::Frames(run) => run.count,
+        }
+    }
+}
+
+/// Cuts `batch` to its first `keep` messages (a run of frames may be cut inside).
+fn truncate_messages(batch: &mut Vec<Routed>, keep: usize) {
+    let mut kept = 0;
+    for i in 0..batch.len() {
+        let n = batch[i].messages();
+        if kept + n <= keep {
+            kept += n;
+            continue;
+        }
+        let part = keep - kept;
+        if let (Routed::Frames(run), true) = (&mut batch[i], part > 0) {
+            run.bytes.truncate(wire::packets_prefix(&run.bytes, part));
+            run.count = part;
+            batch.truncate(i + 1);
+        } else {
+            batch.truncate(i);
+        }
+        return;
+    }
+}
+
 /// The router's end of one connection's delivery queue. Deliveries travel in batches (all of
 /// a routed batch of messages that one connection gets, in order), so a fan-out to many
 /// subscribers costs one queue operation and one wake-up per connection and batch, not per
@@ -142,7 +202,7 @@ pub struct ConnHandle {
 /// (`messages_max`, counted across the batches it holds).
 #[derive(Debug, Clone)]
 pub struct DeliveryTx {
-    tx: mpsc::Sender<Vec<Delivery>>,
+    tx: mpsc::Sender<Vec<Routed>>,
     queued: Arc<AtomicUsize>,
     messages_max: usize,
 }
@@ -150,7 +210,7 @@ pub struct DeliveryTx {
 /// The connection's end of its delivery queue.
 #[derive(Debug)]
 pub struct DeliveryRx {
-    rx: mpsc::Receiver<Vec<Delivery>>,
+    rx: mpsc::Receiver<Vec<Routed>>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -174,8 +234,8 @@ impl DeliveryTx {
     /// Queues what fits of `batch` without waiting; returns how many deliveries were dropped
     /// (the tail of the batch beyond the room left, or all of it when the connection is gone
     /// or holds `batches_max` batches already). The router never waits on a slow client.
-    pub fn offer(&self, mut batch: Vec<Delivery>) -> usize {
-        let n = batch.len();
+    pub fn offer(&self, mut batch: Vec<Routed>) -> usize {
+        let n: usize = batch.iter().map(Routed::messages).sum();
         if n == 0 {
             return 0;
         }
@@ -187,8 +247,10 @@ impl DeliveryTx {
         if room == 0 {
             return n;
         }
-        batch.truncate(room);
-        let kept = batch.len();
+        let kept = n.min(room);
+        if kept < n {
+            truncate_messages(&mut batch, kept);
+        }
         self.queued.fetch_add(kept, Ordering::AcqRel);
         match self.tx.try_send(batch) {
             Ok(()) => n - kept,
@@ -202,17 +264,22 @@ impl DeliveryTx {
 
 impl DeliveryRx {
     /// The next batch, waiting for one; `None` once the router dropped its end.
-    pub async fn recv(&mut self) -> Option<Vec<Delivery>> {
+    pub async fn recv(&mut self) -> Option<Vec<Routed>> {
         let batch = self.rx.recv().await?;
-        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        self.taken(&batch);
         Some(batch)
     }
 
     /// The next batch if one is queued.
-    pub fn try_recv(&mut self) -> Option<Vec<Delivery>> {
+    pub fn try_recv(&mut self) -> Option<Vec<Routed>> {
         let batch = self.rx.try_recv().ok()?;
-        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        self.taken(&batch);
         Some(batch)
+    }
+
+    fn taken(&self, batch: &[Routed]) {
+        let n: usize = batch.iter().map(Routed::messages).sum();
+        self.queued.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
@@ -443,7 +510,6 @@ fn delivery(msg: &Arc<Message>, opts: &SubOptions, sub_ids: Vec<u32>) -> Deliver
         dup: false,
         origin: None,
         sub_ids,
-        frame: None,
     }
 }
 
@@ -1007,7 +1073,6 @@ impl RouterCore {
                         dup: false,
                         origin: None,
                         sub_ids: opts.sub_id.into_iter().collect(),
-                        frame: None,
                     });
                 }
             }
@@ -1091,7 +1156,12 @@ impl RouterCore {
             &self.sessions,
             &holders,
             msg,
-            |conn, d| out.push((conn.clone(), d)),
+            None,
+            |conn, r| {
+                if let Routed::One(d) = r {
+                    out.push((conn.clone(), d))
+                }
+            },
         );
         out
     }
@@ -1099,11 +1169,14 @@ impl RouterCore {
     /// [`RouterCore::route`] for a batch of messages: per connection, its deliveries in
     /// message order (one queue operation per connection, however many messages). The
     /// sessions holding a matching filter are found once per topic in the batch, not once per
-    /// message (a busy topic's batch is many messages to the same holders).
-    pub fn route_batch(&mut self, msgs: &[Arc<Message>]) -> Vec<(ConnHandle, Vec<Delivery>)> {
-        let mut out: Vec<(ConnHandle, Vec<Delivery>)> = Vec::new();
-        let mut index: HashMap<u64, usize> = HashMap::new();
-        let mut holders_of: HashMap<&str, Vec<Holder<'_>>> = HashMap::new();
+    /// message (a busy topic's batch is many messages to the same holders). Deliveries that
+    /// are the same bytes on many connections go as shared frames ([`Frames`]), consecutive
+    /// ones to a connection as one run.
+    pub fn route_batch(&mut self, msgs: &[Arc<Message>]) -> Vec<(ConnHandle, Vec<Routed>)> {
+        let mut out: Vec<(ConnHandle, Vec<Routed>)> = Vec::new();
+        let mut index: FxHashMap<u64, usize> = FxHashMap::default();
+        let mut holders_of: FxHashMap<&str, Vec<Holder<'_>>> = FxHashMap::default();
+        let mut bufs = FrameBufs::default();
         for msg in msgs {
             let holders = holders_of
                 .entry(msg.topic.as_str())
@@ -1113,14 +1186,34 @@ impl RouterCore {
                 &self.sessions,
                 holders,
                 msg,
-                |conn, d| {
+                Some(&mut bufs),
+                |conn, r| {
                     let i = *index.entry(conn.id).or_insert_with(|| {
                         out.push((conn.clone(), Vec::new()));
                         out.len() - 1
                     });
-                    out[i].1.push(d);
+                    let items = &mut out[i].1;
+                    if let (Routed::Frames(next), Some(Routed::Frames(last))) =
+                        (&r, items.last_mut())
+                    {
+                        if last.slot == next.slot && last.end == next.start {
+                            last.end = next.end;
+                            last.count += next.count;
+                            return;
+                        }
+                    }
+                    items.push(r);
                 },
             );
+        }
+        // Every frame is made: the runs take their slices.
+        let bufs = bufs.0.map(BytesMut::freeze);
+        for (_, items) in &mut out {
+            for r in items {
+                if let Routed::Frames(run) = r {
+                    run.bytes = bufs[run.slot].slice(run.start..run.end);
+                }
+            }
         }
         out
     }
@@ -1188,9 +1281,14 @@ fn route_one(
     sessions: &HashMap<String, SessionEntry>,
     holders: &[Holder<'_>],
     msg: &Arc<Message>,
-    mut deliver: impl FnMut(&ConnHandle, Delivery),
+    mut bufs: Option<&mut FrameBufs>,
+    mut deliver: impl FnMut(&ConnHandle, Routed),
 ) {
     let mut frames = Frames::default();
+    let mut deliver = |conn: &ConnHandle, d: Delivery| match bufs.as_deref_mut() {
+        Some(bufs) => deliver(conn, frames.attach(bufs, conn, d)),
+        None => deliver(conn, Routed::One(d)),
+    };
     for ((_, filter), g) in shared.iter_mut() {
         if !topic::matches(filter, &msg.topic) {
             continue;
@@ -1205,16 +1303,14 @@ fn route_one(
             let Some(opts) = entry.subs.get(&g.key) else {
                 continue;
             };
-            let mut d = delivery(msg, opts, opts.sub_id.into_iter().collect());
-            frames.attach(conn, &mut d);
-            deliver(conn, d);
+            deliver(conn, delivery(msg, opts, opts.sub_id.into_iter().collect()));
             g.next = (i + 1) % n;
             break;
         }
     }
     for h in holders {
         let own = msg.publisher.as_deref() == Some(h.client_id);
-        let mut d = if own && h.found.no_local {
+        let d = if own && h.found.no_local {
             // Without its No Local subscriptions, does anything else of it match?
             match find_match(&h.entry.subs, &msg.topic, true) {
                 Some(m) => delivery(msg, &m.opts, m.sub_ids),
@@ -1223,44 +1319,81 @@ fn route_one(
         } else {
             delivery(msg, &h.found.opts, h.found.sub_ids.clone())
         };
-        frames.attach(h.conn, &mut d);
         deliver(h.conn, d);
     }
 }
 
-/// One message's shared PUBLISH frames (`wire::shared_frame`), one per protocol version and
-/// RETAIN flag, the only parts of a shareable delivery's packet that differ between
-/// connections. A frame is made when a second connection needs the same one: a message with
-/// one subscriber is encoded by that connection, as without sharing.
+/// The shared PUBLISH frames of one routed batch: per protocol version and RETAIN flag (the
+/// only parts of a shareable delivery's packet that differ between connections), one buffer
+/// holding the frames made for it, in message order.
+#[derive(Debug, Default)]
+struct FrameBufs([BytesMut; 4]);
+
+impl FrameBufs {
+    fn slot(proto: Proto, retain: bool) -> usize {
+        usize::from(proto == Proto::V5) * 2 + usize::from(retain)
+    }
+
+    fn proto(slot: usize) -> Proto {
+        if slot >= 2 {
+            Proto::V5
+        } else {
+            Proto::V311
+        }
+    }
+}
+
+/// One message's shared frames, by [`FrameBufs`] slot. A frame is made when a second
+/// connection needs the same one: a message with one subscriber is encoded by that
+/// connection, as without sharing.
 #[derive(Debug, Default)]
 struct Frames([FrameSlot; 4]);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 enum FrameSlot {
     #[default]
     Unused,
     /// One delivery went out without a frame.
     Once,
-    /// `None`: the message cannot be encoded (each connection fails on it itself).
-    Made(Option<SharedFrame>),
+    /// Where in the slot's buffer; `None`: the message cannot be encoded (each connection
+    /// fails on it itself).
+    Made(Option<(usize, usize)>),
 }
 
 impl Frames {
-    /// Gives `d` the frame `conn` would send as it is, when there is one to share.
-    fn attach(&mut self, conn: &ConnHandle, d: &mut Delivery) {
-        let Some(proto) = conn.frames else { return };
-        if !wire::shareable(d) {
-            return;
+    /// `d` as `conn` gets it: the frame it would send as it is, when there is one to share.
+    fn attach(&mut self, bufs: &mut FrameBufs, conn: &ConnHandle, d: Delivery) -> Routed {
+        let Some(proto) = conn.frames else {
+            return Routed::One(d);
+        };
+        if !wire::shareable(&d) {
+            return Routed::One(d);
         }
-        let slot = &mut self.0[usize::from(proto == Proto::V5) * 2 + usize::from(d.retain)];
-        match slot {
-            FrameSlot::Unused => *slot = FrameSlot::Once,
-            FrameSlot::Once => {
-                let frame = wire::shared_frame(d, proto);
-                d.frame = frame.clone();
-                *slot = FrameSlot::Made(frame);
+        let slot = FrameBufs::slot(proto, d.retain);
+        let state = &mut self.0[slot];
+        let at = match *state {
+            FrameSlot::Unused => {
+                *state = FrameSlot::Once;
+                None
             }
-            FrameSlot::Made(frame) => d.frame = frame.clone(),
+            FrameSlot::Once => {
+                let buf = &mut bufs.0[slot];
+                let start = buf.len();
+                let made = wire::shared_frame(&d, proto, buf).then(|| (start, buf.len()));
+                *state = FrameSlot::Made(made);
+                made
+            }
+            FrameSlot::Made(at) => at,
+        };
+        match at {
+            Some((start, end)) => Routed::Frames(FrameRun {
+                slot,
+                start,
+                end,
+                count: 1,
+                bytes: Bytes::new(),
+            }),
+            None => Routed::One(d),
         }
     }
 }
@@ -1346,7 +1479,7 @@ pub async fn run(
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     // Hands each connection its share of a routed batch; counts what a full queue dropped.
-    let hand_over = |core: &mut RouterCore, batches: Vec<(ConnHandle, Vec<Delivery>)>| {
+    let hand_over = |core: &mut RouterCore, batches: Vec<(ConnHandle, Vec<Routed>)>| {
         for (conn, batch) in batches {
             let dropped = conn.tx.offer(batch);
             if dropped > 0 {
@@ -1582,6 +1715,24 @@ mod tests {
             user_properties: vec![],
             ..Default::default()
         })
+    }
+
+    /// The deliveries of a batch routed to connections that take no shared frames.
+    fn ones(batch: Vec<Routed>) -> Vec<Delivery> {
+        batch
+            .into_iter()
+            .map(|r| match r {
+                Routed::One(d) => d,
+                Routed::Frames(run) => panic!("frames for a connection without: {run:?}"),
+            })
+            .collect()
+    }
+
+    /// `d`'s shared frame for `proto`.
+    fn frame_of(d: &Delivery, proto: Proto) -> Bytes {
+        let mut buf = BytesMut::new();
+        assert!(wire::shared_frame(d, proto, &mut buf));
+        buf.freeze()
     }
 
     fn conn(id: u64) -> (ConnHandle, DeliveryRx) {
@@ -2034,7 +2185,7 @@ mod tests {
             .route_batch(&msgs)
             .into_iter()
             .map(|(c, ds)| {
-                let seen = ds
+                let seen = ones(ds)
                     .iter()
                     .map(|d| (String::from_utf8_lossy(&d.message.payload).into(), d.qos))
                     .collect();
@@ -2095,14 +2246,21 @@ mod tests {
             r.connect(id, true, 0, c, k);
             r.subscribe(id, i as u64, &[("f/#".into(), *o)]);
         }
-        let routed = |r: &mut RouterCore, m: &Arc<Message>| -> HashMap<&'static str, Delivery> {
-            r.route(m)
-                .into_iter()
-                .map(|(c, d)| (clients[c.id as usize].0, d))
-                .collect()
+        let routed =
+            |r: &mut RouterCore, ms: &[Arc<Message>]| -> HashMap<&'static str, Vec<Routed>> {
+                r.route_batch(ms)
+                    .into_iter()
+                    .map(|(c, rs)| (clients[c.id as usize].0, rs))
+                    .collect()
+            };
+        let one = |rs: &[Routed]| -> Delivery {
+            match rs {
+                [Routed::One(d)] => d.clone(),
+                other => panic!("one delivery expected: {other:?}"),
+            }
         };
         let m = msg("f/x", "hello", 1, true);
-        let got = routed(&mut r, &m);
+        let got = routed(&mut r, std::slice::from_ref(&m));
         assert_eq!(got.len(), clients.len());
         // Receiver-dependent packets are never shared.
         for id in [
@@ -2113,10 +2271,10 @@ mod tests {
             "sub-id",
             "sub-id-2",
         ] {
-            assert_eq!(got[id].frame, None, "{id}");
+            one(&got[id]);
         }
-        // Among connections that would send the same bytes, the first encodes its own and the
-        // others share one frame: exactly the bytes of their own encoding.
+        // Among connections that would send the same bytes, one encodes its own and the
+        // others share one frame: exactly the bytes of its own encoding.
         let groups: [(&[&str], Proto); 3] = [
             (&["v3-a", "v3-b", "v3-c"], Proto::V311),
             (&["v5-a", "v5-b"], Proto::V5),
@@ -2124,17 +2282,27 @@ mod tests {
         ];
         let mut seen = Vec::new();
         for (ids, proto) in groups {
-            let frames: Vec<&SharedFrame> =
-                ids.iter().filter_map(|id| got[id].frame.as_ref()).collect();
-            assert_eq!(frames.len(), ids.len() - 1, "{ids:?}");
-            let own = wire::shared_frame(&got[ids[0]], proto).unwrap();
-            for f in &frames {
-                assert_eq!(**f, own, "{ids:?}");
-                assert_eq!(f.bytes.as_ptr(), frames[0].bytes.as_ptr(), "one copy");
+            let mut own = None;
+            let mut shared = Vec::new();
+            for id in ids {
+                match &got[id][..] {
+                    [Routed::One(d)] => assert!(own.replace(d.clone()).is_none(), "{ids:?}"),
+                    [Routed::Frames(run)] => shared.push(run),
+                    other => panic!("{id}: {other:?}"),
+                }
             }
-            seen.push(own.bytes);
+            let own = frame_of(&own.expect("one encodes its own"), proto);
+            assert_eq!(shared.len(), ids.len() - 1, "{ids:?}");
+            for run in &shared {
+                assert_eq!(
+                    (run.proto(), run.count, &run.bytes),
+                    (proto, 1, &own),
+                    "{ids:?}"
+                );
+                assert_eq!(run.bytes.as_ptr(), shared[0].bytes.as_ptr(), "one copy");
+            }
+            seen.push(own);
         }
-        assert!(got["retain-a"].retain && !got["v3-a"].retain);
         assert_ne!(seen[0], seen[1], "3.1.1 and 5 differ");
         assert_ne!(seen[0], seen[2], "the RETAIN flag differs");
         // A message with an expiry interval: its packet is made at send time, per connection.
@@ -2142,21 +2310,30 @@ mod tests {
             expires_at_ms: Some(i64::MAX),
             ..(*msg("f/y", "later", 0, false)).clone()
         });
-        assert!(routed(&mut r, &expiring)
-            .values()
-            .all(|d| d.frame.is_none()));
-        // A batch: every message gets its own frames.
+        for rs in routed(&mut r, &[expiring]).values() {
+            one(rs);
+        }
+        // A batch: the frames of consecutive messages go to a connection as one run. (QoS 0
+        // and no RETAIN: the qos1 and retain-as-published subscribers get the 3.1.1 frames too.)
         let batch = [msg("f/1", "one", 0, false), msg("f/2", "two", 0, false)];
-        let mut shared = 0;
-        for (_, ds) in r.route_batch(&batch) {
-            for d in ds {
-                if let Some(f) = &d.frame {
-                    assert_eq!(Some(f), wire::shared_frame(&d, f.proto).as_ref());
-                    shared += 1;
+        let mut runs = 0;
+        for (id, rs) in routed(&mut r, &batch) {
+            for x in rs {
+                if let Routed::Frames(run) = x {
+                    let want: Vec<u8> = batch
+                        .iter()
+                        .flat_map(|m| frame_of(&delivery(m, &opts(0), vec![]), run.proto()))
+                        .collect();
+                    assert_eq!((run.count, &run.bytes[..]), (2, &want[..]), "{id}");
+                    runs += 1;
                 }
             }
         }
-        assert!(shared > 0);
+        assert_eq!(
+            runs,
+            6 + 1,
+            "all but one of seven 3.1.1 and of two 5.0 connections"
+        );
     }
 
     /// A seeded generator (so a failing case can be replayed) with the two draws the property
@@ -2492,9 +2669,8 @@ mod tests {
             dup: false,
             origin: None,
             sub_ids: vec![],
-            frame: None,
         };
-        let batch = |r: std::ops::Range<usize>| r.map(d).collect::<Vec<_>>();
+        let batch = |r: std::ops::Range<usize>| r.map(|i| Routed::One(d(i))).collect::<Vec<_>>();
         // (batches_max, messages_max, offered batch sizes, dropped per offer)
         let cases: [(usize, usize, &[usize], &[usize]); 4] = [
             (4, 10, &[3, 3, 3], &[0, 0, 0]),
@@ -2517,7 +2693,7 @@ mod tests {
             assert_eq!(got_dropped, dropped, "case {sizes:?}");
             let mut seen = Vec::new();
             while let Some(b) = rx.try_recv() {
-                seen.extend(b.iter().map(|d| {
+                seen.extend(ones(b).iter().map(|d| {
                     String::from_utf8_lossy(&d.message.payload)
                         .parse::<usize>()
                         .unwrap()
@@ -2532,5 +2708,38 @@ mod tests {
         let (tx, rx) = delivery_queue(4, 10);
         drop(rx);
         assert_eq!(tx.offer(batch(0..3)), 3);
+
+        // A run of frames counts as its messages and is cut inside, at a packet boundary.
+        let frames: Vec<Bytes> = (0..4).map(|i| frame_of(&d(i * 100), Proto::V311)).collect();
+        let run = |from: usize, to: usize| {
+            let mut buf = BytesMut::new();
+            frames[from..to]
+                .iter()
+                .for_each(|f| buf.extend_from_slice(f));
+            Routed::Frames(FrameRun {
+                slot: FrameBufs::slot(Proto::V311, false),
+                start: 0,
+                end: buf.len(),
+                count: to - from,
+                bytes: buf.freeze(),
+            })
+        };
+        let (tx, mut rx) = delivery_queue(4, 5);
+        assert_eq!(tx.offer(vec![Routed::One(d(7)), run(0, 3)]), 0);
+        assert_eq!(
+            tx.offer(vec![run(0, 3), Routed::One(d(8))]),
+            3,
+            "room for one"
+        );
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.iter().map(Routed::messages).sum::<usize>(), 4);
+        match &rx.try_recv().unwrap()[..] {
+            [Routed::Frames(r)] => {
+                assert_eq!((r.count, r.proto()), (1, Proto::V311));
+                assert_eq!(r.bytes, frames[0]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tx.offer(vec![run(1, 4)]), 0, "all taken out: room again");
     }
 }

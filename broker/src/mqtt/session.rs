@@ -277,7 +277,6 @@ mod tests {
             dup: false,
             origin: None,
             sub_ids: vec![],
-            frame: None,
         }
     }
 

@@ -10,9 +10,11 @@
 //! *Shared frames:* a PUBLISH whose bytes depend on nothing but the delivery ([`shareable`]:
 //! QoS 0, no DUP, no Subscription Identifiers, no Message Expiry Interval) is the same on every
 //! connection of one protocol version that uses no outbound topic aliases. The router encodes
-//! it once per message for such connections ([`shared_frame`]) and each connection's
-//! [`Codec::encode`] copies those bytes after checking its own Maximum Packet Size — a fan-out
-//! to N subscribers encodes once, not N times.
+//! it once per message for such connections ([`shared_frame`]), one after the other in one
+//! buffer per batch, and hands each connection its runs of consecutive frames; the connection
+//! copies a run whole ([`Codec::put_frames`], after checking each frame against its own Maximum
+//! Packet Size) — a fan-out to N subscribers encodes once, not N times, and costs each of them
+//! one copy per batch, not one per message.
 
 use super::ingest::IngestError;
 use super::router::SubOptions;
@@ -144,6 +146,8 @@ pub enum CloseCode {
     ClientIdInvalid,
     /// MQTT 5: an Authentication Method we do not speak, or an AUTH that does not follow it.
     BadAuthMethod,
+    /// After CONNACK: the client's user is no longer admitted (removed by a reload).
+    NotAuthorized,
 }
 
 #[derive(Debug, Clone)]
@@ -218,14 +222,6 @@ impl WireError {
     }
 }
 
-/// A QoS 0 PUBLISH packet encoded once and sent as it is by every connection of `proto` that
-/// takes shared frames ([`Codec::shares_frames`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedFrame {
-    pub proto: Proto,
-    pub bytes: Bytes,
-}
-
 /// Whether `d`'s PUBLISH packet is byte for byte the same on every connection of one protocol
 /// version without outbound topic aliases: QoS 0 (no packet id), not a redelivery (no DUP),
 /// no Subscription Identifiers (they are the receiver's) and no Message Expiry Interval (the
@@ -234,33 +230,54 @@ pub fn shareable(d: &Delivery) -> bool {
     d.qos == 0 && !d.dup && d.sub_ids.is_empty() && d.message.expires_at_ms.is_none()
 }
 
-/// `d`'s PUBLISH packet for every connection of `proto` taking shared frames: exactly the
-/// bytes [`Codec::encode`] would write there. `None` when `d` is not [`shareable`] or cannot
-/// be encoded (then each connection encodes it and fails the same way).
-pub fn shared_frame(d: &Delivery, proto: Proto) -> Option<SharedFrame> {
+/// Appends `d`'s PUBLISH packet for every connection of `proto` taking shared frames to `dst`:
+/// exactly the bytes [`Codec::encode`] would write there. `false` (and `dst` unchanged) when
+/// `d` is not [`shareable`] or cannot be encoded (then each connection encodes it and fails
+/// the same way).
+pub fn shared_frame(d: &Delivery, proto: Proto, dst: &mut BytesMut) -> bool {
     if !shareable(d) {
-        return None;
+        return false;
     }
     let out = Outbound::Publish(OutPublish {
-        delivery: Delivery {
-            frame: None,
-            ..d.clone()
-        },
+        delivery: d.clone(),
         packet_id: None,
     });
-    let mut buf = BytesMut::new();
+    let start = dst.len();
     let done = match proto {
-        Proto::V311 => to_v3(out).map(|p| v3::Codec::new(0).encode(p, &mut buf).is_ok()),
-        Proto::V5 => Some(
-            v5::Codec::new(0, 0)
-                .encode(to_v5(out, None), &mut buf)
-                .is_ok(),
-        ),
+        Proto::V311 => to_v3(out).is_some_and(|p| v3::Codec::new(0).encode(p, dst).is_ok()),
+        Proto::V5 => v5::Codec::new(0, 0).encode(to_v5(out, None), dst).is_ok(),
     };
-    (done == Some(true)).then(|| SharedFrame {
-        proto,
-        bytes: buf.freeze(),
-    })
+    if !done {
+        dst.truncate(start);
+    }
+    done
+}
+
+/// The length of the first `n` packets of `run` (whole packets, one after the other), or of
+/// all of it when it holds fewer.
+pub fn packets_prefix(run: &[u8], n: usize) -> usize {
+    let mut at = 0;
+    for _ in 0..n {
+        match packet_len(&run[at..]) {
+            Some(len) if at + len <= run.len() => at += len,
+            _ => return run.len(),
+        }
+    }
+    at
+}
+
+/// The whole length (fixed header included) of the packet `packet` starts with.
+fn packet_len(packet: &[u8]) -> Option<usize> {
+    let rest = remaining_length(packet)? as usize;
+    let header = 1
+        + packet
+            .iter()
+            .skip(1)
+            .take(4)
+            .take_while(|b| *b & 0x80 != 0)
+            .count()
+        + 1;
+    Some(header + rest)
 }
 
 /// The remaining length a packet's fixed header gives.
@@ -305,6 +322,7 @@ fn close_reason(c: CloseCode) -> v5::DisconnectReasonCode {
         CloseCode::ImplementationSpecific => D::ImplementationSpecificError, // 0x83
         CloseCode::ClientIdInvalid => D::ProtocolError,
         CloseCode::BadAuthMethod => D::BadAuthenticationMethod, // 0x8C
+        CloseCode::NotAuthorized => D::NotAuthorized,           // 0x87
     }
 }
 
@@ -318,6 +336,7 @@ fn connack_failure_reason(c: CloseCode) -> v5::ConnectAckReason {
         CloseCode::ServerShuttingDown => R::ServerUnavailable,
         CloseCode::ClientIdInvalid => R::ClientIdentifierNotValid,
         CloseCode::BadAuthMethod => R::BadAuthenticationMethod,
+        CloseCode::NotAuthorized => R::NotAuthorized,
         _ => R::ProtocolError,
     }
 }
@@ -433,7 +452,7 @@ impl Codec {
         }
     }
 
-    /// The protocol of the [`SharedFrame`]s this connection sends as they are: its own, unless
+    /// The protocol of the shared frames ([`shared_frame`]) this connection sends as they are: its own, unless
     /// it uses outbound topic aliases (MQTT 5 with a Topic Alias Maximum above 0), whose
     /// packets depend on what it was sent before.
     pub fn shares_frames(&self) -> Option<Proto> {
@@ -445,17 +464,47 @@ impl Codec {
         }
     }
 
-    /// Appends a shared frame; `false` when it is larger than the client's Maximum Packet
-    /// Size (the same test the codec makes: MQTT 5 only, on the remaining length).
-    fn put_frame(&self, frame: &SharedFrame, dst: &mut BytesMut) -> bool {
-        if let Codec::V5(c, _) = self {
-            let max = c.max_outbound_size();
-            if max != 0 && remaining_length(&frame.bytes).is_none_or(|n| n > max) {
-                return false;
-            }
+    /// Appends a run of shared frames of `proto` ([`shared_frame`]s, one after the other);
+    /// returns how many were sent. MQTT 5 leaves out each frame larger than the client's
+    /// Maximum Packet Size (the test the codec makes, on the remaining length). A connection
+    /// that does not take `proto`'s frames ([`Codec::shares_frames`]) is an error: the router
+    /// decides by what the connection told it at connect time, which does not change.
+    pub fn put_frames(
+        &self,
+        proto: Proto,
+        run: &[u8],
+        count: usize,
+        dst: &mut BytesMut,
+    ) -> Result<usize, String> {
+        if self.shares_frames() != Some(proto) {
+            return Err(format!(
+                "shared {proto:?} frames for a connection that takes {:?}",
+                self.shares_frames()
+            ));
         }
-        dst.extend_from_slice(&frame.bytes);
-        true
+        let max = match self {
+            Codec::V5(c, _) => c.max_outbound_size(),
+            _ => 0,
+        };
+        if max == 0 {
+            dst.extend_from_slice(run);
+            return Ok(count);
+        }
+        let mut sent = 0;
+        let mut at = 0;
+        while at < run.len() {
+            let rest = &run[at..];
+            let (Some(len), Some(remaining)) = (packet_len(rest), remaining_length(rest)) else {
+                return Err("a shared frame run with a torn packet".into());
+            };
+            let len = len.min(rest.len());
+            if remaining <= max {
+                dst.extend_from_slice(&rest[..len]);
+                sent += 1;
+            }
+            at += len;
+        }
+        Ok(sent)
     }
 
     /// The next complete packet in `buf`, if any.
@@ -491,17 +540,6 @@ impl Codec {
     /// Appends `out` to `dst`. `Ok(false)`: nothing to send in this version (a 3.1.1
     /// DISCONNECT) or, for a PUBLISH, larger than the client accepts (dropped).
     pub fn encode(&mut self, out: Outbound, dst: &mut BytesMut) -> Result<bool, String> {
-        if let Outbound::Publish(OutPublish {
-            delivery: Delivery {
-                frame: Some(frame), ..
-            },
-            packet_id: None,
-        }) = &out
-        {
-            if self.shares_frames() == Some(frame.proto) {
-                return Ok(self.put_frame(frame, dst));
-            }
-        }
         match self {
             Codec::Unknown { .. } => Ok(false),
             Codec::V311(c) => match to_v3(out) {
@@ -998,7 +1036,6 @@ mod tests {
             dup: false,
             origin: None,
             sub_ids: vec![],
-            frame: None,
         }
     }
 
@@ -1029,29 +1066,38 @@ mod tests {
         (sent, buf.to_vec())
     }
 
+    fn frame(d: &Delivery, proto: Proto) -> Option<Vec<u8>> {
+        let mut buf = BytesMut::from(&b"before"[..]);
+        let done = shared_frame(d, proto, &mut buf);
+        assert_eq!(&buf[..6], b"before", "appended after what was there");
+        if !done {
+            assert_eq!(buf.len(), 6, "nothing appended");
+        }
+        done.then(|| buf[6..].to_vec())
+    }
+
+    fn put(c: &Codec, proto: Proto, run: &[u8], count: usize) -> Result<(usize, Vec<u8>), String> {
+        let mut dst = BytesMut::new();
+        let sent = c.put_frames(proto, run, count, &mut dst)?;
+        Ok((sent, dst.to_vec()))
+    }
+
     #[test]
     fn a_shared_frame_is_what_each_connection_would_encode() {
         for proto in [Proto::V311, Proto::V5] {
             for retain in [false, true] {
                 let d = delivery(0, retain);
-                let frame = shared_frame(&d, proto).unwrap();
-                assert_eq!(frame.proto, proto);
+                let bytes = frame(&d, proto).unwrap();
                 let own = encoded(&mut codec(proto, 0, None), d.clone(), None);
+                assert_eq!(own, (true, bytes.clone()), "{proto:?} retain {retain}");
                 assert_eq!(
-                    own,
-                    (true, frame.bytes.to_vec()),
-                    "{proto:?} retain {retain}"
+                    put(&codec(proto, 0, None), proto, &bytes, 1),
+                    Ok((1, bytes))
                 );
-                let shared = Delivery {
-                    frame: Some(frame.clone()),
-                    ..d
-                };
-                let via_frame = encoded(&mut codec(proto, 0, None), shared, None);
-                assert_eq!(via_frame, own);
             }
         }
         // The RETAIN flag and the version are in the bytes.
-        let f = |retain, proto| shared_frame(&delivery(0, retain), proto).unwrap().bytes;
+        let f = |retain, proto| frame(&delivery(0, retain), proto).unwrap();
         assert_ne!(f(false, Proto::V311), f(true, Proto::V311));
         assert_ne!(f(false, Proto::V311), f(false, Proto::V5));
     }
@@ -1080,8 +1126,8 @@ mod tests {
         ];
         for d in not {
             assert!(!shareable(&d), "{d:?}");
-            assert_eq!(shared_frame(&d, Proto::V5), None);
-            assert_eq!(shared_frame(&d, Proto::V311), None);
+            assert_eq!(frame(&d, Proto::V5), None);
+            assert_eq!(frame(&d, Proto::V311), None);
         }
     }
 
@@ -1105,57 +1151,89 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_ignores_a_frame_it_cannot_send_as_it_is() {
+    fn a_connection_refuses_frames_it_cannot_send_as_they_are() {
+        let v5 = frame(&delivery(0, false), Proto::V5).unwrap();
+        // Another version's frames, or a connection with topic aliases (its packets carry them).
+        assert!(put(&codec(Proto::V311, 0, None), Proto::V5, &v5, 1).is_err());
+        assert!(put(&codec(Proto::V5, 10, None), Proto::V5, &v5, 1).is_err());
+        assert!(put(&Codec::new(0), Proto::V5, &v5, 1).is_err());
+    }
+
+    /// Deliveries with payloads of different sizes, so that a Maximum Packet Size can sit
+    /// between their packets.
+    fn sized(n: usize) -> Delivery {
         let d = delivery(0, false);
-        let v5 = shared_frame(&d, Proto::V5).unwrap();
-        let with = |frame: &SharedFrame| Delivery {
-            frame: Some(frame.clone()),
-            ..d.clone()
-        };
-        // Another version's frame: encoded by the connection itself.
-        let mut v3 = codec(Proto::V311, 0, None);
-        assert_eq!(
-            encoded(&mut v3, with(&v5), None),
-            encoded(&mut codec(Proto::V311, 0, None), d.clone(), None)
-        );
-        // Topic aliases: the connection's own packet carries the alias, not the frame's bytes.
-        let (sent, bytes) = encoded(&mut codec(Proto::V5, 10, None), with(&v5), None);
-        assert!(sent);
-        assert_ne!(bytes, v5.bytes.to_vec());
-        assert_eq!(
-            (sent, bytes),
-            encoded(&mut codec(Proto::V5, 10, None), d.clone(), None)
-        );
-        // A packet id (QoS 1/2): never the frame.
-        let qos1 = Delivery {
-            qos: 1,
-            ..with(&v5)
-        };
-        let (sent, bytes) = encoded(&mut codec(Proto::V5, 0, None), qos1, Some(1));
-        assert!(sent);
-        assert_ne!(bytes, v5.bytes.to_vec());
+        Delivery {
+            message: Arc::new(Message {
+                payload: Bytes::from(vec![b'x'; n]),
+                ..(*d.message).clone()
+            }),
+            ..d
+        }
     }
 
     #[test]
-    fn a_shared_frame_respects_each_clients_maximum_packet_size() {
-        let d = delivery(0, false);
-        let frame = shared_frame(&d, Proto::V5).unwrap();
-        let size = frame.bytes.len() as u32;
-        for max in [size - 1, size, size + 3, size + 4, size + 5, 1000] {
-            let own = encoded(&mut codec(Proto::V5, 0, Some(max)), d.clone(), None);
-            let shared = encoded(
-                &mut codec(Proto::V5, 0, Some(max)),
-                Delivery {
-                    frame: Some(frame.clone()),
-                    ..d.clone()
-                },
-                None,
-            );
-            assert_eq!(shared, own, "Maximum Packet Size {max}");
-            if max < size {
-                assert_eq!(shared, (false, vec![]), "too large: not sent");
-            }
+    fn a_run_of_frames_respects_each_clients_maximum_packet_size() {
+        let ds: Vec<Delivery> = [10, 300, 20, 150].into_iter().map(sized).collect();
+        let mut run = BytesMut::new();
+        for d in &ds {
+            assert!(shared_frame(d, Proto::V5, &mut run));
         }
-        assert!(encoded(&mut codec(Proto::V5, 0, Some(1000)), d, None).0);
+        let sizes: Vec<u32> = ds
+            .iter()
+            .map(|d| frame(d, Proto::V5).unwrap().len() as u32)
+            .collect();
+        let mut limits = vec![0, 1000];
+        for s in &sizes {
+            limits.extend([s - 1, *s, s + 2, s + 3]); // around each frame's remaining length
+        }
+        for max in limits {
+            // What each connection would send on its own, one by one.
+            let mut c = codec(Proto::V5, 0, (max > 0).then_some(max));
+            let mut want = Vec::new();
+            let mut sent = 0;
+            for d in &ds {
+                let (ok, bytes) = encoded(&mut c, d.clone(), None);
+                sent += usize::from(ok);
+                want.extend(bytes);
+            }
+            let got = put(
+                &codec(Proto::V5, 0, (max > 0).then_some(max)),
+                Proto::V5,
+                &run,
+                ds.len(),
+            );
+            assert_eq!(got, Ok((sent, want)), "Maximum Packet Size {max}");
+        }
+        // 3.1.1 has no such limit: the run goes whole.
+        let mut v3 = BytesMut::new();
+        for d in &ds {
+            assert!(shared_frame(d, Proto::V311, &mut v3));
+        }
+        assert_eq!(
+            put(&codec(Proto::V311, 0, None), Proto::V311, &v3, 4),
+            Ok((4, v3.to_vec()))
+        );
+    }
+
+    #[test]
+    fn packets_prefix_counts_whole_packets() {
+        // Payloads around the one- and two-byte remaining length boundary.
+        let ds: Vec<Delivery> = [1, 120, 200, 20_000].into_iter().map(sized).collect();
+        let mut run = BytesMut::new();
+        let mut ends = vec![0];
+        for d in &ds {
+            assert!(shared_frame(d, Proto::V311, &mut run));
+            ends.push(run.len());
+        }
+        for (n, end) in ends.iter().enumerate() {
+            assert_eq!(packets_prefix(&run, n), *end, "{n} packets");
+        }
+        assert_eq!(packets_prefix(&run, 99), run.len());
+        assert_eq!(
+            packets_prefix(&run[..run.len() - 1], 4),
+            run.len() - 1,
+            "a torn last one"
+        );
     }
 }
