@@ -7,8 +7,8 @@ CONNACK 0x86/0x87 (3.1.1: 0x04/0x05), PUBACK/PUBREC/SUBACK 0x87 (3.1.1: dropped-
 publishes, SUBACK 0x80), `%u` / `%c` substitution, a default-deny ACL, wills and retained
 messages under the publish ACL, bad configs refused at start, a throttled publisher that
 still gets every message through, users, ACLs and rate limits reloaded on SIGHUP (a removed user's
-connections closed), and MQTT 5 enhanced authentication (SCRAM-SHA-256/512 in
-AUTH packets, the client side from the `scramp` library)."""
+connections closed), and MQTT 5 enhanced authentication and re-authentication (SCRAM-SHA-256/512
+in AUTH packets, the client side from the `scramp` library)."""
 
 from __future__ import annotations
 
@@ -560,8 +560,8 @@ def _scram_login(port: int, method: str, user: str, password: str) -> tuple[sock
 def test_enhanced_authentication_with_scram(secured, strata_bin, method):
     """MQTT 5 enhanced authentication: CONNECT with Authentication Method SCRAM-SHA-*, AUTH
     0x18 both ways, CONNACK with the server-final message; the user is the SCRAM user's name
-    for the ACLs. A wrong password or an unknown user gets 0x86, an unknown method 0x8C, and an
-    AUTH after CONNACK (re-authentication) closes the connection."""
+    for the ACLs. A wrong password or an unknown user gets 0x86, an unknown method 0x8C.
+    Re-authentication is `test_reauthentication`."""
     b = secured
     user = f"sc{uuid.uuid4().hex[:6]}"
     r = _cli(strata_bin, ["user", "add", user, "--mechanism", method, "--password-stdin",
@@ -576,10 +576,6 @@ def test_enhanced_authentication_with_scram(secured, strata_bin, method):
             sock.sendall(mqttwire.packet(0x32, body))
         acks = [mqttwire.ack_id_and_reason(_read_packet(sock)[1]) for _ in range(2)]
         assert sorted(acks) == [(1, 0), (2, 0x87)], acks
-        # Re-authentication is not supported: DISCONNECT, protocol error.
-        sock.sendall(mqttwire.packet(mqttwire.AUTH, b"\x19\x00"))
-        first, body = _read_packet(sock)
-        assert first == mqttwire.DISCONNECT and body[0] == 0x82, (hex(first), body)
 
     for who, password in ((user, ALICE_PW + "x"), (f"nobody{uuid.uuid4().hex[:4]}", ALICE_PW)):
         sock, code = _scram_login(b.mqtt_port, method, who, password)
@@ -589,6 +585,90 @@ def test_enhanced_authentication_with_scram(secured, strata_bin, method):
         first, body = _read_packet(sock)
         assert (first, body[1]) == (mqttwire.CONNACK, 0x8C), (hex(first), body)
     assert _stored_keys(b) == [f"users/{user}/x".encode()]
+
+
+def _auth_packet(reason: int, method: str, data: bytes) -> bytes:
+    props = b"\x15" + mqttwire.utf8(method.encode()) + b"\x16" + mqttwire.utf8(data)
+    return mqttwire.packet(mqttwire.AUTH, bytes([reason]) + mqttwire.varint(len(props)) + props)
+
+
+def _reauth(sock: socket.socket, method: str, user: str, password: str, publish_between: bool = False):
+    """Re-authenticates on an open connection: AUTH 0x19 with a client-first message, the
+    server's AUTH 0x18, the client's proof. Returns the scramp client and the next packet
+    (AUTH 0x00 with the server-final message on success, DISCONNECT otherwise)."""
+    from scramp import ScramClient
+    client = ScramClient([method], user, password)
+    sock.sendall(_auth_packet(0x19, method, client.get_client_first().encode()))
+    first, body = _read_packet(sock)
+    if first != mqttwire.AUTH:
+        return client, (first, body)
+    assert body[0] == 0x18, body
+    props = mqttwire.properties(body[1:])
+    assert props[0x15] == method
+    client.set_server_first(props[0x16].decode())
+    if publish_between:
+        # Other packets flow during the exchange: a QoS 1 publish is answered in between.
+        body = mqttwire.utf8(f"users/{user}/mid".encode()) + struct.pack(">H", 7) + b"\x00" + b"mid"
+        sock.sendall(mqttwire.packet(0x32, body))
+        first, body = _read_packet(sock)
+        assert first == mqttwire.PUBACK and mqttwire.ack_id_and_reason(body) == (7, 0), (hex(first), body)
+    sock.sendall(_auth_packet(0x18, method, client.get_client_final().encode()))
+    return client, _read_packet(sock)
+
+
+@pytest.mark.parametrize("method", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_reauthentication(secured, strata_bin, method):
+    """MQTT 5 re-authentication (§4.12.1) on a connection that used enhanced authentication:
+    AUTH 0x19, 0x18 both ways, then AUTH 0x00 carrying the server-final message (checked by
+    scramp) — with a publish answered in the middle of the exchange, and the connection going
+    on afterwards. A wrong proof or another user ends the connection with DISCONNECT 0x87,
+    another method with 0x8C; AUTH from a client that logged in with a password is a protocol
+    error (0x82)."""
+    b = secured
+    user, other = (f"re{uuid.uuid4().hex[:6]}" for _ in range(2))
+    for name in (user, other):
+        r = _cli(strata_bin, ["user", "add", name, "--mechanism", method, "--password-stdin",
+                              "--via-admin", b.admin_url], stdin=ALICE_PW + "\n")
+        assert r.returncode == 0, r.stderr
+    failures = b.metrics().sum("strata_mqtt_auth_failures_total")
+
+    sock, code = _scram_login(b.mqtt_port, method, user, ALICE_PW)
+    assert code == 0
+    with sock:
+        for _ in range(2):
+            client, (first, body) = _reauth(sock, method, user, ALICE_PW, publish_between=True)
+            assert (first, body[0]) == (mqttwire.AUTH, 0x00), (hex(first), body)
+            props = mqttwire.properties(body[1:])
+            assert props[0x15] == method
+            client.set_server_final(props[0x16].decode())  # raises on a wrong server signature
+        sock.sendall(mqttwire.packet(mqttwire.PINGREQ, b""))
+        assert _read_packet(sock)[0] == mqttwire.PINGRESP
+
+    # A wrong password, another user (with the right password), another method: closed.
+    cases = [((user, ALICE_PW + "x", method), 0x87), ((other, ALICE_PW, method), 0x87)]
+    for (who, password, m), want in cases:
+        sock, code = _scram_login(b.mqtt_port, method, user, ALICE_PW)
+        assert code == 0
+        with sock:
+            _, (first, body) = _reauth(sock, m, who, password)
+            assert (first, body[:1]) == (mqttwire.DISCONNECT, bytes([want])), (who, hex(first), body)
+            assert sock.recv(1) == b""
+    sock, code = _scram_login(b.mqtt_port, method, user, ALICE_PW)
+    with sock:
+        other_method = "SCRAM-SHA-512" if method == "SCRAM-SHA-256" else "SCRAM-SHA-256"
+        sock.sendall(_auth_packet(0x19, other_method, b"n,,n=x,r=abc"))
+        first, body = _read_packet(sock)
+        assert (first, body[:1]) == (mqttwire.DISCONNECT, b"\x8c"), (hex(first), body)
+    # A password login cannot re-authenticate.
+    with socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT) as sock:
+        sock.sendall(_connect(5, f"pw-{uuid.uuid4().hex[:6]}", "dev", DEV_PW))
+        assert _read_packet(sock)[1][1] == 0
+        sock.sendall(_auth_packet(0x19, method, b"n,,n=dev,r=abc"))
+        first, body = _read_packet(sock)
+        assert (first, body[:1]) == (mqttwire.DISCONNECT, b"\x82"), (hex(first), body)
+    # The wrong proof and the other user count as failed authentications.
+    assert b.metrics().sum("strata_mqtt_auth_failures_total") == failures + 2
+    assert sorted(_stored_keys(b)) == [f"users/{user}/mid".encode()] * 2
 
 
 # --- client certificates -------------------------------------------------------------------------

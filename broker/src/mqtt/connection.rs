@@ -81,6 +81,15 @@ impl Shared {
         self.auth.send_replace(Arc::new(auth));
     }
 
+    /// Counts a refused authentication (`strata_mqtt_auth_failures_total`).
+    pub fn auth_failed(&self) {
+        self.node
+            .metrics
+            .mqtt
+            .auth_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Sends the router a request carrying a reply channel and waits for the answer; `None`
     /// when the router is gone.
     pub async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> RouterMsg) -> Option<T> {
@@ -193,6 +202,8 @@ pub enum CloseReason {
     NotAuthorized(&'static str),
     #[error("the user is no longer admitted by the reloaded configuration")]
     UserRemoved,
+    #[error("re-authentication: {1}")]
+    Reauth(CloseCode, &'static str),
     #[error("server busy")]
     Busy,
     #[error("io: {0}")]
@@ -215,6 +226,7 @@ impl CloseReason {
             CloseReason::TakenOver => Some(CloseCode::SessionTakenOver),
             CloseReason::Publish(_) => Some(CloseCode::ImplementationSpecific),
             CloseReason::UserRemoved => Some(CloseCode::NotAuthorized),
+            CloseReason::Reauth(code, _) => Some(*code),
             _ => None,
         }
     }
@@ -432,12 +444,7 @@ pub async fn connection(
                 }
                 Err(AuthFailure::Refused) => super::auth::Verdict::BadCredentials,
                 Err(AuthFailure::Method(why)) => {
-                    shared
-                        .node
-                        .metrics
-                        .mqtt
-                        .auth_failures
-                        .fetch_add(1, Ordering::Relaxed);
+                    shared.auth_failed();
                     tracing::info!(client_id, %method, "mqtt authentication failed: {why}");
                     if let Some(p) = io.codec.failure_packet(CloseCode::BadAuthMethod, false) {
                         io.push(p)?;
@@ -470,12 +477,7 @@ pub async fn connection(
     let user = match refused {
         Ok(user) => user,
         Err((code, why)) => {
-            shared
-                .node
-                .metrics
-                .mqtt
-                .auth_failures
-                .fetch_add(1, Ordering::Relaxed);
+            shared.auth_failed();
             tracing::info!(client_id, user = ?connect.username, "mqtt authentication failed: {why}");
             io.push(connack(code, false, None, max_in, None))?;
             io.flush().await?;
@@ -606,7 +608,7 @@ pub async fn connection(
     } = &mut ack
     {
         *server_keep_alive = keep_alive_told;
-        *auth = auth_reply;
+        *auth = auth_reply.clone();
     }
     io.push(ack)?;
     io.flush().await?;
@@ -640,6 +642,8 @@ pub async fn connection(
         in_aliases: HashMap::new(),
         persistent,
         user: user.clone(),
+        auth_method: auth_reply.map(|(method, _)| method),
+        reauth: None,
         throttle: {
             let auth = shared.auth();
             super::auth::Throttle::new(
@@ -904,6 +908,7 @@ async fn enhanced_auth(
     let (exchange, server_first) = crate::kafka::auth::scram_start(&shared.node, mech, first);
     let closed = AuthFailure::Closed;
     io.push(Outbound::Auth {
+        done: false,
         method: method.to_string(),
         data: Bytes::from(server_first),
     })
@@ -977,6 +982,11 @@ struct Conn<'a> {
     persistent: Option<Persistent>,
     /// The authenticated (or, with `mqtt.auth = "none"`, claimed) user name, for ACLs.
     user: Option<String>,
+    /// MQTT 5: the Authentication Method of the CONNECT's enhanced authentication; only then
+    /// may the client re-authenticate.
+    auth_method: Option<String>,
+    /// A re-authentication under way: the exchange waiting for the client-final message.
+    reauth: Option<crate::kafka::scram::ServerExchange>,
     /// Publish rate limits (`mqtt.client_publish_rate_max`, `..._bytes_rate_max`).
     throttle: super::auth::Throttle,
     /// Over the rate limit: the socket is not read until then.
@@ -1003,6 +1013,74 @@ impl Conn<'_> {
     /// Drops the subscriptions the ACL in force denies (it was reloaded, or the session was
     /// granted them under an older one): the router stops routing them here and a persistent
     /// session's cursors stop matching them. The client is not told (MQTT has no way to).
+    /// MQTT 5 re-authentication (§4.12.1) after enhanced authentication at CONNECT: AUTH
+    /// 0x19 with the same method and a new client-first message, our AUTH 0x18 with the
+    /// server-first, the client's AUTH 0x18 with its proof, our AUTH 0x00 with the
+    /// server-final. Other packets flow meanwhile. The proof must be right and name the same
+    /// user, or the connection ends (DISCONNECT 0x87); AUTH from a client that did not
+    /// authenticate so is a protocol error (0x82), another method 0x8C.
+    fn on_auth(
+        &mut self,
+        reason: u8,
+        method: Option<String>,
+        data: bytes::Bytes,
+        io: &mut Io,
+    ) -> Result<(), CloseReason> {
+        use crate::kafka::scram;
+        let Some(ours) = self.auth_method.clone() else {
+            return Err(CloseReason::Protocol(
+                "AUTH from a client that did not use enhanced authentication".into(),
+            ));
+        };
+        if method.as_deref() != Some(ours.as_str()) {
+            return Err(CloseReason::Reauth(
+                CloseCode::BadAuthMethod,
+                "AUTH with another Authentication Method",
+            ));
+        }
+        let shared = self.shared;
+        let refused = |why| {
+            shared.auth_failed();
+            CloseReason::Reauth(CloseCode::NotAuthorized, why)
+        };
+        let server_data = match (reason, self.reauth.take()) {
+            (0x19, _) => {
+                // A new start (even in the middle of one: the client begins again).
+                let first = scram::parse_client_first(&data)
+                    .map_err(|_| refused("a malformed client-first message"))?;
+                if Some(&first.user) != self.user.as_ref() {
+                    return Err(refused("re-authentication as another user"));
+                }
+                let mech = match ours.as_str() {
+                    "SCRAM-SHA-256" => strata_meta::ScramMechanism::Sha256,
+                    _ => strata_meta::ScramMechanism::Sha512,
+                };
+                let (exchange, server_first) =
+                    crate::kafka::auth::scram_start(&self.shared.node, mech, first);
+                self.reauth = Some(exchange);
+                (false, server_first)
+            }
+            (0x18, Some(exchange)) => {
+                let server_final = exchange
+                    .finish(&data)
+                    .map_err(|_| refused("re-authentication failed"))?;
+                tracing::debug!(client_id = self.client_id, user = ?self.user, "mqtt client re-authenticated");
+                (true, server_final)
+            }
+            _ => {
+                return Err(CloseReason::Protocol(format!(
+                    "AUTH with reason {reason:#04x} outside a re-authentication"
+                )))
+            }
+        };
+        io.push(Outbound::Auth {
+            done: server_data.0,
+            method: ours,
+            data: bytes::Bytes::from(server_data.1),
+        })?;
+        Ok(())
+    }
+
     /// Reloaded credentials, ACLs and rate limits reach this connection: a user no longer
     /// admitted is disconnected (MQTT 5: DISCONNECT 0x87), the new rate limits apply from now,
     /// and subscriptions the new ACL denies are dropped.
@@ -1181,11 +1259,11 @@ impl Conn<'_> {
                 return Ok(false);
             }
             Inbound::Connect(_) => return Err(CloseReason::Protocol("a second CONNECT".into())),
-            Inbound::Auth { .. } => {
-                return Err(CloseReason::Protocol(
-                    "AUTH after CONNACK (re-authentication is not supported)".into(),
-                ))
-            }
+            Inbound::Auth {
+                reason,
+                method,
+                data,
+            } => self.on_auth(reason, method, data.unwrap_or_default(), io)?,
             Inbound::Unexpected(what) => {
                 return Err(CloseReason::Protocol(format!(
                     "a client may not send {what}"

@@ -165,8 +165,10 @@ pub enum Outbound {
         /// MQTT 5 enhanced authentication: the method and the server's last data.
         auth: Option<(String, Bytes)>,
     },
-    /// MQTT 5 AUTH, Continue Authentication (0x18): the method and the server's data.
+    /// MQTT 5 AUTH: Continue Authentication (0x18) with the server's data, or (`done`)
+    /// Success (0x00) ending a re-authentication with the server's last data.
     Auth {
+        done: bool,
         method: String,
         data: Bytes,
     },
@@ -910,8 +912,12 @@ fn to_v5(out: Outbound, alias: Option<(u16, bool)>) -> v5::Packet {
             reason_code: connack_failure_reason(code),
             ..Default::default()
         })),
-        Outbound::Auth { method, data } => P::Auth(v5::Auth {
-            reason_code: v5::AuthReasonCode::ContinueAuth,
+        Outbound::Auth { done, method, data } => P::Auth(v5::Auth {
+            reason_code: if done {
+                v5::AuthReasonCode::Success
+            } else {
+                v5::AuthReasonCode::ContinueAuth
+            },
             auth_method: Some(bs(&method)),
             auth_data: Some(data),
             reason_string: None,
