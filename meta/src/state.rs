@@ -111,6 +111,13 @@ impl ScramMechanism {
         }
     }
 
+    /// The mechanism a SASL / MQTT Authentication Method name (`SCRAM-SHA-512`) names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [ScramMechanism::Sha256, ScramMechanism::Sha512]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+
     /// Length of the hash output: StoredKey and ServerKey have exactly this many bytes.
     pub fn key_bytes(self) -> usize {
         match self {

@@ -36,13 +36,8 @@ pub struct AddArgs {
 
 /// `--mechanism`: a SCRAM mechanism name.
 pub fn parse_mechanism(s: &str) -> Result<ScramMechanism, String> {
-    match s {
-        "SCRAM-SHA-256" => Ok(ScramMechanism::Sha256),
-        "SCRAM-SHA-512" => Ok(ScramMechanism::Sha512),
-        _ => Err(format!(
-            "unknown mechanism `{s}`; expected SCRAM-SHA-256 or SCRAM-SHA-512"
-        )),
-    }
+    ScramMechanism::from_name(s)
+        .ok_or_else(|| format!("unknown mechanism `{s}`; expected SCRAM-SHA-256 or SCRAM-SHA-512"))
 }
 
 fn read_password(args: &AddArgs) -> Result<String, CliError> {

@@ -68,9 +68,7 @@ impl Mechanism {
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "PLAIN" => Some(Mechanism::Plain),
-            "SCRAM-SHA-256" => Some(Mechanism::Scram(ScramMechanism::Sha256)),
-            "SCRAM-SHA-512" => Some(Mechanism::Scram(ScramMechanism::Sha512)),
-            _ => None,
+            _ => ScramMechanism::from_name(name).map(Mechanism::Scram),
         }
     }
 

@@ -35,7 +35,7 @@ use crate::node::Node;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::time::Duration;
-use strata_meta::ScramMechanism;
+use strata_meta::{ScramCredential, ScramMechanism};
 use tokio::time::Instant;
 
 /// A password as CONNECT carried it: never printed.
@@ -226,12 +226,7 @@ impl Auth {
             return true;
         }
         let Some(user) = user else { return false };
-        self.users.contains_key(user) || {
-            let state = node.meta.read();
-            [ScramMechanism::Sha512, ScramMechanism::Sha256]
-                .into_iter()
-                .any(|m| state.scram_credential(user, m).is_some())
-        }
+        self.users.contains_key(user) || scram_user(node, user).is_some()
     }
 
     /// Checks a CONNECT's credentials (off the reactor: the hashes are slow on purpose).
@@ -257,14 +252,8 @@ impl Auth {
                     .unwrap_or(false)
             }
             None => {
-                let found = {
-                    let state = node.meta.read();
-                    [ScramMechanism::Sha512, ScramMechanism::Sha256]
-                        .into_iter()
-                        .find_map(|m| state.scram_credential(user, m).map(|c| (m, c.clone())))
-                };
                 // An unknown user costs the same derivation as a known one.
-                let (mech, cred, known) = match found {
+                let (mech, cred, known) = match scram_user(node, user) {
                     Some((m, c)) => (m, c, true),
                     None => {
                         let m = ScramMechanism::Sha512;
@@ -289,6 +278,14 @@ impl Auth {
             Verdict::BadCredentials
         }
     }
+}
+
+/// A SCRAM user in metadata (the Kafka users) with its strongest credential.
+fn scram_user(node: &Node, user: &str) -> Option<(ScramMechanism, ScramCredential)> {
+    let state = node.meta.read();
+    [ScramMechanism::Sha512, ScramMechanism::Sha256]
+        .into_iter()
+        .find_map(|m| state.scram_credential(user, m).map(|c| (m, c.clone())))
 }
 
 // ---------------------------------------------------------------------------------------------

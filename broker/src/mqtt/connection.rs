@@ -897,12 +897,8 @@ async fn enhanced_auth(
 ) -> Result<(String, bytes::Bytes), AuthFailure> {
     use crate::kafka::scram;
     use bytes::Bytes;
-    use strata_meta::ScramMechanism;
-    let mech = match method {
-        "SCRAM-SHA-256" => ScramMechanism::Sha256,
-        "SCRAM-SHA-512" => ScramMechanism::Sha512,
-        _ => return Err(AuthFailure::Method("unsupported authentication method")),
-    };
+    let mech = strata_meta::ScramMechanism::from_name(method)
+        .ok_or(AuthFailure::Method("unsupported authentication method"))?;
     let first = scram::parse_client_first(&first).map_err(|_| AuthFailure::Refused)?;
     let user = first.user.clone();
     let (exchange, server_first) = crate::kafka::auth::scram_start(&shared.node, mech, first);
@@ -1010,9 +1006,6 @@ struct Persistent {
 }
 
 impl Conn<'_> {
-    /// Drops the subscriptions the ACL in force denies (it was reloaded, or the session was
-    /// granted them under an older one): the router stops routing them here and a persistent
-    /// session's cursors stop matching them. The client is not told (MQTT has no way to).
     /// MQTT 5 re-authentication (§4.12.1) after enhanced authentication at CONNECT: AUTH
     /// 0x19 with the same method and a new client-first message, our AUTH 0x18 with the
     /// server-first, the client's AUTH 0x18 with its proof, our AUTH 0x00 with the
@@ -1043,7 +1036,7 @@ impl Conn<'_> {
             shared.auth_failed();
             CloseReason::Reauth(CloseCode::NotAuthorized, why)
         };
-        let server_data = match (reason, self.reauth.take()) {
+        let (done, server_data) = match (reason, self.reauth.take()) {
             (0x19, _) => {
                 // A new start (even in the middle of one: the client begins again).
                 let first = scram::parse_client_first(&data)
@@ -1051,10 +1044,10 @@ impl Conn<'_> {
                 if Some(&first.user) != self.user.as_ref() {
                     return Err(refused("re-authentication as another user"));
                 }
-                let mech = match ours.as_str() {
-                    "SCRAM-SHA-256" => strata_meta::ScramMechanism::Sha256,
-                    _ => strata_meta::ScramMechanism::Sha512,
-                };
+                // The method was one of these at CONNECT.
+                let mech = strata_meta::ScramMechanism::from_name(&ours).ok_or(
+                    CloseReason::Reauth(CloseCode::BadAuthMethod, "unknown method"),
+                )?;
                 let (exchange, server_first) =
                     crate::kafka::auth::scram_start(&self.shared.node, mech, first);
                 self.reauth = Some(exchange);
@@ -1074,9 +1067,9 @@ impl Conn<'_> {
             }
         };
         io.push(Outbound::Auth {
-            done: server_data.0,
+            done,
             method: ours,
-            data: bytes::Bytes::from(server_data.1),
+            data: bytes::Bytes::from(server_data),
         })?;
         Ok(())
     }
@@ -1099,6 +1092,9 @@ impl Conn<'_> {
         Ok(())
     }
 
+    /// Drops the subscriptions the ACL in force denies (it was reloaded, or the session was
+    /// granted them under an older one): the router stops routing them here and a persistent
+    /// session's cursors stop matching them. The client is not told (MQTT has no way to).
     async fn revoke_denied(&mut self) {
         let auth = self.shared.auth();
         if auth.acl.allows_everything() {

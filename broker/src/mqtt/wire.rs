@@ -270,25 +270,16 @@ pub fn packets_prefix(run: &[u8], n: usize) -> usize {
 
 /// The whole length (fixed header included) of the packet `packet` starts with.
 fn packet_len(packet: &[u8]) -> Option<usize> {
-    let rest = remaining_length(packet)? as usize;
-    let header = 1
-        + packet
-            .iter()
-            .skip(1)
-            .take(4)
-            .take_while(|b| *b & 0x80 != 0)
-            .count()
-        + 1;
-    Some(header + rest)
+    fixed_header(packet).map(|(header, rest)| header + rest as usize)
 }
 
-/// The remaining length a packet's fixed header gives.
-fn remaining_length(packet: &[u8]) -> Option<u32> {
+/// A packet's fixed header: its length in bytes and the remaining length it gives.
+fn fixed_header(packet: &[u8]) -> Option<(usize, u32)> {
     let mut n = 0u32;
     for (i, b) in packet.iter().skip(1).take(4).enumerate() {
         n |= u32::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            return Some(n);
+            return Some((i + 2, n));
         }
     }
     None
@@ -496,10 +487,10 @@ impl Codec {
         let mut at = 0;
         while at < run.len() {
             let rest = &run[at..];
-            let (Some(len), Some(remaining)) = (packet_len(rest), remaining_length(rest)) else {
+            let Some((header, remaining)) = fixed_header(rest) else {
                 return Err("a shared frame run with a torn packet".into());
             };
-            let len = len.min(rest.len());
+            let len = (header + remaining as usize).min(rest.len());
             if remaining <= max {
                 dst.extend_from_slice(&rest[..len]);
                 sent += 1;
