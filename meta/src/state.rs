@@ -1549,6 +1549,16 @@ impl MetaState {
         self.scram_users.get(user)?.get(&mechanism)
     }
 
+    /// The names of the SCRAM users, in order.
+    pub fn scram_user_names(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.scram_users.keys().map(String::as_str)
+    }
+
+    /// Whether `user` has a SCRAM credential of any mechanism.
+    pub fn is_scram_user(&self, user: &str) -> bool {
+        self.scram_users.contains_key(user)
+    }
+
     /// Every SCRAM user with its mechanisms and iteration counts (no key material).
     pub fn scram_users(&self) -> impl Iterator<Item = (&str, Vec<(ScramMechanism, u32)>)> {
         self.scram_users.iter().map(|(user, creds)| {

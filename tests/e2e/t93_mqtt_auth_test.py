@@ -266,12 +266,29 @@ def test_scram_user_logs_in_over_mqtt(secured, strata_bin):
     assert c.publish("users/alice/x", b"mine", 1) == 0
     (m,) = c.take(1)
     assert (m.topic, m.payload) == ("users/alice/x", b"mine")
-    c.close()
-    # Deleting the user ends its MQTT logins too.
+    # Deleting the user ends its MQTT logins too, and its open connections at once (no
+    # reload): MQTT 5 is told why (DISCONNECT 0x87), 3.1.1 sees the socket close. alice's
+    # connection stays.
+    bobs = {}
+    for version in (4, 5):
+        sock = socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT)
+        sock.sendall(_connect(version, f"bob-{version}", "bob", ALICE_PW))
+        first, body = _read_packet(sock)
+        assert (first, body[1]) == (0x20, 0), (hex(first), body)
+        bobs[version] = sock
     r = _cli(strata_bin, ["user", "delete", "bob", "--bootstrap", b.bootstrap])
     assert r.returncode == 0, r.stderr
+    first, body = _read_packet(bobs[5])
+    assert (first, body[:1]) == (0xE0, b"\x87"), (hex(first), body)
+    for sock in bobs.values():
+        assert sock.recv(1) == b"", "the connection of a deleted SCRAM user stays open"
+        sock.close()
     harness.eventually(lambda: _raw_connack(b.mqtt_port, 5, "bob", ALICE_PW) == 0x86, WAIT,
                        what="a deleted SCRAM user refused")
+    assert c.publish("users/alice/y", b"still here", 1) == 0
+    (m,) = c.take(1)
+    assert m.payload == b"still here"
+    c.close()
 
 
 def test_acl_v5_reason_codes(secured):
@@ -522,6 +539,32 @@ def test_sighup_ends_removed_users_and_retunes_open_connections(broker_factory, 
     ops.close()
 
 
+def test_sighup_to_password_ends_connections_that_proved_nothing(broker_factory, tmp_path, strata_bin):
+    """Under `mqtt.auth = "none"` a user name is only claimed: when a reload turns passwords
+    on, a connection that claimed a listed user's name (without its password) ends like an
+    anonymous one (MQTT 5: DISCONNECT 0x87), and that user then logs in with the password."""
+    cfg = tmp_path / "reload.toml"
+    users = [("dev", _hash(strata_bin, DEV_PW))]
+    cfg.write_text(_config({"auth": "none"}, users=users))
+    b = broker_factory(extra_args=["--config", str(cfg)])
+    socks = []
+    for user in ("dev", None):
+        sock = socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT)
+        sock.sendall(_connect(5, f"claimed-{user}", user, None))
+        first, body = _read_packet(sock)
+        assert (first, body[1]) == (0x20, 0), (hex(first), body)
+        socks.append(sock)
+    cfg.write_text(_config({"auth": "password"}, users=users))
+    _hangup(b, "configuration reloaded", 1)
+    for sock in socks:
+        first, body = _read_packet(sock)
+        assert (first, body[:1]) == (0xE0, b"\x87"), (hex(first), body)
+        assert sock.recv(1) == b"", "a connection that proved nothing stays open"
+        sock.close()
+    assert _raw_connack(b.mqtt_port, 5, "dev", None) == 0x87
+    assert _raw_connack(b.mqtt_port, 5, "dev", DEV_PW) == 0x00
+
+
 def _scram_connect(port: int, method: str, first: bytes) -> socket.socket:
     """Sends an MQTT 5 CONNECT with Authentication Method and Data (no user name)."""
     w = mqttwire
@@ -714,6 +757,12 @@ def test_client_certificate_names_the_user(broker_factory, tmp_path, strata_bin,
     (m,) = dev1.take(1)
     assert (m.topic, m.payload) == ("users/dev-1/t", b"from-mosquitto")
     assert dev1.publish("users/dev/t", b"not mine", 1) == (0x87 if version == MQTTv5 else 0)
+    # A reload re-checks open connections' users: the certificate's CN is no `mqtt.users`
+    # entry, and the connection it admitted stays (dev-1 still publishes and receives).
+    _hangup(b, "configuration reloaded", 1)
+    assert dev1.publish("users/dev-1/after-reload", b"kept", 1) == 0
+    (m,) = dev1.take(1)
+    assert m.payload == b"kept"
     # A revoked certificate, and one from another CA with the same CN, never get in.
     for cert, key, cafile in ((gone_cert, gone_key, ca), (stranger_cert, stranger_key, ca)):
         r = subprocess.run(base + ["--cert", str(cert), "--key", str(key), "-t", "users/dev-1/t",

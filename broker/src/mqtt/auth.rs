@@ -131,11 +131,23 @@ pub fn hash_password(password: &[u8]) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// How a connection showed who it is: what [`Auth::admits`] re-checks when the settings are
+/// reloaded or a SCRAM user is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Nothing: `mqtt.auth = "none"` took the user name, if any, as claimed.
+    Claimed,
+    /// A password or a SCRAM exchange checked against `mqtt.users` or metadata.
+    Secret,
+    /// A client certificate the TLS listener verified (`mqtt.tls_cert_as_username`).
+    Certificate,
+}
+
 /// What a CONNECT's credentials got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Connected as this user (`None`: no user name).
-    Allowed(Option<String>),
+    /// Connected as this user (`None`: no user name), shown by this proof.
+    Allowed(Option<String>, Proof),
     /// Unknown user or wrong password (CONNACK 0x86 / 3.1.1 0x04).
     BadCredentials,
     /// No user name or no password where both are required (0x87 / 0x05).
@@ -218,15 +230,21 @@ impl Auth {
         })
     }
 
-    /// Whether a connection authenticated as `user` may stay under these settings: always
-    /// without authentication; with it, while the user is still one of `mqtt.users` or has a
-    /// SCRAM credential in metadata (a password change does not end open connections).
-    pub fn admits(&self, node: &Node, user: Option<&str>) -> bool {
-        if !self.password_required {
+    /// Whether a connection that showed `proof` for `user` may stay under these settings:
+    /// always without authentication and with a verified certificate; with a password or
+    /// SCRAM, while the user is still one of `mqtt.users` or has a SCRAM credential in
+    /// metadata (a password change does not end open connections); never when it claimed a
+    /// name under `mqtt.auth = "none"` and a password is required now.
+    pub fn admits(&self, node: &Node, user: Option<&str>, proof: Proof) -> bool {
+        if !self.password_required || proof == Proof::Certificate {
             return true;
         }
-        let Some(user) = user else { return false };
-        self.users.contains_key(user) || scram_user(node, user).is_some()
+        match (proof, user) {
+            (Proof::Secret, Some(user)) => {
+                self.users.contains_key(user) || scram_user(node, user).is_some()
+            }
+            _ => false,
+        }
     }
 
     /// Checks a CONNECT's credentials (off the reactor: the hashes are slow on purpose).
@@ -238,7 +256,7 @@ impl Auth {
     ) -> Verdict {
         if !self.password_required {
             // No authentication: a user name, if given, is taken as is (for ACLs).
-            return Verdict::Allowed(username.map(str::to_string));
+            return Verdict::Allowed(username.map(str::to_string), Proof::Claimed);
         }
         let (Some(user), Some(password)) = (username, password) else {
             return Verdict::NoCredentials;
@@ -273,7 +291,7 @@ impl Auth {
             }
         };
         if ok {
-            Verdict::Allowed(Some(user.to_string()))
+            Verdict::Allowed(Some(user.to_string()), Proof::Secret)
         } else {
             Verdict::BadCredentials
         }

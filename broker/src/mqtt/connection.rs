@@ -15,6 +15,7 @@
 //! packet, takeover) or with MQTT 5 reason 0x04 publishes its will, through the same durable
 //! path as any publish.
 
+use super::auth::{Auth, Proof};
 use super::clients::Transport;
 use super::ingest::{Ingest, IngestError};
 use super::replay::{self, Cursors};
@@ -434,13 +435,13 @@ pub async fn connection(
     // Boxed (like the will below): rare, large futures stay out of the connection task.
     let mut auth_reply = None; // MQTT 5 enhanced authentication: for the CONNACK
     let verdict = match (cert_user, connect.auth_method.clone()) {
-        (Some(user), _) => super::auth::Verdict::Allowed(Some(user)),
+        (Some(user), _) => super::auth::Verdict::Allowed(Some(user), Proof::Certificate),
         (None, Some(method)) => {
             let first = connect.auth_data.clone().unwrap_or_default();
             match Box::pin(enhanced_auth(&shared, &mut io, &method, first, deadline)).await {
                 Ok((user, last)) => {
                     auth_reply = Some((method, last));
-                    super::auth::Verdict::Allowed(Some(user))
+                    super::auth::Verdict::Allowed(Some(user), Proof::Secret)
                 }
                 Err(AuthFailure::Refused) => super::auth::Verdict::BadCredentials,
                 Err(AuthFailure::Method(why)) => {
@@ -466,7 +467,7 @@ pub async fn connection(
         }
     };
     let refused = match verdict {
-        super::auth::Verdict::Allowed(user) => Ok(user),
+        super::auth::Verdict::Allowed(user, proof) => Ok((user, proof)),
         super::auth::Verdict::BadCredentials => {
             Err((ConnCode::BadCredentials, "bad user name or password"))
         }
@@ -474,8 +475,8 @@ pub async fn connection(
             Err((ConnCode::NotAuthorized, "no user name or password"))
         }
     };
-    let user = match refused {
-        Ok(user) => user,
+    let (user, proof) = match refused {
+        Ok(admitted) => admitted,
         Err((code, why)) => {
             shared.auth_failed();
             tracing::info!(client_id, user = ?connect.username, "mqtt authentication failed: {why}");
@@ -623,6 +624,9 @@ pub async fn connection(
     tracing::debug!(client_id, ?proto, conn_id, "mqtt client connected");
 
     let _session = shared.node.metrics.mqtt.session(); // metrics: an accepted session
+                                                       // Settings reloaded from here on are noticed (and SCRAM users deleted from metadata).
+    let mut auth_rx = shared.auth.subscribe();
+    let auth_seen = auth_rx.borrow_and_update().clone();
     let mut conn = Conn {
         shared: &shared,
         client_id: &client_id,
@@ -642,16 +646,15 @@ pub async fn connection(
         in_aliases: HashMap::new(),
         persistent,
         user: user.clone(),
+        proof,
+        auth_seen: auth_seen.clone(),
         auth_method: auth_reply.map(|(method, _)| method),
         reauth: None,
-        throttle: {
-            let auth = shared.auth();
-            super::auth::Throttle::new(
-                auth.publish_rate_max,
-                auth.publish_bytes_rate_max,
-                Instant::now(),
-            )
-        },
+        throttle: super::auth::Throttle::new(
+            auth_seen.publish_rate_max,
+            auth_seen.publish_bytes_rate_max,
+            Instant::now(),
+        ),
         paused_until: None,
     };
     // A resumed session finishes the QoS 2 deliveries the client already has: PUBREL again,
@@ -659,9 +662,8 @@ pub async fn connection(
     for id in conn.session.released_ids() {
         io.push(Outbound::PubRel(id))?;
     }
-    // Settings reloaded from here on are noticed; a resumed session's subscriptions were
-    // granted under the settings of their time, so they are checked against today's.
-    let mut auth_rx = shared.auth.subscribe();
+    // A resumed session's subscriptions were granted under the settings of their time, so
+    // they are checked against today's.
     if session_present {
         Box::pin(conn.revoke_denied()).await;
     }
@@ -772,7 +774,8 @@ pub async fn connection(
             changed = auth_rx.changed() => {
                 // The sender lives in `shared`, as long as this connection.
                 if changed.is_ok() {
-                    if let Err(e) = Box::pin(conn.on_auth_reloaded()).await {
+                    let auth = auth_rx.borrow_and_update().clone();
+                    if let Err(e) = Box::pin(conn.on_auth_changed(auth)).await {
                         break Err(e);
                     }
                 }
@@ -978,6 +981,11 @@ struct Conn<'a> {
     persistent: Option<Persistent>,
     /// The authenticated (or, with `mqtt.auth = "none"`, claimed) user name, for ACLs.
     user: Option<String>,
+    /// How `user` was shown: what a reload or a deleted SCRAM user re-checks.
+    proof: Proof,
+    /// The settings this connection last applied: a wake-up of the settings watch that
+    /// carries the same ones is a SCRAM user leaving metadata, not a reload.
+    auth_seen: Arc<Auth>,
     /// MQTT 5: the Authentication Method of the CONNECT's enhanced authentication; only then
     /// may the client re-authenticate.
     auth_method: Option<String>,
@@ -1074,15 +1082,19 @@ impl Conn<'_> {
         Ok(())
     }
 
-    /// Reloaded credentials, ACLs and rate limits reach this connection: a user no longer
-    /// admitted is disconnected (MQTT 5: DISCONNECT 0x87), the new rate limits apply from now,
-    /// and subscriptions the new ACL denies are dropped.
-    async fn on_auth_reloaded(&mut self) -> Result<(), CloseReason> {
-        let auth = self.shared.auth();
-        if !auth.admits(&self.shared.node, self.user.as_deref()) {
+    /// Reloaded credentials, ACLs and rate limits reach this connection, or a SCRAM user left
+    /// metadata (the same settings, woken by `follow_scram_users`): a user no longer admitted
+    /// is disconnected (MQTT 5: DISCONNECT 0x87); on a reload the new rate limits apply from
+    /// now and subscriptions the new ACL denies are dropped.
+    async fn on_auth_changed(&mut self, auth: Arc<Auth>) -> Result<(), CloseReason> {
+        if !auth.admits(&self.shared.node, self.user.as_deref(), self.proof) {
             tracing::info!(client_id = self.client_id, user = ?self.user, "mqtt connection closed: its user is no longer admitted");
             return Err(CloseReason::UserRemoved);
         }
+        if Arc::ptr_eq(&auth, &self.auth_seen) {
+            return Ok(());
+        }
+        self.auth_seen = auth.clone();
         self.throttle.retune(
             auth.publish_rate_max,
             auth.publish_bytes_rate_max,

@@ -46,7 +46,8 @@
 //!   MQTT 5 enhanced authentication with SCRAM over AUTH packets is in `connection`),
 //!   `[[mqtt.acl]]` rules, per-connection publish rate limits (token buckets); replaced on a
 //!   configuration reload ([`Mqtt::reload`], SIGHUP), after which every connection drops the
-//!   subscriptions the new ACL denies.
+//!   subscriptions the new ACL denies; connections of users a reload removed, or a SCRAM
+//!   user deleted from metadata (`follow_scram_users`), are closed.
 //!
 //! *Persistent sessions* (3.1.1 `clean_session = 0`, 5.0 Session Expiry Interval > 0) keep
 //! cursors, not copies: every MQTT publish is stored (a mapped Kafka topic, or
@@ -83,13 +84,10 @@
 //! each has its own `mqtt.connections_max` bound. Retained messages: `retained`
 //! (`<data_dir>/mqtt/retained.log`), PUBACK after their fsync.
 //!
-//! Not in this version: inbound QoS 2 packet ids awaiting PUBREL are not part of a stored or
-//! moved session (a PUBLISH re-sent after a reconnect, on this broker or another, is stored
-//! again), shared subscriptions for
-//! offline members (a shared subscription is served live by the router, never from cursors),
-//! No Local for retained messages sent at subscribe time, MQTT 5 enhanced authentication
-//! (AUTH packets). `$SYS` topics are
-//! retained in memory and routed live, not stored in a partition.
+//! Not in this version: shared subscriptions for offline members (a shared subscription is
+//! served live by the router, never from cursors), No Local for retained messages sent at
+//! subscribe time. `$SYS` topics are retained in memory and routed live, not stored in a
+//! partition.
 
 pub mod auth;
 pub mod clients;
@@ -295,6 +293,7 @@ pub fn start(
         received: Default::default(),
         sent: Default::default(),
     });
+    tokio::spawn(follow_scram_users(shared.clone(), shutdown.clone()));
     // Other brokers take sessions from here (`TakeSession`); snapshots for dead-broker takeover.
     shared
         .node
@@ -354,6 +353,41 @@ impl Mqtt {
     pub fn reload(&self, m: &crate::config::MqttSection) -> Result<(), auth::BadKey> {
         self.shared.replace_auth(auth::Auth::from_config(m)?);
         Ok(())
+    }
+}
+
+/// Ends the connections of SCRAM users deleted from metadata (`strata user delete`, the admin
+/// API, a Kafka `AlterUserScramCredentials`) without waiting for a reload: when a metadata
+/// change removes a user, the settings watch fires with the settings unchanged and every
+/// connection re-checks `Auth::admits` (DISCONNECT 0x87 for the removed user's connections).
+async fn follow_scram_users(shared: Arc<connection::Shared>, mut stop: watch::Receiver<bool>) {
+    let node = shared.node.clone();
+    let mut changes = node.meta.subscribe();
+    let names = |state: &strata_meta::MetaState| -> Vec<String> {
+        state.scram_user_names().map(str::to_owned).collect()
+    };
+    let mut known = names(&node.meta.read());
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = stop.changed() => break,
+        }
+        let removed = {
+            let state = node.meta.read();
+            if known
+                .iter()
+                .map(String::as_str)
+                .eq(state.scram_user_names())
+            {
+                continue; // most changes are not about users: no allocation for them
+            }
+            let removed = known.iter().any(|u| !state.is_scram_user(u));
+            known = names(&state);
+            removed
+        };
+        if removed {
+            shared.auth.send_modify(|_| {});
+        }
     }
 }
 
