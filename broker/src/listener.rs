@@ -1,6 +1,7 @@
 //! The accept loop every TCP listener shares (Kafka, MQTT): a bound on open connections (one
 //! more is closed at accept), a short pause after a failed accept, and a stop on shutdown.
 
+use futures::FutureExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,10 +40,9 @@ pub async fn accept_bounded<F, Fut>(
             drop(stream);
             continue;
         };
-        let task = handle(stream, peer);
-        tokio::spawn(async move {
-            task.await;
-            drop(permit);
-        });
+        // A combinator, not `async move { task.await; drop(permit) }`: an async block would
+        // hold the connection's future twice (captured, then awaited), doubling the memory of
+        // every open connection.
+        tokio::spawn(handle(stream, peer).map(move |()| drop(permit)));
     }
 }

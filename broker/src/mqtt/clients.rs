@@ -55,8 +55,14 @@ tokio::task_local! {
 }
 
 /// Runs a connection task knowing its transport and peer (read by [`MqttClients::register`]).
-pub async fn scoped<F: Future>(transport: Transport, peer: SocketAddr, task: F) -> F::Output {
-    PEER.scope((transport, peer), task).await
+/// Not an `async fn`: one would hold `task` twice (its argument and the future it awaits),
+/// doubling every idle connection's memory.
+pub fn scoped<F: Future>(
+    transport: Transport,
+    peer: SocketAddr,
+    task: F,
+) -> impl Future<Output = F::Output> {
+    PEER.scope((transport, peer), task)
 }
 
 /// One session as the router holds it (answer of `RouterMsg::Sessions`).

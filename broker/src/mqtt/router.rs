@@ -1410,7 +1410,9 @@ impl std::fmt::Debug for Keep {
 /// Inputs of the router task.
 #[derive(Debug)]
 pub enum RouterMsg {
-    Connect(ConnectRequest),
+    /// Boxed: the largest request by far, and every send of any message carries this
+    /// enum's size in the sending connection's task.
+    Connect(Box<ConnectRequest>),
     Disconnect {
         client_id: String,
         conn_id: u64,
@@ -1541,7 +1543,7 @@ pub async fn run(
         );
         match msg {
             RouterMsg::Connect(req) => {
-                core.request_connect(req, crate::log::sequencer::now_ms());
+                core.request_connect(*req, crate::log::sequencer::now_ms());
             }
             RouterMsg::Disconnect {
                 client_id,
