@@ -46,6 +46,82 @@ pub struct Uploader {
 /// Largest object built in one round, as a multiple of `flush_bytes_max`.
 const OBJECT_FLUSH_MULTIPLE_MAX: u64 = 4;
 
+/// One round's object, built from the partitions' pending batches.
+struct Built {
+    key: String,
+    object: bytes::Bytes,
+    blocks: Vec<strata_types::BlockLocation>,
+    /// The partitions in it: (partition, end offset, bytes).
+    included: Vec<(Arc<PartitionLog>, i64, u64)>,
+    /// What is settled once this object is committed: everything below the oldest entry some
+    /// partition will still have pending, computed before the commit so the commit itself
+    /// records it (one metadata write per upload).
+    settled: u64,
+    /// More was pending than one object takes.
+    full: bool,
+}
+
+/// Packs up to `budget` bytes of pending batches, partitions in key order; `None` when
+/// nothing is pending. CPU only (copies and CRCs): runs on the blocking pool.
+fn build(registry: &Registry, key: String, budget: u64, published_lsn: u64) -> Option<Built> {
+    let mut builder = ObjectBuilder::new(key.clone());
+    let mut included: Vec<(Arc<PartitionLog>, i64, u64)> = Vec::new();
+    let mut size = 0u64;
+    let mut partitions = registry.partitions();
+    partitions.sort_by_key(|p| p.key);
+    let mut full = false;
+    for p in partitions {
+        if size >= budget {
+            full = true;
+            break;
+        }
+        let pending = p.pending_upload(budget - size);
+        let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+            continue;
+        };
+        let bytes: u64 = pending.iter().map(|b| b.data.len() as u64).sum();
+        let max_ts = pending.iter().map(|b| b.max_timestamp).max().unwrap_or(-1);
+        let data: Vec<_> = pending.iter().map(|b| b.data.clone()).collect();
+        builder.add_block(
+            p.key.topic,
+            p.key.partition,
+            first.base_offset,
+            last.end_offset,
+            max_ts,
+            &data,
+        );
+        size += bytes;
+        included.push((p.clone(), last.end_offset, bytes));
+    }
+    if builder.is_empty() {
+        return None;
+    }
+    let (object, blocks) = builder.finish();
+    let settled = {
+        let ends: std::collections::HashMap<_, i64> =
+            included.iter().map(|(q, end, _)| (q.key, *end)).collect();
+        let mut oldest = u64::MAX;
+        for p in registry.partitions() {
+            let pending = match ends.get(&p.key).copied() {
+                Some(end) => p.pending_lsn_after(end),
+                None => p.oldest_pending_lsn(),
+            };
+            if let Some(lsn) = pending {
+                oldest = oldest.min(lsn);
+            }
+        }
+        oldest.saturating_sub(1).min(published_lsn)
+    };
+    Some(Built {
+        key,
+        object,
+        blocks,
+        included,
+        settled,
+        full,
+    })
+}
+
 impl Uploader {
     /// Runs until `shutdown` turns true, then uploads what is left (bounded attempts) and
     /// returns.
@@ -68,63 +144,38 @@ impl Uploader {
         let published_lsn = self.shared.published_lsn.load(Ordering::Acquire);
         let budget = self.flush_bytes_max * OBJECT_FLUSH_MULTIPLE_MAX;
         let key = object_key(self.node_id);
-        let mut builder = ObjectBuilder::new(key.clone());
-        let mut included: Vec<(Arc<PartitionLog>, i64, u64)> = Vec::new();
-        let mut size = 0u64;
-        let mut partitions = self.registry.partitions();
-        partitions.sort_by_key(|p| p.key);
-        let mut full = false;
-        for p in partitions {
-            if size >= budget {
-                full = true;
-                break;
-            }
-            let pending = p.pending_upload(budget - size);
-            let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
-                continue;
+        // Off the runtime: copying and checksumming megabytes of batches took a worker for
+        // 15-50 ms every flush, and every connection that worker served waited (QoS 1
+        // publish -> deliver p99 25 ms instead of 1 ms on a one-core broker).
+        let registry = self.registry.clone();
+        let built =
+            match tokio::task::spawn_blocking(move || build(&registry, key, budget, published_lsn))
+                .await
+            {
+                Ok(built) => built,
+                Err(err) => {
+                    tracing::error!(%err, "building an object failed; will retry");
+                    Metrics::inc(&self.metrics.upload_failures_total);
+                    return Round::Failed;
+                }
             };
-            let bytes: u64 = pending.iter().map(|b| b.data.len() as u64).sum();
-            let max_ts = pending.iter().map(|b| b.max_timestamp).max().unwrap_or(-1);
-            let data: Vec<_> = pending.iter().map(|b| b.data.clone()).collect();
-            builder.add_block(
-                p.key.topic,
-                p.key.partition,
-                first.base_offset,
-                last.end_offset,
-                max_ts,
-                &data,
-            );
-            size += bytes;
-            included.push((p.clone(), last.end_offset, bytes));
-        }
-        if builder.is_empty() {
+        let Some(Built {
+            key,
+            object,
+            blocks,
+            included,
+            settled,
+            full,
+        }) = built
+        else {
             // A replicated stream is trimmed only with a commit that records how far (I8 of
             // `strata_wal::replication`): an idle round leaves it as it is.
             if self.stream.is_none() {
                 self.trim(published_lsn).await;
             }
             return Round::Idle;
-        }
-        let (object, blocks) = builder.finish();
-        let object_len = object.len() as u64;
-        // What is settled once this object is committed: everything below the oldest entry some
-        // partition will still have pending, computed before the commit so the commit itself
-        // records it (one metadata write per upload).
-        let settled = {
-            let ends: std::collections::HashMap<_, i64> =
-                included.iter().map(|(q, end, _)| (q.key, *end)).collect();
-            let mut oldest = u64::MAX;
-            for p in self.registry.partitions() {
-                let pending = match ends.get(&p.key).copied() {
-                    Some(end) => p.pending_lsn_after(end),
-                    None => p.oldest_pending_lsn(),
-                };
-                if let Some(lsn) = pending {
-                    oldest = oldest.min(lsn);
-                }
-            }
-            oldest.saturating_sub(1).min(published_lsn)
         };
+        let object_len = object.len() as u64;
         if !self.put_with_retry(&key, object, final_round).await {
             return Round::Failed;
         }
