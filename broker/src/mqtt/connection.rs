@@ -433,9 +433,10 @@ pub async fn connection(
 
     // Credentials, before the session is touched: a refused CONNECT takes nothing over.
     // Boxed (like the will below): rare, large futures stay out of the connection task.
-    let mut auth_reply = None; // MQTT 5 enhanced authentication: for the CONNACK
-                               // Blocks scope the handshake's values: a local of this function keeps its room in the
-                               // task for as long as it is in scope, even when moved away.
+    // MQTT 5 enhanced authentication: for the CONNACK.
+    let mut auth_reply = None;
+    // Blocks scope the handshake's values: a local of this function keeps its room in the
+    // task for as long as it is in scope, even when moved away.
     let (user, proof) = 'admitted: {
         let verdict = match (cert_user, connect.auth_method.clone()) {
             (Some(user), _) => super::auth::Verdict::Allowed(Some(user), Proof::Certificate),
@@ -628,7 +629,8 @@ pub async fn connection(
     tracing::debug!(client_id, ?proto, conn_id, "mqtt client connected");
 
     let _session = shared.node.metrics.mqtt.session(); // metrics: an accepted session
-                                                       // Settings reloaded from here on are noticed (and SCRAM users deleted from metadata).
+
+    // Settings reloaded from here on are noticed (and SCRAM users deleted from metadata).
     let mut auth_rx = shared.auth.subscribe();
     let auth_seen = auth_rx.borrow_and_update().clone();
     let mut conn = Conn {
@@ -1090,7 +1092,7 @@ impl Conn<'_> {
     }
 
     /// Reloaded credentials, ACLs and rate limits reach this connection, or a SCRAM user left
-    /// metadata (the same settings, woken by `follow_scram_users`): a user no longer admitted
+    /// metadata (the same settings, woken by `follow_metadata`): a user no longer admitted
     /// is disconnected (MQTT 5: DISCONNECT 0x87); on a reload the new rate limits apply from
     /// now and subscriptions the new ACL denies are dropped.
     async fn on_auth_changed(&mut self, auth: Arc<Auth>) -> Result<(), CloseReason> {

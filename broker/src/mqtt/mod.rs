@@ -47,7 +47,7 @@
 //!   `[[mqtt.acl]]` rules, per-connection publish rate limits (token buckets); replaced on a
 //!   configuration reload ([`Mqtt::reload`], SIGHUP), after which every connection drops the
 //!   subscriptions the new ACL denies; connections of users a reload removed, or a SCRAM
-//!   user deleted from metadata (`follow_scram_users`), are closed.
+//!   user deleted from metadata (`follow_metadata`), are closed.
 //!
 //! *Persistent sessions* (3.1.1 `clean_session = 0`, 5.0 Session Expiry Interval > 0) keep
 //! cursors, not copies: every MQTT publish is stored (a mapped Kafka topic, or
@@ -249,27 +249,9 @@ pub fn start(
         router_tx.clone(),
         shutdown.clone(),
     ));
+    // Metadata changes from here on are followed (`follow_metadata`, once `shared` exists).
+    let meta_changes = node.meta.subscribe();
     tailers.sync();
-    // Follow metadata: topics created (over Kafka or MQTT) and leases moved.
-    {
-        let tailers = tailers.clone();
-        let node = node.clone();
-        let mut changes = node.meta.subscribe();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    changed = changes.changed() => {
-                        if changed.is_err() { break; }
-                        node.refresh_topics();
-                        tailers.sync();
-                    }
-                    _ = stop.changed() => break,
-                }
-            }
-            tailers.stop();
-        });
-    }
     // Validated when the configuration was loaded (`config::validate_mqtt`).
     let auth = match auth::Auth::from_config(&cfg) {
         Ok(a) => a,
@@ -293,7 +275,11 @@ pub fn start(
         received: Default::default(),
         sent: Default::default(),
     });
-    tokio::spawn(follow_scram_users(shared.clone(), shutdown.clone()));
+    tokio::spawn(follow_metadata(
+        shared.clone(),
+        meta_changes,
+        shutdown.clone(),
+    ));
     // Other brokers take sessions from here (`TakeSession`); snapshots for dead-broker takeover.
     shared
         .node
@@ -356,13 +342,19 @@ impl Mqtt {
     }
 }
 
-/// Ends the connections of SCRAM users deleted from metadata (`strata user delete`, the admin
-/// API, a Kafka `AlterUserScramCredentials`) without waiting for a reload: when a metadata
-/// change removes a user, the settings watch fires with the settings unchanged and every
-/// connection re-checks `Auth::admits` (DISCONNECT 0x87 for the removed user's connections).
-async fn follow_scram_users(shared: Arc<connection::Shared>, mut stop: watch::Receiver<bool>) {
+/// Follows metadata until shutdown, then stops the tailers:
+/// - topics created (over Kafka or MQTT) and leases moved: the tailers follow them;
+/// - SCRAM users deleted (`strata user delete`, the admin API, a Kafka
+///   `AlterUserScramCredentials`): their connections end without waiting for a reload — the
+///   settings watch fires with the settings unchanged and every connection re-checks
+///   `Auth::admits` (DISCONNECT 0x87 for the removed user's connections).
+async fn follow_metadata(
+    shared: Arc<connection::Shared>,
+    mut changes: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let node = shared.node.clone();
-    let mut changes = node.meta.subscribe();
+    let tailers = &shared.ingest.tailers;
     let names = |state: &strata_meta::MetaState| -> Vec<String> {
         state.scram_user_names().map(str::to_owned).collect()
     };
@@ -372,6 +364,8 @@ async fn follow_scram_users(shared: Arc<connection::Shared>, mut stop: watch::Re
             changed = changes.changed() => if changed.is_err() { break },
             _ = stop.changed() => break,
         }
+        node.refresh_topics();
+        tailers.sync();
         let removed = {
             let state = node.meta.read();
             if known
@@ -389,6 +383,7 @@ async fn follow_scram_users(shared: Arc<connection::Shared>, mut stop: watch::Re
             shared.auth.send_modify(|_| {});
         }
     }
+    tailers.stop();
 }
 
 /// After shutdown: waits (a bounded time) for the connections to end — each hands its final
