@@ -6,7 +6,9 @@
 //!
 //! 1. read each block of the run (ranged GETs, each checked against its CRC32C, or chunk by
 //!    chunk against a segment's index);
-//! 2. build the segment and PUT it under a fresh key;
+//! 2. build the segment and PUT it under a fresh key. Checking and copying a run (up to
+//!    `segment_bytes`) is tens of milliseconds of CPU, so it runs on the blocking pool, one
+//!    block at a time as it arrives, never on a runtime worker that serves requests;
 //! 3. `CompactPartition` swaps the run for the segment in the metadata index in one raft
 //!    write. Objects left with no indexed block become garbage and the retention task's sweeper
 //!    deletes them after `tiering.garbage_grace_ms`.
@@ -112,6 +114,8 @@ pub enum CompactError {
     Meta(String),
     #[error("malformed block: {0}")]
     BadBlock(String),
+    #[error("building the segment failed: {0}")]
+    Build(String),
 }
 
 pub struct Compactor {
@@ -268,10 +272,15 @@ where
         bytes as usize + 4096,
     );
     for block in run {
-        let data = read_block(store, block).await?;
-        builder.push_batches(&data)?;
+        let fetched = fetch_block(store, block).await?;
+        let block = block.clone();
+        builder = off_runtime(move || {
+            builder.push_batches(&check_block(&block, fetched)?)?;
+            Ok(builder)
+        })
+        .await?;
     }
-    let Some((object, location)) = builder.finish() else {
+    let Some((object, location)) = off_runtime(move || Ok(builder.finish())).await? else {
         return Ok(false);
     };
     let size = object.len() as u64;
@@ -321,16 +330,46 @@ where
     }
 }
 
-/// The batches of one index block, checked: a plain block against its CRC32C, a segment
-/// chunk by chunk against its index.
-pub async fn read_block(store: &ObjectStore, block: &BlockLocation) -> Result<Bytes, CompactError> {
-    if block.is_segment() {
-        let end = block.position + block.len;
-        let index_bytes = store
-            .get_range(&block.key, end..end + block.index_len)
-            .await?;
+/// Runs CPU-bound work of a compaction on the blocking pool.
+async fn off_runtime<T, F>(work: F) -> Result<T, CompactError>
+where
+    F: FnOnce() -> Result<T, CompactError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| CompactError::Build(err.to_string()))?
+}
+
+/// One index block's bytes as read, not yet checked (see [`check_block`]).
+struct Fetched {
+    data: Bytes,
+    /// A segment's footer index; `None` for a block of a multi-partition object.
+    index: Option<Bytes>,
+}
+
+/// Reads one index block: its bytes, and for a segment its footer index (ranged GETs).
+async fn fetch_block(store: &ObjectStore, block: &BlockLocation) -> Result<Fetched, CompactError> {
+    let end = block.position + block.len;
+    let index = if block.is_segment() {
+        Some(
+            store
+                .get_range(&block.key, end..end + block.index_len)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let data = store.get_range(&block.key, block.position..end).await?;
+    Ok(Fetched { data, index })
+}
+
+/// The batches of one fetched block, checked: a plain block against its CRC32C, a segment
+/// chunk by chunk against its index. CPU only: callers run it off the runtime.
+fn check_block(block: &BlockLocation, fetched: Fetched) -> Result<Bytes, CompactError> {
+    let Fetched { data, index } = fetched;
+    if let Some(index_bytes) = index {
         let index = decode_segment_index(block, &index_bytes)?;
-        let data = store.get_range(&block.key, block.position..end).await?;
         for (i, chunk) in index.chunks.iter().enumerate() {
             let range = chunk.range();
             index.verify_chunk(
@@ -341,9 +380,6 @@ pub async fn read_block(store: &ObjectStore, block: &BlockLocation) -> Result<By
         }
         return Ok(data);
     }
-    let data = store
-        .get_range(&block.key, block.position..block.position + block.len)
-        .await?;
     if block.crc32c != 0 {
         strata_tiering::verify_block(block, &data, block.crc32c)?;
     }
