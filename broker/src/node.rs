@@ -37,6 +37,7 @@ use strata_wal::net::{
 use strata_wal::replication::ReplicationConfig;
 use strata_wal::{Wal, WalConfig, WalError};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 /// Why a node could not start. `exit_code` separates bad environments from broken data.
 #[derive(Debug, thiserror::Error)]
@@ -135,13 +136,17 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         config.data_dir.display()
     )))?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    // Before anything that can look ready from outside (the health endpoint and the Kafka
+    // listener answer before the ready line): a SIGTERM from then on is handled, never the
+    // default action that kills the process with -15.
+    let (started, signals) = Signals::install().guard_start_up();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // The WAL replica (a cluster's `wal` role) serves first: with every node both broker and
     // replica, a starting broker's stream recovery needs the other nodes' replicas, and theirs
     // need ours, whatever order the nodes start in.
     let replica = start_replica_server(&config, shutdown_rx.clone())?;
     if !config.roles.broker {
-        return run_without_broker(config, replica, shutdown_tx).await;
+        return run_without_broker(config, replica, shutdown_tx, (started, signals)).await;
     }
 
     let store =
@@ -370,6 +375,8 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         crate::meta_backup::spawn(&node.config, member, &store, &metrics, shutdown_rx.clone());
     }
 
+    // From here clients can be served: a signal is a clean stop (final uploads included).
+    let mut signals = Signals::started(started, signals).await;
     let kafka_listener = tokio::net::TcpListener::bind(node.config.kafka_listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -465,7 +472,6 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     ));
 
     let mut idle = false;
-    let mut signals = Signals::install();
     let mut running = node.config.file.clone(); // what a reload compares with
     let lost = loop {
         tokio::select! {
@@ -731,6 +737,7 @@ async fn run_without_broker(
     config: NodeConfig,
     replica: Option<ReplicaServerHandle>,
     shutdown_tx: watch::Sender<bool>,
+    (started, signals): StartUpGuard,
 ) -> Result<(), StartError> {
     let meta = if config.roles.meta {
         Some(open_meta(&config, Default::default()).await?)
@@ -759,7 +766,7 @@ async fn run_without_broker(
         }
     }
     println!("strata: ready (node {})", config.node_id);
-    Signals::install().stopped().await;
+    Signals::started(started, signals).await.stopped().await;
     println!("strata: shutting down");
     shutdown_watchdog();
     let _ = shutdown_tx.send(true);
@@ -932,6 +939,10 @@ fn cluster_id(config: &NodeConfig) -> Result<String, StartError> {
     }
 }
 
+/// [`Signals::guard_start_up`]: the sender to call the start-up done, the task holding the
+/// handlers until then.
+type StartUpGuard = (tokio::sync::oneshot::Sender<()>, JoinHandle<Signals>);
+
 /// What a signal asks of the node.
 enum Signal {
     /// SIGTERM or Ctrl-C: a clean stop.
@@ -943,6 +954,7 @@ enum Signal {
 /// The node's signal handlers, installed once (a SIGHUP would otherwise end the process).
 struct Signals {
     term: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
     hangup: Option<tokio::signal::unix::Signal>,
 }
 
@@ -958,31 +970,63 @@ impl Signals {
         };
         Signals {
             term: install(SignalKind::terminate(), "SIGTERM"),
+            interrupt: install(SignalKind::interrupt(), "SIGINT"),
             hangup: install(SignalKind::hangup(), "SIGHUP"),
         }
     }
 
     async fn next(&mut self) -> Signal {
-        let term = async {
-            match self.term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
+        async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(s) => {
+                    s.recv().await;
                 }
                 None => std::future::pending().await,
             }
-        };
-        let hangup = async {
-            match self.hangup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
+        }
         tokio::select! {
-            _ = term => Signal::Stop,
-            _ = tokio::signal::ctrl_c() => Signal::Stop,
-            _ = hangup => Signal::Reload,
+            _ = received(self.term.as_mut()) => Signal::Stop,
+            _ = received(self.interrupt.as_mut()) => Signal::Stop,
+            _ = received(self.hangup.as_mut()) => Signal::Reload,
+        }
+    }
+
+    /// Watches the signals while the node starts: a stop then ends the process at once with
+    /// code 0 — nothing has been acknowledged that is not already in the WAL, and a start-up
+    /// waiting on peers that never come must still be stoppable. A SIGHUP is logged and
+    /// dropped (the configuration is read once the node has started). Send on the returned
+    /// sender once started and await [`Signals::started`] for the handlers back.
+    fn guard_start_up(mut self) -> StartUpGuard {
+        let (started_tx, mut started_rx) = tokio::sync::oneshot::channel::<()>();
+        let guard = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut started_rx => return self,
+                    signal = self.next() => match signal {
+                        Signal::Stop => {
+                            println!("strata: signal during start-up; exiting");
+                            std::process::exit(0);
+                        }
+                        Signal::Reload => tracing::info!("SIGHUP during start-up: nothing to reload yet"),
+                    },
+                }
+            }
+        });
+        (started_tx, guard)
+    }
+
+    /// Takes the handlers back from [`Signals::guard_start_up`]; a signal that arrived in
+    /// between is still pending on them.
+    async fn started(
+        started: tokio::sync::oneshot::Sender<()>,
+        guard: JoinHandle<Signals>,
+    ) -> Signals {
+        let _ = started.send(());
+        match guard.await {
+            Ok(signals) => signals,
+            // The guard task cannot panic; install afresh rather than fail a started node.
+            Err(_) => Signals::install(),
         }
     }
 

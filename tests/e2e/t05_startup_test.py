@@ -3,6 +3,10 @@ stdout, /health, /metrics, /v1/topics, config from file and env, object store
 URL schemes, SIGTERM → exit 0."""
 
 import json
+import signal
+import time
+
+import pytest
 
 import harness
 from harness import Rec
@@ -20,6 +24,56 @@ def test_prints_listen_addresses_and_health(broker):
 def test_sigterm_exits_zero(broker):
     broker.stop(check=False)
     assert broker.last_returncode == 0, f"exit code {broker.last_returncode}\n{broker.stderr_tail()}"
+
+
+def test_sigterm_the_moment_it_is_healthy_exits_zero_and_keeps_records(broker_factory):
+    # The health endpoint and the Kafka listener answer before the node prints its ready
+    # line; a SIGTERM in between was once the default action (exit -15). Several starts, each
+    # signalled as soon as /health says ok, with a record produced the start before.
+    b = broker_factory()
+    harness.create_topic(b.bootstrap, "early", 1)
+    for i in range(4):
+        harness.produce(b.bootstrap, "early", [Rec(0, None, b"r%d" % i)])
+        b.stop()
+        assert b.last_returncode == 0, f"start {b.starts}: exit {b.last_returncode}\n{b.stderr_tail()}"
+        b.start(wait=False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert b.proc.poll() is None, f"exited before healthy\n{b.stderr_tail()}"
+            try:
+                status, body = harness.http_get(b.admin_url + "/health", timeout=1)
+                if status == 200 and json.loads(body).get("status") == "ok":
+                    break
+            except OSError:
+                pass
+            time.sleep(0.005)
+        b.proc.send_signal(signal.SIGTERM)
+        b.proc.wait(60)
+        assert b.proc.returncode == 0, f"start {b.starts}: exit {b.proc.returncode}\n{b.stderr_tail()}"
+        b.start()
+    got = harness.consume(b.bootstrap, "early", 1, {0: 4})
+    assert [r.value for r in got[0]] == [b"r%d" % i for i in range(4)], got
+
+
+def test_sigterm_while_waiting_for_metadata_peers_exits_zero(strata_bin, tmp_path):
+    # A broker whose metadata group never answers waits in its start-up; it must still stop
+    # on SIGTERM, with code 0, saying why.
+    nobody = harness.free_port()
+    b = harness.Broker(strata_bin, tmp_path / "lonely", node_id=4,
+                       extra_args=["--roles", "broker", "--meta-peers", f"1@127.0.0.1:{nobody}",
+                                   "--wal-peers", f"127.0.0.1:{harness.free_port()}"])
+    try:
+        b.start(wait=False)
+        time.sleep(2)
+        assert b.proc.poll() is None, f"exited on its own\n{b.stderr_tail()}"
+        with pytest.raises(OSError):
+            harness.http_get(b.admin_url + "/health", timeout=1)
+        b.proc.send_signal(signal.SIGTERM)
+        b.proc.wait(30)
+        assert b.proc.returncode == 0, f"exit {b.proc.returncode}\n{b.stderr_tail()}"
+        assert "signal during start-up" in b.stdout_text(), b.stdout_text()[-500:]
+    finally:
+        b.stop(check=False)
 
 
 def test_v1_topics_and_metrics(broker_factory):
