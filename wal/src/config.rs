@@ -32,6 +32,11 @@ pub struct WalConfig {
     pub wal_bytes_max: u64,
     /// Largest payload accepted by append (WalError::EntryTooLarge).
     pub entry_bytes_max: u32,
+    /// `trim` hands the files of trimmed segments to a thread of their own instead of
+    /// deleting them before it returns (unlinking a large segment and fsyncing the directory
+    /// would otherwise hold up every append behind the trim). Same order and crash rules;
+    /// see `crate::unlink`. [`crate::Wal::wait_unlinked`] waits for them.
+    pub background_unlink: bool,
 }
 
 impl WalConfig {
@@ -42,6 +47,7 @@ impl WalConfig {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             wal_bytes_max: WAL_BYTES_MAX_DEFAULT,
             entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
+            background_unlink: false,
         }
     }
 

@@ -42,7 +42,9 @@
 //!
 //! # Boundaries
 //!
-//! The WAL never reads the clock, spawns threads, or looks inside payloads. It does not take a
+//! The WAL never reads the clock or looks inside payloads, and spawns one thread only when
+//! asked to: with [`WalConfig::background_unlink`] a trimmed segment's file is deleted by a
+//! thread of its own, so a trim does not hold up the appends behind it. It does not take a
 //! lock on the directory: one process must own it (the broker's data-dir lock).
 //!
 //! # Replication
@@ -78,6 +80,7 @@ pub mod format;
 pub mod net;
 mod recovery;
 pub mod replication;
+mod unlink;
 mod wal;
 
 pub use config::{

@@ -12,7 +12,9 @@
 //!   the set of segment files stays contiguous.
 //! - `trim` makes the newest segment (whose name carries the next LSN) durable before deleting
 //!   anything, deletes oldest first, and fsyncs the directory after each deletion, so a crash
-//!   mid-trim leaves a contiguous suffix of segments and LSNs never restart.
+//!   mid-trim leaves a contiguous suffix of segments and LSNs never restart. With
+//!   `background_unlink` the deletions (same order, same fsyncs) are done by the
+//!   `crate::unlink` thread after `trim` returns; a failed one stops every later one.
 //! - `truncate_after` (dropping a divergent suffix, for a replica's store) deletes the segments
 //!   wholly after the cut newest first, fsyncing the directory after each deletion, and then cuts
 //!   the segment holding the cut point with `set_len` + fsync. A crash part-way leaves the log cut
@@ -40,6 +42,7 @@ use crate::format::{
     segment_file_name, SegmentName, SEGMENT_HEADER_BYTES, SEGMENT_HEADER_LEN,
 };
 use crate::recovery::{self, ScanError, TornTail};
+use crate::unlink::Unlinker;
 use crate::{RecoveredEntry, WalError};
 
 /// One segment file as the WAL tracks it in memory, so that trimming and size accounting never
@@ -89,6 +92,8 @@ pub struct Wal {
     /// A segment file was created or deleted since the directory was last fsync'ed.
     dir_unsynced: bool,
     poison: Option<Poison>,
+    /// Deletes trimmed segments when [`WalConfig::background_unlink`] is set.
+    unlinker: Unlinker,
     /// Test-only fault injection: the next operation with this `io_op` fails.
     #[cfg(test)]
     fault: Option<&'static str>,
@@ -120,6 +125,7 @@ impl Wal {
         ensure_dir(&cfg.dir)?;
         let dir = File::open(&cfg.dir).map_err(|e| io_error(&cfg.dir, io_op::OPEN_DIR, e))?;
         let (mut names, markers) = list_segments(&cfg.dir)?;
+        crate::unlink::remove_leftovers(&cfg.dir);
         if !markers.is_empty() {
             finish_reset(&cfg.dir, &dir, &mut names, &markers)?;
         }
@@ -187,6 +193,7 @@ impl Wal {
             active_unsynced: false,
             dir_unsynced: false,
             poison: None,
+            unlinker: Unlinker::default(),
             #[cfg(test)]
             fault: None,
         };
@@ -286,6 +293,23 @@ impl Wal {
             return Ok(());
         }
         self.sync()?;
+        if self.cfg.background_unlink {
+            let mut paths = Vec::new();
+            while deletable(&self.segments) {
+                let Some(oldest) = self.segments.pop_front() else {
+                    break;
+                };
+                self.bytes_total -= oldest.bytes;
+                paths.push(self.segment_path(oldest.first_lsn));
+            }
+            if let Err(err) = self.unlinker.send(&self.dir, paths) {
+                // The segments are settled: leaving them on disk loses nothing, and the next
+                // `open` lists them again.
+                tracing::error!(dir = %self.cfg.dir.display(), %err, "trimmed WAL segments left on disk");
+            }
+            self.check_invariants();
+            return Ok(());
+        }
         while deletable(&self.segments) {
             let Some(&oldest) = self.segments.front() else {
                 break;
@@ -525,9 +549,16 @@ impl Wal {
     }
 
     /// Live bytes across segment files: headers and records, including appended records still
-    /// in the write buffer (they reach the file by the next sync at the latest).
+    /// in the write buffer (they reach the file by the next sync at the latest). Trimmed
+    /// segments waiting for the background unlink are not live and not counted.
     pub fn bytes_on_disk(&self) -> u64 {
         self.bytes_total
+    }
+
+    /// Blocks until the segments trimmed so far are deleted (with
+    /// [`WalConfig::background_unlink`]; at once otherwise). Dropping the WAL waits too.
+    pub fn wait_unlinked(&self) {
+        self.unlinker.wait();
     }
 
     /// Number of segment files, including the active one (always at least 1).
@@ -951,6 +982,7 @@ mod tests {
             segment_bytes_max: 200,
             wal_bytes_max: 1 << 20,
             entry_bytes_max: 100,
+            background_unlink: false,
         })
         .expect("open")
     }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use strata_wal::format::SEGMENT_HEADER_BYTES;
-use strata_wal::WalError;
+use strata_wal::{WalConfig, WalError};
 
 const PAYLOAD_LEN: usize = 20;
 /// Four records of 36 bytes after the 24-byte header.
@@ -13,9 +13,9 @@ const SEGMENT_BYTES_MAX: u64 = 24 + 4 * 36;
 const ENTRIES: u64 = 14;
 
 /// A synced WAL with entries 1..=14 in segments starting at 1, 5, 9, 13.
-fn setup(dir: &std::path::Path) -> strata_wal::Wal {
-    let cfg = config(dir, SEGMENT_BYTES_MAX);
-    let (mut wal, _) = open(&cfg);
+fn setup(cfg: &WalConfig) -> strata_wal::Wal {
+    let dir = cfg.dir.as_path();
+    let (mut wal, _) = open(cfg);
     let payloads: Vec<Vec<u8>> = (1..=ENTRIES).map(|l| payload(l, PAYLOAD_LEN)).collect();
     append_all(&mut wal, &payloads);
     wal.sync().expect("sync");
@@ -23,11 +23,15 @@ fn setup(dir: &std::path::Path) -> strata_wal::Wal {
     wal
 }
 
-fn check_trim(upto: u64, segments_after: &[u64]) {
+fn check_trim(upto: u64, segments_after: &[u64], background_unlink: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cfg = config(tmp.path(), SEGMENT_BYTES_MAX);
-    let mut wal = setup(tmp.path());
+    let cfg = WalConfig {
+        background_unlink,
+        ..config(tmp.path(), SEGMENT_BYTES_MAX)
+    };
+    let mut wal = setup(&cfg);
     wal.trim(upto).expect("trim");
+    wal.wait_unlinked();
     assert_eq!(
         segment_first_lsns(tmp.path()),
         segments_after,
@@ -75,14 +79,50 @@ fn trim_deletes_only_fully_covered_segments() {
         (14, &[15]),
     ];
     for &(upto, after) in cases {
-        check_trim(upto, after);
+        check_trim(upto, after, false);
     }
+}
+
+/// The same cases with the files deleted by the WAL's unlink thread: once it has caught up
+/// the directory, the accounting and a reopen are exactly as with the inline deletion.
+#[test]
+fn background_unlink_deletes_the_same_segments() {
+    let cases: &[(u64, &[u64])] = &[
+        (0, &[1, 5, 9, 13]),
+        (4, &[5, 9, 13]),
+        (12, &[13]),
+        (14, &[15]),
+    ];
+    for &(upto, after) in cases {
+        check_trim(upto, after, true);
+    }
+}
+
+/// Trims queued one after another and then a drop: the drop waits for the thread, so a WAL
+/// reopened at once finds exactly the segments the last trim kept.
+#[test]
+fn dropping_a_wal_waits_for_its_background_unlinks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = WalConfig {
+        background_unlink: true,
+        ..config(tmp.path(), SEGMENT_BYTES_MAX)
+    };
+    let mut wal = setup(&cfg);
+    for upto in [4, 8, 12] {
+        wal.trim(upto).expect("trim");
+    }
+    assert_eq!(wal.segment_count(), 1);
+    drop(wal);
+    assert_eq!(segment_first_lsns(tmp.path()), vec![13]);
+    let (wal, recovered) = open(&cfg);
+    assert_eq!(recovered.first().map(|e| e.lsn), Some(13));
+    assert_eq!(wal.last_lsn(), ENTRIES);
 }
 
 #[test]
 fn trimming_everything_leaves_one_empty_segment() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut wal = setup(tmp.path());
+    let mut wal = setup(&config(tmp.path(), SEGMENT_BYTES_MAX));
     wal.trim(ENTRIES).expect("trim");
     assert_eq!(wal.segment_count(), 1);
     assert_eq!(wal.bytes_on_disk(), SEGMENT_HEADER_BYTES);
@@ -110,7 +150,7 @@ fn trim_of_unsynced_entries_makes_the_position_durable() {
 #[test]
 fn trim_ahead_of_the_log_is_rejected() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut wal = setup(tmp.path());
+    let mut wal = setup(&config(tmp.path(), SEGMENT_BYTES_MAX));
     match wal.trim(ENTRIES + 1) {
         Err(
             e @ WalError::TrimAheadOfLog {

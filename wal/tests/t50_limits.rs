@@ -15,6 +15,7 @@ fn full_until_trimmed() {
         segment_bytes_max: 24 + 4 * 36,
         wal_bytes_max: 500,
         entry_bytes_max: 100,
+        background_unlink: false,
     };
     let (mut wal, _) = open(&cfg);
     let mut accepted = 0u64;

@@ -52,6 +52,8 @@ fn run(seed: u64) {
         segment_bytes_max: rng.gen_range(64..2048),
         wal_bytes_max: 1 << 30,
         entry_bytes_max: 512,
+        // Either way a trim's deletions must leave what the model expects after a crash.
+        background_unlink: rng.gen_bool(0.5),
     };
     // model[i] is the payload of lsn i + 1 as far as the WAL may know it.
     let mut model: Vec<Vec<u8>> = Vec::new();
@@ -82,6 +84,7 @@ fn run(seed: u64) {
                 wal.sync().unwrap_or_else(|e| panic!("{ctx}: sync: {e}"));
                 synced_last = wal.last_lsn();
                 tail = synced_tail(tmp.path());
+                wal.wait_unlinked();
                 assert_accounting_matches_disk(&wal, tmp.path());
             }
             if rng.gen_bool(0.2) && synced_last > trimmed {

@@ -190,6 +190,7 @@ fn a_bad_stream_entry_is_corruption_naming_file_and_offset() {
             segment_bytes_max: 1 << 20,
             wal_bytes_max: 1 << 30,
             entry_bytes_max: 1024,
+            background_unlink: false,
         })
         .expect("raw wal");
         for r in &records {

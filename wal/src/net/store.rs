@@ -242,6 +242,9 @@ impl StreamStoreConfig {
             entry_bytes_max: self
                 .entry_bytes_max
                 .saturating_add(STREAM_ENTRY_HEADER_BYTES as u32),
+            // The stream thread's next fdatasync (and the owner's quorum) would wait behind
+            // the unlink of a whole trimmed segment.
+            background_unlink: true,
         }
     }
 }

@@ -17,6 +17,7 @@ pub fn config(dir: &Path, segment_bytes_max: u64) -> WalConfig {
         segment_bytes_max,
         wal_bytes_max: 1 << 30,
         entry_bytes_max: ENTRY_BYTES_MAX,
+        background_unlink: false,
     }
 }
 
