@@ -469,6 +469,8 @@ struct SubStats {
     last: Option<Instant>,
     /// Publish → deliver, nanoseconds (latency mode).
     latencies_ns: Vec<u64>,
+    /// The worst latency among the messages sent in each second of the run (index = second).
+    worst_ns_by_second: Vec<u64>,
 }
 
 /// How a subscriber reads: until `expected` messages, or until nothing arrives for `stall`
@@ -511,7 +513,14 @@ async fn subscriber(mut c: Client, plan: SubPlan) -> Result<SubStats> {
                             })?;
                         if sent_ns >= warmup_ns {
                             let at_ns = now.duration_since(origin).as_nanos() as u64;
-                            stats.latencies_ns.push(at_ns.saturating_sub(sent_ns));
+                            let latency_ns = at_ns.saturating_sub(sent_ns);
+                            stats.latencies_ns.push(latency_ns);
+                            let second = (sent_ns / 1_000_000_000) as usize;
+                            if stats.worst_ns_by_second.len() <= second {
+                                stats.worst_ns_by_second.resize(second + 1, 0);
+                            }
+                            let worst = &mut stats.worst_ns_by_second[second];
+                            *worst = (*worst).max(latency_ns);
                         }
                     }
                 }
@@ -897,6 +906,10 @@ pub struct LatencyReport {
     /// How far the publisher fell behind its schedule at worst (its own lateness or the
     /// broker's TCP back-pressure); the send time in a payload is the actual one.
     pub publisher_behind_ms_max: f64,
+    /// The worst latency of the messages sent in each second of the run (the warm-up's
+    /// seconds are 0): a stall that recurs — once a second, say — shows here as a pattern the
+    /// percentiles hide.
+    pub worst_ms_by_second: Vec<f64>,
 }
 
 async fn latency(cfg: &MqttBench) -> Result<LatencyReport> {
@@ -1033,6 +1046,11 @@ async fn latency(cfg: &MqttBench) -> Result<LatencyReport> {
         p999_ms: pct(0.999),
         max_ms: pct(1.0),
         publisher_behind_ms_max: behind_ns_max as f64 / 1e6,
+        worst_ms_by_second: stats
+            .worst_ns_by_second
+            .iter()
+            .map(|&ns| (ns as f64 / 1e3).round() / 1e3)
+            .collect(),
     })
 }
 
