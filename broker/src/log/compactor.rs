@@ -134,7 +134,10 @@ pub struct Compactor {
 impl Compactor {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.interval);
+        // The first round one interval after start, not at once: a broker that has just
+        // started is replaying its WAL and taking its first produce requests.
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_orphan_sweep: Option<Instant> = None;
         loop {
