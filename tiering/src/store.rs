@@ -646,6 +646,22 @@ impl ObjectStore {
         let started = Instant::now();
         let len = body.len() as u64;
         let ((result, multipart), retried) = counting_retries(async {
+            if let Some(root) = &self.inner.fs_root {
+                let (root, owned, bytes) = (root.clone(), key.to_owned(), body.clone());
+                let paced =
+                    tokio::task::spawn_blocking(move || fs_put_paced(&root, &owned, &bytes));
+                match paced.await {
+                    Ok(Ok(())) => return (Ok(()), None),
+                    // OpenDAL's own write below fails the same way, and its error carries
+                    // the retry layer's classification.
+                    Ok(Err(err)) => {
+                        debug!(key, %err, "paced fs write failed; writing through OpenDAL")
+                    }
+                    Err(err) => {
+                        debug!(key, %err, "paced fs write task failed; writing through OpenDAL")
+                    }
+                }
+            }
             match self.multipart_plan(len) {
                 None => (op.write(key, body).await.map(|_| ()), None),
                 Some(plan) => {
@@ -1137,7 +1153,7 @@ fn fs_builder(rest: &str) -> Result<(services::Fs, PathBuf), String> {
         .ok_or_else(|| "the path is not valid UTF-8".to_string())?;
     // Objects are written to a temporary file in the same filesystem and renamed into
     // place, so a crash never leaves a half-written object under its real key.
-    let tmp = root.join(".strata-tmp");
+    let tmp = root.join(FS_TMP_DIR.trim_end_matches('/'));
     let tmp_str = tmp
         .to_str()
         .ok_or_else(|| "the path is not valid UTF-8".to_string())?;
@@ -1145,6 +1161,96 @@ fn fs_builder(rest: &str) -> Result<(services::Fs, PathBuf), String> {
         .root(root_str)
         .atomic_write_dir(tmp_str);
     Ok((builder, root))
+}
+
+/// An `fs://` object is written this many bytes at a time, each step's writeback started at
+/// once and the one before it waited for ([`fs_put_paced`]).
+const FS_WRITE_STEP_BYTES: usize = 1 << 20;
+
+/// Writes `body` as the object `key` under `root` the way OpenDAL's fs backend does (a
+/// temporary file in `.strata-tmp/`, fsynced, renamed into place) but paced: after each
+/// [`FS_WRITE_STEP_BYTES`] the step's writeback is started (`sync_file_range`) and the
+/// previous step's awaited, so the device queue never holds more than two steps of it. Written
+/// whole and fsynced at the end, the 8 MB object a busy second uploads went to the disk in one
+/// burst, and the WAL's fdatasyncs on the same disk (the embedded default) queued behind it:
+/// a concurrent fdatasync loop's worst case 12–16 ms bulk, 3–6 ms paced on the test VM. Also
+/// fsyncs the directory after the rename, which OpenDAL's fs writer does not, so an
+/// acknowledged object survives a power loss. Leaves no temporary file on failure.
+fn fs_put_paced(root: &Path, key: &str, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let target = root.join(key);
+    let parent = target
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the object has no parent directory"))?;
+    std::fs::create_dir_all(parent)?;
+    let tmp_dir = root.join(FS_TMP_DIR.trim_end_matches('/'));
+    std::fs::create_dir_all(&tmp_dir)?;
+    let tmp = tmp_dir.join(format!("paced-{}", uuid::Uuid::new_v4()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        let mut offset = 0u64;
+        for step in body.chunks(FS_WRITE_STEP_BYTES) {
+            file.write_all(step)?;
+            start_writeback(&file, offset, step.len() as u64)?;
+            if let Some(previous) = offset.checked_sub(FS_WRITE_STEP_BYTES as u64) {
+                await_writeback(&file, previous, FS_WRITE_STEP_BYTES as u64)?;
+            }
+            offset += step.len() as u64;
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, &target)?;
+        std::fs::File::open(parent)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(target_os = "linux")]
+fn sync_file_range(file: &std::fs::File, offset: u64, len: u64, flags: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Ok(()); // pacing is an optimisation: past i64 there is none
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: the descriptor stays open for the call (borrowed from `file`); sync_file_range
+    // reads only its integer arguments.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Starts writing back `offset..offset + len` without waiting.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return sync_file_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len);
+        Ok(())
+    }
+}
+
+/// Waits until `offset..offset + len` is written back (not durable: the final fsync is).
+fn await_writeback(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return sync_file_range(
+        file,
+        offset,
+        len,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    );
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len);
+        Ok(())
+    }
 }
 
 /// A file above this size is shrunk step by step before an `fs://` store deletes it.
@@ -1398,10 +1504,10 @@ fn webhdfs_builder(
 mod tests {
     use super::*;
 
-    /// A large object on an `fs://` store is deleted whole (shrunk in steps first); a small
-    /// one and a missing one as before.
+    /// A large object on an `fs://` store is written in paced steps and read back whole, and
+    /// deleted whole (shrunk in steps first); a small one and a missing one as before.
     #[tokio::test]
-    async fn fs_delete_of_a_large_object_leaves_nothing() {
+    async fn fs_large_objects_are_written_whole_and_deleted_whole() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let store =
             ObjectStore::from_url(&format!("fs://{}", tmp.path().display())).expect("store");
@@ -1412,6 +1518,18 @@ mod tests {
             .await
             .expect("put");
         assert_eq!(store.get("segments/big").await.expect("get"), big);
+        // Written paced (several steps), renamed into place: nothing left in flight.
+        let in_flight = std::fs::read_dir(tmp.path().join(FS_TMP_DIR))
+            .expect("tmp dir")
+            .count();
+        assert_eq!(in_flight, 0);
+        // Replacing an object replaces it whole.
+        let other = Bytes::from(vec![9u8; FS_WRITE_STEP_BYTES * 3 + 1]);
+        store
+            .put("segments/big", other.clone())
+            .await
+            .expect("put again");
+        assert_eq!(store.get("segments/big").await.expect("get"), other);
         store.delete("segments/big").await.expect("delete big");
         store.delete("segments/small").await.expect("delete small");
         store
