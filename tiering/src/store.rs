@@ -71,7 +71,14 @@ use crate::TieringError;
 /// Longest key accepted (S3's limit).
 pub const KEY_BYTES_MAX: usize = 1024;
 /// The `fs://` backend's folder for in-flight writes (renamed into place when complete).
-const FS_TMP_DIR: &str = ".strata-tmp/";
+macro_rules! fs_tmp_folder {
+    () => {
+        ".strata-tmp"
+    };
+}
+const FS_TMP_FOLDER: &str = fs_tmp_folder!();
+/// [`FS_TMP_FOLDER`] as a key prefix, for listings that must skip it.
+const FS_TMP_DIR: &str = concat!(fs_tmp_folder!(), "/");
 /// Key prefix of the start-up probe objects written (and deleted) by [`ObjectStore::check`].
 pub const PROBE_PREFIX: &str = "_strata/probe/";
 
@@ -816,8 +823,11 @@ impl ObjectStore {
         let started = Instant::now();
         if let Some(root) = &self.inner.fs_root {
             let path = root.join(key);
-            // Best effort: whatever it leaves, the delete below removes.
-            let _ = tokio::task::spawn_blocking(move || shrink_before_delete(&path)).await;
+            // Shrunk in steps first, so freeing its blocks does not stall the WAL's fdatasyncs
+            // on the same disk (the embedded default; see `strata_wal::shrink_for_delete`).
+            // Best effort: only unreferenced objects are deleted, a crash mid-way leaves a
+            // short orphan the sweeper removes, and the delete below reports what matters.
+            let _ = tokio::task::spawn_blocking(move || strata_wal::shrink_for_delete(&path)).await;
         }
         let (result, retried) = counting_retries(op.delete(key)).await;
         self.inner
@@ -1008,7 +1018,7 @@ struct Target {
 }
 
 enum Backend {
-    /// With the root directory, for [`shrink_before_delete`].
+    /// With the root directory, for the paced puts and stepwise deletes of `fs://`.
     Fs(services::Fs, PathBuf),
     Memory(services::Memory),
     // Boxed: the S3 builder is several times larger than the others.
@@ -1153,7 +1163,7 @@ fn fs_builder(rest: &str) -> Result<(services::Fs, PathBuf), String> {
         .ok_or_else(|| "the path is not valid UTF-8".to_string())?;
     // Objects are written to a temporary file in the same filesystem and renamed into
     // place, so a crash never leaves a half-written object under its real key.
-    let tmp = root.join(FS_TMP_DIR.trim_end_matches('/'));
+    let tmp = root.join(FS_TMP_FOLDER);
     let tmp_str = tmp
         .to_str()
         .ok_or_else(|| "the path is not valid UTF-8".to_string())?;
@@ -1182,12 +1192,17 @@ fn fs_put_paced(root: &Path, key: &str, body: &[u8]) -> std::io::Result<()> {
     let parent = target
         .parent()
         .ok_or_else(|| std::io::Error::other("the object has no parent directory"))?;
-    std::fs::create_dir_all(parent)?;
-    let tmp_dir = root.join(FS_TMP_DIR.trim_end_matches('/'));
-    std::fs::create_dir_all(&tmp_dir)?;
+    let tmp_dir = root.join(FS_TMP_FOLDER);
     let tmp = tmp_dir.join(format!("paced-{}", uuid::Uuid::new_v4()));
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+    // The folders are made on first need, not stat'ed on every put.
+    let created = std::fs::File::create(&tmp).or_else(|err| {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            return Err(err);
+        }
+        std::fs::create_dir_all(&tmp_dir)?;
+        std::fs::File::create(&tmp)
+    });
+    let written = created.and_then(|mut file| {
         let mut offset = 0u64;
         for step in body.chunks(FS_WRITE_STEP_BYTES) {
             file.write_all(step)?;
@@ -1198,9 +1213,15 @@ fn fs_put_paced(root: &Path, key: &str, body: &[u8]) -> std::io::Result<()> {
             offset += step.len() as u64;
         }
         file.sync_all()?;
-        std::fs::rename(&tmp, &target)?;
+        std::fs::rename(&tmp, &target).or_else(|err| {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                return Err(err);
+            }
+            std::fs::create_dir_all(parent)?;
+            std::fs::rename(&tmp, &target)
+        })?;
         std::fs::File::open(parent)?.sync_all()
-    })();
+    });
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -1250,32 +1271,6 @@ fn await_writeback(file: &std::fs::File, offset: u64, len: u64) -> std::io::Resu
     {
         let _ = (file, offset, len);
         Ok(())
-    }
-}
-
-/// A file above this size is shrunk step by step before an `fs://` store deletes it.
-const FS_SHRINK_STEP_BYTES: u64 = 4 << 20;
-
-/// Shrinks the file at `path` [`FS_SHRINK_STEP_BYTES`] at a time, each step fdatasync'ed, so
-/// that each journal commit frees only that much. On a filesystem with online discard (ext4
-/// `-o discard`) the commit that frees a file's blocks waits for their discard, and so does
-/// every fdatasync that lands in it — the WAL's group commit, when the default store shares
-/// its disk: deleting a compacted-away 64 MiB segment at once stalled a concurrent fdatasync
-/// 11–16 ms on the test VM, stepwise ≤ 4 ms (`bench/unlink_stall.py`). Only objects nothing
-/// references any more are deleted, so a crash mid-way leaves a short orphan the sweeper
-/// removes. Errors are ignored: the delete that follows reports what matters.
-fn shrink_before_delete(path: &Path) {
-    let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) else {
-        return;
-    };
-    let Ok(mut len) = file.metadata().map(|m| m.len()) else {
-        return;
-    };
-    while len > FS_SHRINK_STEP_BYTES {
-        len -= FS_SHRINK_STEP_BYTES;
-        if file.set_len(len).and_then(|()| file.sync_data()).is_err() {
-            return;
-        }
     }
 }
 
@@ -1511,7 +1506,10 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let store =
             ObjectStore::from_url(&format!("fs://{}", tmp.path().display())).expect("store");
-        let big = Bytes::from(vec![5u8; (2 * FS_SHRINK_STEP_BYTES + 777) as usize]);
+        let big = Bytes::from(vec![
+            5u8;
+            (2 * strata_wal::SHRINK_STEP_BYTES + 777) as usize
+        ]);
         store.put("segments/big", big.clone()).await.expect("put");
         store
             .put("segments/small", Bytes::from_static(b"x"))
@@ -1538,27 +1536,6 @@ mod tests {
             .expect("delete missing");
         assert!(store.list("segments/").await.expect("list").is_empty());
         assert!(!tmp.path().join("segments/big").exists());
-    }
-
-    /// The shrink itself: down to at most one step, the head of the file intact.
-    #[test]
-    fn shrink_before_delete_leaves_at_most_one_step() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let path = tmp.path().join("f");
-        let body: Vec<u8> = (0..(FS_SHRINK_STEP_BYTES * 2 + 5))
-            .map(|i| i as u8)
-            .collect();
-        std::fs::write(&path, &body).expect("write");
-        shrink_before_delete(&path);
-        let left = std::fs::read(&path).expect("read");
-        assert!(
-            left.len() as u64 <= FS_SHRINK_STEP_BYTES && !left.is_empty(),
-            "{}",
-            left.len()
-        );
-        assert_eq!(left[..], body[..left.len()]);
-        shrink_before_delete(&tmp.path().join("missing")); // no panic, nothing created
-        assert!(!tmp.path().join("missing").exists());
     }
 
     /// `Ok(url)`: builds, and `url()` is this redacted form. `Err(part)`: `BadUrl` whose

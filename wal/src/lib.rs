@@ -88,6 +88,7 @@ pub use config::{
     WAL_BYTES_MAX_DEFAULT, WRITE_BUFFER_BYTES_MAX,
 };
 pub use error::{io_op, WalError};
+pub use unlink::{shrink_for_delete, SHRINK_STEP_BYTES};
 pub use wal::Wal;
 
 /// An entry returned by [`Wal::open`]: intact, durable, in LSN order.

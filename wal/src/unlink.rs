@@ -90,13 +90,13 @@ fn lock(pending: &(Mutex<usize>, Condvar)) -> std::sync::MutexGuard<'_, usize> {
 /// such files and [`remove_leftovers`] deletes them.
 pub(crate) const TRIMMED_SUFFIX: &str = ".trimmed";
 
-/// A doomed file is shrunk by this much per step, each step made durable on its own, before it
-/// is unlinked: on a filesystem mounted with online discard (ext4 `-o discard`, common on
-/// cloud VMs) the journal commit that frees a file's blocks waits for their discard, and every
-/// fdatasync of the live segment that lands in that commit waits with it. Unlinking 64 MiB at
-/// once stalled the WAL's group commit ~20 ms here; 4 MiB at a time bounds what any one commit
-/// frees (RocksDB's `bytes_max_delete_chunk` does the same).
-const SHRINK_STEP_BYTES: u64 = 4 << 20;
+/// A file about to be deleted from the WAL's disk is shrunk by this much per step, each step
+/// made durable on its own ([`shrink_for_delete`]): on a filesystem mounted with online discard
+/// (ext4 `-o discard`, common on cloud VMs) the journal commit that frees a file's blocks waits
+/// for their discard, and every fdatasync of the live segment that lands in that commit waits
+/// with it. Unlinking 64 MiB at once stalled the WAL's group commit ~20 ms here; 4 MiB at a
+/// time bounds what any one commit frees (RocksDB's `bytes_max_delete_chunk` does the same).
+pub const SHRINK_STEP_BYTES: u64 = 4 << 20;
 
 fn run(dir: File, rx: mpsc::Receiver<Vec<PathBuf>>, pending: Arc<(Mutex<usize>, Condvar)>) {
     let mut stuck = false;
@@ -140,9 +140,11 @@ fn run(dir: File, rx: mpsc::Receiver<Vec<PathBuf>>, pending: Arc<(Mutex<usize>, 
     }
 }
 
-/// Shrinks `path` [`SHRINK_STEP_BYTES`] at a time (each step fdatasync'ed, so each frees its
-/// blocks in a journal commit of its own), then unlinks it.
-fn shrink_and_remove(path: &std::path::Path) -> io::Result<()> {
+/// Shrinks the file at `path` to at most [`SHRINK_STEP_BYTES`], one step at a time, each step
+/// fdatasync'ed so that each frees its blocks in a journal commit of its own. Call it before
+/// deleting a large file that shares a disk with a WAL: the WAL's trimmed segments, and the
+/// `fs://` object store's deletes (the embedded default keeps objects on the WAL's disk).
+pub fn shrink_for_delete(path: &std::path::Path) -> io::Result<()> {
     let file = std::fs::OpenOptions::new().write(true).open(path)?;
     let mut len = file.metadata()?.len();
     while len > SHRINK_STEP_BYTES {
@@ -150,24 +152,19 @@ fn shrink_and_remove(path: &std::path::Path) -> io::Result<()> {
         file.set_len(len)?;
         file.sync_data()?;
     }
-    drop(file);
+    Ok(())
+}
+
+fn shrink_and_remove(path: &std::path::Path) -> io::Result<()> {
+    shrink_for_delete(path)?;
     std::fs::remove_file(path)
 }
 
-/// Deletes the retired segments a crash left in `dir` (they are outside the log already).
-pub(crate) fn remove_leftovers(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let is_leftover = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.ends_with(TRIMMED_SUFFIX));
-        if is_leftover {
-            if let Err(err) = shrink_and_remove(&entry.path()) {
-                tracing::warn!(path = %entry.path().display(), %err, "cannot delete a retired WAL segment");
-            }
+/// Deletes the retired segments a crash left behind (they are outside the log already).
+pub(crate) fn remove_leftovers(retired: &[PathBuf]) {
+    for path in retired {
+        if let Err(err) = shrink_and_remove(path) {
+            tracing::warn!(path = %path.display(), %err, "cannot delete a retired WAL segment");
         }
     }
 }
@@ -224,16 +221,25 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
     }
 
-    /// Retired segments a crash left behind are deleted; nothing else is touched.
+    /// The shrink itself: down to at most one step, the head of the file intact; a missing
+    /// file is an error and nothing is created.
     #[test]
-    fn leftovers_are_removed() {
+    fn shrink_for_delete_leaves_at_most_one_step() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let path = |name: &str| tmp.path().join(name);
-        std::fs::write(path("00000000000000000001.wal.trimmed"), vec![1u8; 5 << 20])
-            .expect("write");
-        std::fs::write(path("00000000000000000009.wal"), b"live").expect("write");
-        remove_leftovers(tmp.path());
-        assert!(!path("00000000000000000001.wal.trimmed").exists());
-        assert!(path("00000000000000000009.wal").exists());
+        let path = tmp.path().join("f");
+        let body: Vec<u8> = (0..(SHRINK_STEP_BYTES * 2 + 5)).map(|i| i as u8).collect();
+        std::fs::write(&path, &body).expect("write");
+        shrink_for_delete(&path).expect("shrink");
+        let left = std::fs::read(&path).expect("read");
+        assert!(
+            left.len() as u64 <= SHRINK_STEP_BYTES && !left.is_empty(),
+            "{}",
+            left.len()
+        );
+        assert_eq!(left[..], body[..left.len()]);
+        let missing = tmp.path().join("missing");
+        let err = shrink_for_delete(&missing).expect_err("missing file");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(!missing.exists());
     }
 }

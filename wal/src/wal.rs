@@ -124,8 +124,12 @@ impl Wal {
         cfg.validate()?;
         ensure_dir(&cfg.dir)?;
         let dir = File::open(&cfg.dir).map_err(|e| io_error(&cfg.dir, io_op::OPEN_DIR, e))?;
-        let (mut names, markers) = list_segments(&cfg.dir)?;
-        crate::unlink::remove_leftovers(&cfg.dir);
+        let Listing {
+            segments: mut names,
+            markers,
+            retired,
+        } = list_segments(&cfg.dir)?;
+        crate::unlink::remove_leftovers(&retired);
         if !markers.is_empty() {
             finish_reset(&cfg.dir, &dir, &mut names, &markers)?;
         }
@@ -789,9 +793,22 @@ fn ensure_dir(dir: &Path) -> Result<(), WalError> {
 
 /// The first LSNs of the segment files in `dir`, ascending, and the LSNs of reset markers.
 /// Other files are ignored.
-fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), WalError> {
-    let mut lsns = Vec::new();
-    let mut markers = Vec::new();
+/// What a WAL directory holds, each list in LSN (name) order.
+struct Listing {
+    /// First LSNs of the segment files.
+    segments: Vec<u64>,
+    /// LSNs of `reset_to` intent markers.
+    markers: Vec<u64>,
+    /// Trimmed segments a crash left mid-deletion (already outside the log).
+    retired: Vec<PathBuf>,
+}
+
+fn list_segments(dir: &Path) -> Result<Listing, WalError> {
+    let mut listing = Listing {
+        segments: Vec::new(),
+        markers: Vec::new(),
+        retired: Vec::new(),
+    };
     let entries = fs::read_dir(dir).map_err(|e| io_error(dir, io_op::LIST_DIR, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_error(dir, io_op::LIST_DIR, e))?;
@@ -800,12 +817,16 @@ fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), WalError> {
             continue;
         };
         if let Some(lsn) = parse_reset_marker_name(name) {
-            markers.push(lsn);
+            listing.markers.push(lsn);
+            continue;
+        }
+        if name.ends_with(crate::unlink::TRIMMED_SUFFIX) {
+            listing.retired.push(entry.path());
             continue;
         }
         match parse_segment_file_name(name) {
             SegmentName::Other => {}
-            SegmentName::Segment(lsn) => lsns.push(lsn),
+            SegmentName::Segment(lsn) => listing.segments.push(lsn),
             SegmentName::Malformed => {
                 return Err(WalError::Corrupt {
                     path: entry.path(),
@@ -816,9 +837,10 @@ fn list_segments(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), WalError> {
             }
         }
     }
-    lsns.sort_unstable();
-    markers.sort_unstable();
-    Ok((lsns, markers))
+    listing.segments.sort_unstable();
+    listing.markers.sort_unstable();
+    listing.retired.sort_unstable();
+    Ok(listing)
 }
 
 const RESET_MARKER_SUFFIX: &str = ".reset";

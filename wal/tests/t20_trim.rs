@@ -62,23 +62,25 @@ fn check_trim(upto: u64, segments_after: &[u64], background_unlink: bool) {
     assert_appends_continue(&cfg, recovered, wal);
 }
 
+/// `(trim up to, first LSNs of the segments left)` for the WAL of [`setup`].
+const TRIM_CASES: &[(u64, &[u64])] = &[
+    (0, &[1, 5, 9, 13]),
+    (3, &[1, 5, 9, 13]),
+    (4, &[5, 9, 13]),
+    (5, &[5, 9, 13]),
+    (8, &[9, 13]),
+    (11, &[9, 13]),
+    (12, &[13]),
+    // The active segment holds 13 and 14: it is not covered, nothing more goes.
+    (13, &[13]),
+    // Everything is covered: the active segment is rolled, and the new empty one carries
+    // the next LSN in its name.
+    (14, &[15]),
+];
+
 #[test]
 fn trim_deletes_only_fully_covered_segments() {
-    let cases: &[(u64, &[u64])] = &[
-        (0, &[1, 5, 9, 13]),
-        (3, &[1, 5, 9, 13]),
-        (4, &[5, 9, 13]),
-        (5, &[5, 9, 13]),
-        (8, &[9, 13]),
-        (11, &[9, 13]),
-        (12, &[13]),
-        // The active segment holds 13 and 14: it is not covered, nothing more goes.
-        (13, &[13]),
-        // Everything is covered: the active segment is rolled, and the new empty one carries
-        // the next LSN in its name.
-        (14, &[15]),
-    ];
-    for &(upto, after) in cases {
+    for &(upto, after) in TRIM_CASES {
         check_trim(upto, after, false);
     }
 }
@@ -87,15 +89,34 @@ fn trim_deletes_only_fully_covered_segments() {
 /// the directory, the accounting and a reopen are exactly as with the inline deletion.
 #[test]
 fn background_unlink_deletes_the_same_segments() {
-    let cases: &[(u64, &[u64])] = &[
-        (0, &[1, 5, 9, 13]),
-        (4, &[5, 9, 13]),
-        (12, &[13]),
-        (14, &[15]),
-    ];
-    for &(upto, after) in cases {
+    for &(upto, after) in TRIM_CASES {
         check_trim(upto, after, true);
     }
+}
+
+/// A trimmed segment a crash left mid-deletion (renamed to `….wal.trimmed`, several shrink
+/// steps long) is not part of the log: a reopen recovers only the live segments and deletes it.
+#[test]
+fn a_retired_segment_left_by_a_crash_is_ignored_and_deleted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(tmp.path(), SEGMENT_BYTES_MAX);
+    let wal = setup(&cfg);
+    drop(wal);
+    let first = tmp.path().join(format!("{:020}.wal", 1));
+    let retired = tmp.path().join(format!("{:020}.wal.trimmed", 1));
+    std::fs::rename(&first, &retired).expect("rename");
+    let big = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&retired)
+        .expect("open");
+    big.set_len(2 * strata_wal::SHRINK_STEP_BYTES + 99)
+        .expect("grow");
+    drop(big);
+    let (wal, recovered) = open(&cfg);
+    assert!(!retired.exists(), "the retired segment is deleted by open");
+    assert_eq!(segment_first_lsns(tmp.path()), vec![5, 9, 13]);
+    assert_eq!(recovered.first().map(|e| e.lsn), Some(5));
+    assert_eq!(wal.last_lsn(), ENTRIES);
 }
 
 /// Trims queued one after another and then a drop: the drop waits for the thread, so a WAL

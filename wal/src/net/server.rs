@@ -113,14 +113,7 @@ impl ReplicaServerConfig {
             segment_bytes_max: self.segment_bytes_max,
             entry_bytes_max: self.entry_bytes_max,
         };
-        let wal = crate::WalConfig {
-            dir: dir.to_path_buf(),
-            segment_bytes_max: self.segment_bytes_max,
-            wal_bytes_max: u64::MAX,
-            entry_bytes_max: self.entry_bytes_max + STREAM_ENTRY_HEADER_BYTES as u32,
-            background_unlink: false,
-        };
-        wal.validate()?;
+        cfg.wal_config().validate()?;
         Ok(cfg)
     }
 }

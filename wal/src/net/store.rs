@@ -233,7 +233,7 @@ pub struct StreamStoreConfig {
 }
 
 impl StreamStoreConfig {
-    fn wal_config(&self) -> WalConfig {
+    pub(crate) fn wal_config(&self) -> WalConfig {
         WalConfig {
             dir: self.dir.clone(),
             segment_bytes_max: self.segment_bytes_max,
