@@ -1,7 +1,7 @@
 """t99 mqtt more: the WebSocket and TLS listeners, durable retained messages, and MQTT 5 extras.
 
 paho-mqtt over WebSocket and TLS (a CA made here with `cryptography`), mosquitto_pub/sub over
-TLS, mqtt.js over TCP and WebSocket; retained messages (and their clearing) across a restart;
+TLS, mqtt.js over TCP, TLS and WebSocket; retained messages (and their clearing) across a restart;
 No Local, Retain Handling 2 / Retain As Published, Will Delay both ways, Server Keep Alive,
 Response Topic / Correlation Data / user properties passed through, `$SYS` statistics, and a
 SIGTERM → restart without redelivery. Bad input (a WebSocket upgrade without the `mqtt`
@@ -334,13 +334,19 @@ def _node_ok():
 
 
 @pytest.mark.skipif(not _node_ok(), reason="node or the mqtt npm package missing (npm ci in tests/e2e)")
-@pytest.mark.parametrize("scheme", ["mqtt", "ws"])
+@pytest.mark.parametrize("scheme", ["mqtt", "mqtts", "ws"])
 @pytest.mark.parametrize("version", [4, 5])
-def test_mqttjs(node, ports, scheme, version):
-    url = (f"mqtt://127.0.0.1:{node.mqtt_port}" if scheme == "mqtt"
-           else f"ws://127.0.0.1:{ports['ws']}/mqtt")
+def test_mqttjs(node, ports, certs, scheme, version):
+    url = {
+        "mqtt": f"mqtt://127.0.0.1:{node.mqtt_port}",
+        # TLS: mqtt.js verifies the broker's certificate against the CA made for this test.
+        "mqtts": f"mqtts://127.0.0.1:{ports['tls']}",
+        "ws": f"ws://127.0.0.1:{ports['ws']}/mqtt",
+    }[scheme]
     prefix = f"js/{scheme}{version}/{uuid.uuid4().hex[:6]}"
-    r = subprocess.run(["node", str(E2E / "tools" / "mqttjs_check.js"), url, str(version), prefix],
+    ca, _, _ = certs
+    r = subprocess.run(["node", str(E2E / "tools" / "mqttjs_check.js"), url, str(version), prefix,
+                        str(ca)],
                        capture_output=True, timeout=60, cwd=E2E)
     assert r.returncode == 0, r.stderr.decode()
     got = json.loads(r.stdout.decode().strip().splitlines()[-1])

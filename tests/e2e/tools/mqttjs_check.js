@@ -1,11 +1,14 @@
 // mqtt.js against the broker: QoS 1 publish/subscribe, a retained message, MQTT 5 user
-// properties and Response Topic / Correlation Data, over the URL given (mqtt:// or ws://).
-// Prints one JSON line with what was received; exits non-zero on a failure or timeout.
+// properties and Response Topic / Correlation Data, over the URL given (mqtt://, mqtts:// or
+// ws://). Prints one JSON line with what was received; exits non-zero on a failure or timeout.
 //
-// usage: node mqttjs_check.js <url> <protocolVersion 4|5> <topic prefix>
+// usage: node mqttjs_check.js <url> <protocolVersion 4|5> <topic prefix> [CA certificate file]
+// With a CA file, a TLS broker's certificate is verified against it (never skipped).
+const fs = require("fs");
 const mqtt = require("mqtt");
 
-const [url, versionArg, prefix] = process.argv.slice(2);
+const [url, versionArg, prefix, caFile] = process.argv.slice(2);
+const tls = caFile ? { ca: fs.readFileSync(caFile), rejectUnauthorized: true } : {};
 const protocolVersion = Number(versionArg);
 const timer = setTimeout(() => {
   console.error("timed out");
@@ -14,7 +17,7 @@ const timer = setTimeout(() => {
 
 function connect(clientId) {
   return new Promise((resolve, reject) => {
-    const c = mqtt.connect(url, { clientId, protocolVersion, reconnectPeriod: 0, connectTimeout: 10000 });
+    const c = mqtt.connect(url, { clientId, protocolVersion, reconnectPeriod: 0, connectTimeout: 10000, ...tls });
     c.once("connect", () => resolve(c));
     c.once("error", reject);
   });
