@@ -205,6 +205,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def renice_all_threads(pid: int, nice: int) -> None:
+    """Linux keeps a nice level per thread: set it on every thread the process has now (the
+    threads they start later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+        except ProcessLookupError:
+            pass
+
+
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text().strip()
 
@@ -232,6 +242,10 @@ def main() -> int:
                     help="record the broker with `perf record -g` during the replay (perf.txt in the scratch dir)")
     ap.add_argument("--seaweedfs", action="store_true",
                     help="use a local SeaweedFS S3 server (tests/requirements.txt) instead of fs://")
+    ap.add_argument("--peers-nice", type=int, default=0,
+                    help="run the store and the replaying consumer at this nice level (the broker and "
+                         "the tail probe stay at 0): on a one-machine run, a stand-in for the store and "
+                         "the consumer being on machines of their own")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="strata-replay-"))
     weed = None
@@ -305,6 +319,11 @@ def main() -> int:
         pids = {"broker": b.proc.pid, "client": os.getpid(), "probe": probe.proc.pid}
         if weed is not None:
             pids["store"] = weed.proc.pid
+        if args.peers_nice:
+            if weed is not None:
+                renice_all_threads(weed.proc.pid, args.peers_nice)
+            # This process replays: librdkafka's threads, started after this, inherit it.
+            os.nice(args.peers_nice)
         load_before = loadavg()
         cpu_before = {k: cpu_seconds(v) for k, v in pids.items()}
         before = metrics(b.admin)
@@ -341,6 +360,7 @@ def main() -> int:
             # CPU seconds per replayed GB, by process, and the machine's load around the replay.
             "cpu_s_per_gb": {k: round((cpu_after[k] - cpu_before[k]) / (fetched / 1e9), 2) if fetched else None
                              for k in pids},
+            "peers_nice": args.peers_nice,
             "loadavg_raw": load_raw,
             "loadavg_before": load_before,
             "loadavg_after": load_after,

@@ -57,6 +57,27 @@ def mqtt_packets(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+def read_packet(sock: socket.socket) -> tuple[int, bytes]:
+    """The next whole packet on `sock`: (first byte, body). Fails if the connection closes."""
+    def exactly(n: int) -> bytes:
+        got = b""
+        while len(got) < n:
+            chunk = sock.recv(n - len(got))
+            assert chunk, f"connection closed after {got!r}"
+            got += chunk
+        return got
+
+    first = exactly(1)[0]
+    length, shift = 0, 0
+    while True:
+        b = exactly(1)[0]
+        length |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return first, exactly(length)
+
+
 class RawClient:
     """One MQTT connection over a plain socket: `v5` or 3.1.1, clean start or not (a persistent
     MQTT 5 session asks for `expiry` seconds). The CONNACK is read; `session_present` is its

@@ -87,61 +87,24 @@ def secured(broker_factory, tmp_path, strata_bin):
 # -- raw packets ------------------------------------------------------------------------
 
 
-def _s(b: bytes) -> bytes:
-    return struct.pack(">H", len(b)) + b
-
-
-def _varint(n: int) -> bytes:
-    out = b""
-    while True:
-        byte, n = n % 128, n // 128
-        out += bytes([byte | (0x80 if n else 0)])
-        if not n:
-            return out
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
-
 def _connect(version: int, client_id: str, user: str | None, password: str | None) -> bytes:
     flags = 0x02 | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
-    body = _s(b"MQTT") + bytes([version, flags]) + struct.pack(">H", 30)
+    body = mqttwire.utf8(b"MQTT") + bytes([version, flags]) + struct.pack(">H", 30)
     if version == 5:
-        body += _varint(0)
-    body += _s(client_id.encode())
+        body += mqttwire.varint(0)
+    body += mqttwire.utf8(client_id.encode())
     if user is not None:
-        body += _s(user.encode())
+        body += mqttwire.utf8(user.encode())
     if password is not None:
-        body += _s(password.encode())
-    return _packet(0x10, body)
-
-
-def _read_packet(sock: socket.socket) -> tuple[int, bytes]:
-    def exactly(n: int) -> bytes:
-        got = b""
-        while len(got) < n:
-            chunk = sock.recv(n - len(got))
-            assert chunk, f"connection closed after {got!r}"
-            got += chunk
-        return got
-
-    first = exactly(1)[0]
-    length, shift = 0, 0
-    while True:
-        b = exactly(1)[0]
-        length |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            break
-    return first, exactly(length)
+        body += mqttwire.utf8(password.encode())
+    return mqttwire.packet(0x10, body)
 
 
 def _raw_connack(port: int, version: int, user: str | None, password: str | None) -> int:
     """The CONNACK return code (3.1.1) or reason code (5.0) for these credentials."""
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
         sock.sendall(_connect(version, f"raw-{uuid.uuid4().hex[:6]}", user, password))
-        first, body = _read_packet(sock)
+        first, body = mqttwire.read_packet(sock)
         assert first == 0x20, f"CONNACK expected, got {first:#x} {body!r}"
         return body[1]
 
@@ -273,12 +236,12 @@ def test_scram_user_logs_in_over_mqtt(secured, strata_bin):
     for version in (4, 5):
         sock = socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT)
         sock.sendall(_connect(version, f"bob-{version}", "bob", ALICE_PW))
-        first, body = _read_packet(sock)
+        first, body = mqttwire.read_packet(sock)
         assert (first, body[1]) == (0x20, 0), (hex(first), body)
         bobs[version] = sock
     r = _cli(strata_bin, ["user", "delete", "bob", "--bootstrap", b.bootstrap])
     assert r.returncode == 0, r.stderr
-    first, body = _read_packet(bobs[5])
+    first, body = mqttwire.read_packet(bobs[5])
     assert (first, body[:1]) == (0xE0, b"\x87"), (hex(first), body)
     for sock in bobs.values():
         assert sock.recv(1) == b"", "the connection of a deleted SCRAM user stays open"
@@ -307,9 +270,9 @@ def test_acl_v5_reason_codes(secured):
     # QoS 2: PUBREC 0x87 (raw: paho does not expose PUBREC reason codes).
     with socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT) as sock:
         sock.sendall(_connect(5, "raw-q2", "dev", DEV_PW))
-        assert _read_packet(sock)[1][1] == 0
-        sock.sendall(_packet(0x34, _s(b"readonly/q2") + struct.pack(">H", 7) + _varint(0) + b"x"))
-        first, body = _read_packet(sock)
+        assert mqttwire.read_packet(sock)[1][1] == 0
+        sock.sendall(mqttwire.packet(0x34, mqttwire.utf8(b"readonly/q2") + struct.pack(">H", 7) + mqttwire.varint(0) + b"x"))
+        first, body = mqttwire.read_packet(sock)
         assert first == 0x50 and body[:3] == struct.pack(">H", 7) + b"\x87", (first, body)
 
     # A will on a denied topic refuses the CONNECT.
@@ -507,7 +470,7 @@ def test_sighup_ends_removed_users_and_retunes_open_connections(broker_factory, 
     for version in (4, 5):
         sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         sock.sendall(_connect(version, f"dev-{version}", "dev", DEV_PW))
-        first, body = _read_packet(sock)
+        first, body = mqttwire.read_packet(sock)
         assert (first, body[1]) == (0x20, 0), (hex(first), body)
         devs[version] = sock
     ops = Client(port, MQTTv5, "ops", ops_pw)
@@ -524,7 +487,7 @@ def test_sighup_ends_removed_users_and_retunes_open_connections(broker_factory, 
     _hangup(b, "configuration reloaded", 1)
 
     # dev is gone: MQTT 5 is told why, then both sockets close.
-    first, body = _read_packet(devs[5])
+    first, body = mqttwire.read_packet(devs[5])
     assert (first, body[:1]) == (0xE0, b"\x87"), (hex(first), body)
     for sock in devs.values():
         assert sock.recv(1) == b"", "the connection of a removed user stays open"
@@ -551,13 +514,13 @@ def test_sighup_to_password_ends_connections_that_proved_nothing(broker_factory,
     for user in ("dev", None):
         sock = socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT)
         sock.sendall(_connect(5, f"claimed-{user}", user, None))
-        first, body = _read_packet(sock)
+        first, body = mqttwire.read_packet(sock)
         assert (first, body[1]) == (0x20, 0), (hex(first), body)
         socks.append(sock)
     cfg.write_text(_config({"auth": "password"}, users=users))
     _hangup(b, "configuration reloaded", 1)
     for sock in socks:
-        first, body = _read_packet(sock)
+        first, body = mqttwire.read_packet(sock)
         assert (first, body[:1]) == (0xE0, b"\x87"), (hex(first), body)
         assert sock.recv(1) == b"", "a connection that proved nothing stays open"
         sock.close()
@@ -582,7 +545,7 @@ def _scram_login(port: int, method: str, user: str, password: str) -> tuple[sock
     from scramp import ScramClient
     client = ScramClient([method], user, password)
     sock = _scram_connect(port, method, client.get_client_first().encode())
-    first, body = _read_packet(sock)
+    first, body = mqttwire.read_packet(sock)
     assert first == mqttwire.AUTH and body[0] == 0x18, (hex(first), body)
     props = mqttwire.properties(body[1:])
     assert props[0x15] == method
@@ -590,7 +553,7 @@ def _scram_login(port: int, method: str, user: str, password: str) -> tuple[sock
     props = b"\x15" + mqttwire.utf8(method.encode()) + b"\x16" + \
         mqttwire.utf8(client.get_client_final().encode())
     sock.sendall(mqttwire.packet(mqttwire.AUTH, b"\x18" + mqttwire.varint(len(props)) + props))
-    first, body = _read_packet(sock)
+    first, body = mqttwire.read_packet(sock)
     assert first == mqttwire.CONNACK, (hex(first), body)
     if body[1] == 0:
         props = mqttwire.properties(body[2:])
@@ -617,7 +580,7 @@ def test_enhanced_authentication_with_scram(secured, strata_bin, method):
         for pid, topic in ((1, f"users/{user}/x"), (2, "users/dev/x")):
             body = mqttwire.utf8(topic.encode()) + struct.pack(">H", pid) + b"\x00" + b"hi"
             sock.sendall(mqttwire.packet(0x32, body))
-        acks = [mqttwire.ack_id_and_reason(_read_packet(sock)[1]) for _ in range(2)]
+        acks = [mqttwire.ack_id_and_reason(mqttwire.read_packet(sock)[1]) for _ in range(2)]
         assert sorted(acks) == [(1, 0), (2, 0x87)], acks
 
     for who, password in ((user, ALICE_PW + "x"), (f"nobody{uuid.uuid4().hex[:4]}", ALICE_PW)):
@@ -625,7 +588,7 @@ def test_enhanced_authentication_with_scram(secured, strata_bin, method):
         sock.close()
         assert code == 0x86, (who, hex(code))
     with _scram_connect(b.mqtt_port, "KERBEROS", b"x") as sock:
-        first, body = _read_packet(sock)
+        first, body = mqttwire.read_packet(sock)
         assert (first, body[1]) == (mqttwire.CONNACK, 0x8C), (hex(first), body)
     assert _stored_keys(b) == [f"users/{user}/x".encode()]
 
@@ -642,7 +605,7 @@ def _reauth(sock: socket.socket, method: str, user: str, password: str, publish_
     from scramp import ScramClient
     client = ScramClient([method], user, password)
     sock.sendall(_auth_packet(0x19, method, client.get_client_first().encode()))
-    first, body = _read_packet(sock)
+    first, body = mqttwire.read_packet(sock)
     if first != mqttwire.AUTH:
         return client, (first, body)
     assert body[0] == 0x18, body
@@ -653,10 +616,10 @@ def _reauth(sock: socket.socket, method: str, user: str, password: str, publish_
         # Other packets flow during the exchange: a QoS 1 publish is answered in between.
         body = mqttwire.utf8(f"users/{user}/mid".encode()) + struct.pack(">H", 7) + b"\x00" + b"mid"
         sock.sendall(mqttwire.packet(0x32, body))
-        first, body = _read_packet(sock)
+        first, body = mqttwire.read_packet(sock)
         assert first == mqttwire.PUBACK and mqttwire.ack_id_and_reason(body) == (7, 0), (hex(first), body)
     sock.sendall(_auth_packet(0x18, method, client.get_client_final().encode()))
-    return client, _read_packet(sock)
+    return client, mqttwire.read_packet(sock)
 
 
 @pytest.mark.parametrize("method", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
@@ -685,7 +648,7 @@ def test_reauthentication(secured, strata_bin, method):
             assert props[0x15] == method
             client.set_server_final(props[0x16].decode())  # raises on a wrong server signature
         sock.sendall(mqttwire.packet(mqttwire.PINGREQ, b""))
-        assert _read_packet(sock)[0] == mqttwire.PINGRESP
+        assert mqttwire.read_packet(sock)[0] == mqttwire.PINGRESP
 
     # A wrong password, another user (with the right password), another method: closed.
     cases = [((user, ALICE_PW + "x", method), 0x87), ((other, ALICE_PW, method), 0x87)]
@@ -700,14 +663,14 @@ def test_reauthentication(secured, strata_bin, method):
     with sock:
         other_method = "SCRAM-SHA-512" if method == "SCRAM-SHA-256" else "SCRAM-SHA-256"
         sock.sendall(_auth_packet(0x19, other_method, b"n,,n=x,r=abc"))
-        first, body = _read_packet(sock)
+        first, body = mqttwire.read_packet(sock)
         assert (first, body[:1]) == (mqttwire.DISCONNECT, b"\x8c"), (hex(first), body)
     # A password login cannot re-authenticate.
     with socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT) as sock:
         sock.sendall(_connect(5, f"pw-{uuid.uuid4().hex[:6]}", "dev", DEV_PW))
-        assert _read_packet(sock)[1][1] == 0
+        assert mqttwire.read_packet(sock)[1][1] == 0
         sock.sendall(_auth_packet(0x19, method, b"n,,n=dev,r=abc"))
-        first, body = _read_packet(sock)
+        first, body = mqttwire.read_packet(sock)
         assert (first, body[:1]) == (mqttwire.DISCONNECT, b"\x82"), (hex(first), body)
     # The wrong proof and the other user count as failed authentications.
     assert b.metrics().sum("strata_mqtt_auth_failures_total") == failures + 2
