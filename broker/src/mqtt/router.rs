@@ -31,7 +31,7 @@
 //! ordinary filters in a `topic::FilterIndex` (which client ids hold the filters matching a
 //! topic name) and its shared ones in their groups, in step with the sessions' `subs`.
 //! Shared subscriptions, No Local and subscription identifiers plug in at
-//! [`RouterCore::route`]. A delivery whose PUBLISH packet is the same bytes for every
+//! [`RouterCore::route_batch`]. A delivery whose PUBLISH packet is the same bytes for every
 //! connection of its protocol version (`wire::shareable`) gets that packet encoded once per
 //! message ([`Frames`]), so a fan-out encodes once, not once per subscriber.
 
@@ -1142,12 +1142,9 @@ impl RouterCore {
         self.retained.len()
     }
 
-    /// The deliveries for one message: one per connected *ephemeral* session with a matching
-    /// subscription, at the highest QoS among its matching subscriptions, capped by the
-    /// message's own QoS. (Persistent sessions read the log themselves.)
-    ///
-    /// Then each shared subscription group whose filter matches gets it once: the next
-    /// connected member in turn (round robin), persistent or not.
+    /// The single deliveries [`RouterCore::route_batch`] makes of one message, for tests of
+    /// the matching rules (no shared frames).
+    #[cfg(test)]
     pub fn route(&mut self, msg: &Arc<Message>) -> Vec<(ConnHandle, Delivery)> {
         let mut out = Vec::new();
         let holders = plain_holders(&self.index.plain, &self.sessions, &msg.topic);
@@ -1166,8 +1163,14 @@ impl RouterCore {
         out
     }
 
-    /// [`RouterCore::route`] for a batch of messages: per connection, its deliveries in
-    /// message order (one queue operation per connection, however many messages). The
+    /// The deliveries for a batch of messages. Each message goes to every connected
+    /// *ephemeral* session with a matching subscription, at the highest QoS among its matching
+    /// subscriptions, capped by the message's own QoS (persistent sessions read the log
+    /// themselves); then each shared subscription group whose filter matches gets it once: the
+    /// next connected member in turn (round robin), persistent or not.
+    ///
+    /// Per connection, its deliveries come in message order (one queue operation per
+    /// connection, however many messages). The
     /// sessions holding a matching filter are found once per topic in the batch, not once per
     /// message (a busy topic's batch is many messages to the same holders). Deliveries that
     /// are the same bytes on many connections go as shared frames ([`Frames`]), consecutive
@@ -1274,7 +1277,7 @@ fn plain_holders<'s>(
         .collect()
 }
 
-/// Calls `deliver` with every delivery of `msg` (see [`RouterCore::route`]): the shared
+/// Calls `deliver` with every delivery of `msg` (see [`RouterCore::route_batch`]): the shared
 /// groups' in group order, then the `holders`' (those of `msg.topic`) in their order.
 fn route_one(
     shared: &mut BTreeMap<(String, String), SharedGroup>,
