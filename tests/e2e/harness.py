@@ -918,3 +918,67 @@ def grpc_stubs(proto: str, out: Path):
                 grpc)
     finally:
         sys.path.remove(str(out))
+
+
+class JsonLinesProcess:
+    """A client-tool process (`strata-rdkafka group`, `kafkajs_matrix.js`, ...) that prints one
+    JSON event per line, each with an "event" field; they are read on a thread into `events`.
+    Closing its stdin (`stop`) is the tools' cue to leave their group and exit."""
+
+    def __init__(self, cmd: list[str], cwd: Path | None = None):
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=cwd, env=clean_env())
+        self.events: list[dict] = []
+        self.lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.strip():
+                with self.lock:
+                    self.events.append(json.loads(line))
+
+    def of(self, kind: str) -> list[dict]:
+        with self.lock:
+            return [e for e in self.events if e["event"] == kind]
+
+    def stop(self) -> None:
+        """Close stdin (the tool leaves and exits), or kill it if it hangs."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.reader.join(10)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.reader.join(10)
+
+    def stderr(self) -> str:
+        return self.proc.stderr.read()[-2000:] if self.proc.poll() is not None else "(running)"
+
+
+def wait_split(members: list, partitions: int, timeout: float = 90) -> list:
+    """Until the group members' assignments (`member.assigned()`: a collection of partitions,
+    empty or None before the first) are non-empty, disjoint and cover `range(partitions)`;
+    returns them. On timeout the error names the assignments then, and a member process that
+    had exited."""
+    def split():
+        for m in members:
+            assert m.proc.poll() is None, f"member exited with {m.proc.returncode}: {m.stderr()}"
+        held = [m.assigned() for m in members]
+        if all(held) and sorted(p for h in held for p in h) == list(range(partitions)):
+            return held
+        return None
+
+    try:
+        return eventually(split, timeout, interval=0.3, what=f"{len(members)} members to split {partitions} partitions")
+    except AssertionError as e:
+        now = [sorted(m.assigned() or ()) for m in members]
+        raise AssertionError(f"{e}; assignments now {now}") from None

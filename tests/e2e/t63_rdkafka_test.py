@@ -10,9 +10,7 @@ no gap); admin operations; SASL/SCRAM over TLS, with a wrong password refused.""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -110,8 +108,8 @@ def test_confluent_produces_rdkafka_reads(mbroker, rdk, codec):
 # consumer group
 
 
-class Member:
-    """One `strata-rdkafka group` process; its events are read on a thread."""
+class Member(harness.JsonLinesProcess):
+    """One `strata-rdkafka group` process."""
 
     def __init__(self, rdk, bs, topic, group, name, commit=False, max_records=None, props=()):
         cmd = [rdk, "-b", bs, "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
@@ -124,18 +122,7 @@ class Member:
         if max_records is not None:
             cmd += ["--max-records", str(max_records)]
         self.name = name
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=harness.clean_env())
-        self.events: list[dict] = []
-        self.lock = threading.Lock()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            if line.strip():
-                with self.lock:
-                    self.events.append(json.loads(line))
+        super().__init__(cmd)
 
     def assigned(self) -> set[int]:
         """The partitions this member holds now (eager protocol: revoke all, then assign)."""
@@ -149,36 +136,10 @@ class Member:
         return held
 
     def records(self) -> list[tuple[int, int, bytes]]:
-        with self.lock:
-            return [(e["p"], e["o"], unhx(e["v"])) for e in self.events if e["event"] == "record"]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.reader.join(10)
-
-    def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.reader.join(10)
-
-    def stderr(self) -> str:
-        return self.proc.stderr.read()[-2000:] if self.proc.poll() is not None else "(running)"
+        return [(e["p"], e["o"], unhx(e["v"])) for e in self.of("record")]
 
 
-def wait_split(members: list[Member], partitions: int, timeout=90):
-    """Until the members' assignments partition `range(partitions)` with everyone holding some."""
-    def split():
-        held = [m.assigned() for m in members]
-        every = [p for h in held for p in h]
-        return all(held) and sorted(every) == list(range(partitions))
-    harness.eventually(split, timeout, interval=0.3,
-                       what=f"assignments {[sorted(m.assigned()) for m in members]} to split {partitions} partitions")
+wait_split = harness.wait_split
 
 
 def test_group_of_three_rebalances_on_join_and_kill(mbroker, rdk):

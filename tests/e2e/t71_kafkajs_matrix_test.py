@@ -15,9 +15,7 @@ Assignments are what each member's kafkajs reports on GROUP_JOIN; nothing assert
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -37,27 +35,12 @@ def kafkajs_installed():
         pytest.fail("kafkajs is not installed in tests/e2e/node_modules (tests/run.sh runs npm ci)", pytrace=False)
 
 
-class Node:
-    """One `kafkajs_matrix.js` process; its JSON-lines events are read on a thread."""
+class Node(harness.JsonLinesProcess):
+    """One `kafkajs_matrix.js` process (its first argument says which role)."""
 
     def __init__(self, *args: str):
         self.args = args
-        self.proc = subprocess.Popen(["node", str(TOOL), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=HERE, env=harness.clean_env())
-        self.events: list[dict] = []
-        self.lock = threading.Lock()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            if line.strip():
-                with self.lock:
-                    self.events.append(json.loads(line))
-
-    def of(self, kind: str) -> list[dict]:
-        with self.lock:
-            return [e for e in self.events if e["event"] == kind]
+        super().__init__(["node", str(TOOL), *args], cwd=HERE)
 
     def wait(self, timeout: float = 120) -> None:
         """Wait for the process to exit by itself; assert it exited 0."""
@@ -69,25 +52,6 @@ class Node:
             raise AssertionError(f"{self.args[0]} did not finish in {timeout}s: {self.stderr()}")
         self.reader.join(10)
         assert self.proc.returncode == 0, f"{self.args[0]} exited {self.proc.returncode}: {self.stderr()}"
-
-    def stop(self) -> None:
-        """Close stdin (a member leaves the group and exits), or kill it if it hangs."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.reader.join(10)
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.reader.join(10)
-
-    def stderr(self) -> str:
-        return self.proc.stderr.read()[-2000:] if self.proc.poll() is not None else "(running)"
 
 
 class Member(Node):
@@ -103,18 +67,7 @@ class Member(Node):
         return [(e["p"], e["o"], e["v"]) for e in self.of("record")]
 
 
-def wait_split(members: list[Member], partitions: int, timeout: float = 90) -> list[list[int]]:
-    """Until the members' latest assignments are non-empty, disjoint and cover every partition."""
-    def split():
-        for m in members:
-            assert m.proc.poll() is None, f"member exited: {m.stderr()}"
-        held = [m.assigned() for m in members]
-        if all(held) and sorted(p for h in held for p in h) == list(range(partitions)):
-            return held
-        return None
-
-    return harness.eventually(split, timeout, interval=0.3,
-                              what=f"assignments {[m.assigned() for m in members]} to split {partitions} partitions")
+wait_split = harness.wait_split
 
 
 def values(prefix: str, n: int) -> list[str]:

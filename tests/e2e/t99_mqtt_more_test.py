@@ -15,7 +15,6 @@ import os
 import queue
 import shutil
 import socket
-import ssl
 import struct
 import subprocess
 import uuid
