@@ -17,6 +17,7 @@ import uuid
 import pytest
 
 import harness
+import mqttwire
 from mqttwire import mqtt_packets
 
 paho = pytest.importorskip("paho.mqtt.client")
@@ -41,7 +42,7 @@ class Client:
     """A paho client whose received messages and disconnects land in queues."""
 
     def __init__(self, port: int, version, client_id: str | None = None, clean: bool = True, will=None,
-                 keepalive: int = 30):
+                 keepalive: int = 30, connack_wait: float = WAIT):
         cid = client_id if client_id is not None else f"c-{uuid.uuid4().hex[:8]}"
         kw = {"clean_session": clean} if version == MQTTv311 else {}
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid, protocol=version, **kw)
@@ -57,7 +58,11 @@ class Client:
         kwargs = {"clean_start": clean} if version == MQTTv5 else {}
         self.c.connect("127.0.0.1", port, keepalive=keepalive, **kwargs)
         self.c.loop_start()
-        flags, rc, props = self.connacks.get(timeout=WAIT)
+        try:
+            flags, rc, props = self.connacks.get(timeout=connack_wait)
+        except queue.Empty:
+            self.c.loop_stop()
+            raise
         self.connack = (flags, rc, props)
 
     def subscribe(self, *filters: tuple[str, int]):
@@ -549,4 +554,43 @@ def test_v5_subscription_identifiers(broker, clean):
     assert sorted(a.properties.SubscriptionIdentifier) == [7, 9]
     assert deep.properties.SubscriptionIdentifier == [7]
     for c in (sub, pub):
+        c.close()
+
+
+def _refused_at_accept(port: int) -> bool:
+    """True if a CONNECT on a new TCP connection gets the connection closed instead of a CONNACK."""
+    body = mqttwire.utf8(b"MQTT") + bytes([4, 0x02]) + struct.pack(">H", 30) + mqttwire.utf8(b"over-the-limit")
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        try:
+            sock.sendall(mqttwire.packet(0x10, body))
+            return sock.recv(4) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+
+
+def test_connections_max_closes_the_one_over_and_frees_its_slot(broker_factory):
+    """`mqtt.connections_max = 2`: a third client is closed at accept (no CONNACK) while the two
+    keep working; mosquitto_pub fails the same way; when one leaves, a new client gets in."""
+    b = broker_factory(config={"mqtt": {"connections_max": 2}})
+    sub = Client(b.mqtt_port, MQTTv5)
+    pub = Client(b.mqtt_port, MQTTv311)
+    assert sub.subscribe(("limit/#", 1)) is not None
+    assert _refused_at_accept(b.mqtt_port)
+    res = subprocess.run(["mosquitto_pub", "-p", str(b.mqtt_port), "-h", "127.0.0.1", "-q", "1",
+                          "-t", "limit/cli", "-m", "refused"], capture_output=True, timeout=30)
+    assert res.returncode != 0, res
+    pub.publish("limit/x", b"still served", 1).wait_for_publish(WAIT)
+    assert [m.payload for m in sub.take(1)] == [b"still served"]
+    pub.close()
+
+    def try_client():
+        try:
+            return Client(b.mqtt_port, MQTTv5, connack_wait=2)
+        except queue.Empty:
+            return None
+
+    third = harness.eventually(try_client, 30, interval=0.3, what="a slot to free after a client disconnected")
+    third.publish("limit/y", b"third", 1).wait_for_publish(WAIT)
+    assert [m.payload for m in sub.take(1)] == [b"third"]
+    for c in (sub, third):
         c.close()
