@@ -30,6 +30,21 @@ def packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + varint(len(body)) + body
 
 
+def connect_packet(client_id: str, version: int = 5, clean: bool = True, props: bytes = b"",
+                   user: str | None = None, password: str | None = None, keep_alive: int = 30) -> bytes:
+    """A CONNECT: protocol `version` 4 (3.1.1) or 5, MQTT 5 `props` (without their length)."""
+    flags = (0x02 if clean else 0) | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
+    body = utf8(b"MQTT") + bytes([version, flags]) + struct.pack(">H", keep_alive)
+    if version == 5:
+        body += varint(len(props)) + props
+    body += utf8(client_id.encode())
+    if user is not None:
+        body += utf8(user.encode())
+    if password is not None:
+        body += utf8(password.encode())
+    return packet(0x10, body)
+
+
 def read_varint(data: bytes, i: int) -> tuple[int, int] | None:
     """The variable byte integer at `data[i:]` and the index after it; None if cut short."""
     mult, n = 1, 0
@@ -87,16 +102,11 @@ class RawClient:
                  expiry: int = 0xFFFFFFFF, receive_max: int | None = None):
         self.v5 = v5
         self.buf = b""
-        flags = 0x02 if clean else 0x00
         props = b"" if clean or not v5 else b"\x11" + struct.pack(">I", expiry)
         if v5 and receive_max is not None:
             props += b"\x21" + struct.pack(">H", receive_max)
-        body = utf8(b"MQTT") + bytes([5 if v5 else 4, flags]) + struct.pack(">H", 30)
-        if v5:
-            body += varint(len(props)) + props
-        body += utf8(client_id.encode())
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        self.sock.sendall(packet(0x10, body))
+        self.sock.sendall(connect_packet(client_id, 5 if v5 else 4, clean, props))
         first, ack = self.next()
         assert first == CONNACK and ack[1] == 0, f"CONNACK success expected, got {first:#x} {ack!r}"
         self.session_present = bool(ack[0] & 1)

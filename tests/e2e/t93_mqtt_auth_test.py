@@ -87,23 +87,10 @@ def secured(broker_factory, tmp_path, strata_bin):
 # -- raw packets ------------------------------------------------------------------------
 
 
-def _connect(version: int, client_id: str, user: str | None, password: str | None) -> bytes:
-    flags = 0x02 | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
-    body = mqttwire.utf8(b"MQTT") + bytes([version, flags]) + struct.pack(">H", 30)
-    if version == 5:
-        body += mqttwire.varint(0)
-    body += mqttwire.utf8(client_id.encode())
-    if user is not None:
-        body += mqttwire.utf8(user.encode())
-    if password is not None:
-        body += mqttwire.utf8(password.encode())
-    return mqttwire.packet(0x10, body)
-
-
 def _raw_connack(port: int, version: int, user: str | None, password: str | None) -> int:
     """The CONNACK return code (3.1.1) or reason code (5.0) for these credentials."""
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
-        sock.sendall(_connect(version, f"raw-{uuid.uuid4().hex[:6]}", user, password))
+        sock.sendall(mqttwire.connect_packet(f"raw-{uuid.uuid4().hex[:6]}", version, user=user, password=password))
         first, body = mqttwire.read_packet(sock)
         assert first == 0x20, f"CONNACK expected, got {first:#x} {body!r}"
         return body[1]
@@ -235,7 +222,7 @@ def test_scram_user_logs_in_over_mqtt(secured, strata_bin):
     bobs = {}
     for version in (4, 5):
         sock = socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT)
-        sock.sendall(_connect(version, f"bob-{version}", "bob", ALICE_PW))
+        sock.sendall(mqttwire.connect_packet(f"bob-{version}", version, user="bob", password=ALICE_PW))
         first, body = mqttwire.read_packet(sock)
         assert (first, body[1]) == (0x20, 0), (hex(first), body)
         bobs[version] = sock
@@ -269,7 +256,7 @@ def test_acl_v5_reason_codes(secured):
 
     # QoS 2: PUBREC 0x87 (raw: paho does not expose PUBREC reason codes).
     with socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT) as sock:
-        sock.sendall(_connect(5, "raw-q2", "dev", DEV_PW))
+        sock.sendall(mqttwire.connect_packet("raw-q2", 5, user="dev", password=DEV_PW))
         assert mqttwire.read_packet(sock)[1][1] == 0
         sock.sendall(mqttwire.packet(0x34, mqttwire.utf8(b"readonly/q2") + struct.pack(">H", 7) + mqttwire.varint(0) + b"x"))
         first, body = mqttwire.read_packet(sock)
@@ -469,7 +456,7 @@ def test_sighup_ends_removed_users_and_retunes_open_connections(broker_factory, 
     devs = {}
     for version in (4, 5):
         sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        sock.sendall(_connect(version, f"dev-{version}", "dev", DEV_PW))
+        sock.sendall(mqttwire.connect_packet(f"dev-{version}", version, user="dev", password=DEV_PW))
         first, body = mqttwire.read_packet(sock)
         assert (first, body[1]) == (0x20, 0), (hex(first), body)
         devs[version] = sock
@@ -513,7 +500,7 @@ def test_sighup_to_password_ends_connections_that_proved_nothing(broker_factory,
     socks = []
     for user in ("dev", None):
         sock = socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT)
-        sock.sendall(_connect(5, f"claimed-{user}", user, None))
+        sock.sendall(mqttwire.connect_packet(f"claimed-{user}", 5, user=user, password=None))
         first, body = mqttwire.read_packet(sock)
         assert (first, body[1]) == (0x20, 0), (hex(first), body)
         socks.append(sock)
@@ -530,12 +517,9 @@ def test_sighup_to_password_ends_connections_that_proved_nothing(broker_factory,
 
 def _scram_connect(port: int, method: str, first: bytes) -> socket.socket:
     """Sends an MQTT 5 CONNECT with Authentication Method and Data (no user name)."""
-    w = mqttwire
-    props = b"\x15" + w.utf8(method.encode()) + b"\x16" + w.utf8(first)
-    body = w.utf8(b"MQTT") + bytes([5, 0x02]) + struct.pack(">H", 30) + w.varint(len(props)) + props
-    body += w.utf8(f"scram-{uuid.uuid4().hex[:6]}".encode())
+    props = b"\x15" + mqttwire.utf8(method.encode()) + b"\x16" + mqttwire.utf8(first)
     sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-    sock.sendall(w.packet(0x10, body))
+    sock.sendall(mqttwire.connect_packet(f"scram-{uuid.uuid4().hex[:6]}", 5, props=props))
     return sock
 
 
@@ -667,7 +651,7 @@ def test_reauthentication(secured, strata_bin, method):
         assert (first, body[:1]) == (mqttwire.DISCONNECT, b"\x8c"), (hex(first), body)
     # A password login cannot re-authenticate.
     with socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=WAIT) as sock:
-        sock.sendall(_connect(5, f"pw-{uuid.uuid4().hex[:6]}", "dev", DEV_PW))
+        sock.sendall(mqttwire.connect_packet(f"pw-{uuid.uuid4().hex[:6]}", 5, user="dev", password=DEV_PW))
         assert mqttwire.read_packet(sock)[1][1] == 0
         sock.sendall(_auth_packet(0x19, method, b"n,,n=dev,r=abc"))
         first, body = mqttwire.read_packet(sock)

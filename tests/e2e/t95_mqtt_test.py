@@ -559,10 +559,9 @@ def test_v5_subscription_identifiers(broker, clean):
 
 def _refused_at_accept(port: int) -> bool:
     """True if a CONNECT on a new TCP connection gets the connection closed instead of a CONNACK."""
-    body = mqttwire.utf8(b"MQTT") + bytes([4, 0x02]) + struct.pack(">H", 30) + mqttwire.utf8(b"over-the-limit")
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
         try:
-            sock.sendall(mqttwire.packet(0x10, body))
+            sock.sendall(mqttwire.connect_packet("over-the-limit", 4))
             return sock.recv(4) == b""
         except (ConnectionResetError, BrokenPipeError):
             return True

@@ -791,9 +791,8 @@ fn ensure_dir(dir: &Path) -> Result<(), WalError> {
         .map_err(|e| io_error(parent, io_op::SYNC_DIR, e))
 }
 
-/// The first LSNs of the segment files in `dir`, ascending, and the LSNs of reset markers.
-/// Other files are ignored.
 /// What a WAL directory holds, each list in LSN (name) order.
+#[derive(Default)]
 struct Listing {
     /// First LSNs of the segment files.
     segments: Vec<u64>,
@@ -803,12 +802,9 @@ struct Listing {
     retired: Vec<PathBuf>,
 }
 
+/// The segment files, reset markers and retired segments in `dir`. Other files are ignored.
 fn list_segments(dir: &Path) -> Result<Listing, WalError> {
-    let mut listing = Listing {
-        segments: Vec::new(),
-        markers: Vec::new(),
-        retired: Vec::new(),
-    };
+    let mut listing = Listing::default();
     let entries = fs::read_dir(dir).map_err(|e| io_error(dir, io_op::LIST_DIR, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_error(dir, io_op::LIST_DIR, e))?;
