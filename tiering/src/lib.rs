@@ -6,7 +6,8 @@
 //!   offset and time index in the footer. Pure.
 //! - [`store`]: [`ObjectStore`], a thin, cheaply cloned handle on an OpenDAL operator built from
 //!   a URL (`fs://`, `memory://`, `s3://`, `gcs://`, `azblob://`, `webhdfs://`), with retries,
-//!   timeouts, one-line errors that say whether to retry, and request counters.
+//!   timeouts, one-line errors that say whether to retry, and request counters. A GET that
+//!   arrives in pieces is gathered into a recycled buffer (`pool`).
 //!
 //! *Boundary:* this is the only crate that knows OpenDAL. Nothing outside it names an
 //! `opendal` type; callers see [`ObjectStore`] and [`TieringError`].
@@ -18,6 +19,7 @@
 //! request path.
 
 pub mod object;
+mod pool;
 pub mod segment;
 pub mod store;
 

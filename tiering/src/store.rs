@@ -66,6 +66,7 @@ use opendal::layers::{RetryEvent, RetryLayer, TimeoutLayer};
 use opendal::{services, EntryMode, ErrorKind, Operator};
 use tracing::debug;
 
+use crate::pool::ReadPool;
 use crate::TieringError;
 
 /// Longest key accepted (S3's limit).
@@ -391,6 +392,8 @@ struct Inner {
     multipart: Option<MultipartShape>,
     /// The directory of an `fs://` store: its deletes shrink large files first.
     fs_root: Option<PathBuf>,
+    /// Recycled buffers for GETs that arrive in pieces (see `pool`).
+    read_pool: Arc<ReadPool>,
 }
 
 /// How a backend's multipart upload looks on the wire.
@@ -492,6 +495,7 @@ impl ObjectStore {
                 config,
                 multipart,
                 fs_root,
+                read_pool: Arc::default(),
             }),
         })
     }
@@ -756,7 +760,7 @@ impl ObjectStore {
             }
         })
         .await;
-        let result = result.map(|buffer| buffer.to_bytes());
+        let result = result.map(|buffer| self.inner.read_pool.gather(buffer.len(), buffer));
         let short = match (&result, &range) {
             (Ok(bytes), Some(r)) if bytes.len() as u64 != r.end - r.start => Some(bytes.len()),
             _ => None,
