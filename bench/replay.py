@@ -10,12 +10,13 @@ raw GET bandwidth of the same store, in one run; plus PUTs and GETs per GiB inge
 4. raw: `strata bench store-read` reads every segment with ranged GETs of the segment
    chunk size, with the broker's read-ahead concurrency (run twice; the second, warm
    run is reported, so both sides read from the same page cache);
-5. replay: restarts the broker with an empty read cache and times a confluent-kafka
+5. replay: `sync`s what setting up left dirty (else the kernel writes it back during the
+   probes), restarts the broker with an empty read cache and times a confluent-kafka
    consumer reading every partition from offset 0 (bytes = the broker's fetched bytes);
 6. tail probe: a producer writing one record every 5 ms and a live consumer of it, for 8 s
-   before the replay and for the whole replay: produce→consume p50/p99 both ways. The probe
-   is a process of its own, so the replaying consumer's Python work (same interpreter, one
-   GIL) cannot delay it;
+   before the replay and for the whole replay: produce→consume p50/p99 both ways, and
+   produce→acknowledged, after a warm-up. The probe is a process of its own, so the
+   replaying consumer's Python work (same interpreter, one GIL) cannot delay it;
 7. prints one JSON line with both rates, their ratio, the tail latencies, requests per
    GiB ingested, the CPU seconds the broker, the store, the replaying consumer and the probe
    spent per replayed GB, and /proc/loadavg before and after the replay (the machine may be
@@ -38,6 +39,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PRODUCE_HIST, PRODUCE_LABEL = "strata_kafka_request_duration_seconds", 'api="produce"'
+FSYNC_HIST = "strata_wal_fsync_duration_seconds"
 sys.path.insert(0, str(ROOT / "bench"))
 import history_gen  # noqa: E402
 
@@ -56,6 +59,23 @@ def metrics(admin: int) -> dict:
                 k, v = line.rsplit(" ", 1)
                 out[k] = float(v)
     return out
+
+
+def hist_p99(before: dict, after: dict, name: str, labels: str = "") -> float | None:
+    """The upper bound (ms) of the histogram bucket holding the 99th percentile of what `name`
+    observed between two scrapes (the broker's buckets double from 50 µs, so this is coarse:
+    enough to tell which half of a slow path is slow)."""
+    sep = "," if labels else ""
+    rows = []
+    for k, v in after.items():
+        if k.startswith(f"{name}_bucket{{{labels}{sep}le=\""):
+            le = k.rsplit('le="', 1)[1].rstrip('"}')
+            rows.append((float("inf") if le == "+Inf" else float(le), v - before.get(k, 0.0)))
+    rows.sort()
+    if not rows or rows[-1][1] <= 0:
+        return None
+    want = 0.99 * rows[-1][1]
+    return next(round(le * 1000, 3) for le, n in rows if n >= want)
 
 
 def topics(admin: int) -> list:
@@ -134,9 +154,13 @@ def replay(bootstrap: str, topic: str, partitions: int, ends: dict) -> float:
     return took
 
 
-def tail_probe(bootstrap: str, topic: str, seconds: float, stop=None) -> list:
+def tail_probe(bootstrap: str, topic: str, seconds: float, stop=None) -> tuple:
     """Produce one small record every 5 ms to `topic` and consume it live; returns the
-    produce→consume latencies (ms) seen for `seconds` (or until `stop` is set)."""
+    produce→consume latencies (ms) seen for `seconds` (or until `stop` is set), and the
+    produce→acknowledged latencies (ms) of the same records, so a slow tail can be told apart
+    as a slow produce or a slow delivery. A thread of its own waits in `poll()` for the
+    delivery reports: one served only between sends would carry up to 5 ms of the sender's
+    sleep (librdkafka's `msg.latency()` has the same flaw)."""
     import threading
 
     from confluent_kafka import Consumer, Producer, TopicPartition
@@ -146,22 +170,39 @@ def tail_probe(bootstrap: str, topic: str, seconds: float, stop=None) -> list:
     c.assign([TopicPartition(topic, 0, -1)])  # the end
     c.consume(timeout=1)
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    # Records produced, acknowledged and consumed before the clock starts (until the consumer,
+    # which starts at the end, sees one): connections, metadata and the partition's first write
+    # are not the latency measured.
+    warm_until, warm = time.monotonic() + 30, False
+    while not warm and time.monotonic() < warm_until:
+        p.produce(topic, value=b"-1", partition=0)
+        p.flush(10)
+        warm = any(m.error() is None and m.value() == b"-1" for m in c.consume(num_messages=10, timeout=0.5))
     sent = {}
-    lat = []
+    lat, acked = [], []
     done = threading.Event()
+
+    def on_delivery(err, msg):
+        at = sent.get(int(msg.value()))
+        if err is None and at is not None:
+            acked.append((time.monotonic() - at) * 1000)
 
     def produce():
         i = 0
         while not done.is_set():
             sent[i] = time.monotonic()
-            p.produce(topic, value=str(i).encode(), partition=0)
-            p.poll(0)
+            p.produce(topic, value=str(i).encode(), partition=0, on_delivery=on_delivery)
             i += 1
             time.sleep(0.005)
+
+    def reports():
+        while not done.is_set():
+            p.poll(0.05)
         p.flush(10)
 
-    t = threading.Thread(target=produce)
+    t, r = threading.Thread(target=produce), threading.Thread(target=reports)
     t.start()
+    r.start()
     end = time.monotonic() + seconds
     while time.monotonic() < end and not (stop and stop.is_set()):
         for m in c.consume(num_messages=1, timeout=0.2):
@@ -171,8 +212,9 @@ def tail_probe(bootstrap: str, topic: str, seconds: float, stop=None) -> list:
                     lat.append((time.monotonic() - at) * 1000)
     done.set()
     t.join()
+    r.join()
     c.close()
-    return lat
+    return lat, acked
 
 
 def _probe_main(bootstrap: str, topic: str, seconds: float, stop, out) -> None:
@@ -191,18 +233,23 @@ class Probe:
         self.proc = ctx.Process(target=_probe_main, args=(bootstrap, topic, seconds, self.stop, self.out))
         self.proc.start()
 
-    def finish(self, stop: bool = True, timeout: float = 120) -> list:
+    def finish(self, stop: bool = True, timeout: float = 120) -> tuple:
         if stop:
             self.stop.set()
-        lat = self.out.get(timeout=timeout)  # before join: a full pipe would block the child
+        got = self.out.get(timeout=timeout)  # before join: a full pipe would block the child
         self.proc.join(30)
-        return lat
+        return got
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (a fresh page touched for the first time)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def renice_all_threads(pid: int, nice: int) -> None:
@@ -213,6 +260,14 @@ def renice_all_threads(pid: int, nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, int(tid), nice)
         except ProcessLookupError:
             pass
+
+
+def settle_writeback() -> int:
+    """`sync`: returns the dirty kB there were before."""
+    dirty = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                 if line.startswith("Dirty:"))
+    os.sync()
+    return dirty
 
 
 def loadavg() -> str:
@@ -303,11 +358,17 @@ def main() -> int:
             raw = json.loads(out.stdout)
 
         shutil.rmtree(work / "data" / "cache", ignore_errors=True)
+        # Write back what setting up wrote (GBs into the store's and the WAL's files) before
+        # anything is timed: left to the kernel's 30 s writeback it lands in the middle of the
+        # probes and every fdatasync on the disk queues behind it.
+        dirty = settle_writeback()
         b.start()
         bootstrap = f"127.0.0.1:{b.kafka}"
         subprocess.run([args.bin, "topic", "create", "tail", "--partitions", "1", "--bootstrap", bootstrap],
                        check=True, capture_output=True)
-        idle_lat = Probe(bootstrap, "tail", 8).finish(stop=False)
+        idle_before = metrics(b.admin)
+        idle_lat, idle_ack = Probe(bootstrap, "tail", 8).finish(stop=False)
+        idle_after = metrics(b.admin)
         probe = Probe(bootstrap, "tail", 3600)
         time.sleep(3)  # the probe (a fresh interpreter) is consuming live before the replay starts
         perf = None
@@ -326,10 +387,12 @@ def main() -> int:
             os.nice(args.peers_nice)
         load_before = loadavg()
         cpu_before = {k: cpu_seconds(v) for k, v in pids.items()}
+        faults_before = minor_faults(b.proc.pid)
         before = metrics(b.admin)
         took = replay(bootstrap, topic, args.partitions, ends)
         after = metrics(b.admin)
         cpu_after = {k: cpu_seconds(v) for k, v in pids.items()}
+        faults_after = minor_faults(b.proc.pid)
         load_after = loadavg()
         if perf is not None:
             perf.send_signal(signal.SIGINT)
@@ -338,7 +401,7 @@ def main() -> int:
                 subprocess.run(["perf", "report", "-i", str(work / "perf.data"), "--no-children", "--stdio",
                                 "-g", "none", "--percent-limit", "0.5"], stdout=out, stderr=subprocess.DEVNULL)
             print(f"replay: profile in {work / 'perf.txt'}", file=sys.stderr)
-        busy_lat = probe.finish()
+        busy_lat, busy_ack = probe.finish()
         fetched = after["strata_fetch_bytes_total"] - before["strata_fetch_bytes_total"]
         gets = after['strata_object_store_requests_total{op="get"}'] - before['strata_object_store_requests_total{op="get"}']
         replay_mb_s = fetched / 1e6 / took
@@ -357,10 +420,21 @@ def main() -> int:
             "tail_p50_ms_during_replay": pct(busy_lat, 0.5),
             "tail_p99_ms_during_replay": pct(busy_lat, 0.99),
             "tail_samples": [len(idle_lat), len(busy_lat)],
+            # The produce half of the tail: produce -> acknowledged (acks=all).
+            "tail_ack_p99_ms_idle": pct(idle_ack, 0.99),
+            "tail_ack_p99_ms_during_replay": pct(busy_ack, 0.99),
+            # Inside the broker (bucket bounds): Produce requests and the WAL's fdatasync.
+            "broker_produce_p99_ms_idle_replay": [hist_p99(idle_before, idle_after, PRODUCE_HIST, PRODUCE_LABEL),
+                                                  hist_p99(before, after, PRODUCE_HIST, PRODUCE_LABEL)],
+            "broker_fsync_p99_ms_idle_replay": [hist_p99(idle_before, idle_after, FSYNC_HIST),
+                                                hist_p99(before, after, FSYNC_HIST)],
             # CPU seconds per replayed GB, by process, and the machine's load around the replay.
             "cpu_s_per_gb": {k: round((cpu_after[k] - cpu_before[k]) / (fetched / 1e9), 2) if fetched else None
                              for k in pids},
+            # Fresh pages the broker touched per replayed GB (a 4 KiB page each).
+            "broker_minor_faults_per_gb": round((faults_after - faults_before) / (fetched / 1e9)) if fetched else None,
             "peers_nice": args.peers_nice,
+            "dirty_kb_synced_before_probes": dirty,
             "loadavg_raw": load_raw,
             "loadavg_before": load_before,
             "loadavg_after": load_after,
