@@ -458,6 +458,9 @@ pub struct CacheSection {
     pub readahead_chunks: u32,
     /// Read-ahead GETs in flight at once, all replays together.
     pub readahead_concurrency: u32,
+    /// Bytes per second that history reads (segment chunks: replays, read-ahead) may take from
+    /// the object store, all together; 0: no limit (`log/cache.rs`, `Pace`).
+    pub history_read_bytes_per_sec: u64,
 }
 
 impl Default for CacheSection {
@@ -469,6 +472,7 @@ impl Default for CacheSection {
             history_disk_bytes: 1024 * 1024 * 1024,
             readahead_chunks: 8,
             readahead_concurrency: 8,
+            history_read_bytes_per_sec: 0,
         }
     }
 }

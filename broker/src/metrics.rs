@@ -124,11 +124,12 @@ pub struct TierMetrics {
     pub failures_total: AtomicU64,
     pub orphans_deleted_total: AtomicU64,
     pub readahead_chunks_total: AtomicU64,
+    pub history_read_wait_ms_total: AtomicU64,
 }
 
 impl TierMetrics {
     fn render(&self, out: &mut String) {
-        let rows: [Row; 7] = [
+        let rows: [Row; 8] = [
             (
                 "strata_compaction_segments_total",
                 "counter",
@@ -170,6 +171,12 @@ impl TierMetrics {
                 "counter",
                 "Segment chunks fetched ahead of a sequential reader.",
                 &self.readahead_chunks_total,
+            ),
+            (
+                "strata_cold_read_rate_wait_ms_total",
+                "counter",
+                "Milliseconds history GETs waited for cache.history_read_bytes_per_sec.",
+                &self.history_read_wait_ms_total,
             ),
         ];
         render_rows(out, &rows);

@@ -249,6 +249,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
             history_memory_bytes: c.history_memory_bytes,
             history_disk_bytes: c.history_disk_bytes,
             readahead_concurrency: c.readahead_concurrency as usize,
+            history_read_bytes_per_sec: c.history_read_bytes_per_sec,
         },
     )
     .await

@@ -2,7 +2,8 @@
 bench/history_gen.py), compacted into segments; after the WAL and the cache are wiped, a
 stock consumer seeks by timestamp to a day in the middle and reads exactly the records
 from that day on — the lookup uses the segments' time index (no LIST, at most two GETs
-per partition). Then retention by time cuts whole segments: everything inside retention is
+per partition) — with history reads held to a byte rate (`cache.history_read_bytes_per_sec`):
+the replay waits for it and still reads every record. Then retention by time cuts whole segments: everything inside retention is
 still readable in order, nothing below the new log start is.
 
 The generator's layout is a pure function (record n: partition n % P, offset n // P,
@@ -107,6 +108,8 @@ def test_replay_by_time_from_months_of_history(broker_factory):
     shutil.rmtree(b.wal_dir, ignore_errors=True)
     shutil.rmtree(b.cache_dir, ignore_errors=True)
     b.env["STRATA_COMPACTION_ENABLED"] = "false"
+    # ~5 MB are read back below in 16 KiB chunks: at 4 MB/s most chunk GETs wait their turn.
+    b.env["STRATA_CACHE_HISTORY_READ_BYTES_PER_SEC"] = str(4_000_000)
     b.start()
 
     # A day in the middle: the UTC midnight 90 days after the first record.
@@ -136,6 +139,8 @@ def test_replay_by_time_from_months_of_history(broker_factory):
         if tp.offset > 0:
             prev = (tp.offset - 1) * PARTS + tp.partition
             assert history_gen.record_time(prev, RECORDS, start_ms, DAYS) < day
+    waited = b.metrics().sum("strata_cold_read_rate_wait_ms_total")
+    assert waited > 0, "the replay never waited for cache.history_read_bytes_per_sec"
 
 
 

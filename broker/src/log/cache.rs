@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Largest entry the disk tier holds (foyer's block size); larger ones stay in memory only.
@@ -67,6 +68,8 @@ pub struct CacheBudgets {
     pub history_disk_bytes: u64,
     /// Read-ahead GETs in flight at once (all replays together).
     pub readahead_concurrency: usize,
+    /// Bytes per second all history GETs together may read; 0: no limit.
+    pub history_read_bytes_per_sec: u64,
 }
 
 /// Where an inserted entry may live.
@@ -91,6 +94,54 @@ pub struct ReadCache {
     /// Read-ahead keys being fetched, so two replays of one segment fetch a chunk once.
     prefetching: Mutex<HashSet<String>>,
     pub readahead: Arc<Semaphore>,
+    /// The history GETs' byte rate (`cache.history_read_bytes_per_sec`), when limited.
+    pub history_pace: Option<Pace>,
+}
+
+/// A byte-rate limit (GCRA): each `take` is due when the bytes taken before it have had their
+/// time at the rate, less a burst allowance of [`PACE_BURST`], so a fetch's few concurrent
+/// chunk reads go at once and only a sustained replay waits.
+///
+/// It is what keeps a full-speed replay from taking every CPU of a broker the tail shares
+/// (receiving, gathering and checking chunks, and the kernel's network work for them): on a
+/// small machine nothing else does (BENCHMARKS.md, sessions 19–20). Redpanda's
+/// `cloud_storage_max_throughput_per_shard` is the same knob.
+#[derive(Debug)]
+pub struct Pace {
+    bytes_per_sec: u64,
+    /// When the bytes taken so far have had their time.
+    due: Mutex<Instant>,
+}
+
+/// How far ahead of the rate a burst may run.
+pub const PACE_BURST: Duration = Duration::from_millis(100);
+
+impl Pace {
+    pub fn new(bytes_per_sec: u64) -> Option<Pace> {
+        (bytes_per_sec > 0).then(|| Pace {
+            bytes_per_sec,
+            due: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Waits until `bytes` more may be read; returns how long it waited.
+    pub async fn take(&self, bytes: u64) -> Duration {
+        let wait = self.schedule(bytes, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        wait
+    }
+
+    /// Books `bytes` at `now`: how long the reader must wait first.
+    fn schedule(&self, bytes: u64, now: Instant) -> Duration {
+        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let mut due = self.due.lock();
+        let start = (*due).max(now);
+        *due = start + cost;
+        // Due within the burst allowance: go now.
+        (start + cost).saturating_duration_since(now + PACE_BURST)
+    }
 }
 
 impl std::fmt::Debug for ReadCache {
@@ -146,6 +197,7 @@ impl ReadCache {
             history,
             prefetching: Mutex::new(HashSet::new()),
             readahead: Arc::new(Semaphore::new(budgets.readahead_concurrency.max(1))),
+            history_pace: Pace::new(budgets.history_read_bytes_per_sec),
         })
     }
 
@@ -216,7 +268,37 @@ mod tests {
             history_memory_bytes: 64 * 1024,
             history_disk_bytes: 64 * 1024 * 1024,
             readahead_concurrency: 2,
+            history_read_bytes_per_sec: 0,
         }
+    }
+
+    /// At 10 MB/s, reads of 1 MB back to back: the first 100 ms worth go at once (the burst),
+    /// every later one waits for its share of the rate; credit does not pile up while idle.
+    #[test]
+    fn pace_holds_a_sustained_reader_to_the_rate() {
+        let pace = Pace::new(10_000_000).unwrap();
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut waited = Vec::new();
+        for _ in 0..20 {
+            let wait = pace.schedule(1_000_000, now);
+            waited.push(wait);
+            now += wait;
+        }
+        assert_eq!(
+            waited[0],
+            Duration::ZERO,
+            "the first read is within the burst"
+        );
+        assert!(waited[1..].iter().all(|w| !w.is_zero()), "{waited:?}");
+        // 20 MB at 10 MB/s: 2 s, less the burst.
+        let took = (now - t0).as_secs_f64();
+        assert!((took - 1.9).abs() < 0.001, "{took}");
+        // Ten seconds idle, then the same: one read's worth of burst, no more.
+        now += Duration::from_secs(10);
+        assert_eq!(pace.schedule(1_000_000, now), Duration::ZERO);
+        assert!(!pace.schedule(1_000_000, now).is_zero());
+        assert!(Pace::new(0).is_none(), "0 is no limit");
     }
 
     #[tokio::test]
