@@ -102,9 +102,9 @@ pub struct ReadCache {
 /// time at the rate, less a burst allowance of [`PACE_BURST`], so a fetch's few concurrent
 /// chunk reads go at once and only a sustained replay waits.
 ///
-/// It is what keeps a full-speed replay from taking every CPU of a broker the tail shares
-/// (receiving, gathering and checking chunks, and the kernel's network work for them): on a
-/// small machine nothing else does (BENCHMARKS.md, sessions 19–20). Redpanda's
+/// It bounds what a replay takes from a broker the tail shares. It narrows the tail's loss
+/// during a replay without closing it: even a paced replay on a mostly idle machine slows the
+/// WAL's fdatasync for a reason not yet found (BENCHMARKS.md, sessions 19–20). Redpanda's
 /// `cloud_storage_max_throughput_per_shard` is the same knob.
 #[derive(Debug)]
 pub struct Pace {
