@@ -490,6 +490,10 @@ pub struct CompactionSection {
     pub chunk_bytes: u64,
     /// A run of small blocks is compacted once it has this many blocks (or `segment_bytes`).
     pub min_blocks: u32,
+    /// A partition's newest upload blocks are compacted once the newest is this old, however
+    /// few, so a partition that goes quiet does not keep its tail in upload objects (which stay
+    /// until all their partitions' blocks are released). 0 leaves them to `min_blocks`.
+    pub idle_ms: u64,
     /// How often the store is LISTed for objects nothing references (crashed uploads or
     /// compactions). Off the request path; 0 disables it.
     pub orphan_sweep_interval_ms: u64,
@@ -506,6 +510,7 @@ impl Default for CompactionSection {
             segment_bytes: 256 * 1024 * 1024,
             chunk_bytes: 1024 * 1024,
             min_blocks: 8,
+            idle_ms: 600_000,
             orphan_sweep_interval_ms: 3_600_000,
             orphan_grace_ms: 3_600_000,
         }

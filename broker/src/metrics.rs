@@ -124,12 +124,13 @@ pub struct TierMetrics {
     pub failures_total: AtomicU64,
     pub orphans_deleted_total: AtomicU64,
     pub readahead_chunks_total: AtomicU64,
-    pub history_read_wait_ms_total: AtomicU64,
+    /// Microseconds (exported as seconds).
+    pub history_read_wait_us_total: AtomicU64,
 }
 
 impl TierMetrics {
     fn render(&self, out: &mut String) {
-        let rows: [Row; 8] = [
+        let rows: [Row; 7] = [
             (
                 "strata_compaction_segments_total",
                 "counter",
@@ -172,14 +173,13 @@ impl TierMetrics {
                 "Segment chunks fetched ahead of a sequential reader.",
                 &self.readahead_chunks_total,
             ),
-            (
-                "strata_cold_read_rate_wait_ms_total",
-                "counter",
-                "Milliseconds history GETs waited for cache.history_read_bytes_per_sec.",
-                &self.history_read_wait_ms_total,
-            ),
         ];
         render_rows(out, &rows);
+        let name = "strata_cold_read_rate_wait_seconds_total";
+        let help = "Seconds history GETs waited for cache.history_read_bytes_per_sec.";
+        header(out, name, "counter", help);
+        let us = self.history_read_wait_us_total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name} {}", us as f64 / 1e6);
     }
 }
 

@@ -365,6 +365,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
             segment_bytes: compaction.segment_bytes,
             chunk_bytes: compaction.chunk_bytes,
             min_blocks: compaction.min_blocks,
+            idle_ms: compaction.idle_ms,
         },
         enabled: compaction.enabled,
         orphan_sweep_interval: (compaction.orphan_sweep_interval_ms > 0)

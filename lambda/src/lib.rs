@@ -139,6 +139,7 @@ impl Config {
             chunk_bytes: num("STRATA_COMPACTION_CHUNK_BYTES", 1024 * 1024, 4096)?,
             min_blocks: u32::try_from(num("STRATA_COMPACTION_MIN_BLOCKS", 8, 2)?)
                 .map_err(|_| bad("STRATA_COMPACTION_MIN_BLOCKS", "too large".into()))?,
+            idle_ms: num("STRATA_COMPACTION_IDLE_MS", 600_000, 0)?,
         };
         let meta_timeout = Duration::from_millis(num(
             "STRATA_META_TIMEOUT_MS",

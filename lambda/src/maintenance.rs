@@ -73,7 +73,7 @@ pub async fn run(app: &App) -> Summary {
     for meta in state.topics() {
         for partition in 0..meta.partitions {
             let blocks: Vec<&BlockLocation> = state.blocks(meta.id, partition).collect();
-            if let Some(range) = plan(&blocks, app.config.policy) {
+            if let Some(range) = plan(&blocks, app.config.policy, now) {
                 let key = PartitionKey {
                     topic: meta.id,
                     partition,

@@ -126,6 +126,57 @@ def test_compaction_keeps_every_record_and_time_lookups(broker_factory):
         c.close()
 
 
+@pytest.mark.timeout(300)
+def test_big_upload_blocks_and_an_idle_tail_become_segments(broker_factory):
+    """An upload block of half a segment or more is still compacted (it has no chunk or time
+    index, and its multi-partition object stays while it is referenced), and so are the last
+    few blocks of a partition that has gone quiet, once compaction.idle_ms has passed."""
+    seg = 256 * 1024
+    config = {
+        "tiering": {"flush_interval_ms": 1500, "garbage_grace_ms": 500},
+        "compaction": {"interval_ms": 300, "chunk_bytes": 8192, "segment_bytes": seg,
+                       "idle_ms": 2000, "orphan_sweep_interval_ms": 0},
+    }
+    b = broker_factory(config=config, env=ENV)
+    topic = "bigblocks"
+    harness.create_topic(b.bootstrap, topic, 2)
+    rng = random.Random(7)
+    t0 = 1_700_000_000_000
+    recs, delivered, n = [], [], 0
+    # One burst inside a flush interval: partition 0 gets about 2.5 segments' worth (upload
+    # blocks bigger than half a segment), partition 1 a little. Then two small waves.
+    for wave, (p0_bytes, p1_bytes) in enumerate([(640 * 1024, 16 * 1024), (8 * 1024, 8 * 1024),
+                                                 (8 * 1024, 8 * 1024)]):
+        batch = []
+        for p, total in ((0, p0_bytes), (1, p1_bytes)):
+            for _ in range(total // 2048):
+                batch.append(Rec(p, b"k%d" % n, b"w%d-%06d-" % (wave, n) + rng.randbytes(2040),
+                                 (), t0 + n * 1000))
+                n += 1
+        delivered += harness.produce(b.bootstrap, topic, batch, **{"linger.ms": 20})
+        recs += batch
+        b.wait_uploaded(topic, total=n, timeout=60)
+
+    def all_segments():
+        ps = partitions(b, topic)
+        return all(p["blocks"] >= 1 and p["blocks"] == p["segments"] for p in ps)
+
+    try:
+        harness.eventually(all_segments, 60, what=f"every block of {topic} a segment")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {partitions(b, topic)}\n{b.stderr_tail(30)}")
+    assert b.metrics().sum("strata_compaction_failures_total") == 0
+
+    # Everything reads back from the segments alone.
+    b.stop()
+    import shutil
+    shutil.rmtree(b.wal_dir, ignore_errors=True)
+    shutil.rmtree(b.cache_dir, ignore_errors=True)
+    b.start()
+    got = harness.consume(b.bootstrap, topic, 2, **{"max.partition.fetch.bytes": 65536})
+    harness.assert_matches(recs, delivered, got)
+
+
 @pytest.mark.timeout(120)
 def test_orphans_are_swept_and_others_left_alone(broker_factory):
     b = broker_factory(config=CONFIG, env=ENV)

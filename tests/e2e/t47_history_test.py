@@ -141,7 +141,7 @@ def test_replay_by_time_from_months_of_history(broker_factory):
         if tp.offset > 0:
             prev = (tp.offset - 1) * PARTS + tp.partition
             assert history_gen.record_time(prev, RECORDS, start_ms, DAYS) < day
-    waited = b.metrics().sum("strata_cold_read_rate_wait_ms_total")
+    waited = b.metrics().sum("strata_cold_read_rate_wait_seconds_total")
     assert waited > 0, "the replay never waited for cache.history_read_bytes_per_sec"
 
 

@@ -15,6 +15,7 @@
 //! reused, so an entry is never stale and the disk cache can be kept across restarts (or wiped:
 //! it is only a cache).
 
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
@@ -95,7 +96,7 @@ pub struct ReadCache {
     prefetching: Mutex<HashSet<String>>,
     pub readahead: Arc<Semaphore>,
     /// The history GETs' byte rate (`cache.history_read_bytes_per_sec`), when limited.
-    pub history_pace: Option<Pace>,
+    history_pace: Option<Pace>,
 }
 
 /// A byte-rate limit (GCRA): each `take` is due when the bytes taken before it have had their
@@ -176,6 +177,16 @@ async fn hybrid(
 }
 
 impl ReadCache {
+    /// Waits for the history read rate (`cache.history_read_bytes_per_sec`) to allow `bytes`
+    /// more, and counts the wait in `metrics`.
+    pub async fn pace(&self, metrics: &Metrics, bytes: u64) {
+        if let Some(pace) = &self.history_pace {
+            let waited = pace.take(bytes).await;
+            let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+            Metrics::add(&metrics.tier.history_read_wait_us_total, us);
+        }
+    }
+
     /// Opens (or creates) both caches under `dir` (`dir/recent`, `dir/history`).
     pub async fn open(dir: &Path, budgets: CacheBudgets) -> anyhow::Result<ReadCache> {
         let recent = hybrid(

@@ -19,11 +19,14 @@
 //! or another compaction changed the run meanwhile, step 3 is refused as stale and the new
 //! object is deleted at once.
 //!
-//! *Which runs* ([`plan`]): consecutive blocks smaller than half a segment, at most
-//! `segment_bytes` in all, once there are `min_blocks` of them or half a segment in two or
-//! more — and never a run whose first block outweighs the rest, so a segment is rewritten only
-//! when at least as much new data joins it (each byte is rewritten a few times, not once per
-//! compaction).
+//! *Which runs* ([`plan`]): consecutive blocks that are not done segments (half a segment or
+//! more), at most `segment_bytes` in all, once there are `min_blocks` of them or half a segment
+//! in two or more — and never a run whose first block is a segment outweighing the rest, so a
+//! segment is rewritten only when at least as much new data joins it (each byte is rewritten a
+//! few times, not once per compaction). An upload block is never done, whatever its size: it has no chunk
+//! or time index, and its object stays until every partition's block in it is released. So a
+//! run that holds one is also taken once it can no longer grow (a done segment or the size
+//! bound follows it) or, at the end of the index, once its newest block is `idle_ms` old.
 //!
 //! *Orphans.* Every `compaction.orphan_sweep_interval_ms` (and only there — never on a request
 //! path) the sweeper LISTs the prefixes this code writes (`data/`, `segments/`) and deletes
@@ -54,12 +57,21 @@ pub struct Policy {
     pub segment_bytes: u64,
     pub chunk_bytes: u64,
     pub min_blocks: u32,
+    /// A run at the end of a partition's index that holds an upload block is taken once its
+    /// newest block is this old (by the time in the block's key), however small; 0: never.
+    pub idle_ms: u64,
 }
 
 impl Policy {
-    /// A block of at least half a segment is left alone.
+    /// A segment of at least half a segment's size is left alone.
     fn done(&self, block: &BlockLocation) -> bool {
-        block.len.saturating_mul(2) >= self.segment_bytes
+        block.is_segment() && block.len.saturating_mul(2) >= self.segment_bytes
+    }
+
+    /// The newest block of a run was uploaded `idle_ms` ago or more.
+    fn idle(&self, newest: &BlockLocation, now_ms: i64) -> bool {
+        let idle_ms = i64::try_from(self.idle_ms).unwrap_or(i64::MAX);
+        self.idle_ms > 0 && key_time_ms(&newest.key).is_some_and(|t| now_ms - t >= idle_ms)
     }
 
     fn ready(&self, count: usize, bytes: u64) -> bool {
@@ -68,14 +80,22 @@ impl Policy {
     }
 }
 
-/// The first run of `blocks` (one partition's index, in order) to compact, as index positions.
+/// The first run of `blocks` (one partition's index, in order) to compact at `now_ms`, as
+/// index positions.
 ///
-/// A run is consecutive blocks that are not done, at most `segment_bytes` in all, taken
-/// greedily from the oldest; it is ready once it holds `min_blocks` blocks or half a segment in
-/// two or more. A run whose first block outweighs the rest of it (an earlier segment) is not
-/// started there unless it makes half a segment, so a segment is rewritten only when at least
-/// as much new data joins it: each byte is rewritten at most log2(segment / block) times.
-pub fn plan(blocks: &[&BlockLocation], policy: Policy) -> Option<std::ops::Range<usize>> {
+/// A run is consecutive blocks that are not done, at most `segment_bytes` in all (a first
+/// block larger than that alone), taken greedily from the oldest; it is ready once it holds
+/// `min_blocks` blocks or half a segment in two or more. A run whose first block is a segment
+/// that outweighs the rest of it is not started there unless it makes half a segment, so a
+/// segment is rewritten only when at least as much new data joins it: each byte is rewritten
+/// at most log2(segment / block) times. A run holding an upload block is also ready when it can
+/// no longer grow (it ends before a done segment or at the size bound), or, at the end of the
+/// index, when its newest block is idle: upload blocks do not stay uncompacted for good.
+pub fn plan(
+    blocks: &[&BlockLocation],
+    policy: Policy,
+    now_ms: i64,
+) -> Option<std::ops::Range<usize>> {
     let n = blocks.len();
     let mut i = 0;
     while i < n {
@@ -83,22 +103,29 @@ pub fn plan(blocks: &[&BlockLocation], policy: Policy) -> Option<std::ops::Range
             i += 1;
             continue;
         }
-        let (mut j, mut bytes) = (i, 0u64);
+        let (mut j, mut bytes) = (i + 1, blocks[i].len);
         while j < n && !policy.done(blocks[j]) && bytes + blocks[j].len <= policy.segment_bytes {
             bytes += blocks[j].len;
             j += 1;
         }
+        let run = &blocks[i..j];
+        let has_upload = run.iter().any(|b| !b.is_segment());
+        // Nothing more can join a run that ends before the end of the index: rewrite it as it
+        // is, once, rather than leave its upload blocks where they are.
+        if has_upload && j < n {
+            return Some(i..j);
+        }
         let rest = bytes - blocks[i].len;
-        if blocks[i].len > rest && bytes.saturating_mul(2) < policy.segment_bytes {
+        let small = bytes.saturating_mul(2) < policy.segment_bytes;
+        if blocks[i].is_segment() && blocks[i].len > rest && small {
             i += 1;
             continue;
         }
-        if policy.ready(j - i, bytes) {
+        if policy.ready(j - i, bytes) || (has_upload && policy.idle(blocks[j - 1], now_ms)) {
             return Some(i..j);
         }
-        // Not ready: the run ended at a done block or the end (a run cut by the size bound
-        // holds more than half a segment and is ready), so no run inside it is ready either.
-        i = j.max(i + 1);
+        // Not ready: the run reaches the end of the index, so no run inside it is ready either.
+        i = j;
     }
     None
 }
@@ -159,6 +186,7 @@ impl Compactor {
 
     /// One round: at most one compaction per partition this broker leads.
     async fn compact_all(&self, shutdown: &watch::Receiver<bool>) {
+        let now = now_ms();
         let runs: Vec<(PartitionKey, Vec<BlockLocation>)> = {
             let state = self.meta.read();
             let mut runs = Vec::new();
@@ -172,7 +200,7 @@ impl Compactor {
                         continue;
                     }
                     let blocks: Vec<&BlockLocation> = state.blocks(meta.id, partition).collect();
-                    if let Some(range) = plan(&blocks, self.policy) {
+                    if let Some(range) = plan(&blocks, self.policy, now) {
                         runs.push((key, blocks[range].iter().map(|b| (*b).clone()).collect()));
                     }
                 }
@@ -415,13 +443,28 @@ mod tests {
     use super::*;
     use strata_types::TopicId;
 
-    fn blocks(lens: &[u64]) -> Vec<BlockLocation> {
+    /// An upload block or a segment of `len` bytes.
+    #[derive(Clone, Copy)]
+    enum B {
+        U(u64),
+        S(u64),
+    }
+    use B::{S, U};
+
+    /// The time in the key of the first block: each next one is 10 s younger.
+    const T0: i64 = 1_763_700_000_000;
+
+    fn blocks(bs: &[B]) -> Vec<BlockLocation> {
         let mut offset = 0;
-        lens.iter()
-            .map(|&len| {
+        bs.iter()
+            .map(|&b| {
                 offset += 10;
+                let (len, index_len) = match b {
+                    U(len) => (len, 0),
+                    S(len) => (len, 100),
+                };
                 BlockLocation {
-                    key: format!("o{offset}"),
+                    key: format!("data/1/{}-{offset:04}.sob", T0 + offset * 1000),
                     topic: TopicId::from_bytes([1; 16]),
                     partition: 0,
                     base_offset: offset - 10,
@@ -430,7 +473,7 @@ mod tests {
                     len,
                     max_timestamp: 0,
                     crc32c: 0,
-                    index_len: 0,
+                    index_len,
                     relative: false,
                 }
             })
@@ -446,69 +489,150 @@ mod tests {
             segment_bytes: 256 * MB,
             chunk_bytes: MB,
             min_blocks: 4,
+            idle_ms: 0,
         };
-        let run = |lens: &[u64]| {
-            let owned = blocks(lens);
+        let run = |bs: &[B]| {
+            let owned = blocks(bs);
             let refs: Vec<&BlockLocation> = owned.iter().collect();
-            plan(&refs, policy)
+            plan(&refs, policy, T0 + 86_400_000)
         };
-        type Case<'a> = (&'a str, &'a [u64], Option<std::ops::Range<usize>>);
+        type Case<'a> = (&'a str, &'a [B], Option<std::ops::Range<usize>>);
         let cases: &[Case] = &[
             ("empty", &[], None),
-            ("too few small blocks", &[100 * KB; 3], None),
-            ("enough small blocks", &[100 * KB; 4], Some(0..4)),
-            ("all of a long run", &[100 * KB; 9], Some(0..9)),
+            ("too few small blocks", &[U(100 * KB); 3], None),
+            ("enough small blocks", &[U(100 * KB); 4], Some(0..4)),
+            ("all of a long run", &[U(100 * KB); 9], Some(0..9)),
             // An earlier segment is not rewritten for a little new data.
             (
                 "a segment waits for more",
-                &[5 * MB, 100 * KB, 100 * KB, 100 * KB],
+                &[S(5 * MB), U(100 * KB), U(100 * KB), U(100 * KB)],
                 None,
             ),
             (
                 "a segment joins once as much new data follows",
-                &[5 * MB, 100 * KB, 100 * KB, 100 * KB, 100 * KB, 5 * MB],
+                &[
+                    S(5 * MB),
+                    U(100 * KB),
+                    U(100 * KB),
+                    U(100 * KB),
+                    U(100 * KB),
+                    U(5 * MB),
+                ],
                 Some(0..6),
             ),
             (
-                "a big first block waits, the small ones behind it go",
-                &[5 * MB, 100 * KB, 100 * KB, 100 * KB, 100 * KB],
+                "a big first segment waits, the small blocks behind it go",
+                &[S(5 * MB), U(100 * KB), U(100 * KB), U(100 * KB), U(100 * KB)],
                 Some(1..5),
             ),
             (
+                "a big first upload block does not wait",
+                &[U(5 * MB), U(100 * KB), U(100 * KB), U(100 * KB)],
+                Some(0..4),
+            ),
+            (
                 "segments merge",
-                &[5 * MB, 5 * MB, 5 * MB, 5 * MB, 100 * KB],
+                &[S(5 * MB), S(5 * MB), S(5 * MB), S(5 * MB), U(100 * KB)],
                 Some(0..5),
             ),
             (
-                "done blocks split runs",
+                "small segments alone wait for min_blocks",
+                &[S(5 * MB), S(5 * MB), S(5 * MB)],
+                None,
+            ),
+            (
+                "done segments split runs",
                 &[
-                    100 * KB,
-                    100 * KB,
-                    200 * MB,
-                    100 * KB,
-                    100 * KB,
-                    100 * KB,
-                    100 * KB,
+                    U(100 * KB),
+                    U(100 * KB),
+                    S(200 * MB),
+                    U(100 * KB),
+                    U(100 * KB),
+                ],
+                Some(0..2),
+            ),
+            (
+                "done segments split runs of segments",
+                &[
+                    S(100 * KB),
+                    S(100 * KB),
+                    S(200 * MB),
+                    U(100 * KB),
+                    U(100 * KB),
+                    U(100 * KB),
+                    U(100 * KB),
                 ],
                 Some(3..7),
             ),
             (
-                "done blocks are left alone",
-                &[200 * MB, 200 * MB, 200 * MB],
+                "done segments are left alone",
+                &[S(200 * MB), S(200 * MB), S(200 * MB)],
                 None,
             ),
+            // Upload blocks are never done: a big one between segments is rewritten alone,
+            // with what it can take along (here the small segment before it).
+            (
+                "a big upload block is rewritten once closed in",
+                &[S(200 * MB), S(10 * MB), U(200 * MB), S(200 * MB)],
+                Some(1..3),
+            ),
+            (
+                "one upload block closed in by done segments",
+                &[S(200 * MB), U(1 * KB), S(200 * MB), U(100 * KB)],
+                Some(1..2),
+            ),
+            (
+                "big upload blocks, each alone",
+                &[U(300 * MB), U(300 * MB)],
+                Some(0..1),
+            ),
+            ("the last big upload block waits", &[U(300 * MB)], None),
             // Two blocks of the top tier that together reach half a segment are ready.
-            ("half a segment in two", &[70 * MB, 70 * MB], Some(0..2)),
+            ("half a segment in two", &[U(70 * MB), U(70 * MB)], Some(0..2)),
             // A run stops before it would exceed segment_bytes.
             (
                 "bounded by segment_bytes",
-                &[100 * MB, 100 * MB, 100 * MB],
+                &[U(100 * MB), U(100 * MB), U(100 * MB)],
+                Some(0..2),
+            ),
+            (
+                "bounded segments wait for a half segment",
+                &[S(100 * MB), S(100 * MB), S(100 * MB)],
                 Some(0..2),
             ),
         ];
-        for (case, lens, want) in cases {
-            assert_eq!(run(lens), *want, "case `{case}`");
+        for (case, bs, want) in cases {
+            assert_eq!(run(bs), *want, "case `{case}`");
         }
+    }
+
+    /// At the end of the index, a run with an upload block goes once its newest block is
+    /// `idle_ms` old; a run of segments alone never does, and a big segment first still waits.
+    #[test]
+    fn takes_an_idle_tail() {
+        let policy = Policy {
+            segment_bytes: 256 * MB,
+            chunk_bytes: MB,
+            min_blocks: 8,
+            idle_ms: 60_000,
+        };
+        let at = |bs: &[B], now_ms: i64| {
+            let owned = blocks(bs);
+            let refs: Vec<&BlockLocation> = owned.iter().collect();
+            plan(&refs, policy, now_ms)
+        };
+        // The newest of three blocks is keyed T0 + 30 s.
+        let tail = [U(KB), U(KB), U(KB)];
+        assert_eq!(at(&tail, T0 + 30_000 + 59_999), None);
+        assert_eq!(at(&tail, T0 + 30_000 + 60_000), Some(0..3));
+        let segments = [S(KB), S(KB), S(KB)];
+        assert_eq!(at(&segments, T0 + 86_400_000), None);
+        let behind_a_segment = [S(100 * MB), U(KB), U(KB)];
+        assert_eq!(at(&behind_a_segment, T0 + 86_400_000), Some(1..3));
+        let off = Policy { idle_ms: 0, ..policy };
+        let owned = blocks(&tail);
+        let refs: Vec<&BlockLocation> = owned.iter().collect();
+        assert_eq!(plan(&refs, off, T0 + 86_400_000), None);
     }
 
     #[test]

@@ -203,7 +203,9 @@ impl Reader {
             return Ok(hit);
         }
         Metrics::inc(&self.metrics.cache.history_misses);
-        pace(&self.cache, &self.metrics, u64::from(index.chunks[i].len)).await;
+        self.cache
+            .pace(&self.metrics, u64::from(index.chunks[i].len))
+            .await;
         let data = fetch_chunk(&self.store, block, index, i).await?;
         self.cache.insert(Tier::History, key, data.clone(), admit);
         Ok(data)
@@ -224,7 +226,7 @@ impl Reader {
             tokio::spawn(async move {
                 if let Ok(_permit) = cache.readahead.clone().acquire_owned().await {
                     if cache.get(Tier::History, &key).await.is_none() {
-                        pace(&cache, &metrics, u64::from(index.chunks[i].len)).await;
+                        cache.pace(&metrics, u64::from(index.chunks[i].len)).await;
                         match fetch_chunk(&store, &block, &index, i).await {
                             Ok(data) => {
                                 Metrics::inc(&metrics.tier.readahead_chunks_total);
@@ -358,17 +360,6 @@ impl Reader {
             (Some(c), Some(t)) => Some(if c.0 >= t.0 { c } else { t }),
             (c, t) => c.or(t),
         })
-    }
-}
-
-/// Waits for the history read rate (`cache.history_read_bytes_per_sec`) to allow `bytes`.
-async fn pace(cache: &ReadCache, metrics: &Metrics, bytes: u64) {
-    if let Some(pace) = &cache.history_pace {
-        let waited = pace.take(bytes).await;
-        Metrics::add(
-            &metrics.tier.history_read_wait_ms_total,
-            waited.as_millis() as u64,
-        );
     }
 }
 
