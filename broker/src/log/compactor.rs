@@ -522,7 +522,13 @@ mod tests {
             ),
             (
                 "a big first segment waits, the small blocks behind it go",
-                &[S(5 * MB), U(100 * KB), U(100 * KB), U(100 * KB), U(100 * KB)],
+                &[
+                    S(5 * MB),
+                    U(100 * KB),
+                    U(100 * KB),
+                    U(100 * KB),
+                    U(100 * KB),
+                ],
                 Some(1..5),
             ),
             (
@@ -588,7 +594,11 @@ mod tests {
             ),
             ("the last big upload block waits", &[U(300 * MB)], None),
             // Two blocks of the top tier that together reach half a segment are ready.
-            ("half a segment in two", &[U(70 * MB), U(70 * MB)], Some(0..2)),
+            (
+                "half a segment in two",
+                &[U(70 * MB), U(70 * MB)],
+                Some(0..2),
+            ),
             // A run stops before it would exceed segment_bytes.
             (
                 "bounded by segment_bytes",
@@ -629,7 +639,10 @@ mod tests {
         assert_eq!(at(&segments, T0 + 86_400_000), None);
         let behind_a_segment = [S(100 * MB), U(KB), U(KB)];
         assert_eq!(at(&behind_a_segment, T0 + 86_400_000), Some(1..3));
-        let off = Policy { idle_ms: 0, ..policy };
+        let off = Policy {
+            idle_ms: 0,
+            ..policy
+        };
         let owned = blocks(&tail);
         let refs: Vec<&BlockLocation> = owned.iter().collect();
         assert_eq!(plan(&refs, off, T0 + 86_400_000), None);
