@@ -356,6 +356,10 @@ def main() -> int:
         m = metrics(b.admin)
         ingested = m["strata_produce_bytes_total"]
         puts = m['strata_object_store_requests_total{op="put"}']
+        segments = m["strata_compaction_segments_total"]
+        uploads = m["strata_tiering_objects_uploaded_total"]
+        upload_bytes = m["strata_tiering_bytes_uploaded_total"]
+        meta_puts = m["strata_meta_backup_log_batches_total"] + m["strata_meta_backup_snapshots_total"]
         ends = {p["partition"]: p["high_watermark"] for p in settled()[1]}
         b.stop()
 
@@ -428,7 +432,14 @@ def main() -> int:
             "replay_vs_raw": round(replay_mb_s / raw["mb_per_s"], 3),
             "replay_bytes": int(fetched),
             "replay_seconds": round(took, 2),
+            # Every PUT, and the data path's alone (uploads and segments): the rest are the
+            # metadata backup's, which go by time (a batch of raft entries a second or so),
+            # not by bytes ingested, so they weigh much more in a run this short.
             "puts_per_gib_ingested": round(puts / gib, 1),
+            "data_puts_per_gib": round((uploads + segments) / gib, 1),
+            "segment_puts_per_gib": round(segments / gib, 1),
+            "meta_backup_puts": int(meta_puts),
+            "upload_mb_avg": round(upload_bytes / uploads / 1e6, 1) if uploads else None,
             "replay_gets_per_gib": round(gets / (fetched / (1 << 30)), 1) if fetched else None,
             "tail_p50_ms_idle": pct(idle_lat, 0.5),
             "tail_p99_ms_idle": pct(idle_lat, 0.99),

@@ -3,6 +3,7 @@ uploaded is served from S3 after the WAL and the cache are deleted."""
 
 import random
 import shutil
+import time
 
 import pytest
 
@@ -61,3 +62,32 @@ def test_replay_from_s3_after_wal_and_cache_loss(broker_factory, seaweed, s3_buc
     # The counter is per process; with the WAL and cache gone every byte read came
     # through it (a broker may legitimately preload index pages before /health).
     assert gets_after > 0, f"GET counter {gets_before} -> {gets_after}: the data did not come from S3"
+
+
+@pytest.mark.timeout(300)
+def test_uploads_by_size_are_whole_objects(broker_factory, seaweed, s3_bucket):
+    """Under a steady produce rate, each upload `flush_bytes_max` triggers holds at least that
+    much: a round right after one (woken by publishes that arrived while it was uploading)
+    would PUT a small object and double the PUTs per GiB."""
+    flush = 1 << 20
+    b = broker_factory(object_store=seaweed.url(s3_bucket), env=seaweed.env,
+                       config={"tiering": {"flush_bytes_max": flush, "flush_interval_ms": 600_000}})
+    topic = "bysize"
+    harness.create_topic(b.bootstrap, topic, PARTITIONS)
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": b.bootstrap, "linger.ms": 5})
+    value = random.Random(31).randbytes(4000)
+    # About 4 MB/s for 4 s: a flush every quarter second, each PUT under way while the next
+    # records arrive.
+    for step in range(40):
+        for i in range(100):
+            p.produce(topic, value, partition=(step * 100 + i) % PARTITIONS)
+        p.flush(30)
+        time.sleep(0.1)
+    harness.eventually(lambda: b.metrics().sum("strata_tiering_objects_uploaded_total") >= 8, 60,
+                       what="uploads by size")
+    uploads = [(k, size) for k, size in seaweed.list_objects(s3_bucket) if k.startswith("data/")]
+    assert len(uploads) >= 8, uploads
+    small = [(k, size) for k, size in uploads if size < flush]
+    assert not small, f"uploads smaller than flush_bytes_max ({flush}): {small} of {len(uploads)}"

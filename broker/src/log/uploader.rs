@@ -129,13 +129,23 @@ impl Uploader {
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.shared.flush_wanted.notified() => {}
+            let by_bytes = tokio::select! {
+                _ = tick.tick() => false,
+                _ = self.shared.flush_wanted.notified() => true,
                 _ = shutdown.changed() => break,
+            };
+            // Every publish over the threshold notifies, also while a round is uploading, so
+            // the permit left over says nothing about what is pending now: a round right after
+            // a full one would upload a small object (an extra PUT per flush).
+            let pending = self.shared.pending_bytes.load(Ordering::Acquire);
+            if by_bytes && pending < self.flush_bytes_max {
+                continue;
             }
             // Keep going while full objects are waiting.
             while self.round(false).await == Round::Full {}
+            // The interval counts from the last upload, so a flush by size is not followed by
+            // a tiny one at the next tick.
+            tick.reset();
         }
         while self.round(true).await == Round::Full {}
     }
