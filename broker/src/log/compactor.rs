@@ -584,7 +584,7 @@ mod tests {
             ),
             (
                 "one upload block closed in by done segments",
-                &[S(200 * MB), U(1 * KB), S(200 * MB), U(100 * KB)],
+                &[S(200 * MB), U(KB), S(200 * MB), U(100 * KB)],
                 Some(1..2),
             ),
             (
