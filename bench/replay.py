@@ -28,6 +28,7 @@ Every process it starts listens on 127.0.0.1 and is stopped by PID.
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -366,11 +367,19 @@ def main() -> int:
         raw = None
         load_raw = loadavg()
         for _ in range(2):
+            # CPU of the last (measured) pass: the reader and the store.
+            reader_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            store_before = cpu_seconds(weed.proc.pid) if weed is not None else None
             out = subprocess.run([args.bin, "bench", "store-read", "--object-store", b.store_url,
                                   "--prefix", "segments/", "--concurrency", str(args.readahead),
                                   "--range-bytes", str(args.chunk_bytes)], check=True, capture_output=True, text=True,
                                  env={**os.environ, **store_env})
             raw = json.loads(out.stdout)
+            reader_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            raw_cpu = {"reader": (reader_after.ru_utime + reader_after.ru_stime)
+                       - (reader_before.ru_utime + reader_before.ru_stime)}
+            if weed is not None:
+                raw_cpu["store"] = cpu_seconds(weed.proc.pid) - store_before
 
         shutil.rmtree(work / "data" / "cache", ignore_errors=True)
         # Write back what setting up wrote (GBs into the store's and the WAL's files) before
@@ -457,6 +466,9 @@ def main() -> int:
             # CPU seconds per replayed GB, by process, and the machine's load around the replay.
             "cpu_s_per_gb": {k: round((cpu_after[k] - cpu_before[k]) / (fetched / 1e9), 2) if fetched else None
                              for k in pids},
+            # The raw side's, per GB it read: on one machine both sides share two cores, so
+            # replay / raw is bounded by raw's CPU per GB over the replay's (all processes).
+            "raw_cpu_s_per_gb": {k: round(v / (raw["bytes"] / 1e9), 2) for k, v in raw_cpu.items()},
             # Fresh pages the broker touched per replayed GB (a 4 KiB page each).
             "broker_minor_faults_per_gb": round((faults_after - faults_before) / (fetched / 1e9)) if fetched else None,
             "peers_nice": args.peers_nice,
