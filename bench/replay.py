@@ -79,14 +79,13 @@ def hist_p99(before: dict, after: dict, name: str, labels: str = "") -> float | 
     return next(round(le * 1000, 3) for le, n in rows if n >= want)
 
 
-def storage(admin: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/v1/storage", timeout=10) as r:
+def admin_json(admin: int, path: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=10) as r:
         return json.load(r)
 
 
 def topics(admin: int) -> list:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/v1/topics", timeout=10) as r:
-        return json.loads(r.read())
+    return admin_json(admin, "/v1/topics")
 
 
 class Broker:
@@ -348,7 +347,7 @@ def main() -> int:
         deadline = time.time() + 1800
         while True:
             done, ps = settled()
-            garbage = storage(b.admin)["garbage"]["objects"]
+            garbage = admin_json(b.admin, "/v1/storage")["garbage"]["objects"]
             if done and all(p["blocks"] == p["segments"] for p in ps) and garbage == 0:
                 break
             if time.time() > deadline:

@@ -358,6 +358,14 @@ class Broker:
         self.stop()
         return self.start(**kw)
 
+    def restart_from_store(self) -> "Broker":
+        """Restart with the WAL and the read cache deleted (metadata kept), so every record
+        read afterwards comes from object storage."""
+        self.stop()
+        shutil.rmtree(self.wal_dir, ignore_errors=True)
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        return self.start()
+
     def _close_logs(self):
         for name in ("_stdout", "_stderr"):
             f = getattr(self, name, None)

@@ -100,11 +100,7 @@ def test_compaction_keeps_every_record_and_time_lookups(broker_factory):
                        what="replaced upload objects deleted")
 
     # Read everything from object storage only: restart without WAL and cache.
-    b.stop()
-    import shutil
-    shutil.rmtree(b.wal_dir, ignore_errors=True)
-    shutil.rmtree(b.cache_dir, ignore_errors=True)
-    b.start()
+    b.restart_from_store()
     # Small fetches (two chunks at most) so the replay reads segments chunk by chunk.
     got = harness.consume(b.bootstrap, topic, 2, **{"max.partition.fetch.bytes": 16384})
     harness.assert_matches(recs, delivered, got)
@@ -168,11 +164,7 @@ def test_big_upload_blocks_and_an_idle_tail_become_segments(broker_factory):
     assert b.metrics().sum("strata_compaction_failures_total") == 0
 
     # Everything reads back from the segments alone.
-    b.stop()
-    import shutil
-    shutil.rmtree(b.wal_dir, ignore_errors=True)
-    shutil.rmtree(b.cache_dir, ignore_errors=True)
-    b.start()
+    b.restart_from_store()
     got = harness.consume(b.bootstrap, topic, 2, **{"max.partition.fetch.bytes": 65536})
     harness.assert_matches(recs, delivered, got)
 
