@@ -23,10 +23,11 @@
 //! more), at most `segment_bytes` in all, once there are `min_blocks` of them or half a segment
 //! in two or more — and never a run whose first block is a segment outweighing the rest, so a
 //! segment is rewritten only when at least as much new data joins it (each byte is rewritten a
-//! few times, not once per compaction). An upload block is never done, whatever its size: it has no chunk
-//! or time index, and its object stays until every partition's block in it is released. So a
-//! run that holds one is also taken once it can no longer grow (a done segment or the size
-//! bound follows it) or, at the end of the index, once its newest block is `idle_ms` old.
+//! few times, not once per compaction). An upload block is never done, whatever its size: it
+//! has no chunk or time index, and its object stays until every partition's block in it is
+//! released. So a run that holds one is also taken once it can no longer grow (a done segment
+//! or the size bound follows it) or, at the end of the index, once its newest block is
+//! `idle_ms` old.
 //!
 //! *Orphans.* Every `compaction.orphan_sweep_interval_ms` (and only there — never on a request
 //! path) the sweeper LISTs the prefixes this code writes (`data/`, `segments/`) and deletes
@@ -124,7 +125,7 @@ pub fn plan(
         if policy.ready(j - i, bytes) || (has_upload && policy.idle(blocks[j - 1], now_ms)) {
             return Some(i..j);
         }
-        // Not ready: the run reaches the end of the index, so no run inside it is ready either.
+        // Not ready, and no run inside it is either (fewer blocks, fewer bytes).
         i = j;
     }
     None
