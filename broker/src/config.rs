@@ -400,6 +400,9 @@ pub struct WalSection {
     /// A spare that is not caught up this long after its replacement started is given up (the
     /// next replacement tries another); default `replica_replace_after_ms`.
     pub replica_catchup_timeout_ms: Option<u64>,
+    /// `SCHED_FIFO` priority (1..=99) of the threads that write, fdatasync and commit WAL
+    /// entries; 0: normal scheduling. Best effort: refused (no `CAP_SYS_NICE`), it warns once.
+    pub realtime_priority: u8,
 }
 
 impl WalSection {
@@ -696,6 +699,7 @@ impl Default for WalSection {
             replicas: None,
             replica_replace_after_ms: 60_000,
             replica_catchup_timeout_ms: None,
+            realtime_priority: 0,
         }
     }
 }
@@ -1343,6 +1347,15 @@ fn validate(f: FileConfig) -> Result<NodeConfig, ConfigError> {
             "must be positive (leave it unset for wal.replica_replace_after_ms)",
         ));
     }
+    if f.wal.realtime_priority > strata_wal::REALTIME_PRIORITY_MAX {
+        return Err(bad(
+            "wal.realtime_priority",
+            format!(
+                "must be in 0..={} (0: normal scheduling)",
+                strata_wal::REALTIME_PRIORITY_MAX
+            ),
+        ));
+    }
     if f.meta.broker_lease_ms < 100 || f.meta.broker_lease_ms > 600_000 {
         return Err(bad("meta.broker_lease_ms", "must be in 100..=600000"));
     }
@@ -1718,6 +1731,11 @@ mod tests {
                 "",
                 &[("STRATA_WAL_REPLICA_CATCHUP_TIMEOUT_MS", "0")],
                 "wal.replica_catchup_timeout_ms",
+            ),
+            (
+                "",
+                &[("STRATA_WAL_REALTIME_PRIORITY", "100")],
+                "wal.realtime_priority",
             ),
             (
                 "[kafka]\ndefault_partitions = 0\n",

@@ -469,6 +469,7 @@ mod tests {
             SequencerConfig {
                 group_commit_bytes_max: 1 << 20,
                 flush_bytes_max: 1 << 30,
+                realtime_priority: 0,
             },
         )
         .unwrap();
@@ -564,6 +565,7 @@ mod tests {
             SequencerConfig {
                 group_commit_bytes_max: 1 << 20,
                 flush_bytes_max: 1 << 30,
+                realtime_priority: 0,
             },
         )
         .unwrap();

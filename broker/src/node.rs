@@ -236,6 +236,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         SequencerConfig {
             group_commit_bytes_max: config.file.wal.group_commit_bytes_max,
             flush_bytes_max: config.file.tiering.flush_bytes_max,
+            realtime_priority: config.file.wal.realtime_priority,
         },
     )
     .map_err(io("start sequencer thread"))?;
@@ -531,6 +532,7 @@ fn start_replica_server(
         dir: config.wal_dir.clone(),
         segment_bytes_max: config.file.wal.segment_bytes_max,
         entry_bytes_max: wal_entry_bytes_max(config),
+        realtime_priority: config.file.wal.realtime_priority,
     };
     let server = ReplicaServer::bind(cfg, config.wal_listen).map_err(|e| {
         let dir = config.wal_dir.display().to_string();
@@ -1128,6 +1130,7 @@ mod tests {
                 SequencerConfig {
                     group_commit_bytes_max: 1 << 20,
                     flush_bytes_max: 1 << 30,
+                    realtime_priority: 0,
                 },
             )
             .unwrap();

@@ -520,6 +520,13 @@ async fn replica_start_refuses_a_corrupt_store_and_bad_config() {
                 ..cfg.clone()
             },
         ),
+        (
+            "realtime_priority",
+            ReplicaServerConfig {
+                realtime_priority: 100,
+                ..cfg.clone()
+            },
+        ),
     ];
     for (key, cfg) in cases {
         match ReplicaServer::bind(cfg, addr) {

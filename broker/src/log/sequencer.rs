@@ -144,6 +144,8 @@ pub struct SeqShared {
 pub struct SequencerConfig {
     pub group_commit_bytes_max: u64,
     pub flush_bytes_max: u64,
+    /// `SCHED_FIFO` priority of the sequencer and committer threads; 0: normal scheduling.
+    pub realtime_priority: u8,
 }
 
 /// How often the thread forgets expired producers (checked when work arrives).
@@ -164,7 +166,10 @@ pub fn spawn(
         .store(wal.last_lsn(), Ordering::Release);
     std::thread::Builder::new()
         .name("strata-sequencer".into())
-        .spawn(move || run(wal, producers, rx, shared, metrics, cfg))
+        .spawn(move || {
+            strata_wal::enter_realtime(cfg.realtime_priority);
+            run(wal, producers, rx, shared, metrics, cfg)
+        })
 }
 
 /// Wall-clock milliseconds, for producer expiry (a clock step only moves expiry).
@@ -416,9 +421,11 @@ impl Committer {
     ) -> std::io::Result<Committer> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<InFlight>(GROUPS_IN_FLIGHT);
         let flush_bytes_max = cfg.flush_bytes_max;
+        let priority = cfg.realtime_priority;
         let thread = std::thread::Builder::new()
             .name("strata-wal-commit".into())
             .spawn(move || {
+                strata_wal::enter_realtime(priority);
                 let mut failed: Option<AppendError> = None;
                 for f in rx {
                     let committed = match failed {

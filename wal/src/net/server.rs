@@ -57,7 +57,7 @@ use crate::config::{ENTRY_BYTES_MAX_CEILING, ENTRY_BYTES_MAX_DEFAULT, SEGMENT_BY
 use crate::replication::{
     DurableState, Epoch, FromReplica, Lsn, Replica, ReplicaCommand, ReplicaEvent, ToReplica,
 };
-use crate::WalError;
+use crate::{WalError, REALTIME_PRIORITY_MAX};
 
 /// Requests a stream thread takes in one round at most (one fdatasync covers them).
 const STREAM_BATCH_EVENTS_MAX: usize = 4096;
@@ -74,6 +74,9 @@ pub struct ReplicaServerConfig {
     /// Largest entry payload accepted (an append carrying a larger one closes the connection).
     /// Must be at least the owners' `entry_bytes_max`.
     pub entry_bytes_max: u32,
+    /// `SCHED_FIFO` priority of the stream threads (they write and fdatasync); 0: normal
+    /// scheduling. Best effort: see [`crate::enter_realtime`].
+    pub realtime_priority: u8,
 }
 
 impl ReplicaServerConfig {
@@ -83,6 +86,7 @@ impl ReplicaServerConfig {
             dir: dir.into(),
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             entry_bytes_max: ENTRY_BYTES_MAX_DEFAULT,
+            realtime_priority: 0,
         }
     }
 
@@ -91,6 +95,15 @@ impl ReplicaServerConfig {
         let invalid = |key, reason: String| NetError::InvalidConfig { key, reason };
         if self.dir.as_os_str().is_empty() {
             return Err(invalid("dir", "must not be empty".to_string()));
+        }
+        if self.realtime_priority > REALTIME_PRIORITY_MAX {
+            return Err(invalid(
+                "realtime_priority",
+                format!(
+                    "{} is outside 0..={REALTIME_PRIORITY_MAX}",
+                    self.realtime_priority
+                ),
+            ));
         }
         let entry_max = ENTRY_BYTES_MAX_CEILING - STREAM_ENTRY_HEADER_BYTES as u32;
         if self.entry_bytes_max == 0 || self.entry_bytes_max > entry_max {
@@ -513,9 +526,13 @@ impl ServerShared {
             .store_config(&stream_dir(&self.cfg.dir, stream))
             .map_err(|_| "the stream's config is invalid")?;
         let counters = slot.counters.clone();
+        let priority = self.cfg.realtime_priority;
         let thread = std::thread::Builder::new()
             .name(format!("wal-stream-{stream}"))
-            .spawn(move || stream_thread(stream, store_cfg, opened, rx, counters))
+            .spawn(move || {
+                crate::enter_realtime(priority);
+                stream_thread(stream, store_cfg, opened, rx, counters)
+            })
             .map_err(|e| {
                 tracing::error!(stream, error = %e, "cannot start a WAL replica stream thread");
                 "cannot start the stream's thread"

@@ -38,6 +38,7 @@ pub fn server_config(dir: &Path) -> ReplicaServerConfig {
         // Small segments so trims and truncations cross segment files.
         segment_bytes_max: 256 << 10,
         entry_bytes_max: 64 << 10,
+        realtime_priority: 0,
     }
 }
 
