@@ -357,28 +357,31 @@ fn fail_group(group: Vec<Pending>, answer: AppendError) {
 }
 
 /// The group is durable up to `durable_lsn`: publish its batches to their tails (visible to
-/// consumers from now on), answer the producers, and count it.
+/// consumers from now on), count it, and answer the producers (a client that scrapes the
+/// metrics after its acknowledgement sees its records counted).
 fn publish_group(
-    group: Vec<Pending>,
+    mut group: Vec<Pending>,
     durable_lsn: u64,
     shared: &SeqShared,
     metrics: &Metrics,
     flush_bytes_max: u64,
 ) {
     let (mut published, mut records) = (0u64, 0i64);
-    for p in group {
-        for (log, batch) in p.publish {
+    for p in &mut group {
+        for (log, batch) in p.publish.drain(..) {
             published += batch.data.len() as u64;
             records += batch.end_offset - batch.base_offset;
             log.traffic
                 .count_in(batch.data.len(), batch.end_offset - batch.base_offset);
             log.publish(batch);
         }
-        let _ = p.reply.send(p.results);
     }
     // Counted once durable: refused and duplicate batches are not produce traffic.
     Metrics::add(&metrics.produce_bytes_total, published);
     Metrics::add(&metrics.produce_records_total, records as u64);
+    for p in group {
+        let _ = p.reply.send(p.results);
+    }
     shared
         .published_lsn
         .fetch_max(durable_lsn, Ordering::AcqRel);
