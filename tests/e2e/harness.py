@@ -358,12 +358,18 @@ class Broker:
         self.stop()
         return self.start(**kw)
 
-    def restart_from_store(self) -> "Broker":
+    def restart_from_store(self, *, kill: bool = False, env: dict | None = None) -> "Broker":
         """Restart with the WAL and the read cache deleted (metadata kept), so every record
-        read afterwards comes from object storage."""
-        self.stop()
+        read afterwards comes from object storage. `kill`: kill -9 instead of SIGTERM; `env`
+        is merged into the broker's environment for this start and later ones."""
+        if kill:
+            self.kill9()
+        else:
+            self.stop()
         shutil.rmtree(self.wal_dir, ignore_errors=True)
         shutil.rmtree(self.cache_dir, ignore_errors=True)
+        assert not self.wal_dir.exists() and not self.cache_dir.exists()
+        self.env.update(env or {})
         return self.start()
 
     def _close_logs(self):

@@ -1,7 +1,6 @@
 """t15 produce/fetch: acks 0/1/all, fetch from any offset (inside a batch, from
 memory and from the object store), out-of-range fetch positions, long-poll tail."""
 
-import shutil
 import threading
 
 import pytest
@@ -62,10 +61,7 @@ def test_fetch_from_any_offset_memory_and_object_store(broker_factory):
 
     check("from memory")
     b.wait_uploaded("mid", total=1000)
-    b.stop()
-    shutil.rmtree(b.wal_dir, ignore_errors=True)
-    shutil.rmtree(b.cache_dir, ignore_errors=True)
-    b.start()
+    b.restart_from_store()
     check("from the object store")
 
 

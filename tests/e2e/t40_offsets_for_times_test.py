@@ -2,7 +2,6 @@
 CreateTime is >= the target, across and inside batches, from memory and (after a
 SIGTERM flush and losing the WAL and cache) from object storage."""
 
-import shutil
 import time
 
 import pytest
@@ -75,10 +74,7 @@ def test_offsets_for_times_memory_and_object_store(broker_factory):
     check_offsets_for_times(b.bootstrap, topic, base)
     check_records(b.bootstrap, topic, base)
 
-    b.stop()
-    shutil.rmtree(b.wal_dir, ignore_errors=True)
-    shutil.rmtree(b.cache_dir, ignore_errors=True)
-    b.start()
+    b.restart_from_store()
     t = b.topic(topic)
     assert t is not None and sorted(p["high_watermark"] for p in t["partitions"]) == [10, 10], (
         f"after SIGTERM and losing the WAL: {t} (did SIGTERM flush to the object store?)")

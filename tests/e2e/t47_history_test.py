@@ -9,7 +9,6 @@ still readable in order, nothing below the new log start is.
 The generator's layout is a pure function (record n: partition n % P, offset n // P,
 time record_time(n)), so every expectation here is computed, not recorded."""
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -104,15 +103,11 @@ def test_replay_by_time_from_months_of_history(broker_factory):
     # Only object storage and metadata remain. No compaction after the restart: `compacted`
     # allows a few small blocks the planner may still merge, and that round's GETs would be
     # counted with the lookup's below.
-    b.stop()
-    shutil.rmtree(b.wal_dir, ignore_errors=True)
-    shutil.rmtree(b.cache_dir, ignore_errors=True)
-    b.env["STRATA_COMPACTION_ENABLED"] = "false"
     # ~5 MB are read back below in 16 KiB chunks. At 1 MB/s the burst allowance (100 ms) is
     # 100 KB, less than the 8 chunks one read-ahead books at once, so chunk GETs wait however
     # slowly the consumer reads (a loaded machine must not make the check below pass or fail).
-    b.env["STRATA_CACHE_HISTORY_READ_BYTES_PER_SEC"] = str(1_000_000)
-    b.start()
+    b.restart_from_store(env={"STRATA_COMPACTION_ENABLED": "false",
+                              "STRATA_CACHE_HISTORY_READ_BYTES_PER_SEC": str(1_000_000)})
 
     # A day in the middle: the UTC midnight 90 days after the first record.
     day = (start_ms + 90 * DAY) // DAY * DAY
@@ -165,10 +160,7 @@ def test_retention_cuts_whole_blocks_of_history(broker_factory):
                    for p in ps)
 
     harness.eventually(settled, 120, what=f"retention and compaction ran: {b.topic(topic)}")
-    b.stop()
-    shutil.rmtree(b.wal_dir, ignore_errors=True)
-    shutil.rmtree(b.cache_dir, ignore_errors=True)
-    b.start()
+    b.restart_from_store()
     wm = harness.watermarks(b.bootstrap, topic, PARTS)
     for p in range(PARTS):
         start, end = wm[p]

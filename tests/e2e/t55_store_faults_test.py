@@ -14,7 +14,6 @@ once it heals, and loses nothing that it acknowledged.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -123,15 +122,6 @@ def uploaded_offsets(b: harness.Broker, topic: str) -> dict[int, int]:
     return {p["partition"]: p["uploaded_offset"] for p in b.topic(topic)["partitions"]}
 
 
-def restart_from_store_only(b: harness.Broker):
-    """kill -9, then delete the WAL and the read cache: only metadata and S3 remain."""
-    b.kill9()
-    shutil.rmtree(b.wal_dir, ignore_errors=True)
-    shutil.rmtree(b.cache_dir, ignore_errors=True)
-    assert not b.wal_dir.exists()
-    b.start()
-
-
 @pytest.mark.timeout(180)
 def test_slow_down_is_absorbed_by_the_wal_and_heals(broker_factory, seaweed, s3_bucket, proxy):
     b = start_broker(broker_factory, seaweed, s3_bucket, proxy)
@@ -164,7 +154,7 @@ def test_slow_down_is_absorbed_by_the_wal_and_heals(broker_factory, seaweed, s3_
     b.wait_uploaded(topic, total=a.count(), timeout=60)
     assert b.alive()
 
-    restart_from_store_only(b)
+    b.restart_from_store(kill=True)
     assert_consumed_exactly(b, topic, merged(a))
 
 
@@ -207,7 +197,7 @@ def test_full_wal_answers_retriable_storage_error_then_recovers(broker_factory, 
 
     total = a.count() + retry.count()
     b.wait_uploaded(topic, total=total, timeout=60)
-    restart_from_store_only(b)
+    b.restart_from_store(kill=True)
     assert_consumed_exactly(b, topic, merged(a, retry))
 
 
@@ -232,5 +222,5 @@ def test_blackholed_store_heals(broker_factory, seaweed, s3_bucket, proxy):
     b.wait_uploaded(topic, total=a.count(), timeout=75)
     assert b.metrics().sum("strata_object_store_retries_total") >= 1
 
-    restart_from_store_only(b)
+    b.restart_from_store(kill=True)
     assert_consumed_exactly(b, topic, merged(a))
