@@ -19,8 +19,10 @@ raw GET bandwidth of the same store, in one run; plus PUTs and GETs per GiB inge
    replaying consumer's Python work (same interpreter, one GIL) cannot delay it;
 7. prints one JSON line with both rates, their ratio, the tail latencies, requests per
    GiB ingested, the CPU seconds the broker, the store, the replaying consumer and the probe
-   spent per replayed GB, and /proc/loadavg before and after the replay (the machine may be
-   shared: compare the two rates of one run, not rates across runs).
+   spent per replayed GB, how long the broker's WAL threads waited for a CPU per time slice
+   (schedstat), and /proc/loadavg before and after the replay (the machine may be shared:
+   compare the two rates of one run, not rates across runs).
+With --wal-realtime-priority N the broker runs with wal.realtime_priority = N.
 With --perf, `perf record -g` samples the broker during the replay (perf.txt, scratch dir).
 Every process it starts listens on 127.0.0.1 and is stopped by PID.
 """
@@ -271,6 +273,27 @@ def renice_all_threads(pid: int, nice: int) -> None:
             pass
 
 
+def wal_thread_waits(pid: int) -> tuple[int, int]:
+    """Run-queue wait (ns) and time slices so far of the broker's WAL threads (the sequencer,
+    the committer): /proc/<pid>/task/<tid>/schedstat."""
+    wait = slices = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            if name not in ("strata-sequence", "strata-wal-comm"):
+                continue
+            _run, w, n = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        wait, slices = wait + int(w), slices + int(n)
+    return wait, slices
+
+
+def wait_per_slice_us(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    slices = after[1] - before[1]
+    return round((after[0] - before[0]) / slices / 1000, 1) if slices else None
+
+
 def settle_writeback() -> int:
     """`sync`: returns the dirty kB there were before."""
     dirty = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
@@ -310,6 +333,8 @@ def main() -> int:
                     help="run the store and the replaying consumer at this nice level (the broker and "
                          "the tail probe stay at 0): on a one-machine run, a stand-in for the store and "
                          "the consumer being on machines of their own")
+    ap.add_argument("--wal-realtime-priority", type=int, default=0,
+                    help="wal.realtime_priority: the broker's WAL threads under SCHED_FIFO (0: normal)")
     ap.add_argument("--history-rate", type=int, default=0,
                     help="cache.history_read_bytes_per_sec: the broker's limit on history reads (0: none)")
     args = ap.parse_args()
@@ -322,8 +347,9 @@ def main() -> int:
 
         weed = harness.SeaweedFS(work / "weed", buckets=["replay"]).start()
         store_url, store_env = weed.url("replay"), weed.env
+    broker_env = {**store_env, "STRATA_WAL_REALTIME_PRIORITY": str(args.wal_realtime_priority)}
     b = Broker(args.bin, work, args.chunk_bytes, args.readahead, args.flush_bytes_max, args.flush_interval_ms,
-               store_url, store_env, args.history_rate)
+               store_url, broker_env, args.history_rate)
     try:
         b.start()
         topic = "replay"
@@ -389,9 +415,9 @@ def main() -> int:
         bootstrap = f"127.0.0.1:{b.kafka}"
         subprocess.run([args.bin, "topic", "create", "tail", "--partitions", "1", "--bootstrap", bootstrap],
                        check=True, capture_output=True)
-        idle_before = metrics(b.admin)
+        idle_before, idle_waits_before = metrics(b.admin), wal_thread_waits(b.proc.pid)
         idle_lat, idle_ack = Probe(bootstrap, "tail", 8).finish(stop=False)
-        idle_after = metrics(b.admin)
+        idle_after, idle_waits_after = metrics(b.admin), wal_thread_waits(b.proc.pid)
         probe = Probe(bootstrap, "tail", 3600)
         time.sleep(3)  # the probe (a fresh interpreter) is consuming live before the replay starts
         perf = None
@@ -411,9 +437,9 @@ def main() -> int:
         load_before = loadavg()
         cpu_before = {k: cpu_seconds(v) for k, v in pids.items()}
         faults_before = minor_faults(b.proc.pid)
-        before = metrics(b.admin)
+        before, waits_before = metrics(b.admin), wal_thread_waits(b.proc.pid)
         took = replay(bootstrap, topic, args.partitions, ends)
-        after = metrics(b.admin)
+        after, waits_after = metrics(b.admin), wal_thread_waits(b.proc.pid)
         cpu_after = {k: cpu_seconds(v) for k, v in pids.items()}
         faults_after = minor_faults(b.proc.pid)
         load_after = loadavg()
@@ -462,6 +488,10 @@ def main() -> int:
                                                   hist_p99(before, after, PRODUCE_HIST, PRODUCE_LABEL)],
             "broker_fsync_p99_ms_idle_replay": [hist_p99(idle_before, idle_after, FSYNC_HIST),
                                                 hist_p99(before, after, FSYNC_HIST)],
+            # How long the WAL threads waited for a CPU each time they woke (µs per slice).
+            "wal_thread_wait_us_per_slice_idle_replay": [wait_per_slice_us(idle_waits_before, idle_waits_after),
+                                                         wait_per_slice_us(waits_before, waits_after)],
+            "wal_realtime_priority": args.wal_realtime_priority,
             # CPU seconds per replayed GB, by process, and the machine's load around the replay.
             "cpu_s_per_gb": {k: round((cpu_after[k] - cpu_before[k]) / (fetched / 1e9), 2) if fetched else None
                              for k in pids},
