@@ -7,6 +7,7 @@ The policy and priority of every thread are read from /proc/<pid>/task/*/stat.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def wal_thread(name: str) -> bool:
 
 
 def may_raise_priority() -> bool:
-    return subprocess.run(["chrt", "-f", "1", "true"], capture_output=True).returncode == 0
+    chrt = shutil.which("chrt")
+    return chrt is not None and subprocess.run([chrt, "-f", "1", "true"], capture_output=True).returncode == 0
 
 
 def round_trip(bootstrap: str, topic: str, n: int = 2000):
@@ -89,6 +91,7 @@ def test_replicated_wal_threads_run_realtime(strata_bin, tmp_path):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.skipif(not (shutil.which("setpriv") and shutil.which("prlimit")), reason="needs util-linux")
 def test_refused_priority_warns_once_and_loses_nothing(strata_bin, tmp_path):
     """Without CAP_SYS_NICE and with RLIMIT_RTPRIO 0, each of the three WAL threads is
     refused: one warning names the key, every thread keeps normal scheduling, and every
