@@ -28,7 +28,7 @@ static REFUSAL_LOGGED: AtomicBool = AtomicBool::new(false);
 static SUCCESS_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// Puts the calling thread under `SCHED_FIFO` at `priority` (1..=[`REALTIME_PRIORITY_MAX`]);
-/// 0 leaves it as it is. Returns whether the thread now runs at that priority. A refusal is
+/// 0 leaves it as it is; the kernel refuses a priority above the maximum (EINVAL). Returns whether the thread now runs at that priority. A refusal is
 /// logged (once per process) and otherwise ignored.
 pub fn enter_realtime(priority: u8) -> bool {
     if priority == 0 {
@@ -58,9 +58,6 @@ pub fn enter_realtime(priority: u8) -> bool {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn set_fifo(priority: u8) -> std::io::Result<()> {
-    if priority > REALTIME_PRIORITY_MAX {
-        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    }
     // SAFETY: `sched_param` is plain data (musl's has more fields than glibc's), so all zeroes
     // is a valid value; the priority is set below.
     let mut param: libc::sched_param = unsafe { std::mem::zeroed() };

@@ -137,8 +137,8 @@ impl Uploader {
             // Every publish over the threshold notifies, also while a round is uploading, so
             // the permit left over says nothing about what is pending now: a round right after
             // a full one would upload a small object (an extra PUT per flush).
-            let pending = self.shared.pending_bytes.load(Ordering::Acquire);
-            if by_bytes && pending < self.flush_bytes_max {
+            if by_bytes && self.shared.pending_bytes.load(Ordering::Acquire) < self.flush_bytes_max
+            {
                 continue;
             }
             // Keep going while full objects are waiting.
