@@ -11,16 +11,18 @@
 //!   connection is not keeping up: it is treated as broken (`ReplicaDown`, reconnect).
 //! - Per replica, a link task connects (with `connect_timeout_ms`, TCP_NODELAY, backoff from
 //!   10 ms to 1 s), sends `Hello`, reports `ReplicaUp`, and reads replies until the connection
-//!   breaks (`ReplicaDown`); a writer task drains the queue into the socket, coalescing what is
-//!   queued into one write.
+//!   breaks (`ReplicaDown`). Whoever fed the core writes what it queued into the sockets once
+//!   the lock is released (a [`SocketWriter`]: the broker's sequencer thread for appends, a
+//!   link task for what a reply or a tick sent), coalescing it into one write per socket; a
+//!   writer task per connection only finishes writes the socket refused.
 //! - A tick task feeds `Tick` every `tick_ms` from a monotonic clock (retransmit timers).
 //! - `Committed` moves an atomic and wakes waiters: a `Condvar` for threads blocked in
 //!   [`StreamOwner::wait_committed_blocking`], a `tokio::sync::Notify` for
 //!   [`StreamOwner::wait_committed`]. `Fenced` fails every waiter and every later call.
 //!
-//! An append is one lock and no thread hop; what it costs until committed is the network round
-//! trip and the replicas' group commit. Replies are checked against the core's state before
-//! they are fed (the cores assert their inputs): a reply that would break an assertion closes
+//! An append is one lock and no thread hop, and its flush writes to the sockets itself; what
+//! it costs until committed is the network round trip and the replicas' group commit. Replies
+//! are checked against the core's state before they are fed (the cores assert their inputs): a reply that would break an assertion closes
 //! its connection with an error log instead of panicking the broker.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +34,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{write_loop, FrameReader};
+use super::conn::{FrameReader, SocketWriter};
 use super::frame::{Limits, Message};
 use super::{link_queue_msgs, reply_frame_bytes_max, OwnerError, MESSAGE_BYTES_MAX_CEILING};
 use crate::replication::{
@@ -172,6 +174,7 @@ impl Core {
 /// One replica connection as the core's executor sees it.
 struct Link {
     queue: mpsc::Sender<ToReplica>,
+    writer: Arc<SocketWriter<ToReplica>>,
     cancel: CancellationToken,
     generation: u64,
 }
@@ -189,6 +192,8 @@ struct State {
     recovered: Option<Vec<Entry>>,
     /// The answer to the `Append` being handled.
     appended: Option<Result<Lsn, AppendRefusal>>,
+    /// Links something was queued on under this lock: written after it is released.
+    unflushed: Vec<Arc<SocketWriter<ToReplica>>>,
 }
 
 struct Shared {
@@ -350,6 +355,7 @@ impl StreamOwner {
                 next_generation: 1,
                 recovered: None,
                 appended: None,
+                unflushed: Vec::new(),
             }),
             committed: AtomicU64::new(from_lsn - 1),
             fenced: AtomicU64::new(0),
@@ -435,14 +441,10 @@ impl StreamOwner {
             });
         }
         let payload: Arc<[u8]> = Arc::from(payload);
-        let (answer, wake) = {
-            let mut st = shared.state.lock();
-            let wake = shared.handle(&mut st, OwnerEvent::Append { payload });
+        let answer = shared.locked(|st| {
+            let wake = shared.handle(st, OwnerEvent::Append { payload });
             (st.appended.take(), wake)
-        };
-        if wake {
-            shared.wake();
-        }
+        });
         match answer.expect("the core answers every append") {
             Ok(lsn) => Ok(lsn.0),
             Err(AppendRefusal::Full {
@@ -599,23 +601,24 @@ impl StreamOwner {
             return false;
         }
         let joiner = ReplicaId(r as u16);
-        {
-            let mut st = shared.state.lock();
+        let started = shared.locked(|st| {
             let Some(w) = st.core.writer() else {
-                return false;
+                return (false, false);
             };
             if w.replacing().is_some() || !matches!(st.core, Core::Writing(_)) {
-                return false;
+                return (false, false);
             }
-            shared.handle(
-                &mut st,
+            let wake = shared.handle(
+                st,
                 OwnerEvent::ReplaceStart {
                     replica: ReplicaId(replica),
                 },
             );
-            if st.core.writer().and_then(|w| w.replacing()) != Some(ReplicaId(replica)) {
-                return false;
-            }
+            let started = st.core.writer().and_then(|w| w.replacing()) == Some(ReplicaId(replica));
+            (started, wake)
+        });
+        if !started {
+            return false;
         }
         shared.addrs.lock()[r] = new_addr.to_string();
         let token = shared.renew_loop_token(joiner);
@@ -706,20 +709,14 @@ impl Shared {
     /// dropped: the generation is gone).
     fn stop_loop(&self, replica: ReplicaId) {
         self.loops.lock()[replica.index()].cancel();
-        let wake = {
-            let mut st = self.state.lock();
-            match st.links[replica.index()].take() {
-                Some(link) => {
-                    link.cancel.cancel();
-                    self.count_up(&st);
-                    self.handle(&mut st, OwnerEvent::ReplicaDown { replica })
-                }
-                None => false,
+        self.locked(|st| match st.links[replica.index()].take() {
+            Some(link) => {
+                link.cancel.cancel();
+                self.count_up(st);
+                ((), self.handle(st, OwnerEvent::ReplicaDown { replica }))
             }
-        };
-        if wake {
-            self.wake();
-        }
+            None => ((), false),
+        });
     }
 
     fn fenced_epoch(&self) -> Option<u64> {
@@ -763,13 +760,25 @@ impl Shared {
 
     /// Feeds one event (lock, handle, execute, unlock) and wakes waiters if needed.
     fn input(&self, event: OwnerEvent) {
-        let wake = {
+        self.locked(|st| ((), self.handle(st, event)));
+    }
+
+    /// Runs `f` under the core lock; then, unlocked, wakes the waiters if `f` says so (its
+    /// second value) and writes what `f` queued for the replicas, on this thread (see
+    /// [`SocketWriter`]). Every feeding of the core goes through here.
+    fn locked<T>(&self, f: impl FnOnce(&mut State) -> (T, bool)) -> T {
+        let (result, wake, unflushed) = {
             let mut st = self.state.lock();
-            self.handle(&mut st, event)
+            let (result, wake) = f(&mut st);
+            (result, wake, std::mem::take(&mut st.unflushed))
         };
         if wake {
             self.wake();
         }
+        for writer in &unflushed {
+            writer.flush();
+        }
+        result
     }
 
     /// Feeds `event` and executes the commands; returns whether waiters must be woken.
@@ -860,6 +869,9 @@ impl Shared {
             return; // down: the core resends after ReplicaUp
         };
         if link.queue.try_send(msg).is_ok() {
+            if !st.unflushed.iter().any(|w| Arc::ptr_eq(w, &link.writer)) {
+                st.unflushed.push(link.writer.clone());
+            }
             return;
         }
         tracing::warn!(
@@ -884,43 +896,36 @@ impl Shared {
         &self,
         replica: ReplicaId,
         queue: mpsc::Sender<ToReplica>,
+        writer: Arc<SocketWriter<ToReplica>>,
         cancel: CancellationToken,
     ) -> u64 {
-        let wake = {
-            let mut st = self.state.lock();
+        self.locked(|st| {
             let generation = st.next_generation;
             st.next_generation += 1;
             st.links[replica.index()] = Some(Link {
                 queue,
+                writer,
                 cancel,
                 generation,
             });
-            self.count_up(&st);
-            let wake = self.handle(&mut st, OwnerEvent::ReplicaUp { replica });
-            (wake, generation)
-        };
-        if wake.0 {
-            self.wake();
-        }
-        wake.1
+            self.count_up(st);
+            let wake = self.handle(st, OwnerEvent::ReplicaUp { replica });
+            (generation, wake)
+        })
     }
 
     fn link_down(&self, replica: ReplicaId, generation: u64) {
-        let wake = {
-            let mut st = self.state.lock();
+        self.locked(|st| {
             let current = st.links[replica.index()]
                 .as_ref()
                 .is_some_and(|l| l.generation == generation);
             if !current {
-                return; // already reported down (its queue overflowed)
+                return ((), false); // already reported down (its queue overflowed)
             }
             st.links[replica.index()] = None;
-            self.count_up(&st);
-            self.handle(&mut st, OwnerEvent::ReplicaDown { replica })
-        };
-        if wake {
-            self.wake();
-        }
+            self.count_up(st);
+            ((), self.handle(st, OwnerEvent::ReplicaDown { replica }))
+        });
     }
 
     /// Feeds a batch of replies from `replica` under one lock. `Err` names a reply that would
@@ -931,32 +936,27 @@ impl Shared {
         generation: u64,
         batch: &mut Vec<FromReplica>,
     ) -> Result<(), &'static str> {
-        let mut result = Ok(());
-        let wake = {
-            let mut st = self.state.lock();
+        self.locked(|st| {
             let current = st.links[replica.index()]
                 .as_ref()
                 .is_some_and(|l| l.generation == generation);
             if !current {
                 // A connection replaced or stopped (a replaced replica): not this slot's any more.
                 batch.clear();
-                return Ok(());
+                return (Ok(()), false);
             }
+            let mut result = Ok(());
             let mut wake = false;
             for msg in batch.drain(..) {
                 if let Err(why) = self.check_reply(&st.core, replica, &msg) {
                     result = Err(why);
                     break;
                 }
-                wake |= self.handle(&mut st, OwnerEvent::from_reply(replica, msg));
+                wake |= self.handle(st, OwnerEvent::from_reply(replica, msg));
             }
             batch.clear();
-            wake
-        };
-        if wake {
-            self.wake();
-        }
-        result
+            (result, wake)
+        })
     }
 
     /// What the cores assert about a reply of this epoch, checked first (frame decoding already
@@ -1082,16 +1082,17 @@ async fn run_link(
     let hello = Message::Hello {
         stream: shared.cfg.stream,
     };
-    // The writer starts before `ReplicaUp`, so Hello is the first frame and what the core
-    // sends on `ReplicaUp` follows it.
-    let writer = tokio::spawn(write_loop(
+    // Hello is queued ahead of everything, so it is the first frame and what the core sends
+    // on `ReplicaUp` follows it.
+    let socket_writer = SocketWriter::new(
         wr,
         queue_rx,
         Some(hello),
         Message::ToReplica,
         cancel.clone(),
-    ));
-    let generation = shared.link_up(replica, queue, cancel.clone());
+    );
+    let writer = tokio::spawn(socket_writer.clone().run());
+    let generation = shared.link_up(replica, queue, socket_writer, cancel.clone());
     tracing::debug!(stream = shared.cfg.stream, %replica, "WAL owner connected to a replica");
 
     let mut reader = FrameReader::new(shared.limits);

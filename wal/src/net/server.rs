@@ -6,12 +6,13 @@
 //! - The accept loop (a tokio task, [`ReplicaServer::run`]) and, per connection, a reader task
 //!   and a writer task. The reader waits for `Hello { stream }`, then decodes requests and sends
 //!   them to the stream's thread over a bounded channel (so a busy disk pushes back on the
-//!   socket). The writer drains the connection's bounded reply queue.
+//!   socket). The stream thread writes its replies into the socket itself (a [`SocketWriter`]);
+//!   the writer task only finishes what the socket refused.
 //! - One OS thread per stream, started when a connection first names it, owning the core and
 //!   the store (a closed event loop: nothing else touches them). Each round it takes everything
 //!   queued, feeds it to the core, executes the store commands in order, and makes all the
 //!   `Sync`s of the round **one** fdatasync (group commit); then it feeds `Synced` for each, in
-//!   order, and sends the replies.
+//!   order, and writes the replies.
 //!
 //! # Replies
 //!
@@ -37,7 +38,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{write_loop, FrameReader};
+use super::conn::{FrameReader, SocketWriter};
 use super::frame::{Limits, Message};
 use super::store::{stream_dir, StreamStore, StreamStoreConfig, STREAM_ENTRY_HEADER_BYTES};
 use super::{
@@ -183,8 +184,9 @@ impl StreamCounters {
 
 /// A connection as a stream thread sees it: where its replies go.
 struct ConnHandle {
-    id: u64,
     replies: mpsc::Sender<FromReplica>,
+    /// Writes what `replies` holds (none in unit tests, which read the queue).
+    writer: Option<Arc<SocketWriter<FromReplica>>>,
     cancel: CancellationToken,
 }
 
@@ -216,7 +218,6 @@ struct ServerShared {
     /// Set by shutdown: no new stream threads.
     closing: AtomicBool,
     connections: AtomicU64,
-    next_conn_id: AtomicU64,
 }
 
 /// A bound replica server. [`ReplicaServer::run`] serves until shutdown.
@@ -357,7 +358,6 @@ impl ReplicaServer {
                 streams: parking_lot::Mutex::new(streams),
                 closing: AtomicBool::new(false),
                 connections: AtomicU64::new(0),
-                next_conn_id: AtomicU64::new(1),
             }),
         })
     }
@@ -602,18 +602,14 @@ async fn serve_connection(
     };
     tracing::debug!(%peer, stream, "WAL replica: owner connected");
     let (replies, replies_rx) = mpsc::channel(CONN_REPLIES_MAX);
+    let socket_writer =
+        SocketWriter::new(wr, replies_rx, None, Message::FromReplica, cancel.clone());
+    let writer = tokio::spawn(socket_writer.clone().run());
     let conn = Arc::new(ConnHandle {
-        id: shared.next_conn_id.fetch_add(1, Ordering::Relaxed),
         replies,
+        writer: Some(socket_writer),
         cancel: cancel.clone(),
     });
-    let writer = tokio::spawn(write_loop(
-        wr,
-        replies_rx,
-        None,
-        Message::FromReplica,
-        cancel.clone(),
-    ));
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -685,6 +681,7 @@ fn stream_thread(
         core: Replica::restore(state),
         store,
         routes: HashMap::new(),
+        unflushed: Vec::new(),
         syncs: Vec::new(),
         failed: false,
         counters,
@@ -709,8 +706,10 @@ struct StreamDriver {
     stream: u64,
     core: Replica,
     store: StreamStore,
-    /// Epoch → the connection that last sent a request of that epoch.
-    routes: HashMap<Epoch, Arc<ConnHandle>>,
+    /// Epoch → the connection that last sent a request of that epoch (not kept open by this).
+    routes: HashMap<Epoch, Weak<ConnHandle>>,
+    /// Connections replies were queued on since the last flush.
+    unflushed: Vec<Arc<ConnHandle>>,
     /// `Sync { upto_lsn }` commands issued this round, in order.
     syncs: Vec<Lsn>,
     failed: bool,
@@ -727,10 +726,12 @@ impl StreamDriver {
             if matches!(msg, ToReplica::Append(_)) {
                 self.counters.appends.fetch_add(1, Ordering::Relaxed);
             }
-            self.route(msg.epoch(), conn);
+            self.route(msg.epoch(), &conn);
             self.core.handle(ReplicaEvent::from(msg), out);
             self.execute(out);
         }
+        // Replies that need no fdatasync (seals are persisted by their own) leave before it.
+        self.flush_replies();
         // Group commit: one fdatasync for every Sync of the round, then the Synced in order.
         while !self.failed && !self.syncs.is_empty() {
             match self.store.sync() {
@@ -748,6 +749,16 @@ impl StreamDriver {
         }
         if !self.failed {
             self.counters.observe(&self.store, &self.core);
+        }
+        self.flush_replies();
+    }
+
+    /// Writes the queued replies into their sockets from this thread.
+    fn flush_replies(&mut self) {
+        for conn in self.unflushed.drain(..) {
+            if let Some(writer) = &conn.writer {
+                writer.flush();
+            }
         }
     }
 
@@ -802,15 +813,22 @@ impl StreamDriver {
         self.syncs.clear();
         self.counters.failed.store(true, Ordering::Release);
         for (_, conn) in self.routes.drain() {
-            conn.cancel.cancel();
+            if let Some(conn) = conn.upgrade() {
+                conn.cancel.cancel();
+            }
         }
+        self.unflushed.clear();
     }
 
-    fn route(&mut self, epoch: Epoch, conn: Arc<ConnHandle>) {
-        if self.routes.get(&epoch).is_some_and(|c| c.id == conn.id) {
+    fn route(&mut self, epoch: Epoch, conn: &Arc<ConnHandle>) {
+        if self
+            .routes
+            .get(&epoch)
+            .is_some_and(|c| std::ptr::eq(c.as_ptr(), Arc::as_ptr(conn)))
+        {
             return;
         }
-        self.routes.insert(epoch, conn);
+        self.routes.insert(epoch, Arc::downgrade(conn));
         if self.routes.len() > ROUTES_MAX {
             if let Some(&oldest) = self.routes.keys().min() {
                 self.routes.remove(&oldest);
@@ -820,11 +838,17 @@ impl StreamDriver {
 
     fn reply(&mut self, msg: FromReplica) {
         let epoch = msg.epoch();
-        let Some(conn) = self.routes.get(&epoch) else {
-            return; // its owner is gone; the cores do not need every reply
+        let Some(conn) = self.routes.get(&epoch).and_then(Weak::upgrade) else {
+            // Its owner is gone; the cores do not need every reply.
+            self.routes.remove(&epoch);
+            return;
         };
         match conn.replies.try_send(msg) {
-            Ok(()) => {}
+            Ok(()) => {
+                if !self.unflushed.iter().any(|c| Arc::ptr_eq(c, &conn)) {
+                    self.unflushed.push(conn);
+                }
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(
                     stream = self.stream,
@@ -861,6 +885,7 @@ mod tests {
             core: Replica::restore(state),
             store,
             routes: HashMap::new(),
+            unflushed: Vec::new(),
             syncs: Vec::new(),
             failed: false,
             counters: Arc::new(StreamCounters::default()),
@@ -870,8 +895,8 @@ mod tests {
     fn conn() -> (Arc<ConnHandle>, mpsc::Receiver<FromReplica>) {
         let (replies, rx) = mpsc::channel(64);
         let conn = Arc::new(ConnHandle {
-            id: 1,
             replies,
+            writer: None,
             cancel: CancellationToken::new(),
         });
         (conn, rx)
