@@ -277,12 +277,11 @@ impl<M> SocketWriter<M> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::replication::{AppendMsg, Entry, EntryId, Epoch, Lsn, ToReplica};
+    use crate::net::one_entry_append;
+    use crate::replication::ToReplica;
 
     const LIMITS: Limits = Limits {
         frame_bytes_max: 1 << 20,
@@ -298,16 +297,7 @@ mod tests {
     }
 
     fn append(lsn: u64, payload_bytes: usize) -> ToReplica {
-        let payload: Arc<[u8]> = vec![(lsn % 251) as u8; payload_bytes].into();
-        ToReplica::Append(AppendMsg {
-            epoch: Epoch(1),
-            prev: EntryId {
-                lsn: Lsn(lsn - 1),
-                epoch: if lsn == 1 { Epoch::ZERO } else { Epoch(1) },
-            },
-            settled_lsn: Lsn::ZERO,
-            entries: vec![Entry::data(Lsn(lsn), Epoch(1), payload)],
-        })
+        one_entry_append(lsn, vec![(lsn % 251) as u8; payload_bytes].into())
     }
 
     /// The LSNs of the next `n` appends read from `socket`, and whether each payload is intact.

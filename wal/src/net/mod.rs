@@ -94,3 +94,22 @@ pub fn reply_frame_bytes_max(cfg: &ReplicationConfig) -> u32 {
         .max(u64::from(cfg.entry_bytes_max) + ENTRY_OVERHEAD_BYTES);
     u32::try_from(entries + FRAME_SLACK_BYTES).unwrap_or(u32::MAX)
 }
+
+/// An `Append` of epoch 1 carrying the one entry `lsn` (its predecessor `lsn − 1`), for the
+/// driver's unit tests.
+#[cfg(test)]
+pub(crate) fn one_entry_append(
+    lsn: u64,
+    payload: std::sync::Arc<[u8]>,
+) -> crate::replication::ToReplica {
+    use crate::replication::{AppendMsg, Entry, EntryId, Epoch, Lsn, ToReplica};
+    ToReplica::Append(AppendMsg {
+        epoch: Epoch(1),
+        prev: EntryId {
+            lsn: Lsn(lsn - 1),
+            epoch: if lsn == 1 { Epoch::ZERO } else { Epoch(1) },
+        },
+        settled_lsn: Lsn::ZERO,
+        entries: vec![Entry::data(Lsn(lsn), Epoch(1), payload)],
+    })
+}

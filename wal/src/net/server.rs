@@ -871,7 +871,7 @@ mod tests {
 
     use super::*;
     use crate::error::io_op;
-    use crate::replication::{AppendMsg, Entry, EntryId};
+    use crate::net::one_entry_append;
 
     fn driver(dir: &Path) -> StreamDriver {
         let (store, state) = StreamStore::open(StreamStoreConfig {
@@ -903,15 +903,7 @@ mod tests {
     }
 
     fn append(lsn: u64) -> ToReplica {
-        ToReplica::Append(AppendMsg {
-            epoch: Epoch(1),
-            prev: EntryId {
-                lsn: Lsn(lsn - 1),
-                epoch: if lsn == 1 { Epoch::ZERO } else { Epoch(1) },
-            },
-            settled_lsn: Lsn::ZERO,
-            entries: vec![Entry::data(Lsn(lsn), Epoch(1), Arc::from(&b"payload"[..]))],
-        })
+        one_entry_append(lsn, Arc::from(&b"payload"[..]))
     }
 
     fn round(d: &mut StreamDriver, conn: &Arc<ConnHandle>, msgs: Vec<ToReplica>) {
