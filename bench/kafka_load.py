@@ -8,9 +8,12 @@ Phases, each bounded in time and count:
               a producer that does not saturate the broker;
   latency:    M records produced one at a time (produce + flush), acks=all — the round trip a
               producer waits for, which is what the WAL's group commit must keep near fsync.
+With --replica-metrics (the WAL replicas' admin listeners), the replicas' own group commits
+(`strata_wal_replica_fdatasync_duration_seconds`, write + fdatasync) are scraped before and
+after the moderate and one-in-flight phases: the disk's latency under exactly that load.
 Prints one JSON object. Loopback only.
 """
-import argparse, json, os, sys, threading, time
+import argparse, json, os, re, sys, threading, time, urllib.request
 from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -18,6 +21,36 @@ from confluent_kafka.admin import AdminClient, NewTopic
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int((len(xs) - 1) * p))]
+
+
+REPLICA_FSYNC = "strata_wal_replica_fdatasync_duration_seconds_bucket"
+BUCKET = re.compile(r'^' + REPLICA_FSYNC + r'\{le="([^"]+)"\} (\d+)$', re.M)
+
+
+def replica_buckets(urls):
+    """{le: cumulative count} summed over the replicas' /metrics."""
+    total = {}
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        for le, n in BUCKET.findall(text):
+            total[le] = total.get(le, 0) + int(n)
+    return total
+
+
+def replica_phase(before, after):
+    """The group commits between two scrapes: their count, the histogram's p50/p99/p999 as
+    bucket upper bounds (ms; buckets double from 50 µs), and the share above 0.8/1.6/3.2 ms."""
+    delta = sorted(((float(le), after[le] - before.get(le, 0)) for le in after), key=lambda x: x[0])
+    count = delta[-1][1] if delta else 0
+    if count == 0:
+        return {"count": 0}
+    def bound(q):
+        return next(le for le, n in delta if n >= q * count) * 1e3
+    def over(ms):
+        return 1 - max((n for le, n in delta if le * 1e3 <= ms + 1e-9), default=0) / count
+    return {"count": count, "p50_le_ms": bound(0.50), "p99_le_ms": bound(0.99), "p999_le_ms": bound(0.999),
+            "share_over_0_8_ms": over(0.8), "share_over_1_6_ms": over(1.6), "share_over_3_2_ms": over(3.2)}
 
 
 def main():
@@ -32,7 +65,11 @@ def main():
     ap.add_argument("--create", action="store_true", help="create the topic with the admin API")
     ap.add_argument("--rate", type=int, default=0, help="records/s of the moderate-rate phase (0: skip)")
     ap.add_argument("--rate-seconds", type=float, default=10)
+    ap.add_argument("--replica-metrics", default="",
+                    help="comma-separated host:port of the WAL replicas' admin listeners")
     a = ap.parse_args()
+    replica_urls = [f"http://{h}/metrics" for h in a.replica_metrics.split(",") if h]
+    replica = {}
 
     if a.create:
         admin = AdminClient({"bootstrap.servers": a.bootstrap})  # alive until the futures resolve
@@ -126,6 +163,7 @@ def main():
 
         polling = threading.Thread(target=poller, daemon=True)
         polling.start()
+        scraped = replica_buckets(replica_urls) if replica_urls else None
         start = time.perf_counter()
         n = 0
         while time.perf_counter() - start < a.rate_seconds:
@@ -136,12 +174,15 @@ def main():
                        on_delivery=mod_cb(time.perf_counter()))
             n += 1
         mp.flush(a.seconds_max)
+        if scraped is not None:
+            replica["moderate"] = replica_phase(scraped, replica_buckets(replica_urls))
         stop.set()
         polling.join()
 
     lat = []
     lp = Producer({"bootstrap.servers": a.bootstrap, "acks": "all", "linger.ms": 0, "enable.idempotence": False})
     small = os.urandom(min(a.size, 1024))
+    scraped = replica_buckets(replica_urls) if replica_urls else None
     lt = time.perf_counter()
     for i in range(a.latency_records):
         if time.perf_counter() - lt > a.seconds_max:
@@ -150,6 +191,8 @@ def main():
         lp.produce(a.topic, value=small, partition=0)
         lp.flush(10)
         lat.append((time.perf_counter() - s) * 1e3)
+    if scraped is not None:
+        replica["one_in_flight"] = replica_phase(scraped, replica_buckets(replica_urls))
 
     print(json.dumps({
         "records_acked": done[0], "errors": len(errors), "first_errors": errors[:3],
@@ -167,6 +210,7 @@ def main():
         "moderate_latency_ms_p99": pct(mod_lat, 0.99) if mod_lat else None,
         "moderate_latency_ms_p999": pct(mod_lat, 0.999) if mod_lat else None,
         "latency_samples": len(lat), "record_bytes": a.size,
+        "replica_group_commits": replica,
     }))
 
 

@@ -280,75 +280,11 @@ impl Drop for GaugeShare<'_> {
 // ---------------------------------------------------------------------------------------------
 // Histograms
 
-/// Bucket upper bounds are `LATENCY_BASE_US · 2^i` µs for `i` in `0..LATENCY_BUCKETS`: 50 µs up
-/// to about 26 s, then `+Inf`. Fixed, so every broker's series aggregate.
-const LATENCY_BASE_US: u64 = 50;
-const LATENCY_BUCKETS: usize = 20;
+pub use strata_types::histogram::Histogram;
 
-/// A latency histogram: one counter per bucket (not cumulative; rendering adds them up, so a
-/// scrape always sees `_count` equal to the `+Inf` bucket) and the sum in microseconds.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
-    sum_us: AtomicU64,
-}
-
-/// The bucket of a duration in µs: the smallest `i` with `us <= BASE · 2^i`, or the `+Inf`
-/// bucket. `(us − 1) / BASE` lies in `[2^(i−1), 2^i − 1]` exactly for bucket `i`.
-fn bucket_of(us: u64) -> usize {
-    let q = us.saturating_sub(1) / LATENCY_BASE_US;
-    ((u64::BITS - q.leading_zeros()) as usize).min(LATENCY_BUCKETS)
-}
-
-fn bucket_bound_seconds(i: usize) -> f64 {
-    (LATENCY_BASE_US << i) as f64 / 1e6
-}
-
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
-    /// The `_bucket`, `_sum` and `_count` samples; `labels` is empty or `k="v",…` (no braces).
-    fn render_samples(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0u64;
-        for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            if i < LATENCY_BUCKETS {
-                let le = bucket_bound_seconds(i);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
-                );
-            }
-        }
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let braced = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braced} {sum}");
-        let _ = writeln!(out, "{name}_count{braced} {cumulative}");
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, "histogram", help);
-        self.render_samples(out, name, "");
-    }
+fn render_histogram(out: &mut String, h: &Histogram, name: &str, help: &str) {
+    header(out, name, "histogram", help);
+    h.render_samples(out, name, "");
 }
 
 /// Times `fut` into `histogram` (for call sites such as metadata writes).
@@ -821,23 +757,27 @@ impl Metrics {
         self.tier.render(out);
         self.meta_backup.render(out);
         self.kafka_request_seconds.render(out);
-        self.wal_fsync_seconds.render(
+        render_histogram(
             out,
+            &self.wal_fsync_seconds,
             "strata_wal_fsync_duration_seconds",
             "Local WAL group commit: the fdatasync covering one group of appends.",
         );
-        self.wal_quorum_commit_seconds.render(
+        render_histogram(
             out,
+            &self.wal_quorum_commit_seconds,
             "strata_wal_quorum_commit_duration_seconds",
             "Replicated WAL group commit: until a write quorum of replicas has the group on disk.",
         );
-        self.meta_write_seconds.render(
+        render_histogram(
             out,
+            &self.meta_write_seconds,
             "strata_meta_write_duration_seconds",
             "Metadata writes through raft, proposal to applied (object commits, offset commits).",
         );
-        self.direct_commit_seconds.render(
+        render_histogram(
             out,
+            &self.direct_commit_seconds,
             "strata_direct_commit_duration_seconds",
             "Direct topics: from sealing an object to its commit (PUT + CommitDirect).",
         );
@@ -1099,60 +1039,109 @@ impl Metrics {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The WAL replica server (`wal` role)
+
+/// The series of this node's WAL replica server: its group commits' durations, connections,
+/// and per stream (label `stream`, the owning broker's stream id) the counters of
+/// [`strata_wal::net::StreamStats`]. Rendered by every node that serves the `wal` role,
+/// with or without the broker role.
+pub fn render_replica(out: &mut String, replica: &strata_wal::net::ReplicaServerHandle) {
+    let name = "strata_wal_replica_fdatasync_duration_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "WAL replica group commit: writing a stream's received entries and their fdatasync.",
+    );
+    replica.sync_seconds().render_samples(out, name, "");
+    let stats = replica.stats();
+    for (name, help, value) in [
+        (
+            "strata_wal_replica_connections",
+            "Connections from stream owners (brokers) open now.",
+            stats.connections,
+        ),
+        (
+            "strata_wal_replica_streams",
+            "WAL streams this replica holds.",
+            stats.streams.len() as u64,
+        ),
+        (
+            "strata_wal_replica_streams_failed",
+            "Streams stopped because their store failed (full disk, IO error); see /health.",
+            stats.streams_failed as u64,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    type Column = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&strata_wal::net::StreamStats) -> u64,
+    );
+    let columns: [Column; 7] = [
+        (
+            "strata_wal_replica_stream_appends_total",
+            "counter",
+            "Append requests received, by stream.",
+            |s| s.appends,
+        ),
+        (
+            "strata_wal_replica_stream_entries_written_total",
+            "counter",
+            "Entries written to the stream's segments.",
+            |s| s.entries_written,
+        ),
+        (
+            "strata_wal_replica_stream_syncs_total",
+            "counter",
+            "Group commits (fdatasyncs) of the stream.",
+            |s| s.syncs,
+        ),
+        (
+            "strata_wal_replica_stream_bytes",
+            "gauge",
+            "Bytes the stream's segments hold on disk.",
+            |s| s.bytes_on_disk,
+        ),
+        (
+            "strata_wal_replica_stream_durable_lsn",
+            "gauge",
+            "The stream's last entry on disk (fdatasync'ed).",
+            |s| s.durable_lsn,
+        ),
+        (
+            "strata_wal_replica_stream_sealed_epoch",
+            "gauge",
+            "The highest owner epoch the stream was sealed at (older owners are fenced).",
+            |s| s.sealed_epoch,
+        ),
+        (
+            "strata_wal_replica_stream_failed",
+            "gauge",
+            "1 when the stream stopped because its store failed.",
+            |s| u64::from(s.failed),
+        ),
+    ];
+    for (name, kind, help, value) in columns {
+        family(
+            out,
+            name,
+            kind,
+            help,
+            &stats.streams,
+            |s| format!("stream=\"{}\"", s.stream),
+            |s| value(s).to_string(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_are_the_smallest_bound_at_or_above() {
-        let check = |us: u64, expected: usize| {
-            assert_eq!(bucket_of(us), expected, "{us} µs");
-            if expected < LATENCY_BUCKETS {
-                assert!(us <= LATENCY_BASE_US << expected);
-            }
-            if expected > 0 {
-                assert!(us > LATENCY_BASE_US << (expected - 1));
-            }
-        };
-        for (us, b) in [
-            (0, 0),
-            (1, 0),
-            (50, 0),
-            (51, 1),
-            (100, 1),
-            (101, 2),
-            (200, 2),
-            (201, 3),
-            (1_000_000, 15),
-            (50 << 19, 19),
-            ((50 << 19) + 1, 20),
-            (u64::MAX, 20),
-        ] {
-            check(us, b);
-        }
-    }
-
-    #[test]
-    fn histogram_renders_cumulative_buckets() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(40));
-        h.observe(Duration::from_micros(150));
-        h.observe(Duration::from_secs(100));
-        let mut out = String::new();
-        h.render(&mut out, "x_seconds", "help");
-        assert!(
-            out.contains("x_seconds_bucket{le=\"0.00005\"} 1\n"),
-            "{out}"
-        );
-        assert!(out.contains("x_seconds_bucket{le=\"0.0002\"} 2\n"), "{out}");
-        assert!(
-            out.contains("x_seconds_bucket{le=\"26.2144\"} 2\n"),
-            "{out}"
-        );
-        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_seconds_count 3\n"), "{out}");
-        assert!(out.contains("x_seconds_sum 100.00019\n"), "{out}");
-    }
 
     #[test]
     fn gauge_share_moves_by_the_difference() {

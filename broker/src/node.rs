@@ -108,6 +108,9 @@ pub struct Node {
     /// MQTT sessions across brokers: the Peer service's `TakeSession` and dead brokers'
     /// snapshots (`mqtt::cluster_sessions`).
     pub mqtt_sessions: crate::mqtt::cluster_sessions::LocalSessions,
+    /// This node's WAL replica server, when it also serves the `wal` role (for `/metrics` and
+    /// `/health`).
+    pub replica: Option<ReplicaServerHandle>,
 }
 
 impl Node {
@@ -117,6 +120,7 @@ impl Node {
         self.registry.sync(&state);
     }
 
+    /// This broker's WAL writer has not failed (writes are accepted).
     pub fn is_healthy(&self) -> bool {
         !self.seq_shared.failed.load(Ordering::Acquire)
     }
@@ -294,6 +298,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         peers: Default::default(),
         mqtt_sessions: Default::default(),
         mqtt_clients: Default::default(),
+        replica: replica.clone(),
         config,
     });
 
@@ -752,13 +757,36 @@ async fn run_without_broker(
         None
     };
     // A meta-only node may lead the meta group: it backs metadata up too.
+    let mut meta_backup = None;
     if let (Some(meta), Ok(store)) = (
         &meta,
         ObjectStore::from_url_with_config(&config.object_store, config.file.tiering.store_config()),
     ) {
         let metrics = Arc::new(Metrics::default());
         crate::meta_backup::spawn(&config, meta, &store, &metrics, shutdown_tx.subscribe());
+        meta_backup = Some((metrics, store));
     }
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Io {
+            what: "admin listener".into(),
+            source,
+        })?;
+    tokio::spawn(admin::serve_without_broker(
+        Arc::new(admin::SupportNode {
+            replica: replica.clone(),
+            meta_backup,
+        }),
+        admin_listener,
+        shutdown_tx.subscribe(),
+    ));
+    println!("strata: admin listening on {admin_addr}");
     if let Some(replica) = replica.clone() {
         match &meta {
             Some(member) => {

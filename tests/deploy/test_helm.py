@@ -236,41 +236,65 @@ def test_start_script_is_valid_bash_with_real_flags():
     assert not used - known, f"start.sh uses flags `strata start` does not have: {sorted(used - known)}"
 
 
+def _run_pod(tmp_path, docs, ports, sts, hostname):
+    """Runs `sts`'s pod `hostname` through the chart's own start.sh and config, with every
+    cluster DNS name swapped for loopback and /var/lib/strata for a temporary directory.
+    Returns the process and its log path."""
+    (cm,) = by_kind(docs, "ConfigMap")
+    data = tmp_path / "data"
+
+    def localize(text: str) -> str:
+        text = re.sub(r"[A-Za-z0-9.-]+\.svc\.cluster\.local", "127.0.0.1", text)
+        return text.replace("0.0.0.0", "127.0.0.1").replace("/var/lib/strata", str(data))
+
+    (tmp_path / "strata.toml").write_text(localize(cm["data"]["strata.toml"]))
+    script = localize(cm["data"]["start.sh"])
+    script = script.replace("/etc/strata/strata.toml", str(tmp_path / "strata.toml")).replace("/usr/local/bin/strata", str(dt.strata_bin()))
+    (tmp_path / "start.sh").write_text(script)
+    env = {k: v for k, v in env_of(container(sts)).items() if v is not None}
+    env |= {"PATH": os.environ["PATH"], "HOSTNAME": hostname, "POD_NAMESPACE": NAMESPACE}
+    log_path = tmp_path / "strata.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(["bash", str(tmp_path / "start.sh")], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    log.close()
+    return proc, log_path
+
+
+def _wait_healthy(proc, log_path, admin_port, what):
+    def healthy():
+        assert proc.poll() is None, f"strata exited {proc.returncode}: {log_path.read_text()[-3000:]}"
+        try:
+            status, body = harness.http_get(f"http://127.0.0.1:{admin_port}/health", timeout=2)
+        except OSError:
+            return False
+        return status == 200 and b'"ok"' in body
+
+    harness.eventually(healthy, timeout=60, what=what)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_rendered_config_and_start_script_start_a_real_node(tmp_path):
     """A one-pod release rendered on free ports and run by its own start.sh: strata accepts the
     chart's config and flags and serves /health. Only host names and paths are swapped for
     loopback and a temporary directory."""
-    exe = dt.strata_bin()
-    if exe is None:
+    if dt.strata_bin() is None:
         pytest.skip("target/debug/strata is not built")
     ports = {name: harness.free_port() for name in ("kafka", "mqtt", "admin", "meta", "wal")}
     docs = manifests({"replicas": 1, "ports": ports, "objectStore": {"url": "memory://"}, "logFormat": "text"})
-    (cm,) = by_kind(docs, "ConfigMap")
     pod_host = f"{RELEASE}-strata-0.{RELEASE}-strata-peers.{NAMESPACE}.svc.cluster.local"
-    data = tmp_path / "data"
-
-    def localize(text: str) -> str:
-        return text.replace(pod_host, "127.0.0.1").replace("0.0.0.0", "127.0.0.1").replace("/var/lib/strata", str(data))
-
-    (tmp_path / "strata.toml").write_text(localize(cm["data"]["strata.toml"]))
-    script = localize(cm["data"]["start.sh"])
-    script = script.replace("/etc/strata/strata.toml", str(tmp_path / "strata.toml")).replace("/usr/local/bin/strata", str(exe))
-    (tmp_path / "start.sh").write_text(script)
     (sts,) = by_kind(docs, "StatefulSet")
-    env = {k: v for k, v in env_of(container(sts)).items() if v is not None}
-    env |= {"PATH": os.environ["PATH"], "HOSTNAME": f"{RELEASE}-strata-0", "POD_NAMESPACE": NAMESPACE}
-    log = open(tmp_path / "strata.log", "wb")
-    proc = subprocess.Popen(["bash", str(tmp_path / "start.sh")], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    proc, log_path = _run_pod(tmp_path, docs, ports, sts, f"{RELEASE}-strata-0")
     try:
-        def healthy():
-            assert proc.poll() is None, f"strata exited {proc.returncode}: {(tmp_path / 'strata.log').read_text()[-3000:]}"
-            try:
-                status, body = harness.http_get(f"http://127.0.0.1:{ports['admin']}/health", timeout=2)
-            except OSError:
-                return False
-            return status == 200 and b'"ok"' in body
-
-        harness.eventually(healthy, timeout=60, what="/health of the chart-configured node")
+        _wait_healthy(proc, log_path, ports["admin"], "/health of the chart-configured node")
         # The node id came from the pod ordinal (0 -> 1), the roles from NODE_ROLES, the
         # advertised address from the pod's DNS name, and it runs as a cluster member.
         status, body = harness.http_get(f"http://127.0.0.1:{ports['admin']}/v1/cluster", timeout=5)
@@ -281,15 +305,40 @@ def test_rendered_config_and_start_script_start_a_real_node(tmp_path):
         assert cluster["listeners"]["kafka_advertised"] == f"{pod_host}:{ports['kafka']}", cluster["listeners"]
         assert cluster["listeners"]["meta"] == f"127.0.0.1:{ports['meta']}", cluster["listeners"]
         assert cluster["listeners"]["wal"] == f"127.0.0.1:{ports['wal']}", cluster["listeners"]
+        # The node is its own WAL replica: the admin listener reports the replica server.
+        status, body = harness.http_get(f"http://127.0.0.1:{ports['admin']}/metrics", timeout=5)
+        assert status == 200 and b"\nstrata_wal_replica_streams " in body, body[-2000:]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        _stop(proc)
+
+
+def test_split_topology_wal_pod_passes_its_probes(tmp_path):
+    """The split topology's WAL-only pod (role `wal`), run by the chart's start.sh: the
+    startup, readiness and liveness probes the chart gives it (GET /health on the admin port)
+    pass, and /metrics reports the replica. No broker or meta pod runs: a WAL replica serves
+    before metadata answers."""
+    if dt.strata_bin() is None:
+        pytest.skip("target/debug/strata is not built")
+    ports = {name: harness.free_port() for name in ("kafka", "mqtt", "admin", "meta", "wal")}
+    docs = manifests({"topology": "split", "replicas": 1, "wal": {"replicas": 1}, "ports": ports,
+                      "objectStore": {"url": "memory://"}, "logFormat": "text"})
+    (wal_sts,) = [d for d in by_kind(docs, "StatefulSet") if env_of(container(d))["NODE_ROLES"] == "wal"]
+    c = container(wal_sts)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "admin"}, c[probe]
+    proc, log_path = _run_pod(tmp_path, docs, ports, wal_sts, f"{wal_sts['metadata']['name']}-0")
+    try:
+        _wait_healthy(proc, log_path, ports["admin"], "/health of the chart's WAL-only pod")
+        assert harness.wait_port(ports["wal"], 10, proc), log_path.read_text()[-3000:]
+        status, body = harness.http_get(f"http://127.0.0.1:{ports['admin']}/metrics", timeout=5)
+        assert status == 200, body
+        assert b"\nstrata_wal_replica_streams_failed 0\n" in body, body[-2000:]
+        assert b"# TYPE strata_wal_replica_fdatasync_duration_seconds histogram" in body, body[-2000:]
+        # A broker's API is not served by a node without the broker role.
+        status, _ = harness.http_get(f"http://127.0.0.1:{ports['admin']}/v1/topics", timeout=5)
+        assert status == 404
+    finally:
+        _stop(proc)
 
 
 # --- checkov on the rendered manifests ---------------------------------------------------

@@ -27,6 +27,7 @@ class WalNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
         self.port = harness.free_port()
+        self.admin_port = harness.free_port()
         self.node_id = node_id
         self.proc: subprocess.Popen | None = None
         self.stderr_path = self.workdir / "strata.stderr.log"
@@ -37,7 +38,8 @@ class WalNode:
 
     def command(self) -> list[str]:
         return [self.binary, "start", "--roles", "wal", "--node-id", str(self.node_id),
-                "--data-dir", str(self.data_dir), "--wal-listen", self.addr]
+                "--data-dir", str(self.data_dir), "--wal-listen", self.addr,
+                "--admin-listen", f"127.0.0.1:{self.admin_port}"]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

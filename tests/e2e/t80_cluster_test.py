@@ -10,6 +10,7 @@ replicas as separate processes on 127.0.0.1, R=3 W=2 (issue 3).
   writes again.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -183,6 +184,25 @@ def test_wal_replica_disk_full_is_absorbed_by_the_quorum(strata_bin, tmp_path):
             errors = stop_producer(prod, log_path)
         assert errors == 0, f"the producer saw {errors} delivery errors"
         assert victim.alive(), "a full disk stops the stream on that replica, not the process"
+        # The replica says so on its admin listener: /health is 503 naming the stopped streams
+        # (the probes of a WAL-only pod), /metrics counts them; a healthy replica is 200 and
+        # has timed its group commits.
+        status, body = harness.http_get(f"http://127.0.0.1:{victim.admin_port}/health")
+        health = json.loads(body)
+        assert status == 503 and health["status"] == "failed", (status, health)
+        assert health["failed_wal_streams"], health
+        assert "store failed" in health["reason"], health
+        _, body = harness.http_get(f"http://127.0.0.1:{victim.admin_port}/metrics")
+        metrics = harness.Metrics.parse(body.decode())
+        assert metrics.sum("strata_wal_replica_streams_failed") == len(health["failed_wal_streams"]), metrics.text
+        for stream in health["failed_wal_streams"]:
+            assert metrics.sum("strata_wal_replica_stream_failed", stream=stream) == 1, metrics.text
+        status, body = harness.http_get(f"http://127.0.0.1:{c.wal[0].admin_port}/health")
+        assert status == 200 and json.loads(body) == {"status": "ok"}, body
+        _, body = harness.http_get(f"http://127.0.0.1:{c.wal[0].admin_port}/metrics")
+        metrics = harness.Metrics.parse(body.decode())
+        commits = metrics.sum("strata_wal_replica_fdatasync_duration_seconds_count")
+        assert commits >= 1 and metrics.sum("strata_wal_replica_stream_syncs_total") >= 1, metrics.text
         acked = Acked()
         acked.add(read_acks(ack_file))
         verify(c, topic, acked, "after a WAL replica's disk filled up")

@@ -54,6 +54,7 @@ class ClusterWalNode(WalNode):
     def command(self) -> list[str]:
         cmd = [self.binary, "start", "--node-id", str(self.node_id), "--data-dir", str(self.data_dir),
                "--roles", "meta,wal" if self.meta else "wal", "--wal-listen", self.addr,
+               "--admin-listen", f"127.0.0.1:{self.admin_port}",
                "--meta-peers", self.meta_peers, "--wal-peers", self.wal_peers]
         if self.meta:
             cmd += ["--meta-listen", f"127.0.0.1:{self.meta_port}"]

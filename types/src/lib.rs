@@ -8,8 +8,10 @@
 //! - [`index`]: the object-index entry that says which object holds which offsets of a partition.
 //! - [`sequence`]: Kafka's idempotent-producer sequence rules, shared by the WAL topics'
 //!   sequencer and metadata's direct commits.
+//! - [`histogram`]: the fixed-bucket latency histogram every role's `/metrics` renders.
 
 pub mod batch;
+pub mod histogram;
 pub mod index;
 pub mod names;
 pub mod sequence;

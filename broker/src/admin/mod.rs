@@ -1,7 +1,8 @@
 //! The admin HTTP listener (default 127.0.0.1:8080): `/health`, `/metrics` (Prometheus text),
 //! the JSON admin API under `/v1` ([`api`]), its OpenAPI 3.1 document (`/v1/openapi.json`, the
 //! static file `openapi.json` next to this module), and the web dashboard at `/` with its
-//! assets under `/ui/` ([`ui`]).
+//! assets under `/ui/` ([`ui`]). A node without the broker role (a WAL replica, a meta voter)
+//! serves only `/health` and `/metrics` ([`serve_without_broker`]).
 //!
 //! Errors of the JSON API are `{"error": "<kind>", "message": "…"}` (plus `"field"` when one
 //! field of the request is at fault): 400 for bad input, 404 for an unknown topic, group or
@@ -14,6 +15,7 @@ pub mod grpc;
 mod meta_voters;
 mod ui;
 
+use crate::metrics::Metrics;
 use crate::node::Node;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -22,6 +24,8 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+use strata_tiering::ObjectStore;
+use strata_wal::net::ReplicaServerHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -31,9 +35,34 @@ const OPENAPI_JSON: &str = include_str!("openapi.json");
 /// When this process started serving admin requests (for `uptime_ms`).
 static STARTED: OnceLock<Instant> = OnceLock::new();
 
-pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    serve_app(router(node), listener, shutdown).await;
+}
+
+/// What a node without the broker role reports: its WAL replica server and, on a meta voter,
+/// the metadata backup's counters and its object store's requests.
+pub struct SupportNode {
+    pub replica: Option<ReplicaServerHandle>,
+    pub meta_backup: Option<(Arc<Metrics>, ObjectStore)>,
+}
+
+/// The admin listener of a node without the broker role: `/health` and `/metrics` only.
+pub async fn serve_without_broker(
+    node: Arc<SupportNode>,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/health", get(support_health))
+        .route("/metrics", get(support_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(node);
+    serve_app(app, listener, shutdown).await;
+}
+
+async fn serve_app(app: Router, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     STARTED.get_or_init(Instant::now);
-    let app = router(node);
     let stop = async move {
         let _ = shutdown.changed().await;
     };
@@ -155,22 +184,60 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    if node.is_healthy() {
-        (StatusCode::OK, Json(serde_json::json!({"status": "ok"})))
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                serde_json::json!({"status": "failed", "reason": "the WAL failed; writes are refused"}),
-            ),
+    health_of(node.is_healthy(), node.replica.as_ref())
+}
+
+async fn support_health(State(node): State<Arc<SupportNode>>) -> impl IntoResponse {
+    health_of(true, node.replica.as_ref())
+}
+
+/// 200 `{"status":"ok"}`, or 503 `{"status":"failed","reason":…}` when the broker's WAL writer
+/// failed (writes are refused) or a stream of this node's WAL replica stopped because its
+/// store failed (a full disk, an IO error): that stream takes no more writes here until the
+/// process restarts, and its owners replace this replica meanwhile.
+fn health_of(
+    broker_ok: bool,
+    replica: Option<&ReplicaServerHandle>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let failed = replica.map(ReplicaServerHandle::failed_streams);
+    let reason = if !broker_ok {
+        "the WAL failed; writes are refused".to_string()
+    } else if let Some(streams) = failed.as_ref().filter(|f| !f.is_empty()) {
+        let list: Vec<String> = streams.iter().map(u64::to_string).collect();
+        format!(
+            "WAL replica stream(s) {} stopped: their store failed (see the log); this replica \
+             takes no writes for them until it restarts",
+            list.join(", ")
         )
+    } else {
+        return (StatusCode::OK, Json(serde_json::json!({"status": "ok"})));
+    };
+    let mut body = serde_json::json!({"status": "failed", "reason": reason});
+    if let Some(streams) = failed {
+        body["failed_wal_streams"] = serde_json::json!(streams);
     }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
     node.metrics.render(&mut out);
     render_store_metrics(&mut out, &node.store.metrics().snapshot());
+    if let Some(replica) = &node.replica {
+        crate::metrics::render_replica(&mut out, replica);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn support_metrics(State(node): State<Arc<SupportNode>>) -> impl IntoResponse {
+    let mut out = String::with_capacity(4096);
+    if let Some((metrics, store)) = &node.meta_backup {
+        metrics.meta_backup.render(&mut out);
+        render_store_metrics(&mut out, &store.metrics().snapshot());
+    }
+    if let Some(replica) = &node.replica {
+        crate::metrics::render_replica(&mut out, replica);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -40,8 +40,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use strata_types::histogram::Histogram;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -218,6 +219,8 @@ struct ServerShared {
     /// Set by shutdown: no new stream threads.
     closing: AtomicBool,
     connections: AtomicU64,
+    /// Every stream's group commits (write + fdatasync), for `/metrics`.
+    sync_seconds: Arc<Histogram>,
 }
 
 /// A bound replica server. [`ReplicaServer::run`] serves until shutdown.
@@ -281,6 +284,12 @@ impl ReplicaServerHandle {
             op: "drop stream directory",
             source,
         })
+    }
+
+    /// The duration of every stream's group commits (writing the buffered entries and the
+    /// fdatasync), for `/metrics`.
+    pub fn sync_seconds(&self) -> &Histogram {
+        &self.shared.sync_seconds
     }
 
     /// Streams whose store failed (for `/health`).
@@ -358,6 +367,7 @@ impl ReplicaServer {
                 streams: parking_lot::Mutex::new(streams),
                 closing: AtomicBool::new(false),
                 connections: AtomicU64::new(0),
+                sync_seconds: Arc::default(),
             }),
         })
     }
@@ -526,12 +536,13 @@ impl ServerShared {
             .store_config(&stream_dir(&self.cfg.dir, stream))
             .map_err(|_| "the stream's config is invalid")?;
         let counters = slot.counters.clone();
+        let sync_seconds = self.sync_seconds.clone();
         let priority = self.cfg.realtime_priority;
         let thread = std::thread::Builder::new()
             .name(format!("wal-stream-{stream}"))
             .spawn(move || {
                 crate::enter_realtime(priority);
-                stream_thread(stream, store_cfg, opened, rx, counters)
+                stream_thread(stream, store_cfg, opened, rx, counters, sync_seconds)
             })
             .map_err(|e| {
                 tracing::error!(stream, error = %e, "cannot start a WAL replica stream thread");
@@ -652,6 +663,7 @@ fn stream_thread(
     opened: Option<Box<(StreamStore, DurableState)>>,
     mut rx: mpsc::Receiver<StreamEvent>,
     counters: Arc<StreamCounters>,
+    sync_seconds: Arc<Histogram>,
 ) {
     let opened = match opened {
         Some(opened) => Ok(*opened),
@@ -685,6 +697,7 @@ fn stream_thread(
         syncs: Vec::new(),
         failed: false,
         counters,
+        sync_seconds,
     };
     driver.counters.observe(&driver.store, &driver.core);
     let mut batch = Vec::new();
@@ -714,6 +727,8 @@ struct StreamDriver {
     syncs: Vec<Lsn>,
     failed: bool,
     counters: Arc<StreamCounters>,
+    /// The server's histogram of group commits.
+    sync_seconds: Arc<Histogram>,
 }
 
 impl StreamDriver {
@@ -734,8 +749,10 @@ impl StreamDriver {
         self.flush_replies();
         // Group commit: one fdatasync for every Sync of the round, then the Synced in order.
         while !self.failed && !self.syncs.is_empty() {
+            let started = Instant::now();
             match self.store.sync() {
                 Ok(()) => {
+                    self.sync_seconds.observe(started.elapsed());
                     self.counters.syncs.fetch_add(1, Ordering::Relaxed);
                     for upto_lsn in std::mem::take(&mut self.syncs) {
                         self.core.handle(ReplicaEvent::Synced { upto_lsn }, out);
@@ -889,6 +906,7 @@ mod tests {
             syncs: Vec::new(),
             failed: false,
             counters: Arc::new(StreamCounters::default()),
+            sync_seconds: Arc::default(),
         }
     }
 
@@ -934,6 +952,7 @@ mod tests {
         msgs.extend((1..=5).map(append));
         round(&mut d, &conn, msgs);
         assert_eq!(d.counters.syncs.load(Ordering::Relaxed), 1);
+        assert_eq!(d.sync_seconds.count(), 1, "the group commit is timed once");
         assert_eq!(d.counters.entries_written.load(Ordering::Relaxed), 5);
         assert_eq!(d.counters.durable_lsn.load(Ordering::Relaxed), 5);
         let mut expected = vec![FromReplica::Sealed {
