@@ -4,6 +4,9 @@
 # probe measured in the same run. acks=all produce: throughput and latency at saturation,
 # latency at a moderate rate, and one-in-flight latency (p50/p99/p999).
 # Usage: bench/cluster.sh [records] [size] [moderate records/s]
+# The WAL replicas' and brokers' own histograms (group commits, quorum commits, Produce
+# requests) are scraped around the moderate and one-in-flight phases and reported next to the
+# client's percentiles. WAL_WRAP prefixes the replicas' command (e.g. WAL_WRAP="chrt -f 10").
 # The moderate rate defaults to 1,000 records/s: with linger.ms=0 each record is one WAL entry,
 # so every replica flushes up to that many times a second, and here all three share one disk
 # (2,000/s would be 6,000 fdatasyncs/s, more than this machine's disk does; BENCHMARKS.md).
@@ -32,7 +35,7 @@ echo "== 3 WAL replicas"
 WAL_PEERS=""
 for i in 1 2 3; do
   port=$((27780 + i))
-  $BIN start --roles wal --node-id $((100 + i)) --data-dir "$WORK/wal$i" --wal-listen "127.0.0.1:$port" \
+  ${WAL_WRAP:-} $BIN start --roles wal --node-id $((100 + i)) --data-dir "$WORK/wal$i" --wal-listen "127.0.0.1:$port" \
       --admin-listen "127.0.0.1:$((28180 + i))" >"$WORK/wal$i.log" 2>&1 &
   pids+=($!)
   WAL_PEERS="${WAL_PEERS:+$WAL_PEERS,}127.0.0.1:$port"
@@ -53,6 +56,7 @@ for i in 1 2 3; do wait_port "2909$i"; done
 sleep 2
 python3 bench/kafka_load.py --bootstrap "$BOOT" --records "$RECORDS" --size "$SIZE" --partitions 3 \
     --rate "$RATE" --create --replica-metrics 127.0.0.1:28181,127.0.0.1:28182,127.0.0.1:28183 \
+    --broker-metrics 127.0.0.1:28081,127.0.0.1:28082,127.0.0.1:28083 \
     | tee "$OUT/strata-r3.json"
 python3 - "$OUT" <<'PY'
 import json, sys
@@ -67,15 +71,19 @@ for name, k in [("one in flight", "latency_ms"), (f"moderate ({s['moderate_rate'
     if p99 is None:
         continue
     print(f"| {name} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {p99 - fp99:+.3f} ms |")
-rc = s.get("replica_group_commits", {})
-if rc:
-    print("\n| WAL replicas' own group commits (write + fdatasync), same phases | count | p50 ≤ ms | p99 ≤ ms | p999 ≤ ms | > 1.6 ms |")
+ss = s.get("server_side", {})
+if ss:
+    # Histogram buckets double from 50 µs, so server-side percentiles are bucket bounds.
+    print("\n| same phases, server side (bucket bounds) | count | p50 ≤ ms | p99 ≤ ms | p999 ≤ ms | > 1.6 ms |")
     print("|---|---|---|---|---|---|")
     for name, k in [("one in flight", "one_in_flight"), (f"moderate ({s['moderate_rate']} rec/s)", "moderate")]:
-        r = rc.get(k)
-        if r and r.get("count"):
-            print(f"| {name} | {r['count']} | {r['p50_le_ms']:g} | {r['p99_le_ms']:g} | {r['p999_le_ms']:g} | "
-                  f"{100 * r['share_over_1_6_ms']:.2f} % |")
+        for what, hk in [("replicas' group commits (write + fdatasync)", "replica_group_commit"),
+                         ("brokers' quorum commits", "broker_quorum_commit"),
+                         ("brokers' Produce requests", "broker_produce_request")]:
+            r = ss.get(k, {}).get(hk)
+            if r and r.get("count"):
+                print(f"| {name}: {what} | {r['count']} | {r['p50_le_ms']:g} | {r['p99_le_ms']:g} | "
+                      f"{r['p999_le_ms']:g} | {100 * r['share_over_1_6_ms']:.2f} % |")
 print(f"\nfdatasync p99 {fp99:.3f} ms (same run); saturating produce {s['produce_mb_per_s']:.1f} MB/s "
       f"({s['produce_records_per_s']:.0f} rec/s of {s['record_bytes']} B), errors {s['errors']}")
 PY

@@ -10,7 +10,10 @@ Phases, each bounded in time and count:
               producer waits for, which is what the WAL's group commit must keep near fsync.
 With --replica-metrics (the WAL replicas' admin listeners), the replicas' own group commits
 (`strata_wal_replica_fdatasync_duration_seconds`, write + fdatasync) are scraped before and
-after the moderate and one-in-flight phases: the disk's latency under exactly that load.
+after the moderate and one-in-flight phases: the disk's latency under exactly that load. With
+--broker-metrics (the brokers' admin listeners), so are the brokers' quorum commits
+(`strata_wal_quorum_commit_duration_seconds`) and Produce requests as the broker timed them
+(`strata_kafka_request_duration_seconds{api="produce"}`): where a client's latency goes.
 Prints one JSON object. Loopback only.
 """
 import argparse, json, os, re, sys, threading, time, urllib.request
@@ -23,19 +26,36 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int((len(xs) - 1) * p))]
 
 
-REPLICA_FSYNC = "strata_wal_replica_fdatasync_duration_seconds_bucket"
-BUCKET = re.compile(r'^' + REPLICA_FSYNC + r'\{le="([^"]+)"\} (\d+)$', re.M)
+REPLICA_FSYNC = "strata_wal_replica_fdatasync_duration_seconds"
+QUORUM_COMMIT = "strata_wal_quorum_commit_duration_seconds"
+PRODUCE = "strata_kafka_request_duration_seconds"
 
 
-def replica_buckets(urls):
-    """{le: cumulative count} summed over the replicas' /metrics."""
+def histogram_buckets(urls, name, labels=""):
+    """{le: cumulative count} of histogram `name` (with `labels`, e.g. 'api="produce",'),
+    summed over the /metrics of `urls`."""
+    bucket = re.compile(r'^' + name + r'_bucket\{' + re.escape(labels) + r'le="([^"]+)"\} (\d+)$', re.M)
     total = {}
     for url in urls:
         with urllib.request.urlopen(url, timeout=5) as r:
             text = r.read().decode()
-        for le, n in BUCKET.findall(text):
+        for le, n in bucket.findall(text):
             total[le] = total.get(le, 0) + int(n)
     return total
+
+
+def scrape(replica_urls, broker_urls):
+    out = {}
+    if replica_urls:
+        out["replica_group_commit"] = histogram_buckets(replica_urls, REPLICA_FSYNC)
+    if broker_urls:
+        out["broker_quorum_commit"] = histogram_buckets(broker_urls, QUORUM_COMMIT)
+        out["broker_produce_request"] = histogram_buckets(broker_urls, PRODUCE, 'api="produce",')
+    return out
+
+
+def phase(before, after):
+    return {k: replica_phase(before[k], after[k]) for k in before}
 
 
 def replica_phase(before, after):
@@ -67,9 +87,13 @@ def main():
     ap.add_argument("--rate-seconds", type=float, default=10)
     ap.add_argument("--replica-metrics", default="",
                     help="comma-separated host:port of the WAL replicas' admin listeners")
+    ap.add_argument("--broker-metrics", default="",
+                    help="comma-separated host:port of the brokers' admin listeners")
     a = ap.parse_args()
     replica_urls = [f"http://{h}/metrics" for h in a.replica_metrics.split(",") if h]
-    replica = {}
+    broker_urls = [f"http://{h}/metrics" for h in a.broker_metrics.split(",") if h]
+    scraping = bool(replica_urls or broker_urls)
+    server_side = {}
 
     if a.create:
         admin = AdminClient({"bootstrap.servers": a.bootstrap})  # alive until the futures resolve
@@ -163,7 +187,7 @@ def main():
 
         polling = threading.Thread(target=poller, daemon=True)
         polling.start()
-        scraped = replica_buckets(replica_urls) if replica_urls else None
+        scraped = scrape(replica_urls, broker_urls) if scraping else None
         start = time.perf_counter()
         n = 0
         while time.perf_counter() - start < a.rate_seconds:
@@ -175,14 +199,14 @@ def main():
             n += 1
         mp.flush(a.seconds_max)
         if scraped is not None:
-            replica["moderate"] = replica_phase(scraped, replica_buckets(replica_urls))
+            server_side["moderate"] = phase(scraped, scrape(replica_urls, broker_urls))
         stop.set()
         polling.join()
 
     lat = []
     lp = Producer({"bootstrap.servers": a.bootstrap, "acks": "all", "linger.ms": 0, "enable.idempotence": False})
     small = os.urandom(min(a.size, 1024))
-    scraped = replica_buckets(replica_urls) if replica_urls else None
+    scraped = scrape(replica_urls, broker_urls) if scraping else None
     lt = time.perf_counter()
     for i in range(a.latency_records):
         if time.perf_counter() - lt > a.seconds_max:
@@ -192,7 +216,7 @@ def main():
         lp.flush(10)
         lat.append((time.perf_counter() - s) * 1e3)
     if scraped is not None:
-        replica["one_in_flight"] = replica_phase(scraped, replica_buckets(replica_urls))
+        server_side["one_in_flight"] = phase(scraped, scrape(replica_urls, broker_urls))
 
     print(json.dumps({
         "records_acked": done[0], "errors": len(errors), "first_errors": errors[:3],
@@ -210,7 +234,7 @@ def main():
         "moderate_latency_ms_p99": pct(mod_lat, 0.99) if mod_lat else None,
         "moderate_latency_ms_p999": pct(mod_lat, 0.999) if mod_lat else None,
         "latency_samples": len(lat), "record_bytes": a.size,
-        "replica_group_commits": replica,
+        "server_side": server_side,
     }))
 
 
