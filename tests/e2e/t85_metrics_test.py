@@ -405,6 +405,68 @@ def test_cluster_partitions_reported_by_their_leader_once(strata_bin, tmp_path):
             assert s.get("strata_wal_fsync_duration_seconds_count") == 0, f"node {i}"
             assert s.get("strata_wal_quorum_commit_duration_seconds_count") == s.get("strata_wal_group_commits_total")
         assert sum(s.get("strata_wal_quorum_commit_duration_seconds_count") for s in scrapes.values()) > 0
+        # Every node is also a WAL replica of all three streams (R = 3 of 3), and says so.
+        for i, s in scrapes.items():
+            assert s.get("strata_wal_replica_streams") == 3, f"node {i}"
+            assert s.get("strata_wal_replica_streams_failed") == 0, f"node {i}"
+            assert s.get("strata_wal_replica_fdatasync_duration_seconds_count") > 0, f"node {i}"
+            assert len(s.series("strata_wal_replica_stream_durable_lsn")) == 3, f"node {i}"
+    finally:
+        c.stop()
+
+
+def scrape_url(url: str) -> Scrape:
+    status, body = harness.http_get(url)
+    assert status == 200, f"GET {url} -> {status}"
+    text = body.decode()
+    s = parse_strict(text)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert len(list(text_string_to_metric_families(text))) == len(s.kinds)
+    return s
+
+
+def test_wal_only_nodes_serve_health_and_metrics(strata_bin, tmp_path):
+    """A WAL-only node (`--roles wal`) serves /health and /metrics on its admin listener
+    (the probes of a split deployment) and nothing of the broker's API. Its replica series
+    move with the broker's writes; a broker without the `wal` role renders none of them."""
+    from cluster import Cluster, wait_leaders
+
+    c = Cluster(strata_bin, tmp_path, brokers=1, wal_nodes=3, lease_ms=3000)
+    try:
+        c.start()
+        topic = "walnodes85"
+        harness.create_topic(c.bootstrap, topic, 2)
+        wait_leaders(c, topic, 2)
+        urls = [f"http://127.0.0.1:{w.admin_port}" for w in c.wal]
+        before = [scrape_url(u + "/metrics") for u in urls]
+        harness.produce(c.bootstrap, topic, [Rec(i % 2, None, b"y" * 100) for i in range(500)])
+        after = [scrape_url(u + "/metrics") for u in urls]
+        (stream,) = {ls for s in after for ls in s.series("strata_wal_replica_stream_appends_total")}
+        for w, b, a in zip(c.wal, before, after):
+            where = f"WAL node {w.node_id}"
+            assert_counters_monotone(b, a)
+            assert a.get("strata_wal_replica_streams") == 1, where
+            assert a.get("strata_wal_replica_connections") >= 1, where
+            assert a.get("strata_wal_replica_streams_failed") == 0, where
+            assert a.get("strata_wal_replica_stream_failed", **dict(stream)) == 0, where
+            # Every record is acknowledged by a write quorum (2 of 3): a replica may lag a
+            # little, but each one took entries and fdatasynced them.
+            assert a.sum("strata_wal_replica_stream_appends_total") > b.sum("strata_wal_replica_stream_appends_total"), where
+            assert a.get("strata_wal_replica_fdatasync_duration_seconds_count") > \
+                (b.get("strata_wal_replica_fdatasync_duration_seconds_count") or 0), where
+            assert a.get("strata_wal_replica_stream_bytes", **dict(stream)) > 0, where
+            assert a.get("strata_wal_replica_stream_sealed_epoch", **dict(stream)) >= 1, where
+            assert not any(n.startswith("strata_kafka_") for n in a.names()), where
+        durable = sorted(a.get("strata_wal_replica_stream_durable_lsn", **dict(stream)) for a in after)
+        assert durable[1] >= 1, f"a write quorum holds entries: {durable}"
+        for u in urls:
+            status, body = harness.http_get(u + "/health")
+            assert status == 200 and json.loads(body) == {"status": "ok"}, body
+            status, body = harness.http_get(u + "/v1/topics")
+            assert status == 404 and json.loads(body)["error"] == "not_found", body
+        broker = scrape(c.brokers[0])
+        assert not any(n.startswith("strata_wal_replica_") for n in broker.names())
     finally:
         c.stop()
 
