@@ -180,6 +180,23 @@ def test_security_context_and_probes():
     assert admin["containerPort"] == 8080
 
 
+def test_realtime_priority_runs_as_root_with_sys_nice_only():
+    """`wal.realtimePriority` sets `wal.realtime_priority` and gives the container the one
+    capability SCHED_FIFO needs, as root (a non-root exec drops added capabilities); the
+    default keeps the unprivileged user and drops everything."""
+    default = container(by_kind(manifests(), "StatefulSet")[0])["securityContext"]
+    assert "add" not in default["capabilities"] and default["runAsNonRoot"] is True
+    assert "realtime_priority" not in strata_toml(manifests())["wal"]
+    for values in ({"wal": {"realtimePriority": 10}}, {"topology": "split", "wal": {"realtimePriority": 10}}):
+        docs = manifests(values)
+        assert strata_toml(docs)["wal"]["realtime_priority"] == 10
+        for sts in by_kind(docs, "StatefulSet"):
+            sc = container(sts)["securityContext"]
+            assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SYS_NICE"]}, sc
+            assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False, sc
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, sc
+
+
 def test_network_policy_keeps_peer_ports_inside_the_release():
     (policy,) = by_kind(manifests(), "NetworkPolicy")
     rules = policy["spec"]["ingress"]
@@ -220,7 +237,7 @@ def test_split_separates_wal_replicas_from_brokers():
 
 def test_rendered_config_uses_documented_keys_only():
     keys = dt.documented_config_keys()
-    for values in ({}, {"topology": "split"}, {"wal": {"writeQuorum": 2}}):
+    for values in ({}, {"topology": "split"}, {"wal": {"writeQuorum": 2, "realtimePriority": 5}}):
         used = dt.flatten_toml(strata_toml(manifests(values)))
         assert not used - keys, f"strata.toml sets undocumented keys {sorted(used - keys)} for {values}"
 

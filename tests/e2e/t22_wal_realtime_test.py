@@ -7,8 +7,10 @@ The policy and priority of every thread are read from /proc/<pid>/task/*/stat.""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -116,6 +118,60 @@ def test_refused_priority_warns_once_and_loses_nothing(strata_bin, tmp_path):
     finally:
         c.stop()
         print(c.logs())
+
+
+# What the deployment advice in docs/operations.md rests on: the image runs as uid 10001, and
+# an unprivileged process may use SCHED_FIFO through RLIMIT_RTPRIO (`docker run --ulimit
+# rtprio=N`, systemd's `LimitRTPRIO=N`) or an ambient CAP_SYS_NICE (systemd's
+# `AmbientCapabilities=`), but not through a capability that is only in its bounding set
+# (`docker run --cap-add SYS_NICE`, a pod's `capabilities.add`): a non-root exec drops it.
+UNPRIVILEGED = {
+    "rtprio rlimit": (["prlimit", "--rtprio=7", "--"], [], True),
+    "ambient capability": ([], ["--inh-caps=+sys_nice", "--ambient-caps=+sys_nice"], True),
+    "bounding capability only": ([], [], False),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", list(UNPRIVILEGED))
+@pytest.mark.skipif(not (shutil.which("setpriv") and shutil.which("prlimit") and os.geteuid() == 0
+                         and may_raise_priority()), reason="needs root, util-linux and SCHED_FIFO")
+def test_unprivileged_user_gets_realtime_only_as_documented(strata_bin, how):
+    before, setpriv_args, realtime = UNPRIVILEGED[how]
+    if before and subprocess.run(before + ["true"], capture_output=True).returncode != 0:
+        pytest.skip("raising RLIMIT_RTPRIO needs CAP_SYS_RESOURCE, which this process lacks")
+    # Somewhere uid 10001 can reach (pytest's tmp dirs are private to root), with its own
+    # copy of the binary.
+    work = Path(tempfile.mkdtemp(prefix="strata-t22-", dir="/tmp"))
+    try:
+        os.chmod(work, 0o755)
+        binary = work / "strata"
+        shutil.copy2(strata_bin, binary)
+        b = harness.Broker(str(binary), work / "node", config={"wal": {"realtime_priority": 7}})
+        for path in [b.workdir, *b.workdir.rglob("*")]:
+            os.chown(path, 10001, 10001)
+        command = b.command
+        b.command = lambda: before + ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups",
+                                      *setpriv_args, "--"] + command()
+        b.start()
+        try:
+            round_trip(b.bootstrap, "rt-unprivileged", n=200)
+            seen = threads(b.pid)
+            sequencer = [t for t in seen if t[0] == SEQUENCER]
+            assert sequencer, seen
+            log = b.stderr_path.read_text(errors="replace")
+            if realtime:
+                assert all((policy, prio) == (SCHED_FIFO, 7) for _, policy, prio in sequencer), sequencer
+                assert REFUSED not in log
+            else:
+                assert all(policy == SCHED_OTHER for _, policy, _ in seen), seen
+                assert log.count(REFUSED) == 1, harness.tail(b.stderr_path, 40)
+        finally:
+            b.stop(timeout=30, check=False)
+            if b.alive():
+                b.kill9()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_out_of_range_priority_is_a_config_error(broker_factory):
