@@ -18,6 +18,7 @@ pub mod moves;
 pub mod mqtt;
 pub mod node;
 pub mod peer;
+pub mod process_metrics;
 pub mod producer_ids;
 pub mod progress;
 pub mod records;

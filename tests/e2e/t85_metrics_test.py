@@ -16,6 +16,7 @@ import math
 import re
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -139,6 +140,12 @@ def check_histogram(s: Scrape, name: str):
         assert total is not None and total >= 0, f"{name}{rest}: _sum missing or negative"
 
 
+def workspace_version() -> str:
+    import tomllib
+
+    return tomllib.loads((harness.REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+
+
 def scrape(b: harness.Broker) -> Scrape:
     status, body = b.get("/metrics")
     assert status == 200, f"GET /metrics -> {status}"
@@ -251,6 +258,15 @@ def test_series_move_under_load(broker_factory):
     assert load.error is None, f"produce failed: {load.error}"
     assert lag_bytes_seen > 0, f"no upload lag seen in {scrapes} scrapes under load"
     assert lag_seconds_seen > 0, f"no upload lag age seen in {scrapes} scrapes under load"
+    # The process series every Prometheus client library exports, read from /proc.
+    assert prev.get("process_cpu_seconds_total") > first.get("process_cpu_seconds_total")
+    assert prev.get("process_resident_memory_bytes") > 1 << 20
+    assert 3 <= prev.get("process_open_fds") <= prev.get("process_max_fds")
+    assert prev.get("process_threads") >= 2
+    started = prev.get("process_start_time_seconds")
+    assert started == first.get("process_start_time_seconds")
+    assert time.time() - 3600 < started <= time.time() + 5, started
+    assert prev.get("strata_build_info", version=workspace_version()) == 1
 
     # Everything uploads; the lag drains to 0.
     b.wait_uploaded(topic, total=n)
@@ -458,6 +474,7 @@ def test_wal_only_nodes_serve_health_and_metrics(strata_bin, tmp_path):
             assert a.get("strata_wal_replica_stream_bytes", **dict(stream)) > 0, where
             assert a.get("strata_wal_replica_stream_sealed_epoch", **dict(stream)) >= 1, where
             assert not any(n.startswith("strata_kafka_") for n in a.names()), where
+            assert a.get("process_open_fds") >= 3 and a.get("process_resident_memory_bytes") > 0, where
         durable = sorted(a.get("strata_wal_replica_stream_durable_lsn", **dict(stream)) for a in after)
         assert durable[1] >= 1, f"a write quorum holds entries: {durable}"
         for u in urls:

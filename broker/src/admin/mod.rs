@@ -226,6 +226,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     if let Some(replica) = &node.replica {
         crate::metrics::render_replica(&mut out, replica);
     }
+    crate::process_metrics::render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
@@ -238,6 +239,7 @@ async fn support_metrics(State(node): State<Arc<SupportNode>>) -> impl IntoRespo
     if let Some(replica) = &node.replica {
         crate::metrics::render_replica(&mut out, replica);
     }
+    crate::process_metrics::render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -1074,24 +1074,10 @@ fn ensure_fds(connections: usize) -> Result<()> {
     let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
         return Ok(()); // not Linux: the connect errors will say it
     };
-    match open_files_soft_limit(&limits) {
+    match crate::process_metrics::open_files_soft_limit(&limits) {
         Some(limit) if limit < needed => Err(MqttBenchError::TooFewFds { needed, limit }),
         _ => Ok(()),
     }
-}
-
-/// The soft limit of the "Max open files" row of a `/proc/<pid>/limits` text ("unlimited" is
-/// `u64::MAX`).
-fn open_files_soft_limit(limits: &str) -> Option<u64> {
-    let row = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = row
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?;
-    if soft == "unlimited" {
-        return Some(u64::MAX);
-    }
-    soft.parse().ok()
 }
 
 async fn idle(cfg: &MqttBench, on_ready: &mut dyn FnMut(&serde_json::Value)) -> Result<IdleReport> {
@@ -1441,18 +1427,6 @@ mod tests {
             parse_publish(0x32, &[0, 9, b'a']),
             Err(MqttBenchError::Protocol(_))
         ));
-    }
-
-    #[test]
-    fn open_files_limit_is_read_from_proc_limits() {
-        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                    Max cpu time              unlimited            unlimited            seconds   \n\
-                    Max open files            1024                 20000                files     \n";
-        assert_eq!(open_files_soft_limit(text), Some(1024));
-        let unlimited =
-            "Max open files            unlimited            unlimited            files\n";
-        assert_eq!(open_files_soft_limit(unlimited), Some(u64::MAX));
-        assert_eq!(open_files_soft_limit("Max processes 10 10\n"), None);
     }
 
     #[test]
