@@ -401,6 +401,20 @@ pub struct PartitionTraffic {
 }
 
 impl PartitionTraffic {
+    /// Adds what `earlier` counted: a partition led again by this broker (a fresh log at a
+    /// new lease epoch) continues its counters instead of starting them again, so its series
+    /// never go back on one broker.
+    pub fn carry_from(&self, earlier: &PartitionTraffic) {
+        for (to, from) in [
+            (&self.bytes_in, &earlier.bytes_in),
+            (&self.records_in, &earlier.records_in),
+            (&self.bytes_out, &earlier.bytes_out),
+            (&self.records_out, &earlier.records_out),
+        ] {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     /// A durable append of `records` records in `bytes` bytes.
     pub fn count_in(&self, bytes: usize, records: i64) {
         self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -1142,6 +1156,18 @@ pub fn render_replica(out: &mut String, replica: &strata_wal::net::ReplicaServer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_log_carries_the_traffic_on() {
+        let old = PartitionTraffic::default();
+        old.count_in(100, 4);
+        let fresh = PartitionTraffic::default();
+        fresh.carry_from(&old);
+        fresh.count_in(10, 1);
+        assert_eq!(fresh.bytes_in.load(Ordering::Relaxed), 110);
+        assert_eq!(fresh.records_in.load(Ordering::Relaxed), 5);
+        assert_eq!(fresh.bytes_out.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn gauge_share_moves_by_the_difference() {

@@ -8,7 +8,8 @@
 //! lease names it (alive, not pending on a WAL stream's recovery): produce, fetch and
 //! list-offsets on the others are answered `NOT_LEADER_OR_FOLLOWER`. A partition that becomes
 //! led at a new lease epoch gets a fresh log, starting where the object index ends: whatever
-//! the previous leader acknowledged was uploaded before the lease stopped being pending.
+//! the previous leader acknowledged was uploaded before the lease stopped being pending. Its
+//! traffic counters continue those of the log it replaces on this broker.
 //! After a planned move the fresh log also carries the idempotent producers' state the move
 //! handed over (the lease's `handover`), which the sequencer adopts before its first append.
 //! Partitions added to a topic (CreatePartitions) join its list at the next sync; the list
@@ -138,6 +139,7 @@ impl Registry {
                         .map(|p| {
                             if fresh.contains(&p.key.partition) {
                                 let log = new_log(state, &meta.name, p.key);
+                                log.traffic.carry_from(&p.traffic);
                                 by_key.insert(p.key, log.clone());
                                 log
                             } else {
