@@ -73,6 +73,15 @@ def test_add_a_voter_remove_one_and_lose_the_leader(strata_bin, cluster, tmp_pat
     added = cli(strata_bin, "add", f"4@{meta_addr(joiner)}", "--admin", first.admin_url)
     assert added.returncode == 0, added.stderr
     assert "node 4" in added.stdout and "is a meta voter" in added.stdout, added.stdout
+    # A meta-only node serves /health and /metrics (its backup counters, the process), and
+    # nothing of a broker's API.
+    status, body = joiner.get("/health")
+    assert status == 200 and json.loads(body) == {"status": "ok"}, body
+    status, body = joiner.get("/metrics")
+    text = body.decode()
+    assert status == 200 and "\nstrata_meta_backup_index " in text and "\nprocess_open_fds " in text, text[-2000:]
+    assert "strata_kafka_" not in text and "strata_wal_replica_" not in text, text[-2000:]
+    assert joiner.get("/v1/topics")[0] == 404
     assert "4 meta voters tolerate 1 failure(s)" in added.stderr, added.stderr
     for b in c.brokers:
         def four(b=b):
