@@ -55,10 +55,10 @@ def scrape(replica_urls, broker_urls):
 
 
 def phase(before, after):
-    return {k: replica_phase(before[k], after[k]) for k in before}
+    return {k: histogram_phase(before[k], after[k]) for k in before}
 
 
-def replica_phase(before, after):
+def histogram_phase(before, after):
     """The group commits between two scrapes: their count, the histogram's p50/p99/p999 as
     bucket upper bounds (ms; buckets double from 50 µs), and the share above 0.8/1.6/3.2 ms."""
     delta = sorted(((float(le), after[le] - before.get(le, 0)) for le in after), key=lambda x: x[0])

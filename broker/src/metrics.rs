@@ -480,7 +480,8 @@ impl PartitionRow {
 
 type Row<'a> = (&'a str, &'a str, &'a str, &'a AtomicU64);
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// The `# HELP` and `# TYPE` lines of a family.
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }

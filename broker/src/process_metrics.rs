@@ -6,6 +6,7 @@
 //! and the page size come from the auxiliary vector (`/proc/self/auxv`) rather than
 //! `sysconf`. Elsewhere than Linux only `strata_build_info` is rendered.
 
+use crate::metrics::header;
 use std::fmt::Write as _;
 
 /// `AT_PAGESZ` and `AT_CLKTCK` of the auxiliary vector (`<elf.h>`).
@@ -26,11 +27,12 @@ struct Process {
 
 /// Appends the process families and `strata_build_info` to `out`.
 pub fn render(out: &mut String) {
-    let _ = writeln!(
+    header(
         out,
-        "# HELP strata_build_info The StrataMQ version this process runs (always 1)."
+        "strata_build_info",
+        "gauge",
+        "The StrataMQ version this process runs (always 1).",
     );
-    let _ = writeln!(out, "# TYPE strata_build_info gauge");
     let _ = writeln!(
         out,
         "strata_build_info{{version=\"{}\"}} 1",
@@ -39,55 +41,56 @@ pub fn render(out: &mut String) {
     let Some(p) = read() else {
         return;
     };
-    let mut family = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    };
-    family(
-        "process_cpu_seconds_total",
-        "counter",
-        "User and system CPU time spent, in seconds.",
-        p.cpu_seconds.to_string(),
-    );
-    family(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-        p.resident_bytes.to_string(),
-    );
-    family(
-        "process_virtual_memory_bytes",
-        "gauge",
-        "Virtual memory size in bytes.",
-        p.virtual_bytes.to_string(),
-    );
-    family(
-        "process_open_fds",
-        "gauge",
-        "Open file descriptors (sockets included).",
-        p.open_fds.to_string(),
-    );
-    if let Some(max) = p.max_fds {
-        family(
+    let rows = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            Some(p.cpu_seconds.to_string()),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            Some(p.resident_bytes.to_string()),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            Some(p.virtual_bytes.to_string()),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors (sockets included).",
+            Some(p.open_fds.to_string()),
+        ),
+        (
             "process_max_fds",
             "gauge",
             "The soft limit on open file descriptors.",
-            max.to_string(),
-        );
+            p.max_fds.map(|m| m.to_string()),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            Some(p.start_time_seconds.to_string()),
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Threads of the process.",
+            Some(p.threads.to_string()),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        if let Some(value) = value {
+            header(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
     }
-    family(
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since the Unix epoch, in seconds.",
-        p.start_time_seconds.to_string(),
-    );
-    family(
-        "process_threads",
-        "gauge",
-        "Threads of the process.",
-        p.threads.to_string(),
-    );
 }
 
 fn read() -> Option<Process> {

@@ -223,7 +223,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
     node.metrics.render(&mut out);
     render_store_metrics(&mut out, &node.store.metrics().snapshot());
-    if let Some(replica) = &node.replica {
+    node_metrics_response(out, node.replica.as_ref())
+}
+
+/// What every node's `/metrics` ends with, whatever its roles: its WAL replica's series (when
+/// it serves the `wal` role) and the process's.
+fn node_metrics_response(
+    mut out: String,
+    replica: Option<&ReplicaServerHandle>,
+) -> impl IntoResponse {
+    if let Some(replica) = replica {
         crate::metrics::render_replica(&mut out, replica);
     }
     crate::process_metrics::render(&mut out);
@@ -236,11 +245,7 @@ async fn support_metrics(State(node): State<Arc<SupportNode>>) -> impl IntoRespo
         metrics.meta_backup.render(&mut out);
         render_store_metrics(&mut out, &store.metrics().snapshot());
     }
-    if let Some(replica) = &node.replica {
-        crate::metrics::render_replica(&mut out, replica);
-    }
-    crate::process_metrics::render(&mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    node_metrics_response(out, node.replica.as_ref())
 }
 
 /// The object-store counters (`strata_tiering::StoreMetrics`). `requests_total` counts what
